@@ -1,0 +1,327 @@
+import type { Server } from 'node:http';
+import type pg from 'pg';
+import { Watermark } from './checkpoint/watermark.js';
+import type { Config } from './config/schema.js';
+import { ConfigError, OutboxdError, SinkError, SlotError, exitCodeFor, ExitCode } from './errors.js';
+import type { RelayState, Sink } from './interfaces.js';
+import { type Lsn, ZERO_LSN, formatLsn } from './lsn.js';
+import { startHttp } from './observability/http.js';
+import type { Logger } from './observability/logger.js';
+import { type Metrics, createMetrics, setOneHot } from './observability/metrics.js';
+import { OutboxMapper } from './outbox/mapper.js';
+import { Sleeper, backoffMs } from './pipeline/backoff.js';
+import { Ingest } from './pipeline/ingest.js';
+import { Pipeline } from './pipeline/pipeline.js';
+import { createSink, destinationTemplate } from './sink/index.js';
+import { checkWalLevel, connectAdmin, emitHeartbeat, ensurePublication, ensureSlot, slotLag } from './source/postgres.js';
+import { ReplicationStream } from './source/stream.js';
+
+const STATES: readonly RelayState[] = ['starting', 'standby', 'streaming', 'reconnecting', 'halted', 'stopping', 'stopped', 'failed'];
+
+/**
+ * Wires the components and runs them. Start order: HTTP (so probes answer), sink (so nothing is
+ * read before it can be published), then the replication session. Stop order is the reverse:
+ * stop reading WAL, drain the pipeline, confirm the watermark, close the stream, the sink, HTTP.
+ */
+export class Relay {
+  readonly metrics: Metrics;
+  private state: RelayState = 'starting';
+  private readonly watermark = new Watermark(ZERO_LSN);
+  private readonly sink: Sink;
+  private readonly pipeline: Pipeline;
+  private readonly ingest: Ingest;
+  private stream: ReplicationStream | null = null;
+  private admin: pg.Client | null = null;
+  private http: Server | null = null;
+  private sinkUp = false;
+  private fatal: OutboxdError | null = null;
+  private stopping = false;
+  private readonly sleeper = new Sleeper();
+  private timers: NodeJS.Timeout[] = [];
+  private finished!: (code: number) => void;
+  /** Resolves with the process exit code when the relay has stopped. */
+  readonly done: Promise<number>;
+
+  constructor(
+    private readonly cfg: Config,
+    private readonly log: Logger,
+    metrics?: Metrics,
+  ) {
+    this.metrics = metrics ?? createMetrics();
+    this.done = new Promise((resolve) => {
+      this.finished = resolve;
+    });
+    this.sink = createSink(cfg.sink, log.child({ module: 'sink' }), (up) => {
+      this.sinkUp = up;
+      this.metrics.connectionState.set({ target: cfg.sink.type }, up ? 1 : 0);
+    });
+    this.pipeline = new Pipeline(
+      cfg.pipeline,
+      cfg.outbox.onPoison,
+      this.sink,
+      this.watermark,
+      {
+        onAdvance: (lsn) => this.advance(lsn),
+        onHalt: () => this.setState('halted'),
+        onFatal: (err) => this.die(err),
+        onSinkHealth: (up) => {
+          this.sinkUp = up;
+          this.metrics.connectionState.set({ target: cfg.sink.type }, up ? 1 : 0);
+        },
+      },
+      this.metrics,
+      log.child({ module: 'pipeline' }),
+    );
+    this.ingest = new Ingest(
+      cfg,
+      new OutboxMapper(destinationTemplate(cfg.sink)),
+      this.watermark,
+      this.pipeline,
+      this.metrics,
+      log.child({ module: 'ingest' }),
+    );
+    this.ingest.onAdvance = (lsn) => this.advance(lsn);
+    this.metrics.probes.confirmedLsn = () => this.watermark.lsn;
+    this.setState('starting');
+  }
+
+  get relayState(): RelayState {
+    return this.state;
+  }
+
+  /** The HTTP port actually bound (useful with `http.port: 0`). */
+  get httpPort(): number {
+    const a = this.http?.address();
+    return typeof a === 'object' && a ? a.port : 0;
+  }
+
+  /** Starts everything in the background. Resolves once HTTP listens; watch `done` for the end. */
+  async start(): Promise<void> {
+    this.http = await startHttp(
+      this.cfg.http.host,
+      this.cfg.http.port,
+      this.metrics.registry,
+      this.health(),
+      this.log.child({ module: 'http' }),
+    );
+    this.log.info(
+      { port: this.httpPort, sink: this.cfg.sink.type, slot: this.cfg.postgres.slot, publication: this.cfg.postgres.publication },
+      'outboxd starting',
+    );
+    this.pipeline.start();
+    void this.main().catch((err: unknown) =>
+      this.die(err instanceof OutboxdError ? err : new OutboxdError('INTERNAL', String(err), { cause: err })),
+    );
+  }
+
+  private health() {
+    return {
+      live: () => {
+        const ok = this.state !== 'failed';
+        return { ok, detail: ok ? this.state : `failed: ${this.fatal?.message ?? ''}` };
+      },
+      ready: () => {
+        if (this.state !== 'streaming')
+          return { ok: false, detail: this.state === 'halted' ? `halted: ${this.pipeline.haltedBy?.message}` : this.state };
+        if (!this.sinkUp) return { ok: false, detail: `${this.cfg.sink.type} unavailable` };
+        return { ok: true, detail: 'streaming' };
+      },
+    };
+  }
+
+  private setState(s: RelayState): void {
+    if (this.state === s && s !== 'starting') return;
+    if (this.state === 'failed' || (this.state === 'halted' && s !== 'stopping' && s !== 'stopped' && s !== 'failed')) return;
+    this.state = s;
+    setOneHot(this.metrics.state, 'state', s, STATES);
+    this.metrics.leader.set(s === 'streaming' || s === 'halted' ? 1 : 0);
+  }
+
+  private async main(): Promise<void> {
+    await this.connectSink();
+    if (this.stopping) return;
+    await this.streamLoop();
+  }
+
+  private async connectSink(): Promise<void> {
+    for (let attempt = 1; !this.stopping; attempt++) {
+      try {
+        await this.sink.connect();
+        this.sinkUp = true;
+        return;
+      } catch (err) {
+        if (err instanceof SinkError && !err.retriable) throw err;
+        const wait = backoffMs(attempt, this.cfg.postgres.reconnect);
+        if (attempt === 1 || attempt % 10 === 0)
+          this.log.warn({ err, attempt, retryInMs: wait }, `${this.cfg.sink.type} unavailable, retrying`);
+        await this.sleeper.sleep(wait);
+      }
+    }
+  }
+
+  /** One replication session after another, until stopped or a fatal error. */
+  private async streamLoop(): Promise<void> {
+    let attempt = 0;
+    let standbyLogged = false;
+    while (!this.stopping && !this.fatal) {
+      try {
+        this.admin ??= await connectAdmin(this.cfg.postgres);
+        await checkWalLevel(this.admin);
+        await ensurePublication(this.admin, this.cfg);
+        const { slot, created } = await ensureSlot(this.admin, this.cfg.postgres);
+        if (created) this.log.info({ slot: slot.name, lsn: formatLsn(slot.confirmedFlushLsn ?? 0n) }, 'created replication slot');
+        // The new session re-reads from the slot. Whatever the last session left in flight is
+        // published first, so the watermark's bookkeeping can start over cleanly.
+        while (!this.pipeline.idle && !this.stopping && !this.fatal && !this.pipeline.haltedBy) await this.pipeline.drain(1_000);
+        if (this.stopping || this.fatal || this.pipeline.haltedBy) return;
+        const start = slot.confirmedFlushLsn ?? ZERO_LSN;
+        this.watermark.reset(start);
+        const stream = new ReplicationStream(
+          this.cfg.postgres,
+          this.cfg.postgres.publication,
+          this.cfg.outbox.messages.enabled || this.cfg.postgres.heartbeatIntervalMs > 0,
+          this.ingest,
+          this.watermark.lsn,
+          this.log.child({ module: 'source' }),
+        );
+        this.stream = stream;
+        await stream.start();
+        this.metrics.connectionState.set({ target: 'postgres' }, 1);
+        if (attempt > 0) this.log.info({ attempts: attempt }, 'replication reconnected');
+        this.log.info({ slot: this.cfg.postgres.slot, from: formatLsn(start) }, 'streaming');
+        attempt = 0;
+        standbyLogged = false;
+        this.setState('streaming');
+        this.startTimers();
+        await stream.ended;
+        this.stopTimers();
+      } catch (err) {
+        this.stopTimers();
+        this.metrics.connectionState.set({ target: 'postgres' }, 0);
+        const e = err instanceof OutboxdError ? err : new OutboxdError('INTERNAL', String(err), { cause: err });
+        if (this.stopping) return;
+        if (!e.retriable || e instanceof SlotError || e instanceof ConfigError) {
+          this.die(e);
+          return;
+        }
+        attempt++;
+        this.metrics.reconnects.inc({ target: 'postgres' });
+        const active = (e.cause as { code?: string } | undefined)?.code === '55006';
+        const wait = backoffMs(attempt, this.cfg.postgres.reconnect);
+        if (active) {
+          this.setState('standby');
+          if (!standbyLogged) this.log.info({ slot: this.cfg.postgres.slot }, 'slot is held by another instance; waiting as standby');
+          standbyLogged = true;
+        } else {
+          this.setState('reconnecting');
+          if (attempt === 1 || attempt % 10 === 0)
+            this.log.warn({ err: e, attempt, retryInMs: wait }, 'replication interrupted, reconnecting');
+          await this.admin?.end().catch(() => undefined);
+          this.admin = null;
+        }
+        await this.sleeper.sleep(wait);
+      } finally {
+        this.stream = null;
+      }
+    }
+  }
+
+  private advance(lsn: Lsn): void {
+    this.stream?.confirm(lsn);
+  }
+
+  private startTimers(): void {
+    const pg = this.cfg.postgres;
+    if (pg.heartbeatIntervalMs > 0) {
+      this.timers.push(
+        setInterval(() => {
+          if (!this.admin) return;
+          emitHeartbeat(this.admin, pg.heartbeatPrefix).then(
+            () => this.metrics.heartbeats.inc(),
+            (err: unknown) => this.log.debug({ err }, 'heartbeat failed'),
+          );
+        }, pg.heartbeatIntervalMs),
+      );
+    }
+    const poll = () => {
+      if (!this.admin) return;
+      slotLag(this.admin, pg.slot).then(
+        (lag) => {
+          if (!lag) return;
+          this.metrics.replicationLag.set(lag.lagBytes);
+          this.metrics.retainedWal.set(lag.retainedBytes);
+          if (lag.walStatus) setOneHot(this.metrics.slotWalStatus, 'status', lag.walStatus, ['reserved', 'extended', 'unreserved', 'lost']);
+        },
+        (err: unknown) => this.log.debug({ err }, 'lag poll failed'),
+      );
+    };
+    poll();
+    this.timers.push(setInterval(poll, pg.lagPollIntervalMs));
+    for (const t of this.timers) t.unref();
+  }
+
+  private stopTimers(): void {
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+  }
+
+  private die(err: OutboxdError): void {
+    if (this.fatal || this.stopping) return;
+    this.fatal = err;
+    this.log.fatal({ err }, err.message);
+    this.setState('failed');
+    void this.shutdown(exitCodeFor(err), false);
+  }
+
+  /**
+   * Graceful stop: stop taking WAL, publish what is in flight (up to `shutdown.grace`), confirm
+   * the watermark, then close. Messages still unconfirmed at the deadline come again next run.
+   */
+  async stop(): Promise<number> {
+    if (!this.stopping) void this.shutdown(ExitCode.ok, true);
+    return this.done;
+  }
+
+  private async shutdown(code: number, drain: boolean): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    if (this.state !== 'failed') this.setState('stopping');
+    this.ingest.paused = true;
+    this.sleeper.wakeAll();
+    let drained = true;
+    if (drain && this.state !== 'failed') {
+      drained = await this.pipeline.drain(this.cfg.shutdown.graceMs);
+      if (!drained)
+        this.log.warn(
+          { inFlight: this.pipeline.inFlightMessages },
+          'shutdown grace expired with messages in flight; they will be published again on the next start',
+        );
+    }
+    await this.pipeline.stop();
+    const stream = this.stream;
+    if (stream) {
+      stream.flushConfirm();
+      await this.waitConfirmed(this.watermark.lsn);
+      await stream.stop();
+    }
+    this.stopTimers();
+    await this.sink.close().catch(() => undefined);
+    await this.admin?.end().catch(() => undefined);
+    await new Promise<void>((resolve) => (this.http ? this.http.close(() => resolve()) : resolve()));
+    this.http?.closeAllConnections();
+    if (this.state !== 'failed') this.setState('stopped');
+    this.log.info({ confirmedLsn: formatLsn(this.watermark.lsn), drained }, 'outboxd stopped');
+    this.finished(code);
+  }
+
+  /** Waits (briefly) until the server reports the slot confirmed at `lsn`, so a clean stop is visible. */
+  private async waitConfirmed(lsn: Lsn): Promise<void> {
+    if (!this.admin || lsn === ZERO_LSN) return;
+    const deadline = Date.now() + 2_000;
+    while (Date.now() < deadline) {
+      const lag = await slotLag(this.admin, this.cfg.postgres.slot).catch(() => null);
+      if (!lag?.confirmedFlushLsn || lag.confirmedFlushLsn >= lsn) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}

@@ -1,0 +1,93 @@
+import { Relay } from './app.js';
+import { loadConfigFile } from './config/load.js';
+import { ExitCode, UsageError, exitCodeFor, oneLine } from './errors.js';
+import { createLogger } from './observability/logger.js';
+import { VERSION } from './version.js';
+
+export const USAGE = `outboxd ${VERSION}: relays transactional outbox rows from Postgres logical replication to Kafka or stdout
+
+usage:
+  outboxd run -c FILE          run the relay
+  outboxd validate -c FILE     check the config file and exit (0 = valid)
+  outboxd --version | --help
+
+exit codes: 0 ok, 1 runtime failure, 2 usage, 3 invalid config, 4 replication slot lost, 130 forced stop`;
+
+interface Args {
+  command: string;
+  config: string | undefined;
+}
+
+export function parseArgs(argv: readonly string[]): Args {
+  const [command, ...rest] = argv;
+  if (!command) throw new UsageError(`missing command\n${USAGE}`);
+  let config: string | undefined;
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i] as string;
+    if (a === '-c' || a === '--config') {
+      config = rest[++i];
+      if (!config) throw new UsageError(`${a} needs a file`);
+    } else if (a.startsWith('--config=')) config = a.slice('--config='.length);
+    else throw new UsageError(`unknown argument "${a}" for ${command}`);
+  }
+  return { command, config };
+}
+
+/** Runs the CLI. Returns the exit code; writes errors as one line on stderr. */
+export async function cli(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  try {
+    if (argv[0] === '--version' || argv[0] === 'version') {
+      process.stdout.write(`${VERSION}\n`);
+      return ExitCode.ok;
+    }
+    if (argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+      process.stdout.write(`${USAGE}\n`);
+      return ExitCode.ok;
+    }
+    const args = parseArgs(argv);
+    const configFile = args.config ?? env.OUTBOXD_CONFIG;
+    if (!configFile) throw new UsageError(`${args.command} needs -c FILE (or OUTBOXD_CONFIG)`);
+    switch (args.command) {
+      case 'validate': {
+        const cfg = loadConfigFile(configFile, env);
+        process.stdout.write(
+          `ok: ${configFile} is valid (sink ${cfg.sink.type}, ${cfg.outbox.tables.length} table(s), slot ${cfg.postgres.slot})\n`,
+        );
+        return ExitCode.ok;
+      }
+      case 'run':
+        return await run(configFile, env);
+      default:
+        throw new UsageError(`unknown command "${args.command}"; try run or validate`);
+    }
+  } catch (err) {
+    process.stderr.write(`outboxd: ${oneLine(err)}\n`);
+    return exitCodeFor(err);
+  }
+}
+
+async function run(configFile: string, env: NodeJS.ProcessEnv): Promise<number> {
+  const cfg = loadConfigFile(configFile, env);
+  const log = createLogger(cfg.log.level);
+  const relay = new Relay(cfg, log);
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++;
+    if (signals === 1) {
+      log.info({ signal }, 'stopping: draining in-flight messages (send the signal again to force)');
+      void relay.stop();
+    } else {
+      log.warn({ signal }, 'forced exit: unconfirmed messages will be published again on the next start');
+      log.flush();
+      process.exit(ExitCode.forced);
+    }
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  await relay.start();
+  const code = await relay.done;
+  process.off('SIGTERM', onSignal);
+  process.off('SIGINT', onSignal);
+  await new Promise<void>((resolve) => log.flush(() => resolve()));
+  return code;
+}

@@ -1,0 +1,26 @@
+import { readFileSync } from 'node:fs';
+import { parseDocument } from 'yaml';
+import { ConfigError } from '../errors.js';
+import { interpolate } from './interpolate.js';
+import { type Config, compileConfig } from './schema.js';
+
+/** Reads, interpolates and validates a config file. Throws ConfigError with a one-line message. */
+export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError('', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+  return parseConfig(text, env);
+}
+
+export function parseConfig(text: string, env: NodeJS.ProcessEnv = process.env): Config {
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  const first = doc.errors[0];
+  if (first) {
+    const pos = first.linePos?.[0];
+    throw new ConfigError('', `YAML syntax error${pos ? ` at line ${pos.line}, column ${pos.col}` : ''}: ${first.message.split('\n')[0]}`);
+  }
+  return compileConfig(interpolate(doc.toJS({ maxAliasCount: 100 }), env));
+}

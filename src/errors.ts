@@ -1,0 +1,124 @@
+/**
+ * Typed errors. Every error outboxd raises on purpose carries a stable `code`, a `retriable`
+ * flag (may the same operation succeed if tried again?) and, where there is one, a `cause`.
+ * The CLI prints `error.message` as one line, and maps the class to an exit code.
+ */
+
+export type ErrorCode =
+  | 'CONFIG_INVALID'
+  | 'USAGE'
+  | 'SLOT_LOST'
+  | 'SLOT_INVALIDATED'
+  | 'SLOT_MISSING'
+  | 'SLOT_ACTIVE'
+  | 'PG_NOT_LOGICAL'
+  | 'PG_CONNECTION'
+  | 'PG_PROTOCOL'
+  | 'POISON'
+  | 'SINK_RETRIABLE'
+  | 'SINK_FATAL'
+  | 'INTERNAL';
+
+export class OutboxdError extends Error {
+  readonly code: ErrorCode;
+  readonly retriable: boolean;
+  constructor(code: ErrorCode, message: string, options: { retriable?: boolean; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.retriable = options.retriable ?? false;
+  }
+}
+
+/** A config value is wrong. `path` is the YAML path (`sink.kafka.brokers[0]`). */
+export class ConfigError extends OutboxdError {
+  readonly path: string;
+  constructor(path: string, problem: string) {
+    super('CONFIG_INVALID', path ? `config ${path}: ${problem}` : `config: ${problem}`);
+    this.path = path;
+  }
+}
+
+export class UsageError extends OutboxdError {
+  constructor(message: string) {
+    super('USAGE', message);
+  }
+}
+
+/**
+ * The replication slot is gone or unusable. Never recovered automatically: a new slot would
+ * start at "now" and silently skip every outbox row written in between.
+ */
+export class SlotError extends OutboxdError {}
+
+/** Postgres is unreachable or dropped the connection; the relay reconnects with backoff. */
+export class PgConnectionError extends OutboxdError {
+  constructor(message: string, cause?: unknown) {
+    super('PG_CONNECTION', message, { retriable: true, cause });
+  }
+}
+
+/**
+ * One message cannot be mapped or published (null key, missing route, oversized, unroutable).
+ * Handled by the poison policy, never retried as is.
+ */
+export class PoisonError extends OutboxdError {
+  readonly reason: PoisonReason;
+  constructor(reason: PoisonReason, message: string, cause?: unknown) {
+    super('POISON', message, { cause });
+    this.reason = reason;
+  }
+}
+
+export type PoisonReason =
+  | 'missing_id'
+  | 'null_key'
+  | 'missing_route'
+  | 'missing_payload'
+  | 'bad_headers'
+  | 'bad_message'
+  | 'oversized'
+  | 'unroutable'
+  | 'rejected';
+
+/** The broker refused or failed a publish. `retriable` decides between backoff and stopping. */
+export class SinkError extends OutboxdError {
+  readonly reason: string;
+  constructor(reason: string, message: string, options: { retriable: boolean; cause?: unknown }) {
+    super(options.retriable ? 'SINK_RETRIABLE' : 'SINK_FATAL', message, options);
+    this.reason = reason;
+  }
+}
+
+/** Exit codes of the CLI. Documented in the README; scripts rely on them. */
+export const ExitCode = {
+  ok: 0,
+  /** A fatal runtime error: the broker refused for good, Postgres protocol error, a bug. */
+  failure: 1,
+  /** Bad command line. */
+  usage: 2,
+  /** The config file is invalid (or `validate` found a problem). */
+  config: 3,
+  /** The replication slot was lost, dropped or invalidated: operator action needed. */
+  slotLost: 4,
+  /** Forced exit on a second signal, before in-flight messages were confirmed. */
+  forced: 130,
+} as const;
+
+export function exitCodeFor(err: unknown): number {
+  if (err instanceof ConfigError) return ExitCode.config;
+  if (err instanceof UsageError) return ExitCode.usage;
+  if (err instanceof SlotError) return ExitCode.slotLost;
+  return ExitCode.failure;
+}
+
+/** One line, no stack: what the CLI prints. Redacts URL passwords that a driver may echo. */
+export function oneLine(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return redactUrls(message.replace(/\s*\n\s*/g, ' ')).trim();
+}
+
+/** Replaces the password of any `scheme://user:password@` URL in a string with `***`. */
+export function redactUrls(text: string): string {
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^:/@\s]*:)[^@\s]*@/gi, '$1***@');
+}

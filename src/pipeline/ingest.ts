@@ -1,0 +1,145 @@
+import type { Txn, Watermark } from '../checkpoint/watermark.js';
+import type { Config, TableConfig } from '../config/schema.js';
+import { ConfigError, OutboxdError, PoisonError } from '../errors.js';
+import type { DeadLetter } from '../interfaces.js';
+import type { Lsn } from '../lsn.js';
+import { type OutboxMapper, type RowValues, type TableBinding, payloadKindOf } from '../outbox/mapper.js';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { ChangeHandler, IgnoredKind, Relation } from '../source/stream.js';
+import type { Pipeline } from './pipeline.js';
+
+/**
+ * The glue between the source and the pipeline: turns decoded changes into tracked
+ * transactions and mapped messages, in WAL order.
+ */
+export class Ingest implements ChangeHandler {
+  private txn: Txn | null = null;
+  private readonly bindings = new Map<number, TableBinding | null>();
+  private readonly byName = new Map<string, { config: TableConfig; index: number }>();
+  private readonly ignoredCounts = new Map<IgnoredKind, number>();
+  /** Set when a graceful stop begins: later changes are left for the next run (never confirmed). */
+  paused = false;
+
+  constructor(
+    private readonly cfg: Config,
+    private readonly mapper: OutboxMapper,
+    private readonly watermark: Watermark,
+    private readonly pipeline: Pipeline,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {
+    cfg.outbox.tables.forEach((t, index) => {
+      this.byName.set(`${t.schema}.${t.table}`, { config: t, index });
+    });
+    metrics.probes.flushIgnored = () => {
+      for (const [kind, n] of this.ignoredCounts) metrics.changesIgnored.inc({ kind }, n);
+      this.ignoredCounts.clear();
+    };
+  }
+
+  begin(xid: number, commitLsn: Lsn, commitTimeMs: number): void {
+    if (this.paused) return;
+    this.txn = this.watermark.begin(xid, commitLsn, commitTimeMs);
+  }
+
+  commit(endLsn: Lsn): void {
+    if (this.paused || !this.txn) return;
+    this.metrics.transactions.inc();
+    const lsn = this.watermark.commit(this.txn, endLsn);
+    this.txn = null;
+    if (lsn !== null) this.onAdvance(lsn);
+  }
+
+  /** Set by the relay: where a moved watermark goes (the stream's confirm). */
+  onAdvance: (lsn: Lsn) => void = () => undefined;
+
+  relation(rel: Relation): void {
+    const entry = this.byName.get(`${rel.schema}.${rel.name}`);
+    if (!entry) {
+      this.bindings.set(rel.relationOid, null);
+      return;
+    }
+    const types = new Map(rel.columns.map((c) => [c.name, c.typeOid]));
+    const cols = entry.config.columns;
+    for (const field of ['id', 'aggregatetype', 'aggregateid', 'payload'] as const) {
+      if (!types.has(cols[field])) {
+        throw new ConfigError(
+          `outbox.tables[${entry.index}].columns.${field}`,
+          `table ${rel.schema}.${rel.name} has no column "${cols[field]}" (columns: ${rel.columns.map((c) => c.name).join(', ')})`,
+        );
+      }
+    }
+    this.bindings.set(rel.relationOid, { config: entry.config, payloadKind: payloadKindOf(types.get(cols.payload) as number) });
+  }
+
+  insert(rel: Relation, row: RowValues): Promise<void> | undefined {
+    if (this.paused) return undefined;
+    const binding = this.bindings.get(rel.relationOid);
+    if (!binding) {
+      this.ignore('unconfigured_table');
+      return undefined;
+    }
+    const txn = this.requireTxn();
+    try {
+      return this.pipeline.push(this.mapper.fromRow(binding, row, txn), txn);
+    } catch (err) {
+      if (!(err instanceof PoisonError)) throw err;
+      const c = binding.config.columns;
+      return this.pipeline.pushPoison(letter(err, txn, row[c.id] ?? null, row[c.aggregateid] ?? null, JSON.stringify(row)), txn);
+    }
+  }
+
+  message(prefix: string, content: Uint8Array, transactional: boolean, _lsn: Lsn): Promise<void> | undefined {
+    if (this.paused) return undefined;
+    if (prefix === this.cfg.postgres.heartbeatPrefix) {
+      this.metrics.heartbeatsReceived.inc();
+      return undefined;
+    }
+    if (!this.cfg.outbox.messages.enabled || prefix !== this.cfg.outbox.messages.prefix) {
+      this.ignore('foreign_message');
+      return undefined;
+    }
+    if (!transactional) {
+      // A non-transactional message has no commit to confirm past; it cannot be relayed safely.
+      this.log.warn({ prefix }, 'ignoring a non-transactional outbox message: emit it with pg_logical_emit_message(true, ...)');
+      this.ignore('non_transactional_message');
+      return undefined;
+    }
+    const txn = this.requireTxn();
+    try {
+      return this.pipeline.push(this.mapper.fromLogicalMessage(content, txn), txn);
+    } catch (err) {
+      if (!(err instanceof PoisonError)) throw err;
+      const text = Buffer.from(content.buffer, content.byteOffset, content.byteLength);
+      return this.pipeline.pushPoison(letter(err, txn, null, null, text), txn);
+    }
+  }
+
+  ignore(kind: IgnoredKind): void {
+    this.ignoredCounts.set(kind, (this.ignoredCounts.get(kind) ?? 0) + 1);
+  }
+
+  keepalive(lsn: Lsn): Lsn | null {
+    if (this.paused || this.txn !== null || !this.pipeline.idle) return null;
+    return this.watermark.observeIdle(lsn);
+  }
+
+  private requireTxn(): Txn {
+    if (!this.txn) throw new OutboxdError('PG_PROTOCOL', 'replication stream sent a change outside a transaction');
+    return this.txn;
+  }
+}
+
+function letter(error: PoisonError, txn: Txn, id: string | null, key: string | null, payload: string | Buffer): DeadLetter {
+  return {
+    id,
+    key,
+    destination: null,
+    payload,
+    contentType: typeof payload === 'string' ? 'application/json' : 'application/octet-stream',
+    headers: id ? { id } : {},
+    error,
+    txn,
+  };
+}

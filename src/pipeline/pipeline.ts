@@ -1,0 +1,379 @@
+import type { PipelineConfig, PoisonPolicy } from '../config/schema.js';
+import { OutboxdError, type PoisonError, SinkError } from '../errors.js';
+import type { DeadLetter, OutboxMessage, Sink } from '../interfaces.js';
+import type { Lsn } from '../lsn.js';
+import type { Txn, Watermark } from '../checkpoint/watermark.js';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import { Sleeper, backoffMs } from './backoff.js';
+
+/** A unit of work in commit order: a message to publish, or a poison message to dispose of. */
+type Item =
+  | { readonly kind: 'message'; readonly message: OutboxMessage; readonly txn: Txn }
+  | { readonly kind: 'poison'; readonly letter: DeadLetter; readonly txn: Txn; readonly sizeBytes: number };
+
+export interface PipelineEvents {
+  /** The watermark moved: this LSN may be confirmed to Postgres. */
+  onAdvance(lsn: Lsn): void;
+  /** A poison message under policy `halt`: nothing will advance until an operator acts. */
+  onHalt(error: PoisonError): void;
+  /** A publish failed for good (not retriable): the relay must stop without confirming. */
+  onFatal(error: OutboxdError): void;
+  /** The broker's health as the pipeline sees it (false while retrying a failed publish). */
+  onSinkHealth(up: boolean, error?: SinkError): void;
+}
+
+/**
+ * Batching and back-pressure between the source and the sink.
+ *
+ * - Items are published strictly in the order they were pushed (commit order, then statement
+ *   order), one batch at a time. A failed batch is retried whole before anything after it is
+ *   sent, so per-key order holds across retries.
+ * - What is in flight (pushed, not yet confirmed) is bounded in messages and bytes. `push`
+ *   returns a promise when the bound is full; the source awaits it, which pauses WAL reading.
+ * - A message's transaction is released to the watermark only after the broker confirmed it.
+ */
+export class Pipeline {
+  private queue: Item[] = [];
+  private qHead = 0;
+  private queuedBytes = 0;
+  private firstQueuedAt = 0;
+  private inFlightCount = 0;
+  private inFlightByteCount = 0;
+  private publishing = false;
+  private halted: PoisonError | null = null;
+  private failed: OutboxdError | null = null;
+  private stopping = false;
+  private spaceWaiters: Array<() => void> = [];
+  private idleWaiters: Array<() => void> = [];
+  private wake: (() => void) | null = null;
+  private lingerTimer: NodeJS.Timeout | null = null;
+  private readonly sleeper = new Sleeper();
+  private loop: Promise<void> | null = null;
+  private readonly received = new Map<string, number>();
+
+  constructor(
+    private readonly cfg: PipelineConfig,
+    private readonly policy: PoisonPolicy,
+    private readonly sink: Sink,
+    private readonly watermark: Watermark,
+    private readonly events: PipelineEvents,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {
+    metrics.probes.inFlightMessages = () => this.inFlightCount;
+    metrics.probes.inFlightBytes = () => this.inFlightByteCount;
+    metrics.probes.flushReceived = () => {
+      for (const [d, n] of this.received) metrics.messagesReceived.inc({ destination: d }, n);
+      this.received.clear();
+    };
+  }
+
+  start(): void {
+    this.loop ??= this.run().catch((err: unknown) => {
+      const e =
+        err instanceof OutboxdError ? err : new OutboxdError('INTERNAL', `pipeline crashed: ${(err as Error)?.message}`, { cause: err });
+      this.fail(e);
+    });
+  }
+
+  get inFlightMessages(): number {
+    return this.inFlightCount;
+  }
+
+  get inFlightBytes(): number {
+    return this.inFlightByteCount;
+  }
+
+  /** Nothing queued or being published. */
+  get idle(): boolean {
+    return this.inFlightCount === 0;
+  }
+
+  get haltedBy(): PoisonError | null {
+    return this.halted;
+  }
+
+  /**
+   * Accepts a message of `txn`, in commit order. Returns undefined while there is room, or a
+   * promise that resolves once the in-flight bound has room again: the caller must await it
+   * before pushing more (that is the back-pressure that pauses WAL reading).
+   */
+  push(message: OutboxMessage, txn: Txn): Promise<void> | undefined {
+    const n = this.received.get(message.destination);
+    this.received.set(message.destination, n === undefined ? 1 : n + 1);
+    return this.enqueue({ kind: 'message', message, txn }, message.sizeBytes);
+  }
+
+  /** Accepts a message that could not be mapped; the poison policy decides what happens to it. */
+  pushPoison(letter: DeadLetter, txn: Txn): Promise<void> | undefined {
+    const size = (typeof letter.payload === 'string' ? letter.payload.length : letter.payload.length) + 256;
+    return this.enqueue({ kind: 'poison', letter, txn, sizeBytes: size }, size);
+  }
+
+  private enqueue(item: Item, size: number): Promise<void> | undefined {
+    this.watermark.track(item.txn);
+    if (this.queue.length === this.qHead) this.firstQueuedAt = performance.now();
+    this.queue.push(item);
+    this.queuedBytes += size;
+    this.inFlightCount++;
+    this.inFlightByteCount += size;
+    if (this.queue.length - this.qHead >= this.cfg.batchMaxMessages || this.queuedBytes >= this.cfg.batchMaxBytes) {
+      this.kick();
+    } else if (this.lingerTimer === null && !this.publishing) {
+      this.lingerTimer = setTimeout(() => {
+        this.lingerTimer = null;
+        this.kick();
+      }, this.cfg.lingerMs);
+    }
+    if (this.hasRoom()) return undefined;
+    this.metrics.backpressurePauses.inc();
+    return new Promise((resolve) => this.spaceWaiters.push(resolve));
+  }
+
+  private hasRoom(): boolean {
+    return this.inFlightCount < this.cfg.maxInFlightMessages && this.inFlightByteCount < this.cfg.maxInFlightBytes;
+  }
+
+  /**
+   * Resolves once everything pushed so far is confirmed, or when the pipeline halted or failed
+   * (then it never will be), or after `timeoutMs`. Returns true if everything was confirmed.
+   */
+  async drain(timeoutMs: number): Promise<boolean> {
+    this.kick();
+    if (this.inFlightCount === 0) return true;
+    if (this.halted || this.failed) return false;
+    let timer: NodeJS.Timeout | undefined;
+    const done = await Promise.race([
+      new Promise<boolean>((resolve) => this.idleWaiters.push(() => resolve(this.inFlightCount === 0))),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    return done;
+  }
+
+  /** Stops the publish loop after the current batch. Unconfirmed items stay unconfirmed. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.sleeper.wakeAll();
+    this.kick();
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
+    this.lingerTimer = null;
+    await this.loop;
+    this.releaseWaiters();
+  }
+
+  private kick(): void {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  private releaseWaiters(): void {
+    for (const w of this.spaceWaiters.splice(0)) w();
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopping && !this.halted && !this.failed) {
+      const batch = this.nextBatch();
+      if (batch === null) {
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+        });
+        continue;
+      }
+      this.publishing = true;
+      try {
+        const first = batch[0] as Item;
+        if (first.kind === 'poison') await this.disposePoison(first.letter, first.txn, first.sizeBytes);
+        else await this.publishBatch(batch as Array<Extract<Item, { kind: 'message' }>>);
+      } finally {
+        this.publishing = false;
+      }
+      if (this.inFlightCount === 0) for (const w of this.idleWaiters.splice(0)) w();
+    }
+    this.releaseWaiters();
+  }
+
+  /**
+   * The next batch, or null if none is due yet. A batch is due when it is full, when the oldest
+   * queued item has waited `linger`, or when someone is waiting for the pipeline to drain.
+   * A poison item always travels alone, so that everything before it is settled first.
+   */
+  private nextBatch(): Item[] | null {
+    const queued = this.queue.length - this.qHead;
+    if (queued === 0) return null;
+    const due =
+      queued >= this.cfg.batchMaxMessages ||
+      this.queuedBytes >= this.cfg.batchMaxBytes ||
+      this.idleWaiters.length > 0 ||
+      this.stopping ||
+      performance.now() - this.firstQueuedAt >= this.cfg.lingerMs;
+    if (!due) {
+      if (this.lingerTimer === null) {
+        const wait = Math.max(0, this.cfg.lingerMs - (performance.now() - this.firstQueuedAt));
+        this.lingerTimer = setTimeout(() => {
+          this.lingerTimer = null;
+          this.kick();
+        }, wait);
+      }
+      return null;
+    }
+    const batch: Item[] = [];
+    let bytes = 0;
+    while (this.qHead < this.queue.length && batch.length < this.cfg.batchMaxMessages) {
+      const item = this.queue[this.qHead] as Item;
+      if (item.kind === 'poison' && batch.length > 0) break;
+      const size = item.kind === 'message' ? item.message.sizeBytes : item.sizeBytes;
+      if (batch.length > 0 && bytes + size > this.cfg.batchMaxBytes) break;
+      batch.push(item);
+      bytes += size;
+      this.qHead++;
+      if (item.kind === 'poison') break;
+    }
+    this.queuedBytes -= bytes;
+    if (this.qHead > 4096 && this.qHead * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.qHead);
+      this.qHead = 0;
+    }
+    if (this.qHead < this.queue.length) this.firstQueuedAt = performance.now();
+    return batch;
+  }
+
+  private async publishBatch(items: Array<Extract<Item, { kind: 'message' }>>): Promise<void> {
+    const messages = items.map((i) => i.message);
+    this.metrics.batchSize.observe(messages.length);
+    for (let attempt = 1; ; attempt++) {
+      const started = performance.now();
+      try {
+        const outcome = await this.sink.publish(messages);
+        this.metrics.publishDuration.observe((performance.now() - started) / 1000);
+        if (attempt > 1) {
+          this.log.info({ attempts: attempt }, 'publish recovered');
+          this.events.onSinkHealth(true);
+        }
+        const poisoned = new Map(outcome.poisoned.map((p) => [p.index, p.error]));
+        const now = Date.now();
+        const published = new Map<string, number>();
+        for (let i = 0; i < items.length; i++) {
+          const { message, txn } = items[i] as (typeof items)[number];
+          const error = poisoned.get(i);
+          if (error) {
+            // Settled below, in order, by the poison policy.
+            continue;
+          }
+          published.set(message.destination, (published.get(message.destination) ?? 0) + 1);
+          this.metrics.commitToAck.observe(Math.max(0, now - txn.commitTimeMs) / 1000);
+          this.settle(txn, message.sizeBytes);
+        }
+        for (const [destination, n] of published) this.metrics.messagesPublished.inc({ destination }, n);
+        for (const [index, error] of poisoned) {
+          const { message, txn } = items[index] as (typeof items)[number];
+          await this.disposePoison(letterFor(message, error), txn, message.sizeBytes);
+          if (this.halted || this.failed) return;
+        }
+        return;
+      } catch (err) {
+        const e =
+          err instanceof SinkError
+            ? err
+            : new SinkError('unknown', `publish failed: ${(err as Error)?.message ?? String(err)}`, { retriable: true, cause: err });
+        this.metrics.publishErrors.inc({ reason: e.reason });
+        if (!e.retriable) {
+          this.fail(e);
+          return;
+        }
+        if (this.stopping) return;
+        const wait = backoffMs(attempt, this.cfg.retry);
+        this.events.onSinkHealth(false, e);
+        // Log the first failure and then every 10th, so an outage does not flood the logs.
+        if (attempt === 1 || attempt % 10 === 0) {
+          this.log.warn({ err: e, attempt, retryInMs: wait, batch: messages.length }, 'publish failed, retrying');
+        }
+        await this.sleeper.sleep(wait);
+        if (this.stopping) return;
+        try {
+          await this.sink.reset();
+        } catch (resetErr) {
+          this.log.debug({ err: resetErr }, 'sink reset failed');
+        }
+      }
+    }
+  }
+
+  /** Applies the poison policy to one message. Under `dead-letter` it is confirmed only after the DLQ confirmed. */
+  private async disposePoison(letter: DeadLetter, txn: Txn, size: number): Promise<void> {
+    this.metrics.poisonMessages.inc({ reason: letter.error.reason });
+    if (this.policy === 'halt') {
+      this.halted = letter.error;
+      this.log.error(
+        { err: letter.error, id: letter.id, key: letter.key, xid: txn.xid, reason: letter.error.reason },
+        'poison message: halting (outbox.onPoison is halt); the slot will not advance past it',
+      );
+      this.events.onHalt(letter.error);
+      this.releaseWaiters();
+      return;
+    }
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.sink.publishDeadLetter(letter);
+        this.metrics.deadLettered.inc();
+        this.log.warn(
+          { id: letter.id, key: letter.key, xid: txn.xid, reason: letter.error.reason, error: letter.error.message },
+          'poison message dead-lettered',
+        );
+        this.settle(txn, size);
+        return;
+      } catch (err) {
+        const e =
+          err instanceof SinkError
+            ? err
+            : new SinkError('dead_letter', `dead-letter publish failed: ${(err as Error)?.message}`, { retriable: true, cause: err });
+        this.metrics.publishErrors.inc({ reason: `dead_letter_${e.reason}` });
+        if (!e.retriable) {
+          this.fail(e);
+          return;
+        }
+        if (this.stopping) return;
+        this.events.onSinkHealth(false, e);
+        if (attempt === 1 || attempt % 10 === 0) this.log.warn({ err: e, attempt }, 'dead-letter publish failed, retrying');
+        await this.sleeper.sleep(backoffMs(attempt, this.cfg.retry));
+        if (this.stopping) return;
+        await this.sink.reset().catch(() => undefined);
+      }
+    }
+  }
+
+  /** One item is confirmed: free its room and release its transaction to the watermark. */
+  private settle(txn: Txn, size: number): void {
+    this.inFlightCount--;
+    this.inFlightByteCount -= size;
+    const lsn = this.watermark.release(txn);
+    if (lsn !== null) this.events.onAdvance(lsn);
+    if (this.spaceWaiters.length > 0 && this.hasRoom()) for (const w of this.spaceWaiters.splice(0)) w();
+  }
+
+  private fail(err: OutboxdError): void {
+    if (this.failed) return;
+    this.failed = err;
+    this.events.onFatal(err);
+    this.releaseWaiters();
+  }
+}
+
+/** Builds the dead letter for a message the broker refused. */
+function letterFor(m: OutboxMessage, error: PoisonError): DeadLetter {
+  return {
+    id: m.id,
+    key: m.key,
+    destination: m.destination,
+    payload: m.payload,
+    contentType: m.contentType,
+    headers: m.headers,
+    error,
+    txn: m.txn,
+  };
+}

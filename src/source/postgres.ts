@@ -1,0 +1,296 @@
+import pg from 'pg';
+import type { Config, PostgresConfig, TableConfig } from '../config/schema.js';
+import { ConfigError, OutboxdError, PgConnectionError, SlotError } from '../errors.js';
+import { type Lsn, formatLsn, parseLsn } from '../lsn.js';
+
+/**
+ * Plain (non-replication) SQL the relay needs: checks, the publication, the slot and its marker,
+ * heartbeats and lag. Slot and publication names are validated identifiers (config/schema.ts).
+ */
+
+/** Connection options for both the admin and the replication connection. */
+export function clientConfig(cfg: PostgresConfig): pg.ClientConfig {
+  let url = cfg.url;
+  if (cfg.password !== undefined) {
+    const u = new URL(url);
+    u.password = encodeURIComponent(cfg.password);
+    url = u.toString();
+  }
+  return {
+    connectionString: url,
+    application_name: 'outboxd',
+    connectionTimeoutMillis: cfg.connectTimeoutMs,
+    keepAlive: true,
+  };
+}
+
+/** SQLSTATEs that mean "try again later" rather than "this will never work". */
+const RETRIABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '08000', '08003', '08006', '08001', '08004', '53300', '55006']);
+const RETRIABLE_SYSCALL = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH']);
+
+/** Wraps a driver error: connection-level and shutdown errors are retriable. */
+export function classifyPgError(err: unknown, doing: string): OutboxdError {
+  if (err instanceof OutboxdError) return err;
+  const e = err as { code?: string; message?: string };
+  const message = `${doing}: ${e?.message ?? String(err)}`;
+  if (e?.code && (RETRIABLE_SQLSTATES.has(e.code) || RETRIABLE_SYSCALL.has(e.code))) return new PgConnectionError(message, err);
+  if (/terminat|Connection|timeout|ECONN|socket/i.test(e?.message ?? '')) return new PgConnectionError(message, err);
+  if (e?.code === '28P01' || e?.code === '28000') {
+    return new OutboxdError('PG_CONNECTION', `${message} (check postgres.url credentials)`, { cause: err });
+  }
+  return new OutboxdError('PG_PROTOCOL', message, { cause: err });
+}
+
+export async function connectAdmin(cfg: PostgresConfig): Promise<pg.Client> {
+  const client = new pg.Client(clientConfig(cfg));
+  // An idle admin connection that breaks must not crash the process; the next query reconnects.
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+  } catch (err) {
+    await client.end().catch(() => undefined);
+    throw classifyPgError(err, 'connecting to Postgres');
+  }
+  return client;
+}
+
+export interface SlotInfo {
+  name: string;
+  plugin: string;
+  database: string;
+  active: boolean;
+  activePid: number | null;
+  confirmedFlushLsn: Lsn | null;
+  restartLsn: Lsn | null;
+  walStatus: string | null;
+  invalidationReason: string | null;
+}
+
+export async function inspectSlot(client: pg.Client, slot: string): Promise<SlotInfo | null> {
+  const { rows } = await client.query<{
+    slot_name: string;
+    plugin: string | null;
+    database: string | null;
+    active: boolean;
+    active_pid: number | null;
+    confirmed_flush_lsn: string | null;
+    restart_lsn: string | null;
+    wal_status: string | null;
+    invalidation: string | null;
+  }>(
+    `SELECT slot_name, plugin, database, active, active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status,
+            ${(await serverVersion(client)) >= 170000 ? 'invalidation_reason' : 'NULL::text'} AS invalidation
+       FROM pg_replication_slots WHERE slot_name = $1`,
+    [slot],
+  );
+  const r = rows[0];
+  if (!r) return null;
+  return {
+    name: r.slot_name,
+    plugin: r.plugin ?? '',
+    database: r.database ?? '',
+    active: r.active,
+    activePid: r.active_pid,
+    confirmedFlushLsn: r.confirmed_flush_lsn ? parseLsn(r.confirmed_flush_lsn) : null,
+    restartLsn: r.restart_lsn ? parseLsn(r.restart_lsn) : null,
+    walStatus: r.wal_status,
+    invalidationReason: r.invalidation,
+  };
+}
+
+const versions = new WeakMap<pg.Client, number>();
+export async function serverVersion(client: pg.Client): Promise<number> {
+  const known = versions.get(client);
+  if (known !== undefined) return known;
+  const { rows } = await client.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`);
+  const v = Number(rows[0]?.v ?? 0);
+  versions.set(client, v);
+  return v;
+}
+
+export async function checkWalLevel(client: pg.Client): Promise<void> {
+  const { rows } = await client.query<{ wal_level: string }>('SHOW wal_level');
+  const level = rows[0]?.wal_level;
+  if (level !== 'logical') {
+    throw new OutboxdError(
+      'PG_NOT_LOGICAL',
+      `Postgres wal_level is "${level}", logical replication needs "logical": set wal_level = logical and restart Postgres`,
+    );
+  }
+}
+
+/**
+ * Makes sure the publication exists and covers every outbox table. Creates it when missing and
+ * allowed. An existing publication that lacks a table is a config error, never altered silently.
+ */
+export async function ensurePublication(client: pg.Client, cfg: Config): Promise<'created' | 'exists'> {
+  const pub = cfg.postgres.publication;
+  const { rows } = await client.query<{ puballtables: boolean }>('SELECT puballtables FROM pg_publication WHERE pubname = $1', [pub]);
+  const tables = cfg.outbox.tables;
+  if (rows.length === 0) {
+    if (!cfg.postgres.createPublication) {
+      throw new ConfigError(
+        'postgres.publication',
+        `publication ${pub} does not exist and postgres.createPublication is false; create it: CREATE PUBLICATION ${pub} FOR TABLE ${tables.map((t) => t.qualified).join(', ') || '...'}`,
+      );
+    }
+    for (const t of tables) await checkTableExists(client, t);
+    // FOR TABLE (not ALL TABLES): only outbox rows are decoded and sent. An outbox driven purely
+    // by logical messages still needs a publication to start replication, so it may be empty.
+    const list = tables.length > 0 ? ` FOR TABLE ${tables.map((t) => t.qualified).join(', ')}` : '';
+    try {
+      await client.query(`CREATE PUBLICATION ${pub}${list}`);
+    } catch (err) {
+      if ((err as { code?: string }).code !== '42710') throw classifyPgError(err, `creating publication ${pub}`);
+    }
+    return 'created';
+  }
+  if (rows[0]?.puballtables) return 'exists';
+  const covered = await client.query<{ schemaname: string; tablename: string }>(
+    'SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1',
+    [pub],
+  );
+  const have = new Set(covered.rows.map((r) => `${r.schemaname}.${r.tablename}`));
+  tables.forEach((t, i) => {
+    if (!have.has(`${t.schema}.${t.table}`)) {
+      throw new ConfigError(
+        `outbox.tables[${i}].name`,
+        `table ${t.schema}.${t.table} is not in publication ${pub}; run: ALTER PUBLICATION ${pub} ADD TABLE ${t.qualified}`,
+      );
+    }
+  });
+  return 'exists';
+}
+
+async function checkTableExists(client: pg.Client, t: TableConfig): Promise<void> {
+  const { rows } = await client.query('SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2', [t.schema, t.table]);
+  if (rows.length === 0) {
+    throw new ConfigError('outbox.tables', `table ${t.schema}.${t.table} does not exist (create the outbox table first)`);
+  }
+}
+
+/**
+ * The marker that tells "first start" from "slot lost": a comment on the publication listing
+ * the slots outboxd has created or adopted for it. A slot named there but missing from the
+ * server was dropped or lost, and recreating it would silently skip every row in between.
+ */
+const MARKER_PREFIX = 'outboxd:';
+
+async function readMarker(client: pg.Client, publication: string): Promise<string[]> {
+  const { rows } = await client.query<{ c: string | null }>(
+    `SELECT obj_description(oid, 'pg_publication') AS c FROM pg_publication WHERE pubname = $1`,
+    [publication],
+  );
+  const c = rows[0]?.c;
+  if (!c?.startsWith(MARKER_PREFIX)) return [];
+  try {
+    const doc = JSON.parse(c.slice(MARKER_PREFIX.length)) as { slots?: unknown };
+    return Array.isArray(doc.slots) ? doc.slots.filter((s): s is string => typeof s === 'string') : [];
+  } catch {
+    return [];
+  }
+}
+
+async function writeMarker(client: pg.Client, publication: string, slots: string[]): Promise<void> {
+  const text = `${MARKER_PREFIX}${JSON.stringify({ slots: [...new Set(slots)].sort() })}`;
+  await client.query(`COMMENT ON PUBLICATION ${publication} IS ${pg.escapeLiteral(text)}`);
+}
+
+/**
+ * Returns the slot, creating it on the first start. Throws SlotError when the slot is lost,
+ * invalidated, belongs to another database or plugin, or is missing and may not be created.
+ */
+export async function ensureSlot(client: pg.Client, cfg: PostgresConfig): Promise<{ slot: SlotInfo; created: boolean }> {
+  const name = cfg.slot;
+  const marker = await readMarker(client, cfg.publication);
+  const existing = await inspectSlot(client, name);
+  if (existing) {
+    checkSlotUsable(existing, await currentDatabase(client));
+    if (!marker.includes(name)) await writeMarker(client, cfg.publication, [...marker, name]);
+    return { slot: existing, created: false };
+  }
+  if (marker.includes(name)) {
+    throw new SlotError(
+      'SLOT_LOST',
+      `replication slot ${name} is gone (it existed: publication ${cfg.publication} records it). Rows written while it was missing may never have been relayed, so outboxd will not recreate it. See docs/runbook.md#lost-slot; to start over from now, clear the marker: COMMENT ON PUBLICATION ${cfg.publication} IS NULL`,
+    );
+  }
+  if (!cfg.createSlot) {
+    throw new SlotError(
+      'SLOT_MISSING',
+      `replication slot ${name} does not exist and postgres.createSlot is false; create it: SELECT pg_create_logical_replication_slot('${name}', 'pgoutput')`,
+    );
+  }
+  try {
+    await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [name]);
+  } catch (err) {
+    // 42710: another instance created it a moment ago; use theirs.
+    if ((err as { code?: string }).code !== '42710') throw classifyPgError(err, `creating replication slot ${name}`);
+  }
+  await writeMarker(client, cfg.publication, [...marker, name]);
+  const slot = await inspectSlot(client, name);
+  if (!slot) throw new SlotError('SLOT_LOST', `replication slot ${name} vanished right after it was created`);
+  return { slot, created: true };
+}
+
+export function checkSlotUsable(slot: SlotInfo, database: string): void {
+  if (slot.plugin !== 'pgoutput') {
+    throw new SlotError(
+      'SLOT_INVALIDATED',
+      `replication slot ${slot.name} uses plugin "${slot.plugin}", outboxd needs pgoutput; pick another postgres.slot`,
+    );
+  }
+  if (slot.database !== database) {
+    throw new SlotError('SLOT_INVALIDATED', `replication slot ${slot.name} belongs to database "${slot.database}", not "${database}"`);
+  }
+  if (slot.walStatus === 'lost' || slot.invalidationReason) {
+    throw new SlotError(
+      'SLOT_INVALIDATED',
+      `replication slot ${slot.name} is invalidated (${slot.invalidationReason ?? 'wal_status lost'}): the WAL it needed was removed, rows may have been lost. See docs/runbook.md#lost-slot`,
+    );
+  }
+}
+
+async function currentDatabase(client: pg.Client): Promise<string> {
+  const { rows } = await client.query<{ db: string }>('SELECT current_database() AS db');
+  return rows[0]?.db ?? '';
+}
+
+/** Writes a heartbeat into the WAL; it travels the stream like an outbox transaction. */
+export async function emitHeartbeat(client: pg.Client, prefix: string): Promise<void> {
+  await client.query('SELECT pg_logical_emit_message(true, $1, $2)', [prefix, new Date().toISOString()]);
+}
+
+export interface SlotLag {
+  lagBytes: number;
+  retainedBytes: number;
+  walStatus: string | null;
+  active: boolean;
+  confirmedFlushLsn: Lsn | null;
+}
+
+export async function slotLag(client: pg.Client, slot: string): Promise<SlotLag | null> {
+  const { rows } = await client.query<{
+    lag: string | null;
+    retained: string | null;
+    wal_status: string | null;
+    active: boolean;
+    confirmed: string | null;
+  }>(
+    `SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::text AS lag, (pg_current_wal_lsn() - restart_lsn)::text AS retained,
+            wal_status, active, confirmed_flush_lsn::text AS confirmed
+       FROM pg_replication_slots WHERE slot_name = $1`,
+    [slot],
+  );
+  const r = rows[0];
+  if (!r) return null;
+  return {
+    lagBytes: Number(r.lag ?? 0),
+    retainedBytes: Number(r.retained ?? 0),
+    walStatus: r.wal_status,
+    active: r.active,
+    confirmedFlushLsn: r.confirmed ? parseLsn(r.confirmed) : null,
+  };
+}
+
+export { formatLsn };
