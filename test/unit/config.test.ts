@@ -1,0 +1,136 @@
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadConfigFile, parseConfig } from '../../src/config/load.js';
+import { ConfigError } from '../../src/errors.js';
+
+const env = {
+  PGPASSWORD: 'pw',
+  OUTBOXD_PG_URL: 'postgres://outboxd@db:5432/app',
+};
+
+function errorOf(yaml: string, e: NodeJS.ProcessEnv = {}): ConfigError {
+  try {
+    parseConfig(yaml, e);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    const ce = err as ConfigError;
+    expect(ce.message).not.toContain('\n');
+    return ce;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+const base = 'postgres:\n  url: postgres://u@h/db\n';
+
+describe('config examples', () => {
+  const dir = join(import.meta.dirname, '../../config');
+  const files = readdirSync(dir).filter((f) => f.endsWith('.yaml'));
+
+  it('has an example for each sink', () => {
+    expect(files).toEqual(expect.arrayContaining(['kafka.yaml', 'stdout.yaml']));
+  });
+
+  for (const file of files) {
+    it(`loads config/${file}`, () => {
+      // The examples name secret files that only exist in a deployment; point them at this file.
+      const text = loadConfigFileWithSecrets(join(dir, file));
+      expect(text.postgres.slot).toMatch(/^[a-z_]/);
+    });
+  }
+});
+
+function loadConfigFileWithSecrets(file: string) {
+  try {
+    return loadConfigFile(file, env);
+  } catch (err) {
+    // Secret and TLS files referenced by the example do not exist here; that error names the path.
+    if (err instanceof ConfigError && /cannot read \/(run|etc)\//.test(err.message)) {
+      const text = readFileSync(file, 'utf8').replace(/\/(run\/secrets|etc\/outboxd\/tls)\/[\w.-]+/g, file);
+      return parseConfig(text, env);
+    }
+    throw err;
+  }
+}
+
+describe('config defaults', () => {
+  it('follows the Debezium outbox event router conventions', () => {
+    const cfg = parseConfig(base, {});
+    expect(cfg.outbox.tables).toHaveLength(1);
+    expect(cfg.outbox.tables[0]?.qualified).toBe('public.outbox');
+    expect(cfg.outbox.tables[0]?.columns).toMatchObject({ id: 'id', aggregatetype: 'aggregatetype', aggregateid: 'aggregateid', payload: 'payload' });
+    expect(cfg.sink.type).toBe('stdout');
+    expect(cfg.outbox.onPoison).toBe('halt');
+    expect(cfg.postgres.slot).toBe('outboxd');
+  });
+
+  it('compiles durations and sizes to numbers', () => {
+    const cfg = parseConfig(`${base}pipeline:\n  linger: 20ms\n  maxInFlightBytes: 8MiB\nshutdown:\n  grace: 1m\n`, {});
+    expect(cfg.pipeline.lingerMs).toBe(20);
+    expect(cfg.pipeline.maxInFlightBytes).toBe(8 * 1024 * 1024);
+    expect(cfg.shutdown.graceMs).toBe(60_000);
+  });
+
+  it('reads Kafka brokers from a list or a comma-separated env var', () => {
+    const cfg = parseConfig(`${base}sink:\n  type: kafka\n  kafka:\n    brokers: \${BROKERS}\n`, { BROKERS: 'a:9092, b:9092' });
+    expect(cfg.sink.type === 'kafka' && cfg.sink.kafka.brokers).toEqual(['a:9092', 'b:9092']);
+  });
+});
+
+describe('config interpolation', () => {
+  it('expands ${VAR}, ${VAR:-default} and escapes $${', () => {
+    const cfg = parseConfig('postgres:\n  url: postgres://u@${H}:${P:-5432}/db\n  slot: s_${S:-x}\nsink:\n  stdout:\n    destination: "$${a}{aggregatetype}"\n', { H: 'db' });
+    expect(cfg.postgres.url).toBe('postgres://u@db:5432/db');
+    expect(cfg.postgres.slot).toBe('s_x');
+  });
+
+  it('names the path and the message of ${VAR:?message}', () => {
+    const e = errorOf('postgres:\n  url: ${PG_URL:?the database URL}\n');
+    expect(e.path).toBe('postgres.url');
+    expect(e.message).toBe('config postgres.url: environment variable PG_URL is not set: the database URL');
+  });
+
+  it('fails on an unset ${VAR} without default', () => {
+    expect(errorOf(`${base}http:\n  port: \${PORT}\n`).path).toBe('http.port');
+  });
+
+  it('coerces interpolated numbers', () => {
+    expect(parseConfig(`${base}http:\n  port: \${PORT}\n`, { PORT: '9999' }).http.port).toBe(9999);
+  });
+});
+
+describe('config errors name the YAML path', () => {
+  const cases: Array<[string, string, RegExp]> = [
+    ['postgres:\n  url: postgres://u@h/db\n  slott: x\n', 'postgres.slott', /unknown key \(did you mean "slot"\?\)/],
+    ['{}', 'postgres', /is required/],
+    ['postgres:\n  url: mysql://x\n', 'postgres.url', /postgres:\/\//],
+    [`${base}  slot: Bad-Name\n`, 'postgres.slot', /lower-case identifier/],
+    [`${base}sink:\n  type: kafkaa\n`, 'sink.type', /one of kafka, stdout/],
+    [`${base}sink:\n  type: kafka\n`, 'sink.kafka.brokers', /is required/],
+    [`${base}sink:\n  type: kafka\n  kafka:\n    brokers: [nohost]\n`, 'sink.kafka.brokers[0]', /host:port/],
+    [`${base}pipeline:\n  linger: 5\n`, 'pipeline.linger', /duration/],
+    [`${base}pipeline:\n  maxInFlightBytes: lots\n`, 'pipeline.maxInFlightBytes', /size/],
+    [`${base}pipeline:\n  batchMaxMessages: 0\n`, 'pipeline.batchMaxMessages', /at least 1/],
+    [`${base}http:\n  port: 70000\n`, 'http.port', /at most 65535/],
+    [`${base}outbox:\n  tables:\n    - name: a.b.c\n`, 'outbox.tables[0].name', /schema.table/],
+    [`${base}outbox:\n  tables:\n    - name: t\n      columns:\n        idd: x\n`, 'outbox.tables[0].columns.idd', /unknown key/],
+    [`${base}outbox:\n  onPoison: ignore\n`, 'outbox.onPoison', /halt, dead-letter/],
+    [`${base}sink:\n  type: stdout\n  kafka:\n    brokers: [a:1]\n`, 'sink.kafka', /sink.type is stdout/],
+    [`${base}sink:\n  type: kafka\n  kafka:\n    brokers: [a:1]\n    sasl:\n      mechanism: md5\n      username: u\n      password: p\n`, 'sink.kafka.sasl.mechanism', /plain/],
+    [`${base}log:\n  level: loud\n`, 'log.level', /one of/],
+    ['postgres: [1, 2]\n', 'postgres', /must be a mapping/],
+  ];
+  for (const [yaml, path, message] of cases) {
+    it(`${path}: ${message.source}`, () => {
+      const e = errorOf(yaml);
+      expect(e.path).toBe(path);
+      expect(e.message).toMatch(message);
+      expect(e.message.startsWith(`config ${path}: `)).toBe(true);
+    });
+  }
+
+  it('reports YAML syntax errors with a line number', () => {
+    const e = errorOf('postgres:\n  url: [unclosed\n');
+    expect(e.message).toMatch(/YAML syntax error at line \d+/);
+  });
+});

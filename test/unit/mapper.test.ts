@@ -1,0 +1,125 @@
+import { describe, expect, it } from 'vitest';
+import { Txn } from '../../src/checkpoint/watermark.js';
+import { parseConfig } from '../../src/config/load.js';
+import { PoisonError } from '../../src/errors.js';
+import { OutboxMapper, type TableBinding, decodeByteaHex, payloadKindOf } from '../../src/outbox/mapper.js';
+import { parseTemplate } from '../../src/outbox/template.js';
+
+const cfg = parseConfig('postgres:\n  url: postgres://u@h/db\noutbox:\n  tables:\n    - name: public.outbox\n    - name: s.events\n      columns:\n        aggregateid: account_id\n        payload: body\n', {});
+const table = (i: number, kind: TableBinding['payloadKind'] = 'json'): TableBinding => ({ config: cfg.outbox.tables[i]!, payloadKind: kind });
+const txn = new Txn(742, 0x1507ec0n, 1_700_000_000_000);
+const mapper = new OutboxMapper(parseTemplate('outbox.event.{aggregatetype}'));
+const row = {
+  id: 'c5c67e67-e7fc-4606-85d4-acfc4a079bfa',
+  aggregatetype: 'order',
+  aggregateid: 'order-1',
+  type: 'OrderPlaced',
+  payload: '{"total": 42.5}',
+  headers: null,
+  correlation_id: null,
+  causation_id: null,
+  reply_to: null,
+  traceparent: null,
+};
+
+function poison(fn: () => unknown): PoisonError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(PoisonError);
+    return err as PoisonError;
+  }
+  throw new Error('expected a PoisonError');
+}
+
+describe('OutboxMapper.fromRow', () => {
+  it('maps a Debezium-style row: topic from aggregatetype, key from aggregateid, id header', () => {
+    const m = mapper.fromRow(table(0), row, txn);
+    expect(m.destination).toBe('outbox.event.order');
+    expect(m.key).toBe('order-1');
+    expect(m.id).toBe(row.id);
+    expect(m.payload).toBe('{"total": 42.5}');
+    expect(m.contentType).toBe('application/json');
+    expect(m.headers).toEqual({ id: row.id, type: 'OrderPlaced', 'outboxd.lsn': '0/1507EC0', 'outboxd.xid': '742' });
+    expect(m.sizeBytes).toBeGreaterThan(15);
+  });
+
+  it('passes the payload through byte for byte (no parse, no re-serialisation)', () => {
+    const payload = '{"b": 1, "a": [1.50, "ü"]}';
+    expect(mapper.fromRow(table(0), { ...row, payload }, txn).payload).toBe(payload);
+  });
+
+  it('adds correlation headers and merges the headers column, fixed headers winning', () => {
+    const m = mapper.fromRow(
+      table(0),
+      { ...row, correlation_id: 'c-1', causation_id: 'e-0', reply_to: 'replies', traceparent: '00-abc-def-01', headers: '{"tenant": "t1", "n": 3, "id": "spoof"}' },
+      txn,
+    );
+    expect(m.headers).toMatchObject({ tenant: 't1', n: '3', id: row.id, correlation_id: 'c-1', causation_id: 'e-0', reply_to: 'replies', traceparent: '00-abc-def-01' });
+    expect(m.correlationId).toBe('c-1');
+    expect(m.replyTo).toBe('replies');
+  });
+
+  it('uses the remapped columns of a table', () => {
+    const m = mapper.fromRow(table(1), { id: '7', aggregatetype: 'acct', account_id: 'a-9', body: 'hello', type: null }, txn);
+    expect(m.key).toBe('a-9');
+    expect(m.payload).toBe('hello');
+    expect(m.headers.type).toBeUndefined();
+  });
+
+  it('decodes a bytea payload from its hex text form', () => {
+    const m = mapper.fromRow(table(0, 'bytea'), { ...row, payload: '\\x00ff10' }, txn);
+    expect(m.payload).toEqual(Buffer.from([0, 255, 16]));
+    expect(m.contentType).toBe('application/octet-stream');
+  });
+
+  it('rejects unmappable rows as poison with a reason', () => {
+    expect(poison(() => mapper.fromRow(table(0), { ...row, aggregateid: null }, txn)).reason).toBe('null_key');
+    expect(poison(() => mapper.fromRow(table(0), { ...row, aggregatetype: null }, txn)).reason).toBe('missing_route');
+    expect(poison(() => mapper.fromRow(table(0), { ...row, id: null }, txn)).reason).toBe('missing_id');
+    expect(poison(() => mapper.fromRow(table(0), { ...row, payload: null }, txn)).reason).toBe('missing_payload');
+    expect(poison(() => mapper.fromRow(table(0), { ...row, headers: '[1]' }, txn)).reason).toBe('bad_headers');
+  });
+
+  it('renders templates over other fields and raw columns', () => {
+    const m = new OutboxMapper(parseTemplate('{aggregatetype}.{type}.{region}'));
+    expect(m.fromRow(table(0), { ...row, region: 'eu' }, txn).destination).toBe('order.OrderPlaced.eu');
+    expect(poison(() => m.fromRow(table(0), { ...row, type: null, region: 'eu' }, txn)).message).toMatch(/needs \{type\}/);
+  });
+});
+
+describe('OutboxMapper.fromLogicalMessage', () => {
+  const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
+
+  it('maps the same fields as a row; an object payload becomes its JSON text', () => {
+    const m = mapper.fromLogicalMessage(enc({ id: 'm1', aggregatetype: 'customer', aggregateid: 'c-7', type: 'Registered', payload: { a: 1 }, headers: { x: 'y' }, correlation_id: 'k' }), txn);
+    expect(m).toMatchObject({ id: 'm1', destination: 'outbox.event.customer', key: 'c-7', payload: '{"a":1}', contentType: 'application/json' });
+    expect(m.headers).toMatchObject({ x: 'y', id: 'm1', type: 'Registered', correlation_id: 'k' });
+  });
+
+  it('takes a string payload verbatim', () => {
+    expect(mapper.fromLogicalMessage(enc({ id: 1, aggregatetype: 't', aggregateid: 2, payload: '{"pre":"serialised"}' }), txn).payload).toBe('{"pre":"serialised"}');
+  });
+
+  it('rejects content that is not a JSON object', () => {
+    expect(poison(() => mapper.fromLogicalMessage(new TextEncoder().encode('not json'), txn)).reason).toBe('bad_message');
+    expect(poison(() => mapper.fromLogicalMessage(enc([1]), txn)).reason).toBe('bad_message');
+    expect(poison(() => mapper.fromLogicalMessage(enc({ id: 1, aggregatetype: 't', payload: 1 }), txn)).reason).toBe('null_key');
+  });
+});
+
+describe('template and payload kinds', () => {
+  it('rejects malformed templates', () => {
+    expect(() => parseTemplate('a.{b')).toThrow(/unbalanced/);
+    expect(() => parseTemplate('a.{}')).toThrow(/bad field/);
+    expect(() => parseTemplate('')).toThrow(/empty/);
+  });
+
+  it('derives the payload kind from the column type', () => {
+    expect(payloadKindOf(3802)).toBe('json');
+    expect(payloadKindOf(114)).toBe('json');
+    expect(payloadKindOf(17)).toBe('bytea');
+    expect(payloadKindOf(25)).toBe('text');
+    expect(() => decodeByteaHex('abc')).toThrow(/hex/);
+  });
+});

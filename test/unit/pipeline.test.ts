@@ -1,0 +1,188 @@
+import { describe, expect, it } from 'vitest';
+import { type Txn, Watermark } from '../../src/checkpoint/watermark.js';
+import type { PipelineConfig, PoisonPolicy } from '../../src/config/schema.js';
+import { type OutboxdError, PoisonError, SinkError } from '../../src/errors.js';
+import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { createMetrics } from '../../src/observability/metrics.js';
+import { Pipeline } from '../../src/pipeline/pipeline.js';
+
+/** A sink fake for pure pipeline logic: records batches, can fail or refuse on demand. */
+class FakeSink implements Sink {
+  readonly type = 'stdout' as const;
+  batches: string[][] = [];
+  deadLetters: DeadLetter[] = [];
+  failNext: SinkError[] = [];
+  refuse = new Set<string>();
+  gate: Promise<void> | null = null;
+  resets = 0;
+  async connect() {}
+  async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
+    if (this.gate) await this.gate;
+    const f = this.failNext.shift();
+    if (f) throw f;
+    this.batches.push(batch.map((m) => m.id));
+    return {
+      poisoned: batch.flatMap((m, index) => (this.refuse.has(m.id) ? [{ index, error: new PoisonError('oversized', `too big: ${m.id}`) }] : [])),
+    };
+  }
+  async publishDeadLetter(letter: DeadLetter) {
+    this.deadLetters.push(letter);
+  }
+  async reset() {
+    this.resets++;
+  }
+  async close() {}
+}
+
+const cfg: PipelineConfig = {
+  maxInFlightMessages: 10,
+  maxInFlightBytes: 1_000_000,
+  batchMaxMessages: 4,
+  batchMaxBytes: 1_000_000,
+  lingerMs: 1,
+  retry: { initialMs: 1, maxMs: 2 },
+};
+
+function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}) {
+  const sink = new FakeSink();
+  const watermark = new Watermark(0n);
+  const events = { advanced: [] as bigint[], halted: null as PoisonError | null, fatal: null as OutboxdError | null, health: [] as boolean[] };
+  const pipeline = new Pipeline(
+    { ...cfg, ...over },
+    policy,
+    sink,
+    watermark,
+    {
+      onAdvance: (lsn) => events.advanced.push(lsn),
+      onHalt: (e) => {
+        events.halted = e;
+      },
+      onFatal: (e) => {
+        events.fatal = e;
+      },
+      onSinkHealth: (up) => events.health.push(up),
+    },
+    createMetrics(),
+    createLogger('silent'),
+  );
+  pipeline.start();
+  let xid = 0;
+  /** Writes one committed transaction with the given message ids. */
+  const txn = (...ids: string[]): { txn: Txn; waits: Array<Promise<void> | undefined> } => {
+    xid++;
+    const t = watermark.begin(xid, BigInt(xid * 100), Date.now());
+    const waits = ids.map((id) => pipeline.push(msg(id, t), t));
+    const lsn = watermark.commit(t, BigInt(xid * 100 + 50));
+    if (lsn !== null) events.advanced.push(lsn);
+    return { txn: t, waits };
+  };
+  return { sink, watermark, pipeline, events, txn };
+}
+
+function msg(id: string, txn: Txn): OutboxMessage {
+  return { id, destination: 'd', key: id[0] ?? 'k', aggregateType: 'a', type: null, payload: 'x', contentType: 'text/plain', headers: { id }, correlationId: null, replyTo: null, txn, sizeBytes: 10 };
+}
+
+describe('Pipeline', () => {
+  it('publishes in push order, in batches, and advances the watermark to the last commit end', async () => {
+    const { sink, pipeline, events, txn, watermark } = setup();
+    txn('a1', 'a2', 'a3');
+    txn('b1');
+    txn('c1', 'c2', 'c3', 'c4', 'c5');
+    expect(await pipeline.drain(1000)).toBe(true);
+    expect(sink.batches.flat()).toEqual(['a1', 'a2', 'a3', 'b1', 'c1', 'c2', 'c3', 'c4', 'c5']);
+    expect(Math.max(...sink.batches.map((b) => b.length))).toBeLessThanOrEqual(4);
+    expect(watermark.lsn).toBe(350n);
+    expect(events.advanced.at(-1)).toBe(350n);
+    await pipeline.stop();
+  });
+
+  it('applies back-pressure when the in-flight bound is full, and releases it after confirms', async () => {
+    const { sink, pipeline, txn } = setup('halt', { maxInFlightMessages: 4, batchMaxMessages: 4 });
+    let open!: () => void;
+    sink.gate = new Promise((r) => {
+      open = r;
+    });
+    const { waits } = txn('a', 'b', 'c', 'd', 'e');
+    expect(waits.slice(0, 3)).toEqual([undefined, undefined, undefined]);
+    const blocked = waits[3];
+    expect(blocked).toBeInstanceOf(Promise);
+    let released = false;
+    void blocked?.then(() => {
+      released = true;
+    });
+    await new Promise((r) => setTimeout(r, 20));
+    expect(released).toBe(false);
+    expect(pipeline.inFlightMessages).toBe(5);
+    open();
+    sink.gate = null;
+    await pipeline.drain(1000);
+    expect(released).toBe(true);
+    await pipeline.stop();
+  });
+
+  it('retries a retriable failure with the whole batch before anything later, and only then advances', async () => {
+    const { sink, pipeline, txn, watermark, events } = setup();
+    sink.failNext.push(new SinkError('NOT_LEADER', 'leader moved', { retriable: true }), new SinkError('NOT_LEADER', 'again', { retriable: true }));
+    txn('k1', 'k2');
+    txn('k3');
+    expect(await pipeline.drain(1000)).toBe(true);
+    expect(sink.batches.flat()).toEqual(['k1', 'k2', 'k3']);
+    expect(sink.resets).toBe(2);
+    expect(events.health).toContain(false);
+    expect(events.health.at(-1)).toBe(true);
+    expect(watermark.lsn).toBe(250n);
+    await pipeline.stop();
+  });
+
+  it('stops without confirming on a non-retriable failure', async () => {
+    const { sink, pipeline, txn, watermark, events } = setup();
+    sink.failNext.push(new SinkError('TOPIC_AUTHORIZATION_FAILED', 'denied', { retriable: false }));
+    txn('x1');
+    expect(await pipeline.drain(200)).toBe(false);
+    expect(events.fatal?.message).toBe('denied');
+    expect(watermark.lsn).toBe(0n);
+    await pipeline.stop();
+  });
+
+  it('halts on a poison message under halt: the watermark stays before its transaction', async () => {
+    const { sink, pipeline, txn, watermark, events } = setup('halt');
+    sink.refuse.add('bad');
+    txn('ok1');
+    txn('ok2', 'bad', 'ok3');
+    txn('later');
+    await pipeline.drain(200);
+    expect(events.halted?.reason).toBe('oversized');
+    expect(watermark.lsn).toBe(150n);
+    expect(sink.batches.flat()).not.toContain('later');
+    await pipeline.stop();
+  });
+
+  it('dead-letters a poison message under dead-letter and goes on', async () => {
+    const { sink, pipeline, txn, watermark, events } = setup('dead-letter');
+    sink.refuse.add('bad');
+    txn('ok1', 'bad');
+    txn('ok2');
+    expect(await pipeline.drain(1000)).toBe(true);
+    expect(events.halted).toBeNull();
+    expect(sink.deadLetters.map((d) => d.id)).toEqual(['bad']);
+    expect(sink.deadLetters[0]?.error.reason).toBe('oversized');
+    expect(watermark.lsn).toBe(250n);
+    await pipeline.stop();
+  });
+
+  it('disposes of mapping poison in order with the other messages', async () => {
+    const { sink, pipeline, watermark } = setup('dead-letter');
+    const t = watermark.begin(1, 100n, 0);
+    pipeline.push(msg('m1', t), t);
+    pipeline.pushPoison({ id: 'p', key: null, destination: null, payload: '{}', contentType: 'application/json', headers: {}, error: new PoisonError('null_key', 'key is null'), txn: t }, t);
+    pipeline.push(msg('m2', t), t);
+    watermark.commit(t, 150n);
+    expect(await pipeline.drain(1000)).toBe(true);
+    expect(sink.batches).toEqual([['m1'], ['m2']]);
+    expect(sink.deadLetters.map((d) => d.id)).toEqual(['p']);
+    expect(watermark.lsn).toBe(150n);
+    await pipeline.stop();
+  });
+});
