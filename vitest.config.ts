@@ -7,6 +7,8 @@ import { defineConfig } from 'vitest/config';
  */
 export default defineConfig({
   test: {
+    // The services are shared; on 2 cores, files one at a time keep timings honest.
+    fileParallelism: false,
     projects: [
       {
         test: {
@@ -21,8 +23,6 @@ export default defineConfig({
           globalSetup: ['test/harness/global-setup.ts'],
           testTimeout: 180_000,
           hookTimeout: 180_000,
-          // The services are shared; on 2 cores, files one at a time keep timings honest.
-          fileParallelism: false,
           pool: 'forks',
         },
       },

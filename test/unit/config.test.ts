@@ -58,7 +58,12 @@ describe('config defaults', () => {
     const cfg = parseConfig(base, {});
     expect(cfg.outbox.tables).toHaveLength(1);
     expect(cfg.outbox.tables[0]?.qualified).toBe('public.outbox');
-    expect(cfg.outbox.tables[0]?.columns).toMatchObject({ id: 'id', aggregatetype: 'aggregatetype', aggregateid: 'aggregateid', payload: 'payload' });
+    expect(cfg.outbox.tables[0]?.columns).toMatchObject({
+      id: 'id',
+      aggregatetype: 'aggregatetype',
+      aggregateid: 'aggregateid',
+      payload: 'payload',
+    });
     expect(cfg.sink.type).toBe('stdout');
     expect(cfg.outbox.onPoison).toBe('halt');
     expect(cfg.postgres.slot).toBe('outboxd');
@@ -79,7 +84,10 @@ describe('config defaults', () => {
 
 describe('config interpolation', () => {
   it('expands ${VAR}, ${VAR:-default} and escapes $${', () => {
-    const cfg = parseConfig('postgres:\n  url: postgres://u@${H}:${P:-5432}/db\n  slot: s_${S:-x}\nsink:\n  stdout:\n    destination: "$${a}{aggregatetype}"\n', { H: 'db' });
+    const cfg = parseConfig(
+      'postgres:\n  url: postgres://u@${H}:${P:-5432}/db\n  slot: s_${S:-x}\nsink:\n  stdout:\n    destination: "$${a}{aggregatetype}"\n',
+      { H: 'db' },
+    );
     expect(cfg.postgres.url).toBe('postgres://u@db:5432/db');
     expect(cfg.postgres.slot).toBe('s_x');
   });
@@ -116,7 +124,11 @@ describe('config errors name the YAML path', () => {
     [`${base}outbox:\n  tables:\n    - name: t\n      columns:\n        idd: x\n`, 'outbox.tables[0].columns.idd', /unknown key/],
     [`${base}outbox:\n  onPoison: ignore\n`, 'outbox.onPoison', /halt, dead-letter/],
     [`${base}sink:\n  type: stdout\n  kafka:\n    brokers: [a:1]\n`, 'sink.kafka', /sink.type is stdout/],
-    [`${base}sink:\n  type: kafka\n  kafka:\n    brokers: [a:1]\n    sasl:\n      mechanism: md5\n      username: u\n      password: p\n`, 'sink.kafka.sasl.mechanism', /plain/],
+    [
+      `${base}sink:\n  type: kafka\n  kafka:\n    brokers: [a:1]\n    sasl:\n      mechanism: md5\n      username: u\n      password: p\n`,
+      'sink.kafka.sasl.mechanism',
+      /plain/,
+    ],
     [`${base}log:\n  level: loud\n`, 'log.level', /one of/],
     ['postgres: [1, 2]\n', 'postgres', /must be a mapping/],
   ];

@@ -5,8 +5,14 @@ import { PoisonError } from '../../src/errors.js';
 import { OutboxMapper, type TableBinding, decodeByteaHex, payloadKindOf } from '../../src/outbox/mapper.js';
 import { parseTemplate } from '../../src/outbox/template.js';
 
-const cfg = parseConfig('postgres:\n  url: postgres://u@h/db\noutbox:\n  tables:\n    - name: public.outbox\n    - name: s.events\n      columns:\n        aggregateid: account_id\n        payload: body\n', {});
-const table = (i: number, kind: TableBinding['payloadKind'] = 'json'): TableBinding => ({ config: cfg.outbox.tables[i]!, payloadKind: kind });
+const cfg = parseConfig(
+  'postgres:\n  url: postgres://u@h/db\noutbox:\n  tables:\n    - name: public.outbox\n    - name: s.events\n      columns:\n        aggregateid: account_id\n        payload: body\n',
+  {},
+);
+const table = (i: number, kind: TableBinding['payloadKind'] = 'json'): TableBinding => ({
+  config: cfg.outbox.tables[i]!,
+  payloadKind: kind,
+});
 const txn = new Txn(742, 0x1507ec0n, 1_700_000_000_000);
 const mapper = new OutboxMapper(parseTemplate('outbox.event.{aggregatetype}'));
 const row = {
@@ -52,10 +58,25 @@ describe('OutboxMapper.fromRow', () => {
   it('adds correlation headers and merges the headers column, fixed headers winning', () => {
     const m = mapper.fromRow(
       table(0),
-      { ...row, correlation_id: 'c-1', causation_id: 'e-0', reply_to: 'replies', traceparent: '00-abc-def-01', headers: '{"tenant": "t1", "n": 3, "id": "spoof"}' },
+      {
+        ...row,
+        correlation_id: 'c-1',
+        causation_id: 'e-0',
+        reply_to: 'replies',
+        traceparent: '00-abc-def-01',
+        headers: '{"tenant": "t1", "n": 3, "id": "spoof"}',
+      },
       txn,
     );
-    expect(m.headers).toMatchObject({ tenant: 't1', n: '3', id: row.id, correlation_id: 'c-1', causation_id: 'e-0', reply_to: 'replies', traceparent: '00-abc-def-01' });
+    expect(m.headers).toMatchObject({
+      tenant: 't1',
+      n: '3',
+      id: row.id,
+      correlation_id: 'c-1',
+      causation_id: 'e-0',
+      reply_to: 'replies',
+      traceparent: '00-abc-def-01',
+    });
     expect(m.correlationId).toBe('c-1');
     expect(m.replyTo).toBe('replies');
   });
@@ -92,13 +113,32 @@ describe('OutboxMapper.fromLogicalMessage', () => {
   const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
 
   it('maps the same fields as a row; an object payload becomes its JSON text', () => {
-    const m = mapper.fromLogicalMessage(enc({ id: 'm1', aggregatetype: 'customer', aggregateid: 'c-7', type: 'Registered', payload: { a: 1 }, headers: { x: 'y' }, correlation_id: 'k' }), txn);
-    expect(m).toMatchObject({ id: 'm1', destination: 'outbox.event.customer', key: 'c-7', payload: '{"a":1}', contentType: 'application/json' });
+    const m = mapper.fromLogicalMessage(
+      enc({
+        id: 'm1',
+        aggregatetype: 'customer',
+        aggregateid: 'c-7',
+        type: 'Registered',
+        payload: { a: 1 },
+        headers: { x: 'y' },
+        correlation_id: 'k',
+      }),
+      txn,
+    );
+    expect(m).toMatchObject({
+      id: 'm1',
+      destination: 'outbox.event.customer',
+      key: 'c-7',
+      payload: '{"a":1}',
+      contentType: 'application/json',
+    });
     expect(m.headers).toMatchObject({ x: 'y', id: 'm1', type: 'Registered', correlation_id: 'k' });
   });
 
   it('takes a string payload verbatim', () => {
-    expect(mapper.fromLogicalMessage(enc({ id: 1, aggregatetype: 't', aggregateid: 2, payload: '{"pre":"serialised"}' }), txn).payload).toBe('{"pre":"serialised"}');
+    expect(
+      mapper.fromLogicalMessage(enc({ id: 1, aggregatetype: 't', aggregateid: 2, payload: '{"pre":"serialised"}' }), txn).payload,
+    ).toBe('{"pre":"serialised"}');
   });
 
   it('rejects content that is not a JSON object', () => {

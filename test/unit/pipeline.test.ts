@@ -23,7 +23,9 @@ class FakeSink implements Sink {
     if (f) throw f;
     this.batches.push(batch.map((m) => m.id));
     return {
-      poisoned: batch.flatMap((m, index) => (this.refuse.has(m.id) ? [{ index, error: new PoisonError('oversized', `too big: ${m.id}`) }] : [])),
+      poisoned: batch.flatMap((m, index) =>
+        this.refuse.has(m.id) ? [{ index, error: new PoisonError('oversized', `too big: ${m.id}`) }] : [],
+      ),
     };
   }
   async publishDeadLetter(letter: DeadLetter) {
@@ -47,7 +49,12 @@ const cfg: PipelineConfig = {
 function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}) {
   const sink = new FakeSink();
   const watermark = new Watermark(0n);
-  const events = { advanced: [] as bigint[], halted: null as PoisonError | null, fatal: null as OutboxdError | null, health: [] as boolean[] };
+  const events = {
+    advanced: [] as bigint[],
+    halted: null as PoisonError | null,
+    fatal: null as OutboxdError | null,
+    health: [] as boolean[],
+  };
   const pipeline = new Pipeline(
     { ...cfg, ...over },
     policy,
@@ -81,7 +88,20 @@ function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}
 }
 
 function msg(id: string, txn: Txn): OutboxMessage {
-  return { id, destination: 'd', key: id[0] ?? 'k', aggregateType: 'a', type: null, payload: 'x', contentType: 'text/plain', headers: { id }, correlationId: null, replyTo: null, txn, sizeBytes: 10 };
+  return {
+    id,
+    destination: 'd',
+    key: id[0] ?? 'k',
+    aggregateType: 'a',
+    type: null,
+    payload: 'x',
+    contentType: 'text/plain',
+    headers: { id },
+    correlationId: null,
+    replyTo: null,
+    txn,
+    sizeBytes: 10,
+  };
 }
 
 describe('Pipeline', () => {
@@ -124,7 +144,10 @@ describe('Pipeline', () => {
 
   it('retries a retriable failure with the whole batch before anything later, and only then advances', async () => {
     const { sink, pipeline, txn, watermark, events } = setup();
-    sink.failNext.push(new SinkError('NOT_LEADER', 'leader moved', { retriable: true }), new SinkError('NOT_LEADER', 'again', { retriable: true }));
+    sink.failNext.push(
+      new SinkError('NOT_LEADER', 'leader moved', { retriable: true }),
+      new SinkError('NOT_LEADER', 'again', { retriable: true }),
+    );
     txn('k1', 'k2');
     txn('k3');
     expect(await pipeline.drain(1000)).toBe(true);
@@ -176,7 +199,19 @@ describe('Pipeline', () => {
     const { sink, pipeline, watermark } = setup('dead-letter');
     const t = watermark.begin(1, 100n, 0);
     pipeline.push(msg('m1', t), t);
-    pipeline.pushPoison({ id: 'p', key: null, destination: null, payload: '{}', contentType: 'application/json', headers: {}, error: new PoisonError('null_key', 'key is null'), txn: t }, t);
+    pipeline.pushPoison(
+      {
+        id: 'p',
+        key: null,
+        destination: null,
+        payload: '{}',
+        contentType: 'application/json',
+        headers: {},
+        error: new PoisonError('null_key', 'key is null'),
+        txn: t,
+      },
+      t,
+    );
     pipeline.push(msg('m2', t), t);
     watermark.commit(t, 150n);
     expect(await pipeline.drain(1000)).toBe(true);

@@ -1,0 +1,353 @@
+/**
+ * Shared pieces of the integration tests: a fresh database per test, the real `outboxd` CLI as
+ * a child process, an outbox writer, and a kafkajs consumer that reads everything back.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import kafkajs from 'kafkajs';
+import pg from 'pg';
+import { getFreePort } from '../harness/ports.js';
+
+export const ROOT = join(import.meta.dirname, '../..');
+export const MAIN = join(ROOT, 'dist/main.js');
+
+export const OUTBOX_DDL = `CREATE TABLE public.outbox (
+  id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  aggregatetype text NOT NULL,
+  aggregateid text NOT NULL,
+  type text,
+  payload jsonb NOT NULL,
+  headers jsonb,
+  correlation_id text,
+  causation_id text,
+  reply_to text,
+  traceparent text,
+  created_at timestamptz NOT NULL DEFAULT now())`;
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000, everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+/** A database of its own for one test, on the given server; dropped (with its slots) afterwards. */
+export class TestDb {
+  readonly name = `t_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
+  readonly slot = `s_${this.name.slice(2)}`;
+  url = '';
+  client!: pg.Client;
+  constructor(private readonly serverUrl: string) {}
+
+  async create(ddl: string[] = [OUTBOX_DDL]): Promise<this> {
+    const admin = new pg.Client({ connectionString: this.serverUrl });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${this.name}`);
+    await admin.end();
+    const u = new URL(this.serverUrl);
+    u.pathname = `/${this.name}`;
+    this.url = u.toString();
+    this.client = new pg.Client({ connectionString: this.url });
+    await this.client.connect();
+    for (const stmt of ddl) await this.client.query(stmt);
+    return this;
+  }
+
+  async slotInfo(): Promise<{ confirmed: bigint; active: boolean; retained: number } | null> {
+    const { rows } = await this.client.query<{ c: string; active: boolean; retained: string }>(
+      `SELECT confirmed_flush_lsn::text AS c, active, (pg_current_wal_lsn() - restart_lsn)::text AS retained
+         FROM pg_replication_slots WHERE slot_name = $1`,
+      [this.slot],
+    );
+    const r = rows[0];
+    if (!r) return null;
+    const [hi, lo] = r.c.split('/').map((x) => BigInt(`0x${x}`)) as [bigint, bigint];
+    return { confirmed: (hi << 32n) | lo, active: r.active, retained: Number(r.retained) };
+  }
+
+  async drop(): Promise<void> {
+    await this.client?.end().catch(() => undefined);
+    const admin = new pg.Client({ connectionString: this.serverUrl });
+    await admin.connect();
+    try {
+      await admin.query(
+        'SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL',
+        [this.slot],
+      );
+      await sleep(100);
+      await admin.query('SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1', [this.name]);
+      await admin.query(`DROP DATABASE IF EXISTS ${this.name} WITH (FORCE)`);
+    } finally {
+      await admin.end();
+    }
+  }
+}
+
+export interface OutboxRow {
+  id: string;
+  aggregatetype: string;
+  aggregateid: string;
+  type: string;
+  seq: number;
+}
+
+/**
+ * Writes `total` outbox rows over `keys` aggregates: alternately one 100-row transaction and
+ * `singles` one-row transactions. Each row's payload carries its per-key sequence number, so a
+ * reader can check per-key commit order.
+ */
+export async function writeOutbox(
+  client: pg.Client,
+  opts: { total: number; keys: number; types: string[]; batch?: number; singles?: number; onProgress?: (written: number) => void },
+): Promise<OutboxRow[]> {
+  const batch = opts.batch ?? 100;
+  const singles = opts.singles ?? 100;
+  const seqs = new Map<string, number>();
+  const rows: OutboxRow[] = [];
+  const next = (): OutboxRow => {
+    const i = rows.length;
+    const aggregateid = `key-${i % opts.keys}`;
+    const seq = (seqs.get(aggregateid) ?? 0) + 1;
+    seqs.set(aggregateid, seq);
+    const row = {
+      id: randomUUID(),
+      aggregatetype: opts.types[(i % opts.keys) % opts.types.length] as string,
+      aggregateid,
+      type: 'Tested',
+      seq,
+    };
+    rows.push(row);
+    return row;
+  };
+  const insert = async (rs: OutboxRow[]) => {
+    const values: unknown[] = [];
+    const tuples = rs.map((r, j) => {
+      values.push(r.id, r.aggregatetype, r.aggregateid, r.type, JSON.stringify({ seq: r.seq, key: r.aggregateid, pad: 'x'.repeat(200) }));
+      const b = j * 5;
+      return `($${b + 1}, $${b + 2}, $${b + 3}, $${b + 4}, $${b + 5})`;
+    });
+    await client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ${tuples.join(', ')}`, values);
+  };
+  let bigTurn = true;
+  while (rows.length < opts.total) {
+    if (bigTurn) {
+      const rs: OutboxRow[] = [];
+      for (let j = 0; j < batch && rows.length < opts.total; j++) rs.push(next());
+      await insert(rs);
+    } else {
+      for (let j = 0; j < singles && rows.length < opts.total; j++) await insert([next()]);
+    }
+    bigTurn = !bigTurn;
+    opts.onProgress?.(rows.length);
+  }
+  return rows;
+}
+
+/** The real CLI, as a child process. */
+export class RelayProcess {
+  readonly child: ChildProcess;
+  stdout = '';
+  stderr = '';
+  readonly exited: Promise<number | null>;
+  constructor(
+    readonly configFile: string,
+    readonly httpPort: number,
+    env: NodeJS.ProcessEnv = {},
+  ) {
+    if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: run npm run build first`);
+    this.child = spawn(process.execPath, [MAIN, 'run', '-c', configFile], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.child.stdout?.on('data', (d: Buffer) => {
+      this.stdout += d.toString();
+    });
+    this.child.stderr?.on('data', (d: Buffer) => {
+      this.stderr += d.toString();
+    });
+    this.exited = new Promise((resolve) => this.child.once('exit', (code, signal) => resolve(code ?? (signal ? -1 : null))));
+  }
+
+  async http(path: string): Promise<{ status: number; body: string }> {
+    const res = await fetch(`http://127.0.0.1:${this.httpPort}${path}`);
+    return { status: res.status, body: await res.text() };
+  }
+
+  async ready(timeoutMs = 60_000): Promise<void> {
+    await until(
+      `outboxd /readyz (stderr: ${this.stderr.slice(-500)})`,
+      async () => {
+        if (this.child.exitCode !== null) throw new Error(`outboxd exited with ${this.child.exitCode}: ${this.stderr.slice(-1000)}`);
+        return (await this.http('/readyz').catch(() => ({ status: 0 }))).status === 200;
+      },
+      timeoutMs,
+    );
+  }
+
+  /** Reads one sample of a metric (sum over label sets matching `labels`). */
+  async metric(name: string, labels: Record<string, string> = {}): Promise<number> {
+    const { body } = await this.http('/metrics');
+    let sum = 0;
+    for (const line of body.split('\n')) {
+      if (!line.startsWith(name)) continue;
+      const m = /^([a-z_]+)(\{[^}]*\})? (.+)$/.exec(line);
+      if (!m || m[1] !== name) continue;
+      if (Object.entries(labels).every(([k, v]) => (m[2] ?? '').includes(`${k}="${v}"`))) sum += Number(m[3]);
+    }
+    return sum;
+  }
+
+  kill(signal: NodeJS.Signals = 'SIGTERM'): void {
+    this.child.kill(signal);
+  }
+
+  logLines(): Array<Record<string, unknown>> {
+    return this.stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+  }
+}
+
+/** Writes a config file into a temp dir and returns its path and the HTTP port it uses. */
+export async function writeConfig(yaml: (httpPort: number) => string): Promise<{ file: string; port: number; dir: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'outboxd-it-'));
+  const port = await getFreePort();
+  const file = join(dir, 'outboxd.yaml');
+  writeFileSync(file, yaml(port));
+  return { file, port, dir };
+}
+
+export function removeDir(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+export interface Consumed {
+  topic: string;
+  partition: number;
+  offset: string;
+  key: string | null;
+  value: string;
+  headers: Record<string, string>;
+}
+
+/** Reads topics from the beginning with a kafkajs consumer group until `stop()`. */
+export class TopicReader {
+  readonly messages: Consumed[] = [];
+  private consumer: kafkajs.Consumer;
+  private readonly kafka: kafkajs.Kafka;
+  constructor(brokers: string[]) {
+    this.kafka = new kafkajs.Kafka({ clientId: 'outboxd-test-reader', brokers, logLevel: kafkajs.logLevel.NOTHING });
+    this.consumer = this.kafka.consumer({ groupId: `reader-${randomUUID()}`, maxWaitTimeInMs: 100 });
+  }
+
+  /** Creates the topics (3 partitions each) so subscribing never races auto-creation. */
+  async createTopics(topics: string[], partitions = 3): Promise<void> {
+    const admin = this.kafka.admin();
+    await admin.connect();
+    await admin.createTopics({
+      topics: topics.map((topic) => ({ topic, numPartitions: partitions, replicationFactor: 1 })),
+      waitForLeaders: true,
+    });
+    await admin.disconnect();
+  }
+
+  async start(topics: string[]): Promise<void> {
+    await this.consumer.connect();
+    await this.consumer.subscribe({ topics, fromBeginning: true });
+    await this.consumer.run({
+      eachMessage: async ({ topic, partition, message }) => {
+        const headers: Record<string, string> = {};
+        for (const [k, v] of Object.entries(message.headers ?? {}))
+          if (v !== undefined) headers[k] = Buffer.isBuffer(v) ? v.toString() : String(v);
+        this.messages.push({
+          topic,
+          partition,
+          offset: message.offset,
+          key: message.key?.toString() ?? null,
+          value: message.value?.toString() ?? '',
+          headers,
+        });
+      },
+    });
+  }
+
+  async waitForIds(ids: Iterable<string>, timeoutMs = 60_000): Promise<void> {
+    const want = new Set(ids);
+    await until(
+      `${want.size} ids on Kafka`,
+      async () => {
+        for (const m of this.messages) want.delete(m.headers.id ?? '');
+        return want.size === 0;
+      },
+      timeoutMs,
+      200,
+    );
+  }
+
+  async stop(): Promise<void> {
+    await this.consumer.disconnect().catch(() => undefined);
+  }
+}
+
+/**
+ * Checks per-key order: for every key, the first occurrences of its ids (duplicates dropped, as
+ * a deduplicating consumer would) carry strictly increasing sequence numbers. Returns the count
+ * of duplicates seen.
+ */
+export function checkPerKeyOrder(messages: Consumed[]): { duplicates: number; violations: string[] } {
+  const seen = new Set<string>();
+  const last = new Map<string, number>();
+  const violations: string[] = [];
+  let duplicates = 0;
+  // Order only matters within a partition; Kafka delivers each partition in offset order.
+  const sorted = [...messages].sort((a, b) =>
+    a.topic === b.topic ? a.partition - b.partition || Number(BigInt(a.offset) - BigInt(b.offset)) : a.topic < b.topic ? -1 : 1,
+  );
+  for (const m of sorted) {
+    const id = m.headers.id ?? '';
+    if (seen.has(id)) {
+      duplicates++;
+      continue;
+    }
+    seen.add(id);
+    const seq = (JSON.parse(m.value) as { seq: number }).seq;
+    const key = `${m.topic}/${m.key}`;
+    const prev = last.get(key) ?? 0;
+    if (seq <= prev) violations.push(`${key}: seq ${seq} after ${prev}`);
+    last.set(key, seq);
+  }
+  return { duplicates, violations };
+}
+
+export function kafkaConfig(opts: { pgUrl: string; slot: string; brokers: string[]; extra?: string }): (port: number) => string {
+  return (port) => `postgres:
+  url: ${opts.pgUrl}
+  slot: ${opts.slot}
+  statusInterval: 1s
+  heartbeat:
+    interval: 2s
+  lagPollInterval: 1s
+  reconnect: { initial: 100ms, max: 2s }
+outbox:
+  tables:
+    - name: public.outbox
+sink:
+  type: kafka
+  kafka:
+    brokers: [${opts.brokers.join(', ')}]
+http:
+  host: 127.0.0.1
+  port: ${port}
+shutdown:
+  grace: 20s
+${opts.extra ?? ''}`;
+}
