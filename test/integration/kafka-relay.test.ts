@@ -139,6 +139,42 @@ describe.each(servers)('Postgres $version → Kafka', ({ url }) => {
   });
 });
 
+describe('observability', () => {
+  it('serves the metrics SPEC.md lists, and readiness that follows the relay state', async () => {
+    const { start } = await setup(inject('pg15Url'));
+    const relay = start();
+    await relay.ready();
+    const { status, body } = await relay.http('/metrics');
+    expect(status).toBe(200);
+    for (const name of [
+      'outboxd_messages_received_total',
+      'outboxd_messages_published_total',
+      'outboxd_publish_errors_total',
+      'outboxd_publish_duration_seconds',
+      'outboxd_commit_to_ack_seconds',
+      'outboxd_inflight_messages',
+      'outboxd_inflight_bytes',
+      'outboxd_replication_lag_bytes',
+      'outboxd_slot_retained_wal_bytes',
+      'outboxd_connection_up',
+      'outboxd_leader',
+      'outboxd_poison_messages_total',
+      'outboxd_dead_lettered_total',
+      'outboxd_build_info',
+    ]) {
+      expect(body, name).toContain(`# TYPE ${name} `);
+    }
+    expect(await relay.metric('outboxd_leader')).toBe(1);
+    expect(await relay.metric('outboxd_connection_up', { target: 'postgres' })).toBe(1);
+    expect(await relay.metric('outboxd_connection_up', { target: 'kafka' })).toBe(1);
+    expect((await relay.http('/livez')).status).toBe(200);
+    expect((await relay.http('/readyz')).body).toMatch(/^ok: streaming/);
+    expect((await relay.http('/nope')).status).toBe(404);
+    relay.kill('SIGTERM');
+    expect(await relay.exited).toBe(0);
+  });
+});
+
 describe('Postgres 15 → Kafka under faults', () => {
   it('loses nothing when the relay is SIGKILLed mid-stream and restarted', async () => {
     // A long linger keeps messages in flight, so the kill lands while some are unconfirmed.
