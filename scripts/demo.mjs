@@ -90,14 +90,21 @@ log:
 
   // Wait for /readyz: connected and streaming.
   for (let i = 0; ; i++) {
-    const ok = await fetch(`http://127.0.0.1:${httpPort}/readyz`).then((r) => r.ok, () => false);
+    const ok = await fetch(`http://127.0.0.1:${httpPort}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (ok) break;
     if (i > 300) throw new Error('outboxd did not become ready within 30 s');
     await new Promise((r) => setTimeout(r, 100));
   }
   say('outboxd is ready; inserting 3 orders (one transaction) and 1 logical-message event');
   await db.query('BEGIN');
-  for (const [n, total] of [[1, 42.5], [2, 17], [3, 99.99]]) {
+  for (const [n, total] of [
+    [1, 42.5],
+    [2, 17],
+    [3, 99.99],
+  ]) {
     await db.query(
       `INSERT INTO public.outbox (aggregatetype, aggregateid, type, payload, correlation_id)
        VALUES ('order', $1, 'OrderPlaced', $2, $3)`,
@@ -106,7 +113,13 @@ log:
   }
   await db.query('COMMIT');
   await db.query(`SELECT pg_logical_emit_message(true, 'outbox', $1)`, [
-    JSON.stringify({ id: 'b7c0a1e2-0000-4000-8000-000000000001', aggregatetype: 'customer', aggregateid: 'cust-7', type: 'CustomerRegistered', payload: { customerId: 'cust-7' } }),
+    JSON.stringify({
+      id: 'b7c0a1e2-0000-4000-8000-000000000001',
+      aggregatetype: 'customer',
+      aggregateid: 'cust-7',
+      type: 'CustomerRegistered',
+      payload: { customerId: 'cust-7' },
+    }),
   ]);
   for (let i = 0; lines < 4; i++) {
     if (i > 300) throw new Error(`only ${lines} of 4 messages arrived within 30 s`);
