@@ -1,0 +1,75 @@
+/**
+ * vitest globalSetup: starts PostgreSQL 15, PostgreSQL 17 and Kafka in parallel, provides
+ * their addresses to the tests (`inject('pg15Url')` etc.), destroys them on teardown.
+ *
+ * OUTBOXD_TEST_SERVICES=pg15,kafka (comma list of pg15, pg17, kafka) starts only those; the
+ * others are provided as ''. Unset or empty starts all three.
+ */
+// Brings 'vitest' into the program so the ProvidedContext augmentation below resolves (TS2664 otherwise).
+import type {} from 'vitest';
+import type { TestProject } from 'vitest/node';
+import { type KafkaServer, startKafka } from './kafka.js';
+import { type PgServer, startPostgres } from './postgres.js';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    pg15Url: string;
+    pg17Url: string;
+    /** comma-separated host:port list, e.g. '127.0.0.1:40123' */
+    kafkaBrokers: string;
+  }
+}
+
+export const SERVICES = ['pg15', 'pg17', 'kafka'] as const;
+export type ServiceName = (typeof SERVICES)[number];
+
+/** The services selected by OUTBOXD_TEST_SERVICES (all when unset/empty). */
+export function enabledServices(env: NodeJS.ProcessEnv = process.env): Set<ServiceName> {
+  const raw = (env.OUTBOXD_TEST_SERVICES ?? '').trim();
+  if (!raw) return new Set(SERVICES);
+  const names = raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const unknown = names.filter((n) => !(SERVICES as readonly string[]).includes(n));
+  if (unknown.length > 0) {
+    throw new Error(`OUTBOXD_TEST_SERVICES: unknown service(s) ${unknown.join(', ')}; valid: ${SERVICES.join(', ')}`);
+  }
+  return new Set(names as ServiceName[]);
+}
+
+async function timed<T>(name: string, start: () => Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  const result = await start();
+  process.stdout.write(`[harness] ${name} ready in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+  return result;
+}
+
+const fulfilled = <T>(r: PromiseSettledResult<T>): T | undefined => (r.status === 'fulfilled' ? r.value : undefined);
+
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const enabled = enabledServices();
+  // Wait for all before deciding, so that one failure never leaves the others running.
+  const [pg15, pg17, kafka] = await Promise.allSettled([
+    enabled.has('pg15') ? timed('pg15', () => startPostgres(15)) : undefined,
+    enabled.has('pg17') ? timed('pg17', () => startPostgres(17)) : undefined,
+    enabled.has('kafka') ? timed('kafka', () => startKafka()) : undefined,
+  ]);
+  const started: Array<PgServer | KafkaServer> = [fulfilled(pg15), fulfilled(pg17), fulfilled(kafka)].filter(
+    (s): s is PgServer | KafkaServer => s !== undefined,
+  );
+  const teardown = async (): Promise<void> => {
+    await Promise.allSettled(started.map((s) => s.destroy()));
+  };
+  const failures = [pg15, pg17, kafka].flatMap((r) =>
+    r.status === 'rejected' ? [r.reason instanceof Error ? r.reason.message : String(r.reason)] : [],
+  );
+  if (failures.length > 0) {
+    await teardown();
+    throw new Error(`test services failed to start:\n${failures.join('\n\n')}`);
+  }
+  project.provide('pg15Url', fulfilled(pg15)?.url ?? '');
+  project.provide('pg17Url', fulfilled(pg17)?.url ?? '');
+  project.provide('kafkaBrokers', fulfilled(kafka)?.brokers.join(',') ?? '');
+  return teardown;
+}

@@ -1,0 +1,226 @@
+/**
+ * Smoke test of the test harness itself: the services from global-setup are usable the way
+ * outboxd uses them (logical replication; kafkajs idempotent producer + consumer group), and
+ * stop/start/destroy work on private instances.
+ */
+import { existsSync } from 'node:fs';
+import { type Consumer, Kafka, type KafkaMessage, logLevel } from 'kafkajs';
+import pg from 'pg';
+import { describe, expect, inject, it } from 'vitest';
+import { enabledServices } from './global-setup.js';
+import { startKafka } from './kafka.js';
+import { isListening } from './ports.js';
+import { startPostgres } from './postgres.js';
+
+const LONG = 120_000;
+const enabled = enabledServices();
+
+async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}
+
+const pgVersions = [
+  { version: 15 as const, url: inject('pg15Url') },
+  { version: 17 as const, url: inject('pg17Url') },
+];
+
+describe.each(pgVersions)('postgres $version', ({ version, url }) => {
+  it.skipIf(!url)('is a replication-capable superuser on a logical-WAL server', async () => {
+    expect(url).toMatch(/^postgres:\/\/outboxd_test:secret@127\.0\.0\.1:\d+\/postgres$/);
+    await withClient(url, async (c) => {
+      const { rows } = await c.query<{ v: string; wal: string; slots: string; senders: string; su: boolean; repl: boolean }>(
+        `SELECT current_setting('server_version_num') AS v, current_setting('wal_level') AS wal,
+                current_setting('max_replication_slots') AS slots, current_setting('max_wal_senders') AS senders,
+                rolsuper AS su, rolreplication AS repl
+           FROM pg_roles WHERE rolname = current_user`,
+      );
+      expect(rows[0]).toMatchObject({ wal: 'logical', slots: '20', senders: '20', su: true, repl: true });
+      expect(Math.floor(Number(rows[0]?.v) / 10000)).toBe(version);
+    });
+  });
+
+  it.skipIf(!url)('decodes committed rows through a pgoutput slot', async () => {
+    await withClient(url, async (c) => {
+      const slot = `harness_smoke_${version}`;
+      await c.query('CREATE TABLE IF NOT EXISTS harness_smoke (id serial PRIMARY KEY, payload text)');
+      await c.query('DROP PUBLICATION IF EXISTS harness_smoke_pub');
+      await c.query('CREATE PUBLICATION harness_smoke_pub FOR TABLE harness_smoke');
+      await c.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [slot]);
+      try {
+        await c.query(`INSERT INTO harness_smoke (payload) VALUES ('a'), ('b')`);
+        const { rows } = await c.query<{ n: string }>(
+          `SELECT count(*) AS n FROM pg_logical_slot_get_binary_changes($1, NULL, NULL,
+             'proto_version', '1', 'publication_names', 'harness_smoke_pub')`,
+          [slot],
+        );
+        // BEGIN, RELATION, INSERT, INSERT, COMMIT
+        expect(Number(rows[0]?.n)).toBeGreaterThanOrEqual(5);
+      } finally {
+        await c.query('SELECT pg_drop_replication_slot($1)', [slot]);
+      }
+    });
+  });
+
+  it.skipIf(!url)('accepts replication-protocol connections over TCP with a password', async () => {
+    // pg passes `replication` through to the startup packet; @types/pg does not declare it.
+    const config: pg.ClientConfig & { replication: string } = { connectionString: url, replication: 'database' };
+    const client = new pg.Client(config);
+    await client.connect();
+    try {
+      const { rows } = await client.query<{ systemid: string; xlogpos: string }>('IDENTIFY_SYSTEM');
+      expect(rows[0]?.systemid).toMatch(/^\d+$/);
+    } finally {
+      await client.end();
+    }
+  });
+
+  it.skipIf(!enabled.has(`pg${version}`))(
+    'private instance survives immediate and fast restarts, destroy removes it',
+    async () => {
+      const server = await startPostgres(version);
+      try {
+        expect(server.version).toBe(version);
+        await withClient(server.url, async (c) => {
+          await c.query('CREATE TABLE t (v int)');
+          await c.query('INSERT INTO t VALUES (1)');
+          await c.query(`SELECT pg_create_logical_replication_slot('keep', 'pgoutput')`);
+        });
+        await server.stop('immediate');
+        expect(await isListening(server.host, server.port)).toBe(false);
+        await server.start();
+        await withClient(server.url, async (c) => {
+          await c.query('INSERT INTO t VALUES (2)');
+        });
+        await server.stop();
+        await server.stop(); // idempotent
+        await server.start();
+        await withClient(server.url, async (c) => {
+          expect((await c.query('SELECT v FROM t ORDER BY v')).rows).toEqual([{ v: 1 }, { v: 2 }]);
+          expect((await c.query(`SELECT slot_name FROM pg_replication_slots`)).rows).toEqual([{ slot_name: 'keep' }]);
+        });
+      } finally {
+        await server.destroy();
+      }
+      expect(existsSync(server.dataDir)).toBe(false);
+      expect(await isListening(server.host, server.port)).toBe(false);
+    },
+    LONG,
+  );
+});
+
+/** Consumes until `count` messages arrived (or throws after timeoutMs). */
+async function consume(
+  consumer: Consumer,
+  topics: string[],
+  count: number,
+  timeoutMs = 30_000,
+): Promise<Array<{ topic: string; partition: number; message: KafkaMessage }>> {
+  const got: Array<{ topic: string; partition: number; message: KafkaMessage }> = [];
+  await consumer.subscribe({ topics, fromBeginning: true });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`consumed ${got.length}/${count} messages in ${timeoutMs} ms`)), timeoutMs);
+    void consumer.run({
+      eachMessage: async ({ topic, partition, message }) => {
+        got.push({ topic, partition, message });
+        if (got.length >= count) {
+          clearTimeout(timer);
+          resolve();
+        }
+      },
+    });
+  });
+  return got;
+}
+
+const kafkaBrokers = inject('kafkaBrokers');
+
+describe('kafka', () => {
+  it.skipIf(!kafkaBrokers)(
+    'kafkajs idempotent producer (acks -1, sendBatch) and a consumer group round-trip',
+    async () => {
+      const kafka = new Kafka({ clientId: 'harness-smoke', brokers: kafkaBrokers.split(','), logLevel: logLevel.WARN });
+      const admin = kafka.admin();
+      const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+      const consumer = kafka.consumer({ groupId: `harness-smoke-${Date.now()}` });
+      const created = `harness-created-${Date.now()}`;
+      const auto = `harness-auto-${Date.now()}`; // auto.create.topics.enable
+      try {
+        await admin.connect();
+        expect(await admin.createTopics({ topics: [{ topic: created, numPartitions: 3 }], waitForLeaders: true })).toBe(true);
+        await producer.connect();
+        const messages = (topic: string) =>
+          Array.from({ length: 30 }, (_, i) => ({ key: `k${i % 5}`, value: `${topic}:${i}`, headers: { seq: String(i) } }));
+        const acks = await producer.sendBatch({
+          acks: -1,
+          topicMessages: [
+            { topic: created, messages: messages(created) },
+            { topic: auto, messages: messages(auto) },
+          ],
+        });
+        expect(acks.every((a) => a.errorCode === 0)).toBe(true);
+        const autoMeta = await admin.fetchTopicMetadata({ topics: [auto] });
+        expect(autoMeta.topics[0]?.partitions).toHaveLength(3); // num.partitions=3
+
+        await consumer.connect();
+        const got = await consume(consumer, [created, auto], 60);
+        expect(got).toHaveLength(60);
+        // Per key (hence per partition), order is the send order.
+        for (const topic of [created, auto]) {
+          const byKey = new Map<string, number[]>();
+          for (const { message } of got.filter((g) => g.topic === topic)) {
+            const key = message.key?.toString() ?? '';
+            byKey.set(key, [...(byKey.get(key) ?? []), Number(message.headers?.seq?.toString())]);
+          }
+          expect(byKey.size).toBe(5);
+          for (const seqs of byKey.values()) expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+        }
+      } finally {
+        await consumer.disconnect();
+        await producer.disconnect();
+        await admin.disconnect();
+      }
+    },
+    LONG,
+  );
+
+  it.skipIf(!enabled.has('kafka'))(
+    'private instance keeps messages across stop/start (graceful and kill), destroy stops it',
+    async () => {
+      const server = await startKafka();
+      const kafka = new Kafka({ clientId: 'harness-restart', brokers: server.brokers, logLevel: logLevel.WARN });
+      try {
+        const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+        await producer.connect();
+        await producer.send({ topic: 'restart', acks: -1, messages: [{ key: 'a', value: 'before-stop' }] });
+        await producer.disconnect();
+        await server.stop();
+        await server.start();
+        const producer2 = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+        await producer2.connect();
+        await producer2.send({ topic: 'restart', acks: -1, messages: [{ key: 'a', value: 'before-kill' }] });
+        await producer2.disconnect();
+        await server.stop('kill');
+        await server.start();
+        const consumer = kafka.consumer({ groupId: 'restart' });
+        await consumer.connect();
+        try {
+          const got = await consume(consumer, ['restart'], 2);
+          expect(got.map((g) => g.message.value?.toString())).toEqual(['before-stop', 'before-kill']);
+        } finally {
+          await consumer.disconnect();
+        }
+      } finally {
+        await server.destroy();
+      }
+      const [host, port] = (server.brokers[0] ?? '').split(':');
+      expect(await isListening(host ?? '', Number(port))).toBe(false);
+    },
+    LONG,
+  );
+});

@@ -1,0 +1,261 @@
+/**
+ * A throwaway single-node Apache Kafka 4.x (KRaft, combined broker+controller) for tests, on
+ * free loopback ports in a temp dir. Jars come from scripts/fetch-kafka.sh (Maven Central,
+ * cached in ~/.cache/outboxd); needs a Java 17+ `java` (JAVA_HOME honoured).
+ */
+import { execFile } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Kafka, logLevel } from 'kafkajs';
+import { getFreePort, isListening, retryOnPortClash } from './ports.js';
+import { exited, pollUntil, ServiceDir } from './proc.js';
+
+export interface KafkaServer {
+  brokers: string[]; // ['127.0.0.1:PORT']
+  /** 'graceful' (default): SIGTERM, controlled shutdown; 'kill': SIGKILL, like a crash. */
+  stop(mode?: 'graceful' | 'kill'): Promise<void>;
+  start(): Promise<void>;
+  destroy(): Promise<void>;
+}
+
+/** Broker version fetched when KAFKA_VERSION is not set (kept in sync with scripts/fetch-kafka.sh). */
+export const DEFAULT_KAFKA_VERSION = '4.1.1';
+const HOST = '127.0.0.1';
+const START_TIMEOUT_MS = 90_000;
+
+const fetchScript = fileURLToPath(new URL('../../scripts/fetch-kafka.sh', import.meta.url));
+let libsPromise: Promise<string> | undefined;
+
+/** Directory of the broker jars: $OUTBOXD_KAFKA_LIBS, else fetched/cached by scripts/fetch-kafka.sh. */
+export function kafkaLibs(): Promise<string> {
+  const override = process.env.OUTBOXD_KAFKA_LIBS;
+  if (override) return Promise.resolve(override);
+  libsPromise ??= new Promise<string>((resolve, reject) => {
+    execFile('bash', [fetchScript], { maxBuffer: 16 * 1024 * 1024, timeout: 600_000 }, (err, stdout, stderr) => {
+      if (err) {
+        reject(new Error(`${fetchScript} failed: ${err.message}\n${stderr.split('\n').slice(-30).join('\n')}`));
+        return;
+      }
+      const dir = stdout.trim().split('\n').pop() ?? '';
+      if (!dir) reject(new Error(`${fetchScript} printed no directory`));
+      else resolve(dir);
+    });
+  });
+  libsPromise.catch(() => {
+    libsPromise = undefined;
+  });
+  return libsPromise;
+}
+
+function javaBinary(): string {
+  const home = process.env.JAVA_HOME;
+  return home ? join(home, 'bin', 'java') : 'java';
+}
+
+/** A KRaft cluster id: 16 random bytes, url-safe base64 without padding (Kafka's Uuid format). */
+function clusterId(): string {
+  for (;;) {
+    const id = randomBytes(16).toString('base64url');
+    // An id starting with '-' would be read as an option by StorageTool's argument parser.
+    if (!id.startsWith('-')) return id;
+  }
+}
+
+const LOG4J2 = `status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = out
+# The config dumps at startup are hundreds of lines each.
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = WARN
+logger.state.name = state.change.logger
+logger.state.level = WARN
+`;
+
+class KafkaServerImpl implements KafkaServer {
+  readonly brokers: string[];
+  private child: ChildProcess | undefined;
+
+  constructor(
+    private readonly libs: string,
+    private readonly brokerPort: number,
+    private readonly sd: ServiceDir,
+  ) {
+    this.brokers = [`${HOST}:${brokerPort}`];
+  }
+
+  private get propsFile(): string {
+    return join(this.sd.dir, 'server.properties');
+  }
+
+  private jvm(main: string, heap: string): string[] {
+    return [
+      `-Xmx${heap}`,
+      // Two cores: the serial collector avoids parallel GC threads fighting the tests for CPU.
+      '-XX:+UseSerialGC',
+      // C1 only: noticeably faster JVM start; a test broker never runs long enough for C2 to pay off.
+      '-XX:TieredStopAtLevel=1',
+      '-Djava.awt.headless=true',
+      `-Dlog4j2.configurationFile=${join(this.sd.dir, 'log4j2.properties')}`,
+      '-cp',
+      `${this.libs}/*`,
+      main,
+    ];
+  }
+
+  private env(): NodeJS.ProcessEnv {
+    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: this.sd.dir, LANG: 'C.UTF-8', TZ: 'UTC' };
+    if (process.env.JAVA_HOME) env.JAVA_HOME = process.env.JAVA_HOME;
+    return env;
+  }
+
+  async init(controllerPort: number): Promise<void> {
+    const props = {
+      'process.roles': 'broker,controller',
+      'node.id': '1',
+      'controller.quorum.voters': `1@${HOST}:${controllerPort}`,
+      listeners: `PLAINTEXT://${HOST}:${this.brokerPort},CONTROLLER://${HOST}:${controllerPort}`,
+      'advertised.listeners': `PLAINTEXT://${HOST}:${this.brokerPort}`,
+      'controller.listener.names': 'CONTROLLER',
+      'inter.broker.listener.name': 'PLAINTEXT',
+      'listener.security.protocol.map': 'PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
+      'log.dirs': join(this.sd.dir, 'data'),
+      'num.partitions': '3',
+      'default.replication.factor': '1',
+      'min.insync.replicas': '1',
+      'auto.create.topics.enable': 'true',
+      'offsets.topic.replication.factor': '1',
+      // One partition each for the internal topics: 50 would make the first group/transaction
+      // coordinator lookups wait for 50 partitions to be created and loaded.
+      'offsets.topic.num.partitions': '1',
+      'transaction.state.log.replication.factor': '1',
+      'transaction.state.log.min.isr': '1',
+      'transaction.state.log.num.partitions': '1',
+      'share.coordinator.state.topic.replication.factor': '1',
+      'share.coordinator.state.topic.min.isr': '1',
+      'group.initial.rebalance.delay.ms': '0',
+      // After a crash (stop('kill')) the controller keeps the dead incarnation registered and
+      // rejects the new one (DUPLICATE_BROKER_REGISTRATION) until the broker session expires:
+      // 9 s by default, 3 s here. Heartbeats every 500 ms keep a live broker well inside that.
+      'broker.heartbeat.interval.ms': '500',
+      'broker.session.timeout.ms': '3000',
+      'num.network.threads': '2',
+      'num.io.threads': '2',
+      'num.recovery.threads.per.data.dir': '1',
+    };
+    await writeFile(
+      this.propsFile,
+      `${Object.entries(props)
+        .map(([k, v]) => `${k}=${v}`)
+        .join('\n')}\n`,
+    );
+    await writeFile(join(this.sd.dir, 'log4j2.properties'), LOG4J2);
+    await this.sd.run(javaBinary(), [...this.jvm('kafka.tools.StorageTool', '256m'), 'format', '-t', clusterId(), '-c', this.propsFile], {
+      env: this.env(),
+      timeoutMs: 120_000,
+      label: 'kafka-storage format',
+    });
+  }
+
+  async start(): Promise<void> {
+    if (this.child && !exited(this.child)) return;
+    const child = this.sd.spawn(javaBinary(), [...this.jvm('kafka.Kafka', '512m'), this.propsFile], { env: this.env() });
+    this.child = child;
+    child.once('exit', () => {
+      if (this.child === child) this.child = undefined;
+    });
+    const abortReason = (): string | undefined => (exited(child) ? `kafka exited (${child.exitCode ?? child.signalCode})` : undefined);
+    try {
+      await pollUntil(() => isListening(HOST, this.brokerPort), { what: 'kafka listener', timeoutMs: START_TIMEOUT_MS, abortReason });
+      this.sd.note('harness: broker port accepts connections');
+      await this.waitUsable(abortReason);
+      this.sd.note('harness: ready');
+    } catch (err) {
+      await this.sd.terminate(child, 'SIGKILL', 0);
+      throw this.sd.failure((err as Error).message);
+    }
+  }
+
+  /**
+   * Ready = a kafkajs admin can connect and see the broker. Then warm up what the first test
+   * would otherwise wait for (each step is retried by kafkajs with ERROR-level log lines):
+   * creating/loading __consumer_offsets (group coordinator) and __transaction_state plus the
+   * broker's first producer-id block (InitProducerId, used by idempotent producers too).
+   */
+  private async waitUsable(abortReason: () => string | undefined): Promise<void> {
+    const probe = new Kafka({
+      clientId: 'outboxd-harness-probe',
+      brokers: this.brokers,
+      logLevel: logLevel.NOTHING,
+      connectionTimeout: 1000,
+      retry: { retries: 0 },
+    });
+    await pollUntil(
+      async () => {
+        const admin = probe.admin();
+        try {
+          await admin.connect();
+          const cluster = await admin.describeCluster();
+          return cluster.brokers.length > 0;
+        } finally {
+          await admin.disconnect().catch(() => undefined);
+        }
+      },
+      { what: 'kafka admin connection', timeoutMs: START_TIMEOUT_MS, abortReason },
+    );
+    this.sd.note('harness: kafkajs admin connected, warming up coordinators');
+    const warm = new Kafka({
+      clientId: 'outboxd-harness-warmup',
+      brokers: this.brokers,
+      logLevel: logLevel.NOTHING,
+      retry: { initialRetryTime: 50, maxRetryTime: 500, retries: 30 },
+    });
+    const admin = warm.admin();
+    const producer = warm.producer({ transactionalId: 'outboxd-harness-warmup', idempotent: true, maxInFlightRequests: 1 });
+    try {
+      await admin.connect();
+      await producer.connect();
+      await Promise.all([admin.describeGroups(['outboxd-harness-warmup']), producer.transaction().then((tx) => tx.abort())]);
+    } finally {
+      await producer.disconnect().catch(() => undefined);
+      await admin.disconnect().catch(() => undefined);
+    }
+  }
+
+  async stop(mode: 'graceful' | 'kill' = 'graceful'): Promise<void> {
+    const child = this.child;
+    if (!child) return;
+    // SIGTERM = controlled shutdown (~2 s); 'kill' simulates a crash.
+    await this.sd.terminate(child, mode === 'graceful' ? 'SIGTERM' : 'SIGKILL', 30_000);
+    this.child = undefined;
+  }
+
+  async destroy(): Promise<void> {
+    await this.stop('kill');
+    await this.sd.dispose();
+  }
+}
+
+/** Starts a fresh single-node Kafka; resolves once a kafkajs admin can use it. */
+export async function startKafka(): Promise<KafkaServer> {
+  const libs = await kafkaLibs();
+  return retryOnPortClash(async () => {
+    const [brokerPort, controllerPort] = [await getFreePort(HOST), await getFreePort(HOST)];
+    const sd = await ServiceDir.create('kafka', 'SIGKILL');
+    const server = new KafkaServerImpl(libs, brokerPort, sd);
+    try {
+      await server.init(controllerPort);
+      await server.start();
+      return server;
+    } catch (err) {
+      await server.destroy().catch(() => undefined);
+      throw err;
+    }
+  });
+}

