@@ -34,6 +34,7 @@ export class Relay {
   private admin: pg.Client | null = null;
   private http: Server | null = null;
   private sinkUp = false;
+  private sinkBlocked = false;
   private fatal: OutboxdError | null = null;
   private stopping = false;
   private readonly sleeper = new Sleeper();
@@ -51,9 +52,15 @@ export class Relay {
     this.done = new Promise((resolve) => {
       this.finished = resolve;
     });
-    this.sink = createSink(cfg.sink, log.child({ module: 'sink' }), (up) => {
-      this.sinkUp = up;
-      this.metrics.connectionState.set({ target: cfg.sink.type }, up ? 1 : 0);
+    this.sink = createSink(cfg.sink, cfg.outbox.onPoison === 'dead-letter', log.child({ module: 'sink' }), {
+      connection: (up) => {
+        this.sinkUp = up;
+        this.metrics.connectionState.set({ target: cfg.sink.type }, up ? 1 : 0);
+      },
+      blocked: (blocked) => {
+        this.sinkBlocked = blocked;
+        this.metrics.brokerBlocked.set(blocked ? 1 : 0);
+      },
     });
     this.pipeline = new Pipeline(
       cfg.pipeline,
@@ -124,6 +131,7 @@ export class Relay {
         if (this.state !== 'streaming')
           return { ok: false, detail: this.state === 'halted' ? `halted: ${this.pipeline.haltedBy?.message}` : this.state };
         if (!this.sinkUp) return { ok: false, detail: `${this.cfg.sink.type} unavailable` };
+        if (this.sinkBlocked) return { ok: false, detail: `${this.cfg.sink.type} blocked the connection (resource alarm)` };
         return { ok: true, detail: 'streaming' };
       },
     };

@@ -130,7 +130,30 @@ export interface StdoutSinkConfig {
   deadLetterDestination: string;
 }
 
-export type SinkConfig = { type: 'kafka'; kafka: KafkaSinkConfig } | { type: 'stdout'; stdout: StdoutSinkConfig };
+export type ExchangeType = 'topic' | 'direct' | 'fanout' | 'x-consistent-hash';
+
+export interface RabbitMqSinkConfig {
+  /** amqp:// or amqps:// URL; the vhost is its path. */
+  url: string;
+  exchange: string;
+  exchangeType: ExchangeType;
+  /** Declare the exchange (durable) at start; otherwise it must exist. */
+  declare: boolean;
+  routingKey: Template;
+  deadLetterExchange: string;
+  /** Routing key for dead letters; null means the message's own routing key (or `poison`). */
+  deadLetterRoutingKey: string | null;
+  confirmTimeoutMs: number;
+  heartbeatSeconds: number;
+  connectionTimeoutMs: number;
+  maxMessageBytes: number;
+  tls: TlsConfig | undefined;
+}
+
+export type SinkConfig =
+  | { type: 'kafka'; kafka: KafkaSinkConfig }
+  | { type: 'rabbitmq'; rabbitmq: RabbitMqSinkConfig }
+  | { type: 'stdout'; stdout: StdoutSinkConfig };
 
 /** All defaults in one place. Debezium outbox event router conventions where they apply. */
 export const DEFAULTS = {
@@ -167,6 +190,13 @@ export const DEFAULTS = {
   kafkaTopic: 'outbox.event.{aggregatetype}',
   deadLetterTopic: 'outbox.deadletter',
   kafkaClientId: 'outboxd',
+  routingKey: '{aggregatetype}.{type}',
+  /** x-consistent-hash hashes the routing key: the shard key is the whole routing key. */
+  routingKeyConsistentHash: '{aggregateid}',
+  deadLetterExchange: 'outbox.deadletter',
+  confirmTimeout: '30s',
+  amqpHeartbeat: '10s',
+  rabbitMaxMessageBytes: '16MiB',
   kafkaMaxMessageBytes: '1MiB',
   kafkaConnectionTimeout: '10s',
   kafkaRequestTimeout: '30s',
@@ -188,7 +218,7 @@ export function compileConfig(doc: unknown): Config {
     pipeline: compilePipeline(
       root.section('pipeline', ['maxInFlightMessages', 'maxInFlightBytes', 'batchMaxMessages', 'batchMaxBytes', 'linger', 'retry']),
     ),
-    sink: compileSink(root.section('sink', ['type', 'kafka', 'stdout'])),
+    sink: compileSink(root.section('sink', ['type', 'kafka', 'rabbitmq', 'stdout'])),
     http: compileHttp(root.section('http', ['host', 'port'])),
     log: {
       level: root
@@ -309,8 +339,8 @@ function compilePipeline(s: Section): PipelineConfig {
 }
 
 function compileSink(s: Section): SinkConfig {
-  const type = s.oneOf('type', ['kafka', 'stdout'] as const, 'stdout');
-  for (const other of ['kafka', 'stdout'] as const) {
+  const type = s.oneOf('type', ['kafka', 'rabbitmq', 'stdout'] as const, 'stdout');
+  for (const other of ['kafka', 'rabbitmq', 'stdout'] as const) {
     if (other !== type && s.has(other)) {
       throw new ConfigError(s.at(other), `is set but sink.type is ${type}; remove it or set sink.type: ${other}`);
     }
@@ -330,6 +360,29 @@ function compileSink(s: Section): SinkConfig {
           'requestTimeout',
           'ssl',
           'sasl',
+        ]),
+      ),
+    };
+  }
+  if (type === 'rabbitmq') {
+    return {
+      type,
+      rabbitmq: compileRabbitMq(
+        s.section('rabbitmq', [
+          'url',
+          'password',
+          'passwordFile',
+          'exchange',
+          'exchangeType',
+          'declare',
+          'routingKey',
+          'deadLetterExchange',
+          'deadLetterRoutingKey',
+          'confirmTimeout',
+          'heartbeat',
+          'connectionTimeout',
+          'maxMessageBytes',
+          'tls',
         ]),
       ),
     };
@@ -364,11 +417,48 @@ function compileKafka(s: Section): KafkaSinkConfig {
   };
 }
 
-function compileTls(parent: Section): TlsConfig | undefined {
-  const raw = parent.raw_('ssl');
+function compileRabbitMq(s: Section): RabbitMqSinkConfig {
+  let url = s.string('url');
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new ConfigError(s.at('url'), 'is not a valid URL');
+  }
+  if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
+    throw new ConfigError(s.at('url'), `must be an amqp:// or amqps:// URL, got ${parsed.protocol}//`);
+  }
+  if (s.has('password') && s.has('passwordFile')) {
+    throw new ConfigError(s.at('passwordFile'), 'set either password or passwordFile, not both');
+  }
+  const password = s.has('passwordFile') ? readSecret(s, 'passwordFile') : s.optString('password');
+  if (password !== undefined) {
+    parsed.password = encodeURIComponent(password);
+    url = parsed.toString();
+  }
+  const exchangeType = s.oneOf('exchangeType', ['topic', 'direct', 'fanout', 'x-consistent-hash'] as const, 'topic');
+  const dlrk = s.optString('deadLetterRoutingKey');
+  return {
+    url,
+    exchange: s.string('exchange'),
+    exchangeType,
+    declare: s.bool('declare', false),
+    routingKey: template(s, 'routingKey', exchangeType === 'x-consistent-hash' ? DEFAULTS.routingKeyConsistentHash : DEFAULTS.routingKey),
+    deadLetterExchange: s.string('deadLetterExchange', DEFAULTS.deadLetterExchange),
+    deadLetterRoutingKey: dlrk === undefined || dlrk === '' ? null : dlrk,
+    confirmTimeoutMs: s.durationMs('confirmTimeout', DEFAULTS.confirmTimeout, { min: 100 }),
+    heartbeatSeconds: Math.round(s.durationMs('heartbeat', DEFAULTS.amqpHeartbeat, { min: 0, max: 3_600_000 }) / 1000),
+    connectionTimeoutMs: s.durationMs('connectionTimeout', DEFAULTS.kafkaConnectionTimeout, { min: 100 }),
+    maxMessageBytes: s.sizeBytes('maxMessageBytes', DEFAULTS.rabbitMaxMessageBytes, { min: 1024 }),
+    tls: compileTls(s, 'tls'),
+  };
+}
+
+function compileTls(parent: Section, key = 'ssl'): TlsConfig | undefined {
+  const raw = parent.raw_(key);
   if (raw === undefined || raw === null || raw === false) return undefined;
   if (raw === true) return { ca: undefined, cert: undefined, key: undefined, rejectUnauthorized: true, servername: undefined };
-  const s = parent.section('ssl', ['caFile', 'certFile', 'keyFile', 'rejectUnauthorized', 'servername']);
+  const s = parent.section(key, ['caFile', 'certFile', 'keyFile', 'rejectUnauthorized', 'servername']);
   return {
     ca: s.has('caFile') ? readSecret(s, 'caFile') : undefined,
     cert: s.has('certFile') ? readSecret(s, 'certFile') : undefined,

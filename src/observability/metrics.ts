@@ -123,6 +123,11 @@ export function createMetrics(registry = new Registry()) {
       labelNames: ['target'],
       registers: r,
     }),
+    brokerBlocked: new Gauge({
+      name: 'outboxd_broker_blocked',
+      help: '1 while the broker blocks publishing (RabbitMQ memory or disk alarm).',
+      registers: r,
+    }),
     leader: new Gauge({
       name: 'outboxd_leader',
       help: '1 when this instance holds the slot and streams; 0 while it waits as a standby.',

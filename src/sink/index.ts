@@ -2,12 +2,22 @@ import type { SinkConfig } from '../config/schema.js';
 import type { Sink } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
 import { KafkaSink } from './kafka.js';
+import { RabbitMqSink } from './rabbitmq.js';
 import { StdoutSink } from './stdout.js';
 
-export function createSink(cfg: SinkConfig, log: Logger, onConnection: (up: boolean) => void): Sink {
+/** How a sink reports its broker's health to the relay (metrics and `/readyz`). */
+export interface SinkStatus {
+  connection(up: boolean): void;
+  /** The broker asked us to stop publishing (RabbitMQ resource alarm). */
+  blocked(blocked: boolean): void;
+}
+
+export function createSink(cfg: SinkConfig, needDeadLetter: boolean, log: Logger, status: SinkStatus): Sink {
   switch (cfg.type) {
     case 'kafka':
-      return new KafkaSink(cfg.kafka, log, onConnection);
+      return new KafkaSink(cfg.kafka, log, (up) => status.connection(up));
+    case 'rabbitmq':
+      return new RabbitMqSink(cfg.rabbitmq, needDeadLetter, log, status);
     case 'stdout':
       return new StdoutSink(cfg.stdout);
   }
@@ -15,5 +25,12 @@ export function createSink(cfg: SinkConfig, log: Logger, onConnection: (up: bool
 
 /** The destination template the mapper renders for this sink. */
 export function destinationTemplate(cfg: SinkConfig) {
-  return cfg.type === 'kafka' ? cfg.kafka.topic : cfg.stdout.destination;
+  switch (cfg.type) {
+    case 'kafka':
+      return cfg.kafka.topic;
+    case 'rabbitmq':
+      return cfg.rabbitmq.routingKey;
+    case 'stdout':
+      return cfg.stdout.destination;
+  }
 }

@@ -28,7 +28,7 @@ describe('config examples', () => {
   const files = readdirSync(dir).filter((f) => f.endsWith('.yaml'));
 
   it('has an example for each sink', () => {
-    expect(files).toEqual(expect.arrayContaining(['kafka.yaml', 'stdout.yaml']));
+    expect(files).toEqual(expect.arrayContaining(['kafka.yaml', 'rabbitmq.yaml', 'stdout.yaml']));
   });
 
   for (const file of files) {
@@ -82,6 +82,28 @@ describe('config defaults', () => {
   });
 });
 
+describe('rabbitmq config', () => {
+  const rabbit = (extra: string) => parseConfig(`${base}sink:\n  type: rabbitmq\n  rabbitmq:\n    url: amqp://u@h/%2F\n    exchange: ev\n${extra}`, {});
+
+  it('defaults the routing key to {aggregatetype}.{type}, or {aggregateid} for x-consistent-hash', () => {
+    const topic = rabbit('');
+    expect(topic.sink.type === 'rabbitmq' && topic.sink.rabbitmq.routingKey.source).toBe('{aggregatetype}.{type}');
+    const hash = rabbit('    exchangeType: x-consistent-hash\n');
+    expect(hash.sink.type === 'rabbitmq' && hash.sink.rabbitmq.routingKey.source).toBe('{aggregateid}');
+  });
+
+  it('puts a configured password into the URL', () => {
+    const cfg = rabbit('    password: p@ss\n');
+    expect(cfg.sink.type === 'rabbitmq' && cfg.sink.rabbitmq.url).toBe('amqp://u:p%40ss@h/%2F');
+  });
+
+  it('rejects a non-AMQP URL and a missing exchange', () => {
+    expect(errorOf(`${base}sink:\n  type: rabbitmq\n  rabbitmq:\n    url: http://h\n    exchange: e\n`).path).toBe('sink.rabbitmq.url');
+    expect(errorOf(`${base}sink:\n  type: rabbitmq\n  rabbitmq:\n    url: amqp://h\n`).path).toBe('sink.rabbitmq.exchange');
+    expect(errorOf(`${base}sink:\n  type: rabbitmq\n  rabbitmq:\n    url: amqp://h\n    exchange: e\n    exchangeType: headers\n`).path).toBe('sink.rabbitmq.exchangeType');
+  });
+});
+
 describe('config interpolation', () => {
   it('expands ${VAR}, ${VAR:-default} and escapes $${', () => {
     const cfg = parseConfig(
@@ -113,7 +135,7 @@ describe('config errors name the YAML path', () => {
     ['{}', 'postgres', /is required/],
     ['postgres:\n  url: mysql://x\n', 'postgres.url', /postgres:\/\//],
     [`${base}  slot: Bad-Name\n`, 'postgres.slot', /lower-case identifier/],
-    [`${base}sink:\n  type: kafkaa\n`, 'sink.type', /one of kafka, stdout/],
+    [`${base}sink:\n  type: kafkaa\n`, 'sink.type', /one of kafka, rabbitmq, stdout/],
     [`${base}sink:\n  type: kafka\n`, 'sink.kafka.brokers', /is required/],
     [`${base}sink:\n  type: kafka\n  kafka:\n    brokers: [nohost]\n`, 'sink.kafka.brokers[0]', /host:port/],
     [`${base}pipeline:\n  linger: 5\n`, 'pipeline.linger', /duration/],

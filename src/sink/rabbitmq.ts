@@ -1,0 +1,359 @@
+import amqp from 'amqplib';
+import type { RabbitMqSinkConfig } from '../config/schema.js';
+import { PoisonError, SinkError } from '../errors.js';
+import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
+import type { Logger } from '../observability/logger.js';
+import { deadLetterBody, deadLetterHeaders } from './dead-letter.js';
+import type { SinkStatus } from './index.js';
+
+/** AMQP reply codes after which retrying cannot help (the channel was closed by the broker). */
+const FATAL_REPLY_CODES = new Set([403, 404, 406, 530, 540]);
+
+/**
+ * RabbitMQ through an amqplib ConfirmChannel.
+ *
+ * - Every message is published `persistent` and `mandatory`. A batch resolves only when every
+ *   message is acked. A nack, a closed channel or the confirm timeout fails the whole batch
+ *   (retried whole by the pipeline); a `return` (no queue bound for the routing key) makes that
+ *   message poison: its ack arrives after the return, so the ack alone proves nothing.
+ * - `publish()` returning false (the channel's buffer is full) waits for `drain`.
+ * - A `blocked` connection (broker memory or disk alarm) holds publishing until `unblocked`
+ *   and reports the sink down, so `/readyz` fails and WAL reading pauses via back-pressure.
+ * - On any failure the connection is dropped; the pipeline's retry reconnects and republishes
+ *   everything unconfirmed, so nothing is lost and per-key order holds after dedupe by id.
+ */
+export class RabbitMqSink implements Sink {
+  readonly type = 'rabbitmq' as const;
+  private model: amqp.ChannelModel | null = null;
+  private channel: amqp.ConfirmChannel | null = null;
+  private connecting: Promise<amqp.ConfirmChannel> | null = null;
+  private blocked: { reason: string; until: Promise<void>; release: () => void } | null = null;
+  /** Message ids returned as unroutable during the current publish. */
+  private returned = new Set<string>();
+  private lastError: Error | null = null;
+
+  constructor(
+    private readonly cfg: RabbitMqSinkConfig,
+    private readonly needDeadLetter: boolean,
+    private readonly log: Logger,
+    private readonly status: SinkStatus,
+  ) {}
+
+  async connect(): Promise<void> {
+    await this.getChannel();
+  }
+
+  private getChannel(): Promise<amqp.ConfirmChannel> {
+    if (this.channel) return Promise.resolve(this.channel);
+    this.connecting ??= this.open().finally(() => {
+      this.connecting = null;
+    });
+    return this.connecting;
+  }
+
+  private async open(): Promise<amqp.ConfirmChannel> {
+    const url = new URL(this.cfg.url);
+    if (!url.searchParams.has('heartbeat')) url.searchParams.set('heartbeat', String(this.cfg.heartbeatSeconds));
+    const tls = this.cfg.tls;
+    let model: amqp.ChannelModel;
+    try {
+      model = await amqp.connect(url.toString(), {
+        timeout: this.cfg.connectionTimeoutMs,
+        ...(tls
+          ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized, servername: tls.servername }
+          : {}),
+        clientProperties: { connection_name: 'outboxd' },
+      });
+    } catch (err) {
+      this.status.connection(false);
+      throw classify(err, 'connecting to RabbitMQ');
+    }
+    model.on('error', (err: Error) => {
+      this.lastError = err;
+      this.log.debug({ err }, 'amqp connection error');
+    });
+    model.on('close', () => this.dropped(model));
+    model.on('blocked', (reason: string) => {
+      let release!: () => void;
+      const until = new Promise<void>((r) => {
+        release = r;
+      });
+      this.blocked = { reason, until, release };
+      this.log.warn({ reason }, 'RabbitMQ blocked the connection (resource alarm): publishing paused');
+      this.status.blocked(true);
+    });
+    model.on('unblocked', () => {
+      this.log.info('RabbitMQ unblocked the connection: publishing resumes');
+      this.unblock();
+    });
+    try {
+      const ch = await model.createConfirmChannel();
+      ch.on('error', (err: Error) => {
+        this.lastError = err;
+      });
+      ch.on('close', () => {
+        if (this.channel === ch) this.channel = null;
+      });
+      ch.on('return', (msg: amqp.Message) => {
+        const id = msg.properties.messageId as string | undefined;
+        if (id !== undefined) this.returned.add(id);
+      });
+      await this.checkExchange(ch, this.cfg.exchange, this.cfg.exchangeType);
+      if (this.needDeadLetter) await this.checkExchange(ch, this.cfg.deadLetterExchange, 'topic');
+      this.model = model;
+      this.channel = ch;
+      this.status.connection(true);
+      return ch;
+    } catch (err) {
+      await model.close().catch(() => undefined);
+      this.status.connection(false);
+      throw classify(err, 'opening a RabbitMQ channel');
+    }
+  }
+
+  private async checkExchange(ch: amqp.ConfirmChannel, name: string, type: string): Promise<void> {
+    try {
+      if (this.cfg.declare) await ch.assertExchange(name, type, { durable: true });
+      else await ch.checkExchange(name);
+    } catch (err) {
+      const code = (err as { code?: number }).code;
+      if (code === 404) {
+        throw new SinkError(
+          'exchange_missing',
+          `RabbitMQ exchange "${name}" does not exist; create it or set sink.rabbitmq.declare: true`,
+          { retriable: false, cause: err },
+        );
+      }
+      if (code === 406) {
+        throw new SinkError(
+          'exchange_mismatch',
+          `RabbitMQ exchange "${name}" exists with other settings (wanted a durable ${type} exchange)`,
+          {
+            retriable: false,
+            cause: err,
+          },
+        );
+      }
+      if (code === 503 || /x-consistent-hash/.test(String((err as Error).message))) {
+        throw new SinkError(
+          'exchange_type',
+          `RabbitMQ cannot declare a ${type} exchange: is the rabbitmq_consistent_hash_exchange plugin enabled?`,
+          {
+            retriable: false,
+            cause: err,
+          },
+        );
+      }
+      throw err;
+    }
+  }
+
+  private dropped(model: amqp.ChannelModel): void {
+    if (this.model !== model) return;
+    this.model = null;
+    this.channel = null;
+    this.unblock();
+    this.status.connection(false);
+  }
+
+  private unblock(): void {
+    const b = this.blocked;
+    this.blocked = null;
+    if (b) {
+      b.release();
+      this.status.blocked(false);
+    }
+  }
+
+  async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
+    if (this.blocked) await this.blocked.until;
+    const ch = await this.getChannel();
+    const poisoned: Array<{ index: number; error: PoisonError }> = [];
+    this.returned = new Set();
+    const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
+    for (let i = 0; i < batch.length; i++) {
+      const m = batch[i] as OutboxMessage;
+      if (m.sizeBytes > this.cfg.maxMessageBytes) {
+        poisoned.push({
+          index: i,
+          error: new PoisonError(
+            'oversized',
+            `message of ${m.sizeBytes} bytes exceeds sink.rabbitmq.maxMessageBytes (${this.cfg.maxMessageBytes})`,
+          ),
+        });
+        continue;
+      }
+      const body = typeof m.payload === 'string' ? Buffer.from(m.payload) : m.payload;
+      let ok: boolean;
+      try {
+        ok = ch.publish(this.cfg.exchange, m.destination, body, properties(m), confirms.callback());
+      } catch (err) {
+        // amqplib throws synchronously when the channel is already closed.
+        confirms.abandon();
+        throw classify(err, 'publishing to RabbitMQ');
+      }
+      if (!ok) await this.drained(ch);
+    }
+    try {
+      await confirms.wait();
+    } catch (err) {
+      throw classify(err, 'waiting for RabbitMQ publisher confirms');
+    }
+    for (let i = 0; i < batch.length; i++) {
+      const m = batch[i] as OutboxMessage;
+      if (this.returned.has(m.id) && !poisoned.some((p) => p.index === i)) {
+        poisoned.push({
+          index: i,
+          error: new PoisonError('unroutable', `no queue is bound to exchange "${this.cfg.exchange}" for routing key "${m.destination}"`),
+        });
+      }
+    }
+    this.status.connection(true);
+    return { poisoned: poisoned.sort((a, b) => a.index - b.index) };
+  }
+
+  /** Waits for `drain`, or fails if the channel closes first. */
+  private drained(ch: amqp.ConfirmChannel): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onDrain = () => {
+        ch.off('close', onClose);
+        resolve();
+      };
+      const onClose = () => {
+        ch.off('drain', onDrain);
+        reject(
+          new SinkError(
+            'channel_closed',
+            `RabbitMQ channel closed while waiting for drain${this.lastError ? `: ${this.lastError.message}` : ''}`,
+            { retriable: true },
+          ),
+        );
+      };
+      ch.once('drain', onDrain);
+      ch.once('close', onClose);
+    });
+  }
+
+  async publishDeadLetter(letter: DeadLetter): Promise<void> {
+    if (this.blocked) await this.blocked.until;
+    const ch = await this.getChannel();
+    const headers = deadLetterHeaders(letter);
+    const body = deadLetterBody(letter, Math.floor(this.cfg.maxMessageBytes / 2), headers);
+    const routingKey = this.cfg.deadLetterRoutingKey ?? letter.destination ?? 'poison';
+    const messageId = letter.id ?? `poison-${letter.txn.xid}-${headers['outboxd.lsn']}`;
+    this.returned = new Set();
+    const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
+    ch.publish(
+      this.cfg.deadLetterExchange,
+      routingKey,
+      typeof body === 'string' ? Buffer.from(body) : body,
+      {
+        persistent: true,
+        mandatory: true,
+        messageId,
+        contentType: letter.contentType,
+        timestamp: Math.floor(letter.txn.commitTimeMs / 1000),
+        appId: 'outboxd',
+        headers: { ...headers, ...(letter.key !== null ? { aggregateid: letter.key } : {}) },
+      },
+      confirms.callback(),
+    );
+    try {
+      await confirms.wait();
+    } catch (err) {
+      throw classify(err, `publishing to dead-letter exchange ${this.cfg.deadLetterExchange}`);
+    }
+    if (this.returned.has(messageId)) {
+      throw new SinkError(
+        'dead_letter_unroutable',
+        `no queue is bound to dead-letter exchange "${this.cfg.deadLetterExchange}" for routing key "${routingKey}"; bind one, the poison message waits`,
+        { retriable: true },
+      );
+    }
+  }
+
+  async reset(): Promise<void> {
+    const model = this.model;
+    this.model = null;
+    this.channel = null;
+    this.unblock();
+    if (model) await model.close().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    await this.reset();
+  }
+}
+
+function properties(m: OutboxMessage): amqp.Options.Publish {
+  return {
+    persistent: true,
+    mandatory: true,
+    messageId: m.id,
+    correlationId: m.correlationId ?? undefined,
+    replyTo: m.replyTo ?? undefined,
+    type: m.type ?? undefined,
+    // AMQP timestamps are seconds; the commit time is when the event happened.
+    timestamp: Math.floor(m.txn.commitTimeMs / 1000),
+    contentType: m.contentType,
+    appId: 'outboxd',
+    headers: { ...m.headers, aggregatetype: m.aggregateType, aggregateid: m.key },
+  };
+}
+
+/**
+ * Counts outstanding publisher confirms. Every callback is settled exactly once by amqplib (ack,
+ * nack, or channel close); this waits for all of them, remembers the first failure, and gives up
+ * after the timeout, since a broker that vanished without closing the socket never answers.
+ */
+class ConfirmWaiter {
+  private pending = 0;
+  private error: Error | null = null;
+  private done: (() => void) | null = null;
+  private abandoned = false;
+  constructor(private readonly timeoutMs: number) {}
+
+  callback(): (err: unknown) => void {
+    this.pending++;
+    return (err: unknown) => {
+      if (err && !this.error)
+        this.error = err instanceof Error ? err : new SinkError('nack', 'RabbitMQ nacked a message', { retriable: true });
+      this.pending--;
+      if (this.pending === 0) this.done?.();
+    };
+  }
+
+  abandon(): void {
+    this.abandoned = true;
+  }
+
+  async wait(): Promise<void> {
+    if (this.pending > 0 && !this.abandoned) {
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = await new Promise<boolean>((resolve) => {
+        this.done = () => resolve(false);
+        timer = setTimeout(() => resolve(true), this.timeoutMs);
+      });
+      clearTimeout(timer);
+      if (timedOut) {
+        throw new SinkError('confirm_timeout', `RabbitMQ did not confirm ${this.pending} message(s) within ${this.timeoutMs} ms`, {
+          retriable: true,
+        });
+      }
+    }
+    if (this.error) throw this.error;
+  }
+}
+
+function classify(err: unknown, doing: string): SinkError {
+  if (err instanceof SinkError) return err;
+  const e = err as { code?: number | string; message?: string };
+  const message = `${doing}: ${e?.message ?? String(err)}`;
+  if (/ACCESS_REFUSED|403/.test(e?.message ?? '') || e?.code === 403) {
+    return new SinkError('access_refused', `${message} (check the credentials and vhost permissions)`, { retriable: false, cause: err });
+  }
+  if (typeof e?.code === 'number' && FATAL_REPLY_CODES.has(e.code))
+    return new SinkError(`amqp_${e.code}`, message, { retriable: false, cause: err });
+  if (/nack/i.test(e?.message ?? '')) return new SinkError('nack', message, { retriable: true, cause: err });
+  return new SinkError(typeof e?.code === 'string' ? e.code : 'connection', message, { retriable: true, cause: err });
+}
