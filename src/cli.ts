@@ -1,4 +1,7 @@
 import { Relay } from './app.js';
+import { runChecks } from './commands/doctor.js';
+import { setupCommand } from './commands/setup.js';
+import { statusCommand } from './commands/status.js';
 import { loadConfigFile } from './config/load.js';
 import { ExitCode, UsageError, exitCodeFor, oneLine } from './errors.js';
 import { createLogger } from './observability/logger.js';
@@ -7,8 +10,10 @@ import { VERSION } from './version.js';
 export const USAGE = `outboxd ${VERSION}: relays transactional outbox rows from Postgres logical replication to Kafka or stdout
 
 usage:
-  outboxd run -c FILE          run the relay
-  outboxd validate -c FILE     check the config file and exit (0 = valid)
+  outboxd run -c FILE                   run the relay
+  outboxd validate -c FILE [--connect]  check the config; --connect also checks Postgres and the broker
+  outboxd status -c FILE [--json]       the replication slot: active, confirmed LSN, lag, retained WAL
+  outboxd setup -c FILE [--print]       create the publication and slot (or print the SQL) and print the outbox DDL
   outboxd --version | --help
 
 exit codes: 0 ok, 1 runtime failure, 2 usage, 3 invalid config, 4 replication slot lost, 130 forced stop`;
@@ -16,21 +21,26 @@ exit codes: 0 ok, 1 runtime failure, 2 usage, 3 invalid config, 4 replication sl
 interface Args {
   command: string;
   config: string | undefined;
+  flags: Set<string>;
 }
+
+const FLAGS: Record<string, readonly string[]> = { validate: ['--connect'], status: ['--json'], setup: ['--print'], run: [] };
 
 export function parseArgs(argv: readonly string[]): Args {
   const [command, ...rest] = argv;
   if (!command) throw new UsageError(`missing command\n${USAGE}`);
   let config: string | undefined;
+  const flags = new Set<string>();
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i] as string;
     if (a === '-c' || a === '--config') {
       config = rest[++i];
       if (!config) throw new UsageError(`${a} needs a file`);
     } else if (a.startsWith('--config=')) config = a.slice('--config='.length);
+    else if (FLAGS[command]?.includes(a)) flags.add(a);
     else throw new UsageError(`unknown argument "${a}" for ${command}`);
   }
-  return { command, config };
+  return { command, config, flags };
 }
 
 /** Runs the CLI. Returns the exit code; writes errors as one line on stderr. */
@@ -53,12 +63,19 @@ export async function cli(argv: readonly string[], env: NodeJS.ProcessEnv = proc
         process.stdout.write(
           `ok: ${configFile} is valid (sink ${cfg.sink.type}, ${cfg.outbox.tables.length} table(s), slot ${cfg.postgres.slot})\n`,
         );
-        return ExitCode.ok;
+        if (!args.flags.has('--connect')) return ExitCode.ok;
+        const checks = await runChecks(cfg);
+        for (const c of checks) process.stdout.write(`${c.status.padEnd(4)}  ${c.name}: ${c.detail}\n`);
+        return checks.some((c) => c.status === 'fail') ? ExitCode.failure : ExitCode.ok;
       }
+      case 'status':
+        return await statusCommand(loadConfigFile(configFile, env), args.flags.has('--json'), process.stdout);
+      case 'setup':
+        return await setupCommand(loadConfigFile(configFile, env), args.flags.has('--print'), process.stdout);
       case 'run':
         return await run(configFile, env);
       default:
-        throw new UsageError(`unknown command "${args.command}"; try run or validate`);
+        throw new UsageError(`unknown command "${args.command}"; try run, validate, status or setup`);
     }
   } catch (err) {
     process.stderr.write(`outboxd: ${oneLine(err)}\n`);

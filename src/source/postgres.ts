@@ -176,7 +176,7 @@ async function checkTableExists(client: pg.Client, t: TableConfig): Promise<void
  */
 const MARKER_PREFIX = 'outboxd:';
 
-async function readMarker(client: pg.Client, publication: string): Promise<string[]> {
+export async function readMarker(client: pg.Client, publication: string): Promise<string[]> {
   const { rows } = await client.query<{ c: string | null }>(
     `SELECT obj_description(oid, 'pg_publication') AS c FROM pg_publication WHERE pubname = $1`,
     [publication],

@@ -1,0 +1,101 @@
+import type { Config } from '../config/schema.js';
+import { ExitCode, oneLine } from '../errors.js';
+import { formatLsn } from '../lsn.js';
+import { connectAdmin, inspectSlot, readMarker } from '../source/postgres.js';
+
+export interface SlotStatus {
+  slot: string;
+  exists: boolean;
+  active: boolean;
+  activePid: number | null;
+  confirmedFlushLsn: string | null;
+  restartLsn: string | null;
+  currentLsn: string;
+  lagBytes: number | null;
+  retainedWalBytes: number | null;
+  walStatus: string | null;
+  safeWalSizeBytes: number | null;
+  problem: string | null;
+}
+
+/** Reads the slot's state from Postgres: what `outboxd status` prints. */
+export async function slotStatus(cfg: Config): Promise<SlotStatus> {
+  const client = await connectAdmin(cfg.postgres);
+  try {
+    const slot = await inspectSlot(client, cfg.postgres.slot);
+    const { rows } = await client.query<{ cur: string; lag: string | null; retained: string | null; safe: string | null }>(
+      `SELECT pg_current_wal_lsn()::text AS cur,
+              (SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::text FROM pg_replication_slots WHERE slot_name = $1) AS lag,
+              (SELECT (pg_current_wal_lsn() - restart_lsn)::text FROM pg_replication_slots WHERE slot_name = $1) AS retained,
+              (SELECT safe_wal_size::text FROM pg_replication_slots WHERE slot_name = $1) AS safe`,
+      [cfg.postgres.slot],
+    );
+    const r = rows[0];
+    let problem: string | null = null;
+    if (!slot) {
+      const marker: string[] = await readMarker(client, cfg.postgres.publication).catch(() => []);
+      problem = marker.includes(cfg.postgres.slot)
+        ? 'the slot is gone although outboxd created it: see docs/runbook.md#lost-slot'
+        : 'the slot does not exist yet (outboxd run or outboxd setup creates it)';
+    } else if (slot.walStatus === 'lost' || slot.invalidationReason) {
+      problem = `the slot is invalidated (${slot.invalidationReason ?? 'wal_status lost'}): see docs/runbook.md#lost-slot`;
+    }
+    return {
+      slot: cfg.postgres.slot,
+      exists: slot !== null,
+      active: slot?.active ?? false,
+      activePid: slot?.activePid ?? null,
+      confirmedFlushLsn: slot?.confirmedFlushLsn != null ? formatLsn(slot.confirmedFlushLsn) : null,
+      restartLsn: slot?.restartLsn != null ? formatLsn(slot.restartLsn) : null,
+      currentLsn: r?.cur ?? '',
+      lagBytes: r?.lag != null ? Number(r.lag) : null,
+      retainedWalBytes: r?.retained != null ? Number(r.retained) : null,
+      walStatus: slot?.walStatus ?? null,
+      safeWalSizeBytes: r?.safe != null ? Number(r.safe) : null,
+      problem,
+    };
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+export function formatStatus(s: SlotStatus): string {
+  const size = (n: number | null) => (n === null ? '-' : humanBytes(n));
+  const lines = [
+    `slot ${s.slot}: ${s.exists ? (s.active ? `active (pid ${s.activePid})` : 'inactive') : 'missing'}`,
+    `  confirmed LSN   ${s.confirmedFlushLsn ?? '-'}`,
+    `  restart LSN     ${s.restartLsn ?? '-'}`,
+    `  current LSN     ${s.currentLsn}`,
+    `  lag             ${size(s.lagBytes)} (WAL not yet confirmed by outboxd)`,
+    `  retained WAL    ${size(s.retainedWalBytes)}`,
+    `  wal_status      ${s.walStatus ?? '-'}${s.safeWalSizeBytes !== null ? ` (safe_wal_size ${size(s.safeWalSizeBytes)})` : ''}`,
+  ];
+  if (s.problem) lines.push(`  problem         ${s.problem}`);
+  return `${lines.join('\n')}\n`;
+}
+
+export function humanBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
+}
+
+/** `outboxd status`: 0 when the slot exists and is usable, 4 when it is missing or invalidated. */
+export async function statusCommand(cfg: Config, json: boolean, out: NodeJS.WritableStream): Promise<number> {
+  let s: SlotStatus;
+  try {
+    s = await slotStatus(cfg);
+  } catch (err) {
+    out.write(json ? `${JSON.stringify({ error: oneLine(err) })}\n` : `outboxd: ${oneLine(err)}\n`);
+    return ExitCode.failure;
+  }
+  out.write(json ? `${JSON.stringify(s)}\n` : formatStatus(s));
+  // Missing-but-never-created is fine (a first start will create it); lost or invalidated is not.
+  const lost = s.problem !== null && (s.exists || s.problem.includes('gone'));
+  return lost ? ExitCode.slotLost : ExitCode.ok;
+}

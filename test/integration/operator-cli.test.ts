@@ -1,0 +1,159 @@
+import { spawnSync } from 'node:child_process';
+import { afterEach, describe, expect, inject, it } from 'vitest';
+import { getFreePort } from '../harness/ports.js';
+import { MAIN, RelayProcess, TestDb, removeDir, writeConfig } from './support.js';
+
+/** The operator's commands against a real Postgres and Kafka: validate --connect, status, setup. */
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+function outboxd(args: string[]) {
+  const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+async function config(pgUrl: string, slot: string, brokers: string, extra = '') {
+  const cfg = await writeConfig(
+    (port) => `postgres:
+  url: ${pgUrl}
+  slot: ${slot}
+outbox:
+  tables:
+    - name: public.outbox
+${extra}
+sink:
+  type: kafka
+  kafka:
+    brokers: [${brokers}]
+    connectionTimeout: 1s
+http:
+  host: 127.0.0.1
+  port: ${port}
+`,
+  );
+  cleanups.push(() => removeDir(cfg.dir));
+  return cfg;
+}
+
+async function db(ddl?: string[]) {
+  const d = await new TestDb(inject('pg15Url')).create(ddl);
+  cleanups.push(() => d.drop());
+  return d;
+}
+
+describe.skipIf(!inject('kafkaBrokers'))('outboxd validate --connect', () => {
+  it('passes every check on a ready environment, one line each', async () => {
+    const d = await db();
+    const cfg = await config(d.url, d.slot, inject('kafkaBrokers'));
+    const r = outboxd(['validate', '-c', cfg.file, '--connect']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    for (const name of [
+      'postgres connection',
+      'wal_level',
+      'replication privilege',
+      'table public.outbox',
+      'publication',
+      'replication slot',
+      'max_slot_wal_keep_size',
+      'kafka broker',
+    ]) {
+      expect(
+        lines.some((l) => new RegExp(`^(ok|warn)\\s+${name}: `).test(l)),
+        `${name} in\n${r.stdout}`,
+      ).toBe(true);
+    }
+    expect(lines.some((l) => l.startsWith('fail'))).toBe(false);
+  });
+
+  it('names what is wrong and how to fix it, and exits non-zero', async () => {
+    const d = await db(['CREATE TABLE public.outbox (id uuid PRIMARY KEY, aggregatetype text, payload jsonb)']);
+    await d.client.query(`CREATE ROLE ${d.name}_weak LOGIN PASSWORD 'weak'`);
+    cleanups.push(async () => {
+      await d.client.query(`DROP ROLE IF EXISTS ${d.name}_weak`).catch(() => undefined);
+    });
+    const u = new URL(d.url);
+    u.username = `${d.name}_weak`;
+    u.password = 'weak';
+    const closedPort = await getFreePort();
+    const cfg = await config(u.toString(), d.slot, `127.0.0.1:${closedPort}`);
+    const r = outboxd(['validate', '-c', cfg.file, '--connect']);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/^fail\s+replication privilege: .*ALTER ROLE <role> WITH REPLICATION$/m);
+    expect(r.stdout).toMatch(/^fail\s+table public\.outbox: lacks aggregateid \(aggregateid\)/m);
+    expect(r.stdout).toMatch(/^fail\s+kafka broker: /m);
+    await d.client.query(`DROP OWNED BY ${d.name}_weak`);
+  });
+});
+
+describe.skipIf(!inject('kafkaBrokers'))('outboxd status and setup', () => {
+  it('setup --print prints DDL for the column mapping that creates a working outbox', async () => {
+    const d = await db([]);
+    const cfg = await config(
+      d.url,
+      d.slot,
+      inject('kafkaBrokers'),
+      '      columns:\n        aggregateid: account_id\n        payload: body\n',
+    );
+    const r = outboxd(['setup', '-c', cfg.file, '--print']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('CREATE TABLE IF NOT EXISTS public.outbox');
+    expect(r.stdout).toMatch(/account_id text NOT NULL/);
+    expect(r.stdout).toMatch(/body jsonb NOT NULL/);
+    expect(r.stdout).toContain(`SELECT pg_create_logical_replication_slot('${d.slot}', 'pgoutput');`);
+    // The printed SQL runs as is (the slot must be created outside a transaction that wrote).
+    const [ddl, setupSql] = r.stdout.split('-- publication and slot:') as [string, string];
+    await d.client.query(ddl);
+    for (const stmt of setupSql.trim().split('\n')) await d.client.query(stmt);
+    const cols = await d.client.query(`SELECT column_name FROM information_schema.columns WHERE table_name = 'outbox'`);
+    expect(cols.rows.map((c) => c.column_name)).toEqual(expect.arrayContaining(['id', 'account_id', 'body', 'headers']));
+    expect(await d.slotInfo()).not.toBeNull();
+  });
+
+  it('setup creates the publication and slot; status reports them; a lost slot exits 4', async () => {
+    const d = await db();
+    const cfg = await config(d.url, d.slot, inject('kafkaBrokers'));
+    let s = outboxd(['status', '-c', cfg.file]);
+    expect(s.code).toBe(0);
+    expect(s.stdout).toMatch(/slot .*: missing/);
+    expect(s.stdout).toMatch(/does not exist yet/);
+
+    const setup = outboxd(['setup', '-c', cfg.file]);
+    expect(setup.code).toBe(0);
+    expect(setup.stdout).toMatch(/publication outboxd: created/);
+    expect(setup.stdout).toMatch(/replication slot .*: created/);
+    expect(outboxd(['setup', '-c', cfg.file]).stdout).toMatch(/replication slot .*: exists/);
+
+    const relay = new RelayProcess(cfg.file, cfg.port);
+    cleanups.push(async () => {
+      relay.kill('SIGKILL');
+      await relay.exited;
+    });
+    await relay.ready();
+    s = outboxd(['status', '-c', cfg.file, '--json']);
+    expect(s.code).toBe(0);
+    const st = JSON.parse(s.stdout) as {
+      active: boolean;
+      confirmedFlushLsn: string;
+      lagBytes: number;
+      retainedWalBytes: number;
+      walStatus: string;
+    };
+    expect(st.active).toBe(true);
+    expect(st.confirmedFlushLsn).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+    expect(st.lagBytes).toBeGreaterThanOrEqual(0);
+    expect(st.retainedWalBytes).toBeGreaterThanOrEqual(st.lagBytes);
+    expect(st.walStatus).toBe('reserved');
+    relay.kill('SIGTERM');
+    expect(await relay.exited).toBe(0);
+    expect(outboxd(['status', '-c', cfg.file]).stdout).toMatch(/: inactive/);
+
+    await d.client.query('SELECT pg_drop_replication_slot($1)', [d.slot]);
+    s = outboxd(['status', '-c', cfg.file]);
+    expect(s.code).toBe(4);
+    expect(s.stdout).toMatch(/gone although outboxd created it/);
+  });
+});

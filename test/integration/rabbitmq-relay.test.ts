@@ -1,0 +1,322 @@
+import { randomUUID } from 'node:crypto';
+import amqp from 'amqplib';
+import { afterEach, describe, expect, inject, it } from 'vitest';
+import { startRabbitMQ } from '../harness/rabbitmq.js';
+import { RelayProcess, TestDb, removeDir, sleep, until, writeConfig, writeOutbox } from './support.js';
+
+/**
+ * The relay against a real RabbitMQ node, read back with a separate AMQP connection.
+ */
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+interface Got {
+  queue: string;
+  routingKey: string;
+  exchange: string;
+  content: string;
+  properties: amqp.MessageProperties;
+}
+
+/** Binds queues and collects everything delivered to them, in delivery order per queue. */
+class QueueReader {
+  readonly got: Got[] = [];
+  private model!: amqp.ChannelModel;
+  private ch!: amqp.Channel;
+  constructor(private readonly url: string) {}
+
+  async open(): Promise<this> {
+    this.model = await amqp.connect(this.url);
+    this.model.on('error', () => undefined);
+    this.ch = await this.model.createChannel();
+    this.ch.on('error', () => undefined);
+    return this;
+  }
+
+  async exchange(name: string, type: string): Promise<void> {
+    await this.ch.assertExchange(name, type, { durable: true });
+  }
+
+  async bind(queue: string, exchange: string, pattern: string): Promise<void> {
+    await this.ch.assertQueue(queue, { durable: true });
+    await this.ch.bindQueue(queue, exchange, pattern);
+  }
+
+  async consume(queue: string): Promise<void> {
+    await this.ch.consume(queue, (msg) => {
+      if (!msg) return;
+      this.got.push({ queue, routingKey: msg.fields.routingKey, exchange: msg.fields.exchange, content: msg.content.toString(), properties: msg.properties });
+      this.ch.ack(msg);
+    });
+  }
+
+  ids(): string[] {
+    return this.got.map((g) => g.properties.messageId as string);
+  }
+
+  async waitForIds(ids: Iterable<string>, timeoutMs = 60_000): Promise<void> {
+    const want = new Set(ids);
+    await until(`${want.size} ids on RabbitMQ`, async () => {
+      for (const g of this.got) want.delete(g.properties.messageId as string);
+      return want.size === 0;
+    }, timeoutMs, 200);
+  }
+
+  async close(): Promise<void> {
+    await this.model.close().catch(() => undefined);
+  }
+}
+
+async function walPosition(db: TestDb): Promise<bigint> {
+  const { rows } = await db.client.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn');
+  const [hi, lo] = (rows[0]?.lsn ?? '0/0').split('/').map((x) => BigInt(`0x${x}`)) as [bigint, bigint];
+  return (hi << 32n) | lo;
+}
+
+/** Per-key order after dropping duplicates by messageId; returns violations and duplicates. */
+function perKeyOrder(got: Got[]): { violations: string[]; duplicates: number } {
+  const seen = new Set<string>();
+  const last = new Map<string, number>();
+  const violations: string[] = [];
+  let duplicates = 0;
+  for (const g of got) {
+    const id = g.properties.messageId as string;
+    if (seen.has(id)) {
+      duplicates++;
+      continue;
+    }
+    seen.add(id);
+    const key = String(g.properties.headers?.aggregateid);
+    const seq = (JSON.parse(g.content) as { seq: number }).seq;
+    if (seq <= (last.get(key) ?? 0)) violations.push(`${key}: ${seq} after ${last.get(key)}`);
+    last.set(key, seq);
+  }
+  return { violations, duplicates };
+}
+
+function rabbitConfig(o: { pgUrl: string; slot: string; amqpUrl: string; exchange: string; extra?: string; sinkExtra?: string }) {
+  return (port: number) => `postgres:
+  url: ${o.pgUrl}
+  slot: ${o.slot}
+  statusInterval: 1s
+  reconnect: { initial: 100ms, max: 1s }
+outbox:
+  tables:
+    - name: public.outbox
+${o.extra ?? ''}
+pipeline:
+  retry: { initial: 100ms, max: 1s }
+sink:
+  type: rabbitmq
+  rabbitmq:
+    url: ${o.amqpUrl}
+    exchange: ${o.exchange}
+    declare: true
+    confirmTimeout: 5s
+    heartbeat: 2s
+${o.sinkExtra ?? ''}
+http:
+  host: 127.0.0.1
+  port: ${port}
+`;
+}
+
+async function setup(opts: { amqpUrl?: string; extra?: string; sinkExtra?: string; exchangeType?: string } = {}) {
+  const amqpUrl = opts.amqpUrl ?? inject('rabbitmqUrl');
+  const db = await new TestDb(inject('pg15Url')).create();
+  cleanups.push(() => db.drop());
+  const exchange = `ex_${db.name.slice(2, 10)}`;
+  const reader = await new QueueReader(amqpUrl).open();
+  cleanups.push(() => reader.close());
+  await reader.exchange(exchange, opts.exchangeType ?? 'topic');
+  const cfg = await writeConfig(rabbitConfig({ pgUrl: db.url, slot: db.slot, amqpUrl, exchange, extra: opts.extra, sinkExtra: opts.sinkExtra }));
+  cleanups.push(() => removeDir(cfg.dir));
+  const start = () => {
+    const relay = new RelayProcess(cfg.file, cfg.port);
+    cleanups.push(async () => {
+      relay.kill('SIGKILL');
+      await relay.exited;
+    });
+    return relay;
+  };
+  return { db, exchange, reader, start, tag: db.name.slice(2, 8) };
+}
+
+describe.skipIf(!inject('rabbitmqUrl'))('Postgres → RabbitMQ', () => {
+  it('delivers 10,000 rows over 200 keys to bound queues, every messageId once, per-key order kept', async () => {
+    const { db, exchange, reader, start, tag } = await setup();
+    const types = [`order_${tag}`, `customer_${tag}`];
+    await reader.bind(`q_order_${tag}`, exchange, `order_${tag}.#`);
+    await reader.bind(`q_customer_${tag}`, exchange, `customer_${tag}.*`);
+    await reader.consume(`q_order_${tag}`);
+    await reader.consume(`q_customer_${tag}`);
+    const relay = start();
+    await relay.ready();
+    const rows = await writeOutbox(db.client, { total: 10_000, keys: 200, types });
+    await reader.waitForIds(rows.map((r) => r.id));
+    await sleep(500);
+    expect(reader.got).toHaveLength(10_000);
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    for (const g of reader.got) {
+      const row = byId.get(g.properties.messageId as string);
+      expect(row).toBeDefined();
+      expect(g.routingKey).toBe(`${row?.aggregatetype}.Tested`);
+      expect(g.queue).toBe(`q_${row?.aggregatetype.split('_')[0]}_${tag}`);
+    }
+    expect(perKeyOrder(reader.got)).toEqual({ violations: [], duplicates: 0 });
+    relay.kill('SIGTERM');
+    expect(await relay.exited).toBe(0);
+  });
+
+  it('fills the AMQP properties and headers as specified', async () => {
+    const { db, exchange, reader, start, tag } = await setup();
+    await reader.bind(`q_${tag}`, exchange, '#');
+    await reader.consume(`q_${tag}`);
+    const relay = start();
+    await relay.ready();
+    const id = randomUUID();
+    const { rows } = await db.client.query<{ t: Date }>(
+      `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload, headers, correlation_id, causation_id, reply_to, traceparent)
+       VALUES ($1, 'invoice', 'inv-42', 'InvoiceIssued', '{"amount": 12.5}', '{"tenant": "acme"}', 'corr-1', 'cause-1', 'replies.invoice',
+               '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01')
+       RETURNING now() AS t`,
+      [id],
+    );
+    await reader.waitForIds([id]);
+    const g = reader.got[0];
+    const p = g?.properties;
+    expect(g?.routingKey).toBe('invoice.InvoiceIssued');
+    expect(g?.content).toBe('{"amount": 12.5}');
+    expect(p).toMatchObject({
+      messageId: id,
+      correlationId: 'corr-1',
+      replyTo: 'replies.invoice',
+      type: 'InvoiceIssued',
+      contentType: 'application/json',
+      deliveryMode: 2,
+      appId: 'outboxd',
+    });
+    expect(Math.abs((p?.timestamp as number) - Math.floor((rows[0]?.t as Date).getTime() / 1000))).toBeLessThanOrEqual(2);
+    expect(p?.headers).toMatchObject({
+      aggregatetype: 'invoice',
+      aggregateid: 'inv-42',
+      tenant: 'acme',
+      traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+      causation_id: 'cause-1',
+      id,
+    });
+    expect(String(p?.headers?.['outboxd.lsn'])).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+    expect(Number(p?.headers?.['outboxd.xid'])).toBeGreaterThan(0);
+  });
+
+  it('shards by aggregateid over an x-consistent-hash exchange: every key on exactly one of 4 queues', async () => {
+    const { db, exchange, reader, start, tag } = await setup({ exchangeType: 'x-consistent-hash', sinkExtra: '    exchangeType: x-consistent-hash\n' });
+    const queues = [0, 1, 2, 3].map((i) => `q_shard${i}_${tag}`);
+    for (const q of queues) {
+      await reader.bind(q, exchange, '1'); // the binding key is the weight
+      await reader.consume(q);
+    }
+    const relay = start();
+    await relay.ready();
+    const rows = await writeOutbox(db.client, { total: 2_000, keys: 100, types: [`acct_${tag}`] });
+    await reader.waitForIds(rows.map((r) => r.id));
+    const where = new Map<string, Set<string>>();
+    for (const g of reader.got) {
+      const key = String(g.properties.headers?.aggregateid);
+      where.set(key, (where.get(key) ?? new Set()).add(g.queue));
+      expect(g.routingKey).toBe(key);
+    }
+    expect(where.size).toBe(100);
+    expect([...where.values()].every((s) => s.size === 1)).toBe(true);
+    // The hash spreads keys: every queue got some.
+    expect(new Set(reader.got.map((g) => g.queue)).size).toBe(4);
+    expect(perKeyOrder(reader.got).violations).toEqual([]);
+  });
+
+  it('halts on an unroutable message under halt: not ready, slot not advanced past it', async () => {
+    const { db, exchange, reader, start, tag } = await setup();
+    await reader.bind(`q_${tag}`, exchange, 'routed.*');
+    await reader.consume(`q_${tag}`);
+    const relay = start();
+    await relay.ready();
+    const ok = randomUUID();
+    await db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'routed', 'k', 'A', '{}')`, [ok]);
+    await reader.waitForIds([ok]);
+    // Everything up to here may be confirmed; the poison transaction commits after `before`.
+    const before = await walPosition(db);
+    await db.client.query(`INSERT INTO public.outbox (aggregatetype, aggregateid, type, payload) VALUES ('nowhere', 'k', 'A', '{}')`);
+    const after = randomUUID();
+    await db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'routed', 'k', 'B', '{}')`, [after]);
+    await until('halted', async () => (await relay.http('/readyz')).body.startsWith('not ok: halted'));
+    expect(await relay.metric('outboxd_poison_messages_total', { reason: 'unroutable' })).toBe(1);
+    expect(relay.stderr).toMatch(/poison message: halting/);
+    await sleep(1500);
+    // Nothing at or after the poison message's transaction was confirmed to Postgres.
+    expect((await db.slotInfo())?.confirmed).toBeLessThanOrEqual(before);
+    expect(reader.ids()).toContain(ok);
+    expect((await relay.http('/livez')).status).toBe(200);
+  });
+
+  it('dead-letters an unroutable message under dead-letter and goes on', async () => {
+    const { db, exchange, reader, start, tag } = await setup({ extra: '  onPoison: dead-letter\n', sinkExtra: `    deadLetterExchange: dlx_${'x'}\n    deadLetterRoutingKey: poison\n` });
+    await reader.exchange('dlx_x', 'topic');
+    await reader.bind(`dlq_${tag}`, 'dlx_x', 'poison');
+    await reader.bind(`q_${tag}`, exchange, 'routed.*');
+    await reader.consume(`q_${tag}`);
+    await reader.consume(`dlq_${tag}`);
+    const relay = start();
+    await relay.ready();
+    const bad = randomUUID();
+    const good = randomUUID();
+    await db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'nowhere', 'k', 'A', '{"x":1}')`, [bad]);
+    await db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'routed', 'k', 'B', '{}')`, [good]);
+    await reader.waitForIds([bad, good]);
+    const dead = reader.got.find((g) => g.properties.messageId === bad);
+    expect(dead?.queue).toBe(`dlq_${tag}`);
+    expect(dead?.content).toBe('{"x":1}');
+    expect(dead?.properties.headers).toMatchObject({ 'outboxd.error_reason': 'unroutable', 'outboxd.original_destination': 'nowhere.A', id: bad });
+    expect(String(dead?.properties.headers?.['outboxd.error'])).toMatch(/no queue is bound/);
+    expect(await relay.metric('outboxd_dead_lettered_total')).toBe(1);
+    expect((await relay.http('/readyz')).status).toBe(200);
+  });
+});
+
+describe.skipIf(!inject('rabbitmqUrl'))('RabbitMQ broker restart', () => {
+  it('delivers every id at least once, in per-key order after dedupe, across a broker stop/start mid-stream', async () => {
+    const rabbit = await startRabbitMQ();
+    cleanups.push(() => rabbit.destroy());
+    const { db, exchange, reader, start, tag } = await setup({ amqpUrl: rabbit.url });
+    await reader.bind(`q_${tag}`, exchange, '#');
+    const relay = start();
+    await relay.ready();
+    let stopped = false;
+    const rows = await writeOutbox(db.client, {
+      total: 6_000,
+      keys: 100,
+      types: [`t_${tag}`],
+      onProgress: (n) => {
+        if (!stopped && n >= 2_000) stopped = true;
+      },
+    });
+    // Stop the broker while the relay is (likely) still publishing, keep writing, start it again.
+    await reader.close();
+    await rabbit.stop();
+    await until('not ready while the broker is down', async () => (await relay.http('/readyz')).status === 503, 30_000);
+    const more = await writeOutbox(db.client, { total: 1_000, keys: 100, types: [`t_${tag}`] });
+    await sleep(2_000);
+    await rabbit.start();
+    const again = await new QueueReader(rabbit.url).open();
+    cleanups.push(() => again.close());
+    await again.consume(`q_${tag}`);
+    // Sequence numbers restart in the second batch; check order within each batch separately.
+    const all = [...rows, ...more];
+    await again.waitForIds(all.map((r) => r.id), 90_000);
+    await relay.ready();
+    const firstIds = new Set(rows.map((r) => r.id));
+    expect(perKeyOrder(again.got.filter((g) => firstIds.has(g.properties.messageId as string))).violations).toEqual([]);
+    expect(perKeyOrder(again.got.filter((g) => !firstIds.has(g.properties.messageId as string))).violations).toEqual([]);
+    expect(stopped).toBe(true);
+  });
+});
