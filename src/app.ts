@@ -46,22 +46,25 @@ export class Relay {
   constructor(
     private readonly cfg: Config,
     private readonly log: Logger,
-    metrics?: Metrics,
+    options: { metrics?: Metrics; sink?: Sink } = {},
   ) {
-    this.metrics = metrics ?? createMetrics();
+    this.metrics = options.metrics ?? createMetrics();
     this.done = new Promise((resolve) => {
       this.finished = resolve;
     });
-    this.sink = createSink(cfg.sink, cfg.outbox.onPoison === 'dead-letter', log.child({ module: 'sink' }), {
-      connection: (up) => {
-        this.sinkUp = up;
-        this.metrics.connectionState.set({ target: cfg.sink.type }, up ? 1 : 0);
-      },
-      blocked: (blocked) => {
-        this.sinkBlocked = blocked;
-        this.metrics.brokerBlocked.set(blocked ? 1 : 0);
-      },
-    });
+    // A sink may be passed in (benchmarks use a discarding one); otherwise the config's.
+    this.sink =
+      options.sink ??
+      createSink(cfg.sink, cfg.outbox.onPoison === 'dead-letter', log.child({ module: 'sink' }), {
+        connection: (up) => {
+          this.sinkUp = up;
+          this.metrics.connectionState.set({ target: cfg.sink.type }, up ? 1 : 0);
+        },
+        blocked: (blocked) => {
+          this.sinkBlocked = blocked;
+          this.metrics.brokerBlocked.set(blocked ? 1 : 0);
+        },
+      });
     this.pipeline = new Pipeline(
       cfg.pipeline,
       cfg.outbox.onPoison,
