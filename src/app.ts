@@ -13,8 +13,11 @@ import { Sleeper, backoffMs } from './pipeline/backoff.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Pipeline } from './pipeline/pipeline.js';
 import { createSink, destinationTemplate } from './sink/index.js';
-import { checkWalLevel, connectAdmin, emitHeartbeat, ensurePublication, ensureSlot, slotLag } from './source/postgres.js';
+import { checkWalLevel, connectAdmin, emitHeartbeat, ensurePublication, ensureSlot, slotLag, tryLeaderLock } from './source/postgres.js';
 import { ReplicationStream } from './source/stream.js';
+
+/** How often a standby retries the leader lock; bounds the takeover time after a leader dies. */
+const STANDBY_POLL_MS = 1_000;
 
 const STATES: readonly RelayState[] = ['starting', 'standby', 'streaming', 'reconnecting', 'halted', 'stopping', 'stopped', 'failed'];
 
@@ -177,6 +180,17 @@ export class Relay {
     while (!this.stopping && !this.fatal) {
       try {
         this.admin ??= await connectAdmin(this.cfg.postgres);
+        // One active relay per slot: the leader holds a session advisory lock on its admin
+        // connection. Postgres itself refuses a second consumer of an active slot (55006); the
+        // lock keeps standbys quiet and lets one take over as soon as the leader's session ends.
+        if (!(await tryLeaderLock(this.admin, this.cfg.postgres.slot))) {
+          this.setState('standby');
+          if (!standbyLogged) this.log.info({ slot: this.cfg.postgres.slot }, 'another instance leads this slot; waiting as standby');
+          standbyLogged = true;
+          await this.sleeper.sleep(STANDBY_POLL_MS + Math.random() * 250);
+          continue;
+        }
+        if (standbyLogged) this.log.info({ slot: this.cfg.postgres.slot }, 'took over as leader');
         await checkWalLevel(this.admin);
         await ensurePublication(this.admin, this.cfg);
         const { slot, created } = await ensureSlot(this.admin, this.cfg.postgres);
@@ -187,6 +201,7 @@ export class Relay {
         if (this.stopping || this.fatal || this.pipeline.haltedBy) return;
         const start = slot.confirmedFlushLsn ?? ZERO_LSN;
         this.watermark.reset(start);
+        this.ingest.resetSession();
         const stream = new ReplicationStream(
           this.cfg.postgres,
           this.cfg.postgres.publication,

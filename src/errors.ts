@@ -77,6 +77,7 @@ export type PoisonReason =
   | 'missing_payload'
   | 'bad_headers'
   | 'bad_message'
+  | 'bad_encoding'
   | 'oversized'
   | 'unroutable'
   | 'rejected';

@@ -38,6 +38,12 @@ export class Ingest implements ChangeHandler {
     };
   }
 
+  /** A new replication session starts: forget the last one's open transaction and relations. */
+  resetSession(): void {
+    this.txn = null;
+    this.bindings.clear();
+  }
+
   begin(xid: number, commitLsn: Lsn, commitTimeMs: number): void {
     if (this.paused) return;
     this.txn = this.watermark.begin(xid, commitLsn, commitTimeMs);

@@ -256,6 +256,17 @@ async function currentDatabase(client: pg.Client): Promise<string> {
   return rows[0]?.db ?? '';
 }
 
+/**
+ * Tries the session-level advisory lock that marks the leader of a slot. Held until the admin
+ * connection closes (also when the process dies: the server ends the session).
+ */
+export async function tryLeaderLock(client: pg.Client, slot: string): Promise<boolean> {
+  const { rows } = await client.query<{ ok: boolean }>(`SELECT pg_try_advisory_lock(hashtextextended('outboxd.slot.' || $1, 0)) AS ok`, [
+    slot,
+  ]);
+  return rows[0]?.ok === true;
+}
+
 /** Writes a heartbeat into the WAL; it travels the stream like an outbox transaction. */
 export async function emitHeartbeat(client: pg.Client, prefix: string): Promise<void> {
   await client.query('SELECT pg_logical_emit_message(true, $1, $2)', [prefix, new Date().toISOString()]);

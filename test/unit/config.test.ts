@@ -83,7 +83,8 @@ describe('config defaults', () => {
 });
 
 describe('rabbitmq config', () => {
-  const rabbit = (extra: string) => parseConfig(`${base}sink:\n  type: rabbitmq\n  rabbitmq:\n    url: amqp://u@h/%2F\n    exchange: ev\n${extra}`, {});
+  const rabbit = (extra: string) =>
+    parseConfig(`${base}sink:\n  type: rabbitmq\n  rabbitmq:\n    url: amqp://u@h/%2F\n    exchange: ev\n${extra}`, {});
 
   it('defaults the routing key to {aggregatetype}.{type}, or {aggregateid} for x-consistent-hash', () => {
     const topic = rabbit('');
@@ -100,7 +101,9 @@ describe('rabbitmq config', () => {
   it('rejects a non-AMQP URL and a missing exchange', () => {
     expect(errorOf(`${base}sink:\n  type: rabbitmq\n  rabbitmq:\n    url: http://h\n    exchange: e\n`).path).toBe('sink.rabbitmq.url');
     expect(errorOf(`${base}sink:\n  type: rabbitmq\n  rabbitmq:\n    url: amqp://h\n`).path).toBe('sink.rabbitmq.exchange');
-    expect(errorOf(`${base}sink:\n  type: rabbitmq\n  rabbitmq:\n    url: amqp://h\n    exchange: e\n    exchangeType: headers\n`).path).toBe('sink.rabbitmq.exchangeType');
+    expect(
+      errorOf(`${base}sink:\n  type: rabbitmq\n  rabbitmq:\n    url: amqp://h\n    exchange: e\n    exchangeType: headers\n`).path,
+    ).toBe('sink.rabbitmq.exchangeType');
   });
 });
 
