@@ -257,6 +257,7 @@ export class Pipeline {
         }
         const poisoned = new Map(outcome.poisoned.map((p) => [p.index, p.error]));
         const now = Date.now();
+        let advanced: Lsn | null = null;
         const published = new Map<string, number>();
         for (let i = 0; i < items.length; i++) {
           const { message, txn } = items[i] as (typeof items)[number];
@@ -267,8 +268,10 @@ export class Pipeline {
           }
           published.set(message.destination, (published.get(message.destination) ?? 0) + 1);
           this.metrics.commitToAck.observe(Math.max(0, now - txn.commitTimeMs) / 1000);
-          this.settle(txn, message.sizeBytes);
+          advanced = this.settle(txn, message.sizeBytes) ?? advanced;
         }
+        // Confirm right away, once per batch: what a crash can duplicate stays what was in flight.
+        if (advanced !== null) this.events.onAdvance(advanced);
         for (const [destination, n] of published) this.metrics.messagesPublished.inc({ destination }, n);
         for (const [index, error] of poisoned) {
           const { message, txn } = items[index] as (typeof items)[number];
@@ -347,13 +350,16 @@ export class Pipeline {
     }
   }
 
-  /** One item is confirmed: free its room and release its transaction to the watermark. */
-  private settle(txn: Txn, size: number): void {
+  /**
+   * One item is confirmed: free its room and release its transaction to the watermark.
+   * Returns the watermark if it moved; callers report it once per batch (one status update).
+   */
+  private settle(txn: Txn, size: number): Lsn | null {
     this.inFlightCount--;
     this.inFlightByteCount -= size;
     const lsn = this.watermark.release(txn);
-    if (lsn !== null) this.events.onAdvance(lsn);
     if (this.spaceWaiters.length > 0 && this.hasRoom()) for (const w of this.spaceWaiters.splice(0)) w();
+    return lsn;
   }
 
   private fail(err: OutboxdError): void {
