@@ -16,6 +16,12 @@ import { createSink, destinationTemplate } from './sink/index.js';
 import { checkWalLevel, connectAdmin, emitHeartbeat, ensurePublication, ensureSlot, slotLag, tryLeaderLock } from './source/postgres.js';
 import { ReplicationStream } from './source/stream.js';
 
+/** SQLSTATE 22021 (invalid byte sequence) / 22P05 (untranslatable character). */
+function isEncodingError(e: OutboxdError): boolean {
+  const code = (e.cause as { code?: string } | undefined)?.code;
+  return code === '22021' || code === '22P05';
+}
+
 /** How often a standby retries the leader lock; bounds the takeover time after a leader dies. */
 const STANDBY_POLL_MS = 1_000;
 
@@ -38,6 +44,8 @@ export class Relay {
   private http: Server | null = null;
   private sinkUp = false;
   private sinkBlocked = false;
+  /** A halt raised by the source rather than the pipeline (a row the server cannot send). */
+  private haltedBy: OutboxdError | null = null;
   private fatal: OutboxdError | null = null;
   private stopping = false;
   private readonly sleeper = new Sleeper();
@@ -226,6 +234,19 @@ export class Relay {
         this.metrics.connectionState.set({ target: 'postgres' }, 0);
         const e = err instanceof OutboxdError ? err : new OutboxdError('INTERNAL', String(err), { cause: err });
         if (this.stopping) return;
+        if (isEncodingError(e)) {
+          // The server cannot convert a text value to UTF8 (non-UTF-8 bytes in a SQL_ASCII
+          // database): it cannot send the row at all, so it cannot be dead-lettered either.
+          // Halt without confirming; a restart would only hit it again.
+          this.metrics.poisonMessages.inc({ reason: 'bad_encoding' });
+          this.log.error(
+            { err: e, reason: 'bad_encoding' },
+            'poison message: halting; Postgres cannot send a text value as UTF-8 (see docs/runbook.md#poison-messages)',
+          );
+          this.setState('halted');
+          this.haltedBy = e;
+          return;
+        }
         if (!e.retriable || e instanceof SlotError || e instanceof ConfigError) {
           this.die(e);
           return;

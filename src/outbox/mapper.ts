@@ -53,11 +53,6 @@ export class OutboxMapper {
     };
     const payloadText = get('payload');
     if (payloadText === null) throw new PoisonError('missing_payload', `column ${cols.payload} (payload) is null`);
-    // pgoutput text is decoded leniently: bytes that are not UTF-8 (possible in a SQL_ASCII
-    // database) become U+FFFD. Relaying that would silently change the payload.
-    if (binding.payloadKind !== 'bytea' && payloadText.includes('\uFFFD')) {
-      throw new PoisonError('bad_encoding', `column ${cols.payload} (payload) is not valid UTF-8`);
-    }
     const payload = binding.payloadKind === 'bytea' ? decodeByteaHex(payloadText) : payloadText;
     return this.build(get, payload, CONTENT_TYPES[binding.payloadKind], parseHeadersColumn(get('headers'), cols.headers), txn, (name) => {
       const v = row[name];

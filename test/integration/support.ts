@@ -47,15 +47,21 @@ export class TestDb {
   client!: pg.Client;
   constructor(private readonly serverUrl: string) {}
 
-  async create(ddl: string[] = [OUTBOX_DDL]): Promise<this> {
+  async create(ddl: string[] = [OUTBOX_DDL], options: { encoding?: 'UTF8' | 'SQL_ASCII' } = {}): Promise<this> {
     const admin = new pg.Client({ connectionString: this.serverUrl });
     await admin.connect();
-    await admin.query(`CREATE DATABASE ${this.name}`);
+    await admin.query(
+      options.encoding === 'SQL_ASCII'
+        ? `CREATE DATABASE ${this.name} ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'`
+        : `CREATE DATABASE ${this.name}`,
+    );
     await admin.end();
     const u = new URL(this.serverUrl);
     u.pathname = `/${this.name}`;
     this.url = u.toString();
     this.client = new pg.Client({ connectionString: this.url });
+    // A server restart in a fault test must not crash the runner through an unhandled 'error'.
+    this.client.on('error', () => undefined);
     await this.client.connect();
     for (const stmt of ddl) await this.client.query(stmt);
     return this;
@@ -71,6 +77,21 @@ export class TestDb {
     if (!r) return null;
     const [hi, lo] = r.c.split('/').map((x) => BigInt(`0x${x}`)) as [bigint, bigint];
     return { confirmed: (hi << 32n) | lo, active: r.active, retained: Number(r.retained) };
+  }
+
+  /** The server's current WAL position. */
+  async walLsn(): Promise<bigint> {
+    const { rows } = await this.client.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn');
+    const [hi, lo] = (rows[0]?.lsn ?? '0/0').split('/').map((x) => BigInt(`0x${x}`)) as [bigint, bigint];
+    return (hi << 32n) | lo;
+  }
+
+  /** Reconnects the test's own client (after a server restart). */
+  async reconnect(): Promise<void> {
+    await this.client.end().catch(() => undefined);
+    this.client = new pg.Client({ connectionString: this.url });
+    this.client.on('error', () => undefined);
+    await this.client.connect();
   }
 
   async drop(): Promise<void> {

@@ -1,0 +1,103 @@
+{{/* Chart name, truncated to the 63 characters a DNS label allows. */}}
+{{- define "outboxd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: the release name, plus the chart name unless the release name contains it. */}}
+{{- define "outboxd.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "outboxd.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "outboxd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "outboxd.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "outboxd.labels" -}}
+helm.sh/chart: {{ include "outboxd.chart" . }}
+{{ include "outboxd.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/component: relay
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "outboxd.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "outboxd.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "outboxd.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* One leader holds the slot; standby adds hot standbys. */}}
+{{- define "outboxd.replicas" -}}
+{{- if .Values.standby.enabled -}}
+{{- .Values.standby.replicas | int -}}
+{{- else -}}
+1
+{{- end -}}
+{{- end -}}
+
+{{/* Where the config file is mounted; the container's `-c` argument. */}}
+{{- define "outboxd.configDir" -}}/etc/outboxd{{- end -}}
+{{- define "outboxd.configFile" -}}outboxd.yaml{{- end -}}
+
+{{/*
+The outboxd config file: values.config with http.port taken from values.http.port, so that the
+container port, the probes and the Service always agree with what outboxd listens on.
+*/}}
+{{- define "outboxd.config" -}}
+{{- $cfg := deepCopy (.Values.config | default dict) -}}
+{{- $http := deepCopy (get $cfg "http" | default dict) -}}
+{{- if and (hasKey $http "port") (ne (toString (get $http "port")) (toString .Values.http.port)) -}}
+{{- fail (printf "config.http.port (%v) differs from http.port (%v): set only http.port, which the container port, probes and Service use too" (get $http "port") .Values.http.port) -}}
+{{- end -}}
+{{- if has (toString (get $http "host")) (list "127.0.0.1" "localhost" "::1") -}}
+{{- fail (printf "config.http.host %v is a loopback address: the kubelet's probes and Prometheus could not reach outboxd; leave it unset (0.0.0.0)" (get $http "host")) -}}
+{{- end -}}
+{{- $_ := set $http "port" (.Values.http.port | int) -}}
+{{- $_ := set $cfg "http" $http -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{/*
+config.shutdown.grace in seconds (outboxd's default 30s when unset); -1 when it is not a literal
+duration (e.g. a ${VAR}), which skips the check against terminationGracePeriodSeconds.
+*/}}
+{{- define "outboxd.graceSeconds" -}}
+{{- $grace := "30s" -}}
+{{- $shutdown := get (.Values.config | default dict) "shutdown" | default dict -}}
+{{- if hasKey $shutdown "grace" -}}
+{{- $grace = toString (get $shutdown "grace") -}}
+{{- end -}}
+{{- if regexMatch "^[0-9]+(\\.[0-9]+)?(ms|s|m|h)$" $grace -}}
+{{- $n := regexFind "^[0-9]+(\\.[0-9]+)?" $grace | float64 -}}
+{{- $unit := regexReplaceAll "^[0-9]+(\\.[0-9]+)?" $grace "" -}}
+{{- mulf $n (get (dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0) $unit) -}}
+{{- else if eq $grace "0" -}}
+0
+{{- else -}}
+-1
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,270 @@
+/**
+ * Shared pieces of the fault suite: a relay + sink + reader bundle for Kafka and for RabbitMQ,
+ * so each scenario is written once and run against both sinks.
+ */
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import amqp from 'amqplib';
+import { inject } from 'vitest';
+import { RelayProcess, TestDb, TopicReader, removeDir, until, writeConfig } from '../integration/support.js';
+
+export type SinkKind = 'kafka' | 'rabbitmq';
+
+/** What a scenario reads back: every delivered message's id, key, sequence and position. */
+export interface Delivered {
+  id: string;
+  key: string;
+  seq: number;
+  /** Orders messages of one key: partition offset or per-queue delivery index. */
+  stream: string;
+  position: number;
+  headers: Record<string, string>;
+}
+
+export interface Reader {
+  delivered(): Delivered[];
+  close(): Promise<void>;
+}
+
+export interface Bundle {
+  db: TestDb;
+  kind: SinkKind;
+  types: string[];
+  reader: Reader;
+  configFile: string;
+  httpPort: number;
+  start(env?: NodeJS.ProcessEnv): RelayProcess;
+  /** A second instance of the same config on another HTTP port. */
+  startOn(httpPort: number): RelayProcess;
+  cleanup(): Promise<void>;
+}
+
+export interface BundleOptions {
+  kind: SinkKind;
+  pgUrl?: string;
+  /** Override the broker address the relay uses (a proxy), but read directly. */
+  relayBroker?: string;
+  /** Override the Postgres URL the relay uses (a proxy). */
+  relayPgUrl?: string;
+  amqpUrl?: string;
+  kafkaBrokers?: string;
+  extra?: string;
+  sinkExtra?: string;
+  onPoison?: 'halt' | 'dead-letter';
+  ddl?: string[];
+  encoding?: 'UTF8' | 'SQL_ASCII';
+}
+
+export async function bundle(o: BundleOptions): Promise<Bundle> {
+  const cleanups: Array<() => Promise<void> | void> = [];
+  const db = await new TestDb(o.pgUrl ?? inject('pg15Url')).create(o.ddl, { encoding: o.encoding });
+  cleanups.push(() => db.drop());
+  const tag = db.name.slice(2, 8);
+  const types = [`alpha_${tag}`, `beta_${tag}`];
+  let reader: Reader;
+  let sinkYaml: string;
+  if (o.kind === 'kafka') {
+    const brokers = (o.kafkaBrokers ?? inject('kafkaBrokers')).split(',');
+    const r = new TopicReader(brokers);
+    await r.createTopics([...types.map((t) => `outbox.event.${t}`), `dlq_${tag}`]);
+    await r.start([...types.map((t) => `outbox.event.${t}`), `dlq_${tag}`]);
+    reader = {
+      delivered: () =>
+        r.messages.map((m) => ({
+          id: m.headers.id ?? '',
+          key: m.key ?? '',
+          seq: safeSeq(m.value),
+          stream: `${m.topic}/${m.partition}`,
+          position: Number(m.offset),
+          headers: m.headers,
+        })),
+      close: () => r.stop(),
+    };
+    sinkYaml = `  type: kafka
+  kafka:
+    brokers: [${o.relayBroker ?? brokers.join(', ')}]
+    deadLetterTopic: dlq_${tag}
+    requestTimeout: 5s
+    connectionTimeout: 2s
+${o.sinkExtra ?? ''}`;
+  } else {
+    const url = o.amqpUrl ?? inject('rabbitmqUrl');
+    const q = await AmqpReader.open(url, `ex_${tag}`, `q_${tag}`, `dlx_${tag}`, `dlq_${tag}`);
+    reader = q;
+    sinkYaml = `  type: rabbitmq
+  rabbitmq:
+    url: ${o.relayBroker ?? url}
+    exchange: ex_${tag}
+    declare: true
+    deadLetterExchange: dlx_${tag}
+    deadLetterRoutingKey: poison
+    confirmTimeout: 3s
+    heartbeat: 2s
+    connectionTimeout: 2s
+${o.sinkExtra ?? ''}`;
+  }
+  cleanups.push(() => reader.close());
+  const cfg = await writeConfig(
+    (port) => `postgres:
+  url: ${o.relayPgUrl ?? db.url}
+  slot: ${db.slot}
+  statusInterval: 1s
+  heartbeat:
+    interval: 1s
+  lagPollInterval: 500ms
+  connectTimeout: 2s
+  reconnect: { initial: 100ms, max: 1s }
+outbox:
+  tables:
+    - name: public.outbox
+  onPoison: ${o.onPoison ?? 'halt'}
+pipeline:
+  maxInFlightMessages: 2000
+  maxInFlightBytes: 4MiB
+  batchMaxMessages: 500
+  retry: { initial: 100ms, max: 1s }
+sink:
+${sinkYaml}
+http:
+  host: 127.0.0.1
+  port: \${OUTBOXD_HTTP_PORT:-${port}}
+shutdown:
+  grace: 20s
+${o.extra ?? ''}`,
+  );
+  cleanups.push(() => removeDir(cfg.dir));
+  const relays: RelayProcess[] = [];
+  return {
+    db,
+    kind: o.kind,
+    types,
+    reader,
+    configFile: cfg.file,
+    httpPort: cfg.port,
+    start(env = {}) {
+      const relay = new RelayProcess(cfg.file, cfg.port, env);
+      relays.push(relay);
+      return relay;
+    },
+    startOn(httpPort: number) {
+      const relay = new RelayProcess(cfg.file, httpPort, { OUTBOXD_HTTP_PORT: String(httpPort) });
+      relays.push(relay);
+      return relay;
+    },
+    async cleanup() {
+      for (const r of relays) {
+        r.kill('SIGKILL');
+        await r.exited;
+      }
+      for (const c of cleanups.reverse()) await c();
+    },
+  };
+}
+
+function safeSeq(value: string): number {
+  try {
+    return (JSON.parse(value) as { seq?: number }).seq ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Consumes the main queue (bound with '#') and the dead-letter queue. */
+class AmqpReader implements Reader {
+  private readonly got: Delivered[] = [];
+  private model!: amqp.ChannelModel;
+  private constructor(private readonly url: string) {}
+
+  static async open(url: string, exchange: string, queue: string, dlx: string, dlq: string): Promise<AmqpReader> {
+    const r = new AmqpReader(url);
+    await r.connect(exchange, queue, dlx, dlq);
+    return r;
+  }
+
+  private async connect(exchange: string, queue: string, dlx: string, dlq: string): Promise<void> {
+    this.model = await amqp.connect(this.url);
+    this.model.on('error', () => undefined);
+    const ch = await this.model.createChannel();
+    ch.on('error', () => undefined);
+    await ch.assertExchange(exchange, 'topic', { durable: true });
+    await ch.assertExchange(dlx, 'topic', { durable: true });
+    for (const [q, ex, pattern] of [
+      [queue, exchange, '#'],
+      [dlq, dlx, 'poison'],
+    ] as const) {
+      await ch.assertQueue(q, { durable: true });
+      await ch.bindQueue(q, ex, pattern);
+      let n = 0;
+      await ch.consume(q, (msg) => {
+        if (!msg) return;
+        const headers: Record<string, string> = {};
+        for (const [k, v] of Object.entries(msg.properties.headers ?? {})) headers[k] = String(v);
+        this.got.push({
+          id: String(msg.properties.messageId),
+          key: headers.aggregateid ?? '',
+          seq: safeSeq(msg.content.toString()),
+          stream: q,
+          position: n++,
+          headers,
+        });
+        ch.ack(msg);
+      });
+    }
+  }
+
+  delivered(): Delivered[] {
+    return this.got;
+  }
+
+  async close(): Promise<void> {
+    await this.model.close().catch(() => undefined);
+  }
+}
+
+/** Waits until every id has been delivered at least once. */
+export async function waitDelivered(reader: Reader, ids: Iterable<string>, timeoutMs = 120_000): Promise<void> {
+  const want = new Set(ids);
+  let scanned = 0;
+  await until(
+    `${want.size} ids delivered`,
+    async () => {
+      const all = reader.delivered();
+      for (; scanned < all.length; scanned++) want.delete((all[scanned] as Delivered).id);
+      return want.size === 0;
+    },
+    timeoutMs,
+    250,
+  );
+}
+
+/**
+ * Per-key order after dropping duplicates by id: within each stream (partition / queue), the
+ * first occurrence of every id of a key carries a strictly increasing sequence number.
+ */
+export function orderAndDuplicates(all: Delivered[]): { violations: string[]; duplicates: number; unique: number } {
+  const seen = new Set<string>();
+  const last = new Map<string, number>();
+  const violations: string[] = [];
+  let duplicates = 0;
+  const sorted = [...all].sort((a, b) => (a.stream === b.stream ? a.position - b.position : a.stream < b.stream ? -1 : 1));
+  for (const d of sorted) {
+    if (seen.has(d.id)) {
+      duplicates++;
+      continue;
+    }
+    seen.add(d.id);
+    const k = `${d.stream}|${d.key}`;
+    if (d.seq <= (last.get(k) ?? 0)) violations.push(`${k}: seq ${d.seq} after ${last.get(k)}`);
+    last.set(k, d.seq);
+  }
+  return { violations, duplicates, unique: seen.size };
+}
+
+export const uuid = randomUUID;
+
+/** RSS of a process in bytes, from /proc. */
+export function rssBytes(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /VmRSS:\s+(\d+) kB/.exec(status);
+  return m ? Number(m[1]) * 1024 : 0;
+}

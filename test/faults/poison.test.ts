@@ -1,0 +1,138 @@
+import { afterEach, describe, expect, inject, it } from 'vitest';
+import { sleep, until } from '../integration/support.js';
+import { type Bundle, type SinkKind, bundle, uuid, waitDelivered } from './fixtures.js';
+
+/**
+ * Poison rows: a null key, a missing route, a payload over the broker's size limit, and text
+ * that is not UTF-8. Under `halt` the slot stays put and the relay says so; under
+ * `dead-letter` the message reaches the dead-letter destination with the error and the stream
+ * goes on.
+ */
+let b: Bundle | null = null;
+afterEach(async () => {
+  await b?.cleanup();
+  b = null;
+});
+
+const PERMISSIVE = [
+  'ALTER TABLE public.outbox ALTER COLUMN aggregateid DROP NOT NULL',
+  'ALTER TABLE public.outbox ALTER COLUMN aggregatetype DROP NOT NULL',
+];
+
+interface Case {
+  reason: string;
+  insert: (b: Bundle, id: string) => Promise<void>;
+}
+
+const cases: Case[] = [
+  {
+    reason: 'null_key',
+    insert: (b, id) =>
+      b.db.client
+        .query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, NULL, 'T', '{"p":1}')`, [
+          id,
+          b.types[0],
+        ])
+        .then(() => undefined),
+  },
+  {
+    reason: 'missing_route',
+    insert: (b, id) =>
+      b.db.client
+        .query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, NULL, 'k', 'T', '{"p":1}')`, [id])
+        .then(() => undefined),
+  },
+  {
+    reason: 'oversized',
+    insert: (b, id) =>
+      b.db.client
+        .query(
+          `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', jsonb_build_object('blob', repeat('x', 200000)))`,
+          [id, b.types[0]],
+        )
+        .then(() => undefined),
+  },
+];
+
+function sinkExtra(kind: SinkKind): string {
+  return kind === 'kafka' ? '    maxMessageBytes: 64KiB\n' : '    maxMessageBytes: 64KiB\n';
+}
+
+for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
+  const skip = kind === 'rabbitmq' ? !inject('rabbitmqUrl') : !inject('kafkaBrokers');
+  describe.skipIf(skip)(`poison rows → ${kind}`, () => {
+    for (const c of cases) {
+      it(`halt: ${c.reason} stops the slot before it, not ready, logged and counted`, async () => {
+        b = await bundle({ kind, sinkExtra: sinkExtra(kind) });
+        for (const stmt of PERMISSIVE) await b.db.client.query(stmt);
+        const relay = b.start();
+        await relay.ready();
+        const good = uuid();
+        await b.db.client.query(
+          `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{"seq":1}')`,
+          [good, b.types[0]],
+        );
+        await waitDelivered(b.reader, [good]);
+        await sleep(300);
+        const before = await b.db.walLsn();
+        await c.insert(b, uuid());
+        await until('halted', async () => (await relay.http('/readyz')).body.startsWith('not ok: halted'), 30_000);
+        expect(await relay.metric('outboxd_poison_messages_total', { reason: c.reason })).toBe(1);
+        expect(relay.stderr).toMatch(/poison message: halting/);
+        expect(relay.logLines().some((l) => l.level === 'error' && l.reason === c.reason)).toBe(true);
+        // Heartbeats keep committing, but nothing at or after the poison transaction is confirmed.
+        await sleep(2_500);
+        expect((await b.db.slotInfo())?.confirmed ?? 0n).toBeLessThanOrEqual(before);
+        expect((await relay.http('/livez')).status).toBe(200);
+      });
+
+      it(`dead-letter: ${c.reason} goes to the dead-letter destination with the error, the stream goes on`, async () => {
+        b = await bundle({ kind, sinkExtra: sinkExtra(kind), onPoison: 'dead-letter' });
+        for (const stmt of PERMISSIVE) await b.db.client.query(stmt);
+        const relay = b.start();
+        await relay.ready();
+        const bad = uuid();
+        const good = uuid();
+        await c.insert(b, bad);
+        await b.db.client.query(
+          `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{"seq":1}')`,
+          [good, b.types[0]],
+        );
+        await waitDelivered(b.reader, [bad, good]);
+        const dead = b.reader.delivered().find((d) => d.id === bad);
+        expect(dead?.headers['outboxd.error_reason']).toBe(c.reason);
+        expect(dead?.headers['outboxd.error']).toBeTruthy();
+        expect(await relay.metric('outboxd_dead_lettered_total')).toBe(1);
+        expect((await relay.http('/readyz')).status).toBe(200);
+        // The slot moves on past the poison transaction.
+        const end = await b.db.walLsn();
+        await until('slot past the poison row', async () => ((await b?.db.slotInfo())?.confirmed ?? 0n) >= end - 100_000n, 20_000);
+      });
+    }
+  });
+}
+
+describe.skipIf(!inject('kafkaBrokers'))('poison rows: text that is not UTF-8', () => {
+  it('halts (under any policy: the server cannot send the row), never relayed with replacement characters', async () => {
+    // A SQL_ASCII database accepts any bytes in text; the walsender must convert them to UTF8.
+    b = await bundle({
+      kind: 'kafka',
+      onPoison: 'dead-letter',
+      encoding: 'SQL_ASCII',
+      ddl: ['CREATE TABLE public.outbox (id text PRIMARY KEY, aggregatetype text, aggregateid text, type text, payload text)'],
+    });
+    const relay = b.start();
+    await relay.ready();
+    const before = await b.db.walLsn();
+    await b.db.client.query(
+      `INSERT INTO public.outbox VALUES ('bad-1', $1, 'k', 'T', 'caf' || convert_from('\\xe9'::bytea, 'SQL_ASCII'))`,
+      [b.types[0]],
+    );
+    await until('halted', async () => (await relay.http('/readyz')).body.startsWith('not ok: halted'), 30_000);
+    expect(await relay.metric('outboxd_poison_messages_total', { reason: 'bad_encoding' })).toBe(1);
+    expect(relay.stderr).toMatch(/cannot send a text value as UTF-8/);
+    await sleep(1_500);
+    expect((await b.db.slotInfo())?.confirmed ?? 0n).toBeLessThanOrEqual(before);
+    expect(b.reader.delivered()).toEqual([]);
+  });
+});
