@@ -13,7 +13,16 @@ import { Sleeper, backoffMs } from './pipeline/backoff.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Pipeline } from './pipeline/pipeline.js';
 import { createSink, destinationTemplate } from './sink/index.js';
-import { checkWalLevel, connectAdmin, emitHeartbeat, ensurePublication, ensureSlot, slotLag, tryLeaderLock } from './source/postgres.js';
+import {
+  checkWalLevel,
+  classifyPgError,
+  connectAdmin,
+  emitHeartbeat,
+  ensurePublication,
+  ensureSlot,
+  slotLag,
+  tryLeaderLock,
+} from './source/postgres.js';
 import { ReplicationStream } from './source/stream.js';
 
 /** SQLSTATE 22021 (invalid byte sequence) / 22P05 (untranslatable character). */
@@ -44,6 +53,7 @@ export class Relay {
   private http: Server | null = null;
   private sinkUp = false;
   private sinkBlocked = false;
+  private reopening = false;
   /** A halt raised by the source rather than the pipeline (a row the server cannot send). */
   private haltedBy: OutboxdError | null = null;
   private fatal: OutboxdError | null = null;
@@ -170,6 +180,7 @@ export class Relay {
       try {
         await this.sink.connect();
         this.sinkUp = true;
+        this.metrics.connectionState.set({ target: this.cfg.sink.type }, 1);
         return;
       } catch (err) {
         if (err instanceof SinkError && !err.retriable) throw err;
@@ -187,7 +198,7 @@ export class Relay {
     let standbyLogged = false;
     while (!this.stopping && !this.fatal) {
       try {
-        this.admin ??= await connectAdmin(this.cfg.postgres);
+        this.admin ??= await this.openAdmin();
         // One active relay per slot: the leader holds a session advisory lock on its admin
         // connection. Postgres itself refuses a second consumer of an active slot (55006); the
         // lock keeps standbys quiet and lets one take over as soon as the leader's session ends.
@@ -232,7 +243,8 @@ export class Relay {
       } catch (err) {
         this.stopTimers();
         this.metrics.connectionState.set({ target: 'postgres' }, 0);
-        const e = err instanceof OutboxdError ? err : new OutboxdError('INTERNAL', String(err), { cause: err });
+        // Raw driver errors from admin queries (a server restart) are classified like the stream's.
+        const e = classifyPgError(err, 'postgres');
         if (this.stopping) return;
         if (isEncodingError(e)) {
           // The server cannot convert a text value to UTF8 (non-UTF-8 bytes in a SQL_ASCII
@@ -273,6 +285,42 @@ export class Relay {
     }
   }
 
+  /**
+   * The admin connection (leader lock, heartbeats, lag). A pg.Client cannot reconnect, so when it
+   * ends we drop it; the next use opens a new one and takes the leader lock again.
+   */
+  private async openAdmin(): Promise<pg.Client> {
+    const client = await connectAdmin(this.cfg.postgres);
+    client.on('end', () => {
+      if (this.admin === client) {
+        this.admin = null;
+        if (!this.stopping) this.log.warn('admin connection to Postgres closed; reopening on next use');
+      }
+    });
+    return client;
+  }
+
+  /** The admin connection for periodic work while streaming, reopened (and re-locked) if it ended. */
+  private async adminForTimers(): Promise<pg.Client | null> {
+    if (this.admin) return this.admin;
+    if (this.reopening || this.stopping) return null;
+    this.reopening = true;
+    try {
+      const client = await this.openAdmin();
+      this.admin = client;
+      // Postgres refuses a second consumer of our active slot anyway; the lock is for standbys.
+      if (!(await tryLeaderLock(client, this.cfg.postgres.slot))) {
+        this.log.warn('leader lock is held elsewhere after an admin reconnect; the slot stays ours while the stream lives');
+      }
+      return client;
+    } catch (err) {
+      this.log.debug({ err }, 'admin reconnect failed');
+      return null;
+    } finally {
+      this.reopening = false;
+    }
+  }
+
   private advance(lsn: Lsn): void {
     this.stream?.confirm(lsn);
   }
@@ -281,18 +329,20 @@ export class Relay {
     const pg = this.cfg.postgres;
     if (pg.heartbeatIntervalMs > 0) {
       this.timers.push(
-        setInterval(() => {
-          if (!this.admin) return;
-          emitHeartbeat(this.admin, pg.heartbeatPrefix).then(
+        setInterval(async () => {
+          const admin = await this.adminForTimers();
+          if (!admin) return;
+          emitHeartbeat(admin, pg.heartbeatPrefix).then(
             () => this.metrics.heartbeats.inc(),
             (err: unknown) => this.log.debug({ err }, 'heartbeat failed'),
           );
         }, pg.heartbeatIntervalMs),
       );
     }
-    const poll = () => {
-      if (!this.admin) return;
-      slotLag(this.admin, pg.slot).then(
+    const poll = async () => {
+      const admin = await this.adminForTimers();
+      if (!admin) return;
+      slotLag(admin, pg.slot).then(
         (lag) => {
           if (!lag) return;
           this.metrics.replicationLag.set(lag.lagBytes);
@@ -302,7 +352,7 @@ export class Relay {
         (err: unknown) => this.log.debug({ err }, 'lag poll failed'),
       );
     };
-    poll();
+    void poll();
     this.timers.push(setInterval(poll, pg.lagPollIntervalMs));
     for (const t of this.timers) t.unref();
   }
@@ -336,14 +386,23 @@ export class Relay {
     this.ingest.paused = true;
     this.sleeper.wakeAll();
     let drained = true;
-    if (drain && this.state !== 'failed') {
+    const halted = this.pipeline.haltedBy !== null || this.haltedBy !== null;
+    if (drain && this.state !== 'failed' && !halted) {
       drained = await this.pipeline.drain(this.cfg.shutdown.graceMs);
       if (!drained)
         this.log.warn(
           { inFlight: this.pipeline.inFlightMessages },
           'shutdown grace expired with messages in flight; they will be published again on the next start',
         );
+    } else if (halted) {
+      drained = this.pipeline.idle;
+      this.log.info(
+        { inFlight: this.pipeline.inFlightMessages },
+        'stopping while halted; unconfirmed messages will be read again on the next start',
+      );
     }
+    // Closing the sink first releases a publish stuck on the broker (blocked, unanswered confirms).
+    if (!this.pipeline.idle) await this.sink.close().catch(() => undefined);
     await this.pipeline.stop();
     const stream = this.stream;
     if (stream) {

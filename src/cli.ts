@@ -7,7 +7,7 @@ import { ExitCode, UsageError, exitCodeFor, oneLine } from './errors.js';
 import { createLogger } from './observability/logger.js';
 import { VERSION } from './version.js';
 
-export const USAGE = `outboxd ${VERSION}: relays transactional outbox rows from Postgres logical replication to Kafka or stdout
+export const USAGE = `outboxd ${VERSION}: relays transactional outbox rows from Postgres logical replication to Kafka, RabbitMQ or stdout
 
 usage:
   outboxd run -c FILE                   run the relay
@@ -16,7 +16,7 @@ usage:
   outboxd setup -c FILE [--print]       create the publication and slot (or print the SQL) and print the outbox DDL
   outboxd --version | --help
 
-exit codes: 0 ok, 1 runtime failure, 2 usage, 3 invalid config, 4 replication slot lost, 130 forced stop`;
+exit codes: 0 ok, 1 runtime failure or a failed check, 2 usage, 3 invalid config, 4 replication slot lost, missing or unusable, 130 forced stop`;
 
 interface Args {
   command: string;
@@ -87,10 +87,13 @@ async function run(configFile: string, env: NodeJS.ProcessEnv): Promise<number> 
   const cfg = loadConfigFile(configFile, env);
   const log = createLogger(cfg.log.level);
   const relay = new Relay(cfg, log);
-  let signals = 0;
+  let firstSignalAt = 0;
   const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals === 1) {
+    const now = Date.now();
+    // The same signal delivered twice at once (to a process group, by `timeout`) is one request.
+    if (firstSignalAt !== 0 && now - firstSignalAt < 1_000) return;
+    if (firstSignalAt === 0) {
+      firstSignalAt = now;
       log.info({ signal }, 'stopping: draining in-flight messages (send the signal again to force)');
       void relay.stop();
     } else {

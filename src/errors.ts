@@ -98,9 +98,9 @@ export const ExitCode = {
   failure: 1,
   /** Bad command line. */
   usage: 2,
-  /** The config file is invalid (or `validate` found a problem). */
+  /** The config file is invalid, or a config value is refused by Postgres (publication ownership, columns). */
   config: 3,
-  /** The replication slot was lost, dropped or invalidated: operator action needed. */
+  /** The replication slot is lost, dropped, invalidated, missing (createSlot false) or unusable: operator action needed. */
   slotLost: 4,
   /** Forced exit on a second signal, before in-flight messages were confirmed. */
   forced: 130,

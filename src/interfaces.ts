@@ -97,7 +97,7 @@ export type RelayState =
   /** Another instance holds the slot; this one waits to take over. */
   | 'standby'
   | 'streaming'
-  /** Postgres or the broker is unreachable; retrying with backoff. */
+  /** Postgres is unreachable; retrying with backoff. (A broker outage shows as not ready while streaming.) */
   | 'reconnecting'
   /** A poison message under policy `halt`: nothing advances until an operator acts. */
   | 'halted'

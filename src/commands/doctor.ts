@@ -64,14 +64,22 @@ export async function runChecks(cfg: Config): Promise<Check[]> {
       [pub],
     );
     if (pubRow.rows.length === 0) {
-      const canCreate = (await scalar(client, "SELECT has_database_privilege(current_database(), 'CREATE')::text")) === 'true';
+      // CREATE PUBLICATION ... FOR TABLE needs CREATE on the database and ownership of the tables.
+      const owns = await client.query<{ ok: boolean | null }>(
+        `SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) AS ok FROM pg_class c WHERE c.oid = ANY(
+           SELECT to_regclass(t) FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL)`,
+        [cfg.outbox.tables.map((t) => t.qualified)],
+      );
+      const canCreate =
+        (await scalar(client, "SELECT has_database_privilege(current_database(), 'CREATE')::text")) === 'true' &&
+        owns.rows[0]?.ok !== false;
       add(
         'publication',
         cfg.postgres.createPublication && canCreate ? 'ok' : 'fail',
         cfg.postgres.createPublication
           ? canCreate
             ? `${pub} does not exist yet; run will create it (or run outboxd setup)`
-            : `${pub} does not exist and the role may not CREATE in this database — GRANT CREATE ON DATABASE ... or create it: outboxd setup --print`
+            : `${pub} does not exist and the role may not create it (needs CREATE on the database and ownership of the outbox tables) — create it as their owner: outboxd setup --print`
           : `${pub} does not exist and postgres.createPublication is false — create it: outboxd setup --print`,
       );
     } else {
@@ -88,8 +96,13 @@ export async function runChecks(cfg: Config): Promise<Check[]> {
           ? `${pub} covers the outbox tables`
           : `${pub} lacks ${missing.map((t) => t.qualified).join(', ')} — ALTER PUBLICATION ${pub} ADD TABLE ${missing.map((t) => t.qualified).join(', ')}`,
       );
-      if (!pubRow.rows[0]?.owner)
-        add('publication owner', 'warn', `the role does not own ${pub}: outboxd cannot record its slot marker (COMMENT ON PUBLICATION)`);
+      if (!pubRow.rows[0]?.owner) {
+        add(
+          'publication owner',
+          'fail',
+          `the role does not own ${pub}, so outboxd cannot record its slot on it — ALTER PUBLICATION ${pub} OWNER TO <role>`,
+        );
+      }
     }
 
     const slot = await inspectSlot(client, cfg.postgres.slot);

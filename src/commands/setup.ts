@@ -1,5 +1,5 @@
 import type { Config, TableConfig } from '../config/schema.js';
-import { ExitCode, oneLine } from '../errors.js';
+import { ExitCode, exitCodeFor, oneLine } from '../errors.js';
 import { connectAdmin, ensurePublication, ensureSlot } from '../source/postgres.js';
 import { quoteIdent } from '../config/schema.js';
 
@@ -29,7 +29,7 @@ export function setupSql(cfg: Config): string {
   const pub = cfg.postgres.publication;
   const tables = cfg.outbox.tables.map((t) => t.qualified).join(', ');
   return [
-    `CREATE PUBLICATION ${pub}${tables ? ` FOR TABLE ${tables}` : ''};`,
+    `CREATE PUBLICATION ${pub}${tables ? ` FOR TABLE ${tables}` : ''} WITH (publish = 'insert');`,
     `SELECT pg_create_logical_replication_slot('${cfg.postgres.slot}', 'pgoutput');`,
     `COMMENT ON PUBLICATION ${pub} IS 'outboxd:{"slots":["${cfg.postgres.slot}"]}';  -- lets outboxd tell a lost slot from a first start`,
   ].join('\n');
@@ -53,7 +53,7 @@ export async function setupCommand(cfg: Config, print: boolean, out: NodeJS.Writ
   } catch (err) {
     out.write(`-- failed: ${oneLine(err)}\n`);
     process.stderr.write(`outboxd: ${oneLine(err)}\n`);
-    return ExitCode.failure;
+    return exitCodeFor(err);
   } finally {
     await client.end().catch(() => undefined);
   }

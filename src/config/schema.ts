@@ -456,8 +456,9 @@ function compileRabbitMq(s: Section): RabbitMqSinkConfig {
 
 function compileTls(parent: Section, key = 'ssl'): TlsConfig | undefined {
   const raw = parent.raw_(key);
-  if (raw === undefined || raw === null || raw === false) return undefined;
-  if (raw === true) return { ca: undefined, cert: undefined, key: undefined, rejectUnauthorized: true, servername: undefined };
+  if (raw === undefined || raw === null || raw === false || raw === 'false' || raw === '') return undefined;
+  if (raw === true || raw === 'true')
+    return { ca: undefined, cert: undefined, key: undefined, rejectUnauthorized: true, servername: undefined };
   const s = parent.section(key, ['caFile', 'certFile', 'keyFile', 'rejectUnauthorized', 'servername']);
   return {
     ca: s.has('caFile') ? readSecret(s, 'caFile') : undefined,

@@ -14,7 +14,7 @@ export function createMetrics(registry = new Registry()) {
    * the gauges/counters below call them when Prometheus scrapes.
    */
   const probes: Probes = {};
-  collectDefaultMetrics({ register: registry, prefix: 'outboxd_process_' });
+  collectDefaultMetrics({ register: registry, prefix: 'outboxd_' });
   const m = {
     registry,
     probes,

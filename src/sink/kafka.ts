@@ -87,6 +87,7 @@ export class KafkaSink implements Sink {
 
   async connect(): Promise<void> {
     await this.getProducer();
+    this.onConnection(true);
   }
 
   private async getProducer(): Promise<Producer> {
@@ -105,7 +106,6 @@ export class KafkaSink implements Sink {
       throw classify(err, 'connecting to Kafka');
     }
     producer.on(producer.events.DISCONNECT, () => this.onConnection(false));
-    this.onConnection(true);
     this.producer = producer;
     return producer;
   }

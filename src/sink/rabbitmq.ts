@@ -41,6 +41,7 @@ export class RabbitMqSink implements Sink {
 
   async connect(): Promise<void> {
     await this.getChannel();
+    this.status.connection(true);
   }
 
   private getChannel(): Promise<amqp.ConfirmChannel> {
@@ -102,7 +103,6 @@ export class RabbitMqSink implements Sink {
       if (this.needDeadLetter) await this.checkExchange(ch, this.cfg.deadLetterExchange, 'topic');
       this.model = model;
       this.channel = ch;
-      this.status.connection(true);
       return ch;
     } catch (err) {
       await model.close().catch(() => undefined);

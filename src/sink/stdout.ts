@@ -13,7 +13,10 @@ export class StdoutSink implements Sink {
   constructor(
     readonly cfg: StdoutSinkConfig,
     private readonly out: NodeJS.WritableStream = process.stdout,
-  ) {}
+  ) {
+    // A closed pipe (EPIPE) also arrives as an 'error' event; the write callback reports it.
+    out.on('error', () => undefined);
+  }
 
   async connect(): Promise<void> {}
 

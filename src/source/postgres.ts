@@ -34,7 +34,13 @@ export function classifyPgError(err: unknown, doing: string): OutboxdError {
   const e = err as { code?: string; message?: string };
   const message = `${doing}: ${e?.message ?? String(err)}`;
   if (e?.code && (RETRIABLE_SQLSTATES.has(e.code) || RETRIABLE_SYSCALL.has(e.code))) return new PgConnectionError(message, err);
-  if (/terminat|Connection|timeout|ECONN|socket/i.test(e?.message ?? '')) return new PgConnectionError(message, err);
+  if (
+    /Connection terminated|connection timeout|timeout expired|ECONN|socket hang up|not queryable|the database system is (starting up|shutting down)/i.test(
+      e?.message ?? '',
+    )
+  ) {
+    return new PgConnectionError(message, err);
+  }
   if (e?.code === '28P01' || e?.code === '28000') {
     return new OutboxdError('PG_CONNECTION', `${message} (check postgres.url credentials)`, { cause: err });
   }
@@ -139,7 +145,9 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
     // by logical messages still needs a publication to start replication, so it may be empty.
     const list = tables.length > 0 ? ` FOR TABLE ${tables.map((t) => t.qualified).join(', ')}` : '';
     try {
-      await client.query(`CREATE PUBLICATION ${pub}${list}`);
+      // Inserts only: publishing updates and deletes would make Postgres reject UPDATE and DELETE
+      // on an outbox table without a replica identity, breaking cleanup jobs.
+      await client.query(`CREATE PUBLICATION ${pub}${list} WITH (publish = 'insert')`);
     } catch (err) {
       if ((err as { code?: string }).code !== '42710') throw classifyPgError(err, `creating publication ${pub}`);
     }
@@ -193,7 +201,17 @@ export async function readMarker(client: pg.Client, publication: string): Promis
 
 async function writeMarker(client: pg.Client, publication: string, slots: string[]): Promise<void> {
   const text = `${MARKER_PREFIX}${JSON.stringify({ slots: [...new Set(slots)].sort() })}`;
-  await client.query(`COMMENT ON PUBLICATION ${publication} IS ${pg.escapeLiteral(text)}`);
+  try {
+    await client.query(`COMMENT ON PUBLICATION ${publication} IS ${pg.escapeLiteral(text)}`);
+  } catch (err) {
+    if ((err as { code?: string }).code === '42501') {
+      throw new ConfigError(
+        'postgres.publication',
+        `the role must own publication ${publication} so outboxd can record its slot there (it is how a lost slot is told from a first start): ALTER PUBLICATION ${publication} OWNER TO <role>`,
+      );
+    }
+    throw classifyPgError(err, `recording the slot on publication ${publication}`);
+  }
 }
 
 /**
@@ -221,13 +239,14 @@ export async function ensureSlot(client: pg.Client, cfg: PostgresConfig): Promis
       `replication slot ${name} does not exist and postgres.createSlot is false; create it: SELECT pg_create_logical_replication_slot('${name}', 'pgoutput')`,
     );
   }
+  // Marker first: if the role cannot write it, fail before a slot exists that would pin WAL.
+  await writeMarker(client, cfg.publication, [...marker, name]);
   try {
     await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [name]);
   } catch (err) {
     // 42710: another instance created it a moment ago; use theirs.
     if ((err as { code?: string }).code !== '42710') throw classifyPgError(err, `creating replication slot ${name}`);
   }
-  await writeMarker(client, cfg.publication, [...marker, name]);
   const slot = await inspectSlot(client, name);
   if (!slot) throw new SlotError('SLOT_LOST', `replication slot ${name} vanished right after it was created`);
   return { slot, created: true };

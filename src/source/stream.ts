@@ -1,6 +1,6 @@
 import { LogicalReplicationService, PgoutputPlugin } from 'pg-logical-replication';
 import type { PostgresConfig } from '../config/schema.js';
-import { OutboxdError } from '../errors.js';
+import { OutboxdError, PgConnectionError } from '../errors.js';
 import { type Lsn, formatLsn, parseLsn } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import { classifyPgError, clientConfig } from './postgres.js';
@@ -113,7 +113,7 @@ export class ReplicationStream {
     );
     await Promise.race([started, this.ended]);
     if (this.failure) throw this.failure;
-    this.statusTimer = setInterval(() => this.sendStatus(true), this.cfg.statusIntervalMs);
+    this.statusTimer = setInterval(() => this.tick(), this.cfg.statusIntervalMs);
     this.statusTimer.unref();
     this.sendStatus(false);
   }
@@ -145,6 +145,24 @@ export class ReplicationStream {
     }
     this.service.removeAllListeners();
     this.end(null);
+  }
+
+  /**
+   * Every status interval: report the confirmed position and ask the server to answer at once
+   * (ping). A connection that stays silent across several pings is dead even if TCP has not
+   * noticed (a stalled network): end the session so the relay reconnects.
+   */
+  private tick(): void {
+    const now = Date.now();
+    // While we are not reading (back-pressure), the silence is ours, not the server's.
+    if (!this.isDrained()) this.lastActivityMs = now;
+    const silentMs = now - this.lastActivityMs;
+    const limitMs = Math.max(3 * this.cfg.statusIntervalMs, 10_000);
+    if (silentMs > limitMs) {
+      this.end(new PgConnectionError(`replication stream: no message from the server for ${Math.round(silentMs / 1000)} s; reconnecting`));
+      return;
+    }
+    this.sendStatus(true);
   }
 
   private clearTimers(): void {

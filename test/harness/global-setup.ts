@@ -1,15 +1,16 @@
 /**
- * vitest globalSetup: starts PostgreSQL 15, PostgreSQL 17 and Kafka in parallel, provides
- * their addresses to the tests (`inject('pg15Url')` etc.), destroys them on teardown.
+ * vitest globalSetup: starts PostgreSQL 15, PostgreSQL 17, Kafka and RabbitMQ in parallel,
+ * provides their addresses to the tests (`inject('pg15Url')` etc.), destroys them on teardown.
  *
- * OUTBOXD_TEST_SERVICES=pg15,kafka (comma list of pg15, pg17, kafka) starts only those; the
- * others are provided as ''. Unset or empty starts all three.
+ * OUTBOXD_TEST_SERVICES=pg15,kafka (comma list of pg15, pg17, kafka, rabbitmq) starts only
+ * those; the others are provided as ''. Unset or empty starts all four.
  */
 // Brings 'vitest' into the program so the ProvidedContext augmentation below resolves (TS2664 otherwise).
 import type {} from 'vitest';
 import type { TestProject } from 'vitest/node';
 import { type KafkaServer, startKafka } from './kafka.js';
 import { type PgServer, startPostgres } from './postgres.js';
+import { type RabbitServer, startRabbitMQ } from './rabbitmq.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -17,10 +18,15 @@ declare module 'vitest' {
     pg17Url: string;
     /** comma-separated host:port list, e.g. '127.0.0.1:40123' */
     kafkaBrokers: string;
+    /**
+     * amqp://outboxd:secret@127.0.0.1:PORT/%2F; the same user has all permissions on vhost
+     * outboxd_test too (replace '/%2F' by '/outboxd_test'). Plugin rabbitmq_consistent_hash_exchange.
+     */
+    rabbitmqUrl: string;
   }
 }
 
-export const SERVICES = ['pg15', 'pg17', 'kafka'] as const;
+export const SERVICES = ['pg15', 'pg17', 'kafka', 'rabbitmq'] as const;
 export type ServiceName = (typeof SERVICES)[number];
 
 /** The services selected by OUTBOXD_TEST_SERVICES (all when unset/empty). */
@@ -50,18 +56,22 @@ const fulfilled = <T>(r: PromiseSettledResult<T>): T | undefined => (r.status ==
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const enabled = enabledServices();
   // Wait for all before deciding, so that one failure never leaves the others running.
-  const [pg15, pg17, kafka] = await Promise.allSettled([
+  const [pg15, pg17, kafka, rabbitmq] = await Promise.allSettled([
     enabled.has('pg15') ? timed('pg15', () => startPostgres(15)) : undefined,
     enabled.has('pg17') ? timed('pg17', () => startPostgres(17)) : undefined,
     enabled.has('kafka') ? timed('kafka', () => startKafka()) : undefined,
+    enabled.has('rabbitmq') ? timed('rabbitmq', () => startRabbitMQ()) : undefined,
   ]);
-  const started: Array<PgServer | KafkaServer> = [fulfilled(pg15), fulfilled(pg17), fulfilled(kafka)].filter(
-    (s): s is PgServer | KafkaServer => s !== undefined,
-  );
+  const started: Array<PgServer | KafkaServer | RabbitServer> = [
+    fulfilled(pg15),
+    fulfilled(pg17),
+    fulfilled(kafka),
+    fulfilled(rabbitmq),
+  ].filter((s): s is PgServer | KafkaServer | RabbitServer => s !== undefined);
   const teardown = async (): Promise<void> => {
     await Promise.allSettled(started.map((s) => s.destroy()));
   };
-  const failures = [pg15, pg17, kafka].flatMap((r) =>
+  const failures = [pg15, pg17, kafka, rabbitmq].flatMap((r) =>
     r.status === 'rejected' ? [r.reason instanceof Error ? r.reason.message : String(r.reason)] : [],
   );
   if (failures.length > 0) {
@@ -71,5 +81,6 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide('pg15Url', fulfilled(pg15)?.url ?? '');
   project.provide('pg17Url', fulfilled(pg17)?.url ?? '');
   project.provide('kafkaBrokers', fulfilled(kafka)?.brokers.join(',') ?? '');
+  project.provide('rabbitmqUrl', fulfilled(rabbitmq)?.url ?? '');
   return teardown;
 }

@@ -1,9 +1,11 @@
 /**
  * Smoke test of the test harness itself: the services from global-setup are usable the way
- * outboxd uses them (logical replication; kafkajs idempotent producer + consumer group), and
- * stop/start/destroy work on private instances.
+ * outboxd uses them (logical replication; kafkajs idempotent producer + consumer group;
+ * amqplib confirm channels with mandatory persistent publishes), and stop/start/destroy work
+ * on private instances.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { type Consumer, Kafka, type KafkaMessage, logLevel } from 'kafkajs';
 import pg from 'pg';
 import { describe, expect, inject, it } from 'vitest';
@@ -11,6 +13,7 @@ import { enabledServices } from './global-setup.js';
 import { startKafka } from './kafka.js';
 import { isListening } from './ports.js';
 import { startPostgres } from './postgres.js';
+import { RABBIT_VHOST, startRabbitMQ } from './rabbitmq.js';
 
 const LONG = 120_000;
 const enabled = enabledServices();
@@ -220,6 +223,181 @@ describe('kafka', () => {
       }
       const [host, port] = (server.brokers[0] ?? '').split(':');
       expect(await isListening(host ?? '', Number(port))).toBe(false);
+    },
+    LONG,
+  );
+});
+
+/** Publishes mandatory + persistent on a confirm channel; resolves on the broker's ack. */
+function publishConfirmed(ch: ConfirmChannel, exchange: string, routingKey: string, body: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    ch.publish(exchange, routingKey, Buffer.from(body), { mandatory: true, persistent: true, contentType: 'text/plain' }, (err) =>
+      err ? reject(err) : resolve(),
+    );
+  });
+}
+
+type AmqpError = Error & { code?: number | string };
+
+/**
+ * Connects and opens a confirm channel. Errors (a lost socket, a channel closed by the server
+ * after a failed declare) arrive as 'error' events on the connection / channel, which would
+ * crash the runner without a listener; they are collected in `errors` instead. `closed`
+ * resolves with the error the connection closed with, if any (a broker shutdown's 320
+ * CONNECTION_FORCED shows up only there: amqplib does not emit 'error' for it).
+ */
+async function openConfirm(
+  url: string,
+): Promise<{ conn: ChannelModel; ch: ConfirmChannel; errors: AmqpError[]; closed: Promise<AmqpError | undefined> }> {
+  const conn = await amqp.connect(url);
+  const errors: AmqpError[] = [];
+  conn.on('error', (err: AmqpError) => errors.push(err));
+  const closed = new Promise<AmqpError | undefined>((resolve) => conn.once('close', (err?: AmqpError) => resolve(err)));
+  const ch = await conn.createConfirmChannel();
+  ch.on('error', (err: Error) => errors.push(err));
+  return { conn, ch, errors, closed };
+}
+
+/** "pid comm" of the live processes whose environment mentions `dir` (Linux; [] elsewhere). */
+function processesUsing(dir: string): string[] {
+  let pids: string[];
+  try {
+    pids = readdirSync('/proc').filter((e) => /^\d+$/.test(e) && Number(e) !== process.pid);
+  } catch {
+    return [];
+  }
+  return pids.flatMap((pid) => {
+    try {
+      const environ = readFileSync(`/proc/${pid}/environ`, 'utf8');
+      return environ.includes(`=${dir}`) ? [`${pid} ${readFileSync(`/proc/${pid}/comm`, 'utf8').trim()}`] : [];
+    } catch {
+      return []; // gone, or not ours
+    }
+  });
+}
+
+const rabbitmqUrl = inject('rabbitmqUrl');
+
+describe('rabbitmq', () => {
+  it.skipIf(!rabbitmqUrl)(
+    'confirm channel: consistent-hash and topic exchanges, mandatory + persistent publishes, vhost outboxd_test',
+    async () => {
+      expect(rabbitmqUrl).toMatch(/^amqp:\/\/outboxd:secret@127\.0\.0\.1:\d+\/%2F$/);
+      const { conn, ch, errors } = await openConfirm(rabbitmqUrl);
+      const id = `${Date.now()}`;
+      const hash = `harness.hash.${id}`;
+      const topic = `harness.topic.${id}`;
+      const hashQueues = [`harness.hash.a.${id}`, `harness.hash.b.${id}`];
+      const topicQueue = `harness.topic.q.${id}`;
+      try {
+        const returned: string[] = [];
+        ch.on('return', (msg: amqp.Message) => returned.push(msg.fields.routingKey));
+        // x-consistent-hash only exists with the plugin enabled.
+        await ch.assertExchange(hash, 'x-consistent-hash', { durable: true });
+        await ch.assertExchange(topic, 'topic', { durable: true });
+        for (const q of [...hashQueues, topicQueue]) await ch.assertQueue(q, { durable: true });
+        // For x-consistent-hash the binding key is the queue's weight on the hash ring.
+        for (const q of hashQueues) await ch.bindQueue(q, hash, '1');
+        await ch.bindQueue(topicQueue, topic, 'orders.#');
+
+        const keys = Array.from({ length: 40 }, (_, i) => `order-${i}`);
+        await Promise.all(keys.map((k) => publishConfirmed(ch, hash, k, `hash:${k}`)));
+        await publishConfirmed(ch, topic, 'orders.created', 'topic:1');
+        // Unroutable + mandatory: basic.return, then still a confirm (ack, not nack).
+        await publishConfirmed(ch, topic, 'nobody.listens', 'topic:lost');
+        await ch.waitForConfirms();
+        expect(returned).toEqual(['nobody.listens']);
+
+        const counts = await Promise.all(hashQueues.map(async (q) => (await ch.checkQueue(q)).messageCount));
+        expect(counts[0]! + counts[1]!).toBe(40);
+        expect(counts.every((c) => c > 0)).toBe(true); // spread over both queues
+        // A routing key always hashes to the same queue.
+        const first = await ch.get(hashQueues[0]!, { noAck: true });
+        expect(first).not.toBe(false);
+        if (first) {
+          await publishConfirmed(ch, hash, first.fields.routingKey, 'again');
+          expect((await ch.checkQueue(hashQueues[0]!)).messageCount).toBe(counts[0]);
+        }
+        const got = await ch.get(topicQueue, { noAck: true });
+        expect(got && { body: got.content.toString(), mode: got.properties.deliveryMode, key: got.fields.routingKey }).toEqual({
+          body: 'topic:1',
+          mode: 2,
+          key: 'orders.created',
+        });
+
+        // The same user on vhost outboxd_test, whose queues are separate from /'s.
+        const vhostUrl = rabbitmqUrl.replace(/\/%2F$/, `/${RABBIT_VHOST}`);
+        const other = await openConfirm(vhostUrl);
+        try {
+          await other.ch.assertQueue(topicQueue, { exclusive: true }); // gone with the connection
+          expect((await other.ch.checkQueue(topicQueue)).messageCount).toBe(0);
+        } finally {
+          await other.conn.close();
+        }
+        expect(other.errors).toEqual([]);
+      } finally {
+        // Best effort: after a failure the channel may be closed already.
+        for (const q of [...hashQueues, topicQueue]) await ch.deleteQueue(q).catch(() => undefined);
+        for (const x of [hash, topic]) await ch.deleteExchange(x).catch(() => undefined);
+        await conn.close().catch(() => undefined);
+      }
+      expect(errors).toEqual([]);
+    },
+    LONG,
+  );
+
+  it.skipIf(!enabled.has('rabbitmq'))(
+    'private instance keeps durable exchanges, queues and persistent messages across stop/start (graceful and kill), destroy leaves no process',
+    async () => {
+      const server = await startRabbitMQ();
+      const queue = 'harness.restart';
+      const exchange = 'harness.restart.hash';
+      try {
+        expect(server.vhostUrl).toBe(server.url.replace(/\/%2F$/, `/${RABBIT_VHOST}`));
+        const a = await openConfirm(server.vhostUrl);
+        await a.ch.assertExchange(exchange, 'x-consistent-hash', { durable: true });
+        await a.ch.assertQueue(queue, { durable: true });
+        await a.ch.bindQueue(queue, exchange, '1');
+        await publishConfirmed(a.ch, exchange, 'k', 'before-stop');
+
+        await server.stop();
+        // A graceful stop closes client connections first: connection.close 320 CONNECTION_FORCED.
+        expect((await a.closed)?.code).toBe(320);
+        expect(a.errors).toEqual([]);
+        expect(await isListening('127.0.0.1', server.port)).toBe(false);
+        await server.stop(); // idempotent
+        await server.start();
+
+        const b = await openConfirm(server.vhostUrl);
+        await publishConfirmed(b.ch, exchange, 'k', 'before-kill'); // the durable exchange + binding survived
+        await server.stop('kill');
+        // The socket just drops: 'error' (ECONNRESET, or 'Unexpected close'), then 'close' with it.
+        const lost = await b.closed;
+        expect(lost).toBeInstanceOf(Error);
+        expect(b.errors).toContain(lost);
+        await server.start();
+
+        expect(await server.ctl('-q', '-p', RABBIT_VHOST, 'list_queues', 'name', 'messages', 'durable')).toMatch(
+          /^harness\.restart\s+2\s+true$/m,
+        );
+        const c = await openConfirm(server.vhostUrl);
+        try {
+          const bodies: string[] = [];
+          for (let m = await c.ch.get(queue, { noAck: true }); m; m = await c.ch.get(queue, { noAck: true })) {
+            expect(m.properties.deliveryMode).toBe(2);
+            bodies.push(m.content.toString());
+          }
+          expect(bodies).toEqual(['before-stop', 'before-kill']);
+        } finally {
+          await c.conn.close();
+        }
+      } finally {
+        await server.destroy();
+      }
+      expect(existsSync(server.dataDir)).toBe(false);
+      expect(await isListening('127.0.0.1', server.port)).toBe(false);
+      // beam.smp, epmd, erl_child_setup, inet_gethost, ...: all gone.
+      expect(processesUsing(server.dataDir)).toEqual([]);
     },
     LONG,
   );

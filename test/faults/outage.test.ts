@@ -1,0 +1,128 @@
+import { afterEach, describe, expect, inject, it } from 'vitest';
+import { startKafka } from '../harness/kafka.js';
+import { startPostgres } from '../harness/postgres.js';
+import { startRabbitMQ } from '../harness/rabbitmq.js';
+import { sleep, until, writeOutbox } from '../integration/support.js';
+import { type Bundle, type SinkKind, bundle, orderAndDuplicates, rssBytes, waitDelivered } from './fixtures.js';
+
+/**
+ * Outages of the broker and of Postgres, against private servers the test can stop.
+ */
+const cleanups: Array<() => Promise<void>> = [];
+let b: Bundle | null = null;
+afterEach(async () => {
+  await b?.cleanup();
+  b = null;
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function privateBroker(kind: SinkKind) {
+  if (kind === 'kafka') {
+    const k = await startKafka();
+    cleanups.push(() => k.destroy());
+    return { opts: { kafkaBrokers: k.brokers.join(',') }, stop: () => k.stop(), start: () => k.start() };
+  }
+  const r = await startRabbitMQ();
+  cleanups.push(() => r.destroy());
+  return { opts: { amqpUrl: r.url }, stop: () => r.stop(), start: () => r.start() };
+}
+
+async function walsenderPid(b: Bundle): Promise<number | null> {
+  const { rows } = await b.db.client.query<{ pid: number | null }>(
+    'SELECT active_pid AS pid FROM pg_replication_slots WHERE slot_name = $1',
+    [b.db.slot],
+  );
+  return rows[0]?.pid ?? null;
+}
+
+describe.each(['kafka', 'rabbitmq'] as SinkKind[])('broker outage → %s', (kind) => {
+  it.skipIf(kind === 'rabbitmq' ? !inject('rabbitmqUrl') : !inject('kafkaBrokers'))(
+    'for 60 s: bounded memory, not ready, replication kept alive, nothing confirmed past the broker; then resumes without loss',
+    async () => {
+      const broker = await privateBroker(kind);
+      b = await bundle({ kind, ...broker.opts });
+      const relay = b.start();
+      await relay.ready();
+      const first = await writeOutbox(b.db.client, { total: 3_000, keys: 100, types: b.types });
+      await waitDelivered(
+        b.reader,
+        first.map((r) => r.id),
+      );
+      const pid = await walsenderPid(b);
+      await broker.stop();
+      // Nothing written from here on can have been confirmed by the broker.
+      const stoppedAt = await b.db.walLsn();
+      const during: typeof first = [];
+      let maxRss = 0;
+      let readyWhileDown = false;
+      const deadline = Date.now() + 60_000;
+      let round = 0;
+      while (Date.now() < deadline) {
+        if (round++ % 5 === 0) during.push(...(await writeOutbox(b.db.client, { total: 1_000, keys: 100, types: b.types })));
+        maxRss = Math.max(maxRss, rssBytes(relay.child.pid as number));
+        if ((await relay.http('/readyz')).status === 200 && round > 3) readyWhileDown = true;
+        const slot = await b.db.slotInfo();
+        expect(slot?.confirmed ?? 0n).toBeLessThanOrEqual(stoppedAt);
+        await sleep(1_000);
+      }
+      expect(readyWhileDown).toBe(false);
+      expect((await relay.http('/readyz')).body).toMatch(/not ok/);
+      // The replication connection survived the whole outage (keepalives answered).
+      expect(await walsenderPid(b)).toBe(pid);
+      // The in-flight bound is 2,000 messages / 4 MiB; the process itself needs ~100 MB.
+      process.stdout.write(
+        `[outage ${kind}] max RSS ${(maxRss / 1e6).toFixed(1)} MB, inflight ${await relay.metric('outboxd_inflight_messages')}\n`,
+      );
+      expect(maxRss).toBeLessThan(200 * 1024 * 1024);
+      expect(await relay.metric('outboxd_inflight_messages')).toBeLessThanOrEqual(2_000);
+      expect(await relay.metric('outboxd_publish_errors_total')).toBeGreaterThan(0);
+
+      await broker.start();
+      await relay.ready(90_000);
+      const all = [...first, ...during];
+      await waitDelivered(
+        b.reader,
+        all.map((r) => r.id),
+        120_000,
+      );
+      const firstIds = new Set(first.map((r) => r.id));
+      // Sequence numbers restart with each writeOutbox call; check the first batch's order.
+      expect(orderAndDuplicates(b.reader.delivered().filter((d) => firstIds.has(d.id))).violations).toEqual([]);
+      expect(relay.stderr).not.toContain(':secret@');
+      expect((await relay.http('/metrics')).body).not.toContain('secret');
+    },
+    300_000,
+  );
+});
+
+describe.skipIf(!inject('kafkaBrokers'))('Postgres restarts', () => {
+  for (const mode of ['fast', 'immediate'] as const) {
+    it(`reconnects after a ${mode} shutdown mid-stream and resumes from the slot without loss`, async () => {
+      const server = await startPostgres(15);
+      cleanups.push(() => server.destroy());
+      b = await bundle({ kind: 'kafka', pgUrl: server.url });
+      const relay = b.start();
+      await relay.ready();
+      const before = await writeOutbox(b.db.client, { total: 4_000, keys: 100, types: b.types });
+      const t0 = Date.now();
+      await server.stop(mode);
+      const stopMs = Date.now() - t0;
+      await until('not ready while Postgres is down', async () => (await relay.http('/readyz')).status === 503, 20_000);
+      await sleep(1_500);
+      await server.start();
+      await b.db.reconnect();
+      const after = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types });
+      await relay.ready(60_000);
+      await waitDelivered(
+        b.reader,
+        [...before, ...after].map((r) => r.id),
+      );
+      const beforeIds = new Set(before.map((r) => r.id));
+      expect(orderAndDuplicates(b.reader.delivered().filter((d) => beforeIds.has(d.id))).violations).toEqual([]);
+      expect(await relay.metric('outboxd_reconnects_total', { target: 'postgres' })).toBeGreaterThanOrEqual(1);
+      process.stdout.write(`[pg ${mode}] server stop took ${stopMs} ms\n`);
+      // A fast shutdown waits for walsenders to be confirmed up to the end: it must not hang.
+      if (mode === 'fast') expect(stopMs).toBeLessThan(8_000);
+    });
+  }
+});
