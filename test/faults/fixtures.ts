@@ -169,22 +169,45 @@ function safeSeq(value: string): number {
   }
 }
 
-/** Consumes the main queue (bound with '#') and the dead-letter queue. */
+/**
+ * Consumes the main queue (bound with '#') and the dead-letter queue. Reconnects by itself when
+ * the broker goes away (outage tests); durable queues keep what arrives meanwhile.
+ */
 class AmqpReader implements Reader {
   private readonly got: Delivered[] = [];
-  private model!: amqp.ChannelModel;
-  private constructor(private readonly url: string) {}
+  private model: amqp.ChannelModel | null = null;
+  private closing = false;
+  private readonly counters = new Map<string, number>();
+  private constructor(
+    private readonly url: string,
+    private readonly names: [string, string, string, string],
+  ) {}
 
   static async open(url: string, exchange: string, queue: string, dlx: string, dlq: string): Promise<AmqpReader> {
-    const r = new AmqpReader(url);
-    await r.connect(exchange, queue, dlx, dlq);
+    const r = new AmqpReader(url, [exchange, queue, dlx, dlq]);
+    await r.connect();
     return r;
   }
 
-  private async connect(exchange: string, queue: string, dlx: string, dlq: string): Promise<void> {
-    this.model = await amqp.connect(this.url);
-    this.model.on('error', () => undefined);
-    const ch = await this.model.createChannel();
+  private reconnectSoon(): void {
+    if (this.closing) return;
+    setTimeout(() => {
+      this.connect().catch(() => this.reconnectSoon());
+    }, 500);
+  }
+
+  private async connect(): Promise<void> {
+    const [exchange, queue, dlx, dlq] = this.names;
+    const model = await amqp.connect(this.url);
+    this.model = model;
+    model.on('error', () => undefined);
+    model.on('close', () => {
+      if (this.model === model) {
+        this.model = null;
+        this.reconnectSoon();
+      }
+    });
+    const ch = await model.createChannel();
     ch.on('error', () => undefined);
     await ch.assertExchange(exchange, 'topic', { durable: true });
     await ch.assertExchange(dlx, 'topic', { durable: true });
@@ -194,8 +217,9 @@ class AmqpReader implements Reader {
     ] as const) {
       await ch.assertQueue(q, { durable: true });
       await ch.bindQueue(q, ex, pattern);
-      let n = 0;
       await ch.consume(q, (msg) => {
+        const n = this.counters.get(q) ?? 0;
+        this.counters.set(q, n + 1);
         if (!msg) return;
         const headers: Record<string, string> = {};
         for (const [k, v] of Object.entries(msg.properties.headers ?? {})) headers[k] = String(v);
@@ -204,7 +228,7 @@ class AmqpReader implements Reader {
           key: headers.aggregateid ?? '',
           seq: safeSeq(msg.content.toString()),
           stream: q,
-          position: n++,
+          position: n,
           headers,
         });
         ch.ack(msg);
@@ -217,7 +241,8 @@ class AmqpReader implements Reader {
   }
 
   async close(): Promise<void> {
-    await this.model.close().catch(() => undefined);
+    this.closing = true;
+    await this.model?.close().catch(() => undefined);
   }
 }
 

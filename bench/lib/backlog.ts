@@ -1,0 +1,137 @@
+import type pg from 'pg';
+import { note } from './log.js';
+import { type Lsn, currentLsn, dropSlot, parseLsn } from './pg.js';
+
+/**
+ * A backlog: its own outbox table (the Debezium-style DDL of test/integration/support.ts), its
+ * own insert-only publication, and a template slot created BEFORE the rows are written. Every
+ * consumer drains a fresh copy of the template (pg_copy_logical_replication_slot), so all of them
+ * read the identical WAL range [startLsn, endLsn).
+ *
+ * Backlogs are written one after another and never while a consumer runs, so a backlog's WAL
+ * range holds nothing but its own rows.
+ */
+export interface BacklogSpec {
+  name: string;
+  rows: number;
+  rowsPerTxn: number;
+  payloadBytes: number;
+  keys: number;
+}
+
+export interface Backlog extends BacklogSpec {
+  table: string;
+  publication: string;
+  template: string;
+  startLsn: Lsn;
+  endLsn: Lsn;
+  walBytes: number;
+  payloadTotalBytes: number;
+  avgPayloadBytes: number;
+  writeSeconds: number;
+}
+
+/** Random hex the payloads take their padding from (64 KiB, so pads of 10 KiB still vary). */
+export async function preparePool(db: pg.Client): Promise<void> {
+  await db.query('CREATE TABLE IF NOT EXISTS bench_pool (pool text NOT NULL)');
+  await db.query('TRUNCATE bench_pool');
+  await db.query(`INSERT INTO bench_pool SELECT string_agg(md5(g::text || random()::text), '') FROM generate_series(1, 2048) g`);
+}
+
+function payloadExpr(payloadBytes: number, pad: string): string {
+  // Small payloads: three fields; larger: a plausible order event. `note` carries the padding.
+  return payloadBytes < 200
+    ? `jsonb_build_object('seq', g, 'orderId', 'key-' || (g % keys), 'note', ${pad})`
+    : `jsonb_build_object('seq', g, 'orderId', 'key-' || (g % keys), 'customer', 'cust-' || (g % 997), 'amount', round((g % 100000) / 100.0, 2), 'currency', 'EUR', 'status', (ARRAY['created','paid','shipped'])[1 + g % 3], 'note', ${pad})`;
+}
+
+/** An outbox table (the Debezium-style DDL of test/integration/support.ts) and its insert-only publication. */
+export async function createOutboxTable(db: pg.Client, table: string, publication: string): Promise<void> {
+  await db.query(`DROP PUBLICATION IF EXISTS ${publication}`);
+  await db.query(`DROP TABLE IF EXISTS ${table}`);
+  await db.query(`CREATE TABLE ${table} (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    aggregatetype text NOT NULL,
+    aggregateid text NOT NULL,
+    type text,
+    payload jsonb NOT NULL,
+    headers jsonb,
+    correlation_id text,
+    causation_id text,
+    reply_to text,
+    traceparent text,
+    created_at timestamptz NOT NULL DEFAULT now()) WITH (autovacuum_enabled = false)`);
+  // The publication must predate the slot: pgoutput looks it up as of the WAL it decodes.
+  await db.query(`CREATE PUBLICATION ${publication} FOR TABLE ${table} WITH (publish = 'insert')`);
+}
+
+export async function createBacklog(db: pg.Client, spec: BacklogSpec): Promise<Backlog> {
+  const table = `outbox_${spec.name}`;
+  const publication = `pub_${spec.name}`;
+  const template = `tpl_${spec.name}`;
+  await dropSlot(db, template);
+  await createOutboxTable(db, table, publication);
+
+  // Padding so that the JSON text comes out at about payloadBytes.
+  const probe = await db.query<{ n: number }>(
+    `SELECT length((${payloadExpr(spec.payloadBytes, "''")})::text) AS n FROM (SELECT ${Math.floor(spec.rows / 2)} AS g, ${spec.keys} AS keys) s`,
+  );
+  const pad = Math.max(0, spec.payloadBytes - (probe.rows[0]?.n ?? 0));
+  const proc = `bench_fill_${spec.name}`;
+  // Static SQL inside the loop (a cached plan); one COMMIT per transaction of the backlog.
+  await db.query(`CREATE OR REPLACE PROCEDURE ${proc}(total int, per_txn int, keys int, pad int)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+      i int := 0;
+      p text;
+      plen int;
+    BEGIN
+      SELECT pool INTO p FROM bench_pool;
+      plen := greatest(1, length(p) - pad - 1);
+      WHILE i < total LOOP
+        INSERT INTO ${table} (aggregatetype, aggregateid, type, payload)
+        SELECT 'order', 'key-' || (g % keys), (ARRAY['created','paid','shipped'])[1 + g % 3],
+               ${payloadExpr(spec.payloadBytes, 'substr(p, 1 + (g * 7919) % plen, pad)')}
+          FROM generate_series(i, least(i + per_txn, total) - 1) AS g;
+        i := i + per_txn;
+        COMMIT;
+      END LOOP;
+    END $$`);
+
+  const created = await db.query<{ lsn: string }>(`SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`, [template]);
+  const startLsn = parseLsn(created.rows[0]?.lsn ?? '0/0');
+  const t0 = performance.now();
+  // Integer literals, not parameters: a procedure may only COMMIT when CALLed by a simple query.
+  await db.query(`CALL ${proc}(${spec.rows}, ${spec.rowsPerTxn}, ${spec.keys}, ${pad})`);
+  const writeSeconds = (performance.now() - t0) / 1000;
+  const endLsn = await currentLsn(db);
+  const stats = await db.query<{ n: string; bytes: string }>(`SELECT count(*)::text AS n, sum(octet_length(payload::text))::text AS bytes FROM ${table}`);
+  const n = Number(stats.rows[0]?.n ?? 0);
+  if (n !== spec.rows) throw new Error(`backlog ${spec.name}: wrote ${n} rows, wanted ${spec.rows}`);
+  const payloadTotalBytes = Number(stats.rows[0]?.bytes ?? 0);
+  const b: Backlog = {
+    ...spec,
+    table,
+    publication,
+    template,
+    startLsn,
+    endLsn,
+    walBytes: Number(endLsn - startLsn),
+    payloadTotalBytes,
+    avgPayloadBytes: payloadTotalBytes / spec.rows,
+    writeSeconds,
+  };
+  note(
+    `backlog ${spec.name}: ${spec.rows} rows, ${spec.rowsPerTxn}/txn, ${b.avgPayloadBytes.toFixed(0)} B payloads, ` +
+      `${(b.walBytes / 2 ** 20).toFixed(0)} MiB WAL, written in ${writeSeconds.toFixed(1)} s`,
+  );
+  return b;
+}
+
+/** Drops the template slot (the WAL it pins) and the table. */
+export async function dropBacklog(db: pg.Client, b: Backlog): Promise<void> {
+  await dropSlot(db, b.template);
+  await db.query(`DROP PUBLICATION IF EXISTS ${b.publication}`);
+  await db.query(`DROP TABLE IF EXISTS ${b.table}`);
+  await db.query(`DROP PROCEDURE IF EXISTS bench_fill_${b.name}`);
+}

@@ -1,0 +1,107 @@
+import { execFileSync } from 'node:child_process';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+
+/** Linux /proc readers: CPU time, peak RSS, host CPU, and which process listens on a port. */
+
+let clockTicks: number | undefined;
+function ticksPerSecond(): number {
+  if (clockTicks === undefined) {
+    try {
+      clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  return clockTicks;
+}
+
+/** utime + stime of a process (all its threads), in seconds; null when it is gone. */
+export function cpuSeconds(pid: number): number | null {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  // "pid (comm) state ppid ..."; after the last ')' field 3 is f[0], so utime (14) is f[11].
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / ticksPerSecond();
+}
+
+/** Resident set size now and its peak (VmHWM), in MiB; null when the process is gone. */
+export function memory(pid: number): { rssMiB: number; peakMiB: number } | null {
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return null;
+  }
+  const kb = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? Number.NaN);
+  return { rssMiB: kb('VmRSS') / 1024, peakMiB: kb('VmHWM') / 1024 };
+}
+
+/** Busy and total CPU time of the whole host since boot, in seconds (from /proc/stat). */
+export function hostCpu(): { busy: number; total: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+  const v = line.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal guest guest_nice; guest is inside user.
+  const idle = (v[3] ?? 0) + (v[4] ?? 0);
+  const total = v.slice(0, 8).reduce((a, b) => a + b, 0);
+  const t = ticksPerSecond();
+  return { busy: (total - idle) / t, total: total / t };
+}
+
+/** CPU seconds summed over a set of processes (missing ones count 0). */
+export function cpuOf(pids: readonly number[]): number {
+  let sum = 0;
+  for (const p of pids) sum += cpuSeconds(p) ?? 0;
+  return sum;
+}
+
+/**
+ * The processes behind a TCP listener on this host: the socket's inode from /proc/net/tcp(6),
+ * then the process holding that inode, plus its descendants (a JVM or beam are single
+ * processes, but a script wrapper may lead them). Empty when the service is elsewhere.
+ */
+export function listenerPids(port: number): number[] {
+  const inodes = new Set<string>();
+  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length < 10) continue;
+      if (f[1]?.split(':')[1] === hexPort && f[3] === '0A') inodes.add(f[9] as string);
+    }
+  }
+  if (inodes.size === 0) return [];
+  const owners = new Set<number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${entry}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      let target = '';
+      try {
+        target = readlinkSync(`/proc/${entry}/fd/${fd}`);
+      } catch {
+        continue;
+      }
+      const m = /^socket:\[(\d+)\]$/.exec(target);
+      if (m && inodes.has(m[1] as string)) {
+        owners.add(Number(entry));
+        break;
+      }
+    }
+  }
+  return [...owners];
+}

@@ -1,0 +1,319 @@
+import type { Backlog } from './backlog.js';
+import type { ConsumerName, ConsumerResult } from './consumers.js';
+import { max, median, min } from './stats.js';
+import type { LatencyResult } from '../scenarios/latency.js';
+
+export interface Spread {
+  median: number;
+  min: number;
+  max: number;
+}
+
+function spread(values: number[]): Spread {
+  return { median: median(values), min: min(values), max: max(values) };
+}
+
+export interface ConsumerSummary {
+  runs: number;
+  ok: number;
+  rowsPerSec: Spread;
+  streamRowsPerSec: number;
+  seconds: number;
+  payloadMiBps: number;
+  walMiBps: number | null;
+  cpuSeconds: { consumer: number | null; walsender: number | null; broker: number | null };
+  /** CPU seconds of outboxd (or the client) per million rows. */
+  consumerCpuPerMRows: number | null;
+  peakRssMiB: Spread | null;
+  hostBusyPct: number;
+}
+
+export interface BacklogInfo {
+  name: string;
+  rows: number;
+  rowsPerTxn: number;
+  keys: number;
+  avgPayloadBytes: number;
+  walMiB: number;
+  writeSeconds: number;
+}
+
+export interface ScenarioSummary {
+  backlog: BacklogInfo;
+  consumers: Partial<Record<ConsumerName, ConsumerSummary>>;
+  /** Same-run ratios of rows/s: median over runs (and range), plus the ratio of the medians. */
+  ratios: Record<string, Spread & { ofMedians: number }>;
+}
+
+export function backlogInfo(b: Backlog): BacklogInfo {
+  return {
+    name: b.name,
+    rows: b.rows,
+    rowsPerTxn: b.rowsPerTxn,
+    keys: b.keys,
+    avgPayloadBytes: Math.round(b.avgPayloadBytes),
+    walMiB: Math.round((b.walBytes / 2 ** 20) * 10) / 10,
+    writeSeconds: Math.round(b.writeSeconds * 10) / 10,
+  };
+}
+
+const nullable = (v: Array<number | null>): number | null => {
+  const m = median(v.filter((x): x is number => x !== null));
+  return Number.isFinite(m) ? m : null;
+};
+
+export const RATIOS: ReadonlyArray<[ConsumerName, ConsumerName]> = [
+  ['outboxd-discard', 'pg_recvlogical'],
+  ['outboxd-stdout', 'pg_recvlogical'],
+  ['outboxd-kafka', 'bare-kafkajs'],
+  ['outboxd-rabbitmq', 'bare-amqplib'],
+  ['outboxd-kafka', 'pg_recvlogical'],
+  ['outboxd-rabbitmq', 'pg_recvlogical'],
+];
+
+export function summarize(b: Backlog, results: readonly ConsumerResult[]): ScenarioSummary {
+  const consumers: Partial<Record<ConsumerName, ConsumerSummary>> = {};
+  const by = new Map<ConsumerName, ConsumerResult[]>();
+  for (const r of results) by.set(r.consumer, [...(by.get(r.consumer) ?? []), r]);
+  for (const [name, rs] of by) {
+    const ok = rs.filter((r) => r.ok);
+    const rss = ok.map((r) => r.peakRssMiB).filter((x): x is number => x !== null);
+    const cpu = nullable(ok.map((r) => r.cpu.consumer));
+    consumers[name] = {
+      runs: rs.length,
+      ok: ok.length,
+      rowsPerSec: spread(ok.map((r) => r.rowsPerSec)),
+      streamRowsPerSec: median(ok.map((r) => r.streamRowsPerSec ?? Number.NaN)),
+      seconds: median(ok.map((r) => r.seconds)),
+      payloadMiBps: median(ok.map((r) => r.payloadMiBps)),
+      walMiBps: nullable(ok.map((r) => r.walMiBps)),
+      cpuSeconds: { consumer: cpu, walsender: nullable(ok.map((r) => r.cpu.walsender)), broker: nullable(ok.map((r) => r.cpu.broker)) },
+      consumerCpuPerMRows: cpu === null ? null : (cpu / b.rows) * 1e6,
+      peakRssMiB: rss.length > 0 ? spread(rss) : null,
+      hostBusyPct: median(ok.map((r) => r.hostBusyPct)),
+    };
+  }
+  const ratios: ScenarioSummary['ratios'] = {};
+  for (const [a, base] of RATIOS) {
+    const ca = consumers[a];
+    const cb = consumers[base];
+    if (!ca || !cb) continue;
+    const perRun: number[] = [];
+    for (const ra of by.get(a) ?? []) {
+      const rb = (by.get(base) ?? []).find((x) => x.run === ra.run && x.ok);
+      if (ra.ok && rb) perRun.push(ra.rowsPerSec / rb.rowsPerSec);
+    }
+    ratios[`${a} / ${base}`] = { ...spread(perRun), ofMedians: ca.rowsPerSec.median / cb.rowsPerSec.median };
+  }
+  return { backlog: backlogInfo(b), consumers, ratios };
+}
+
+export interface ShapeCell {
+  payloadBytes: number;
+  rowsPerTxn: number;
+  backlog: BacklogInfo;
+  rowsPerSec: Partial<Record<ConsumerName, number>>;
+  payloadMiBps: Partial<Record<ConsumerName, number>>;
+  cpuPerMRows: Partial<Record<ConsumerName, number | null>>;
+  ratio: number | null;
+}
+
+export function shapeCell(b: Backlog, results: readonly ConsumerResult[]): ShapeCell {
+  const s = summarize(b, results);
+  const rowsPerSec: ShapeCell['rowsPerSec'] = {};
+  const payloadMiBps: ShapeCell['payloadMiBps'] = {};
+  const cpuPerMRows: ShapeCell['cpuPerMRows'] = {};
+  for (const [name, c] of Object.entries(s.consumers) as Array<[ConsumerName, ConsumerSummary]>) {
+    rowsPerSec[name] = c.rowsPerSec.median;
+    payloadMiBps[name] = c.payloadMiBps;
+    cpuPerMRows[name] = c.consumerCpuPerMRows;
+  }
+  return {
+    payloadBytes: b.payloadBytes,
+    rowsPerTxn: b.rowsPerTxn,
+    backlog: s.backlog,
+    rowsPerSec,
+    payloadMiBps,
+    cpuPerMRows,
+    ratio: s.ratios['outboxd-discard / pg_recvlogical']?.median ?? null,
+  };
+}
+
+export interface MemorySummary {
+  consumer: ConsumerName;
+  smallRows: number;
+  largeRows: number;
+  smallPeakRssMiB: number;
+  largePeakRssMiB: number;
+  growthMB: number;
+}
+
+export interface Target {
+  measure: string;
+  target: string;
+  value: string;
+  met: boolean | null;
+}
+
+const MB_PER_MIB = 2 ** 20 / 1e6;
+
+export function targets(s: {
+  drain?: ScenarioSummary;
+  smallTx?: ScenarioSummary;
+  latency?: LatencyResult[];
+  memory?: MemorySummary[];
+}): Target[] {
+  const out: Target[] = [];
+  const ratio = (sum: ScenarioSummary | undefined, key: string, measure: string, want: number): void => {
+    const r = sum?.ratios[key];
+    out.push({
+      measure,
+      target: `≥ ${want}×`,
+      value: r ? `${r.median.toFixed(2)}× (runs ${r.min.toFixed(2)}–${r.max.toFixed(2)})` : 'not measured',
+      met: r ? r.median >= want : null,
+    });
+  };
+  ratio(s.drain, 'outboxd-discard / pg_recvlogical', 'drain, discarding sink vs pg_recvlogical', 1.25);
+  ratio(s.smallTx, 'outboxd-discard / pg_recvlogical', 'small-tx, discarding sink vs pg_recvlogical', 1.5);
+  ratio(s.drain, 'outboxd-kafka / bare-kafkajs', 'drain to Kafka vs bare kafkajs', 0.8);
+  ratio(s.drain, 'outboxd-rabbitmq / bare-amqplib', 'drain to RabbitMQ vs bare amqplib', 0.8);
+  const k = s.latency?.find((l) => l.sink === 'kafka');
+  const c = k?.commitToConfirmMs;
+  out.push({
+    measure: 'latency, Kafka, commit → confirm p50',
+    target: '≤ 10 ms',
+    value: c ? `${c.p50.toFixed(1)} ms (histogram-interpolated)` : 'not measured',
+    met: c ? c.p50 <= 10 : null,
+  });
+  out.push({
+    measure: 'latency, Kafka, commit → confirm p99',
+    target: '≤ 50 ms',
+    value: c ? `${c.p99.toFixed(1)} ms (histogram-interpolated)` : 'not measured',
+    met: c ? c.p99 <= 50 : null,
+  });
+  const rss = s.drain?.consumers['outboxd-kafka']?.peakRssMiB;
+  out.push({
+    measure: 'peak RSS during drain to Kafka',
+    target: '≤ 150 MB',
+    value: rss ? `${(rss.median * MB_PER_MIB).toFixed(0)} MB (max ${(rss.max * MB_PER_MIB).toFixed(0)} MB)` : 'not measured',
+    met: rss ? rss.max * MB_PER_MIB <= 150 : null,
+  });
+  for (const m of s.memory ?? []) {
+    out.push({
+      measure: `memory growth ${m.smallRows.toLocaleString('en-US')} → ${m.largeRows.toLocaleString('en-US')} rows, ${m.consumer}`,
+      target: '< 20 MB',
+      value: `${m.growthMB >= 0 ? '+' : ''}${m.growthMB.toFixed(1)} MB (${(m.smallPeakRssMiB * MB_PER_MIB).toFixed(0)} → ${(m.largePeakRssMiB * MB_PER_MIB).toFixed(0)} MB)`,
+      met: Math.abs(m.growthMB) < 20,
+    });
+  }
+  return out;
+}
+
+export function memorySummary(consumer: ConsumerName, small: ScenarioSummary, large: ScenarioSummary): MemorySummary | null {
+  const a = small.consumers[consumer]?.peakRssMiB?.median;
+  const b = large.consumers[consumer]?.peakRssMiB?.median;
+  if (a === undefined || b === undefined) return null;
+  return {
+    consumer,
+    smallRows: small.backlog.rows,
+    largeRows: large.backlog.rows,
+    smallPeakRssMiB: a,
+    largePeakRssMiB: b,
+    growthMB: (b - a) * MB_PER_MIB,
+  };
+}
+
+// --- text tables ---------------------------------------------------------------------------------
+
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+}
+
+const int = (n: number | null | undefined): string => (n === null || n === undefined || !Number.isFinite(n) ? '–' : Math.round(n).toLocaleString('en-US'));
+const f1 = (n: number | null | undefined): string => (n === null || n === undefined || !Number.isFinite(n) ? '–' : n.toFixed(1));
+const f2 = (n: number | null | undefined): string => (n === null || n === undefined || !Number.isFinite(n) ? '–' : n.toFixed(2));
+
+export function scenarioTable(title: string, s: ScenarioSummary): string {
+  const b = s.backlog;
+  const rows: string[][] = [];
+  for (const [name, c] of Object.entries(s.consumers) as Array<[ConsumerName, ConsumerSummary]>) {
+    rows.push([
+      name,
+      `${c.ok}/${c.runs}`,
+      int(c.rowsPerSec.median),
+      `${int(c.rowsPerSec.min)}–${int(c.rowsPerSec.max)}`,
+      int(c.streamRowsPerSec),
+      f1(c.payloadMiBps),
+      f2(c.cpuSeconds.consumer),
+      f2(c.cpuSeconds.walsender),
+      f2(c.cpuSeconds.broker),
+      c.peakRssMiB ? f1(c.peakRssMiB.median) : '–',
+      f1(c.hostBusyPct),
+    ]);
+  }
+  const ratioLines = Object.entries(s.ratios).map(
+    ([k, r]) => `  ${k}: ${f2(r.median)}× (runs ${f2(r.min)}–${f2(r.max)}; ratio of medians ${f2(r.ofMedians)}×)`,
+  );
+  return [
+    `== ${title}: ${int(b.rows)} rows, ${b.rowsPerTxn}/txn, ${b.avgPayloadBytes} B payloads, ${b.keys} keys, ${b.walMiB} MiB WAL`,
+    table(
+      ['consumer', 'ok', 'rows/s', 'range', 'stream rows/s', 'MiB/s', 'cpu s', 'walsender s', 'broker s', 'peak RSS MiB', 'host %'],
+      rows,
+    ),
+    ...(ratioLines.length ? ['ratios (same run, median of runs):', ...ratioLines] : []),
+  ].join('\n');
+}
+
+export function shapeTable(cells: readonly ShapeCell[]): string {
+  return [
+    '== shape: rows/s by payload size and rows per transaction (median of runs)',
+    table(
+      ['payload', 'rows/txn', 'rows', 'outboxd-discard', 'pg_recvlogical', 'ratio', 'outboxd MiB/s', 'outboxd cpu s/1M rows'],
+      cells.map((c) => [
+        `${c.payloadBytes} B`,
+        String(c.rowsPerTxn),
+        int(c.backlog.rows),
+        int(c.rowsPerSec['outboxd-discard']),
+        int(c.rowsPerSec.pg_recvlogical),
+        c.ratio === null ? '–' : `${f2(c.ratio)}×`,
+        f1(c.payloadMiBps['outboxd-discard']),
+        f1(c.cpuPerMRows['outboxd-discard']),
+      ]),
+    ),
+  ].join('\n');
+}
+
+export function latencyTable(ls: readonly LatencyResult[]): string {
+  return [
+    '== latency: one-row transactions at a steady rate (ms)',
+    table(
+      ['sink', 'ok', 'rate', 'achieved', 'c→c p50', 'c→c p99', 'c→c max ≤', 'ins→rcv p50', 'ins→rcv p99', 'ins→rcv max', 'relay cpu s', 'RSS MiB'],
+      ls.map((l) => [
+        l.sink,
+        l.ok ? 'yes' : 'NO',
+        String(l.targetRate),
+        int(l.achievedRate),
+        f1(l.commitToConfirmMs?.p50),
+        f1(l.commitToConfirmMs?.p99),
+        int(l.commitToConfirmMs?.maxAtMost),
+        f1(l.insertToReceiptMs?.p50),
+        f1(l.insertToReceiptMs?.p99),
+        f1(l.insertToReceiptMs?.max),
+        f2(l.relayCpuSeconds),
+        f1(l.relayPeakRssMiB),
+      ]),
+    ),
+  ].join('\n');
+}
+
+export function targetsTable(ts: readonly Target[]): string {
+  return [
+    '== targets (issue 6)',
+    table(
+      ['measure', 'target', 'measured', 'met'],
+      ts.map((t) => [t.measure, t.target, t.value, t.met === null ? '–' : t.met ? 'yes' : 'NO']),
+    ),
+  ].join('\n');
+}

@@ -1,0 +1,300 @@
+/**
+ * outboxd benchmark suite (issue 6). `npm run bench` for the full run, `npm run bench:smoke` for
+ * the 10,000-row version that CI runs (asserts only that every consumer drained everything).
+ * docs/benchmarks.md describes the method and every knob; the knobs are environment variables:
+ *
+ *   BENCH_RUNS=3                runs per consumer for drain, small-tx and memory (headline = median)
+ *   BENCH_ROWS=1000000          rows of the reference backlog (drain)
+ *   BENCH_SMALLTX_ROWS=200000   one-row transactions (small-tx)
+ *   BENCH_MEMORY_ROWS=100000    the small backlog compared with the reference one (memory)
+ *   BENCH_LATENCY_RATE=2000     transactions per second (latency)
+ *   BENCH_LATENCY_SECONDS=60
+ *   BENCH_SHAPE_ROWS=100:200000,1024:100000,10240:20000   rows per cell, by payload bytes
+ *   BENCH_SHAPE_RUNS=1
+ *   BENCH_SCENARIOS=drain,small-tx,memory,shape,latency
+ *   BENCH_CONSUMERS=…           subset of pg_recvlogical,outboxd-discard,outboxd-stdout,
+ *                               outboxd-kafka,bare-kafkajs,outboxd-rabbitmq,bare-amqplib
+ *   BENCH_PIPELINE='batchMaxMessages: 2000, linger: 5ms'   extra outboxd pipeline settings
+ *   BENCH_PROFILE=1             outboxd-discard and outboxd-kafka under node --cpu-prof
+ *   OUTBOXD_BENCH_PG_URL, OUTBOXD_BENCH_KAFKA, OUTBOXD_BENCH_AMQP   use running services
+ */
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { type Backlog, type BacklogSpec, createBacklog, dropBacklog, preparePool } from './lib/backlog.js';
+import { BrokerAdmin } from './lib/brokers.js';
+import { type BenchContext, CONSUMERS, type ConsumerName, type ConsumerResult, runConsumer } from './lib/consumers.js';
+import { note } from './lib/log.js';
+import { MAIN, RESULTS_DIR } from './lib/paths.js';
+import { connect } from './lib/pg.js';
+import { summarizeProfiles } from './lib/profile.js';
+import { type Services, startServices } from './lib/services.js';
+import {
+  type MemorySummary,
+  type ScenarioSummary,
+  type ShapeCell,
+  latencyTable,
+  memorySummary,
+  scenarioTable,
+  shapeCell,
+  shapeTable,
+  summarize,
+  targets,
+  targetsTable,
+} from './lib/summary.js';
+import { shapeSvg } from './lib/svg.js';
+import { type LatencyResult, runLatency } from './scenarios/latency.js';
+
+const SCENARIOS = ['drain', 'small-tx', 'memory', 'shape', 'latency'] as const;
+type Scenario = (typeof SCENARIOS)[number];
+
+const smoke = process.argv.includes('--smoke');
+
+function envInt(name: string, full: number, smokeValue: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return smoke ? smokeValue : full;
+  const n = Number(raw.replace(/_/g, ''));
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`${name} must be a positive integer, got "${raw}"`);
+  return n;
+}
+
+function envList<T extends string>(name: string, all: readonly T[], fallback: readonly T[] = all): T[] {
+  const raw = process.env[name];
+  if (!raw) return [...fallback];
+  const items = raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const bad = items.filter((i) => !(all as readonly string[]).includes(i));
+  if (bad.length) throw new Error(`${name}: unknown ${bad.join(', ')}; choose from ${all.join(', ')}`);
+  return items as T[];
+}
+
+function shapeRows(): Map<number, number> {
+  const m = new Map<number, number>(
+    smoke
+      ? [
+          [100, 1_000],
+          [1024, 1_000],
+          [10240, 1_000],
+        ]
+      : [
+          [100, 200_000],
+          [1024, 100_000],
+          [10240, 20_000],
+        ],
+  );
+  for (const part of (process.env.BENCH_SHAPE_ROWS ?? '').split(',').filter(Boolean)) {
+    const [p, n] = part.split(':').map((s) => Number(s.trim()));
+    if (!p || !n) throw new Error(`BENCH_SHAPE_ROWS: "${part}" is not payloadBytes:rows`);
+    m.set(p, n);
+  }
+  return m;
+}
+
+/** `batchMaxMessages: 5000, linger: 2ms` → YAML lines under `pipeline:`. */
+function pipelineYaml(raw: string | undefined): { yaml: string; batch: number } {
+  let batch = 2000;
+  if (!raw) return { yaml: '', batch };
+  const lines: string[] = [];
+  for (const part of raw.split(',').filter((s) => s.trim())) {
+    const [k, v] = part.split(/[:=]/).map((s) => s.trim());
+    if (!k || !v) throw new Error(`BENCH_PIPELINE: "${part}" is not key: value`);
+    lines.push(`  ${k}: ${v}`);
+    if (k === 'batchMaxMessages') batch = Number(v);
+  }
+  return { yaml: lines.join('\n'), batch };
+}
+
+const config = {
+  smoke,
+  runs: envInt('BENCH_RUNS', 3, 1),
+  rows: envInt('BENCH_ROWS', 1_000_000, 10_000),
+  rowsPerTxn: envInt('BENCH_ROWS_PER_TXN', 100, 100),
+  payloadBytes: envInt('BENCH_PAYLOAD_BYTES', 300, 300),
+  keys: envInt('BENCH_KEYS', 10_000, 10_000),
+  smallTxRows: envInt('BENCH_SMALLTX_ROWS', 200_000, 10_000),
+  memoryRows: envInt('BENCH_MEMORY_ROWS', 100_000, 1_000),
+  latencyRate: envInt('BENCH_LATENCY_RATE', 2_000, 2_000),
+  latencySeconds: envInt('BENCH_LATENCY_SECONDS', 60, 5),
+  shapeRuns: envInt('BENCH_SHAPE_RUNS', 1, 1),
+  shapeRows: Object.fromEntries(shapeRows()),
+  shapeRowsPerTxn: [1, 10, 100, 1000],
+  kafkaPartitions: envInt('BENCH_KAFKA_PARTITIONS', 3, 3),
+  scenarios: envList<Scenario>('BENCH_SCENARIOS', SCENARIOS),
+  consumers: envList<ConsumerName>('BENCH_CONSUMERS', CONSUMERS),
+  shapeConsumers: envList<ConsumerName>('BENCH_SHAPE_CONSUMERS', CONSUMERS, ['pg_recvlogical', 'outboxd-discard']),
+  memoryConsumers: envList<ConsumerName>('BENCH_MEMORY_CONSUMERS', CONSUMERS, ['outboxd-discard', 'outboxd-kafka']),
+  pipeline: process.env.BENCH_PIPELINE ?? '',
+  profile: process.env.BENCH_PROFILE === '1',
+  profileConsumers: envList<ConsumerName>('BENCH_PROFILE_CONSUMERS', CONSUMERS, ['outboxd-discard', 'outboxd-kafka']),
+  recvlogical: join(process.env.BENCH_PG_BINDIR ?? '/usr/lib/postgresql/15/bin', 'pg_recvlogical'),
+};
+
+function has(s: Scenario): boolean {
+  return config.scenarios.includes(s);
+}
+
+/** Drains `b` with each consumer, `runs` times; the order rotates from run to run. */
+async function drainAll(ctx: BenchContext, b: Backlog, consumers: readonly ConsumerName[], runs: number): Promise<ConsumerResult[]> {
+  const results: ConsumerResult[] = [];
+  for (let run = 1; run <= runs; run++) {
+    const order = consumers.map((_, i) => consumers[(i + run - 1) % consumers.length] as ConsumerName);
+    note(`${b.name} run ${run}/${runs}: ${order.join(', ')}`);
+    for (const c of order) results.push(await runConsumer(ctx, b, c, run));
+  }
+  return results;
+}
+
+async function main(): Promise<number> {
+  if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: npm run build first`);
+  if (!existsSync(config.recvlogical)) throw new Error(`${config.recvlogical} not found (apt-get install postgresql-15, or set BENCH_PG_BINDIR)`);
+  const allConsumers = new Set<ConsumerName>([
+    ...(has('drain') || has('small-tx') ? config.consumers : []),
+    ...(has('shape') ? config.shapeConsumers : []),
+    ...(has('memory') ? config.memoryConsumers : []),
+  ]);
+  const needKafka = has('latency') || [...allConsumers].some((c) => c.includes('kafka'));
+  const needRabbit = has('latency') || [...allConsumers].some((c) => c.includes('rabbit') || c.includes('amqp'));
+  const startedAt = new Date();
+  const stamp = startedAt.toISOString().replace(/[:.]/g, '-');
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const profileDir = config.profile ? join(RESULTS_DIR, `${stamp}-profiles`) : null;
+  if (profileDir) mkdirSync(profileDir, { recursive: true });
+  note(`outboxd bench${smoke ? ' (smoke)' : ''}: scenarios ${config.scenarios.join(', ')}; ${config.runs} run(s)`);
+
+  const services: Services = await startServices({ kafka: needKafka, rabbitmq: needRabbit });
+  const db = await connect(services.dbUrl);
+  const brokers = new BrokerAdmin(services.kafka, services.amqpUrl);
+  const output: Record<string, unknown> = {};
+  const results: Record<string, ConsumerResult[]> = {};
+  const sums: { drain?: ScenarioSummary; smallTx?: ScenarioSummary; memory?: MemorySummary[]; latency?: LatencyResult[]; shape?: ShapeCell[] } =
+    {};
+  const tables: string[] = [];
+  const t0 = performance.now();
+  try {
+    await brokers.open();
+    await preparePool(db);
+    const { yaml, batch } = pipelineYaml(config.pipeline);
+    const ctx: BenchContext = {
+      services,
+      db,
+      brokers,
+      tag: Math.random().toString(16).slice(2, 6),
+      pipelineYaml: yaml,
+      bareBatch: batch,
+      kafkaPartitions: config.kafkaPartitions,
+      recvlogical: config.recvlogical,
+      profileDir,
+      profileConsumers: new Set(config.profileConsumers),
+    };
+    const spec = (name: string, rows: number, rowsPerTxn: number, payloadBytes = config.payloadBytes): BacklogSpec => ({
+      name,
+      rows,
+      rowsPerTxn,
+      payloadBytes,
+      keys: config.keys,
+    });
+
+    let drainSummary: ScenarioSummary | undefined;
+    if (has('drain') || has('memory')) {
+      const b = await createBacklog(db, spec('ref', config.rows, config.rowsPerTxn));
+      const consumers = has('drain') ? config.consumers : config.memoryConsumers;
+      results.drain = await drainAll(ctx, b, consumers, config.runs);
+      drainSummary = summarize(b, results.drain);
+      if (has('drain')) {
+        sums.drain = drainSummary;
+        tables.push(scenarioTable('drain', drainSummary));
+      }
+      await dropBacklog(db, b);
+    }
+    if (has('memory') && drainSummary) {
+      const b = await createBacklog(db, spec('mem', config.memoryRows, config.rowsPerTxn));
+      results.memory = await drainAll(ctx, b, config.memoryConsumers, config.runs);
+      const small = summarize(b, results.memory);
+      tables.push(scenarioTable('memory (small backlog)', small));
+      sums.memory = config.memoryConsumers.map((c) => memorySummary(c, small, drainSummary)).filter((m): m is MemorySummary => m !== null);
+      output.memoryBacklog = small;
+      await dropBacklog(db, b);
+    }
+    if (has('small-tx')) {
+      const b = await createBacklog(db, spec('smalltx', config.smallTxRows, 1));
+      results.smallTx = await drainAll(ctx, b, config.consumers, config.runs);
+      sums.smallTx = summarize(b, results.smallTx);
+      tables.push(scenarioTable('small-tx', sums.smallTx));
+      await dropBacklog(db, b);
+    }
+    if (has('shape')) {
+      sums.shape = [];
+      results.shape = [];
+      for (const payload of Object.keys(config.shapeRows).map(Number)) {
+        for (const perTxn of config.shapeRowsPerTxn) {
+          const rows = config.shapeRows[payload] as number;
+          const b = await createBacklog(db, spec(`shape_${payload}_${perTxn}`, rows, perTxn, payload));
+          const rs = await drainAll(ctx, b, config.shapeConsumers, config.shapeRuns);
+          results.shape.push(...rs);
+          sums.shape.push(shapeCell(b, rs));
+          await dropBacklog(db, b);
+        }
+      }
+      tables.push(shapeTable(sums.shape));
+    }
+    if (has('latency')) {
+      sums.latency = [];
+      for (const sink of ['kafka', 'rabbitmq'] as const) {
+        sums.latency.push(await runLatency(ctx, sink, config.latencyRate, config.latencySeconds));
+      }
+      tables.push(latencyTable(sums.latency));
+    }
+  } finally {
+    await brokers.close();
+    await db.end().catch(() => undefined);
+    await services.close();
+  }
+
+  const ts = targets(sums);
+  tables.push(targetsTable(ts));
+  const wallSeconds = (performance.now() - t0) / 1000;
+  const file = join(RESULTS_DIR, `${stamp}${smoke ? '-smoke' : ''}.json`);
+  const doc = {
+    startedAt: startedAt.toISOString(),
+    wallSeconds: Math.round(wallSeconds),
+    host: {
+      cpus: cpus().length,
+      cpuModel: cpus()[0]?.model ?? '',
+      memGiB: Math.round(totalmem() / 2 ** 30),
+      node: process.version,
+    },
+    services: { origin: services.origin, postgres: services.pgVersion, ...services.versions },
+    config,
+    summary: { targets: ts, drain: sums.drain, smallTx: sums.smallTx, memory: sums.memory, shape: sums.shape, latency: sums.latency, ...output },
+    results,
+  };
+  writeFileSync(file, `${JSON.stringify(doc, null, 2)}\n`);
+  if (sums.shape?.length) {
+    const svg = join(RESULTS_DIR, `${stamp}${smoke ? '-smoke' : ''}-shape.svg`);
+    writeFileSync(svg, shapeSvg(sums.shape, `${cpus().length} cores, Postgres ${services.pgVersion}, ${startedAt.toISOString().slice(0, 10)}`));
+  }
+  process.stdout.write(`\n${tables.join('\n\n')}\n\nresults: ${file}\nwall time: ${(wallSeconds / 60).toFixed(1)} min\n`);
+  if (profileDir) process.stdout.write(`\n${summarizeProfiles(profileDir, 25)}\n`);
+
+  const failures = Object.values(results)
+    .flat()
+    .filter((r) => !r.ok);
+  const latencyFailures = (sums.latency ?? []).filter((l) => !l.ok);
+  if (failures.length > 0 || latencyFailures.length > 0) {
+    for (const f of failures) process.stderr.write(`FAILED ${f.backlog} ${f.consumer} run ${f.run}: ${f.error?.split('\n')[0]}\n`);
+    for (const l of latencyFailures) process.stderr.write(`FAILED latency ${l.sink}: ${l.error?.split('\n')[0]}\n`);
+    return 1;
+  }
+  if (smoke) process.stdout.write('smoke: every consumer drained every backlog\n');
+  return 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`bench: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

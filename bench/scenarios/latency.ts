@@ -1,0 +1,219 @@
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import amqp from 'amqplib';
+import kafkajs from 'kafkajs';
+import type pg from 'pg';
+import { getFreePort } from '../../test/harness/ports.js';
+import { createOutboxTable } from '../lib/backlog.js';
+import { type Child, startChild, stopChild } from '../lib/child.js';
+import { type BenchContext, metricSum, relayYaml, scrape } from '../lib/consumers.js';
+import { note, sleep } from '../lib/log.js';
+import { MAIN } from '../lib/paths.js';
+import { connect, dropSlot } from '../lib/pg.js';
+import { cpuSeconds, memory } from '../lib/procfs.js';
+import { histogramMaxBound, histogramQuantile, parseHistogram, quantileSorted } from '../lib/stats.js';
+
+/**
+ * A steady load of one-row transactions at `rate` per second for `seconds`, through outboxd (the
+ * real CLI) into Kafka, then RabbitMQ. Two latencies:
+ * - commit → broker confirm: outboxd's own `outboxd_commit_to_ack_seconds` histogram (pgoutput
+ *   commit time against the moment the broker confirmed); quantiles interpolated in its buckets.
+ * - INSERT return → consumer receipt: measured here, exactly, by a consumer in this process
+ *   (same clock as the inserting clients).
+ */
+export interface LatencyResult {
+  sink: 'kafka' | 'rabbitmq';
+  ok: boolean;
+  error?: string;
+  targetRate: number;
+  seconds: number;
+  sent: number;
+  received: number;
+  achievedRate: number;
+  commitToConfirmMs: { count: number; p50: number; p99: number; maxAtMost: number; mean: number } | null;
+  insertToReceiptMs: { p50: number; p99: number; max: number; min: number } | null;
+  relayCpuSeconds: number | null;
+  relayPeakRssMiB: number | null;
+}
+
+const WRITERS = 6;
+
+export async function runLatency(ctx: BenchContext, sink: 'kafka' | 'rabbitmq', rate: number, seconds: number): Promise<LatencyResult> {
+  const name = `lat_${sink === 'kafka' ? 'k' : 'r'}_${ctx.tag}`;
+  const table = `outbox_${name}`;
+  const publication = `pub_${name}`;
+  const slot = `c_${name}`;
+  const topic = `bench.${name}.order`;
+  const queue = `bench.${name}`;
+  const dir = mkdtempSync(join(tmpdir(), 'outboxd-bench-'));
+  const result: LatencyResult = {
+    sink,
+    ok: false,
+    targetRate: rate,
+    seconds,
+    sent: 0,
+    received: 0,
+    achievedRate: 0,
+    commitToConfirmMs: null,
+    insertToReceiptMs: null,
+    relayCpuSeconds: null,
+    relayPeakRssMiB: null,
+  };
+  const returnedAt = new Map<string, number>();
+  const receivedAt = new Map<string, number>();
+  const onReceive = (id: string | undefined): void => {
+    if (id !== undefined && !receivedAt.has(id)) receivedAt.set(id, performance.now());
+  };
+  let relay: Child | null = null;
+  let stopConsumer: () => Promise<void> = async () => undefined;
+  const writers: pg.Client[] = [];
+  try {
+    await createOutboxTable(ctx.db, table, publication);
+    await ctx.db.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [slot]);
+
+    // The consumer first, so that it is listening before the first row is written.
+    let sinkYaml: string;
+    if (sink === 'kafka') {
+      await ctx.brokers.createTopic(topic, ctx.kafkaPartitions);
+      const consumer = new kafkajs.Kafka({
+        clientId: 'outboxd-bench-latency',
+        brokers: ctx.services.kafka ?? [],
+        logLevel: kafkajs.logLevel.NOTHING,
+      }).consumer({ groupId: `bench-${name}`, maxWaitTimeInMs: 100 });
+      const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
+      await consumer.connect();
+      await consumer.subscribe({ topics: [topic], fromBeginning: true });
+      await consumer.run({
+        eachMessage: async ({ message }) => {
+          onReceive(message.headers?.id?.toString());
+        },
+      });
+      await joined;
+      stopConsumer = () => consumer.disconnect().catch(() => undefined);
+      sinkYaml = `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n`;
+    } else {
+      await ctx.brokers.createQueue(queue);
+      const conn = await amqp.connect(ctx.services.amqpUrl ?? '');
+      conn.on('error', () => undefined);
+      const ch = await conn.createChannel();
+      await ch.prefetch(2000);
+      await ch.consume(queue, (msg) => {
+        if (!msg) return;
+        onReceive(msg.properties.messageId as string | undefined);
+        ch.ack(msg);
+      });
+      stopConsumer = () => conn.close().catch(() => undefined);
+      sinkYaml = `sink:\n  type: rabbitmq\n  rabbitmq:\n    url: ${ctx.services.amqpUrl}\n    exchange: ${queue}\n    declare: true\n`;
+    }
+
+    const port = await getFreePort();
+    const cfg = join(dir, 'outboxd.yaml');
+    writeFileSync(
+      cfg,
+      relayYaml({ dbUrl: ctx.services.dbUrl, slot, publication, table, port, sinkYaml, pipelineYaml: ctx.pipelineYaml }),
+    );
+    relay = startChild(process.execPath, [MAIN, 'run', '-c', cfg]);
+    await waitReady(port, relay);
+
+    for (let i = 0; i < WRITERS; i++) writers.push(await connect(ctx.services.dbUrl));
+    const total = Math.round(rate * seconds);
+    const pad = 'x'.repeat(220);
+    let next = 0;
+    const start = performance.now() + 50;
+    const intervalMs = 1000 / rate;
+    let lastReturn = start;
+    // Open loop: row i is due at start + i/rate; writers that fall behind catch up without pause.
+    const writer = async (client: pg.Client): Promise<void> => {
+      for (;;) {
+        const i = next++;
+        if (i >= total) return;
+        const wait = start + i * intervalMs - performance.now();
+        if (wait > 1) await sleep(wait);
+        const id = randomUUID();
+        const key = `key-${i % 10_000}`;
+        await client.query({
+          name: 'bench-insert',
+          text: `INSERT INTO ${table} (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'order', $2, 'created', $3)`,
+          values: [id, key, `{"seq": ${i}, "orderId": "${key}", "currency": "EUR", "amount": ${(i % 10_000) / 100}, "note": "${pad}"}`],
+        });
+        lastReturn = performance.now();
+        returnedAt.set(id, lastReturn);
+      }
+    };
+    note(`  latency ${sink}: ${total} one-row transactions at ${rate}/s`);
+    await Promise.all(writers.map((w) => writer(w)));
+    result.sent = returnedAt.size;
+    result.achievedRate = result.sent / ((lastReturn - start) / 1000);
+    const deadline = performance.now() + 60_000;
+    while (receivedAt.size < result.sent && performance.now() < deadline) await sleep(100);
+    result.received = receivedAt.size;
+
+    const metrics = await scrape(port);
+    const h = parseHistogram(metrics, 'outboxd_commit_to_ack_seconds');
+    if (h) {
+      result.commitToConfirmMs = {
+        count: h.count,
+        p50: histogramQuantile(h, 0.5) * 1000,
+        p99: histogramQuantile(h, 0.99) * 1000,
+        maxAtMost: histogramMaxBound(h) * 1000,
+        mean: (h.sum / h.count) * 1000,
+      };
+    }
+    result.relayCpuSeconds = cpuSeconds(relay.pid);
+    result.relayPeakRssMiB = memory(relay.pid)?.peakMiB ?? null;
+    const published = metricSum(metrics, 'outboxd_messages_published_total');
+
+    const lat: number[] = [];
+    for (const [id, t] of returnedAt) {
+      const r = receivedAt.get(id);
+      if (r !== undefined) lat.push(r - t);
+    }
+    lat.sort((a, b) => a - b);
+    if (lat.length > 0) {
+      result.insertToReceiptMs = {
+        p50: quantileSorted(lat, 0.5),
+        p99: quantileSorted(lat, 0.99),
+        max: lat[lat.length - 1] as number,
+        min: lat[0] as number,
+      };
+    }
+    result.ok = result.received === result.sent && published >= result.sent;
+    if (!result.ok) result.error = `sent ${result.sent}, received ${result.received}, outboxd published ${published}`;
+    const c = result.commitToConfirmMs;
+    const e = result.insertToReceiptMs;
+    note(
+      `  latency ${sink}: ${result.achievedRate.toFixed(0)} txn/s achieved; commit→confirm p50 ${c?.p50.toFixed(1)} ms, p99 ${c?.p99.toFixed(1)} ms, max ≤ ${c?.maxAtMost} ms; ` +
+        `insert→receipt p50 ${e?.p50.toFixed(1)} ms, p99 ${e?.p99.toFixed(1)} ms, max ${e?.max.toFixed(1)} ms${result.error ? `; ${result.error}` : ''}`,
+    );
+  } catch (err) {
+    result.ok = false;
+    result.error = (err as Error).message;
+    note(`  latency ${sink} FAILED: ${result.error.split('\n')[0]}`);
+  } finally {
+    if (relay) await stopChild(relay, 15_000);
+    await stopConsumer();
+    for (const w of writers) await w.end().catch(() => undefined);
+    await dropSlot(ctx.db, slot).catch(() => undefined);
+    if (sink === 'kafka') await ctx.brokers.deleteTopic(topic);
+    else await ctx.brokers.deleteQueue(queue);
+    await ctx.db.query(`DROP PUBLICATION IF EXISTS ${publication}`).catch(() => undefined);
+    await ctx.db.query(`DROP TABLE IF EXISTS ${table}`).catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return result;
+}
+
+async function waitReady(port: number, relay: Child): Promise<void> {
+  const deadline = performance.now() + 60_000;
+  for (;;) {
+    if (relay.exitedAt !== null) throw new Error(`outboxd exited (${relay.exitCode}) before ready\n${relay.stderrTail().slice(-2000)}`);
+    const ok = await fetch(`http://127.0.0.1:${port}/readyz`)
+      .then((r) => r.status === 200)
+      .catch(() => false);
+    if (ok) return;
+    if (performance.now() > deadline) throw new Error(`outboxd not ready after 60 s\n${relay.stderrTail().slice(-2000)}`);
+    await sleep(100);
+  }
+}
