@@ -44,8 +44,8 @@ export interface BundleOptions {
   pgUrl?: string;
   /** Override the broker address the relay uses (a proxy), but read directly. */
   relayBroker?: string;
-  /** Override the Postgres URL the relay uses (a proxy). */
-  relayPgUrl?: string;
+  /** Rewrites the database URL the relay uses (to go through a proxy). */
+  pgUrlRewrite?: (dbUrl: string) => string;
   amqpUrl?: string;
   kafkaBrokers?: string;
   extra?: string;
@@ -106,7 +106,7 @@ ${o.sinkExtra ?? ''}`;
   cleanups.push(() => reader.close());
   const cfg = await writeConfig(
     (port) => `postgres:
-  url: ${o.relayPgUrl ?? db.url}
+  url: ${o.pgUrlRewrite ? o.pgUrlRewrite(db.url) : db.url}
   slot: ${db.slot}
   statusInterval: 1s
   heartbeat:

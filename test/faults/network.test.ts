@@ -1,0 +1,155 @@
+import { afterEach, describe, expect, inject, it } from 'vitest';
+import { sleep, until, writeOutbox } from '../integration/support.js';
+import { type Bundle, type SinkKind, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
+import { TcpProxy } from './proxy.js';
+
+/**
+ * Network faults through a TCP proxy, between the relay and Postgres and between the relay and
+ * the broker: cut connections, added latency, and a stall that keeps TCP open but answers nothing.
+ */
+let b: Bundle | null = null;
+const proxies: TcpProxy[] = [];
+afterEach(async () => {
+  await b?.cleanup();
+  b = null;
+  for (const p of proxies.splice(0)) await p.close();
+});
+
+async function proxyTo(hostPort: string): Promise<TcpProxy> {
+  const [host, port] = hostPort.split(':') as [string, string];
+  const p = new TcpProxy(host, Number(port));
+  await p.start();
+  proxies.push(p);
+  return p;
+}
+
+function amqpHostPort(url: string): string {
+  const u = new URL(url.replace(/^amqp/, 'http'));
+  return `${u.hostname}:${u.port}`;
+}
+
+function amqpViaProxy(url: string, port: number): string {
+  const u = new URL(url.replace(/^amqp/, 'http'));
+  u.port = String(port);
+  return u.toString().replace(/^http/, 'amqp');
+}
+
+function pgHostPort(url: string): string {
+  const u = new URL(url);
+  return `${u.hostname}:${u.port}`;
+}
+
+function viaProxy(url: string, port: number): string {
+  const u = new URL(url);
+  u.port = String(port);
+  return u.toString();
+}
+
+describe.skipIf(!inject('kafkaBrokers'))('network faults: relay ↔ Postgres', () => {
+  it('cut connections and added latency: reconnects and resumes from the slot, no id lost', async () => {
+    const proxy = await proxyTo(pgHostPort(inject('pg15Url')));
+    b = await bundle({ kind: 'kafka', pgUrlRewrite: (url) => viaProxy(url, proxy.port) });
+    const relay = b.start();
+    await relay.ready();
+    const first = await writeOutbox(b.db.client, { total: 3_000, keys: 100, types: b.types });
+    proxy.cutAll();
+    proxy.latencyMs = 20;
+    const second = await writeOutbox(b.db.client, { total: 3_000, keys: 100, types: b.types });
+    await sleep(500);
+    proxy.cutAll();
+    await waitDelivered(
+      b.reader,
+      [...first, ...second].map((r) => r.id),
+    );
+    expect(await relay.metric('outboxd_reconnects_total', { target: 'postgres' })).toBeGreaterThanOrEqual(1);
+    const firstIds = new Set(first.map((r) => r.id));
+    expect(orderAndDuplicates(b.reader.delivered().filter((d) => firstIds.has(d.id))).violations).toEqual([]);
+  });
+
+  it('a stalled connection (open but silent) is detected and replaced', async () => {
+    const proxy = await proxyTo(pgHostPort(inject('pg15Url')));
+    b = await bundle({ kind: 'kafka', pgUrlRewrite: (url) => viaProxy(url, proxy.port) });
+    const relay = b.start();
+    await relay.ready();
+    const before = await writeOutbox(b.db.client, { total: 500, keys: 50, types: b.types });
+    await waitDelivered(
+      b.reader,
+      before.map((r) => r.id),
+    );
+    proxy.stall();
+    const during = await writeOutbox(b.db.client, { total: 500, keys: 50, types: b.types });
+    // statusInterval is 1 s in the fault config: silence is declared after 10 s.
+    await until(
+      'the relay to notice the stall',
+      async () => (await relay.metric('outboxd_reconnects_total', { target: 'postgres' }).catch(() => 0)) >= 1,
+      30_000,
+    );
+    proxy.resume();
+    await waitDelivered(
+      b.reader,
+      during.map((r) => r.id),
+      60_000,
+    );
+    expect(relay.stderr).toMatch(/no message from the server for \d+ s; reconnecting/);
+  });
+});
+
+for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
+  describe.skipIf(kind === 'kafka' ? !inject('kafkaBrokers') : !inject('rabbitmqUrl'))(`network faults: relay ↔ ${kind}`, () => {
+    it('a stalled broker hits the confirm/request timeout instead of hanging, then recovers without loss', async () => {
+      const target = kind === 'kafka' ? (inject('kafkaBrokers').split(',')[0] as string) : amqpHostPort(inject('rabbitmqUrl'));
+      const proxy = await proxyTo(target);
+      const relayBroker = kind === 'kafka' ? `127.0.0.1:${proxy.port}` : amqpViaProxy(inject('rabbitmqUrl'), proxy.port);
+      // Kafka advertises its own address in metadata, so the proxy only sees the bootstrap
+      // connection for Kafka; stalling it still stalls that connection's requests.
+      b = await bundle({ kind, relayBroker });
+      const relay = b.start();
+      await relay.ready();
+      const first = await writeOutbox(b.db.client, { total: 500, keys: 50, types: b.types });
+      await waitDelivered(
+        b.reader,
+        first.map((r) => r.id),
+      );
+      proxy.stall();
+      const during = await writeOutbox(b.db.client, { total: 500, keys: 50, types: b.types });
+      if (kind === 'rabbitmq') {
+        await until(
+          'a confirm timeout',
+          async () => (await relay.metric('outboxd_publish_errors_total', { reason: 'confirm_timeout' })) >= 1,
+          30_000,
+        );
+        expect((await relay.http('/readyz')).status).toBe(503);
+      } else {
+        await sleep(3_000);
+      }
+      proxy.resume();
+      proxy.cutAll();
+      await waitDelivered(
+        b.reader,
+        during.map((r) => r.id),
+        90_000,
+      );
+      await relay.ready(60_000);
+    });
+
+    it('cut broker connections mid-stream: republishes what was unconfirmed, no id lost', async () => {
+      const target = kind === 'kafka' ? (inject('kafkaBrokers').split(',')[0] as string) : amqpHostPort(inject('rabbitmqUrl'));
+      const proxy = await proxyTo(target);
+      const relayBroker = kind === 'kafka' ? `127.0.0.1:${proxy.port}` : amqpViaProxy(inject('rabbitmqUrl'), proxy.port);
+      b = await bundle({ kind, relayBroker });
+      const relay = b.start();
+      await relay.ready();
+      const writer = writeOutbox(b.db.client, { total: 5_000, keys: 100, types: b.types });
+      for (let i = 0; i < 3; i++) {
+        await sleep(400);
+        proxy.cutAll();
+      }
+      const rows = await writer;
+      await waitDelivered(
+        b.reader,
+        rows.map((r) => r.id),
+      );
+      expect(orderAndDuplicates(b.reader.delivered()).violations).toEqual([]);
+    });
+  });
+}
