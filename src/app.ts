@@ -152,8 +152,10 @@ export class Relay {
         return { ok, detail: ok ? this.state : `failed: ${this.fatal?.message ?? ''}` };
       },
       ready: () => {
-        if (this.state !== 'streaming')
-          return { ok: false, detail: this.state === 'halted' ? `halted: ${this.pipeline.haltedBy?.message}` : this.state };
+        if (this.state !== 'streaming') {
+          const why = this.pipeline.haltedBy?.message ?? this.haltedBy?.message;
+          return { ok: false, detail: this.state === 'halted' ? `halted: ${why}` : this.state };
+        }
         if (!this.sinkUp) return { ok: false, detail: `${this.cfg.sink.type} unavailable` };
         if (this.sinkBlocked) return { ok: false, detail: `${this.cfg.sink.type} blocked the connection (resource alarm)` };
         return { ok: true, detail: 'streaming' };
@@ -251,12 +253,15 @@ export class Relay {
           // database): it cannot send the row at all, so it cannot be dead-lettered either.
           // Halt without confirming; a restart would only hit it again.
           this.metrics.poisonMessages.inc({ reason: 'bad_encoding' });
+          // The server's CONTEXT names the row's position, which the runbook's skip recipe needs.
           this.log.error(
-            { err: e, reason: 'bad_encoding' },
+            { err: e, reason: 'bad_encoding', where: (e.cause as { where?: string } | undefined)?.where },
             'poison message: halting; Postgres cannot send a text value as UTF-8 (see docs/runbook.md#poison-messages)',
           );
           this.setState('halted');
           this.haltedBy = e;
+          // Keep heartbeats and the slot metrics going: the operator watches them while halted.
+          this.startTimers();
           return;
         }
         if (!e.retriable || e instanceof SlotError || e instanceof ConfigError) {

@@ -30,8 +30,8 @@ export function setupSql(cfg: Config): string {
   const tables = cfg.outbox.tables.map((t) => t.qualified).join(', ');
   return [
     `CREATE PUBLICATION ${pub}${tables ? ` FOR TABLE ${tables}` : ''} WITH (publish = 'insert');`,
-    `SELECT pg_create_logical_replication_slot('${cfg.postgres.slot}', 'pgoutput');`,
     `COMMENT ON PUBLICATION ${pub} IS 'outboxd:{"slots":["${cfg.postgres.slot}"]}';  -- lets outboxd tell a lost slot from a first start`,
+    `SELECT pg_create_logical_replication_slot('${cfg.postgres.slot}', 'pgoutput');`,
   ].join('\n');
 }
 

@@ -245,7 +245,12 @@ export async function ensureSlot(client: pg.Client, cfg: PostgresConfig): Promis
     await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [name]);
   } catch (err) {
     // 42710: another instance created it a moment ago; use theirs.
-    if ((err as { code?: string }).code !== '42710') throw classifyPgError(err, `creating replication slot ${name}`);
+    if ((err as { code?: string }).code !== '42710') {
+      // No slot came to exist: take its name back out of the marker, or the next start would
+      // report it lost.
+      await writeMarker(client, cfg.publication, marker).catch(() => undefined);
+      throw classifyPgError(err, `creating replication slot ${name}`);
+    }
   }
   const slot = await inspectSlot(client, name);
   if (!slot) throw new SlotError('SLOT_LOST', `replication slot ${name} vanished right after it was created`);

@@ -47,7 +47,8 @@ const asText = (raw: string): string => raw;
 
 /**
  * One replication session on the slot, through pg-logical-replication with the settings that
- * FIELD-NOTES.md shows are needed for at-least-once:
+ * the project's field notes on pg-logical-replication 2.5.0 show are needed for at-least-once
+ * (docs/adr/0002, 0005):
  * - no auto-ack and no timer ack (the library would confirm WAL it has merely received);
  * - flow control on, so a handler that returns a promise pauses the socket;
  * - keepalives answered by us with the *confirmed* watermark, never the received position;

@@ -318,7 +318,7 @@ describe('helm chart helm/outboxd', () => {
     expect(out.deployment.strategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: '100%' } });
     expect(at(out.deployment.template.spec.affinity, 'podAntiAffinity', 'preferredDuringSchedulingIgnoredDuringExecution')).toHaveLength(1);
     expect(out.container.envFrom).toEqual([{ secretRef: { name: 'outboxd-db' } }]);
-    expect(at(parse(out.configText), 'postgres', 'reconnect', 'max')).toBe('5s');
+    expect(at(parse(out.configText), 'postgres', 'slot')).toBe('orders');
     // An explicit strategy wins.
     const custom = template(['-f', join(CI_VALUES, 'standby-values.yaml'), '--set', 'updateStrategy.type=Recreate']);
     expect(custom.deployment.strategy).toEqual({ type: 'Recreate' });
