@@ -195,7 +195,7 @@ export class RabbitMqSink implements Sink {
       if (!ok) await this.drained(ch);
     }
     try {
-      await confirms.wait();
+      await confirms.wait(() => this.blocked?.until);
     } catch (err) {
       throw classify(err, 'waiting for RabbitMQ publisher confirms');
     }
@@ -259,7 +259,7 @@ export class RabbitMqSink implements Sink {
       confirms.callback(),
     );
     try {
-      await confirms.wait();
+      await confirms.wait(() => this.blocked?.until);
     } catch (err) {
       throw classify(err, `publishing to dead-letter exchange ${this.cfg.deadLetterExchange}`);
     }
@@ -327,15 +327,25 @@ class ConfirmWaiter {
     this.abandoned = true;
   }
 
-  async wait(): Promise<void> {
-    if (this.pending > 0 && !this.abandoned) {
+  /**
+   * Resolves when every confirm arrived. `blockedUntil` reports a broker alarm in force: the
+   * broker is holding us on purpose, so the timeout restarts once it lifts instead of firing.
+   */
+  async wait(blockedUntil: () => Promise<void> | undefined = () => undefined): Promise<void> {
+    while (this.pending > 0 && !this.abandoned) {
       let timer: NodeJS.Timeout | undefined;
       const timedOut = await new Promise<boolean>((resolve) => {
         this.done = () => resolve(false);
         timer = setTimeout(() => resolve(true), this.timeoutMs);
       });
       clearTimeout(timer);
-      if (timedOut) {
+      if (!timedOut) break;
+      const blocked = blockedUntil();
+      if (blocked && this.pending > 0) {
+        await Promise.race([blocked, new Promise<void>((resolve) => (this.done = resolve))]);
+        continue;
+      }
+      if (this.pending > 0) {
         throw new SinkError('confirm_timeout', `RabbitMQ did not confirm ${this.pending} message(s) within ${this.timeoutMs} ms`, {
           retriable: true,
         });

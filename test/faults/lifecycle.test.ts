@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { getFreePort } from '../harness/ports.js';
 import { sleep, until, writeOutbox } from '../integration/support.js';
-import { type Bundle, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
+import { type Bundle, type SinkKind, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
 
 /**
  * The relay's life: a slot lost while it runs, a hot standby taking over from a killed leader,
@@ -40,66 +40,6 @@ describe.skipIf(!inject('kafkaBrokers'))('lifecycle', () => {
     expect(await b.db.slotInfo()).toBeNull();
   });
 
-  it('two instances on one slot: one streams, the other waits as standby and takes over within 15 s of a SIGKILL, no id lost', async () => {
-    b = await bundle({ kind: 'kafka' });
-    const first = b.startOn(await getFreePort());
-    await first.ready();
-    const second = b.startOn(await getFreePort());
-    await until(
-      'the second instance to report standby',
-      async () => (await second.http('/readyz').catch(() => ({ body: '' }))).body.includes('standby'),
-      20_000,
-    );
-    expect(await second.metric('outboxd_leader')).toBe(0);
-    expect(await second.metric('outboxd_state', { state: 'standby' })).toBe(1);
-    expect(await first.metric('outboxd_leader')).toBe(1);
-    expect(second.stderr).toMatch(/waiting as standby/);
-
-    const rows = await writeOutbox(b.db.client, { total: 3_000, keys: 100, types: b.types });
-    first.kill('SIGKILL');
-    const killedAt = Date.now();
-    await second.ready(20_000);
-    const takeoverMs = Date.now() - killedAt;
-    process.stdout.write(`[standby] takeover in ${takeoverMs} ms\n`);
-    expect(takeoverMs).toBeLessThan(15_000);
-    expect(second.stderr).toMatch(/took over as leader/);
-    const more = await writeOutbox(b.db.client, { total: 1_000, keys: 100, types: b.types });
-    await waitDelivered(
-      b.reader,
-      [...rows, ...more].map((r) => r.id),
-    );
-    const firstIds = new Set(rows.map((r) => r.id));
-    expect(orderAndDuplicates(b.reader.delivered().filter((d) => firstIds.has(d.id))).violations).toEqual([]);
-  });
-
-  it('SIGTERM under load: drains, confirms the slot, exits 0 within the grace period; a restart re-sends nothing', async () => {
-    b = await bundle({ kind: 'kafka' });
-    const relay = b.start();
-    await relay.ready();
-    const writer = writeOutbox(b.db.client, { total: 20_000, keys: 200, types: b.types });
-    await sleep(800);
-    const t0 = Date.now();
-    relay.kill('SIGTERM');
-    expect(await relay.exited).toBe(0);
-    const stopMs = Date.now() - t0;
-    expect(stopMs).toBeLessThan(20_000);
-    expect(relay.logLines().some((l) => l.msg === 'outboxd stopped' && l.drained === true)).toBe(true);
-    const deliveredBeforeStop = new Set(b.reader.delivered().map((d) => d.id));
-    const rows = await writer;
-    // Everything delivered before the stop was confirmed: the next run starts after it.
-    const again = b.start();
-    await again.ready();
-    await waitDelivered(
-      b.reader,
-      rows.map((r) => r.id),
-    );
-    const { duplicates } = orderAndDuplicates(b.reader.delivered());
-    process.stdout.write(
-      `[graceful] stop took ${stopMs} ms, delivered before stop ${deliveredBeforeStop.size}, duplicates after restart ${duplicates}\n`,
-    );
-    expect(duplicates).toBe(0);
-  });
-
   it('idle outbox, busy database: retained WAL stays under 64 MB and heartbeats keep the slot moving', async () => {
     b = await bundle({ kind: 'kafka' });
     await b.db.client.query('CREATE TABLE churn (id bigserial PRIMARY KEY, filler text NOT NULL)');
@@ -128,3 +68,67 @@ describe.skipIf(!inject('kafkaBrokers'))('lifecycle', () => {
     expect(await relay.metric('outboxd_messages_published_total')).toBe(0);
   }, 120_000);
 });
+
+for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
+  describe.skipIf(kind === 'kafka' ? !inject('kafkaBrokers') : !inject('rabbitmqUrl'))(`lifecycle → ${kind}`, () => {
+    it('two instances on one slot: one streams, the other waits as standby and takes over within 15 s of a SIGKILL, no id lost', async () => {
+      b = await bundle({ kind });
+      const first = b.startOn(await getFreePort());
+      await first.ready();
+      const second = b.startOn(await getFreePort());
+      await until(
+        'the second instance to report standby',
+        async () => (await second.http('/readyz').catch(() => ({ body: '' }))).body.includes('standby'),
+        20_000,
+      );
+      expect(await second.metric('outboxd_leader')).toBe(0);
+      expect(await second.metric('outboxd_state', { state: 'standby' })).toBe(1);
+      expect(await first.metric('outboxd_leader')).toBe(1);
+      expect(second.stderr).toMatch(/waiting as standby/);
+
+      const rows = await writeOutbox(b.db.client, { total: 3_000, keys: 100, types: b.types });
+      first.kill('SIGKILL');
+      const killedAt = Date.now();
+      await second.ready(20_000);
+      const takeoverMs = Date.now() - killedAt;
+      process.stdout.write(`[standby] takeover in ${takeoverMs} ms\n`);
+      expect(takeoverMs).toBeLessThan(15_000);
+      expect(second.stderr).toMatch(/took over as leader/);
+      const more = await writeOutbox(b.db.client, { total: 1_000, keys: 100, types: b.types });
+      await waitDelivered(
+        b.reader,
+        [...rows, ...more].map((r) => r.id),
+      );
+      const firstIds = new Set(rows.map((r) => r.id));
+      expect(orderAndDuplicates(b.reader.delivered().filter((d) => firstIds.has(d.id))).violations).toEqual([]);
+    });
+
+    it('SIGTERM under load: drains, confirms the slot, exits 0 within the grace period; a restart re-sends nothing', async () => {
+      b = await bundle({ kind });
+      const relay = b.start();
+      await relay.ready();
+      const writer = writeOutbox(b.db.client, { total: 20_000, keys: 200, types: b.types });
+      await sleep(800);
+      const t0 = Date.now();
+      relay.kill('SIGTERM');
+      expect(await relay.exited).toBe(0);
+      const stopMs = Date.now() - t0;
+      expect(stopMs).toBeLessThan(20_000);
+      expect(relay.logLines().some((l) => l.msg === 'outboxd stopped' && l.drained === true)).toBe(true);
+      const deliveredBeforeStop = new Set(b.reader.delivered().map((d) => d.id));
+      const rows = await writer;
+      // Everything delivered before the stop was confirmed: the next run starts after it.
+      const again = b.start();
+      await again.ready();
+      await waitDelivered(
+        b.reader,
+        rows.map((r) => r.id),
+      );
+      const { duplicates } = orderAndDuplicates(b.reader.delivered());
+      process.stdout.write(
+        `[graceful] stop took ${stopMs} ms, delivered before stop ${deliveredBeforeStop.size}, duplicates after restart ${duplicates}\n`,
+      );
+      expect(duplicates).toBe(0);
+    });
+  });
+}

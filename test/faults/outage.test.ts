@@ -95,34 +95,37 @@ describe.each(['kafka', 'rabbitmq'] as SinkKind[])('broker outage → %s', (kind
   );
 });
 
-describe.skipIf(!inject('kafkaBrokers'))('Postgres restarts', () => {
+describe.each(['kafka', 'rabbitmq'] as SinkKind[])('Postgres restarts → %s', (kind) => {
   for (const mode of ['fast', 'immediate'] as const) {
-    it(`reconnects after a ${mode} shutdown mid-stream and resumes from the slot without loss`, async () => {
-      const server = await startPostgres(15);
-      cleanups.push(() => server.destroy());
-      b = await bundle({ kind: 'kafka', pgUrl: server.url });
-      const relay = b.start();
-      await relay.ready();
-      const before = await writeOutbox(b.db.client, { total: 4_000, keys: 100, types: b.types });
-      const t0 = Date.now();
-      await server.stop(mode);
-      const stopMs = Date.now() - t0;
-      await until('not ready while Postgres is down', async () => (await relay.http('/readyz')).status === 503, 20_000);
-      await sleep(1_500);
-      await server.start();
-      await b.db.reconnect();
-      const after = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types });
-      await relay.ready(60_000);
-      await waitDelivered(
-        b.reader,
-        [...before, ...after].map((r) => r.id),
-      );
-      const beforeIds = new Set(before.map((r) => r.id));
-      expect(orderAndDuplicates(b.reader.delivered().filter((d) => beforeIds.has(d.id))).violations).toEqual([]);
-      expect(await relay.metric('outboxd_reconnects_total', { target: 'postgres' })).toBeGreaterThanOrEqual(1);
-      process.stdout.write(`[pg ${mode}] server stop took ${stopMs} ms\n`);
-      // A fast shutdown waits for walsenders to be confirmed up to the end: it must not hang.
-      if (mode === 'fast') expect(stopMs).toBeLessThan(8_000);
-    });
+    it.skipIf(kind === 'kafka' ? !inject('kafkaBrokers') : !inject('rabbitmqUrl'))(
+      `reconnects after a ${mode} shutdown mid-stream and resumes from the slot without loss`,
+      async () => {
+        const server = await startPostgres(15);
+        cleanups.push(() => server.destroy());
+        b = await bundle({ kind, pgUrl: server.url });
+        const relay = b.start();
+        await relay.ready();
+        const before = await writeOutbox(b.db.client, { total: 4_000, keys: 100, types: b.types });
+        const t0 = Date.now();
+        await server.stop(mode);
+        const stopMs = Date.now() - t0;
+        await until('not ready while Postgres is down', async () => (await relay.http('/readyz')).status === 503, 20_000);
+        await sleep(1_500);
+        await server.start();
+        await b.db.reconnect();
+        const after = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types });
+        await relay.ready(60_000);
+        await waitDelivered(
+          b.reader,
+          [...before, ...after].map((r) => r.id),
+        );
+        const beforeIds = new Set(before.map((r) => r.id));
+        expect(orderAndDuplicates(b.reader.delivered().filter((d) => beforeIds.has(d.id))).violations).toEqual([]);
+        expect(await relay.metric('outboxd_reconnects_total', { target: 'postgres' })).toBeGreaterThanOrEqual(1);
+        process.stdout.write(`[pg ${mode} ${kind}] server stop took ${stopMs} ms\n`);
+        // A fast shutdown waits for walsenders to be confirmed up to the end: it must not hang.
+        if (mode === 'fast') expect(stopMs).toBeLessThan(8_000);
+      },
+    );
   }
 });

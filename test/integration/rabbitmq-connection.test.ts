@@ -1,0 +1,108 @@
+import { randomUUID } from 'node:crypto';
+import amqp from 'amqplib';
+import { afterEach, describe, expect, inject, it } from 'vitest';
+import { startRabbitMQ } from '../harness/rabbitmq.js';
+import { RelayProcess, TestDb, removeDir, sleep, until, writeConfig } from './support.js';
+
+/**
+ * RabbitMQ connection life: a missing exchange, a vhost, and broker resource alarms
+ * (connection.blocked) against real nodes.
+ */
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function relayFor(amqpUrl: string, exchange: string, declare: boolean) {
+  const db = await new TestDb(inject('pg15Url')).create();
+  cleanups.push(() => db.drop());
+  const cfg = await writeConfig(
+    (port) => `postgres:
+  url: ${db.url}
+  slot: ${db.slot}
+pipeline:
+  retry: { initial: 100ms, max: 1s }
+sink:
+  type: rabbitmq
+  rabbitmq:
+    url: ${amqpUrl}
+    exchange: ${exchange}
+    declare: ${declare}
+    confirmTimeout: 5s
+http:
+  host: 127.0.0.1
+  port: ${port}
+`,
+  );
+  cleanups.push(() => removeDir(cfg.dir));
+  const relay = new RelayProcess(cfg.file, cfg.port);
+  cleanups.push(async () => {
+    relay.kill('SIGKILL');
+    await relay.exited;
+  });
+  return { db, relay };
+}
+
+async function consumer(url: string, exchange: string) {
+  const model = await amqp.connect(url);
+  model.on('error', () => undefined);
+  cleanups.push(() => model.close().catch(() => undefined));
+  const ch = await model.createChannel();
+  ch.on('error', () => undefined);
+  await ch.assertExchange(exchange, 'topic', { durable: true });
+  const q = `q_${randomUUID().slice(0, 8)}`;
+  await ch.assertQueue(q, { durable: true });
+  await ch.bindQueue(q, exchange, '#');
+  const ids: string[] = [];
+  await ch.consume(q, (m) => {
+    if (!m) return;
+    ids.push(String(m.properties.messageId));
+    ch.ack(m);
+  });
+  return ids;
+}
+
+describe.skipIf(!inject('rabbitmqUrl'))('RabbitMQ connection life', () => {
+  it('a missing exchange with declare: false stops the relay with a clear one-line error', async () => {
+    const { relay } = await relayFor(inject('rabbitmqUrl'), `missing_${randomUUID().slice(0, 8)}`, false);
+    expect(await relay.exited).toBe(1);
+    const fatal = relay.logLines().find((l) => l.level === 'fatal');
+    expect(String(fatal?.msg)).toMatch(/RabbitMQ exchange "missing_\w+" does not exist; create it or set sink\.rabbitmq\.declare: true/);
+  });
+
+  it('publishes into a vhost named by the URL path', async () => {
+    const vhostUrl = inject('rabbitmqUrl').replace(/\/%2F$/, '/outboxd_test');
+    const exchange = `vh_${randomUUID().slice(0, 8)}`;
+    const ids = await consumer(vhostUrl, exchange);
+    const { db, relay } = await relayFor(vhostUrl, exchange, false);
+    await relay.ready();
+    const id = randomUUID();
+    await db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'a', 'k', 'T', '{}')`, [
+      id,
+    ]);
+    await until('the message in the vhost', async () => ids.includes(id), 30_000);
+  });
+
+  it('a memory alarm (connection.blocked) pauses publishing, flips /readyz and the metric; unblocked resumes', async () => {
+    const rabbit = await startRabbitMQ();
+    cleanups.push(() => rabbit.destroy());
+    const exchange = `bl_${randomUUID().slice(0, 8)}`;
+    const ids = await consumer(rabbit.url, exchange);
+    const { db, relay } = await relayFor(rabbit.url, exchange, true);
+    await relay.ready();
+    await rabbit.ctl('set_vm_memory_high_watermark', '0.000001');
+    const id = randomUUID();
+    await db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'a', 'k', 'T', '{}')`, [
+      id,
+    ]);
+    await until('blocked', async () => (await relay.metric('outboxd_broker_blocked')) === 1, 30_000);
+    expect((await relay.http('/readyz')).body).toMatch(/blocked the connection/);
+    expect(relay.stderr).toMatch(/RabbitMQ blocked the connection/);
+    await sleep(1_000);
+    expect(ids).not.toContain(id);
+    await rabbit.ctl('set_vm_memory_high_watermark', '0.4');
+    await until('the message after unblock', async () => ids.includes(id), 60_000);
+    await until('unblocked', async () => (await relay.metric('outboxd_broker_blocked')) === 0, 10_000);
+    await relay.ready(30_000);
+  });
+});
