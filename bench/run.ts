@@ -5,27 +5,31 @@
  *
  *   BENCH_RUNS=3                runs per consumer for drain, small-tx and memory (headline = median)
  *   BENCH_ROWS=1000000          rows of the reference backlog (drain)
+ *   BENCH_AMQP_ROWS=250000      RabbitMQ pairs (outboxd-rabbitmq, bare-amqplib) are timed on the
+ *                               first N rows of a backlog: the broker takes ~9k msgs/s here
  *   BENCH_SMALLTX_ROWS=200000   one-row transactions (small-tx)
  *   BENCH_MEMORY_ROWS=100000    the small backlog compared with the reference one (memory)
  *   BENCH_LATENCY_RATE=2000     transactions per second (latency)
  *   BENCH_LATENCY_SECONDS=60
- *   BENCH_SHAPE_ROWS=100:200000,1024:100000,10240:20000   rows per cell, by payload bytes
+ *   BENCH_SHAPE_ROWS=100:500000,1024:300000,10240:60000   rows per cell, by payload bytes
  *   BENCH_SHAPE_RUNS=1
  *   BENCH_SCENARIOS=drain,small-tx,memory,shape,latency
  *   BENCH_CONSUMERS=…           subset of pg_recvlogical,outboxd-discard,outboxd-stdout,
  *                               outboxd-kafka,bare-kafkajs,outboxd-rabbitmq,bare-amqplib
  *   BENCH_PIPELINE='batchMaxMessages: 2000, linger: 5ms'   extra outboxd pipeline settings
+ *   BENCH_OUTBOXD_NODE_OPTIONS='--max-old-space-size=64'   NODE_OPTIONS of every outboxd process
  *   BENCH_PROFILE=1             outboxd-discard and outboxd-kafka under node --cpu-prof
  *   OUTBOXD_BENCH_PG_URL, OUTBOXD_BENCH_KAFKA, OUTBOXD_BENCH_AMQP   use running services
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { type Backlog, type BacklogSpec, createBacklog, dropBacklog, preparePool } from './lib/backlog.js';
+import { type Backlog, type BacklogSpec, createBacklog, dropBacklog, preparePool, prefixOf } from './lib/backlog.js';
 import { BrokerAdmin } from './lib/brokers.js';
 import { type BenchContext, CONSUMERS, type ConsumerName, type ConsumerResult, runConsumer } from './lib/consumers.js';
 import { note } from './lib/log.js';
-import { MAIN, RESULTS_DIR } from './lib/paths.js';
+import { MAIN, RESULTS_DIR, ROOT } from './lib/paths.js';
 import { connect } from './lib/pg.js';
 import { summarizeProfiles } from './lib/profile.js';
 import { type Services, startServices } from './lib/services.js';
@@ -35,6 +39,7 @@ import {
   type ShapeCell,
   latencyTable,
   memorySummary,
+  memoryTable,
   scenarioTable,
   shapeCell,
   shapeTable,
@@ -79,9 +84,9 @@ function shapeRows(): Map<number, number> {
           [10240, 1_000],
         ]
       : [
-          [100, 200_000],
-          [1024, 100_000],
-          [10240, 20_000],
+          [100, 500_000],
+          [1024, 300_000],
+          [10240, 60_000],
         ],
   );
   for (const part of (process.env.BENCH_SHAPE_ROWS ?? '').split(',').filter(Boolean)) {
@@ -114,6 +119,7 @@ const config = {
   payloadBytes: envInt('BENCH_PAYLOAD_BYTES', 300, 300),
   keys: envInt('BENCH_KEYS', 10_000, 10_000),
   smallTxRows: envInt('BENCH_SMALLTX_ROWS', 200_000, 10_000),
+  amqpRows: envInt('BENCH_AMQP_ROWS', 250_000, 1_000_000_000),
   memoryRows: envInt('BENCH_MEMORY_ROWS', 100_000, 1_000),
   latencyRate: envInt('BENCH_LATENCY_RATE', 2_000, 2_000),
   latencySeconds: envInt('BENCH_LATENCY_SECONDS', 60, 5),
@@ -126,6 +132,7 @@ const config = {
   shapeConsumers: envList<ConsumerName>('BENCH_SHAPE_CONSUMERS', CONSUMERS, ['pg_recvlogical', 'outboxd-discard']),
   memoryConsumers: envList<ConsumerName>('BENCH_MEMORY_CONSUMERS', CONSUMERS, ['outboxd-discard', 'outboxd-kafka']),
   pipeline: process.env.BENCH_PIPELINE ?? '',
+  outboxdNodeOptions: process.env.BENCH_OUTBOXD_NODE_OPTIONS ?? '',
   profile: process.env.BENCH_PROFILE === '1',
   profileConsumers: envList<ConsumerName>('BENCH_PROFILE_CONSUMERS', CONSUMERS, ['outboxd-discard', 'outboxd-kafka']),
   recvlogical: join(process.env.BENCH_PG_BINDIR ?? '/usr/lib/postgresql/15/bin', 'pg_recvlogical'),
@@ -141,14 +148,18 @@ async function drainAll(ctx: BenchContext, b: Backlog, consumers: readonly Consu
   for (let run = 1; run <= runs; run++) {
     const order = consumers.map((_, i) => consumers[(i + run - 1) % consumers.length] as ConsumerName);
     note(`${b.name} run ${run}/${runs}: ${order.join(', ')}`);
-    for (const c of order) results.push(await runConsumer(ctx, b, c, run));
+    for (const c of order) {
+      const capped = (c === 'outboxd-rabbitmq' || c === 'bare-amqplib') && config.amqpRows < b.rows;
+      results.push(await runConsumer(ctx, b, c, run, capped ? prefixOf(b, config.amqpRows) : undefined));
+    }
   }
   return results;
 }
 
 async function main(): Promise<number> {
   if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: npm run build first`);
-  if (!existsSync(config.recvlogical)) throw new Error(`${config.recvlogical} not found (apt-get install postgresql-15, or set BENCH_PG_BINDIR)`);
+  if (!existsSync(config.recvlogical))
+    throw new Error(`${config.recvlogical} not found (apt-get install postgresql-15, or set BENCH_PG_BINDIR)`);
   const allConsumers = new Set<ConsumerName>([
     ...(has('drain') || has('small-tx') ? config.consumers : []),
     ...(has('shape') ? config.shapeConsumers : []),
@@ -168,8 +179,13 @@ async function main(): Promise<number> {
   const brokers = new BrokerAdmin(services.kafka, services.amqpUrl);
   const output: Record<string, unknown> = {};
   const results: Record<string, ConsumerResult[]> = {};
-  const sums: { drain?: ScenarioSummary; smallTx?: ScenarioSummary; memory?: MemorySummary[]; latency?: LatencyResult[]; shape?: ShapeCell[] } =
-    {};
+  const sums: {
+    drain?: ScenarioSummary;
+    smallTx?: ScenarioSummary;
+    memory?: MemorySummary[];
+    latency?: LatencyResult[];
+    shape?: ShapeCell[];
+  } = {};
   const tables: string[] = [];
   const t0 = performance.now();
   try {
@@ -187,6 +203,7 @@ async function main(): Promise<number> {
       recvlogical: config.recvlogical,
       profileDir,
       profileConsumers: new Set(config.profileConsumers),
+      outboxdNodeOptions: config.outboxdNodeOptions,
     };
     const spec = (name: string, rows: number, rowsPerTxn: number, payloadBytes = config.payloadBytes): BacklogSpec => ({
       name,
@@ -213,7 +230,11 @@ async function main(): Promise<number> {
       results.memory = await drainAll(ctx, b, config.memoryConsumers, config.runs);
       const small = summarize(b, results.memory);
       tables.push(scenarioTable('memory (small backlog)', small));
-      sums.memory = config.memoryConsumers.map((c) => memorySummary(c, small, drainSummary)).filter((m): m is MemorySummary => m !== null);
+      const large = results.drain ?? [];
+      sums.memory = config.memoryConsumers
+        .map((c) => memorySummary(c, small, drainSummary, large))
+        .filter((m): m is MemorySummary => m !== null);
+      tables.push(memoryTable(sums.memory));
       output.memoryBacklog = small;
       await dropBacklog(db, b);
     }
@@ -267,13 +288,30 @@ async function main(): Promise<number> {
     },
     services: { origin: services.origin, postgres: services.pgVersion, ...services.versions },
     config,
-    summary: { targets: ts, drain: sums.drain, smallTx: sums.smallTx, memory: sums.memory, shape: sums.shape, latency: sums.latency, ...output },
+    summary: {
+      targets: ts,
+      drain: sums.drain,
+      smallTx: sums.smallTx,
+      memory: sums.memory,
+      shape: sums.shape,
+      latency: sums.latency,
+      ...output,
+    },
     results,
   };
   writeFileSync(file, `${JSON.stringify(doc, null, 2)}\n`);
+  // bench/** is in biome's scope (npm run lint): lay the JSON out the way biome formats it.
+  try {
+    execFileSync(join(ROOT, 'node_modules', '.bin', 'biome'), ['format', '--write', file], { stdio: 'ignore' });
+  } catch {
+    // biome is a dev dependency; without it the JSON is still valid, only differently laid out.
+  }
   if (sums.shape?.length) {
     const svg = join(RESULTS_DIR, `${stamp}${smoke ? '-smoke' : ''}-shape.svg`);
-    writeFileSync(svg, shapeSvg(sums.shape, `${cpus().length} cores, Postgres ${services.pgVersion}, ${startedAt.toISOString().slice(0, 10)}`));
+    writeFileSync(
+      svg,
+      shapeSvg(sums.shape, `${cpus().length} cores, Postgres ${services.pgVersion}, ${startedAt.toISOString().slice(0, 10)}`),
+    );
   }
   process.stdout.write(`\n${tables.join('\n\n')}\n\nresults: ${file}\nwall time: ${(wallSeconds / 60).toFixed(1)} min\n`);
   if (profileDir) process.stdout.write(`\n${summarizeProfiles(profileDir, 25)}\n`);

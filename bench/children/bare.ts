@@ -36,8 +36,11 @@ async function loadRows(p: BareParams): Promise<Row[]> {
   const client = new pg.Client({ connectionString: p.dbUrl });
   await client.connect();
   try {
-    // Physical order is insert order for this append-only table: the WAL's order.
-    const { rows } = await client.query<Row>(`SELECT id::text, aggregatetype, aggregateid, type, payload::text FROM ${p.table}`);
+    // Physical order is insert order for this append-only table: the WAL's order. A prefix run
+    // takes the first `rows` of them.
+    const { rows } = await client.query<Row>(
+      `SELECT id::text, aggregatetype, aggregateid, type, payload::text FROM ${p.table} LIMIT ${Math.floor(p.rows)}`,
+    );
     return rows;
   } finally {
     await client.end();
@@ -94,7 +97,14 @@ async function rabbit(p: BareParams, rows: Row[]): Promise<number> {
       timestamp: now,
       contentType: 'application/json',
       appId: 'outboxd',
-      headers: { id: r.id, type: r.type, 'outboxd.lsn': FAKE_LSN, 'outboxd.xid': FAKE_XID, aggregatetype: r.aggregatetype, aggregateid: r.aggregateid },
+      headers: {
+        id: r.id,
+        type: r.type,
+        'outboxd.lsn': FAKE_LSN,
+        'outboxd.xid': FAKE_XID,
+        aggregatetype: r.aggregatetype,
+        aggregateid: r.aggregateid,
+      },
     } satisfies amqp.Options.Publish,
   }));
   rows.length = 0;

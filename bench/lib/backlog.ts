@@ -25,6 +25,8 @@ export interface Backlog extends BacklogSpec {
   template: string;
   startLsn: Lsn;
   endLsn: Lsn;
+  /** WAL position after each chunk of rows was written (the last one is endLsn). */
+  checkpoints: Array<{ rows: number; lsn: Lsn }>;
   walBytes: number;
   payloadTotalBytes: number;
   avgPayloadBytes: number;
@@ -77,23 +79,29 @@ export async function createBacklog(db: pg.Client, spec: BacklogSpec): Promise<B
     `SELECT length((${payloadExpr(spec.payloadBytes, "''")})::text) AS n FROM (SELECT ${Math.floor(spec.rows / 2)} AS g, ${spec.keys} AS keys) s`,
   );
   const pad = Math.max(0, spec.payloadBytes - (probe.rows[0]?.n ?? 0));
+  // 4096 distinct pads of that length, cut from the random pool once (substr on a long UTF-8
+  // text walks it from the start, too slow per row); rows look them up by g % 4096.
+  const pads = `bench_pads_${spec.name}`;
+  await db.query(`DROP TABLE IF EXISTS ${pads}`);
+  await db.query(`CREATE TABLE ${pads} (i int PRIMARY KEY, pad text NOT NULL)`);
+  await db.query(
+    `INSERT INTO ${pads} SELECT i, substr(pool, 1 + (i * 7919) % greatest(1, length(pool) - $1), $1) FROM bench_pool, generate_series(0, 4095) i`,
+    [pad],
+  );
+  await db.query(`ANALYZE ${pads}`);
   const proc = `bench_fill_${spec.name}`;
   // Static SQL inside the loop (a cached plan); one COMMIT per transaction of the backlog.
-  await db.query(`CREATE OR REPLACE PROCEDURE ${proc}(total int, per_txn int, keys int, pad int)
+  await db.query(`CREATE OR REPLACE PROCEDURE ${proc}(first int, total int, per_txn int, keys int)
     LANGUAGE plpgsql AS $$
     DECLARE
-      i int := 0;
-      p text;
-      plen int;
+      pos int := first;
     BEGIN
-      SELECT pool INTO p FROM bench_pool;
-      plen := greatest(1, length(p) - pad - 1);
-      WHILE i < total LOOP
+      WHILE pos < total LOOP
         INSERT INTO ${table} (aggregatetype, aggregateid, type, payload)
         SELECT 'order', 'key-' || (g % keys), (ARRAY['created','paid','shipped'])[1 + g % 3],
-               ${payloadExpr(spec.payloadBytes, 'substr(p, 1 + (g * 7919) % plen, pad)')}
-          FROM generate_series(i, least(i + per_txn, total) - 1) AS g;
-        i := i + per_txn;
+               ${payloadExpr(spec.payloadBytes, `(SELECT pad FROM ${pads} WHERE i = g % 4096)`)}
+          FROM generate_series(pos, least(pos + per_txn, total) - 1) AS g;
+        pos := pos + per_txn;
         COMMIT;
       END LOOP;
     END $$`);
@@ -101,11 +109,20 @@ export async function createBacklog(db: pg.Client, spec: BacklogSpec): Promise<B
   const created = await db.query<{ lsn: string }>(`SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`, [template]);
   const startLsn = parseLsn(created.rows[0]?.lsn ?? '0/0');
   const t0 = performance.now();
-  // Integer literals, not parameters: a procedure may only COMMIT when CALLed by a simple query.
-  await db.query(`CALL ${proc}(${spec.rows}, ${spec.rowsPerTxn}, ${spec.keys}, ${pad})`);
+  // Written in chunks, with the WAL position after each, so a consumer can be timed on a prefix.
+  const chunk = Math.max(spec.rowsPerTxn, Math.ceil(spec.rows / 20 / spec.rowsPerTxn) * spec.rowsPerTxn);
+  const checkpoints: Array<{ rows: number; lsn: Lsn }> = [];
+  for (let first = 0; first < spec.rows; first += chunk) {
+    const upto = Math.min(spec.rows, first + chunk);
+    // Integer literals, not parameters: a procedure may only COMMIT when CALLed by a simple query.
+    await db.query(`CALL ${proc}(${first}, ${upto}, ${spec.rowsPerTxn}, ${spec.keys})`);
+    checkpoints.push({ rows: upto, lsn: await currentLsn(db) });
+  }
   const writeSeconds = (performance.now() - t0) / 1000;
-  const endLsn = await currentLsn(db);
-  const stats = await db.query<{ n: string; bytes: string }>(`SELECT count(*)::text AS n, sum(octet_length(payload::text))::text AS bytes FROM ${table}`);
+  const endLsn = checkpoints[checkpoints.length - 1]?.lsn ?? (await currentLsn(db));
+  const stats = await db.query<{ n: string; bytes: string }>(
+    `SELECT count(*)::text AS n, sum(octet_length(payload::text))::text AS bytes FROM ${table}`,
+  );
   const n = Number(stats.rows[0]?.n ?? 0);
   if (n !== spec.rows) throw new Error(`backlog ${spec.name}: wrote ${n} rows, wanted ${spec.rows}`);
   const payloadTotalBytes = Number(stats.rows[0]?.bytes ?? 0);
@@ -116,6 +133,7 @@ export async function createBacklog(db: pg.Client, spec: BacklogSpec): Promise<B
     template,
     startLsn,
     endLsn,
+    checkpoints,
     walBytes: Number(endLsn - startLsn),
     payloadTotalBytes,
     avgPayloadBytes: payloadTotalBytes / spec.rows,
@@ -128,10 +146,17 @@ export async function createBacklog(db: pg.Client, spec: BacklogSpec): Promise<B
   return b;
 }
 
+/** The first `rows` rows of the backlog, rounded up to a written chunk, and where they end in the WAL. */
+export function prefixOf(b: Backlog, rows: number): { rows: number; lsn: Lsn } {
+  for (const c of b.checkpoints) if (c.rows >= rows) return c;
+  return { rows: b.rows, lsn: b.endLsn };
+}
+
 /** Drops the template slot (the WAL it pins) and the table. */
 export async function dropBacklog(db: pg.Client, b: Backlog): Promise<void> {
   await dropSlot(db, b.template);
   await db.query(`DROP PUBLICATION IF EXISTS ${b.publication}`);
   await db.query(`DROP TABLE IF EXISTS ${b.table}`);
   await db.query(`DROP PROCEDURE IF EXISTS bench_fill_${b.name}`);
+  await db.query(`DROP TABLE IF EXISTS bench_pads_${b.name}`);
 }

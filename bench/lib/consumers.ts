@@ -1,4 +1,4 @@
-import { fork } from 'node:child_process';
+import { type ChildProcess, fork } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +9,7 @@ import type { BrokerAdmin } from './brokers.js';
 import { type Child, startChild, stopChild } from './child.js';
 import { note, sleep } from './log.js';
 import { MAIN, benchFile } from './paths.js';
-import { copySlot, dropSlot, formatLsn, slotState } from './pg.js';
+import { type Lsn, copySlot, dropSlot, formatLsn, slotState } from './pg.js';
 import { cpuOf, cpuSeconds, hostCpu, memory } from './procfs.js';
 import type { Services } from './services.js';
 
@@ -40,6 +40,13 @@ export interface BenchContext {
   /** When set, outboxd runs under `node --cpu-prof` and writes profiles here. */
   profileDir: string | null;
   profileConsumers: ReadonlySet<ConsumerName>;
+  /** NODE_OPTIONS for every outboxd process (BENCH_OUTBOXD_NODE_OPTIONS), or ''. */
+  outboxdNodeOptions: string;
+}
+
+/** The environment of an outboxd child. */
+export function outboxdEnv(ctx: BenchContext): NodeJS.ProcessEnv {
+  return ctx.outboxdNodeOptions ? { ...process.env, NODE_OPTIONS: ctx.outboxdNodeOptions } : process.env;
 }
 
 export interface ConsumerResult {
@@ -59,10 +66,24 @@ export interface ConsumerResult {
   streamRowsPerSec: number | null;
   payloadMiBps: number;
   walMiBps: number | null;
-  cpu: { consumer: number | null; walsender: number | null; broker: number | null };
+  /**
+   * CPU seconds over the run: the consumer process, the walsender serving it, the broker, and
+   * `other`: host CPU no measured process accounts for (Postgres' other processes, the kernel,
+   * this orchestrator, and anything else running on the host: a sign of interference).
+   */
+  cpu: { consumer: number | null; walsender: number | null; broker: number | null; other: number | null };
+  /** The consumer's CPU seconds from the moment the slot became active (start-up excluded). */
+  streamCpu: number | null;
   /** Busy share of all host CPUs over the run, 0..100. */
   hostBusyPct: number;
   peakRssMiB: number | null;
+  /**
+   * The consumer's RSS as the drain went: sampled when the slot's confirmed position first passed
+   * each written chunk of the backlog (rows confirmed so far, RSS and peak RSS in MiB).
+   */
+  rssCurve: Array<{ rows: number; rssMiB: number; peakMiB: number }> | null;
+  /** outboxd's V8 heap and off-heap memory when drained (its own metrics), MiB. */
+  heap: { usedMiB: number; totalMiB: number; externalMiB: number } | null;
 }
 
 const SHORT: Record<ConsumerName, string> = {
@@ -75,38 +96,51 @@ const SHORT: Record<ConsumerName, string> = {
   'bare-amqplib': 'ba',
 };
 
-function timeoutFor(b: Backlog): number {
-  // Generous: the slowest consumer (RabbitMQ confirms) does ~5k msgs/s on 2 busy cores.
-  return 120_000 + (b.rows / 2_000) * 1000;
+function timeoutFor(rows: number): number {
+  // Generous: the slowest consumer (RabbitMQ confirms) does ~9k msgs/s on 2 busy cores.
+  return 120_000 + (rows / 2_000) * 1000;
 }
 
-export async function runConsumer(ctx: BenchContext, b: Backlog, consumer: ConsumerName, run: number): Promise<ConsumerResult> {
+/** What a consumer must get through: the whole backlog, or a prefix of it (rows, and its end LSN). */
+export interface Span {
+  rows: number;
+  lsn: Lsn;
+}
+
+export async function runConsumer(
+  ctx: BenchContext,
+  b: Backlog,
+  consumer: ConsumerName,
+  run: number,
+  span?: Span,
+): Promise<ConsumerResult> {
   const name = `${b.name}_${SHORT[consumer]}${run}_${ctx.tag}`;
+  const s = span ?? { rows: b.rows, lsn: b.endLsn };
   try {
     switch (consumer) {
       case 'pg_recvlogical':
-        return await runRecvlogical(ctx, b, run, name);
+        return await runRecvlogical(ctx, b, s, run, name);
       case 'bare-kafkajs':
       case 'bare-amqplib':
-        return await runBare(ctx, b, consumer, run, name);
+        return await runBare(ctx, b, s, consumer, run, name);
       default:
-        return await runOutboxd(ctx, b, consumer, run, name);
+        return await runOutboxd(ctx, b, s, consumer, run, name);
     }
   } catch (err) {
     const error = (err as Error).message;
     note(`  ${consumer} FAILED: ${error.split('\n')[0]}`);
-    return failed(consumer, b, run, error);
+    return failed(consumer, b, s, run, error);
   }
 }
 
-function failed(consumer: ConsumerName, b: Backlog, run: number, error: string): ConsumerResult {
+function failed(consumer: ConsumerName, b: Backlog, span: Span, run: number, error: string): ConsumerResult {
   return {
     consumer,
     backlog: b.name,
     run,
     ok: false,
     error,
-    rows: b.rows,
+    rows: span.rows,
     messages: null,
     seconds: Number.NaN,
     streamSeconds: null,
@@ -114,9 +148,12 @@ function failed(consumer: ConsumerName, b: Backlog, run: number, error: string):
     streamRowsPerSec: null,
     payloadMiBps: Number.NaN,
     walMiBps: null,
-    cpu: { consumer: null, walsender: null, broker: null },
+    cpu: { consumer: null, walsender: null, broker: null, other: null },
+    streamCpu: null,
+    rssCurve: null,
     hostBusyPct: Number.NaN,
     peakRssMiB: null,
+    heap: null,
   };
 }
 
@@ -125,10 +162,12 @@ interface Counters {
   at: number;
   host: { busy: number; total: number };
   broker: number;
+  self: number;
 }
 
 function counters(brokerPids: readonly number[]): Counters {
-  return { at: performance.now(), host: hostCpu(), broker: cpuOf(brokerPids) };
+  const c = process.cpuUsage();
+  return { at: performance.now(), host: hostCpu(), broker: cpuOf(brokerPids), self: (c.user + c.system) / 1e6 };
 }
 
 function brokerPidsFor(ctx: BenchContext, consumer: ConsumerName): number[] {
@@ -141,65 +180,83 @@ function complete(
   ctx: BenchContext,
   consumer: ConsumerName,
   b: Backlog,
+  span: Span,
   run: number,
   m: {
     seconds: number;
     streamSeconds: number | null;
     messages: number | null;
     consumerCpu: number | null;
+    /** The consumer's CPU when streaming started. */
+    consumerCpuAtActive?: number | null;
     walsenderCpu: number | null;
     peakRssMiB: number | null;
+    rssCurve?: ConsumerResult['rssCurve'];
     before: Counters;
     after: Counters;
     wal: boolean;
+    heap?: ConsumerResult['heap'];
   },
 ): ConsumerResult {
   const pids = brokerPidsFor(ctx, consumer);
   const hostTotal = m.after.host.total - m.before.host.total;
+  const broker = pids.length > 0 ? m.after.broker - m.before.broker : null;
+  const busy = m.after.host.busy - m.before.host.busy;
+  const rows = span.rows;
   const r: ConsumerResult = {
     consumer,
     backlog: b.name,
     run,
     ok: true,
-    rows: b.rows,
+    rows,
     messages: m.messages,
     seconds: m.seconds,
     streamSeconds: m.streamSeconds,
-    rowsPerSec: b.rows / m.seconds,
-    streamRowsPerSec: m.streamSeconds ? b.rows / m.streamSeconds : null,
-    payloadMiBps: b.payloadTotalBytes / 2 ** 20 / m.seconds,
-    walMiBps: m.wal ? b.walBytes / 2 ** 20 / m.seconds : null,
+    rowsPerSec: rows / m.seconds,
+    streamRowsPerSec: m.streamSeconds ? rows / m.streamSeconds : null,
+    payloadMiBps: (b.avgPayloadBytes * rows) / 2 ** 20 / m.seconds,
+    walMiBps: m.wal ? Number(span.lsn - b.startLsn) / 2 ** 20 / m.seconds : null,
     cpu: {
       consumer: m.consumerCpu,
       walsender: m.walsenderCpu,
-      broker: pids.length > 0 ? m.after.broker - m.before.broker : null,
+      broker,
+      other: Math.max(0, busy - (m.consumerCpu ?? 0) - (m.walsenderCpu ?? 0) - (broker ?? 0)),
     },
-    hostBusyPct: hostTotal > 0 ? (100 * (m.after.host.busy - m.before.host.busy)) / hostTotal : Number.NaN,
+    streamCpu: m.consumerCpu !== null && m.consumerCpuAtActive != null ? m.consumerCpu - m.consumerCpuAtActive : null,
+    hostBusyPct: hostTotal > 0 ? (100 * busy) / hostTotal : Number.NaN,
     peakRssMiB: m.peakRssMiB,
+    rssCurve: m.rssCurve ?? null,
+    heap: m.heap ?? null,
   };
-  if (m.messages !== null && m.messages !== b.rows) {
+  // A prefix run may publish a little past the prefix before it is stopped.
+  const short = m.messages !== null && (rows === b.rows ? m.messages !== rows : m.messages < rows);
+  if (short) {
     r.ok = false;
-    r.error = `expected ${b.rows} messages, counted ${m.messages}`;
+    r.error = `expected ${rows} messages, counted ${m.messages}`;
   }
   note(
     `  ${consumer.padEnd(16)} ${r.ok ? '' : 'FAILED '}${fmt(r.rowsPerSec)} rows/s in ${r.seconds.toFixed(2)} s` +
       `${r.streamRowsPerSec ? ` (streaming ${fmt(r.streamRowsPerSec)}/s)` : ''}, cpu ${num(r.cpu.consumer)} s` +
       `${r.cpu.walsender !== null ? `, walsender ${num(r.cpu.walsender)} s` : ''}${r.cpu.broker !== null ? `, broker ${num(r.cpu.broker)} s` : ''}` +
-      `${r.peakRssMiB !== null ? `, peak RSS ${r.peakRssMiB.toFixed(0)} MiB` : ''}, host ${r.hostBusyPct.toFixed(0)}% busy${r.error ? `: ${r.error}` : ''}`,
+      `${r.peakRssMiB !== null ? `, peak RSS ${r.peakRssMiB.toFixed(0)} MiB` : ''}${r.heap ? ` (heap ${r.heap.usedMiB.toFixed(0)}/${r.heap.totalMiB.toFixed(0)} MiB)` : ''}` +
+      `, host ${r.hostBusyPct.toFixed(0)}% busy, other ${num(r.cpu.other)} s${rows < b.rows ? ` [first ${rows} rows]` : ''}${r.error ? `: ${r.error}` : ''}`,
   );
   return r;
 }
 
+const round1 = (n: number): number => Math.round(n * 10) / 10;
 const fmt = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : 'n/a');
 const num = (n: number | null): string => (n === null ? 'n/a' : n.toFixed(2));
 
 interface Watch {
   doneAt: number;
   activeAt: number | null;
+  consumerCpuAtActive: number | null;
   walsenderPid: number | null;
   walsenderCpu: number | null;
   consumerCpu: number | null;
   consumerPeakMiB: number | null;
+  rssCurve: Array<{ rows: number; rssMiB: number; peakMiB: number }>;
 }
 
 /**
@@ -207,23 +264,50 @@ interface Watch {
  * LSN (outboxd), or the process exited 0 (pg_recvlogical with --endpos). Samples the walsender's
  * CPU on each poll, since it may exit together with its client.
  */
-async function watchDrain(db: pg.Client, slot: string, b: Backlog, child: Child, doneOnExit: boolean): Promise<Watch> {
-  const deadline = performance.now() + timeoutFor(b);
-  const w: Watch = { doneAt: 0, activeAt: null, walsenderPid: null, walsenderCpu: null, consumerCpu: null, consumerPeakMiB: null };
+async function watchDrain(
+  db: pg.Client,
+  slot: string,
+  span: Span,
+  child: Child,
+  doneOnExit: boolean,
+  checkpoints: Backlog['checkpoints'] = [],
+): Promise<Watch> {
+  const deadline = performance.now() + timeoutFor(span.rows);
+  let nextCheckpoint = 0;
+  const w: Watch = {
+    doneAt: 0,
+    activeAt: null,
+    consumerCpuAtActive: null,
+    walsenderPid: null,
+    walsenderCpu: null,
+    consumerCpu: null,
+    consumerPeakMiB: null,
+    rssCurve: [],
+  };
   for (;;) {
     const s = await slotState(db, slot);
     const now = performance.now();
     if (!s) throw new Error(`slot ${slot} vanished`);
     if (s.activePid !== null) {
-      w.activeAt ??= now;
+      if (w.activeAt === null) {
+        w.activeAt = now;
+        w.consumerCpuAtActive = child.exitedAt === null ? cpuSeconds(child.pid) : null;
+      }
       w.walsenderPid = s.activePid;
       w.walsenderCpu = cpuSeconds(s.activePid) ?? w.walsenderCpu;
     }
     if (child.exitedAt === null) {
       w.consumerCpu = cpuSeconds(child.pid) ?? w.consumerCpu;
-      w.consumerPeakMiB = memory(child.pid)?.peakMiB ?? w.consumerPeakMiB;
+      const mem = memory(child.pid);
+      w.consumerPeakMiB = mem?.peakMiB ?? w.consumerPeakMiB;
+      let passed = 0;
+      while (s.confirmed !== null && nextCheckpoint < checkpoints.length && s.confirmed >= (checkpoints[nextCheckpoint]?.lsn ?? 0n)) {
+        passed = checkpoints[nextCheckpoint]?.rows ?? 0;
+        nextCheckpoint++;
+      }
+      if (passed > 0 && mem) w.rssCurve.push({ rows: passed, rssMiB: round1(mem.rssMiB), peakMiB: round1(mem.peakMiB) });
     }
-    if (!doneOnExit && s.confirmed !== null && s.confirmed >= b.endLsn) {
+    if (!doneOnExit && s.confirmed !== null && s.confirmed >= span.lsn) {
       w.doneAt = now;
       return w;
     }
@@ -233,12 +317,12 @@ async function watchDrain(db: pg.Client, slot: string, b: Backlog, child: Child,
         return w;
       }
       throw new Error(
-        `exited (${child.exitCode ?? child.signal}) before draining; confirmed ${s.confirmed === null ? 'none' : formatLsn(s.confirmed)} of ${formatLsn(b.endLsn)}\n${child.stderrTail().slice(-3000)}`,
+        `exited (${child.exitCode ?? child.signal}) before draining; confirmed ${s.confirmed === null ? 'none' : formatLsn(s.confirmed)} of ${formatLsn(span.lsn)}\n${child.stderrTail().slice(-3000)}`,
       );
     }
     if (now > deadline) {
       throw new Error(
-        `not drained after ${Math.round(timeoutFor(b) / 1000)} s: confirmed ${s.confirmed === null ? 'none' : formatLsn(s.confirmed)} of ${formatLsn(b.endLsn)}\n${child.stderrTail().slice(-3000)}`,
+        `not drained after ${Math.round(timeoutFor(span.rows) / 1000)} s: confirmed ${s.confirmed === null ? 'none' : formatLsn(s.confirmed)} of ${formatLsn(span.lsn)}\n${child.stderrTail().slice(-3000)}`,
       );
     }
     await sleep(25);
@@ -247,7 +331,7 @@ async function watchDrain(db: pg.Client, slot: string, b: Backlog, child: Child,
 
 // --- pg_recvlogical ----------------------------------------------------------------------------
 
-async function runRecvlogical(ctx: BenchContext, b: Backlog, run: number, name: string): Promise<ConsumerResult> {
+async function runRecvlogical(ctx: BenchContext, b: Backlog, span: Span, run: number, name: string): Promise<ConsumerResult> {
   const slot = `c_${name}`;
   await copySlot(ctx.db, b.template, slot);
   const dir = mkdtempSync(join(tmpdir(), 'outboxd-bench-'));
@@ -265,7 +349,7 @@ async function runRecvlogical(ctx: BenchContext, b: Backlog, run: number, name: 
       ctx.services.dbUrl,
       `--slot=${slot}`,
       '--start',
-      `--endpos=${formatLsn(b.endLsn)}`,
+      `--endpos=${formatLsn(span.lsn)}`,
       '--no-loop',
       '-F',
       '0',
@@ -278,10 +362,10 @@ async function runRecvlogical(ctx: BenchContext, b: Backlog, run: number, name: 
       '-o',
       'messages=true',
     ]);
-    const w = await watchDrain(ctx.db, slot, b, child, true);
+    const w = await watchDrain(ctx.db, slot, span, child, true);
     const after = counters([]);
     const [user, sys, maxKb] = readFileSync(timeFile, 'utf8').trim().split('\n').pop()?.split(' ').map(Number) ?? [];
-    return complete(ctx, 'pg_recvlogical', b, run, {
+    return complete(ctx, 'pg_recvlogical', b, span, run, {
       seconds: (w.doneAt - child.spawnedAt) / 1000,
       streamSeconds: w.activeAt ? (w.doneAt - w.activeAt) / 1000 : null,
       messages: null,
@@ -339,7 +423,15 @@ async function prepareTarget(ctx: BenchContext, consumer: ConsumerName, name: st
   };
 }
 
-export function relayYaml(o: { dbUrl: string; slot: string; publication: string; table: string; port: number; sinkYaml: string; pipelineYaml: string }): string {
+export function relayYaml(o: {
+  dbUrl: string;
+  slot: string;
+  publication: string;
+  table: string;
+  port: number;
+  sinkYaml: string;
+  pipelineYaml: string;
+}): string {
   return [
     'postgres:',
     `  url: ${o.dbUrl}`,
@@ -382,7 +474,14 @@ export function nodeArgs(ctx: BenchContext, consumer: ConsumerName, name: string
   return ['--cpu-prof', `--cpu-prof-dir=${ctx.profileDir}`, `--cpu-prof-name=${name}.cpuprofile`];
 }
 
-async function runOutboxd(ctx: BenchContext, b: Backlog, consumer: ConsumerName, run: number, name: string): Promise<ConsumerResult> {
+async function runOutboxd(
+  ctx: BenchContext,
+  b: Backlog,
+  span: Span,
+  consumer: ConsumerName,
+  run: number,
+  name: string,
+): Promise<ConsumerResult> {
   const slot = `c_${name}`;
   await copySlot(ctx.db, b.template, slot);
   const target = await prepareTarget(ctx, consumer, name);
@@ -406,31 +505,49 @@ async function runOutboxd(ctx: BenchContext, b: Backlog, consumer: ConsumerName,
     const entry = consumer === 'outboxd-discard' ? [benchFile('children/discard-relay.js'), cfg] : [MAIN, 'run', '-c', cfg];
     const pids = brokerPidsFor(ctx, consumer);
     const before = counters(pids);
-    child = startChild(process.execPath, [...nodeArgs(ctx, consumer, name), ...entry]);
-    const w = await watchDrain(ctx.db, slot, b, child, false);
+    child = startChild(process.execPath, [...nodeArgs(ctx, consumer, name), ...entry], outboxdEnv(ctx));
+    const w = await watchDrain(
+      ctx.db,
+      slot,
+      span,
+      child,
+      false,
+      b.checkpoints.filter((c) => c.rows <= span.rows),
+    );
     // Read everything while the process still lives: CPU, peak RSS, then its own counters.
     const consumerCpu = cpuSeconds(child.pid) ?? w.consumerCpu;
     const peak = memory(child.pid)?.peakMiB ?? w.consumerPeakMiB;
     const walsenderCpu = (w.walsenderPid !== null ? cpuSeconds(w.walsenderPid) : null) ?? w.walsenderCpu;
     const after = counters(pids);
-    const published = metricSum(await scrape(port), 'outboxd_messages_published_total');
+    const metrics = await scrape(port);
+    const published = metricSum(metrics, 'outboxd_messages_published_total');
+    const mib = (n: string): number => metricSum(metrics, n) / 2 ** 20;
+    const heap = {
+      usedMiB: mib('outboxd_nodejs_heap_size_used_bytes'),
+      totalMiB: mib('outboxd_nodejs_heap_size_total_bytes'),
+      externalMiB: mib('outboxd_nodejs_external_memory_bytes'),
+    };
     await stopChild(child);
-    if (child.exitCode !== 0) throw new Error(`outboxd exited ${child.exitCode ?? child.signal} on SIGTERM\n${child.stderrTail().slice(-2000)}`);
+    if (child.exitCode !== 0)
+      throw new Error(`outboxd exited ${child.exitCode ?? child.signal} on SIGTERM\n${child.stderrTail().slice(-2000)}`);
     const onBroker = await target.count();
-    const r = complete(ctx, consumer, b, run, {
+    const r = complete(ctx, consumer, b, span, run, {
       seconds: (w.doneAt - child.spawnedAt) / 1000,
       streamSeconds: w.activeAt ? (w.doneAt - w.activeAt) / 1000 : null,
       messages: onBroker ?? published,
       consumerCpu,
+      consumerCpuAtActive: w.consumerCpuAtActive,
       walsenderCpu,
       peakRssMiB: peak,
+      rssCurve: w.rssCurve,
       before,
       after,
       wal: true,
+      heap,
     });
-    if (r.ok && published !== b.rows) {
+    if (r.ok && (span.rows === b.rows ? published !== span.rows : published < span.rows)) {
       r.ok = false;
-      r.error = `outboxd_messages_published_total is ${published}, expected ${b.rows}`;
+      r.error = `outboxd_messages_published_total is ${published}, expected ${span.rows}`;
     }
     return r;
   } finally {
@@ -461,13 +578,20 @@ export type BareMessage =
   | { type: 'done'; seconds: number; cpuSeconds: number; published: number; peakMiB: number }
   | { type: 'error'; message: string };
 
-async function runBare(ctx: BenchContext, b: Backlog, consumer: ConsumerName, run: number, name: string): Promise<ConsumerResult> {
+async function runBare(
+  ctx: BenchContext,
+  b: Backlog,
+  span: Span,
+  consumer: ConsumerName,
+  run: number,
+  name: string,
+): Promise<ConsumerResult> {
   const target = await prepareTarget(ctx, consumer, name);
   const params: BareParams = {
     kind: consumer === 'bare-kafkajs' ? 'kafkajs' : 'amqplib',
     dbUrl: ctx.services.dbUrl,
     table: b.table,
-    rows: b.rows,
+    rows: span.rows,
     batch: ctx.bareBatch,
     brokers: ctx.services.kafka ?? [],
     topic: target.topic,
@@ -475,19 +599,21 @@ async function runBare(ctx: BenchContext, b: Backlog, consumer: ConsumerName, ru
     exchange: target.queue,
   };
   const pids = brokerPidsFor(ctx, consumer);
+  let child: ChildProcess | null = null;
   try {
-    const child = fork(benchFile('children/bare.js'), [JSON.stringify(params)], {
+    const proc = fork(benchFile('children/bare.js'), [JSON.stringify(params)], {
       execArgv: ['--max-old-space-size=6144'],
       stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
     });
+    child = proc;
     let tail = '';
-    child.stderr?.on('data', (d: Buffer) => {
+    proc.stderr?.on('data', (d: Buffer) => {
       tail = (tail + d.toString()).slice(-5000);
     });
     let before: Counters | null = null;
     const done = await new Promise<Extract<BareMessage, { type: 'done' }>>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`bare client timed out\n${tail}`)), timeoutFor(b) + 120_000);
-      child.on('message', (msg: BareMessage) => {
+      const timer = setTimeout(() => reject(new Error(`bare client timed out\n${tail}`)), timeoutFor(span.rows) + 120_000);
+      proc.on('message', (msg: BareMessage) => {
         if (msg.type === 'start') before = counters(pids);
         else if (msg.type === 'done') {
           clearTimeout(timer);
@@ -497,15 +623,14 @@ async function runBare(ctx: BenchContext, b: Backlog, consumer: ConsumerName, ru
           reject(new Error(msg.message));
         }
       });
-      child.once('exit', (code) => {
+      proc.once('exit', (code) => {
         clearTimeout(timer);
         reject(new Error(`bare client exited ${code}\n${tail}`));
       });
     });
     const after = counters(pids);
-    child.kill('SIGKILL');
     const onBroker = await target.count();
-    return complete(ctx, consumer, b, run, {
+    return complete(ctx, consumer, b, span, run, {
       seconds: done.seconds,
       streamSeconds: null,
       messages: onBroker ?? done.published,
@@ -517,6 +642,7 @@ async function runBare(ctx: BenchContext, b: Backlog, consumer: ConsumerName, ru
       wal: false,
     });
   } finally {
+    if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await target.cleanup();
   }
 }

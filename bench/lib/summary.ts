@@ -16,14 +16,18 @@ function spread(values: number[]): Spread {
 export interface ConsumerSummary {
   runs: number;
   ok: number;
+  /** Rows each run was timed on (less than the backlog for a prefix run). */
+  rows: number;
   rowsPerSec: Spread;
   streamRowsPerSec: number;
   seconds: number;
   payloadMiBps: number;
   walMiBps: number | null;
-  cpuSeconds: { consumer: number | null; walsender: number | null; broker: number | null };
+  cpuSeconds: { consumer: number | null; walsender: number | null; broker: number | null; other: number | null };
   /** CPU seconds of outboxd (or the client) per million rows. */
   consumerCpuPerMRows: number | null;
+  /** The same, start-up excluded (from the moment the slot became active). */
+  streamCpuPerMRows: number | null;
   peakRssMiB: Spread | null;
   hostBusyPct: number;
 }
@@ -41,8 +45,11 @@ export interface BacklogInfo {
 export interface ScenarioSummary {
   backlog: BacklogInfo;
   consumers: Partial<Record<ConsumerName, ConsumerSummary>>;
-  /** Same-run ratios of rows/s: median over runs (and range), plus the ratio of the medians. */
-  ratios: Record<string, Spread & { ofMedians: number }>;
+  /**
+   * Same-run ratios of rows/s: median over runs (and range), the ratio of the medians, and the
+   * median ratio of streaming rates (start-up excluded; null when one side has none).
+   */
+  ratios: Record<string, Spread & { ofMedians: number; streaming: number | null }>;
 }
 
 export function backlogInfo(b: Backlog): BacklogInfo {
@@ -79,16 +86,24 @@ export function summarize(b: Backlog, results: readonly ConsumerResult[]): Scena
     const ok = rs.filter((r) => r.ok);
     const rss = ok.map((r) => r.peakRssMiB).filter((x): x is number => x !== null);
     const cpu = nullable(ok.map((r) => r.cpu.consumer));
+    const rows = median(rs.map((r) => r.rows));
     consumers[name] = {
       runs: rs.length,
       ok: ok.length,
+      rows,
       rowsPerSec: spread(ok.map((r) => r.rowsPerSec)),
       streamRowsPerSec: median(ok.map((r) => r.streamRowsPerSec ?? Number.NaN)),
       seconds: median(ok.map((r) => r.seconds)),
       payloadMiBps: median(ok.map((r) => r.payloadMiBps)),
       walMiBps: nullable(ok.map((r) => r.walMiBps)),
-      cpuSeconds: { consumer: cpu, walsender: nullable(ok.map((r) => r.cpu.walsender)), broker: nullable(ok.map((r) => r.cpu.broker)) },
-      consumerCpuPerMRows: cpu === null ? null : (cpu / b.rows) * 1e6,
+      cpuSeconds: {
+        consumer: cpu,
+        walsender: nullable(ok.map((r) => r.cpu.walsender)),
+        broker: nullable(ok.map((r) => r.cpu.broker)),
+        other: nullable(ok.map((r) => r.cpu.other)),
+      },
+      consumerCpuPerMRows: cpu === null ? null : (cpu / rows) * 1e6,
+      streamCpuPerMRows: ((v) => (v === null ? null : (v / rows) * 1e6))(nullable(ok.map((r) => r.streamCpu))),
       peakRssMiB: rss.length > 0 ? spread(rss) : null,
       hostBusyPct: median(ok.map((r) => r.hostBusyPct)),
     };
@@ -99,11 +114,20 @@ export function summarize(b: Backlog, results: readonly ConsumerResult[]): Scena
     const cb = consumers[base];
     if (!ca || !cb) continue;
     const perRun: number[] = [];
+    const streaming: number[] = [];
     for (const ra of by.get(a) ?? []) {
       const rb = (by.get(base) ?? []).find((x) => x.run === ra.run && x.ok);
-      if (ra.ok && rb) perRun.push(ra.rowsPerSec / rb.rowsPerSec);
+      if (ra.ok && rb) {
+        perRun.push(ra.rowsPerSec / rb.rowsPerSec);
+        if (ra.streamRowsPerSec && rb.streamRowsPerSec) streaming.push(ra.streamRowsPerSec / rb.streamRowsPerSec);
+      }
     }
-    ratios[`${a} / ${base}`] = { ...spread(perRun), ofMedians: ca.rowsPerSec.median / cb.rowsPerSec.median };
+    const sm = median(streaming);
+    ratios[`${a} / ${base}`] = {
+      ...spread(perRun),
+      ofMedians: ca.rowsPerSec.median / cb.rowsPerSec.median,
+      streaming: Number.isFinite(sm) ? sm : null,
+    };
   }
   return { backlog: backlogInfo(b), consumers, ratios };
 }
@@ -112,30 +136,39 @@ export interface ShapeCell {
   payloadBytes: number;
   rowsPerTxn: number;
   backlog: BacklogInfo;
+  /** Wall time from process start. */
   rowsPerSec: Partial<Record<ConsumerName, number>>;
+  /** While streaming (from the moment the slot became active): what the chart shows. */
+  streamRowsPerSec: Partial<Record<ConsumerName, number>>;
   payloadMiBps: Partial<Record<ConsumerName, number>>;
+  /** CPU seconds per million rows while streaming (start-up excluded). */
   cpuPerMRows: Partial<Record<ConsumerName, number | null>>;
   ratio: number | null;
+  streamRatio: number | null;
 }
 
 export function shapeCell(b: Backlog, results: readonly ConsumerResult[]): ShapeCell {
   const s = summarize(b, results);
   const rowsPerSec: ShapeCell['rowsPerSec'] = {};
+  const streamRowsPerSec: ShapeCell['streamRowsPerSec'] = {};
   const payloadMiBps: ShapeCell['payloadMiBps'] = {};
   const cpuPerMRows: ShapeCell['cpuPerMRows'] = {};
   for (const [name, c] of Object.entries(s.consumers) as Array<[ConsumerName, ConsumerSummary]>) {
     rowsPerSec[name] = c.rowsPerSec.median;
+    streamRowsPerSec[name] = c.streamRowsPerSec;
     payloadMiBps[name] = c.payloadMiBps;
-    cpuPerMRows[name] = c.consumerCpuPerMRows;
+    cpuPerMRows[name] = c.streamCpuPerMRows ?? c.consumerCpuPerMRows;
   }
   return {
     payloadBytes: b.payloadBytes,
     rowsPerTxn: b.rowsPerTxn,
     backlog: s.backlog,
     rowsPerSec,
+    streamRowsPerSec,
     payloadMiBps,
     cpuPerMRows,
     ratio: s.ratios['outboxd-discard / pg_recvlogical']?.median ?? null,
+    streamRatio: s.ratios['outboxd-discard / pg_recvlogical']?.streaming ?? null,
   };
 }
 
@@ -146,6 +179,25 @@ export interface MemorySummary {
   smallPeakRssMiB: number;
   largePeakRssMiB: number;
   growthMB: number;
+  /** Within the large drain: RSS and peak RSS (median of runs) as rows were confirmed. */
+  curve: Array<{ rows: number; rssMiB: number; peakMiB: number }>;
+}
+
+/** Median RSS curve over runs, by rows confirmed. */
+export function rssCurve(results: readonly ConsumerResult[], consumer: ConsumerName): MemorySummary['curve'] {
+  const byRows = new Map<number, { rss: number[]; peak: number[] }>();
+  for (const r of results) {
+    if (r.consumer !== consumer || !r.ok) continue;
+    for (const p of r.rssCurve ?? []) {
+      const e = byRows.get(p.rows) ?? { rss: [], peak: [] };
+      e.rss.push(p.rssMiB);
+      e.peak.push(p.peakMiB);
+      byRows.set(p.rows, e);
+    }
+  }
+  return [...byRows]
+    .sort((a, b) => a[0] - b[0])
+    .map(([rows, e]) => ({ rows, rssMiB: Math.round(median(e.rss) * 10) / 10, peakMiB: Math.round(median(e.peak) * 10) / 10 }));
 }
 
 export interface Target {
@@ -209,7 +261,12 @@ export function targets(s: {
   return out;
 }
 
-export function memorySummary(consumer: ConsumerName, small: ScenarioSummary, large: ScenarioSummary): MemorySummary | null {
+export function memorySummary(
+  consumer: ConsumerName,
+  small: ScenarioSummary,
+  large: ScenarioSummary,
+  largeResults: readonly ConsumerResult[],
+): MemorySummary | null {
   const a = small.consumers[consumer]?.peakRssMiB?.median;
   const b = large.consumers[consumer]?.peakRssMiB?.median;
   if (a === undefined || b === undefined) return null;
@@ -220,18 +277,32 @@ export function memorySummary(consumer: ConsumerName, small: ScenarioSummary, la
     smallPeakRssMiB: a,
     largePeakRssMiB: b,
     growthMB: (b - a) * MB_PER_MIB,
+    curve: rssCurve(largeResults, consumer),
   };
+}
+
+export function memoryTable(ms: readonly MemorySummary[]): string {
+  const out = ['== memory: peak RSS (MiB) by backlog size, and RSS during the large drain as rows were confirmed'];
+  for (const m of ms) {
+    out.push(
+      `${m.consumer}: ${int(m.smallRows)} rows → peak ${f1(m.smallPeakRssMiB)} MiB; ${int(m.largeRows)} rows → peak ${f1(m.largePeakRssMiB)} MiB (${m.growthMB >= 0 ? '+' : ''}${f1(m.growthMB)} MB)`,
+      `  during the ${int(m.largeRows)}-row drain: ${m.curve.map((p) => `${int(p.rows / 1000)}k ${f1(p.rssMiB)}`).join(', ')}`,
+    );
+  }
+  return out.join('\n');
 }
 
 // --- text tables ---------------------------------------------------------------------------------
 
 export function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
+  const line = (cells: string[]): string =>
+    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
-const int = (n: number | null | undefined): string => (n === null || n === undefined || !Number.isFinite(n) ? '–' : Math.round(n).toLocaleString('en-US'));
+const int = (n: number | null | undefined): string =>
+  n === null || n === undefined || !Number.isFinite(n) ? '–' : Math.round(n).toLocaleString('en-US');
 const f1 = (n: number | null | undefined): string => (n === null || n === undefined || !Number.isFinite(n) ? '–' : n.toFixed(1));
 const f2 = (n: number | null | undefined): string => (n === null || n === undefined || !Number.isFinite(n) ? '–' : n.toFixed(2));
 
@@ -242,6 +313,7 @@ export function scenarioTable(title: string, s: ScenarioSummary): string {
     rows.push([
       name,
       `${c.ok}/${c.runs}`,
+      int(c.rows),
       int(c.rowsPerSec.median),
       `${int(c.rowsPerSec.min)}–${int(c.rowsPerSec.max)}`,
       int(c.streamRowsPerSec),
@@ -249,17 +321,33 @@ export function scenarioTable(title: string, s: ScenarioSummary): string {
       f2(c.cpuSeconds.consumer),
       f2(c.cpuSeconds.walsender),
       f2(c.cpuSeconds.broker),
+      f2(c.cpuSeconds.other),
       c.peakRssMiB ? f1(c.peakRssMiB.median) : '–',
       f1(c.hostBusyPct),
     ]);
   }
   const ratioLines = Object.entries(s.ratios).map(
-    ([k, r]) => `  ${k}: ${f2(r.median)}× (runs ${f2(r.min)}–${f2(r.max)}; ratio of medians ${f2(r.ofMedians)}×)`,
+    ([k, r]) =>
+      `  ${k}: ${f2(r.median)}× (runs ${f2(r.min)}–${f2(r.max)}; ratio of medians ${f2(r.ofMedians)}×${r.streaming !== null ? `; streaming only ${f2(r.streaming)}×` : ''})`,
   );
   return [
     `== ${title}: ${int(b.rows)} rows, ${b.rowsPerTxn}/txn, ${b.avgPayloadBytes} B payloads, ${b.keys} keys, ${b.walMiB} MiB WAL`,
     table(
-      ['consumer', 'ok', 'rows/s', 'range', 'stream rows/s', 'MiB/s', 'cpu s', 'walsender s', 'broker s', 'peak RSS MiB', 'host %'],
+      [
+        'consumer',
+        'ok',
+        'rows',
+        'rows/s',
+        'range',
+        'stream rows/s',
+        'MiB/s',
+        'cpu s',
+        'walsender s',
+        'broker s',
+        'other s',
+        'peak RSS MiB',
+        'host %',
+      ],
       rows,
     ),
     ...(ratioLines.length ? ['ratios (same run, median of runs):', ...ratioLines] : []),
@@ -268,9 +356,21 @@ export function scenarioTable(title: string, s: ScenarioSummary): string {
 
 export function shapeTable(cells: readonly ShapeCell[]): string {
   return [
-    '== shape: rows/s by payload size and rows per transaction (median of runs)',
+    '== shape: rows/s by payload size and rows per transaction (median of runs; wall = from process start, stream = while streaming)',
     table(
-      ['payload', 'rows/txn', 'rows', 'outboxd-discard', 'pg_recvlogical', 'ratio', 'outboxd MiB/s', 'outboxd cpu s/1M rows'],
+      [
+        'payload',
+        'rows/txn',
+        'rows',
+        'outboxd wall',
+        'recvlogical wall',
+        'ratio',
+        'outboxd stream',
+        'recvlogical stream',
+        'ratio',
+        'outboxd MiB/s',
+        'outboxd cpu s/1M rows',
+      ],
       cells.map((c) => [
         `${c.payloadBytes} B`,
         String(c.rowsPerTxn),
@@ -278,6 +378,9 @@ export function shapeTable(cells: readonly ShapeCell[]): string {
         int(c.rowsPerSec['outboxd-discard']),
         int(c.rowsPerSec.pg_recvlogical),
         c.ratio === null ? '–' : `${f2(c.ratio)}×`,
+        int(c.streamRowsPerSec['outboxd-discard']),
+        int(c.streamRowsPerSec.pg_recvlogical),
+        c.streamRatio === null ? '–' : `${f2(c.streamRatio)}×`,
         f1(c.payloadMiBps['outboxd-discard']),
         f1(c.cpuPerMRows['outboxd-discard']),
       ]),
@@ -289,7 +392,20 @@ export function latencyTable(ls: readonly LatencyResult[]): string {
   return [
     '== latency: one-row transactions at a steady rate (ms)',
     table(
-      ['sink', 'ok', 'rate', 'achieved', 'c→c p50', 'c→c p99', 'c→c max ≤', 'ins→rcv p50', 'ins→rcv p99', 'ins→rcv max', 'relay cpu s', 'RSS MiB'],
+      [
+        'sink',
+        'ok',
+        'rate',
+        'achieved',
+        'c→c p50',
+        'c→c p99',
+        'c→c max ≤',
+        'ins→rcv p50',
+        'ins→rcv p99',
+        'ins→rcv max',
+        'relay cpu s',
+        'RSS MiB',
+      ],
       ls.map((l) => [
         l.sink,
         l.ok ? 'yes' : 'NO',

@@ -1,8 +1,9 @@
 import type { ShapeCell } from './summary.js';
 
 /**
- * The shape chart: rows/s (y) against rows per transaction (x, log scale), one colour per payload
- * size; outboxd with the discarding sink solid, pg_recvlogical dashed. Plain SVG, no dependencies.
+ * The shape chart: rows/s while streaming (y; process start-up excluded) against rows per
+ * transaction (x, log scale), one colour per payload size; outboxd with the discarding sink solid,
+ * pg_recvlogical dashed. Plain SVG, no dependencies.
  */
 export function shapeSvg(cells: readonly ShapeCell[], subtitle: string): string {
   const W = 760;
@@ -12,9 +13,9 @@ export function shapeSvg(cells: readonly ShapeCell[], subtitle: string): string 
   const ph = H - m.top - m.bottom;
   const txns = [...new Set(cells.map((c) => c.rowsPerTxn))].sort((a, b) => a - b);
   const payloads = [...new Set(cells.map((c) => c.payloadBytes))].sort((a, b) => a - b);
-  const values = cells.flatMap((c) => [c.rowsPerSec['outboxd-discard'], c.rowsPerSec.pg_recvlogical]).filter(
-    (v): v is number => v !== undefined && Number.isFinite(v),
-  );
+  const values = cells
+    .flatMap((c) => [c.streamRowsPerSec['outboxd-discard'], c.streamRowsPerSec.pg_recvlogical])
+    .filter((v): v is number => v !== undefined && Number.isFinite(v));
   const yMax = niceCeil(Math.max(1, ...values) * 1.08);
   const lx = (t: number): number => {
     const lo = Math.log10(txns[0] ?? 1);
@@ -26,6 +27,7 @@ export function shapeSvg(cells: readonly ShapeCell[], subtitle: string): string 
   const out: string[] = [];
   out.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" font-size="12">`,
+    '<title>outboxd throughput by payload size and rows per transaction</title>',
     `<rect width="${W}" height="${H}" fill="#fff"/>`,
     `<text x="${m.left}" y="22" font-size="15" font-weight="bold">Throughput by payload size and rows per transaction</text>`,
     `<text x="${m.left}" y="38" fill="#555">${esc(subtitle)}</text>`,
@@ -51,7 +53,7 @@ export function shapeSvg(cells: readonly ShapeCell[], subtitle: string): string 
     `<line x1="${m.left}" y1="${m.top + ph}" x2="${m.left + pw}" y2="${m.top + ph}" stroke="#333"/>`,
     `<line x1="${m.left}" y1="${m.top}" x2="${m.left}" y2="${m.top + ph}" stroke="#333"/>`,
     `<text x="${m.left + pw / 2}" y="${H - 14}" text-anchor="middle">rows per transaction (log scale)</text>`,
-    `<text transform="translate(18 ${m.top + ph / 2}) rotate(-90)" text-anchor="middle">rows/s</text>`,
+    `<text transform="translate(18 ${m.top + ph / 2}) rotate(-90)" text-anchor="middle">rows/s while streaming</text>`,
   );
   payloads.forEach((p, i) => {
     const color = colors[i % colors.length] as string;
@@ -61,7 +63,7 @@ export function shapeSvg(cells: readonly ShapeCell[], subtitle: string): string 
     ] as const) {
       const pts = txns
         .map((t) => {
-          const v = cells.find((c) => c.payloadBytes === p && c.rowsPerTxn === t)?.rowsPerSec[consumer];
+          const v = cells.find((c) => c.payloadBytes === p && c.rowsPerTxn === t)?.streamRowsPerSec[consumer];
           return v !== undefined && Number.isFinite(v) ? [lx(t), ly(v)] : null;
         })
         .filter((x): x is number[] => x !== null);

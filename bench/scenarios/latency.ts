@@ -8,7 +8,7 @@ import type pg from 'pg';
 import { getFreePort } from '../../test/harness/ports.js';
 import { createOutboxTable } from '../lib/backlog.js';
 import { type Child, startChild, stopChild } from '../lib/child.js';
-import { type BenchContext, metricSum, relayYaml, scrape } from '../lib/consumers.js';
+import { type BenchContext, metricSum, outboxdEnv, relayYaml, scrape } from '../lib/consumers.js';
 import { note, sleep } from '../lib/log.js';
 import { MAIN } from '../lib/paths.js';
 import { connect, dropSlot } from '../lib/pg.js';
@@ -81,11 +81,13 @@ export async function runLatency(ctx: BenchContext, sink: 'kafka' | 'rabbitmq', 
         clientId: 'outboxd-bench-latency',
         brokers: ctx.services.kafka ?? [],
         logLevel: kafkajs.logLevel.NOTHING,
-      }).consumer({ groupId: `bench-${name}`, maxWaitTimeInMs: 100 });
+      }).consumer({ groupId: `bench-${name}`, maxWaitTimeInMs: 20 });
       const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
       await consumer.connect();
       await consumer.subscribe({ topics: [topic], fromBeginning: true });
+      // No offset commits: this reader exists to timestamp arrivals, as fast as kafkajs fetches.
       await consumer.run({
+        autoCommit: false,
         eachMessage: async ({ message }) => {
           onReceive(message.headers?.id?.toString());
         },
@@ -110,11 +112,8 @@ export async function runLatency(ctx: BenchContext, sink: 'kafka' | 'rabbitmq', 
 
     const port = await getFreePort();
     const cfg = join(dir, 'outboxd.yaml');
-    writeFileSync(
-      cfg,
-      relayYaml({ dbUrl: ctx.services.dbUrl, slot, publication, table, port, sinkYaml, pipelineYaml: ctx.pipelineYaml }),
-    );
-    relay = startChild(process.execPath, [MAIN, 'run', '-c', cfg]);
+    writeFileSync(cfg, relayYaml({ dbUrl: ctx.services.dbUrl, slot, publication, table, port, sinkYaml, pipelineYaml: ctx.pipelineYaml }));
+    relay = startChild(process.execPath, [MAIN, 'run', '-c', cfg], outboxdEnv(ctx));
     await waitReady(port, relay);
 
     for (let i = 0; i < WRITERS; i++) writers.push(await connect(ctx.services.dbUrl));
