@@ -15,6 +15,9 @@ export interface TxnRef {
   readonly commitLsn: Lsn;
   /** Commit time, milliseconds since the Unix epoch. */
   readonly commitTimeMs: number;
+  /** `commitLsn` as Postgres writes it and `xid` as text: header values, formatted once. */
+  readonly lsnText: string;
+  readonly xidText: string;
 }
 
 /** The message a sink publishes. Built by the mapper from an outbox row or a logical message. */

@@ -1,5 +1,5 @@
 import type { TxnRef } from '../interfaces.js';
-import type { Lsn } from '../lsn.js';
+import { type Lsn, formatLsn } from '../lsn.js';
 
 /**
  * One decoded transaction, from BEGIN until the broker confirmed its last message.
@@ -9,11 +9,21 @@ export class Txn implements TxnRef {
   pending = 0;
   /** The commit record's end LSN, known once COMMIT arrived; null while the txn is still open. */
   endLsn: Lsn | null = null;
+  private lsnCache: string | null = null;
   constructor(
     readonly xid: number,
     readonly commitLsn: Lsn,
     readonly commitTimeMs: number,
   ) {}
+
+  get lsnText(): string {
+    this.lsnCache ??= formatLsn(this.commitLsn);
+    return this.lsnCache;
+  }
+
+  get xidText(): string {
+    return String(this.xid);
+  }
 }
 
 /**

@@ -180,7 +180,7 @@ export const DEFAULTS = {
   connectTimeout: '10s',
   reconnectInitial: '500ms',
   reconnectMax: '30s',
-  maxInFlightMessages: 20_000,
+  maxInFlightMessages: 5_000,
   maxInFlightBytes: '64MiB',
   batchMaxMessages: 2_000,
   batchMaxBytes: '4MiB',

@@ -1,7 +1,6 @@
 import { PoisonError } from '../errors.js';
 import type { OutboxMessage, TxnRef } from '../interfaces.js';
-import { formatLsn } from '../lsn.js';
-import type { ColumnMap, TableConfig } from '../config/schema.js';
+import type { TableConfig } from '../config/schema.js';
 import { type Template, renderTemplate } from './template.js';
 
 /**
@@ -39,25 +38,34 @@ export interface TableBinding {
 /** Column values as pgoutput sends them, in text form (we install no type parsers). */
 export type RowValues = Readonly<Record<string, string | null | undefined>>;
 
-type Field = keyof ColumnMap;
-
 export class OutboxMapper {
   constructor(private readonly destination: Template) {}
 
   /** Maps one inserted outbox row. Throws PoisonError. */
   fromRow(binding: TableBinding, row: RowValues, txn: TxnRef): OutboxMessage {
     const cols = binding.config.columns;
-    const get = (f: Field): string | null => {
-      const v = row[cols[f]];
-      return v === undefined ? null : v;
+    // Read each mapped column once; no per-row closures on this path.
+    const fields: Fields = {
+      id: row[cols.id] ?? null,
+      aggregatetype: row[cols.aggregatetype] ?? null,
+      aggregateid: row[cols.aggregateid] ?? null,
+      type: row[cols.type] ?? null,
+      correlation_id: row[cols.correlation_id] ?? null,
+      causation_id: row[cols.causation_id] ?? null,
+      reply_to: row[cols.reply_to] ?? null,
+      traceparent: row[cols.traceparent] ?? null,
     };
-    const payloadText = get('payload');
+    const payloadText = row[cols.payload] ?? null;
     if (payloadText === null) throw new PoisonError('missing_payload', `column ${cols.payload} (payload) is null`);
     const payload = binding.payloadKind === 'bytea' ? decodeByteaHex(payloadText) : payloadText;
-    return this.build(get, payload, CONTENT_TYPES[binding.payloadKind], parseHeadersColumn(get('headers'), cols.headers), txn, (name) => {
-      const v = row[name];
-      return v === undefined ? null : v;
-    });
+    return this.build(
+      fields,
+      payload,
+      CONTENT_TYPES[binding.payloadKind],
+      parseHeadersColumn(row[cols.headers] ?? null, cols.headers),
+      txn,
+      row,
+    );
   }
 
   /**
@@ -76,49 +84,55 @@ export class OutboxMapper {
       throw new PoisonError('bad_message', 'logical message content must be a JSON object');
     }
     const obj = doc as Record<string, unknown>;
-    const get = (f: string): string | null => scalarText(obj[f]);
+    const fields: Fields = {
+      id: scalarText(obj.id),
+      aggregatetype: scalarText(obj.aggregatetype),
+      aggregateid: scalarText(obj.aggregateid),
+      type: scalarText(obj.type),
+      correlation_id: scalarText(obj.correlation_id),
+      causation_id: scalarText(obj.causation_id),
+      reply_to: scalarText(obj.reply_to),
+      traceparent: scalarText(obj.traceparent),
+    };
     const raw = obj.payload;
     if (raw === undefined || raw === null) throw new PoisonError('missing_payload', 'logical message has no payload');
     const [payload, contentType] = typeof raw === 'string' ? [raw, CONTENT_TYPES.text] : [JSON.stringify(raw), CONTENT_TYPES.json];
     let headers: Record<string, string> | null = null;
     if (obj.headers !== undefined && obj.headers !== null) headers = headersFromObject(obj.headers, 'headers');
-    return this.build(get, payload, contentType, headers, txn, get);
+    return this.build(fields, payload, contentType, headers, txn, obj);
   }
 
   private build(
-    get: (f: Field) => string | null,
+    f: Fields,
     payload: string | Buffer,
     contentType: string,
     extraHeaders: Record<string, string> | null,
     txn: TxnRef,
-    lookup: (name: string) => string | null,
+    raw: Readonly<Record<string, unknown>>,
   ): OutboxMessage {
-    const id = get('id');
+    const id = f.id;
     if (id === null || id === '') throw new PoisonError('missing_id', 'id is null');
-    const key = get('aggregateid');
+    const key = f.aggregateid;
     if (key === null) throw new PoisonError('null_key', `aggregateid (the shard key) is null for id ${id}`);
-    const aggregateType = get('aggregatetype');
+    const aggregateType = f.aggregatetype;
     if (aggregateType === null || aggregateType === '') {
       throw new PoisonError('missing_route', `aggregatetype is null for id ${id}`);
     }
-    const type = get('type');
+    const type = f.type;
     // Template fields name outbox fields first (after column mapping), then raw columns.
-    const destination = renderTemplate(this.destination, (f) =>
-      f === 'aggregatetype' ? aggregateType : f === 'aggregateid' ? key : f in FIELD_SET ? get(f as Field) : lookup(f),
-    );
+    const destination = renderTemplate(this.destination, f as unknown as Record<string, string | null>, raw);
     const headers: Record<string, string> = extraHeaders ?? {};
     headers.id = id;
     if (type !== null) headers.type = type;
-    const correlationId = get('correlation_id');
+    const correlationId = f.correlation_id;
     if (correlationId !== null) headers.correlation_id = correlationId;
-    const causationId = get('causation_id');
-    if (causationId !== null) headers.causation_id = causationId;
-    const replyTo = get('reply_to');
+    if (f.causation_id !== null) headers.causation_id = f.causation_id;
+    const replyTo = f.reply_to;
     if (replyTo !== null) headers.reply_to = replyTo;
-    const traceparent = get('traceparent');
-    if (traceparent !== null) headers.traceparent = traceparent;
-    headers[LSN_HEADER] = formatLsn(txn.commitLsn);
-    headers[XID_HEADER] = String(txn.xid);
+    if (f.traceparent !== null) headers.traceparent = f.traceparent;
+    // Formatted once per transaction, not per message.
+    headers[LSN_HEADER] = txn.lsnText;
+    headers[XID_HEADER] = txn.xidText;
     let headerBytes = 0;
     for (const k in headers) headerBytes += k.length + (headers[k] as string).length;
     const payloadBytes = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
@@ -139,18 +153,17 @@ export class OutboxMapper {
   }
 }
 
-const FIELD_SET: Record<string, true> = {
-  id: true,
-  aggregatetype: true,
-  aggregateid: true,
-  type: true,
-  payload: true,
-  headers: true,
-  correlation_id: true,
-  causation_id: true,
-  reply_to: true,
-  traceparent: true,
-};
+/** The outbox fields a message is built from, after column mapping. */
+interface Fields {
+  id: string | null;
+  aggregatetype: string | null;
+  aggregateid: string | null;
+  type: string | null;
+  correlation_id: string | null;
+  causation_id: string | null;
+  reply_to: string | null;
+  traceparent: string | null;
+}
 
 function scalarText(v: unknown): string | null {
   if (v === undefined || v === null) return null;

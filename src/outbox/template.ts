@@ -26,15 +26,24 @@ export function parseTemplate(source: string): Template {
   return { source, parts, fields: parts.flatMap((p) => ('field' in p ? [p.field] : [])) };
 }
 
-/** Renders a template; a field that is null or empty makes the message poison (no route). */
-export function renderTemplate(t: Template, lookup: (field: string) => string | null | undefined): string {
+/**
+ * Renders a template, looking each field up in `fields` first, then in `raw` (the row's other
+ * columns). A field that is null or empty makes the message poison (no route).
+ */
+export function renderTemplate(
+  t: Template,
+  fields: Readonly<Record<string, string | null>>,
+  raw: Readonly<Record<string, unknown>> | null = null,
+): string {
   let out = '';
   for (const part of t.parts) {
     if ('literal' in part) {
       out += part.literal;
       continue;
     }
-    const v = lookup(part.field);
+    const f = part.field;
+    const r = f in fields ? fields[f] : raw?.[f];
+    const v = typeof r === 'string' || r === null || r === undefined ? r : String(r);
     if (v === null || v === undefined || v === '') {
       throw new PoisonError(
         'missing_route',

@@ -35,8 +35,7 @@ export interface ChangeHandler {
 }
 
 interface LibraryInternals {
-  _messageQueue?: unknown[];
-  _processing?: boolean;
+  _connection?: { stream?: { pause(): void; resume(): void } } | null;
 }
 
 interface ParserInternals {
@@ -50,7 +49,8 @@ const asText = (raw: string): string => raw;
  * the project's field notes on pg-logical-replication 2.5.0 show are needed for at-least-once
  * (docs/adr/0002, 0005):
  * - no auto-ack and no timer ack (the library would confirm WAL it has merely received);
- * - flow control on, so a handler that returns a promise pauses the socket;
+ * - back-pressure by pausing the socket while the pipeline is full (the library's own flow
+ *   control awaits a promise per message, a cost on every row);
  * - keepalives answered by us with the *confirmed* watermark, never the received position;
  * - a fresh library instance per session, started at 0/0 so the server resumes from the slot's
  *   own confirmed_flush_lsn (never from a position we merely received).
@@ -79,7 +79,9 @@ export class ReplicationStream {
     this.confirmed = start;
     this.service = new LogicalReplicationService(clientConfig(cfg), {
       acknowledge: { auto: false, timeoutSeconds: 0 },
-      flowControl: { enabled: true },
+      // The library's flow control awaits a promise per message; we pause the socket ourselves,
+      // only when the pipeline is full, and keep the read path synchronous otherwise.
+      flowControl: { enabled: false },
     });
     this.ended = new Promise<void>((resolve, reject) => {
       this.settle = { resolve, reject };
@@ -93,10 +95,26 @@ export class ReplicationStream {
     return this.confirmed;
   }
 
-  /** True when every message received from the server has been handed to the handler. */
-  isDrained(): boolean {
-    const lib = this.service as unknown as LibraryInternals;
-    return (lib._messageQueue?.length ?? 0) === 0 && lib._processing !== true;
+  /** Back-pressure holds in force; the socket is paused while this is above 0. */
+  private holds = 0;
+
+  /** The replication socket (pg's Connection stream), to pause and resume reading. */
+  private socket(): { pause(): void; resume(): void } | undefined {
+    return (this.service as unknown as LibraryInternals)._connection?.stream;
+  }
+
+  /**
+   * Stops reading WAL until `p` settles. Messages already parsed from the current socket chunk
+   * still arrive (at most one chunk), so memory stays bounded by the pipeline's limits plus that.
+   */
+  private hold(p: Promise<void>): void {
+    if (this.holds++ === 0) this.socket()?.pause();
+    p.then(
+      () => {
+        if (--this.holds === 0 && !this.stopped) this.socket()?.resume();
+      },
+      (err: unknown) => this.fail(err),
+    );
   }
 
   /** Starts streaming. Resolves once the server has started replication; rejects on failure. */
@@ -156,7 +174,7 @@ export class ReplicationStream {
   private tick(): void {
     const now = Date.now();
     // While we are not reading (back-pressure), the silence is ours, not the server's.
-    if (!this.isDrained()) this.lastActivityMs = now;
+    if (this.holds > 0) this.lastActivityMs = now;
     const silentMs = now - this.lastActivityMs;
     const limitMs = Math.max(3 * this.cfg.statusIntervalMs, 10_000);
     if (silentMs > limitMs) {
@@ -200,53 +218,53 @@ export class ReplicationStream {
   private onKeepalive(lsnText: string, shouldRespond: boolean): void {
     this.lastActivityMs = Date.now();
     if (this.stopped) return;
-    // Only when all received data was processed: a keepalive overtakes queued data messages.
-    if (this.isDrained()) {
-      const next = this.handler.keepalive(parseLsn(lsnText));
-      if (next !== null && next > this.confirmed) {
-        this.confirmed = next;
-        this.sendStatus(false);
-        return;
-      }
+    // Messages are handled synchronously in arrival order, so everything the server sent before
+    // this keepalive has been handed to the handler; the handler decides whether it is settled.
+    const next = this.handler.keepalive(parseLsn(lsnText));
+    if (next !== null && next > this.confirmed) {
+      this.confirmed = next;
+      this.sendStatus(false);
+      return;
     }
     if (shouldRespond || this.lastSent !== this.confirmed) this.sendStatus(false);
   }
 
-  private onData(_lsn: string, msg: DecodedMessage): Promise<void> | undefined {
-    if (this.stopped) return undefined;
+  private onData(_lsn: string, msg: DecodedMessage): void {
+    if (this.stopped) return;
     this.lastActivityMs = Date.now();
     try {
       const h = this.handler;
       switch (msg.tag) {
         case 'begin':
           h.begin(msg.xid, parseLsn(msg.commitLsn ?? '0/0'), Number(msg.commitTime / 1000n));
-          return undefined;
+          return;
         case 'insert': {
           const p = h.insert(msg.relation, msg.new);
-          return p ? p.catch((err: unknown) => this.fail(err)) : undefined;
+          if (p) this.hold(p);
+          return;
         }
         case 'commit':
           h.commit(parseLsn(msg.commitEndLsn ?? '0/0'));
-          return undefined;
+          return;
         case 'relation':
           h.relation(msg);
-          return undefined;
+          return;
         case 'message': {
           const p = h.message(msg.prefix, msg.content, msg.transactional, parseLsn(msg.messageLsn ?? '0/0'));
-          return p ? p.catch((err: unknown) => this.fail(err)) : undefined;
+          if (p) this.hold(p);
+          return;
         }
         case 'update':
         case 'delete':
         case 'truncate':
           h.ignore(msg.tag);
-          return undefined;
+          return;
         default:
-          return undefined;
+          return;
       }
     } catch (err) {
-      // The library would log and carry on with the next message; we must not.
+      // Nothing after a failed message may be processed (or ever confirmed).
       this.fail(err);
-      return undefined;
     }
   }
 
