@@ -393,7 +393,16 @@ export class Relay {
     let drained = true;
     const halted = this.pipeline.haltedBy !== null || this.haltedBy !== null;
     if (drain && this.state !== 'failed' && !halted) {
-      drained = await this.pipeline.drain(this.cfg.shutdown.graceMs);
+      // Finish the transaction in progress too: its published messages are then confirmed, and
+      // a clean stop leaves nothing to publish twice.
+      const deadline = Date.now() + this.cfg.shutdown.graceMs;
+      do {
+        drained = await this.pipeline.drain(Math.max(0, deadline - Date.now()));
+        if (drained && !this.ingest.inTransaction) break;
+        if (this.pipeline.haltedBy) break;
+        await new Promise((r) => setTimeout(r, 10));
+      } while (Date.now() < deadline && this.stream !== null);
+      drained = drained && !this.ingest.inTransaction;
       if (!drained)
         this.log.warn(
           { inFlight: this.pipeline.inFlightMessages },

@@ -18,8 +18,16 @@ export class Ingest implements ChangeHandler {
   private readonly bindings = new Map<number, TableBinding | null>();
   private readonly byName = new Map<string, { config: TableConfig; index: number }>();
   private readonly ignoredCounts = new Map<IgnoredKind, number>();
-  /** Set when a graceful stop begins: later changes are left for the next run (never confirmed). */
+  /**
+   * Set when a graceful stop begins. The transaction in progress is finished (so what of it was
+   * published gets confirmed); later transactions are left for the next run, never confirmed.
+   */
   paused = false;
+
+  /** True while a transaction has begun and not committed. */
+  get inTransaction(): boolean {
+    return this.txn !== null;
+  }
 
   constructor(
     private readonly cfg: Config,
@@ -45,12 +53,12 @@ export class Ingest implements ChangeHandler {
   }
 
   begin(xid: number, commitLsn: Lsn, commitTimeMs: number): void {
-    if (this.paused) return;
+    if (this.paused) return; // stopping: take no new transaction
     this.txn = this.watermark.begin(xid, commitLsn, commitTimeMs);
   }
 
   commit(endLsn: Lsn): void {
-    if (this.paused || !this.txn) return;
+    if (!this.txn) return;
     this.metrics.transactions.inc();
     const lsn = this.watermark.commit(this.txn, endLsn);
     this.txn = null;
@@ -80,7 +88,7 @@ export class Ingest implements ChangeHandler {
   }
 
   insert(rel: Relation, row: RowValues): Promise<void> | undefined {
-    if (this.paused) return undefined;
+    if (this.paused && !this.txn) return undefined;
     const binding = this.bindings.get(rel.relationOid);
     if (!binding) {
       this.ignore('unconfigured_table');
@@ -97,7 +105,7 @@ export class Ingest implements ChangeHandler {
   }
 
   message(prefix: string, content: Uint8Array, transactional: boolean, _lsn: Lsn): Promise<void> | undefined {
-    if (this.paused) return undefined;
+    if (this.paused && (!this.txn || !transactional)) return undefined;
     if (prefix === this.cfg.postgres.heartbeatPrefix) {
       this.metrics.heartbeatsReceived.inc();
       return undefined;
