@@ -14,8 +14,8 @@
  * Needs no services; `helm` comes from scripts/install-helm.sh, as for helm.test.ts.
  */
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Scalar, isScalar, parse, parseAllDocuments, parseDocument, visit } from 'yaml';
@@ -23,6 +23,7 @@ import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { ExitCode } from '../../src/errors.js';
 import { createMetrics } from '../../src/observability/metrics.js';
+import { helmBinary } from './support.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const CHART = join(ROOT, 'helm/outboxd');
@@ -186,16 +187,6 @@ function compileConfig(text: string, env: NodeJS.ProcessEnv = ENV): Config {
     },
   });
   return parseConfig(doc.toString().replace(/\$\{file:[^}]*\}/g, `\${file:${SECRET_FILE}}`), env);
-}
-
-function helmBinary(): string {
-  const bin = join(process.env.OUTBOXD_CACHE ?? join(homedir(), '.cache/outboxd'), 'bin/helm');
-  try {
-    accessSync(bin, constants.X_OK);
-  } catch {
-    throw new Error(`helm is not installed at ${bin}: run \`bash scripts/install-helm.sh\` (needs Go; .ci/run does this)`);
-  }
-  return bin;
 }
 
 interface K8sObject {

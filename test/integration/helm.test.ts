@@ -5,27 +5,16 @@
  * values. Needs the helm binary that scripts/install-helm.sh builds (CI runs it in .ci/run).
  */
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
 import { DEFAULTS } from '../../src/config/schema.js';
-import { MAIN, ROOT } from './support.js';
+import { MAIN, ROOT, helmBinary } from './support.js';
 
 const CHART = join(ROOT, 'helm/outboxd');
 const CI_VALUES = join(CHART, 'ci');
-
-/** Where scripts/install-helm.sh puts helm. */
-function helmBinary(): string {
-  const bin = join(process.env.OUTBOXD_CACHE ?? join(homedir(), '.cache/outboxd'), 'bin/helm');
-  try {
-    accessSync(bin, constants.X_OK);
-  } catch {
-    throw new Error(`helm is not installed at ${bin}: run \`bash scripts/install-helm.sh\` (needs Go; .ci/run does this)`);
-  }
-  return bin;
-}
 
 interface Result {
   code: number | null;

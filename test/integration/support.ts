@@ -4,7 +4,8 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import kafkajs from 'kafkajs';
@@ -26,6 +27,17 @@ export const OUTBOX_DDL = `CREATE TABLE public.outbox (
   reply_to text,
   traceparent text,
   created_at timestamptz NOT NULL DEFAULT now())`;
+
+/** Where scripts/install-helm.sh puts helm (.ci/run runs it). */
+export function helmBinary(): string {
+  const bin = join(process.env.OUTBOXD_CACHE ?? join(homedir(), '.cache/outboxd'), 'bin/helm');
+  try {
+    accessSync(bin, constants.X_OK);
+  } catch {
+    throw new Error(`helm is not installed at ${bin}: run \`bash scripts/install-helm.sh\` (needs Go; .ci/run does this)`);
+  }
+  return bin;
+}
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
