@@ -170,6 +170,9 @@ export function createMetrics(registry = new Registry()) {
       name: 'outboxd_transactions_total',
       help: 'Transactions read from the replication stream.',
       registers: r,
+      collect() {
+        probes.flushTransactions?.();
+      },
     }),
   };
   m.buildInfo.set({ version: VERSION, node: process.versions.node }, 1);
@@ -185,6 +188,7 @@ export interface Probes {
   /** Moves per-destination counts kept in a Map on the hot path into the counter. */
   flushReceived?: () => void;
   flushIgnored?: () => void;
+  flushTransactions?: () => void;
 }
 
 /** Sets one label of a one-hot gauge to 1 and the others to 0. */

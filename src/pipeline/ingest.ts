@@ -18,6 +18,8 @@ export class Ingest implements ChangeHandler {
   private readonly bindings = new Map<number, TableBinding | null>();
   private readonly byName = new Map<string, { config: TableConfig; index: number }>();
   private readonly ignoredCounts = new Map<IgnoredKind, number>();
+  /** Transactions read since the last scrape; a prom-client call per transaction costs on the hot path. */
+  private transactions = 0;
   /**
    * Set when a graceful stop begins. The transaction in progress is finished (so what of it was
    * published gets confirmed); later transactions are left for the next run, never confirmed.
@@ -40,6 +42,10 @@ export class Ingest implements ChangeHandler {
     cfg.outbox.tables.forEach((t, index) => {
       this.byName.set(`${t.schema}.${t.table}`, { config: t, index });
     });
+    metrics.probes.flushTransactions = () => {
+      metrics.transactions.inc(this.transactions);
+      this.transactions = 0;
+    };
     metrics.probes.flushIgnored = () => {
       for (const [kind, n] of this.ignoredCounts) metrics.changesIgnored.inc({ kind }, n);
       this.ignoredCounts.clear();
@@ -59,7 +65,7 @@ export class Ingest implements ChangeHandler {
 
   commit(endLsn: Lsn): void {
     if (!this.txn) return;
-    this.metrics.transactions.inc();
+    this.transactions++;
     const lsn = this.watermark.commit(this.txn, endLsn);
     this.txn = null;
     if (lsn !== null) this.onAdvance(lsn);

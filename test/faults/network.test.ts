@@ -34,6 +34,13 @@ function amqpViaProxy(url: string, port: number): string {
   return u.toString().replace(/^http/, 'amqp');
 }
 
+/** A proxy in front of the shared broker, and the address the relay should use to go through it. */
+async function brokerProxy(kind: SinkKind): Promise<{ proxy: TcpProxy; relayBroker: string }> {
+  const target = kind === 'kafka' ? (inject('kafkaBrokers').split(',')[0] as string) : amqpHostPort(inject('rabbitmqUrl'));
+  const proxy = await proxyTo(target);
+  return { proxy, relayBroker: kind === 'kafka' ? `127.0.0.1:${proxy.port}` : amqpViaProxy(inject('rabbitmqUrl'), proxy.port) };
+}
+
 function pgHostPort(url: string): string {
   const u = new URL(url);
   return `${u.hostname}:${u.port}`;
@@ -97,9 +104,7 @@ describe.skipIf(!inject('kafkaBrokers'))('network faults: relay ↔ Postgres', (
 for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
   describe.skipIf(kind === 'kafka' ? !inject('kafkaBrokers') : !inject('rabbitmqUrl'))(`network faults: relay ↔ ${kind}`, () => {
     it('a stalled broker hits the confirm/request timeout instead of hanging, then recovers without loss', async () => {
-      const target = kind === 'kafka' ? (inject('kafkaBrokers').split(',')[0] as string) : amqpHostPort(inject('rabbitmqUrl'));
-      const proxy = await proxyTo(target);
-      const relayBroker = kind === 'kafka' ? `127.0.0.1:${proxy.port}` : amqpViaProxy(inject('rabbitmqUrl'), proxy.port);
+      const { proxy, relayBroker } = await brokerProxy(kind);
       // Kafka advertises its own address in metadata, so the proxy only sees the bootstrap
       // connection for Kafka; stalling it still stalls that connection's requests.
       b = await bundle({ kind, relayBroker });
@@ -133,9 +138,7 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
     });
 
     it('cut broker connections mid-stream: republishes what was unconfirmed, no id lost', async () => {
-      const target = kind === 'kafka' ? (inject('kafkaBrokers').split(',')[0] as string) : amqpHostPort(inject('rabbitmqUrl'));
-      const proxy = await proxyTo(target);
-      const relayBroker = kind === 'kafka' ? `127.0.0.1:${proxy.port}` : amqpViaProxy(inject('rabbitmqUrl'), proxy.port);
+      const { proxy, relayBroker } = await brokerProxy(kind);
       b = await bundle({ kind, relayBroker });
       const relay = b.start();
       await relay.ready();

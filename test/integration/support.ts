@@ -10,23 +10,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import kafkajs from 'kafkajs';
 import pg from 'pg';
+import { outboxDdl } from '../../src/commands/setup.js';
+import { parseConfig } from '../../src/config/load.js';
+import type { TableConfig } from '../../src/config/schema.js';
 import { getFreePort } from '../harness/ports.js';
 
 export const ROOT = join(import.meta.dirname, '../..');
 export const MAIN = join(ROOT, 'dist/main.js');
 
-export const OUTBOX_DDL = `CREATE TABLE public.outbox (
-  id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-  aggregatetype text NOT NULL,
-  aggregateid text NOT NULL,
-  type text,
-  payload jsonb NOT NULL,
-  headers jsonb,
-  correlation_id text,
-  causation_id text,
-  reply_to text,
-  traceparent text,
-  created_at timestamptz NOT NULL DEFAULT now())`;
+/** The outbox table the tests use: exactly what `outboxd setup --print` prints for the defaults. */
+export const OUTBOX_DDL = outboxDdl(parseConfig('postgres:\n  url: postgres://u@h/db\n', {}).outbox.tables[0] as TableConfig);
 
 /** Where scripts/install-helm.sh puts helm (.ci/run runs it). */
 export function helmBinary(): string {
