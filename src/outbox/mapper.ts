@@ -29,42 +29,114 @@ const CONTENT_TYPES: Record<PayloadKind, string> = {
   bytea: 'application/octet-stream',
 };
 
-/** A table as the stream described it (RELATION message), bound to its config. */
+/** The outbox fields read from a row's columns (after column mapping). */
+const ROW_FIELDS = [
+  'id',
+  'aggregatetype',
+  'aggregateid',
+  'type',
+  'payload',
+  'headers',
+  'correlation_id',
+  'causation_id',
+  'reply_to',
+  'traceparent',
+] as const;
+type RowField = (typeof ROW_FIELDS)[number];
+
+/** The fields a destination template finds before it looks at raw columns. */
+const TEMPLATE_FIELDS: ReadonlySet<string> = new Set<keyof Fields>([
+  'id',
+  'aggregatetype',
+  'aggregateid',
+  'type',
+  'correlation_id',
+  'causation_id',
+  'reply_to',
+  'traceparent',
+]);
+
+/** A column as a RELATION message describes it. */
+export interface ColumnInfo {
+  readonly name: string;
+  readonly typeOid: number;
+}
+
+/**
+ * A table as the stream described it (RELATION message), bound to its config once, so that
+ * mapping a row reads values by column index and decodes only the columns it needs.
+ */
 export interface TableBinding {
   readonly config: TableConfig;
   readonly payloadKind: PayloadKind;
+  readonly columns: readonly ColumnInfo[];
+  /**
+   * Each outbox field's column index. A field the table has no column for gets the column count:
+   * reading past the end yields undefined (null), without a branch per field.
+   */
+  readonly at: Readonly<Record<RowField, number>>;
+  /** Template fields that are not outbox fields, read from raw columns: [name, index]. */
+  readonly rawFields: ReadonlyArray<readonly [string, number]>;
+  /** Which columns the decoder must decode; the others are skipped unread. */
+  readonly wanted: readonly boolean[];
 }
 
-/** Column values as pgoutput sends them, in text form (we install no type parsers). */
-export type RowValues = Readonly<Record<string, string | null | undefined>>;
+/** Column values as pgoutput sends them, in text form, by column index (undefined: not decoded). */
+export type RowValues = ReadonlyArray<string | null | undefined>;
 
 export class OutboxMapper {
   constructor(private readonly destination: Template) {}
 
+  /** Binds a table's columns (from its RELATION message) to its config and this mapper's template. */
+  bind(config: TableConfig, columns: readonly ColumnInfo[]): TableBinding {
+    const index = new Map(columns.map((c, i) => [c.name, i]));
+    const wanted = columns.map(() => false);
+    const at = {} as Record<RowField, number>;
+    for (const field of ROW_FIELDS) {
+      const i = index.get(config.columns[field]) ?? columns.length;
+      at[field] = i;
+      if (i < columns.length) wanted[i] = true;
+    }
+    const rawFields: Array<readonly [string, number]> = [];
+    for (const f of this.destination.fields) {
+      const i = index.get(f);
+      if (TEMPLATE_FIELDS.has(f) || i === undefined) continue;
+      rawFields.push([f, i]);
+      wanted[i] = true;
+    }
+    const payloadType = columns[at.payload]?.typeOid ?? 0;
+    return { config, payloadKind: payloadKindOf(payloadType), columns, at, rawFields, wanted };
+  }
+
   /** Maps one inserted outbox row. Throws PoisonError. */
-  fromRow(binding: TableBinding, row: RowValues, txn: TxnRef): OutboxMessage {
-    const cols = binding.config.columns;
+  fromRow(binding: TableBinding, values: RowValues, txn: TxnRef): OutboxMessage {
+    const at = binding.at;
     // Read each mapped column once; no per-row closures on this path.
     const fields: Fields = {
-      id: row[cols.id] ?? null,
-      aggregatetype: row[cols.aggregatetype] ?? null,
-      aggregateid: row[cols.aggregateid] ?? null,
-      type: row[cols.type] ?? null,
-      correlation_id: row[cols.correlation_id] ?? null,
-      causation_id: row[cols.causation_id] ?? null,
-      reply_to: row[cols.reply_to] ?? null,
-      traceparent: row[cols.traceparent] ?? null,
+      id: values[at.id] ?? null,
+      aggregatetype: values[at.aggregatetype] ?? null,
+      aggregateid: values[at.aggregateid] ?? null,
+      type: values[at.type] ?? null,
+      correlation_id: values[at.correlation_id] ?? null,
+      causation_id: values[at.causation_id] ?? null,
+      reply_to: values[at.reply_to] ?? null,
+      traceparent: values[at.traceparent] ?? null,
     };
-    const payloadText = row[cols.payload] ?? null;
-    if (payloadText === null) throw new PoisonError('missing_payload', `column ${cols.payload} (payload) is null`);
+    const payloadText = values[at.payload] ?? null;
+    if (payloadText === null) throw new PoisonError('missing_payload', `column ${binding.config.columns.payload} (payload) is null`);
     const payload = binding.payloadKind === 'bytea' ? decodeByteaHex(payloadText) : payloadText;
+    let raw: Record<string, string | null> | null = null;
+    if (binding.rawFields.length > 0) {
+      raw = {};
+      for (const [name, i] of binding.rawFields) raw[name] = values[i] ?? null;
+    }
     return this.build(
       fields,
       payload,
       CONTENT_TYPES[binding.payloadKind],
-      parseHeadersColumn(row[cols.headers] ?? null, cols.headers),
+      parseHeadersColumn(values[at.headers] ?? null, binding.config.columns.headers),
       txn,
-      row,
+      raw,
     );
   }
 
@@ -108,7 +180,7 @@ export class OutboxMapper {
     contentType: string,
     extraHeaders: Record<string, string> | null,
     txn: TxnRef,
-    raw: Readonly<Record<string, unknown>>,
+    raw: Readonly<Record<string, unknown>> | null,
   ): OutboxMessage {
     const id = f.id;
     if (id === null || id === '') throw new PoisonError('missing_id', 'id is null');

@@ -3,10 +3,11 @@ import type { Config, TableConfig } from '../config/schema.js';
 import { ConfigError, OutboxdError, PoisonError } from '../errors.js';
 import type { DeadLetter } from '../interfaces.js';
 import type { Lsn } from '../lsn.js';
-import { type OutboxMapper, type RowValues, type TableBinding, payloadKindOf } from '../outbox/mapper.js';
+import type { OutboxMapper, RowValues, TableBinding } from '../outbox/mapper.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { ChangeHandler, IgnoredKind, Relation } from '../source/stream.js';
+import type { IgnoredKind, Relation, WholeRow } from '../source/pgoutput.js';
+import type { ChangeHandler } from '../source/stream.js';
 import type { Pipeline } from './pipeline.js';
 
 /**
@@ -74,26 +75,28 @@ export class Ingest implements ChangeHandler {
   /** Set by the relay: where a moved watermark goes (the stream's confirm). */
   onAdvance: (lsn: Lsn) => void = () => undefined;
 
-  relation(rel: Relation): void {
+  relation(rel: Relation): readonly boolean[] | null {
     const entry = this.byName.get(`${rel.schema}.${rel.name}`);
     if (!entry) {
       this.bindings.set(rel.relationOid, null);
-      return;
+      return null;
     }
-    const types = new Map(rel.columns.map((c) => [c.name, c.typeOid]));
+    const names = new Set(rel.columns.map((c) => c.name));
     const cols = entry.config.columns;
     for (const field of ['id', 'aggregatetype', 'aggregateid', 'payload'] as const) {
-      if (!types.has(cols[field])) {
+      if (!names.has(cols[field])) {
         throw new ConfigError(
           `outbox.tables[${entry.index}].columns.${field}`,
           `table ${rel.schema}.${rel.name} has no column "${cols[field]}" (columns: ${rel.columns.map((c) => c.name).join(', ')})`,
         );
       }
     }
-    this.bindings.set(rel.relationOid, { config: entry.config, payloadKind: payloadKindOf(types.get(cols.payload) as number) });
+    const binding = this.mapper.bind(entry.config, rel.columns);
+    this.bindings.set(rel.relationOid, binding);
+    return binding.wanted;
   }
 
-  insert(rel: Relation, row: RowValues): Promise<void> | undefined {
+  insert(rel: Relation, values: RowValues, row: WholeRow): Promise<void> | undefined {
     if (this.paused && !this.txn) return undefined;
     const binding = this.bindings.get(rel.relationOid);
     if (!binding) {
@@ -102,15 +105,17 @@ export class Ingest implements ChangeHandler {
     }
     const txn = this.requireTxn();
     try {
-      return this.pipeline.push(this.mapper.fromRow(binding, row, txn), txn);
+      return this.pipeline.push(this.mapper.fromRow(binding, values, txn), txn);
     } catch (err) {
       if (!(err instanceof PoisonError)) throw err;
-      const c = binding.config.columns;
-      return this.pipeline.pushPoison(letter(err, txn, row[c.id] ?? null, row[c.aggregateid] ?? null, JSON.stringify(row)), txn);
+      const at = binding.at;
+      // The dead letter carries the whole row, every column, as the table holds it.
+      const whole = JSON.stringify(row.wholeRow());
+      return this.pipeline.pushPoison(letter(err, txn, values[at.id] ?? null, values[at.aggregateid] ?? null, whole), txn);
     }
   }
 
-  message(prefix: string, content: Uint8Array, transactional: boolean, _lsn: Lsn): Promise<void> | undefined {
+  message(prefix: string, content: Buffer, transactional: boolean, _lsn: Lsn): Promise<void> | undefined {
     if (this.paused && (!this.txn || !transactional)) return undefined;
     if (prefix === this.cfg.postgres.heartbeatPrefix) {
       this.metrics.heartbeatsReceived.inc();
@@ -131,8 +136,7 @@ export class Ingest implements ChangeHandler {
       return this.pipeline.push(this.mapper.fromLogicalMessage(content, txn), txn);
     } catch (err) {
       if (!(err instanceof PoisonError)) throw err;
-      const text = Buffer.from(content.buffer, content.byteOffset, content.byteLength);
-      return this.pipeline.pushPoison(letter(err, txn, null, null, text), txn);
+      return this.pipeline.pushPoison(letter(err, txn, null, null, content), txn);
     }
   }
 

@@ -1,32 +1,16 @@
-import { LogicalReplicationService, PgoutputPlugin } from 'pg-logical-replication';
+import { LogicalReplicationService } from 'pg-logical-replication';
+import type { Client } from 'pg';
 import type { PostgresConfig } from '../config/schema.js';
 import { OutboxdError, PgConnectionError } from '../errors.js';
-import { type Lsn, formatLsn, parseLsn } from '../lsn.js';
+import { type Lsn, lsnFromWords } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
+import { PgoutputDecoder, type PgoutputHandler } from './pgoutput.js';
 import { classifyPgError, clientConfig } from './postgres.js';
 
-/** A table as a RELATION message describes it. */
-export interface Relation {
-  readonly relationOid: number;
-  readonly schema: string;
-  readonly name: string;
-  readonly columns: ReadonlyArray<{ readonly name: string; readonly typeOid: number }>;
-}
-
-export type IgnoredKind = 'update' | 'delete' | 'truncate' | 'unconfigured_table' | 'foreign_message' | 'non_transactional_message';
-
 /**
- * Receives decoded changes in WAL order. A method returns a promise only when it needs the
- * stream to wait (back-pressure); the stream reads no more WAL until that promise settles.
- * A method that throws stops the stream: nothing after it is processed or confirmed.
+ * Receives decoded changes in WAL order (see PgoutputHandler), and the server's keepalives.
  */
-export interface ChangeHandler {
-  begin(xid: number, commitLsn: Lsn, commitTimeMs: number): void;
-  relation(rel: Relation): void;
-  insert(rel: Relation, row: Readonly<Record<string, string | null | undefined>>): Promise<void> | undefined;
-  message(prefix: string, content: Uint8Array, transactional: boolean, lsn: Lsn): Promise<void> | undefined;
-  ignore(kind: IgnoredKind): void;
-  commit(endLsn: Lsn): void;
+export interface ChangeHandler extends PgoutputHandler {
   /**
    * The server says it has sent everything before `lsn` (a keepalive), and every change received
    * before it has been handed to this handler. Returns the LSN that may now be confirmed, if any.
@@ -34,29 +18,36 @@ export interface ChangeHandler {
   keepalive(lsn: Lsn): Lsn | null;
 }
 
-interface LibraryInternals {
-  _connection?: { stream?: { pause(): void; resume(): void } } | null;
+/** What outboxd uses of pg's Connection (internal to pg, stable across pg 8; checked at start). */
+interface PgConnection {
+  stream: { pause(): void; resume(): void };
+  sendCopyFromChunk(chunk: Buffer): void;
+  on(event: 'copyData', listener: (msg: { chunk: Buffer }) => void): void;
+  listeners(event: string): unknown[];
+  removeListener(event: string, listener: (...args: unknown[]) => void): void;
 }
 
-interface ParserInternals {
-  readRelationColumn?: (reader: unknown) => { parser: (raw: string) => unknown };
-}
-
-const asText = (raw: string): string => raw;
+/** Microseconds between 1970-01-01 and 2000-01-01, the replication protocol's epoch. */
+const PG_EPOCH_US = 946_684_800_000_000n;
 
 /**
- * One replication session on the slot, through pg-logical-replication with the settings that
- * the project's field notes on pg-logical-replication 2.5.0 show are needed for at-least-once
- * (docs/adr/0002, 0005):
+ * One replication session on the slot. pg-logical-replication opens the replication connection,
+ * starts replication and stops it; outboxd reads the CopyData stream itself (docs/adr/0007),
+ * with the settings the project's field notes on pg-logical-replication 2.5.0 show are needed
+ * for at-least-once (docs/adr/0002):
  * - no auto-ack and no timer ack (the library would confirm WAL it has merely received);
- * - back-pressure by pausing the socket while the pipeline is full (the library's own flow
- *   control awaits a promise per message, a cost on every row);
- * - keepalives answered by us with the *confirmed* watermark, never the received position;
+ * - every message decoded and handled synchronously, in arrival order, by our pgoutput decoder;
+ *   back-pressure pauses the socket while the pipeline is full (the library's flow control
+ *   would await a promise per message);
+ * - standby status updates written by us, always with the *confirmed* watermark, never the
+ *   received position;
  * - a fresh library instance per session, started at 0/0 so the server resumes from the slot's
  *   own confirmed_flush_lsn (never from a position we merely received).
  */
 export class ReplicationStream {
   private readonly service: LogicalReplicationService;
+  private readonly decoder: PgoutputDecoder;
+  private connection: PgConnection | null = null;
   private confirmed: Lsn;
   private lastSent: Lsn = -1n;
   private statusTimer: NodeJS.Timeout | null = null;
@@ -65,8 +56,13 @@ export class ReplicationStream {
   private settle: { resolve: () => void; reject: (e: OutboxdError) => void } | null = null;
   /** Settles when the session ends: resolves on stop(), rejects with the reason otherwise. */
   readonly ended: Promise<void>;
-  /** Wall-clock ms of the last message or keepalive from the server. */
+  /** Messages and keepalives received; the status timer turns a change into lastActivityMs. */
+  private received = 0;
+  private receivedAtLastTick = 0;
+  /** Wall-clock ms when the server was last heard from (to the status interval's precision). */
   lastActivityMs = Date.now();
+  /** Back-pressure holds in force; the socket is paused while this is above 0. */
+  private holds = 0;
 
   constructor(
     private readonly cfg: PostgresConfig,
@@ -77,10 +73,9 @@ export class ReplicationStream {
     private readonly log: Logger,
   ) {
     this.confirmed = start;
+    this.decoder = new PgoutputDecoder(handler);
     this.service = new LogicalReplicationService(clientConfig(cfg), {
       acknowledge: { auto: false, timeoutSeconds: 0 },
-      // The library's flow control awaits a promise per message; we pause the socket ourselves,
-      // only when the pipeline is full, and keep the read path synchronous otherwise.
       flowControl: { enabled: false },
     });
     this.ended = new Promise<void>((resolve, reject) => {
@@ -95,23 +90,15 @@ export class ReplicationStream {
     return this.confirmed;
   }
 
-  /** Back-pressure holds in force; the socket is paused while this is above 0. */
-  private holds = 0;
-
-  /** The replication socket (pg's Connection stream), to pause and resume reading. */
-  private socket(): { pause(): void; resume(): void } | undefined {
-    return (this.service as unknown as LibraryInternals)._connection?.stream;
-  }
-
   /**
-   * Stops reading WAL until `p` settles. Messages already parsed from the current socket chunk
+   * Stops reading WAL until `p` settles. Messages already framed from the current socket chunk
    * still arrive (at most one chunk), so memory stays bounded by the pipeline's limits plus that.
    */
   private hold(p: Promise<void>): void {
-    if (this.holds++ === 0) this.socket()?.pause();
+    if (this.holds++ === 0) this.connection?.stream.pause();
     p.then(
       () => {
-        if (--this.holds === 0 && !this.stopped) this.socket()?.resume();
+        if (--this.holds === 0 && !this.stopped) this.connection?.stream.resume();
       },
       (err: unknown) => this.fail(err),
     );
@@ -119,13 +106,9 @@ export class ReplicationStream {
 
   /** Starts streaming. Resolves once the server has started replication; rejects on failure. */
   async start(): Promise<void> {
-    const plugin = new PgoutputPlugin({ protoVersion: 1, publicationNames: [this.publication], messages: this.wantMessages });
-    passValuesAsText(plugin);
-    this.service.on('data', (lsn: string, msg: DecodedMessage) => this.onData(lsn, msg));
-    this.service.on('heartbeat', (lsn: string, _ts: number, shouldRespond: boolean) => this.onKeepalive(lsn, shouldRespond));
     this.service.on('error', (err: Error) => this.end(classifyPgError(err, 'replication stream')));
     const started = new Promise<void>((resolve) => this.service.once('start', () => resolve()));
-    const subscribed = this.service.subscribe(plugin, this.cfg.slot, '0/0');
+    const subscribed = this.service.subscribe(this.plugin(), this.cfg.slot, '0/0');
     subscribed.then(
       () => this.end(this.stopped ? null : classifyPgError(new Error('replication connection terminated'), 'replication stream')),
       (err: unknown) => this.end(classifyPgError(err, 'replication stream')),
@@ -135,6 +118,30 @@ export class ReplicationStream {
     this.statusTimer = setInterval(() => this.tick(), this.cfg.statusIntervalMs);
     this.statusTimer.unref();
     this.sendStatus(false);
+  }
+
+  /**
+   * The output plugin the library starts replication with. Its `start` is handed the replication
+   * client after the library has attached its own CopyData listener and before START_REPLICATION:
+   * we swap that listener for ours there, so the library never parses or emits a message.
+   */
+  private plugin(): Parameters<LogicalReplicationService['subscribe']>[0] {
+    const options = [
+      "proto_version '1'",
+      `publication_names '${this.publication.replaceAll("'", "''")}'`,
+      `messages '${this.wantMessages}'`,
+    ].join(', ');
+    return {
+      options: {},
+      name: 'pgoutput',
+      parse: () => {
+        throw new OutboxdError('INTERNAL', 'pg-logical-replication parsed a message outboxd reads itself');
+      },
+      start: (client: Client, slot: string, lsn: string) => {
+        this.connection = takeOverCopyData(client, (chunk) => this.onCopyData(chunk));
+        return client.query(`START_REPLICATION SLOT "${slot.replaceAll('"', '""')}" LOGICAL ${lsn} (${options})`);
+      },
+    };
   }
 
   /**
@@ -174,7 +181,8 @@ export class ReplicationStream {
   private tick(): void {
     const now = Date.now();
     // While we are not reading (back-pressure), the silence is ours, not the server's.
-    if (this.holds > 0) this.lastActivityMs = now;
+    if (this.holds > 0 || this.received !== this.receivedAtLastTick) this.lastActivityMs = now;
+    this.receivedAtLastTick = this.received;
     const silentMs = now - this.lastActivityMs;
     const limitMs = Math.max(3 * this.cfg.statusIntervalMs, 10_000);
     if (silentMs > limitMs) {
@@ -204,68 +212,51 @@ export class ReplicationStream {
   }
 
   /**
-   * Sends a standby status update with write = flush = apply = the confirmed LSN.
-   * Why `lsn - 1`: the library adds 1 to what it is given (it treats it as "last byte"), while
-   * our LSN is already a commit's *end* (the first byte after it). Confirming end + 1 could tell
-   * the server that a transaction whose commit record starts exactly at `end` is done.
+   * Sends a standby status update with write = flush = apply = the confirmed LSN: the end of the
+   * last transaction whose every message the broker confirmed (docs/adr/0002).
    */
   private sendStatus(ping: boolean): void {
-    if (this.stopped || this.confirmed <= 0n) return;
+    const conn = this.connection;
+    if (this.stopped || conn === null || this.confirmed <= 0n) return;
     this.lastSent = this.confirmed;
-    this.service.acknowledge(formatLsn(this.confirmed - 1n), ping).catch((err: unknown) => this.log.debug({ err }, 'status update failed'));
+    try {
+      conn.sendCopyFromChunk(standbyStatusUpdate(this.confirmed, ping));
+    } catch (err) {
+      this.log.debug({ err }, 'status update failed');
+    }
   }
 
-  private onKeepalive(lsnText: string, shouldRespond: boolean): void {
-    this.lastActivityMs = Date.now();
+  /** A CopyData message from the server: XLogData ('w') or a primary keepalive ('k'). */
+  private onCopyData(chunk: Buffer): void {
     if (this.stopped) return;
+    this.received++;
+    try {
+      if (chunk[0] === 0x77) {
+        // 'w', Int64 start, Int64 end, Int64 send time, then one pgoutput message.
+        const p = this.decoder.decode(chunk, 25, chunk.length);
+        if (p !== undefined) this.hold(p);
+      } else if (chunk[0] === 0x6b && chunk.length >= 18) {
+        // 'k', Int64 end of WAL, Int64 send time, Byte reply requested.
+        this.onKeepalive(lsnFromWords(chunk.readUInt32BE(1), chunk.readUInt32BE(5)), chunk[17] !== 0);
+      } else {
+        throw new OutboxdError('PG_PROTOCOL', `replication stream: unknown CopyData message 0x${(chunk[0] ?? 0).toString(16)}`);
+      }
+    } catch (err) {
+      // Nothing after a failed message may be processed (or ever confirmed).
+      this.fail(err);
+    }
+  }
+
+  private onKeepalive(lsn: Lsn, shouldRespond: boolean): void {
     // Messages are handled synchronously in arrival order, so everything the server sent before
     // this keepalive has been handed to the handler; the handler decides whether it is settled.
-    const next = this.handler.keepalive(parseLsn(lsnText));
+    const next = this.handler.keepalive(lsn);
     if (next !== null && next > this.confirmed) {
       this.confirmed = next;
       this.sendStatus(false);
       return;
     }
     if (shouldRespond || this.lastSent !== this.confirmed) this.sendStatus(false);
-  }
-
-  private onData(_lsn: string, msg: DecodedMessage): void {
-    if (this.stopped) return;
-    this.lastActivityMs = Date.now();
-    try {
-      const h = this.handler;
-      switch (msg.tag) {
-        case 'begin':
-          h.begin(msg.xid, parseLsn(msg.commitLsn ?? '0/0'), Number(msg.commitTime / 1000n));
-          return;
-        case 'insert': {
-          const p = h.insert(msg.relation, msg.new);
-          if (p) this.hold(p);
-          return;
-        }
-        case 'commit':
-          h.commit(parseLsn(msg.commitEndLsn ?? '0/0'));
-          return;
-        case 'relation':
-          h.relation(msg);
-          return;
-        case 'message': {
-          const p = h.message(msg.prefix, msg.content, msg.transactional, parseLsn(msg.messageLsn ?? '0/0'));
-          if (p) this.hold(p);
-          return;
-        }
-        case 'update':
-        case 'delete':
-        case 'truncate':
-          h.ignore(msg.tag);
-          return;
-        default:
-          return;
-      }
-    } catch (err) {
-      // Nothing after a failed message may be processed (or ever confirmed).
-      this.fail(err);
-    }
   }
 
   private fail(err: unknown): void {
@@ -277,30 +268,44 @@ export class ReplicationStream {
   }
 }
 
-/** The subset of pgoutput messages we act on, as pg-logical-replication decodes them. */
-type DecodedMessage =
-  | { tag: 'begin'; commitLsn: string | null; commitTime: bigint; xid: number }
-  | { tag: 'commit'; commitEndLsn: string | null }
-  | ({ tag: 'relation' } & Relation)
-  | { tag: 'insert'; relation: Relation; new: Record<string, string | null | undefined> }
-  | { tag: 'message'; prefix: string; content: Uint8Array; transactional: boolean; messageLsn: string | null }
-  | { tag: 'update' | 'delete' | 'truncate' | 'origin' | 'type' };
+/**
+ * Replaces the library's CopyData listener on the replication client's connection with ours.
+ * Fails loudly if pg or pg-logical-replication no longer look the way this relies on.
+ */
+function takeOverCopyData(client: Client, listener: (chunk: Buffer) => void): PgConnection {
+  const conn = (client as unknown as { connection?: Partial<PgConnection> }).connection;
+  // pg's Client listens too (a no-op for a replication query); the library's is the other one.
+  const library = conn?.listeners?.('copyData').filter((l) => (l as { name?: string }).name !== 'bound _handleCopyData');
+  if (
+    !conn ||
+    typeof conn.sendCopyFromChunk !== 'function' ||
+    typeof conn.stream?.pause !== 'function' ||
+    typeof conn.removeListener !== 'function' ||
+    library?.length !== 1
+  ) {
+    throw new OutboxdError(
+      'INTERNAL',
+      'pg / pg-logical-replication internals changed (replication connection); pin pg-logical-replication 2.5.0',
+    );
+  }
+  const c = conn as PgConnection;
+  c.removeListener('copyData', library[0] as (...args: unknown[]) => void);
+  c.on('copyData', (msg) => listener(msg.chunk));
+  return c;
+}
 
 /**
- * Column values arrive as text; the library would run them through pg's global type parsers
- * (JSON.parse for jsonb, Date for timestamptz), which costs ~25% CPU and loses the payload's
- * exact bytes. We swap in an identity parser per RELATION instead of changing pg's global
- * parsers, which would affect every other pg client in the process.
+ * Standby status update ('r'): Int64 written, flushed and applied LSN (all the confirmed one:
+ * outboxd "applies" a transaction when the broker has confirmed it), Int64 client time in
+ * microseconds since 2000-01-01, Byte 1 to ask the server to reply at once.
  */
-function passValuesAsText(plugin: PgoutputPlugin): void {
-  const parser = (plugin as unknown as { parser?: ParserInternals }).parser;
-  const original = parser?.readRelationColumn;
-  if (!parser || typeof original !== 'function') {
-    throw new OutboxdError('INTERNAL', 'pg-logical-replication internals changed (PgoutputParser.readRelationColumn); pin version 2.5.0');
-  }
-  parser.readRelationColumn = (reader: unknown) => {
-    const col = original.call(parser, reader);
-    col.parser = asText;
-    return col;
-  };
+export function standbyStatusUpdate(confirmed: Lsn, ping: boolean): Buffer {
+  const b = Buffer.allocUnsafe(34);
+  b[0] = 0x72;
+  b.writeBigUInt64BE(confirmed, 1);
+  b.writeBigUInt64BE(confirmed, 9);
+  b.writeBigUInt64BE(confirmed, 17);
+  b.writeBigInt64BE(BigInt(Date.now()) * 1000n - PG_EPOCH_US, 25);
+  b[33] = ping ? 1 : 0;
+  return b;
 }

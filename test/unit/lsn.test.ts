@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatLsn, parseLsn } from '../../src/lsn.js';
+import { formatLsn, lsnFromWords, parseLsn } from '../../src/lsn.js';
 
 describe('LSN', () => {
   it('parses padded and unpadded forms to the same bigint', () => {
@@ -15,6 +15,20 @@ describe('LSN', () => {
 
   it('formats like Postgres and round-trips', () => {
     for (const text of ['0/0', '0/16B3748', 'FFFFFFFF/FFFFFFFF', '3/A']) expect(formatLsn(parseLsn(text))).toBe(text);
+  });
+
+  it('builds LSNs from the two 32-bit words of the wire format, on both sides of 2^53', () => {
+    for (const [hi, lo] of [
+      [0, 0],
+      [0, 0xffffffff],
+      [0x1fffff, 0xffffffff],
+      [0x200000, 0],
+      [0xffffffff, 0xffffffff],
+    ] as const) {
+      const lsn = lsnFromWords(hi, lo);
+      expect(lsn).toBe((BigInt(hi) << 32n) | BigInt(lo));
+      expect(formatLsn(lsn)).toBe(`${hi.toString(16).toUpperCase()}/${lo.toString(16).toUpperCase()}`);
+    }
   });
 
   it('rejects malformed text', () => {

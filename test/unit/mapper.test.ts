@@ -2,17 +2,29 @@ import { describe, expect, it } from 'vitest';
 import { Txn } from '../../src/checkpoint/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
 import { PoisonError } from '../../src/errors.js';
-import { OutboxMapper, type TableBinding, decodeByteaHex, payloadKindOf } from '../../src/outbox/mapper.js';
+import { OutboxMapper, type PayloadKind, decodeByteaHex, payloadKindOf } from '../../src/outbox/mapper.js';
 import { parseTemplate } from '../../src/outbox/template.js';
 
 const cfg = parseConfig(
   'postgres:\n  url: postgres://u@h/db\noutbox:\n  tables:\n    - name: public.outbox\n    - name: s.events\n      columns:\n        aggregateid: account_id\n        payload: body\n',
   {},
 );
-const table = (i: number, kind: TableBinding['payloadKind'] = 'json'): TableBinding => ({
-  config: cfg.outbox.tables[i]!,
-  payloadKind: kind,
-});
+const TYPE_OIDS = { json: 3802, text: 25, bytea: 17 } as const;
+
+/** Maps a row given by name, binding table `t` to those columns first, as a RELATION message would. */
+function fromRow(m: OutboxMapper, t: number, rec: Record<string, string | null>, tx: Txn, kind: PayloadKind = 'json') {
+  const config = cfg.outbox.tables[t]!;
+  const names = Object.keys(rec);
+  const binding = m.bind(
+    config,
+    names.map((name) => ({ name, typeOid: name === config.columns.payload ? TYPE_OIDS[kind] : TYPE_OIDS.text })),
+  );
+  return m.fromRow(
+    binding,
+    names.map((n) => rec[n]),
+    tx,
+  );
+}
 const txn = new Txn(742, 0x1507ec0n, 1_700_000_000_000);
 const mapper = new OutboxMapper(parseTemplate('outbox.event.{aggregatetype}'));
 const row = {
@@ -40,7 +52,7 @@ function poison(fn: () => unknown): PoisonError {
 
 describe('OutboxMapper.fromRow', () => {
   it('maps a Debezium-style row: topic from aggregatetype, key from aggregateid, id header', () => {
-    const m = mapper.fromRow(table(0), row, txn);
+    const m = fromRow(mapper, 0, row, txn);
     expect(m.destination).toBe('outbox.event.order');
     expect(m.key).toBe('order-1');
     expect(m.id).toBe(row.id);
@@ -52,12 +64,13 @@ describe('OutboxMapper.fromRow', () => {
 
   it('passes the payload through byte for byte (no parse, no re-serialisation)', () => {
     const payload = '{"b": 1, "a": [1.50, "ü"]}';
-    expect(mapper.fromRow(table(0), { ...row, payload }, txn).payload).toBe(payload);
+    expect(fromRow(mapper, 0, { ...row, payload }, txn).payload).toBe(payload);
   });
 
   it('adds correlation headers and merges the headers column, fixed headers winning', () => {
-    const m = mapper.fromRow(
-      table(0),
+    const m = fromRow(
+      mapper,
+      0,
       {
         ...row,
         correlation_id: 'c-1',
@@ -82,30 +95,54 @@ describe('OutboxMapper.fromRow', () => {
   });
 
   it('uses the remapped columns of a table', () => {
-    const m = mapper.fromRow(table(1), { id: '7', aggregatetype: 'acct', account_id: 'a-9', body: 'hello', type: null }, txn);
+    const m = fromRow(mapper, 1, { id: '7', aggregatetype: 'acct', account_id: 'a-9', body: 'hello', type: null }, txn);
     expect(m.key).toBe('a-9');
     expect(m.payload).toBe('hello');
     expect(m.headers.type).toBeUndefined();
   });
 
   it('decodes a bytea payload from its hex text form', () => {
-    const m = mapper.fromRow(table(0, 'bytea'), { ...row, payload: '\\x00ff10' }, txn);
+    const m = fromRow(mapper, 0, { ...row, payload: '\\x00ff10' }, txn, 'bytea');
     expect(m.payload).toEqual(Buffer.from([0, 255, 16]));
     expect(m.contentType).toBe('application/octet-stream');
   });
 
   it('rejects unmappable rows as poison with a reason', () => {
-    expect(poison(() => mapper.fromRow(table(0), { ...row, aggregateid: null }, txn)).reason).toBe('null_key');
-    expect(poison(() => mapper.fromRow(table(0), { ...row, aggregatetype: null }, txn)).reason).toBe('missing_route');
-    expect(poison(() => mapper.fromRow(table(0), { ...row, id: null }, txn)).reason).toBe('missing_id');
-    expect(poison(() => mapper.fromRow(table(0), { ...row, payload: null }, txn)).reason).toBe('missing_payload');
-    expect(poison(() => mapper.fromRow(table(0), { ...row, headers: '[1]' }, txn)).reason).toBe('bad_headers');
+    expect(poison(() => fromRow(mapper, 0, { ...row, aggregateid: null }, txn)).reason).toBe('null_key');
+    expect(poison(() => fromRow(mapper, 0, { ...row, aggregatetype: null }, txn)).reason).toBe('missing_route');
+    expect(poison(() => fromRow(mapper, 0, { ...row, id: null }, txn)).reason).toBe('missing_id');
+    expect(poison(() => fromRow(mapper, 0, { ...row, payload: null }, txn)).reason).toBe('missing_payload');
+    expect(poison(() => fromRow(mapper, 0, { ...row, headers: '[1]' }, txn)).reason).toBe('bad_headers');
   });
 
   it('renders templates over other fields and raw columns', () => {
     const m = new OutboxMapper(parseTemplate('{aggregatetype}.{type}.{region}'));
-    expect(m.fromRow(table(0), { ...row, region: 'eu' }, txn).destination).toBe('order.OrderPlaced.eu');
-    expect(poison(() => m.fromRow(table(0), { ...row, type: null, region: 'eu' }, txn)).message).toMatch(/needs \{type\}/);
+    expect(fromRow(m, 0, { ...row, region: 'eu' }, txn).destination).toBe('order.OrderPlaced.eu');
+    expect(poison(() => fromRow(m, 0, { ...row, type: null, region: 'eu' }, txn)).message).toMatch(/needs \{type\}/);
+  });
+});
+
+describe('OutboxMapper.bind', () => {
+  const columns = ['id', 'aggregatetype', 'aggregateid', 'payload', 'created_at', 'region', 'note'].map((name) => ({
+    name,
+    typeOid: name === 'payload' ? 3802 : 25,
+  }));
+
+  it('asks the decoder for the mapped columns and the template columns only', () => {
+    const b = new OutboxMapper(parseTemplate('{aggregatetype}.{region}')).bind(cfg.outbox.tables[0]!, columns);
+    expect(b.wanted).toEqual([true, true, true, true, false, true, false]);
+    expect(b.rawFields).toEqual([['region', 5]]);
+    expect(b.payloadKind).toBe('json');
+  });
+
+  it('reads optional fields the table lacks as null', () => {
+    const m = new OutboxMapper(parseTemplate('{aggregatetype}.{region}'));
+    const b = m.bind(cfg.outbox.tables[0]!, columns);
+    const msg = m.fromRow(b, ['i-1', 'order', 'k', '{}', undefined, 'eu', undefined], txn);
+    expect(msg.destination).toBe('order.eu');
+    expect(msg.type).toBeNull();
+    expect(msg.correlationId).toBeNull();
+    expect(msg.headers).toEqual({ id: 'i-1', 'outboxd.lsn': '0/1507EC0', 'outboxd.xid': '742' });
   });
 });
 

@@ -1,0 +1,277 @@
+import { OutboxdError } from '../errors.js';
+import { type Lsn, lsnFromWords } from '../lsn.js';
+
+/**
+ * A decoder for pgoutput, the logical replication protocol, version 1 (what outboxd asks for):
+ * https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
+ *
+ * It hands each message straight to a {@link PgoutputHandler}, in WAL order, synchronously, and
+ * decodes only what the handler asked for: an outbox INSERT costs one small array and one string
+ * per column the relay reads; the columns it does not read are skipped unread, and the changes
+ * outboxd ignores (UPDATE, DELETE, TRUNCATE, other tables) are never decoded at all.
+ * pg-logical-replication's own parser decodes every column of every change through
+ * `TextDecoder` into a dictionary-mode object and formats every LSN as a string; on the bench's
+ * reference backlog that was about a third of the relay's CPU (docs/adr/0007).
+ *
+ * The buffers it reads are views into the socket parser's buffer, valid only during the call:
+ * nothing decoded from them may keep a reference (strings are copies; message content is copied).
+ */
+
+/** A table as a RELATION message describes it. */
+export interface Relation {
+  readonly relationOid: number;
+  readonly schema: string;
+  readonly name: string;
+  readonly columns: ReadonlyArray<{ readonly name: string; readonly typeOid: number }>;
+}
+
+/**
+ * One INSERT's column values by column index, as text (`null` for SQL NULL). Columns the handler
+ * did not ask for are `undefined`. Valid only during the call: copy what you keep.
+ */
+export type ColumnValues = ReadonlyArray<string | null | undefined>;
+
+/** Decodes the whole row being handled, every column, by name (for a dead letter). */
+export interface WholeRow {
+  wholeRow(): Record<string, string | null>;
+}
+
+export type IgnoredKind = 'update' | 'delete' | 'truncate' | 'unconfigured_table' | 'foreign_message' | 'non_transactional_message';
+
+/**
+ * Receives decoded changes in WAL order. `insert` and `message` return a promise only when the
+ * stream must stop reading until it settles (back-pressure). A method that throws stops the
+ * stream: nothing after it is processed or confirmed.
+ */
+export interface PgoutputHandler {
+  begin(xid: number, commitLsn: Lsn, commitTimeMs: number): void;
+  /**
+   * A table's shape, before its first change in a session and after it changes. Returns which
+   * columns to decode for its inserts (by index), or null to ignore its inserts unread.
+   */
+  relation(rel: Relation): ReadonlyArray<boolean> | null;
+  insert(rel: Relation, values: ColumnValues, row: WholeRow): Promise<void> | undefined;
+  message(prefix: string, content: Buffer, transactional: boolean, lsn: Lsn): Promise<void> | undefined;
+  ignore(kind: IgnoredKind): void;
+  commit(endLsn: Lsn): void;
+}
+
+/** Microseconds between the Unix epoch and the Postgres epoch (2000-01-01), in ms. */
+const PG_EPOCH_MS = 946_684_800_000;
+
+interface KnownRelation {
+  readonly rel: Relation;
+  readonly wanted: ReadonlyArray<boolean> | null;
+}
+
+export class PgoutputDecoder implements WholeRow {
+  private readonly relations = new Map<number, KnownRelation>();
+  private buf: Buffer = Buffer.alloc(0);
+  private pos = 0;
+  private end = 0;
+  /** Where the tuple of the INSERT being handled starts, for wholeRow(). */
+  private tupleAt = -1;
+  private tupleRel: Relation | null = null;
+
+  constructor(private readonly handler: PgoutputHandler) {}
+
+  /** Forgets the relations of the last session (a new session re-sends them). */
+  reset(): void {
+    this.relations.clear();
+  }
+
+  /**
+   * Decodes one pgoutput message, `buf[start, end)`, and hands it to the handler. Returns what
+   * the handler returned for a change that needs back-pressure.
+   */
+  decode(buf: Buffer, start: number, end: number): Promise<void> | undefined {
+    this.buf = buf;
+    this.pos = start + 1;
+    this.end = end;
+    if (start >= end) throw protocol('empty message');
+    switch (buf[start]) {
+      case 0x49 /* I */:
+        return this.insert();
+      case 0x42 /* B */:
+        {
+          const commitLsn = this.lsn();
+          const commitTimeMs = this.timestampMs();
+          this.handler.begin(this.uint32(), commitLsn, commitTimeMs);
+          return undefined;
+        }
+      case 0x43 /* C */:
+        {
+          this.need(25);
+          this.pos += 9; // flags, commit LSN (the same as BEGIN's)
+          this.handler.commit(this.lsn());
+          return undefined;
+        }
+      case 0x52 /* R */:
+        this.relation();
+        return undefined;
+      case 0x4d /* M */:
+        return this.message();
+      case 0x55 /* U */:
+        this.handler.ignore('update');
+        return undefined;
+      case 0x44 /* D */:
+        this.handler.ignore('delete');
+        return undefined;
+      case 0x54 /* T */:
+        this.handler.ignore('truncate');
+        return undefined;
+      case 0x4f /* O: origin */:
+      case 0x59 /* Y: type */:
+        return undefined;
+      default:
+        throw protocol(`unknown message type 0x${(buf[start] as number).toString(16)}`);
+    }
+  }
+
+  wholeRow(): Record<string, string | null> {
+    const rel = this.tupleRel;
+    if (rel === null || this.tupleAt < 0) throw new OutboxdError('INTERNAL', 'wholeRow() called outside an insert');
+    this.pos = this.tupleAt;
+    const values = this.tuple(rel, null);
+    const row: Record<string, string | null> = {};
+    rel.columns.forEach((c, i) => {
+      row[c.name] = values[i] ?? null;
+    });
+    return row;
+  }
+
+  private insert(): Promise<void> | undefined {
+    const oid = this.uint32();
+    const known = this.relations.get(oid);
+    if (known === undefined) throw protocol(`INSERT for relation ${oid} before its RELATION message`);
+    if (known.wanted === null) {
+      this.handler.ignore('unconfigured_table');
+      return undefined;
+    }
+    this.need(1);
+    if (this.buf[this.pos++] !== 0x4e /* N */) throw protocol('INSERT without a new tuple');
+    this.tupleAt = this.pos;
+    this.tupleRel = known.rel;
+    try {
+      return this.handler.insert(known.rel, this.tuple(known.rel, known.wanted), this);
+    } finally {
+      this.tupleAt = -1;
+      this.tupleRel = null;
+    }
+  }
+
+  /** TupleData: Int16 count, then per column 'n' | 'u' | 't' Int32 len, bytes (| 'b' in v2+). */
+  private tuple(rel: Relation, wanted: ReadonlyArray<boolean> | null): Array<string | null | undefined> {
+    const buf = this.buf;
+    const n = this.uint16();
+    if (n !== rel.columns.length)
+      throw protocol(`tuple of ${rel.schema}.${rel.name} has ${n} columns, RELATION said ${rel.columns.length}`);
+    const values = new Array<string | null | undefined>(n);
+    let p = this.pos;
+    const end = this.end;
+    for (let i = 0; i < n; i++) {
+      if (p >= end) throw truncated();
+      const kind = buf[p++];
+      if (kind === 0x74 /* t */ || kind === 0x62 /* b */) {
+        if (p + 4 > end) throw truncated();
+        const len = buf.readUInt32BE(p);
+        p += 4;
+        if (p + len > end) throw truncated();
+        values[i] = wanted === null || wanted[i] === true ? buf.toString('utf8', p, p + len) : undefined;
+        p += len;
+      } else if (kind === 0x6e /* n */) {
+        values[i] = null;
+      } else if (kind === 0x75 /* u: unchanged TOAST, never in an INSERT */) {
+        values[i] = undefined;
+      } else {
+        throw protocol(`unknown column kind 0x${(kind as number).toString(16)}`);
+      }
+    }
+    this.pos = p;
+    return values;
+  }
+
+  private relation(): void {
+    const relationOid = this.uint32();
+    const schema = this.string();
+    const name = this.string();
+    this.need(3);
+    this.pos++; // replica identity setting
+    const n = this.uint16();
+    const columns: Array<{ name: string; typeOid: number }> = [];
+    for (let i = 0; i < n; i++) {
+      this.need(1);
+      this.pos++; // flags (part of the key)
+      const colName = this.string();
+      const typeOid = this.uint32();
+      this.uint32(); // type modifier
+      columns.push({ name: colName, typeOid });
+    }
+    // pgoutput sends an empty namespace for pg_catalog.
+    const rel: Relation = { relationOid, schema: schema === '' ? 'pg_catalog' : schema, name, columns };
+    this.relations.set(relationOid, { rel, wanted: this.handler.relation(rel) });
+  }
+
+  /** Int8 flags, Int64 LSN, String prefix, Int32 length, bytes (protocol v1: no xid). */
+  private message(): Promise<void> | undefined {
+    this.need(1);
+    const transactional = ((this.buf[this.pos++] as number) & 1) === 1;
+    const lsn = this.lsn();
+    const prefix = this.string();
+    const len = this.uint32();
+    this.need(len);
+    // A copy: the handler may keep it (a dead letter), and the socket buffer is reused.
+    const content = Buffer.from(this.buf.subarray(this.pos, this.pos + len));
+    this.pos += len;
+    return this.handler.message(prefix, content, transactional, lsn);
+  }
+
+  private need(n: number): void {
+    if (this.pos + n > this.end) throw truncated();
+  }
+
+  private uint16(): number {
+    this.need(2);
+    const v = this.buf.readUInt16BE(this.pos);
+    this.pos += 2;
+    return v;
+  }
+
+  private uint32(): number {
+    this.need(4);
+    const v = this.buf.readUInt32BE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+
+  private lsn(): Lsn {
+    this.need(8);
+    const v = lsnFromWords(this.buf.readUInt32BE(this.pos), this.buf.readUInt32BE(this.pos + 4));
+    this.pos += 8;
+    return v;
+  }
+
+  /** Int64 microseconds since 2000-01-01, as Unix milliseconds. */
+  private timestampMs(): number {
+    this.need(8);
+    const us = this.buf.readInt32BE(this.pos) * 4_294_967_296 + this.buf.readUInt32BE(this.pos + 4);
+    this.pos += 8;
+    return Math.floor(us / 1000) + PG_EPOCH_MS;
+  }
+
+  private string(): string {
+    const nul = this.buf.indexOf(0, this.pos);
+    if (nul < 0 || nul >= this.end) throw truncated();
+    const s = this.buf.toString('utf8', this.pos, nul);
+    this.pos = nul + 1;
+    return s;
+  }
+}
+
+function protocol(what: string): OutboxdError {
+  return new OutboxdError('PG_PROTOCOL', `pgoutput: ${what}`);
+}
+
+function truncated(): OutboxdError {
+  return protocol('message ends early (truncated)');
+}
