@@ -12,7 +12,7 @@ import { OutboxMapper } from './outbox/mapper.js';
 import { Sleeper, backoffMs } from './pipeline/backoff.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Pipeline } from './pipeline/pipeline.js';
-import { createSink, destinationTemplate } from './sink/index.js';
+import { type SinkFactory, destinationTemplate, loadSink } from './sink/index.js';
 import {
   checkWalLevel,
   classifyPgError,
@@ -64,28 +64,35 @@ export class Relay {
   /** Resolves with the process exit code when the relay has stopped. */
   readonly done: Promise<number>;
 
+  /** A relay with the sink the config names (its broker library loaded on demand). */
+  static async create(cfg: Config, log: Logger, options: { metrics?: Metrics } = {}): Promise<Relay> {
+    const sink = await loadSink(cfg.sink, cfg.outbox.onPoison === 'dead-letter', log.child({ module: 'sink' }));
+    return new Relay(cfg, log, { ...options, sink });
+  }
+
+  /** `sink`: a factory for the config's sink (see create()), or a ready sink (benchmarks pass a discarding one). */
   constructor(
     private readonly cfg: Config,
     private readonly log: Logger,
-    options: { metrics?: Metrics; sink?: Sink } = {},
+    options: { metrics?: Metrics; sink: Sink | SinkFactory },
   ) {
     this.metrics = options.metrics ?? createMetrics();
     this.done = new Promise((resolve) => {
       this.finished = resolve;
     });
-    // A sink may be passed in (benchmarks use a discarding one); otherwise the config's.
     this.sink =
-      options.sink ??
-      createSink(cfg.sink, cfg.outbox.onPoison === 'dead-letter', log.child({ module: 'sink' }), {
-        connection: (up) => {
-          this.sinkUp = up;
-          this.metrics.connectionState.set({ target: cfg.sink.type }, up ? 1 : 0);
-        },
-        blocked: (blocked) => {
-          this.sinkBlocked = blocked;
-          this.metrics.brokerBlocked.set(blocked ? 1 : 0);
-        },
-      });
+      typeof options.sink === 'function'
+        ? options.sink({
+            connection: (up) => {
+              this.sinkUp = up;
+              this.metrics.connectionState.set({ target: cfg.sink.type }, up ? 1 : 0);
+            },
+            blocked: (blocked) => {
+              this.sinkBlocked = blocked;
+              this.metrics.brokerBlocked.set(blocked ? 1 : 0);
+            },
+          })
+        : options.sink;
     this.pipeline = new Pipeline(
       cfg.pipeline,
       cfg.outbox.onPoison,

@@ -86,7 +86,7 @@ export async function cli(argv: readonly string[], env: NodeJS.ProcessEnv = proc
 async function run(configFile: string, env: NodeJS.ProcessEnv): Promise<number> {
   const cfg = loadConfigFile(configFile, env);
   const log = createLogger(cfg.log.level);
-  const relay = new Relay(cfg, log);
+  const relay = await Relay.create(cfg, log);
   let firstSignalAt = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     const now = Date.now();

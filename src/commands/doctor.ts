@@ -3,7 +3,7 @@ import type { Config, TableConfig } from '../config/schema.js';
 import { COLUMN_FIELDS } from '../config/schema.js';
 import { oneLine } from '../errors.js';
 import { createLogger } from '../observability/logger.js';
-import { createSink } from '../sink/index.js';
+import { loadSink } from '../sink/index.js';
 import { checkSlotUsable, connectAdmin, inspectSlot, readMarker } from '../source/postgres.js';
 
 /** One line of `validate --connect`: what was checked, whether it holds, and how to fix it. */
@@ -192,7 +192,7 @@ async function brokerCheck(cfg: Config, add: (n: string, s: Check['status'], d: 
     add('sink', 'ok', 'stdout needs no connection');
     return;
   }
-  const sink = createSink(cfg.sink, cfg.outbox.onPoison === 'dead-letter', createLogger('silent'), {
+  const sink = (await loadSink(cfg.sink, cfg.outbox.onPoison === 'dead-letter', createLogger('silent')))({
     connection: () => undefined,
     blocked: () => undefined,
   });

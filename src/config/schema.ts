@@ -31,6 +31,11 @@ export interface PostgresConfig {
   createSlot: boolean;
   /** How often a standby status update (with the confirmed LSN) is sent even if nothing changed. */
   statusIntervalMs: number;
+  /**
+   * After a read that found less than READ_COALESCE_BYTES waiting (the relay has caught up with
+   * the server), wait this long before reading again; 0 reads at once. See stream.ts.
+   */
+  readCoalesceMs: number;
   /** Interval of `pg_logical_emit_message` heartbeats; 0 disables them. */
   heartbeatIntervalMs: number;
   heartbeatPrefix: string;
@@ -175,6 +180,7 @@ export const DEFAULTS = {
   messagePrefix: 'outbox',
   heartbeatPrefix: 'outboxd.heartbeat',
   statusInterval: '10s',
+  readCoalesce: '1ms',
   heartbeatInterval: '30s',
   lagPollInterval: '10s',
   connectTimeout: '10s',
@@ -238,6 +244,7 @@ const POSTGRES_KEYS = [
   'createSlot',
   'createPublication',
   'statusInterval',
+  'readCoalesce',
   'heartbeat',
   'lagPollInterval',
   'connectTimeout',
@@ -266,6 +273,7 @@ function compilePostgres(s: Section): PostgresConfig {
     createSlot: s.bool('createSlot', true),
     createPublication: s.bool('createPublication', true),
     statusIntervalMs: s.durationMs('statusInterval', DEFAULTS.statusInterval, { min: 100, max: 3_600_000 }),
+    readCoalesceMs: s.durationMs('readCoalesce', DEFAULTS.readCoalesce, { min: 0, max: 100 }),
     heartbeatIntervalMs: heartbeat.durationMs('interval', DEFAULTS.heartbeatInterval, { min: 0 }),
     heartbeatPrefix: heartbeat.string('prefix', DEFAULTS.heartbeatPrefix),
     lagPollIntervalMs: s.durationMs('lagPollInterval', DEFAULTS.lagPollInterval, { min: 100 }),

@@ -1,9 +1,6 @@
 import type { SinkConfig } from '../config/schema.js';
 import type { Sink } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
-import { KafkaSink } from './kafka.js';
-import { RabbitMqSink } from './rabbitmq.js';
-import { StdoutSink } from './stdout.js';
 
 /** How a sink reports its broker's health to the relay (metrics and `/readyz`). */
 export interface SinkStatus {
@@ -12,14 +9,27 @@ export interface SinkStatus {
   blocked(blocked: boolean): void;
 }
 
-export function createSink(cfg: SinkConfig, needDeadLetter: boolean, log: Logger, status: SinkStatus): Sink {
+/** Builds the configured sink once its owner can receive its status. */
+export type SinkFactory = (status: SinkStatus) => Sink;
+
+/**
+ * Loads the configured sink's module, and with it only that broker's client library: kafkajs and
+ * amqplib take about 30 ms to load, which every start (and `validate`, `status`) would pay.
+ */
+export async function loadSink(cfg: SinkConfig, needDeadLetter: boolean, log: Logger): Promise<SinkFactory> {
   switch (cfg.type) {
-    case 'kafka':
-      return new KafkaSink(cfg.kafka, log, (up) => status.connection(up));
-    case 'rabbitmq':
-      return new RabbitMqSink(cfg.rabbitmq, needDeadLetter, log, status);
-    case 'stdout':
-      return new StdoutSink(cfg.stdout);
+    case 'kafka': {
+      const { KafkaSink } = await import('./kafka.js');
+      return (status) => new KafkaSink(cfg.kafka, log, (up) => status.connection(up));
+    }
+    case 'rabbitmq': {
+      const { RabbitMqSink } = await import('./rabbitmq.js');
+      return (status) => new RabbitMqSink(cfg.rabbitmq, needDeadLetter, log, status);
+    }
+    case 'stdout': {
+      const { StdoutSink } = await import('./stdout.js');
+      return () => new StdoutSink(cfg.stdout);
+    }
   }
 }
 

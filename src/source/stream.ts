@@ -20,12 +20,15 @@ export interface ChangeHandler extends PgoutputHandler {
 
 /** What outboxd uses of pg's Connection (internal to pg, stable across pg 8; checked at start). */
 interface PgConnection {
-  stream: { pause(): void; resume(): void };
+  stream: { pause(): void; resume(): void; on(event: 'data', listener: (chunk: Buffer) => void): void };
   sendCopyFromChunk(chunk: Buffer): void;
   on(event: 'copyData', listener: (msg: { chunk: Buffer }) => void): void;
   listeners(event: string): unknown[];
   removeListener(event: string, listener: (...args: unknown[]) => void): void;
 }
+
+/** A socket read smaller than this means the relay has caught up with the server (see coalesceReads). */
+const READ_COALESCE_BYTES = 16 * 1024;
 
 /** Microseconds between 1970-01-01 and 2000-01-01, the replication protocol's epoch. */
 const PG_EPOCH_US = 946_684_800_000_000n;
@@ -63,6 +66,9 @@ export class ReplicationStream {
   lastActivityMs = Date.now();
   /** Back-pressure holds in force; the socket is paused while this is above 0. */
   private holds = 0;
+  /** A read-coalescing pause is in progress (see coalesceReads). */
+  private napping = false;
+  private reading = true;
 
   constructor(
     private readonly cfg: PostgresConfig,
@@ -95,13 +101,47 @@ export class ReplicationStream {
    * still arrive (at most one chunk), so memory stays bounded by the pipeline's limits plus that.
    */
   private hold(p: Promise<void>): void {
-    if (this.holds++ === 0) this.connection?.stream.pause();
+    this.holds++;
+    this.updateReading();
     p.then(
       () => {
-        if (--this.holds === 0 && !this.stopped) this.connection?.stream.resume();
+        this.holds--;
+        this.updateReading();
       },
       (err: unknown) => this.fail(err),
     );
+  }
+
+  /** Pauses or resumes the socket: it reads while nothing holds it and no coalescing wait runs. */
+  private updateReading(): void {
+    const want = this.holds === 0 && !this.napping && !this.stopped;
+    if (want === this.reading || this.connection === null) return;
+    this.reading = want;
+    if (want) this.connection.stream.resume();
+    else this.connection.stream.pause();
+  }
+
+  /**
+   * Read coalescing. Each message the walsender writes into a socket whose reader is asleep
+   * costs a wake-up on both sides; caught up with the server, the relay would wake for nearly
+   * every message, and the walsender (one core, shared with the WAL decoding) pays for it. So
+   * after a read that found little waiting, the relay stops reading for `readCoalesce` (1 ms by
+   * default): the server's writes pile up in the socket buffer and arrive as one read. A read
+   * that found a lot waiting is followed at once. On the bench's 1M-row drain this took the
+   * walsender from 3.5 to 2.5 CPU seconds and the relay from 3.5 to 2.1 (docs/benchmarks.md),
+   * for at most `readCoalesce` of added latency.
+   */
+  private coalesceReads(conn: PgConnection): void {
+    const waitMs = this.cfg.readCoalesceMs;
+    conn.stream.on('data', (chunk: Buffer) => {
+      if (this.napping || chunk.length >= READ_COALESCE_BYTES) return;
+      this.napping = true;
+      this.updateReading();
+      setTimeout(() => {
+        this.napping = false;
+        this.updateReading();
+      }, waitMs);
+    });
   }
 
   /** Starts streaming. Resolves once the server has started replication; rejects on failure. */
@@ -139,6 +179,7 @@ export class ReplicationStream {
       },
       start: (client: Client, slot: string, lsn: string) => {
         this.connection = takeOverCopyData(client, (chunk) => this.onCopyData(chunk));
+        if (this.cfg.readCoalesceMs > 0) this.coalesceReads(this.connection);
         return client.query(`START_REPLICATION SLOT "${slot.replaceAll('"', '""')}" LOGICAL ${lsn} (${options})`);
       },
     };
