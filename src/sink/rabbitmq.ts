@@ -105,7 +105,7 @@ export class RabbitMqSink implements Sink {
       this.channel = ch;
       return ch;
     } catch (err) {
-      await model.close().catch(() => undefined);
+      await closeWithin(model, CLOSE_TIMEOUT_MS);
       this.status.connection(false);
       throw classify(err, 'opening a RabbitMQ channel');
     }
@@ -277,12 +277,35 @@ export class RabbitMqSink implements Sink {
     this.model = null;
     this.channel = null;
     this.unblock();
-    if (model) await model.close().catch(() => undefined);
+    if (model) await closeWithin(model, CLOSE_TIMEOUT_MS);
   }
 
   async close(): Promise<void> {
     await this.reset();
   }
+}
+
+/** How long a connection may take to close before its socket is dropped. */
+const CLOSE_TIMEOUT_MS = 1_000;
+
+/**
+ * Closes a connection, but never waits for it longer than `ms`: a stalled broker (or network)
+ * never answers Connection.Close, and a reset that hung on it would stop the relay for good.
+ * After `ms` the socket is destroyed instead.
+ */
+async function closeWithin(model: amqp.ChannelModel, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = await Promise.race([
+    model.close().then(
+      () => false,
+      () => false,
+    ),
+    new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(true), ms);
+    }),
+  ]);
+  clearTimeout(timer);
+  if (late) (model as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
 }
 
 function properties(m: OutboxMessage): amqp.Options.Publish {
