@@ -4,6 +4,7 @@ import type { PostgresConfig } from '../config/schema.js';
 import { OutboxdError, PgConnectionError } from '../errors.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
+import { type CoalescedSocket, coalesceReads } from './coalesce.js';
 import { PgoutputDecoder, type PgoutputHandler } from './pgoutput.js';
 import { classifyPgError, clientConfig } from './postgres.js';
 
@@ -20,15 +21,12 @@ export interface ChangeHandler extends PgoutputHandler {
 
 /** What outboxd uses of pg's Connection (internal to pg, stable across pg 8; checked at start). */
 interface PgConnection {
-  stream: { pause(): void; resume(): void; on(event: 'data', listener: (chunk: Buffer) => void): void };
+  stream: CoalescedSocket & { pause(): void; resume(): void };
   sendCopyFromChunk(chunk: Buffer): void;
   on(event: 'copyData', listener: (msg: { chunk: Buffer }) => void): void;
   listeners(event: string): unknown[];
   removeListener(event: string, listener: (...args: unknown[]) => void): void;
 }
-
-/** A socket read smaller than this means the relay has caught up with the server (see coalesceReads). */
-const READ_COALESCE_BYTES = 16 * 1024;
 
 /** Microseconds between 1970-01-01 and 2000-01-01, the replication protocol's epoch. */
 const PG_EPOCH_US = 946_684_800_000_000n;
@@ -66,7 +64,7 @@ export class ReplicationStream {
   lastActivityMs = Date.now();
   /** Back-pressure holds in force; the socket is paused while this is above 0. */
   private holds = 0;
-  /** A read-coalescing pause is in progress (see coalesceReads). */
+  /** A read-coalescing pause is in progress (see coalesce.ts). */
   private napping = false;
   private reading = true;
 
@@ -121,29 +119,6 @@ export class ReplicationStream {
     else this.connection.stream.pause();
   }
 
-  /**
-   * Read coalescing. Each message the walsender writes into a socket whose reader is asleep
-   * costs a wake-up on both sides; caught up with the server, the relay would wake for nearly
-   * every message, and the walsender (one core, shared with the WAL decoding) pays for it. So
-   * after a read that found little waiting, the relay stops reading for `readCoalesce` (1 ms by
-   * default): the server's writes pile up in the socket buffer and arrive as one read. A read
-   * that found a lot waiting is followed at once. On the bench's 1M-row drain this took the
-   * walsender from 3.5 to 2.5 CPU seconds and the relay from 3.5 to 2.1 (docs/benchmarks.md),
-   * for at most `readCoalesce` of added latency.
-   */
-  private coalesceReads(conn: PgConnection): void {
-    const waitMs = this.cfg.readCoalesceMs;
-    conn.stream.on('data', (chunk: Buffer) => {
-      if (this.napping || chunk.length >= READ_COALESCE_BYTES) return;
-      this.napping = true;
-      this.updateReading();
-      setTimeout(() => {
-        this.napping = false;
-        this.updateReading();
-      }, waitMs);
-    });
-  }
-
   /** Starts streaming. Resolves once the server has started replication; rejects on failure. */
   async start(): Promise<void> {
     this.service.on('error', (err: Error) => this.end(classifyPgError(err, 'replication stream')));
@@ -179,7 +154,12 @@ export class ReplicationStream {
       },
       start: (client: Client, slot: string, lsn: string) => {
         this.connection = takeOverCopyData(client, (chunk) => this.onCopyData(chunk));
-        if (this.cfg.readCoalesceMs > 0) this.coalesceReads(this.connection);
+        if (this.cfg.readCoalesceMs > 0) {
+          coalesceReads(this.connection.stream, this.cfg.readCoalesceMs, (waiting) => {
+            this.napping = waiting;
+            this.updateReading();
+          });
+        }
         return client.query(`START_REPLICATION SLOT "${slot.replaceAll('"', '""')}" LOGICAL ${lsn} (${options})`);
       },
     };
