@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, inject, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { parseLsn } from '../../src/lsn.js';
 import { startKafka } from '../harness/kafka.js';
 import { startPostgres } from '../harness/postgres.js';
@@ -37,114 +37,107 @@ async function walsenderPid(b: Bundle): Promise<number | null> {
 }
 
 describe.each(['kafka', 'rabbitmq'] as SinkKind[])('broker outage → %s', (kind) => {
-  it.skipIf(kind === 'rabbitmq' ? !inject('rabbitmqUrl') : !inject('kafkaBrokers'))(
-    'for 60 s: bounded memory, not ready, replication kept alive, nothing confirmed past the broker; then resumes without loss',
-    async () => {
-      const broker = await privateBroker(kind);
-      b = await bundle({ kind, ...broker.opts });
-      const relay = b.start();
-      await relay.ready();
-      const first = await writeOutbox(b.db.client, { total: 3_000, keys: 100, types: b.types });
-      await waitDelivered(
-        b.reader,
-        first.map((r) => r.id),
-      );
-      const pid = await walsenderPid(b);
-      await broker.stop();
-      // Nothing written from here on can be confirmed by the broker until it is back. The slot
-      // may still move over WAL that holds none of it (other databases' writes, while nothing
-      // is in flight); checked below against the commit LSNs the messages carry.
-      let maxConfirmed = 0n;
-      const during: typeof first = [];
-      let maxRss = 0;
-      let readyWhileDown = false;
-      const deadline = Date.now() + 60_000;
-      let round = 0;
-      while (Date.now() < deadline) {
-        if (round++ % 5 === 0) during.push(...(await writeOutbox(b.db.client, { total: 1_000, keys: 100, types: b.types })));
-        maxRss = Math.max(maxRss, rssBytes(relay.child.pid as number));
-        if ((await relay.http('/readyz')).status === 200 && round > 3) readyWhileDown = true;
-        const slot = await b.db.slotInfo();
-        if ((slot?.confirmed ?? 0n) > maxConfirmed) maxConfirmed = slot?.confirmed ?? 0n;
-        await sleep(1_000);
-      }
-      expect(readyWhileDown).toBe(false);
-      expect((await relay.http('/readyz')).body).toMatch(/not ok/);
-      // The replication connection survived the whole outage (keepalives answered).
-      expect(await walsenderPid(b)).toBe(pid);
-      // The in-flight bound is 2,000 messages / 4 MiB; the process itself needs ~100 MB.
-      process.stdout.write(
-        `[outage ${kind}] max RSS ${(maxRss / 1e6).toFixed(1)} MB, inflight ${await relay.metric('outboxd_inflight_messages')}\n`,
-      );
-      expect(maxRss).toBeLessThan(200 * 1024 * 1024);
-      // The bound, plus at most one socket read of WAL that was already parsed when reading paused.
-      expect(await relay.metric('outboxd_inflight_messages')).toBeLessThanOrEqual(2_000 + 500);
-      expect(await relay.metric('outboxd_publish_errors_total')).toBeGreaterThan(0);
+  it('for 60 s: bounded memory, not ready, replication kept alive, nothing confirmed past the broker; then resumes without loss', async () => {
+    const broker = await privateBroker(kind);
+    b = await bundle({ kind, ...broker.opts });
+    const relay = b.start();
+    await relay.ready();
+    const first = await writeOutbox(b.db.client, { total: 3_000, keys: 100, types: b.types });
+    await waitDelivered(
+      b.reader,
+      first.map((r) => r.id),
+    );
+    const pid = await walsenderPid(b);
+    await broker.stop();
+    // Nothing written from here on can be confirmed by the broker until it is back. The slot
+    // may still move over WAL that holds none of it (other databases' writes, while nothing
+    // is in flight); checked below against the commit LSNs the messages carry.
+    let maxConfirmed = 0n;
+    const during: typeof first = [];
+    let maxRss = 0;
+    let readyWhileDown = false;
+    const deadline = Date.now() + 60_000;
+    let round = 0;
+    while (Date.now() < deadline) {
+      if (round++ % 5 === 0) during.push(...(await writeOutbox(b.db.client, { total: 1_000, keys: 100, types: b.types })));
+      maxRss = Math.max(maxRss, rssBytes(relay.child.pid as number));
+      if ((await relay.http('/readyz')).status === 200 && round > 3) readyWhileDown = true;
+      const slot = await b.db.slotInfo();
+      if ((slot?.confirmed ?? 0n) > maxConfirmed) maxConfirmed = slot?.confirmed ?? 0n;
+      await sleep(1_000);
+    }
+    expect(readyWhileDown).toBe(false);
+    expect((await relay.http('/readyz')).body).toMatch(/not ok/);
+    // The replication connection survived the whole outage (keepalives answered).
+    expect(await walsenderPid(b)).toBe(pid);
+    // The in-flight bound is 2,000 messages / 4 MiB; the process itself needs ~100 MB.
+    process.stdout.write(
+      `[outage ${kind}] max RSS ${(maxRss / 1e6).toFixed(1)} MB, inflight ${await relay.metric('outboxd_inflight_messages')}\n`,
+    );
+    expect(maxRss).toBeLessThan(200 * 1024 * 1024);
+    // The bound, plus at most one socket read of WAL that was already parsed when reading paused.
+    expect(await relay.metric('outboxd_inflight_messages')).toBeLessThanOrEqual(2_000 + 500);
+    expect(await relay.metric('outboxd_publish_errors_total')).toBeGreaterThan(0);
 
-      await broker.start();
-      await relay.ready(90_000);
-      const all = [...first, ...during];
-      await waitDelivered(
-        b.reader,
-        all.map((r) => r.id),
-        120_000,
+    await broker.start();
+    await relay.ready(90_000);
+    const all = [...first, ...during];
+    await waitDelivered(
+      b.reader,
+      all.map((r) => r.id),
+      120_000,
+    );
+    // The slot never passed the commit of a message the broker had not confirmed: the
+    // earliest commit (outboxd.lsn header) among the rows written during the outage.
+    const duringIds = new Set(during.map((r) => r.id));
+    const firstDuringCommit = b.reader
+      .delivered()
+      .filter((d) => duringIds.has(d.id))
+      .reduce(
+        (min, d) => {
+          const lsn = parseLsn(d.headers['outboxd.lsn'] ?? '0/0');
+          return min === null || lsn < min ? lsn : min;
+        },
+        null as bigint | null,
       );
-      // The slot never passed the commit of a message the broker had not confirmed: the
-      // earliest commit (outboxd.lsn header) among the rows written during the outage.
-      const duringIds = new Set(during.map((r) => r.id));
-      const firstDuringCommit = b.reader
-        .delivered()
-        .filter((d) => duringIds.has(d.id))
-        .reduce(
-          (min, d) => {
-            const lsn = parseLsn(d.headers['outboxd.lsn'] ?? '0/0');
-            return min === null || lsn < min ? lsn : min;
-          },
-          null as bigint | null,
-        );
-      expect(firstDuringCommit).not.toBeNull();
-      expect(maxConfirmed).toBeLessThanOrEqual(firstDuringCommit as bigint);
-      const firstIds = new Set(first.map((r) => r.id));
-      // Sequence numbers restart with each writeOutbox call; check the first batch's order.
-      expect(orderAndDuplicates(b.reader.delivered().filter((d) => firstIds.has(d.id))).violations).toEqual([]);
-      expect(relay.stderr).not.toContain(':secret@');
-      expect((await relay.http('/metrics')).body).not.toContain('secret');
-    },
-    300_000,
-  );
+    expect(firstDuringCommit).not.toBeNull();
+    expect(maxConfirmed).toBeLessThanOrEqual(firstDuringCommit as bigint);
+    const firstIds = new Set(first.map((r) => r.id));
+    // Sequence numbers restart with each writeOutbox call; check the first batch's order.
+    expect(orderAndDuplicates(b.reader.delivered().filter((d) => firstIds.has(d.id))).violations).toEqual([]);
+    expect(relay.stderr).not.toContain(':secret@');
+    expect((await relay.http('/metrics')).body).not.toContain('secret');
+  }, 300_000);
 });
 
 describe.each(['kafka', 'rabbitmq'] as SinkKind[])('Postgres restarts → %s', (kind) => {
   for (const mode of ['fast', 'immediate'] as const) {
-    it.skipIf(kind === 'kafka' ? !inject('kafkaBrokers') : !inject('rabbitmqUrl'))(
-      `reconnects after a ${mode} shutdown mid-stream and resumes from the slot without loss`,
-      async () => {
-        const server = await startPostgres(15);
-        cleanups.push(() => server.destroy());
-        b = await bundle({ kind, pgUrl: server.url });
-        const relay = b.start();
-        await relay.ready();
-        const before = await writeOutbox(b.db.client, { total: 4_000, keys: 100, types: b.types });
-        const t0 = Date.now();
-        await server.stop(mode);
-        const stopMs = Date.now() - t0;
-        await until('not ready while Postgres is down', async () => (await relay.http('/readyz')).status === 503, 20_000);
-        await sleep(1_500);
-        await server.start();
-        await b.db.reconnect();
-        const after = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types });
-        await relay.ready(60_000);
-        await waitDelivered(
-          b.reader,
-          [...before, ...after].map((r) => r.id),
-        );
-        const beforeIds = new Set(before.map((r) => r.id));
-        expect(orderAndDuplicates(b.reader.delivered().filter((d) => beforeIds.has(d.id))).violations).toEqual([]);
-        expect(await relay.metric('outboxd_reconnects_total', { target: 'postgres' })).toBeGreaterThanOrEqual(1);
-        process.stdout.write(`[pg ${mode} ${kind}] server stop took ${stopMs} ms\n`);
-        // A fast shutdown waits for walsenders to be confirmed up to the end: it must not hang.
-        if (mode === 'fast') expect(stopMs).toBeLessThan(8_000);
-      },
-    );
+    it(`reconnects after a ${mode} shutdown mid-stream and resumes from the slot without loss`, async () => {
+      const server = await startPostgres(15);
+      cleanups.push(() => server.destroy());
+      b = await bundle({ kind, pgUrl: server.url });
+      const relay = b.start();
+      await relay.ready();
+      const before = await writeOutbox(b.db.client, { total: 4_000, keys: 100, types: b.types });
+      const t0 = Date.now();
+      await server.stop(mode);
+      const stopMs = Date.now() - t0;
+      await until('not ready while Postgres is down', async () => (await relay.http('/readyz')).status === 503, 20_000);
+      await sleep(1_500);
+      await server.start();
+      await b.db.reconnect();
+      const after = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types });
+      await relay.ready(60_000);
+      await waitDelivered(
+        b.reader,
+        [...before, ...after].map((r) => r.id),
+      );
+      const beforeIds = new Set(before.map((r) => r.id));
+      expect(orderAndDuplicates(b.reader.delivered().filter((d) => beforeIds.has(d.id))).violations).toEqual([]);
+      expect(await relay.metric('outboxd_reconnects_total', { target: 'postgres' })).toBeGreaterThanOrEqual(1);
+      process.stdout.write(`[pg ${mode} ${kind}] server stop took ${stopMs} ms\n`);
+      // A fast shutdown waits for walsenders to be confirmed up to the end: it must not hang.
+      if (mode === 'fast') expect(stopMs).toBeLessThan(8_000);
+    });
   }
 });

@@ -1,9 +1,8 @@
 /**
  * vitest globalSetup: starts PostgreSQL 15, PostgreSQL 17, Kafka and RabbitMQ in parallel,
  * provides their addresses to the tests (`inject('pg15Url')` etc.), destroys them on teardown.
- *
- * OUTBOXD_TEST_SERVICES=pg15,kafka (comma list of pg15, pg17, kafka, rabbitmq) starts only
- * those; the others are provided as ''. Unset or empty starts all four.
+ * Every test runs against every service: there is no reduced set and no skipped test. If a
+ * service cannot start, the run fails and says why.
  */
 // Brings 'vitest' into the program so the ProvidedContext augmentation below resolves (TS2664 otherwise).
 import type {} from 'vitest';
@@ -26,27 +25,6 @@ declare module 'vitest' {
   }
 }
 
-export const SERVICES = ['pg15', 'pg17', 'kafka', 'rabbitmq'] as const;
-export type ServiceName = (typeof SERVICES)[number];
-
-/** The services selected by OUTBOXD_TEST_SERVICES (all when unset/empty). */
-export function enabledServices(env: NodeJS.ProcessEnv = process.env): Set<ServiceName> {
-  const raw = (env.OUTBOXD_TEST_SERVICES ?? '').trim();
-  // The skipIf guards in the tests exist for quick local runs only; in CI every service starts,
-  // so no test can silently skip there.
-  if (raw && env.CI) throw new Error('OUTBOXD_TEST_SERVICES must not be set in CI: every test runs against every service');
-  if (!raw) return new Set(SERVICES);
-  const names = raw
-    .split(',')
-    .map((s) => s.trim())
-    .filter(Boolean);
-  const unknown = names.filter((n) => !(SERVICES as readonly string[]).includes(n));
-  if (unknown.length > 0) {
-    throw new Error(`OUTBOXD_TEST_SERVICES: unknown service(s) ${unknown.join(', ')}; valid: ${SERVICES.join(', ')}`);
-  }
-  return new Set(names as ServiceName[]);
-}
-
 async function timed<T>(name: string, start: () => Promise<T>): Promise<T> {
   const t0 = performance.now();
   const result = await start();
@@ -57,13 +35,12 @@ async function timed<T>(name: string, start: () => Promise<T>): Promise<T> {
 const fulfilled = <T>(r: PromiseSettledResult<T>): T | undefined => (r.status === 'fulfilled' ? r.value : undefined);
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
-  const enabled = enabledServices();
   // Wait for all before deciding, so that one failure never leaves the others running.
   const [pg15, pg17, kafka, rabbitmq] = await Promise.allSettled([
-    enabled.has('pg15') ? timed('pg15', () => startPostgres(15)) : undefined,
-    enabled.has('pg17') ? timed('pg17', () => startPostgres(17)) : undefined,
-    enabled.has('kafka') ? timed('kafka', () => startKafka()) : undefined,
-    enabled.has('rabbitmq') ? timed('rabbitmq', () => startRabbitMQ()) : undefined,
+    timed('pg15', () => startPostgres(15)),
+    timed('pg17', () => startPostgres(17)),
+    timed('kafka', () => startKafka()),
+    timed('rabbitmq', () => startRabbitMQ()),
   ]);
   const started: Array<PgServer | KafkaServer | RabbitServer> = [
     fulfilled(pg15),

@@ -9,14 +9,12 @@ import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { type Consumer, Kafka, type KafkaMessage, logLevel } from 'kafkajs';
 import pg from 'pg';
 import { describe, expect, inject, it } from 'vitest';
-import { enabledServices } from './global-setup.js';
 import { startKafka } from './kafka.js';
 import { isListening } from './ports.js';
 import { startPostgres } from './postgres.js';
 import { RABBIT_VHOST, startRabbitMQ } from './rabbitmq.js';
 
 const LONG = 120_000;
-const enabled = enabledServices();
 
 async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
   const client = new pg.Client({ connectionString: url });
@@ -34,7 +32,7 @@ const pgVersions = [
 ];
 
 describe.each(pgVersions)('postgres $version', ({ version, url }) => {
-  it.skipIf(!url)('is a replication-capable superuser on a logical-WAL server', async () => {
+  it('is a replication-capable superuser on a logical-WAL server', async () => {
     expect(url).toMatch(/^postgres:\/\/outboxd_test:secret@127\.0\.0\.1:\d+\/postgres$/);
     await withClient(url, async (c) => {
       const { rows } = await c.query<{ v: string; wal: string; slots: string; senders: string; su: boolean; repl: boolean }>(
@@ -48,7 +46,7 @@ describe.each(pgVersions)('postgres $version', ({ version, url }) => {
     });
   });
 
-  it.skipIf(!url)('decodes committed rows through a pgoutput slot', async () => {
+  it('decodes committed rows through a pgoutput slot', async () => {
     await withClient(url, async (c) => {
       const slot = `harness_smoke_${version}`;
       await c.query('CREATE TABLE IF NOT EXISTS harness_smoke (id serial PRIMARY KEY, payload text)');
@@ -70,7 +68,7 @@ describe.each(pgVersions)('postgres $version', ({ version, url }) => {
     });
   });
 
-  it.skipIf(!url)('accepts replication-protocol connections over TCP with a password', async () => {
+  it('accepts replication-protocol connections over TCP with a password', async () => {
     // pg passes `replication` through to the startup packet; @types/pg does not declare it.
     const config: pg.ClientConfig & { replication: string } = { connectionString: url, replication: 'database' };
     const client = new pg.Client(config);
@@ -83,7 +81,7 @@ describe.each(pgVersions)('postgres $version', ({ version, url }) => {
     }
   });
 
-  it.skipIf(!enabled.has(`pg${version}`))(
+  it(
     'private instance survives immediate and fast restarts, destroy removes it',
     async () => {
       const server = await startPostgres(version);
@@ -144,7 +142,7 @@ async function consume(
 const kafkaBrokers = inject('kafkaBrokers');
 
 describe('kafka', () => {
-  it.skipIf(!kafkaBrokers)(
+  it(
     'kafkajs idempotent producer (acks -1, sendBatch) and a consumer group round-trip',
     async () => {
       const kafka = new Kafka({ clientId: 'harness-smoke', brokers: kafkaBrokers.split(','), logLevel: logLevel.WARN });
@@ -192,7 +190,7 @@ describe('kafka', () => {
     LONG,
   );
 
-  it.skipIf(!enabled.has('kafka'))(
+  it(
     'private instance keeps messages across stop/start (graceful and kill), destroy stops it',
     async () => {
       const server = await startKafka();
@@ -279,7 +277,7 @@ function processesUsing(dir: string): string[] {
 const rabbitmqUrl = inject('rabbitmqUrl');
 
 describe('rabbitmq', () => {
-  it.skipIf(!rabbitmqUrl)(
+  it(
     'confirm channel: consistent-hash and topic exchanges, mandatory + persistent publishes, vhost outboxd_test',
     async () => {
       expect(rabbitmqUrl).toMatch(/^amqp:\/\/outboxd:secret@127\.0\.0\.1:\d+\/%2F$/);
@@ -346,7 +344,7 @@ describe('rabbitmq', () => {
     LONG,
   );
 
-  it.skipIf(!enabled.has('rabbitmq'))(
+  it(
     'private instance keeps durable exchanges, queues and persistent messages across stop/start (graceful and kill), destroy leaves no process',
     async () => {
       const server = await startRabbitMQ();
