@@ -328,7 +328,9 @@ export class Pipeline {
           { id: letter.id, key: letter.key, xid: txn.xid, reason: letter.error.reason, error: letter.error.message },
           'poison message dead-lettered',
         );
-        this.settle(txn, size);
+        // Its transaction may now be complete: confirm at once, as for a published batch.
+        const advanced = this.settle(txn, size);
+        if (advanced !== null) this.events.onAdvance(advanced);
         return;
       } catch (err) {
         const e =

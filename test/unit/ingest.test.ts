@@ -1,0 +1,103 @@
+import { describe, expect, it } from 'vitest';
+import { Watermark } from '../../src/checkpoint/watermark.js';
+import { parseConfig } from '../../src/config/load.js';
+import { ConfigError } from '../../src/errors.js';
+import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { createMetrics } from '../../src/observability/metrics.js';
+import { OutboxMapper } from '../../src/outbox/mapper.js';
+import { parseTemplate } from '../../src/outbox/template.js';
+import { Ingest } from '../../src/pipeline/ingest.js';
+import { Pipeline } from '../../src/pipeline/pipeline.js';
+import type { Relation } from '../../src/source/pgoutput.js';
+
+/** Records what is published and dead-lettered; confirms at once. */
+class RecordingSink implements Sink {
+  readonly type = 'stdout' as const;
+  published: OutboxMessage[] = [];
+  letters: DeadLetter[] = [];
+  async connect() {}
+  async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
+    this.published.push(...batch);
+    return { poisoned: [] };
+  }
+  async publishDeadLetter(letter: DeadLetter) {
+    this.letters.push(letter);
+  }
+  async reset() {}
+  async close() {}
+}
+
+function setup() {
+  const cfg = parseConfig(
+    'postgres:\n  url: postgres://u@h/db\noutbox:\n  tables:\n    - name: public.outbox\n  onPoison: dead-letter\npipeline:\n  linger: 1ms\n',
+    {},
+  );
+  const sink = new RecordingSink();
+  const watermark = new Watermark(0n);
+  const advanced: bigint[] = [];
+  const metrics = createMetrics();
+  const log = createLogger('silent');
+  const pipeline = new Pipeline(
+    cfg.pipeline,
+    cfg.outbox.onPoison,
+    sink,
+    watermark,
+    { onAdvance: (lsn) => advanced.push(lsn), onHalt: () => undefined, onFatal: () => undefined, onSinkHealth: () => undefined },
+    metrics,
+    log,
+  );
+  pipeline.start();
+  const ingest = new Ingest(cfg, new OutboxMapper(parseTemplate('outbox.event.{aggregatetype}')), watermark, pipeline, metrics, log);
+  ingest.onAdvance = (lsn) => advanced.push(lsn);
+  return { ingest, pipeline, sink, advanced };
+}
+
+const relation = (names: string[], name = 'outbox'): Relation => ({
+  relationOid: 16_385,
+  schema: 'public',
+  name,
+  columns: names.map((n) => ({ name: n, typeOid: n === 'payload' ? 3802 : 25 })),
+});
+const COLUMNS = ['id', 'aggregatetype', 'aggregateid', 'payload', 'created_at'];
+
+describe('Ingest', () => {
+  it('refuses a mapped table without a required column, naming the config path', () => {
+    const { ingest } = setup();
+    let err: unknown;
+    try {
+      ingest.relation(relation(['id', 'aggregatetype', 'aggregateid', 'body']));
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).message).toBe(
+      'config outbox.tables[0].columns.payload: table public.outbox has no column "payload" (columns: id, aggregatetype, aggregateid, body)',
+    );
+  });
+
+  it('asks for the mapped columns only, and for nothing of tables it does not map', () => {
+    const { ingest } = setup();
+    expect(ingest.relation(relation(COLUMNS))).toEqual([true, true, true, true, false]);
+    expect(ingest.relation({ ...relation(COLUMNS, 'orders'), relationOid: 7 })).toBeNull();
+  });
+
+  it('publishes a row, and dead-letters a poison row with every column of it', async () => {
+    const { ingest, pipeline, sink, advanced } = setup();
+    const rel = relation(COLUMNS);
+    ingest.relation(rel);
+    const whole = { id: 'i-2', aggregatetype: 'order', aggregateid: null, payload: '{}', created_at: '2026-01-01 00:00:00+00' };
+    ingest.begin(742, 0x100n, 0);
+    ingest.insert(rel, ['i-1', 'order', 'k-1', '{"a":1}', undefined], { wholeRow: () => ({}) });
+    ingest.insert(rel, ['i-2', 'order', null, '{}', undefined], { wholeRow: () => whole });
+    ingest.commit(0x180n);
+    expect(await pipeline.drain(5_000)).toBe(true);
+    expect(sink.published.map((m) => [m.id, m.key, m.destination, m.payload])).toEqual([['i-1', 'k-1', 'outbox.event.order', '{"a":1}']]);
+    expect(sink.letters).toHaveLength(1);
+    expect(sink.letters[0]?.error.reason).toBe('null_key');
+    expect(JSON.parse(sink.letters[0]?.payload as string)).toEqual(whole);
+    // Both messages settled: the transaction's end is the watermark.
+    expect(advanced.at(-1)).toBe(0x180n);
+    await pipeline.stop();
+  });
+});
