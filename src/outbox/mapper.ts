@@ -1,6 +1,7 @@
 import { PoisonError } from '../errors.js';
 import type { OutboxMessage, TxnRef } from '../interfaces.js';
-import type { TableConfig } from '../config/schema.js';
+import { COLUMN_FIELDS, type TableConfig } from '../config/schema.js';
+import type { Relation } from '../source/pgoutput.js';
 import { type Template, renderTemplate } from './template.js';
 
 /**
@@ -29,38 +30,13 @@ const CONTENT_TYPES: Record<PayloadKind, string> = {
   bytea: 'application/octet-stream',
 };
 
-/** The outbox fields read from a row's columns (after column mapping). */
-const ROW_FIELDS = [
-  'id',
-  'aggregatetype',
-  'aggregateid',
-  'type',
-  'payload',
-  'headers',
-  'correlation_id',
-  'causation_id',
-  'reply_to',
-  'traceparent',
-] as const;
-type RowField = (typeof ROW_FIELDS)[number];
+type RowField = (typeof COLUMN_FIELDS)[number];
 
-/** The fields a destination template finds before it looks at raw columns. */
-const TEMPLATE_FIELDS: ReadonlySet<string> = new Set<keyof Fields>([
-  'id',
-  'aggregatetype',
-  'aggregateid',
-  'type',
-  'correlation_id',
-  'causation_id',
-  'reply_to',
-  'traceparent',
-]);
+/** The fields a destination template finds before it looks at raw columns: all but the body. */
+const TEMPLATE_FIELDS: ReadonlySet<string> = new Set(COLUMN_FIELDS.filter((f) => f !== 'payload' && f !== 'headers'));
 
 /** A column as a RELATION message describes it. */
-export interface ColumnInfo {
-  readonly name: string;
-  readonly typeOid: number;
-}
+export type ColumnInfo = Relation['columns'][number];
 
 /**
  * A table as the stream described it (RELATION message), bound to its config once, so that
@@ -92,7 +68,7 @@ export class OutboxMapper {
     const index = new Map(columns.map((c, i) => [c.name, i]));
     const wanted = columns.map(() => false);
     const at = {} as Record<RowField, number>;
-    for (const field of ROW_FIELDS) {
+    for (const field of COLUMN_FIELDS) {
       const i = index.get(config.columns[field]) ?? columns.length;
       at[field] = i;
       if (i < columns.length) wanted[i] = true;

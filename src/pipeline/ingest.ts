@@ -81,17 +81,16 @@ export class Ingest implements ChangeHandler {
       this.bindings.set(rel.relationOid, null);
       return null;
     }
-    const names = new Set(rel.columns.map((c) => c.name));
-    const cols = entry.config.columns;
+    const binding = this.mapper.bind(entry.config, rel.columns);
     for (const field of ['id', 'aggregatetype', 'aggregateid', 'payload'] as const) {
-      if (!names.has(cols[field])) {
+      // bind() gives a field the table has no column for the column count (see TableBinding.at).
+      if (binding.at[field] === rel.columns.length) {
         throw new ConfigError(
           `outbox.tables[${entry.index}].columns.${field}`,
-          `table ${rel.schema}.${rel.name} has no column "${cols[field]}" (columns: ${rel.columns.map((c) => c.name).join(', ')})`,
+          `table ${rel.schema}.${rel.name} has no column "${entry.config.columns[field]}" (columns: ${rel.columns.map((c) => c.name).join(', ')})`,
         );
       }
     }
-    const binding = this.mapper.bind(entry.config, rel.columns);
     this.bindings.set(rel.relationOid, binding);
     return binding.wanted;
   }
