@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
 import { afterEach, describe, expect, inject, it } from 'vitest';
+import { isListening } from '../harness/ports.js';
 import { startRabbitMQ } from '../harness/rabbitmq.js';
 import { RelayProcess, TestDb, removeDir, sleep, until, writeConfig } from './support.js';
 
@@ -68,6 +69,39 @@ describe('RabbitMQ connection life', () => {
     expect(await relay.exited).toBe(1);
     const fatal = relay.logLines().find((l) => l.level === 'fatal');
     expect(String(fatal?.msg)).toMatch(/RabbitMQ exchange "missing_\w+" does not exist; create it or set sink\.rabbitmq\.declare: true/);
+  });
+
+  it('refused credentials stop the relay with a one-line error naming them', async () => {
+    const url = inject('rabbitmqUrl').replace(/:\/\/([^:]+):[^@]+@/, '://$1:not-the-password@');
+    const { relay } = await relayFor(url, `x_${randomUUID().slice(0, 8)}`, true);
+    expect(await relay.exited).toBe(1);
+    const fatal = relay.logLines().find((l) => l.level === 'fatal');
+    expect(String(fatal?.msg)).toMatch(/ACCESS_REFUSED.*\(check the credentials and vhost permissions\)$/);
+    expect(String(fatal?.msg)).not.toContain('\n');
+  });
+
+  it('a vhost that does not exist keeps the relay unready, with a warning naming it', async () => {
+    const url = inject('rabbitmqUrl').replace(/\/%2F$/, '/no_such_vhost');
+    const { relay } = await relayFor(url, `x_${randomUUID().slice(0, 8)}`, true);
+    await until('the warning', async () => relay.logLines().find((l) => l.level === 'warn'), 20_000);
+    const warn = relay.logLines().find((l) => l.level === 'warn');
+    expect(String(warn?.msg)).toBe('rabbitmq unavailable, retrying');
+    expect(String((warn?.err as { message?: string })?.message)).toMatch(/refused to open vhost "no_such_vhost": it does not exist/);
+    expect((await relay.http('/readyz')).status).toBe(503);
+    expect(relay.child.exitCode).toBeNull();
+  });
+
+  it('an unreachable broker is retried, whatever digits its address holds', async () => {
+    // A refused connection once read as ACCESS_REFUSED when the port held "403" (the reply code).
+    let port = 0;
+    for (let p = 40300; p < 40400 && port === 0; p++) if (!(await isListening('127.0.0.1', p))) port = p;
+    expect(port).toBeGreaterThan(0);
+    const { relay } = await relayFor(`amqp://outboxd:secret@127.0.0.1:${port}/%2F`, 'x', true);
+    await until('a retry', async () => /rabbitmq unavailable, retrying/.test(relay.stderr), 20_000);
+    await sleep(1_500);
+    expect(relay.child.exitCode).toBeNull();
+    expect((await relay.http('/readyz')).status).toBe(503);
+    expect(relay.stderr).toContain(`ECONNREFUSED 127.0.0.1:${port}`);
   });
 
   it('publishes into a vhost named by the URL path', async () => {

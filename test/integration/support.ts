@@ -203,7 +203,18 @@ export class RelayProcess {
   }
 
   async http(path: string): Promise<{ status: number; body: string }> {
-    const res = await fetch(`http://127.0.0.1:${this.httpPort}${path}`);
+    let res: Response;
+    try {
+      res = await fetch(`http://127.0.0.1:${this.httpPort}${path}`);
+    } catch (err) {
+      // Refused mostly means the relay is gone: say how it ended, not just that fetch failed.
+      if (this.child.exitCode !== null || this.child.signalCode !== null) {
+        throw new Error(
+          `GET ${path}: outboxd exited (${this.child.exitCode ?? this.child.signalCode}); stderr: ${this.stderr.slice(-2000)}`,
+        );
+      }
+      throw err;
+    }
     return { status: res.status, body: await res.text() };
   }
 
