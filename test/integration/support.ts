@@ -207,13 +207,11 @@ export class RelayProcess {
     try {
       res = await fetch(`http://127.0.0.1:${this.httpPort}${path}`);
     } catch (err) {
-      // Refused mostly means the relay is gone: say how it ended, not just that fetch failed.
-      if (this.child.exitCode !== null || this.child.signalCode !== null) {
-        throw new Error(
-          `GET ${path}: outboxd exited (${this.child.exitCode ?? this.child.signalCode}); stderr: ${this.stderr.slice(-2000)}`,
-        );
-      }
-      throw err;
+      // Refused mostly means the relay is gone or going: say how, not just that fetch failed.
+      const ended = this.child.exitCode ?? this.child.signalCode;
+      throw new Error(
+        `GET ${path}: ${(err as Error).cause ?? (err as Error).message}; outboxd ${ended === null ? 'still running' : `exited (${ended})`}; stderr: ${this.stderr.slice(-2000)}`,
+      );
     }
     return { status: res.status, body: await res.text() };
   }
