@@ -18,6 +18,8 @@
  *                               outboxd-kafka,bare-kafkajs,outboxd-rabbitmq,bare-amqplib
  *   BENCH_PIPELINE='batchMaxMessages: 2000, linger: 5ms'   extra outboxd pipeline settings
  *   BENCH_OUTBOXD_NODE_OPTIONS='--max-old-space-size=64'   NODE_OPTIONS of every outboxd process
+ *   BENCH_OUTBOXD_NODE_FLAGS='--max-semi-space-size=16'   node flags of every outboxd process,
+ *                               instead of the Dockerfile ENTRYPOINT's ('' for V8's defaults)
  *   BENCH_PROFILE=1             outboxd-discard and outboxd-kafka under node --cpu-prof
  *   OUTBOXD_BENCH_PG_URL, OUTBOXD_BENCH_KAFKA, OUTBOXD_BENCH_AMQP   use running services
  */
@@ -29,7 +31,7 @@ import { type Backlog, type BacklogSpec, createBacklog, dropBacklog, preparePool
 import { BrokerAdmin } from './lib/brokers.js';
 import { type BenchContext, CONSUMERS, type ConsumerName, type ConsumerResult, runConsumer } from './lib/consumers.js';
 import { note } from './lib/log.js';
-import { MAIN, RESULTS_DIR, ROOT } from './lib/paths.js';
+import { MAIN, RESULTS_DIR, ROOT, shippedNodeFlags } from './lib/paths.js';
 import { connect } from './lib/pg.js';
 import { summarizeProfiles } from './lib/profile.js';
 import { type Services, startServices } from './lib/services.js';
@@ -133,6 +135,10 @@ const config = {
   memoryConsumers: envList<ConsumerName>('BENCH_MEMORY_CONSUMERS', CONSUMERS, ['outboxd-discard', 'outboxd-kafka']),
   pipeline: process.env.BENCH_PIPELINE ?? '',
   outboxdNodeOptions: process.env.BENCH_OUTBOXD_NODE_OPTIONS ?? '',
+  outboxdNodeFlags:
+    process.env.BENCH_OUTBOXD_NODE_FLAGS === undefined
+      ? shippedNodeFlags()
+      : process.env.BENCH_OUTBOXD_NODE_FLAGS.split(/\s+/).filter(Boolean),
   profile: process.env.BENCH_PROFILE === '1',
   profileConsumers: envList<ConsumerName>('BENCH_PROFILE_CONSUMERS', CONSUMERS, ['outboxd-discard', 'outboxd-kafka']),
   recvlogical: join(process.env.BENCH_PG_BINDIR ?? '/usr/lib/postgresql/15/bin', 'pg_recvlogical'),
@@ -172,7 +178,9 @@ async function main(): Promise<number> {
   mkdirSync(RESULTS_DIR, { recursive: true });
   const profileDir = config.profile ? join(RESULTS_DIR, `${stamp}-profiles`) : null;
   if (profileDir) mkdirSync(profileDir, { recursive: true });
-  note(`outboxd bench${smoke ? ' (smoke)' : ''}: scenarios ${config.scenarios.join(', ')}; ${config.runs} run(s)`);
+  note(
+    `outboxd bench${smoke ? ' (smoke)' : ''}: scenarios ${config.scenarios.join(', ')}; ${config.runs} run(s); outboxd node flags: ${config.outboxdNodeFlags.join(' ') || "none (V8's defaults)"}`,
+  );
 
   const services: Services = await startServices({ kafka: needKafka, rabbitmq: needRabbit });
   const db = await connect(services.dbUrl);
@@ -204,6 +212,7 @@ async function main(): Promise<number> {
       profileDir,
       profileConsumers: new Set(config.profileConsumers),
       outboxdNodeOptions: config.outboxdNodeOptions,
+      outboxdNodeFlags: config.outboxdNodeFlags,
     };
     const spec = (name: string, rows: number, rowsPerTxn: number, payloadBytes = config.payloadBytes): BacklogSpec => ({
       name,

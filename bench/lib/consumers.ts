@@ -42,6 +42,8 @@ export interface BenchContext {
   profileConsumers: ReadonlySet<ConsumerName>;
   /** NODE_OPTIONS for every outboxd process (BENCH_OUTBOXD_NODE_OPTIONS), or ''. */
   outboxdNodeOptions: string;
+  /** node flags of every outboxd process: the Dockerfile ENTRYPOINT's, or BENCH_OUTBOXD_NODE_FLAGS. */
+  outboxdNodeFlags: readonly string[];
 }
 
 /** The environment of an outboxd child. */
@@ -469,9 +471,9 @@ export async function scrape(port: number): Promise<string> {
 }
 
 /** Node flags for an outboxd child: --cpu-prof when profiling that consumer. */
-export function nodeArgs(ctx: BenchContext, consumer: ConsumerName, name: string): string[] {
-  if (!ctx.profileDir || !ctx.profileConsumers.has(consumer)) return [];
-  return ['--cpu-prof', `--cpu-prof-dir=${ctx.profileDir}`, `--cpu-prof-name=${name}.cpuprofile`];
+export function nodeArgs(ctx: BenchContext, consumer: ConsumerName | null, name: string): string[] {
+  if (!ctx.profileDir || consumer === null || !ctx.profileConsumers.has(consumer)) return [...ctx.outboxdNodeFlags];
+  return [...ctx.outboxdNodeFlags, '--cpu-prof', `--cpu-prof-dir=${ctx.profileDir}`, `--cpu-prof-name=${name}.cpuprofile`];
 }
 
 async function runOutboxd(

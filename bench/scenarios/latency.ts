@@ -8,7 +8,7 @@ import type pg from 'pg';
 import { getFreePort } from '../../test/harness/ports.js';
 import { createOutboxTable } from '../lib/backlog.js';
 import { type Child, startChild, stopChild } from '../lib/child.js';
-import { type BenchContext, metricSum, outboxdEnv, relayYaml, scrape } from '../lib/consumers.js';
+import { type BenchContext, metricSum, nodeArgs, outboxdEnv, relayYaml, scrape } from '../lib/consumers.js';
 import { note, sleep } from '../lib/log.js';
 import { MAIN } from '../lib/paths.js';
 import { connect, dropSlot } from '../lib/pg.js';
@@ -113,7 +113,7 @@ export async function runLatency(ctx: BenchContext, sink: 'kafka' | 'rabbitmq', 
     const port = await getFreePort();
     const cfg = join(dir, 'outboxd.yaml');
     writeFileSync(cfg, relayYaml({ dbUrl: ctx.services.dbUrl, slot, publication, table, port, sinkYaml, pipelineYaml: ctx.pipelineYaml }));
-    relay = startChild(process.execPath, [MAIN, 'run', '-c', cfg], outboxdEnv(ctx));
+    relay = startChild(process.execPath, [...nodeArgs(ctx, null, 'latency'), MAIN, 'run', '-c', cfg], outboxdEnv(ctx));
     await waitReady(port, relay);
 
     for (let i = 0; i < WRITERS; i++) writers.push(await connect(ctx.services.dbUrl));
