@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { Config, TableConfig } from '../config/schema.js';
-import { COLUMN_FIELDS } from '../config/schema.js';
+import { COLUMN_FIELDS, REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { oneLine } from '../errors.js';
 import { createLogger } from '../observability/logger.js';
 import { loadSink } from '../sink/index.js';
@@ -13,7 +13,7 @@ export interface Check {
   detail: string;
 }
 
-const REQUIRED = new Set(['id', 'aggregatetype', 'aggregateid', 'payload']);
+const REQUIRED: ReadonlySet<string> = new Set(REQUIRED_COLUMN_FIELDS);
 
 /**
  * Checks the environment the way `run` will need it, without changing anything: Postgres

@@ -76,6 +76,11 @@ export const COLUMN_FIELDS = [
   'traceparent',
 ] as const satisfies ReadonlyArray<keyof ColumnMap>;
 
+/** The outbox fields a table must have a column for; the others are optional. */
+export const REQUIRED_COLUMN_FIELDS = ['id', 'aggregatetype', 'aggregateid', 'payload'] as const satisfies ReadonlyArray<
+  (typeof COLUMN_FIELDS)[number]
+>;
+
 export interface TableConfig {
   schema: string;
   table: string;

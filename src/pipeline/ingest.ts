@@ -1,5 +1,5 @@
 import type { Txn, Watermark } from '../checkpoint/watermark.js';
-import type { Config, TableConfig } from '../config/schema.js';
+import { type Config, REQUIRED_COLUMN_FIELDS, type TableConfig } from '../config/schema.js';
 import { ConfigError, OutboxdError, PoisonError } from '../errors.js';
 import type { DeadLetter } from '../interfaces.js';
 import type { Lsn } from '../lsn.js';
@@ -14,9 +14,8 @@ import type { Pipeline } from './pipeline.js';
  * The glue between the source and the pipeline: turns decoded changes into tracked
  * transactions and mapped messages, in WAL order.
  */
-export class Ingest implements ChangeHandler {
+export class Ingest implements ChangeHandler<TableBinding> {
   private txn: Txn | null = null;
-  private readonly bindings = new Map<number, TableBinding | null>();
   private readonly byName = new Map<string, { config: TableConfig; index: number }>();
   private readonly ignoredCounts = new Map<IgnoredKind, number>();
   /** Transactions read since the last scrape; a prom-client call per transaction costs on the hot path. */
@@ -53,10 +52,9 @@ export class Ingest implements ChangeHandler {
     };
   }
 
-  /** A new replication session starts: forget the last one's open transaction and relations. */
+  /** A new replication session starts: forget the last one's open transaction. */
   resetSession(): void {
     this.txn = null;
-    this.bindings.clear();
   }
 
   begin(xid: number, commitLsn: Lsn, commitTimeMs: number): void {
@@ -75,14 +73,12 @@ export class Ingest implements ChangeHandler {
   /** Set by the relay: where a moved watermark goes (the stream's confirm). */
   onAdvance: (lsn: Lsn) => void = () => undefined;
 
-  relation(rel: Relation): readonly boolean[] | null {
+  /** Binds a mapped table; the decoder keeps the binding and hands it back with each insert. */
+  relation(rel: Relation): TableBinding | null {
     const entry = this.byName.get(`${rel.schema}.${rel.name}`);
-    if (!entry) {
-      this.bindings.set(rel.relationOid, null);
-      return null;
-    }
+    if (!entry) return null;
     const binding = this.mapper.bind(entry.config, rel.columns);
-    for (const field of ['id', 'aggregatetype', 'aggregateid', 'payload'] as const) {
+    for (const field of REQUIRED_COLUMN_FIELDS) {
       // bind() gives a field the table has no column for the column count (see TableBinding.at).
       if (binding.at[field] === rel.columns.length) {
         throw new ConfigError(
@@ -91,17 +87,11 @@ export class Ingest implements ChangeHandler {
         );
       }
     }
-    this.bindings.set(rel.relationOid, binding);
-    return binding.wanted;
+    return binding;
   }
 
-  insert(rel: Relation, values: RowValues, row: WholeRow): Promise<void> | undefined {
+  insert(_rel: Relation, binding: TableBinding, values: RowValues, row: WholeRow): Promise<void> | undefined {
     if (this.paused && !this.txn) return undefined;
-    const binding = this.bindings.get(rel.relationOid);
-    if (!binding) {
-      this.ignore('unconfigured_table');
-      return undefined;
-    }
     const txn = this.requireTxn();
     try {
       return this.pipeline.push(this.mapper.fromRow(binding, values, txn), txn);

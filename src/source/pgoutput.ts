@@ -38,34 +38,41 @@ export interface WholeRow {
 
 export type IgnoredKind = 'update' | 'delete' | 'truncate' | 'unconfigured_table' | 'foreign_message' | 'non_transactional_message';
 
+/** What a handler keeps for a table whose inserts it wants: at least which columns to decode. */
+export interface TableInterest {
+  /** By column index: decode this column's value (the others are skipped unread). */
+  readonly wanted: ReadonlyArray<boolean>;
+}
+
 /**
  * Receives decoded changes in WAL order. `insert` and `message` return a promise only when the
  * stream must stop reading until it settles (back-pressure). A method that throws stops the
  * stream: nothing after it is processed or confirmed.
  */
-export interface PgoutputHandler {
+export interface PgoutputHandler<T extends TableInterest = TableInterest> {
   begin(xid: number, commitLsn: Lsn, commitTimeMs: number): void;
   /**
-   * A table's shape, before its first change in a session and after it changes. Returns which
-   * columns to decode for its inserts (by index), or null to ignore its inserts unread.
+   * A table's shape, before its first change in a session and after it changes. Returns what the
+   * handler keeps for the table, handed back with each of its inserts; or null to have its
+   * inserts ignored unread.
    */
-  relation(rel: Relation): ReadonlyArray<boolean> | null;
-  insert(rel: Relation, values: ColumnValues, row: WholeRow): Promise<void> | undefined;
+  relation(rel: Relation): T | null;
+  insert(rel: Relation, table: T, values: ColumnValues, row: WholeRow): Promise<void> | undefined;
   message(prefix: string, content: Buffer, transactional: boolean, lsn: Lsn): Promise<void> | undefined;
   ignore(kind: IgnoredKind): void;
   commit(endLsn: Lsn): void;
 }
 
-/** Microseconds between the Unix epoch and the Postgres epoch (2000-01-01), in ms. */
-const PG_EPOCH_MS = 946_684_800_000;
+/** The replication protocol's epoch, 2000-01-01, in Unix milliseconds. */
+export const PG_EPOCH_MS = 946_684_800_000;
 
-interface KnownRelation {
+interface KnownRelation<T> {
   readonly rel: Relation;
-  readonly wanted: ReadonlyArray<boolean> | null;
+  readonly table: T | null;
 }
 
-export class PgoutputDecoder implements WholeRow {
-  private readonly relations = new Map<number, KnownRelation>();
+export class PgoutputDecoder<T extends TableInterest = TableInterest> implements WholeRow {
+  private readonly relations = new Map<number, KnownRelation<T>>();
   private buf: Buffer = Buffer.alloc(0);
   private pos = 0;
   private end = 0;
@@ -73,12 +80,8 @@ export class PgoutputDecoder implements WholeRow {
   private tupleAt = -1;
   private tupleRel: Relation | null = null;
 
-  constructor(private readonly handler: PgoutputHandler) {}
-
-  /** Forgets the relations of the last session (a new session re-sends them). */
-  reset(): void {
-    this.relations.clear();
-  }
+  /** One decoder per replication session: a new session re-sends its RELATION messages. */
+  constructor(private readonly handler: PgoutputHandler<T>) {}
 
   /**
    * Decodes one pgoutput message, `buf[start, end)`, and hands it to the handler. Returns what
@@ -144,7 +147,8 @@ export class PgoutputDecoder implements WholeRow {
     const oid = this.uint32();
     const known = this.relations.get(oid);
     if (known === undefined) throw protocol(`INSERT for relation ${oid} before its RELATION message`);
-    if (known.wanted === null) {
+    const table = known.table;
+    if (table === null) {
       this.handler.ignore('unconfigured_table');
       return undefined;
     }
@@ -153,7 +157,7 @@ export class PgoutputDecoder implements WholeRow {
     this.tupleAt = this.pos;
     this.tupleRel = known.rel;
     try {
-      return this.handler.insert(known.rel, this.tuple(known.rel, known.wanted), this);
+      return this.handler.insert(known.rel, table, this.tuple(known.rel, table.wanted), this);
     } finally {
       this.tupleAt = -1;
       this.tupleRel = null;
@@ -209,7 +213,7 @@ export class PgoutputDecoder implements WholeRow {
     }
     // pgoutput sends an empty namespace for pg_catalog.
     const rel: Relation = { relationOid, schema: schema === '' ? 'pg_catalog' : schema, name, columns };
-    this.relations.set(relationOid, { rel, wanted: this.handler.relation(rel) });
+    this.relations.set(relationOid, { rel, table: this.handler.relation(rel) });
   }
 
   /** Int8 flags, Int64 LSN, String prefix, Int32 length, bytes (protocol v1: no xid). */

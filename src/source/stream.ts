@@ -5,13 +5,13 @@ import { OutboxdError, PgConnectionError } from '../errors.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import { type CoalescedSocket, coalesceReads } from './coalesce.js';
-import { PgoutputDecoder, type PgoutputHandler } from './pgoutput.js';
+import { PG_EPOCH_MS, PgoutputDecoder, type PgoutputHandler, type TableInterest } from './pgoutput.js';
 import { classifyPgError, clientConfig } from './postgres.js';
 
 /**
  * Receives decoded changes in WAL order (see PgoutputHandler), and the server's keepalives.
  */
-export interface ChangeHandler extends PgoutputHandler {
+export interface ChangeHandler<T extends TableInterest = TableInterest> extends PgoutputHandler<T> {
   /**
    * The server says it has sent everything before `lsn` (a keepalive), and every change received
    * before it has been handed to this handler. Returns the LSN that may now be confirmed, if any.
@@ -27,9 +27,6 @@ interface PgConnection {
   listeners(event: string): unknown[];
   removeListener(event: string, listener: (...args: unknown[]) => void): void;
 }
-
-/** Microseconds between 1970-01-01 and 2000-01-01, the replication protocol's epoch. */
-const PG_EPOCH_US = 946_684_800_000_000n;
 
 /**
  * One replication session on the slot. pg-logical-replication opens the replication connection,
@@ -326,7 +323,7 @@ export function standbyStatusUpdate(confirmed: Lsn, ping: boolean): Buffer {
   b.writeBigUInt64BE(confirmed, 1);
   b.writeBigUInt64BE(confirmed, 9);
   b.writeBigUInt64BE(confirmed, 17);
-  b.writeBigInt64BE(BigInt(Date.now()) * 1000n - PG_EPOCH_US, 25);
+  b.writeBigInt64BE(BigInt(Date.now() - PG_EPOCH_MS) * 1000n, 25);
   b[33] = ping ? 1 : 0;
   return b;
 }

@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import amqp from 'amqplib';
 import { inject } from 'vitest';
-import { RelayProcess, TestDb, TopicReader, removeDir, until, writeConfig } from '../integration/support.js';
+import { type OutboxRow, RelayProcess, TestDb, TopicReader, removeDir, until, writeConfig, writeOutbox } from '../integration/support.js';
 
 export type SinkKind = 'kafka' | 'rabbitmq';
 
@@ -244,6 +244,18 @@ class AmqpReader implements Reader {
     this.closing = true;
     await this.model?.close().catch(() => undefined);
   }
+}
+
+/** Starts the relay and, once it is ready, writes `total` rows over `keys` keys and waits until all are delivered. */
+export async function startDelivering(b: Bundle, total: number, keys: number): Promise<{ relay: RelayProcess; rows: OutboxRow[] }> {
+  const relay = b.start();
+  await relay.ready();
+  const rows = await writeOutbox(b.db.client, { total, keys, types: b.types });
+  await waitDelivered(
+    b.reader,
+    rows.map((r) => r.id),
+  );
+  return { relay, rows };
 }
 
 /** Waits until every id has been delivered at least once. */

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { sleep, until, writeOutbox } from '../integration/support.js';
-import { type Bundle, type SinkKind, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
+import { type Bundle, type SinkKind, bundle, orderAndDuplicates, startDelivering, waitDelivered } from './fixtures.js';
 import { TcpProxy } from './proxy.js';
 
 /**
@@ -76,13 +76,7 @@ describe('network faults: relay ↔ Postgres', () => {
   it('a stalled connection (open but silent) is detected and replaced', async () => {
     const proxy = await proxyTo(pgHostPort(inject('pg15Url')));
     b = await bundle({ kind: 'kafka', pgUrlRewrite: (url) => viaProxy(url, proxy.port) });
-    const relay = b.start();
-    await relay.ready();
-    const before = await writeOutbox(b.db.client, { total: 500, keys: 50, types: b.types });
-    await waitDelivered(
-      b.reader,
-      before.map((r) => r.id),
-    );
+    const { relay } = await startDelivering(b, 500, 50);
     proxy.stall();
     const during = await writeOutbox(b.db.client, { total: 500, keys: 50, types: b.types });
     // statusInterval is 1 s in the fault config: silence is declared after 10 s.
@@ -108,13 +102,7 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
       // Kafka advertises its own address in metadata, so the proxy only sees the bootstrap
       // connection for Kafka; stalling it still stalls that connection's requests.
       b = await bundle({ kind, relayBroker });
-      const relay = b.start();
-      await relay.ready();
-      const first = await writeOutbox(b.db.client, { total: 500, keys: 50, types: b.types });
-      await waitDelivered(
-        b.reader,
-        first.map((r) => r.id),
-      );
+      const { relay } = await startDelivering(b, 500, 50);
       proxy.stall();
       const during = await writeOutbox(b.db.client, { total: 500, keys: 50, types: b.types });
       if (kind === 'rabbitmq') {

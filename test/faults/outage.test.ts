@@ -4,7 +4,7 @@ import { startKafka } from '../harness/kafka.js';
 import { startPostgres } from '../harness/postgres.js';
 import { startRabbitMQ } from '../harness/rabbitmq.js';
 import { sleep, until, writeOutbox } from '../integration/support.js';
-import { type Bundle, type SinkKind, bundle, orderAndDuplicates, rssBytes, waitDelivered } from './fixtures.js';
+import { type Bundle, type SinkKind, bundle, orderAndDuplicates, rssBytes, startDelivering, waitDelivered } from './fixtures.js';
 
 /**
  * Outages of the broker and of Postgres, against private servers the test can stop.
@@ -40,13 +40,7 @@ describe.each(['kafka', 'rabbitmq'] as SinkKind[])('broker outage → %s', (kind
   it('for 60 s: bounded memory, not ready, replication kept alive, nothing confirmed past the broker; then resumes without loss', async () => {
     const broker = await privateBroker(kind);
     b = await bundle({ kind, ...broker.opts });
-    const relay = b.start();
-    await relay.ready();
-    const first = await writeOutbox(b.db.client, { total: 3_000, keys: 100, types: b.types });
-    await waitDelivered(
-      b.reader,
-      first.map((r) => r.id),
-    );
+    const { relay, rows: first } = await startDelivering(b, 3_000, 100);
     const pid = await walsenderPid(b);
     await broker.stop();
     // Nothing written from here on can be confirmed by the broker until it is back. The slot

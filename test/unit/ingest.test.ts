@@ -5,7 +5,7 @@ import { ConfigError } from '../../src/errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
-import { OutboxMapper } from '../../src/outbox/mapper.js';
+import { OutboxMapper, type TableBinding } from '../../src/outbox/mapper.js';
 import { parseTemplate } from '../../src/outbox/template.js';
 import { Ingest } from '../../src/pipeline/ingest.js';
 import { Pipeline } from '../../src/pipeline/pipeline.js';
@@ -78,18 +78,18 @@ describe('Ingest', () => {
 
   it('asks for the mapped columns only, and for nothing of tables it does not map', () => {
     const { ingest } = setup();
-    expect(ingest.relation(relation(COLUMNS))).toEqual([true, true, true, true, false]);
+    expect(ingest.relation(relation(COLUMNS))?.wanted).toEqual([true, true, true, true, false]);
     expect(ingest.relation({ ...relation(COLUMNS, 'orders'), relationOid: 7 })).toBeNull();
   });
 
   it('publishes a row, and dead-letters a poison row with every column of it', async () => {
     const { ingest, pipeline, sink, advanced } = setup();
     const rel = relation(COLUMNS);
-    ingest.relation(rel);
+    const binding = ingest.relation(rel) as TableBinding;
     const whole = { id: 'i-2', aggregatetype: 'order', aggregateid: null, payload: '{}', created_at: '2026-01-01 00:00:00+00' };
     ingest.begin(742, 0x100n, 0);
-    ingest.insert(rel, ['i-1', 'order', 'k-1', '{"a":1}', undefined], { wholeRow: () => ({}) });
-    ingest.insert(rel, ['i-2', 'order', null, '{}', undefined], { wholeRow: () => whole });
+    ingest.insert(rel, binding, ['i-1', 'order', 'k-1', '{"a":1}', undefined], { wholeRow: () => ({}) });
+    ingest.insert(rel, binding, ['i-2', 'order', null, '{}', undefined], { wholeRow: () => whole });
     ingest.commit(0x180n);
     expect(await pipeline.drain(5_000)).toBe(true);
     expect(sink.published.map((m) => [m.id, m.key, m.destination, m.payload])).toEqual([['i-1', 'k-1', 'outbox.event.order', '{"a":1}']]);

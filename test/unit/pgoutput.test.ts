@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { OutboxdError } from '../../src/errors.js';
-import type { ColumnValues, IgnoredKind, PgoutputHandler, Relation, WholeRow } from '../../src/source/pgoutput.js';
+import type { ColumnValues, IgnoredKind, PgoutputHandler, Relation, TableInterest, WholeRow } from '../../src/source/pgoutput.js';
 import { PgoutputDecoder } from '../../src/source/pgoutput.js';
 
 /** Builds pgoutput (protocol v1) messages the way the server encodes them. */
@@ -11,20 +11,17 @@ class Wire {
     return this;
   }
   u16(v: number): this {
-    const b = Buffer.alloc(2);
-    b.writeUInt16BE(v);
-    this.parts.push(b);
-    return this;
+    return this.fixed(2, (b) => b.writeUInt16BE(v));
   }
   u32(v: number): this {
-    const b = Buffer.alloc(4);
-    b.writeUInt32BE(v);
-    this.parts.push(b);
-    return this;
+    return this.fixed(4, (b) => b.writeUInt32BE(v));
   }
   u64(v: bigint): this {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64BE(v);
+    return this.fixed(8, (b) => b.writeBigUInt64BE(v));
+  }
+  private fixed(size: number, write: (b: Buffer) => void): this {
+    const b = Buffer.alloc(size);
+    write(b);
     this.parts.push(b);
     return this;
   }
@@ -63,11 +60,11 @@ class Recorder implements PgoutputHandler {
   begin(xid: number, commitLsn: bigint, commitTimeMs: number): void {
     this.calls.push(['begin', xid, commitLsn, commitTimeMs]);
   }
-  relation(rel: Relation): ReadonlyArray<boolean> | null {
+  relation(rel: Relation): TableInterest | null {
     this.calls.push(['relation', rel.schema, rel.name, rel.columns.map((c) => `${c.name}:${c.typeOid}`)]);
-    return this.wanted;
+    return this.wanted === null ? null : { wanted: this.wanted };
   }
-  insert(rel: Relation, values: ColumnValues, row: WholeRow): undefined {
+  insert(rel: Relation, _table: TableInterest, values: ColumnValues, row: WholeRow): undefined {
     this.calls.push(['insert', rel.name, [...values]]);
     if (this.takeWhole) this.whole = row.wholeRow();
     return undefined;
