@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Fetches the Apache Kafka broker jars (KRaft, single node) from Maven Central into a cache
 # outside the repository, once. Prints the directory holding the jars (and nothing else on stdout).
-#   KAFKA_VERSION  broker version (default 4.1.1)
+#   KAFKA_VERSION  broker version (default: scripts/versions.json)
 #   OUTBOXD_CACHE  cache root (default ~/.cache/outboxd)
 set -euo pipefail
-version="${KAFKA_VERSION:-4.1.1}"
-cache="${OUTBOXD_CACHE:-$HOME/.cache/outboxd}"
-dest="$cache/kafka-$version"
+source "$(dirname "$0")/lib/common.sh"
+version="${KAFKA_VERSION:-$(pinned kafka)}"
+dest="$OUTBOXD_CACHE/kafka-$version"
 # Bump when the dependency list below changes, so stale caches are refetched.
 recipe="2"
 if [ -f "$dest/.complete" ] && [ "$(cat "$dest/.complete")" = "$recipe" ]; then

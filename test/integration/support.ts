@@ -21,7 +21,7 @@ export const MAIN = join(ROOT, 'dist/main.js');
 /** The outbox table the tests use: exactly what `outboxd setup --print` prints for the defaults. */
 export const OUTBOX_DDL = outboxDdl(parseConfig('postgres:\n  url: postgres://u@h/db\n', {}).outbox.tables[0] as TableConfig);
 
-/** Where scripts/install-helm.sh puts helm (.ci/run runs it). */
+/** Where scripts/install-helm.sh puts helm (npm test runs it through scripts/prereqs.sh). */
 export function helmBinary(): string {
   const bin = join(process.env.OUTBOXD_CACHE ?? join(homedir(), '.cache/outboxd'), 'bin/helm');
   try {
