@@ -11,7 +11,9 @@
 # this file's COPY/WORKDIR/RUN steps without Docker and runs ENTRYPOINT+CMD against a real
 # Postgres, so keep the steps to COPY, WORKDIR, ENV and `npm …` RUNs (plus the one apt step).
 
-ARG NODE_IMAGE=node:20-bookworm-slim
+# Node.js 24 LTS, pinned by digest so a rebuild gets the same base: node:24-bookworm-slim
+# (24.18.0). Bump the tag and the digest together.
+ARG NODE_IMAGE=node:24-bookworm-slim@sha256:6f7b03f7c2c8e2e784dcf9295400527b9b1270fd37b7e9a7285cf83b6951452d
 
 # ---- build: all dependencies, TypeScript -> dist/ ----
 FROM ${NODE_IMAGE} AS build

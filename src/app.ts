@@ -2,17 +2,18 @@ import type { Server } from 'node:http';
 import type pg from 'pg';
 import { Watermark } from './checkpoint/watermark.js';
 import type { Config } from './config/schema.js';
-import { ConfigError, OutboxdError, SinkError, SlotError, exitCodeFor, ExitCode } from './errors.js';
+import { ConfigError, ExitCode, MissingDestinationError, OutboxdError, SinkError, SlotError, exitCodeFor } from './errors.js';
 import type { RelayState, Sink } from './interfaces.js';
 import { type Lsn, ZERO_LSN, formatLsn } from './lsn.js';
 import { startHttp } from './observability/http.js';
 import type { Logger } from './observability/logger.js';
+import { Liveness } from './observability/liveness.js';
 import { type Metrics, createMetrics, setOneHot } from './observability/metrics.js';
 import { OutboxMapper } from './outbox/mapper.js';
 import { Sleeper, backoffMs } from './pipeline/backoff.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Pipeline } from './pipeline/pipeline.js';
-import { type SinkFactory, destinationTemplate, loadSink } from './sink/index.js';
+import { type SinkFactory, destinationLabel, destinationTemplate, loadSink } from './sink/index.js';
 import {
   checkWalLevel,
   classifyPgError,
@@ -53,6 +54,15 @@ export class Relay {
   private http: Server | null = null;
   private sinkUp = false;
   private sinkBlocked = false;
+  /** Why the sink is down, while it is (the last failed publish), for /readyz. */
+  private sinkError: SinkError | null = null;
+  private sinkStalledMs: number | null = null;
+  /** Topics the broker said do not exist, until a publish succeeds. */
+  private missing: readonly string[] = [];
+  /** What start-up waits for right now (slot creation), for /readyz. */
+  private waitingFor: string | null = null;
+  private readonly liveness = new Liveness();
+  private readonly label: (destination: string) => string;
   private reopening = false;
   /** A halt raised by the source rather than the pipeline (a row the server cannot send). */
   private haltedBy: OutboxdError | null = null;
@@ -77,6 +87,7 @@ export class Relay {
     options: { metrics?: Metrics; sink: Sink | SinkFactory },
   ) {
     this.metrics = options.metrics ?? createMetrics();
+    this.label = destinationLabel(cfg.sink, log.child({ module: 'metrics' }));
     this.done = new Promise((resolve) => {
       this.finished = resolve;
     });
@@ -102,13 +113,27 @@ export class Relay {
         onAdvance: (lsn) => this.advance(lsn),
         onHalt: () => this.setState('halted'),
         onFatal: (err) => this.die(err),
-        onSinkHealth: (up) => {
+        onSinkHealth: (up, error) => {
           this.sinkUp = up;
+          this.sinkError = up ? null : (error ?? null);
           this.metrics.connectionState.set({ target: cfg.sink.type }, up ? 1 : 0);
+          this.setMissing(error instanceof MissingDestinationError ? error.destinations : up ? [] : this.missing);
+        },
+        onStall: (stalled, waitedMs) => {
+          this.sinkStalledMs = stalled ? waitedMs : null;
+          this.metrics.sinkStalled.set(stalled ? 1 : 0);
+          if (stalled)
+            this.log.warn(
+              { waitedMs: Math.round(waitedMs) },
+              `${cfg.sink.type} stalled: no answer from the broker for ${(waitedMs / 1000).toFixed(1)} s`,
+            );
+          else this.log.info({ waitedMs: Math.round(waitedMs) }, `${cfg.sink.type} answered again after ${(waitedMs / 1000).toFixed(1)} s`);
         },
       },
       this.metrics,
       log.child({ module: 'pipeline' }),
+      cfg.sink.stallTimeoutMs,
+      this.label,
     );
     this.ingest = new Ingest(
       cfg,
@@ -153,21 +178,37 @@ export class Relay {
   }
 
   private health() {
+    const sink = this.cfg.sink.type;
     return {
       live: () => {
-        const ok = this.state !== 'failed';
-        return { ok, detail: ok ? this.state : `failed: ${this.fatal?.message ?? ''}` };
+        if (this.state === 'failed') return { ok: false, detail: `failed: ${this.fatal?.message ?? ''}` };
+        const l = this.liveness.check();
+        return { ok: l.ok, detail: l.detail ?? this.state };
       },
       ready: () => {
         if (this.state !== 'streaming') {
           const why = this.pipeline.haltedBy?.message ?? this.haltedBy?.message;
-          return { ok: false, detail: this.state === 'halted' ? `halted: ${why}` : this.state };
+          if (this.state === 'halted') return { ok: false, detail: `halted: ${why}` };
+          return { ok: false, detail: this.waitingFor ? `${this.state}: ${this.waitingFor}` : this.state };
         }
-        if (!this.sinkUp) return { ok: false, detail: `${this.cfg.sink.type} unavailable` };
-        if (this.sinkBlocked) return { ok: false, detail: `${this.cfg.sink.type} blocked the connection (resource alarm)` };
+        if (!this.sinkUp) return { ok: false, detail: `${sink} unavailable${this.sinkError ? `: ${this.sinkError.message}` : ''}` };
+        if (this.sinkBlocked) return { ok: false, detail: `${sink} blocked the connection (resource alarm)` };
+        if (this.sinkStalledMs !== null) {
+          return {
+            ok: false,
+            detail: `${sink} stalled: a publish has waited over ${this.cfg.sink.stallTimeoutMs / 1000} s for the broker (sink.stallTimeout)`,
+          };
+        }
         return { ok: true, detail: 'streaming' };
       },
     };
+  }
+
+  /** Sets outboxd_destination_missing for the topics the broker does not know (and clears the rest). */
+  private setMissing(topics: readonly string[]): void {
+    for (const t of this.missing) if (!topics.includes(t)) this.metrics.destinationMissing.set({ destination: this.label(t) }, 0);
+    for (const t of topics) this.metrics.destinationMissing.set({ destination: this.label(t) }, 1);
+    this.missing = topics;
   }
 
   private setState(s: RelayState): void {
@@ -219,9 +260,26 @@ export class Relay {
           continue;
         }
         if (standbyLogged) this.log.info({ slot: this.cfg.postgres.slot }, 'took over as leader');
-        await checkWalLevel(this.admin);
-        await ensurePublication(this.admin, this.cfg);
-        const { slot, created } = await ensureSlot(this.admin, this.cfg.postgres);
+        const admin = this.admin;
+        const pgc = this.cfg.postgres;
+        // Each step's own timeouts (statement, lock, slot creation) end it well within its bound:
+        // only a hang that none of them covers makes /livez fail.
+        await this.liveness.step('checking Postgres', 3 * pgc.statementTimeoutMs, async () => {
+          await checkWalLevel(admin);
+          await ensurePublication(admin, this.cfg);
+        });
+        const { slot, created } = await this.liveness.step(
+          'creating or checking the replication slot',
+          pgc.slotCreateTimeoutMs + 3 * pgc.statementTimeoutMs,
+          () =>
+            ensureSlot(admin, pgc, (blockers, waitedMs) => {
+              const oldest = blockers[0];
+              this.waitingFor = `creating replication slot ${pgc.slot}: waiting ${Math.round(waitedMs / 1000)} s for ${blockers.length} running transaction(s) to end${oldest ? ` (oldest: pid ${oldest.pid}, ${oldest.ageSeconds} s)` : ''}`;
+              this.log.warn({ slot: pgc.slot, waitedMs, blockers }, 'creating the replication slot waits for running transactions to end');
+            }).finally(() => {
+              this.waitingFor = null;
+            }),
+        );
         if (created) this.log.info({ slot: slot.name, lsn: formatLsn(slot.confirmedFlushLsn ?? 0n) }, 'created replication slot');
         // The new session re-reads from the slot. Whatever the last session left in flight is
         // published first, so the watermark's bookkeeping can start over cleanly.
@@ -239,7 +297,7 @@ export class Relay {
           this.log.child({ module: 'source' }),
         );
         this.stream = stream;
-        await stream.start();
+        await this.liveness.step('starting replication', 2 * pgc.connectTimeoutMs + pgc.statementTimeoutMs, () => stream.start());
         this.metrics.connectionState.set({ target: 'postgres' }, 1);
         if (attempt > 0) this.log.info({ attempts: attempt }, 'replication reconnected');
         this.log.info({ slot: this.cfg.postgres.slot, from: formatLsn(start) }, 'streaming');
@@ -432,6 +490,7 @@ export class Relay {
       await stream.stop();
     }
     this.stopTimers();
+    this.liveness.stop();
     await this.sink.close().catch(() => undefined);
     await this.admin?.end().catch(() => undefined);
     await new Promise<void>((resolve) => (this.http ? this.http.close(() => resolve()) : resolve()));

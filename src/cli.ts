@@ -5,6 +5,7 @@ import { statusCommand } from './commands/status.js';
 import { loadConfigFile } from './config/load.js';
 import { ExitCode, UsageError, exitCodeFor, oneLine } from './errors.js';
 import { createLogger } from './observability/logger.js';
+import { routeWarnings } from './observability/warnings.js';
 import { VERSION } from './version.js';
 
 export const USAGE = `outboxd ${VERSION}: relays transactional outbox rows from Postgres logical replication to Kafka, RabbitMQ or stdout
@@ -86,6 +87,7 @@ export async function cli(argv: readonly string[], env: NodeJS.ProcessEnv = proc
 async function run(configFile: string, env: NodeJS.ProcessEnv): Promise<number> {
   const cfg = loadConfigFile(configFile, env);
   const log = createLogger(cfg.log.level);
+  routeWarnings((w) => log.warn({ err: w }, 'Node.js warning'));
   const relay = await Relay.create(cfg, log);
   let firstSignalAt = 0;
   const onSignal = (signal: NodeJS.Signals) => {

@@ -1,3 +1,5 @@
+import { redact } from './observability/redact.js';
+
 /**
  * Typed errors. Every error outboxd raises on purpose carries a stable `code`, a `retriable`
  * flag (may the same operation succeed if tried again?) and, where there is one, a `cause`.
@@ -80,7 +82,11 @@ export type PoisonReason =
   | 'bad_encoding'
   | 'oversized'
   | 'unroutable'
-  | 'rejected';
+  | 'rejected'
+  /** An AMQP shortstr field (message id, type, routing key, header name, ...) over 255 bytes. */
+  | 'field_too_long'
+  /** The AMQP header table over what amqplib can encode (64 KiB). */
+  | 'headers_too_large';
 
 /** The broker refused or failed a publish. `retriable` decides between backoff and stopping. */
 export class SinkError extends OutboxdError {
@@ -88,6 +94,21 @@ export class SinkError extends OutboxdError {
   constructor(reason: string, message: string, options: { retriable: boolean; cause?: unknown }) {
     super(options.retriable ? 'SINK_RETRIABLE' : 'SINK_FATAL', message, options);
     this.reason = reason;
+  }
+}
+
+/**
+ * The broker does not know a destination (a Kafka topic that does not exist and is not created
+ * for us). Retried, since it may be created any moment; never poison. `destinations` names them
+ * for /readyz and the metrics.
+ */
+export class MissingDestinationError extends SinkError {
+  constructor(
+    readonly destinations: readonly string[],
+    message: string,
+    cause: unknown,
+  ) {
+    super('destination_missing', message, { retriable: true, cause });
   }
 }
 
@@ -113,13 +134,8 @@ export function exitCodeFor(err: unknown): number {
   return ExitCode.failure;
 }
 
-/** One line, no stack: what the CLI prints. Redacts URL passwords that a driver may echo. */
+/** One line, no stack, secrets redacted: what the CLI prints. */
 export function oneLine(err: unknown): string {
   const message = err instanceof Error ? err.message : String(err);
-  return redactUrls(message.replace(/\s*\n\s*/g, ' ')).trim();
-}
-
-/** Replaces the password of any `scheme://user:password@` URL in a string with `***`. */
-export function redactUrls(text: string): string {
-  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^:/@\s]*:)[^@\s]*@/gi, '$1***@');
+  return redact(message.replace(/\s*\n\s*/g, ' ')).trim();
 }

@@ -65,6 +65,30 @@ export class Watermark {
     return txn.pending === 0 ? this.advance() : null;
   }
 
+  /**
+   * A transaction that produced no message committed at `endLsn`. With nothing open it is done
+   * at once (returns the new watermark). Otherwise it waits behind the open ones, merged into the
+   * last entry when that one is done too: consecutive done transactions need only the newest end
+   * LSN. So however many empty transactions arrive while a message waits (Postgres 14 sends one
+   * per transaction of any table, heartbeats are one), the queue grows by at most one entry.
+   */
+  commitEmpty(endLsn: Lsn): Lsn | null {
+    if (this.openTxns === 0) {
+      if (endLsn <= this.confirmed) return null;
+      this.confirmed = endLsn;
+      return endLsn;
+    }
+    const tail = this.queue[this.queue.length - 1] as Txn;
+    if (tail.endLsn !== null && tail.pending === 0) {
+      if (endLsn > tail.endLsn) tail.endLsn = endLsn;
+      return null;
+    }
+    const done = new Txn(0, endLsn, 0);
+    done.endLsn = endLsn;
+    this.queue.push(done);
+    return null;
+  }
+
   /** A message of `txn` entered the pipeline. */
   track(txn: Txn): void {
     txn.pending++;

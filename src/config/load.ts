@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import { LineCounter, parseDocument } from 'yaml';
 import { ConfigError } from '../errors.js';
 import { interpolate } from './interpolate.js';
-import { type Config, compileConfig } from './schema.js';
+import { registerSecrets } from '../observability/redact.js';
+import { type Config, compileConfig, secretsOf } from './schema.js';
 
 /** Reads, interpolates and validates a config file. Throws ConfigError with a one-line message. */
 export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Config {
@@ -23,5 +24,8 @@ export function parseConfig(text: string, env: NodeJS.ProcessEnv = process.env):
     const pos = lineCounter.linePos(first.pos[0]);
     throw new ConfigError('', `YAML syntax error${pos ? ` at line ${pos.line}, column ${pos.col}` : ''}: ${first.message.split('\n')[0]}`);
   }
-  return compileConfig(interpolate(doc.toJS({ maxAliasCount: 100 }), env));
+  const cfg = compileConfig(interpolate(doc.toJS({ maxAliasCount: 100 }), env));
+  // From here on, these values never leave the process in a log line, probe body or error.
+  registerSecrets(secretsOf(cfg));
+  return cfg;
 }

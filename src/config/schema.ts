@@ -42,6 +42,12 @@ export interface PostgresConfig {
   /** How often slot lag and retained WAL are polled for metrics. */
   lagPollIntervalMs: number;
   connectTimeoutMs: number;
+  /** statement_timeout of the admin connection's queries (checks, heartbeats, lag). */
+  statementTimeoutMs: number;
+  /** lock_timeout of the admin connection's queries. */
+  lockTimeoutMs: number;
+  /** How long creating the slot may wait for running transactions to end. */
+  slotCreateTimeoutMs: number;
   reconnect: BackoffConfig;
 }
 
@@ -117,6 +123,11 @@ export interface KafkaSinkConfig {
   maxMessageBytes: number;
   connectionTimeoutMs: number;
   requestTimeoutMs: number;
+  /**
+   * May the producer ask the broker to create a missing topic? true: ask, and the broker's
+   * `auto.create.topics.enable` decides. false: never ask; a missing topic waits until created.
+   */
+  autoCreateTopics: boolean;
   ssl: TlsConfig | undefined;
   sasl: SaslConfig | undefined;
 }
@@ -160,10 +171,14 @@ export interface RabbitMqSinkConfig {
   tls: TlsConfig | undefined;
 }
 
-export type SinkConfig =
+export type SinkConfig = (
   | { type: 'kafka'; kafka: KafkaSinkConfig }
   | { type: 'rabbitmq'; rabbitmq: RabbitMqSinkConfig }
-  | { type: 'stdout'; stdout: StdoutSinkConfig };
+  | { type: 'stdout'; stdout: StdoutSinkConfig }
+) & {
+  /** A call to the broker unanswered this long makes the sink stalled: not ready, until it answers. */
+  stallTimeoutMs: number;
+};
 
 /** All defaults in one place. Debezium outbox event router conventions where they apply. */
 export const DEFAULTS = {
@@ -189,6 +204,10 @@ export const DEFAULTS = {
   heartbeatInterval: '30s',
   lagPollInterval: '10s',
   connectTimeout: '10s',
+  statementTimeout: '30s',
+  lockTimeout: '10s',
+  slotCreateTimeout: '10m',
+  stallTimeout: '5s',
   reconnectInitial: '500ms',
   reconnectMax: '30s',
   maxInFlightMessages: 5_000,
@@ -217,6 +236,21 @@ export const DEFAULTS = {
   shutdownGrace: '30s',
 } as const;
 
+/** The secret values a config holds (passwords, TLS private keys), for the redaction. */
+export function secretsOf(cfg: Config): string[] {
+  const urlPassword = (url: string) => {
+    try {
+      return decodeURIComponent(new URL(url).password);
+    } catch {
+      return '';
+    }
+  };
+  const out = [cfg.postgres.password ?? '', urlPassword(cfg.postgres.url)];
+  if (cfg.sink.type === 'kafka') out.push(cfg.sink.kafka.sasl?.password ?? '', cfg.sink.kafka.ssl?.key ?? '');
+  if (cfg.sink.type === 'rabbitmq') out.push(urlPassword(cfg.sink.rabbitmq.url), cfg.sink.rabbitmq.tls?.key ?? '');
+  return out.filter((s) => s !== '');
+}
+
 const TOP = ['postgres', 'outbox', 'pipeline', 'sink', 'http', 'log', 'shutdown'] as const;
 
 /** Validates a parsed, interpolated YAML document. Throws ConfigError naming the path. */
@@ -229,7 +263,7 @@ export function compileConfig(doc: unknown): Config {
     pipeline: compilePipeline(
       root.section('pipeline', ['maxInFlightMessages', 'maxInFlightBytes', 'batchMaxMessages', 'batchMaxBytes', 'linger', 'retry']),
     ),
-    sink: compileSink(root.section('sink', ['type', 'kafka', 'rabbitmq', 'stdout'])),
+    sink: compileSink(root.section('sink', ['type', 'stallTimeout', 'kafka', 'rabbitmq', 'stdout'])),
     http: compileHttp(root.section('http', ['host', 'port'])),
     log: {
       level: root
@@ -253,6 +287,9 @@ const POSTGRES_KEYS = [
   'heartbeat',
   'lagPollInterval',
   'connectTimeout',
+  'statementTimeout',
+  'lockTimeout',
+  'slotCreateTimeout',
   'reconnect',
 ] as const;
 
@@ -283,6 +320,9 @@ function compilePostgres(s: Section): PostgresConfig {
     heartbeatPrefix: heartbeat.string('prefix', DEFAULTS.heartbeatPrefix),
     lagPollIntervalMs: s.durationMs('lagPollInterval', DEFAULTS.lagPollInterval, { min: 100 }),
     connectTimeoutMs: s.durationMs('connectTimeout', DEFAULTS.connectTimeout, { min: 100 }),
+    statementTimeoutMs: s.durationMs('statementTimeout', DEFAULTS.statementTimeout, { min: 100 }),
+    lockTimeoutMs: s.durationMs('lockTimeout', DEFAULTS.lockTimeout, { min: 100 }),
+    slotCreateTimeoutMs: s.durationMs('slotCreateTimeout', DEFAULTS.slotCreateTimeout, { min: 1000 }),
     reconnect: compileBackoff(s.section('reconnect', ['initial', 'max']), DEFAULTS.reconnectInitial, DEFAULTS.reconnectMax),
   };
 }
@@ -352,6 +392,7 @@ function compilePipeline(s: Section): PipelineConfig {
 }
 
 function compileSink(s: Section): SinkConfig {
+  const stallTimeoutMs = s.durationMs('stallTimeout', DEFAULTS.stallTimeout, { min: 100 });
   const type = s.oneOf('type', ['kafka', 'rabbitmq', 'stdout'] as const, 'stdout');
   for (const other of ['kafka', 'rabbitmq', 'stdout'] as const) {
     if (other !== type && s.has(other)) {
@@ -361,6 +402,7 @@ function compileSink(s: Section): SinkConfig {
   if (type === 'kafka') {
     return {
       type,
+      stallTimeoutMs,
       kafka: compileKafka(
         s.section('kafka', [
           'brokers',
@@ -371,6 +413,7 @@ function compileSink(s: Section): SinkConfig {
           'maxMessageBytes',
           'connectionTimeout',
           'requestTimeout',
+          'autoCreateTopics',
           'ssl',
           'sasl',
         ]),
@@ -380,6 +423,7 @@ function compileSink(s: Section): SinkConfig {
   if (type === 'rabbitmq') {
     return {
       type,
+      stallTimeoutMs,
       rabbitmq: compileRabbitMq(
         s.section('rabbitmq', [
           'url',
@@ -403,6 +447,7 @@ function compileSink(s: Section): SinkConfig {
   const out = s.section('stdout', ['destination', 'deadLetterDestination']);
   return {
     type,
+    stallTimeoutMs,
     stdout: {
       destination: template(out, 'destination', DEFAULTS.kafkaTopic),
       deadLetterDestination: out.string('deadLetterDestination', DEFAULTS.deadLetterTopic),
@@ -425,6 +470,7 @@ function compileKafka(s: Section): KafkaSinkConfig {
     maxMessageBytes: s.sizeBytes('maxMessageBytes', DEFAULTS.kafkaMaxMessageBytes, { min: 1024 }),
     connectionTimeoutMs: s.durationMs('connectionTimeout', DEFAULTS.kafkaConnectionTimeout, { min: 100 }),
     requestTimeoutMs: s.durationMs('requestTimeout', DEFAULTS.kafkaRequestTimeout, { min: 100 }),
+    autoCreateTopics: s.bool('autoCreateTopics', true),
     ssl: compileTls(s),
     sasl: compileSasl(s),
   };

@@ -1,6 +1,7 @@
 import { type Server, createServer } from 'node:http';
 import type { Registry } from 'prom-client';
 import type { Logger } from './logger.js';
+import { redact } from './redact.js';
 
 export interface Health {
   /** The process is making progress (its loops are turning). */
@@ -29,7 +30,9 @@ export async function startHttp(host: string, port: number, registry: Registry, 
     }
     if (path === '/livez' || path === '/readyz') {
       const h = path === '/livez' ? health.live() : health.ready();
-      res.writeHead(h.ok ? 200 : 503, { 'content-type': 'text/plain; charset=utf-8' }).end(`${h.ok ? 'ok' : 'not ok'}: ${h.detail}\n`);
+      res
+        .writeHead(h.ok ? 200 : 503, { 'content-type': 'text/plain; charset=utf-8' })
+        .end(`${h.ok ? 'ok' : 'not ok'}: ${redact(h.detail)}\n`);
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics, /livez or /readyz\n');

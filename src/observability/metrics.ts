@@ -123,6 +123,17 @@ export function createMetrics(registry = new Registry()) {
       labelNames: ['target'],
       registers: r,
     }),
+    sinkStalled: new Gauge({
+      name: 'outboxd_sink_stalled',
+      help: 'Set to 1 while a call to the broker has waited longer than sink.stallTimeout for its answer.',
+      registers: r,
+    }),
+    destinationMissing: new Gauge({
+      name: 'outboxd_destination_missing',
+      help: 'Set to 1 while the broker says a destination (Kafka topic) does not exist; publishing waits and retries.',
+      labelNames: ['destination'],
+      registers: r,
+    }),
     brokerBlocked: new Gauge({
       name: 'outboxd_broker_blocked',
       help: '1 while the broker blocks publishing (RabbitMQ memory or disk alarm).',

@@ -1,7 +1,9 @@
+import { isUtf8 } from 'node:buffer';
 import { PoisonError } from '../errors.js';
 import type { OutboxMessage, TxnRef } from '../interfaces.js';
 import { COLUMN_FIELDS, type TableConfig } from '../config/schema.js';
 import type { Relation } from '../source/pgoutput.js';
+import { type JsonSpan, JsonSyntaxError, LoneSurrogateError, scanObject, unescapeString } from './json.js';
 import { type Template, renderTemplate } from './template.js';
 
 /**
@@ -118,36 +120,46 @@ export class OutboxMapper {
 
   /**
    * Maps the content of a transactional `pg_logical_emit_message`: a JSON object with the same
-   * fields as a row. `payload` may be any JSON value (sent as its JSON text) or a string (sent
-   * verbatim, for pre-serialised bodies).
+   * fields as a row. `payload` may be any JSON value (sent as its exact JSON text) or a string
+   * (sent as its value, for pre-serialised bodies). Ids, keys and header values are taken as
+   * written: a number keeps every digit. Nothing is parsed into JavaScript values and written
+   * back (src/outbox/json.ts).
    */
-  fromLogicalMessage(content: Uint8Array, txn: TxnRef): OutboxMessage {
-    let doc: unknown;
+  fromLogicalMessage(content: Buffer, txn: TxnRef): OutboxMessage {
+    if (!isUtf8(content)) throw new PoisonError('bad_encoding', 'logical message content is not valid UTF-8');
+    const text = content.toString('utf8');
+    let members: Map<string, JsonSpan>;
     try {
-      doc = JSON.parse(Buffer.from(content.buffer, content.byteOffset, content.byteLength).toString('utf8'));
+      members = scanObject(text);
     } catch (err) {
-      throw new PoisonError('bad_message', `logical message content is not JSON: ${(err as Error).message}`);
+      if (err instanceof JsonSyntaxError)
+        throw new PoisonError('bad_message', `logical message content is not a JSON object: ${err.message}`);
+      throw err;
     }
-    if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
-      throw new PoisonError('bad_message', 'logical message content must be a JSON object');
-    }
-    const obj = doc as Record<string, unknown>;
+    const field = (name: string) => scalarField(text, members, name, 'logical message field');
     const fields: Fields = {
-      id: scalarText(obj.id),
-      aggregatetype: scalarText(obj.aggregatetype),
-      aggregateid: scalarText(obj.aggregateid),
-      type: scalarText(obj.type),
-      correlation_id: scalarText(obj.correlation_id),
-      causation_id: scalarText(obj.causation_id),
-      reply_to: scalarText(obj.reply_to),
-      traceparent: scalarText(obj.traceparent),
+      id: field('id'),
+      aggregatetype: field('aggregatetype'),
+      aggregateid: field('aggregateid'),
+      type: field('type'),
+      correlation_id: field('correlation_id'),
+      causation_id: field('causation_id'),
+      reply_to: field('reply_to'),
+      traceparent: field('traceparent'),
     };
-    const raw = obj.payload;
-    if (raw === undefined || raw === null) throw new PoisonError('missing_payload', 'logical message has no payload');
-    const [payload, contentType] = typeof raw === 'string' ? [raw, CONTENT_TYPES.text] : [JSON.stringify(raw), CONTENT_TYPES.json];
-    let headers: Record<string, string> | null = null;
-    if (obj.headers !== undefined && obj.headers !== null) headers = headersFromObject(obj.headers, 'headers');
-    return this.build(fields, payload, contentType, headers, txn, obj);
+    const p = members.get('payload');
+    if (p === undefined || p.kind === 'null') throw new PoisonError('missing_payload', 'logical message has no payload');
+    const [payload, contentType] =
+      p.kind === 'string' ? [stringValue(text, p, 'payload'), CONTENT_TYPES.text] : [text.slice(p.start, p.end), CONTENT_TYPES.json];
+    const h = members.get('headers');
+    const headers = h === undefined || h.kind === 'null' ? null : headersFromSpan(text, h, 'logical message field headers');
+    let raw: Record<string, string | null> | null = null;
+    for (const f of this.destination.fields) {
+      if (TEMPLATE_FIELDS.has(f) || !members.has(f)) continue;
+      raw ??= {};
+      raw[f] = field(f);
+    }
+    return this.build(fields, payload, contentType, headers, txn, raw);
   }
 
   private build(
@@ -156,10 +168,10 @@ export class OutboxMapper {
     contentType: string,
     extraHeaders: Record<string, string> | null,
     txn: TxnRef,
-    raw: Readonly<Record<string, unknown>> | null,
+    raw: Readonly<Record<string, string | null>> | null,
   ): OutboxMessage {
     const id = f.id;
-    if (id === null || id === '') throw new PoisonError('missing_id', 'id is null');
+    if (id === null || id === '') throw new PoisonError('missing_id', `id is ${id === null ? 'null' : 'empty'}`);
     const key = f.aggregateid;
     if (key === null) throw new PoisonError('null_key', `aggregateid (the shard key) is null for id ${id}`);
     const aggregateType = f.aggregatetype;
@@ -213,41 +225,65 @@ interface Fields {
   traceparent: string | null;
 }
 
-function scalarText(v: unknown): string | null {
-  if (v === undefined || v === null) return null;
-  if (typeof v === 'string') return v;
-  if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return String(v);
-  return JSON.stringify(v);
+/**
+ * A scalar member as text: a string's value, or a number's or boolean's JSON text with every
+ * digit. null and absent are null. An object or array is not a scalar: poison.
+ */
+function scalarField(text: string, members: ReadonlyMap<string, JsonSpan>, name: string, what: string): string | null {
+  const span = members.get(name);
+  if (span === undefined || span.kind === 'null') return null;
+  if (span.kind === 'string') return stringValue(text, span, name);
+  if (span.kind === 'object' || span.kind === 'array') {
+    throw new PoisonError('bad_message', `${what} ${name} must be a string or a number, not an ${span.kind}`);
+  }
+  return text.slice(span.start, span.end);
 }
 
-/** The `headers` column: a JSON object whose values become header strings. */
+function stringValue(text: string, span: JsonSpan, name: string): string {
+  try {
+    return unescapeString(text, span.start, span.end);
+  } catch (err) {
+    if (err instanceof LoneSurrogateError) throw new PoisonError('bad_encoding', `${name}: ${err.message}; it has no UTF-8 form`);
+    throw err;
+  }
+}
+
+/** The `headers` column: a JSON object whose members become headers, each value its exact text. */
 function parseHeadersColumn(text: string | null, column: string): Record<string, string> | null {
   if (text === null || text === '') return null;
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch {
-    throw new PoisonError('bad_headers', `column ${column} (headers) is not JSON`);
-  }
-  return headersFromObject(doc, column);
+  return headersFromSpan(text, { kind: 'object', start: 0, end: text.length }, `column ${column} (headers)`);
 }
 
-function headersFromObject(doc: unknown, what: string): Record<string, string> {
-  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
-    throw new PoisonError('bad_headers', `${what} must be a JSON object`);
+/**
+ * A headers object: a string member becomes its value, a number or boolean its JSON text with
+ * every digit, a nested object or array its JSON text as written; a null member is left out.
+ */
+function headersFromSpan(text: string, span: JsonSpan, what: string): Record<string, string> {
+  if (span.kind !== 'object') throw new PoisonError('bad_headers', `${what} must be a JSON object, not ${span.kind}`);
+  let members: Map<string, JsonSpan>;
+  try {
+    members = scanObject(text.slice(span.start, span.end));
+  } catch (err) {
+    if (err instanceof JsonSyntaxError) throw new PoisonError('bad_headers', `${what} is not a JSON object: ${err.message}`);
+    if (err instanceof LoneSurrogateError) throw new PoisonError('bad_encoding', `${what}: ${err.message}`);
+    throw err;
   }
+  const inner = text.slice(span.start, span.end);
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(doc as Record<string, unknown>)) {
-    const s = scalarText(v);
-    if (s !== null) out[k] = s;
+  for (const [k, v] of members) {
+    if (v.kind === 'null') continue;
+    out[k] = v.kind === 'string' ? stringValue(inner, v, `header ${k}`) : inner.slice(v.start, v.end);
   }
   return out;
 }
 
-/** bytea's text output (`\x0a0b…`, the default `bytea_output = hex`) to bytes. */
+/** bytea's text output (`\x0a0b…`, the default `bytea_output = hex`) to bytes, every one of them. */
 export function decodeByteaHex(text: string): Buffer {
   if (!text.startsWith('\\x')) {
     throw new PoisonError('bad_message', 'bytea payload is not in hex format (set bytea_output = hex)');
   }
-  return Buffer.from(text.slice(2), 'hex');
+  const bytes = Buffer.from(text.slice(2), 'hex');
+  // Buffer.from stops quietly at the first character that is not hex.
+  if (bytes.length * 2 !== text.length - 2) throw new PoisonError('bad_message', 'bytea payload is not valid hex');
+  return bytes;
 }

@@ -33,7 +33,7 @@ export function parseTemplate(source: string): Template {
 export function renderTemplate(
   t: Template,
   fields: Readonly<Record<string, string | null>>,
-  raw: Readonly<Record<string, unknown>> | null = null,
+  raw: Readonly<Record<string, string | null>> | null = null,
 ): string {
   let out = '';
   for (const part of t.parts) {
@@ -42,8 +42,7 @@ export function renderTemplate(
       continue;
     }
     const f = part.field;
-    const r = f in fields ? fields[f] : raw?.[f];
-    const v = typeof r === 'string' || r === null || r === undefined ? r : String(r);
+    const v = f in fields ? fields[f] : raw?.[f];
     if (v === null || v === undefined || v === '') {
       throw new PoisonError(
         'missing_route',

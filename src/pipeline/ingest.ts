@@ -9,13 +9,22 @@ import type { Metrics } from '../observability/metrics.js';
 import type { IgnoredKind, Relation, WholeRow } from '../source/pgoutput.js';
 import type { ChangeHandler } from '../source/stream.js';
 import type { Pipeline } from './pipeline.js';
+import { maxMessageBytes } from '../sink/limits.js';
 
 /**
  * The glue between the source and the pipeline: turns decoded changes into tracked
  * transactions and mapped messages, in WAL order.
  */
 export class Ingest implements ChangeHandler<TableBinding> {
+  /** The transaction between BEGIN and COMMIT, if any. */
+  private open: { xid: number; commitLsn: Lsn; commitTimeMs: number } | null = null;
+  /**
+   * Its watermark entry, made at its first message. A transaction without one (another table's,
+   * a heartbeat, an empty one: Postgres 14 sends those) never gets an entry of its own: at COMMIT
+   * it merges into the watermark's tail, so the watermark stays bounded while the broker is away.
+   */
   private txn: Txn | null = null;
+  readonly maxValueBytes: number;
   private readonly byName = new Map<string, { config: TableConfig; index: number }>();
   private readonly ignoredCounts = new Map<IgnoredKind, number>();
   /** Transactions read since the last scrape; a prom-client call per transaction costs on the hot path. */
@@ -28,7 +37,7 @@ export class Ingest implements ChangeHandler<TableBinding> {
 
   /** True while a transaction has begun and not committed. */
   get inTransaction(): boolean {
-    return this.txn !== null;
+    return this.open !== null;
   }
 
   constructor(
@@ -39,6 +48,7 @@ export class Ingest implements ChangeHandler<TableBinding> {
     private readonly metrics: Metrics,
     private readonly log: Logger,
   ) {
+    this.maxValueBytes = maxMessageBytes(cfg);
     cfg.outbox.tables.forEach((t, index) => {
       this.byName.set(`${t.schema}.${t.table}`, { config: t, index });
     });
@@ -54,18 +64,21 @@ export class Ingest implements ChangeHandler<TableBinding> {
 
   /** A new replication session starts: forget the last one's open transaction. */
   resetSession(): void {
+    this.open = null;
     this.txn = null;
   }
 
   begin(xid: number, commitLsn: Lsn, commitTimeMs: number): void {
     if (this.paused) return; // stopping: take no new transaction
-    this.txn = this.watermark.begin(xid, commitLsn, commitTimeMs);
+    this.open = { xid, commitLsn, commitTimeMs };
+    this.txn = null;
   }
 
   commit(endLsn: Lsn): void {
-    if (!this.txn) return;
+    if (!this.open) return;
     this.transactions++;
-    const lsn = this.watermark.commit(this.txn, endLsn);
+    const lsn = this.txn !== null ? this.watermark.commit(this.txn, endLsn) : this.watermark.commitEmpty(endLsn);
+    this.open = null;
     this.txn = null;
     if (lsn !== null) this.onAdvance(lsn);
   }
@@ -91,8 +104,22 @@ export class Ingest implements ChangeHandler<TableBinding> {
   }
 
   insert(_rel: Relation, binding: TableBinding, values: RowValues, row: WholeRow): Promise<void> | undefined {
-    if (this.paused && !this.txn) return undefined;
+    if (this.paused && !this.open) return undefined;
     const txn = this.requireTxn();
+    const problem = row.problem();
+    if (problem !== null) {
+      const at = binding.at;
+      const error =
+        problem.reason === 'oversized'
+          ? new PoisonError(
+              'oversized',
+              `column ${problem.column} holds ${problem.bytes} bytes, over the sink's message limit of ${this.maxValueBytes} bytes`,
+            )
+          : new PoisonError('bad_encoding', `column ${problem.column} holds bytes that are not valid UTF-8`);
+      // The dead letter carries the other columns; the one with the problem is null.
+      const whole = JSON.stringify(row.wholeRow());
+      return this.pipeline.pushPoison(letter(error, txn, values[at.id] ?? null, values[at.aggregateid] ?? null, whole), txn);
+    }
     try {
       return this.pipeline.push(this.mapper.fromRow(binding, values, txn), txn);
     } catch (err) {
@@ -104,8 +131,8 @@ export class Ingest implements ChangeHandler<TableBinding> {
     }
   }
 
-  message(prefix: string, content: Buffer, transactional: boolean, _lsn: Lsn): Promise<void> | undefined {
-    if (this.paused && (!this.txn || !transactional)) return undefined;
+  message(prefix: string, content: Buffer | null, length: number, transactional: boolean, _lsn: Lsn): Promise<void> | undefined {
+    if (this.paused && (!this.open || !transactional)) return undefined;
     if (prefix === this.cfg.postgres.heartbeatPrefix) {
       this.metrics.heartbeatsReceived.inc();
       return undefined;
@@ -121,6 +148,13 @@ export class Ingest implements ChangeHandler<TableBinding> {
       return undefined;
     }
     const txn = this.requireTxn();
+    if (content === null) {
+      const error = new PoisonError(
+        'oversized',
+        `logical message of ${length} bytes is over the sink's message limit of ${this.maxValueBytes} bytes`,
+      );
+      return this.pipeline.pushPoison(letter(error, txn, null, null, ''), txn);
+    }
     try {
       return this.pipeline.push(this.mapper.fromLogicalMessage(content, txn), txn);
     } catch (err) {
@@ -134,12 +168,14 @@ export class Ingest implements ChangeHandler<TableBinding> {
   }
 
   keepalive(lsn: Lsn): Lsn | null {
-    if (this.paused || this.txn !== null || !this.pipeline.idle) return null;
+    if (this.paused || this.open !== null || !this.pipeline.idle) return null;
     return this.watermark.observeIdle(lsn);
   }
 
   private requireTxn(): Txn {
-    if (!this.txn) throw new OutboxdError('PG_PROTOCOL', 'replication stream sent a change outside a transaction');
+    const open = this.open;
+    if (!open) throw new OutboxdError('PG_PROTOCOL', 'replication stream sent a change outside a transaction');
+    this.txn ??= this.watermark.begin(open.xid, open.commitLsn, open.commitTimeMs);
     return this.txn;
   }
 }

@@ -21,6 +21,12 @@ export interface PipelineEvents {
   onFatal(error: OutboxdError): void;
   /** The broker's health as the pipeline sees it (false while retrying a failed publish). */
   onSinkHealth(up: boolean, error?: SinkError): void;
+  /**
+   * A call to the broker has waited longer than `sink.stallTimeout` for its confirm (true), or
+   * the confirm came (false). A broker that stops answering without closing the connection (a
+   * paused process, a black-holed network) shows here long before the client's own timeout.
+   */
+  onStall(stalled: boolean, waitedMs: number): void;
 }
 
 /**
@@ -51,7 +57,15 @@ export class Pipeline {
   private readonly sleeper = new Sleeper();
   private loop: Promise<void> | null = null;
   private readonly received = new Map<string, number>();
+  /** Settles when stop() runs: what a halted pipeline hands the source, so WAL reading stops. */
+  private readonly stopped: Promise<void>;
+  private markStopped!: () => void;
+  private stalled = false;
 
+  /**
+   * `stallTimeoutMs`: how long one call to the sink may wait for the broker before the sink is
+   * reported stalled. `label`: the bounded metric label for a destination.
+   */
   constructor(
     private readonly cfg: PipelineConfig,
     private readonly policy: PoisonPolicy,
@@ -60,7 +74,12 @@ export class Pipeline {
     private readonly events: PipelineEvents,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    private readonly stallTimeoutMs: number,
+    private readonly label: (destination: string) => string = (d) => d,
   ) {
+    this.stopped = new Promise((resolve) => {
+      this.markStopped = resolve;
+    });
     metrics.probes.inFlightMessages = () => this.inFlightCount;
     metrics.probes.inFlightBytes = () => this.inFlightByteCount;
     metrics.probes.flushReceived = () => {
@@ -100,8 +119,8 @@ export class Pipeline {
    * before pushing more (that is the back-pressure that pauses WAL reading).
    */
   push(message: OutboxMessage, txn: Txn): Promise<void> | undefined {
-    const n = this.received.get(message.destination);
-    this.received.set(message.destination, n === undefined ? 1 : n + 1);
+    const label = this.label(message.destination);
+    this.received.set(label, (this.received.get(label) ?? 0) + 1);
     return this.enqueue({ kind: 'message', message, txn }, message.sizeBytes);
   }
 
@@ -126,6 +145,9 @@ export class Pipeline {
         this.kick();
       }, this.cfg.lingerMs);
     }
+    // Halted, nothing will be confirmed until an operator acts: stop reading WAL altogether, or
+    // the queue (and the watermark) would grow with every transaction until memory runs out.
+    if (this.halted) return this.stopped;
     if (this.hasRoom()) return undefined;
     this.metrics.backpressurePauses.inc();
     return new Promise((resolve) => this.spaceWaiters.push(resolve));
@@ -157,6 +179,7 @@ export class Pipeline {
   /** Stops the publish loop after the current batch. Unconfirmed items stay unconfirmed. */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.markStopped();
     this.sleeper.wakeAll();
     this.kick();
     if (this.lingerTimer) clearTimeout(this.lingerTimer);
@@ -171,9 +194,31 @@ export class Pipeline {
     w?.();
   }
 
+  /** Wakes whoever waits for room or for the drain. A halted pipeline keeps the source waiting. */
   private releaseWaiters(): void {
-    for (const w of this.spaceWaiters.splice(0)) w();
+    if (!this.halted || this.stopping) for (const w of this.spaceWaiters.splice(0)) w();
     for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /**
+   * Runs one call to the broker under the stall watch: past `stallTimeoutMs` without an answer,
+   * the sink is reported stalled until an answer (a confirm, or a failure) comes.
+   */
+  private async watched<T>(call: Promise<T>): Promise<T> {
+    const started = performance.now();
+    const timer = setTimeout(() => {
+      this.stalled = true;
+      this.events.onStall(true, performance.now() - started);
+    }, this.stallTimeoutMs);
+    try {
+      return await call;
+    } finally {
+      clearTimeout(timer);
+      if (this.stalled) {
+        this.stalled = false;
+        this.events.onStall(false, performance.now() - started);
+      }
+    }
   }
 
   private async run(): Promise<void> {
@@ -249,7 +294,7 @@ export class Pipeline {
     for (let attempt = 1; ; attempt++) {
       const started = performance.now();
       try {
-        const outcome = await this.sink.publish(messages);
+        const outcome = await this.watched(this.sink.publish(messages));
         this.metrics.publishDuration.observe((performance.now() - started) / 1000);
         if (attempt > 1) {
           this.log.info({ attempts: attempt }, 'publish recovered');
@@ -266,7 +311,8 @@ export class Pipeline {
             // Settled below, in order, by the poison policy.
             continue;
           }
-          published.set(message.destination, (published.get(message.destination) ?? 0) + 1);
+          const label = this.label(message.destination);
+          published.set(label, (published.get(label) ?? 0) + 1);
           this.metrics.commitToAck.observe(Math.max(0, now - txn.commitTimeMs) / 1000);
           advanced = this.settle(txn, message.sizeBytes) ?? advanced;
         }
@@ -280,10 +326,7 @@ export class Pipeline {
         }
         return;
       } catch (err) {
-        const e =
-          err instanceof SinkError
-            ? err
-            : new SinkError('unknown', `publish failed: ${(err as Error)?.message ?? String(err)}`, { retriable: true, cause: err });
+        const e = asSinkError(err, 'unknown', 'publish failed');
         this.metrics.publishErrors.inc({ reason: e.reason });
         if (!e.retriable) {
           this.fail(e);
@@ -322,7 +365,7 @@ export class Pipeline {
     }
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.sink.publishDeadLetter(letter);
+        await this.watched(this.sink.publishDeadLetter(letter));
         this.metrics.deadLettered.inc();
         this.log.warn(
           { id: letter.id, key: letter.key, xid: txn.xid, reason: letter.error.reason, error: letter.error.message },
@@ -333,10 +376,7 @@ export class Pipeline {
         if (advanced !== null) this.events.onAdvance(advanced);
         return;
       } catch (err) {
-        const e =
-          err instanceof SinkError
-            ? err
-            : new SinkError('dead_letter', `dead-letter publish failed: ${(err as Error)?.message}`, { retriable: true, cause: err });
+        const e = asSinkError(err, 'dead_letter', 'dead-letter publish failed');
         this.metrics.publishErrors.inc({ reason: `dead_letter_${e.reason}` });
         if (!e.retriable) {
           this.fail(e);
@@ -370,6 +410,20 @@ export class Pipeline {
     this.events.onFatal(err);
     this.releaseWaiters();
   }
+}
+
+/**
+ * Any failure of a sink call as a SinkError. A programming error (a TypeError or RangeError, from
+ * us or a client library) is never retriable: retrying the same batch would fail the same way
+ * forever, republishing everything before it each time.
+ */
+function asSinkError(err: unknown, reason: string, doing: string): SinkError {
+  if (err instanceof SinkError) return err;
+  const bug = err instanceof TypeError || err instanceof RangeError;
+  return new SinkError(bug ? 'client_error' : reason, `${doing}: ${(err as Error)?.message ?? String(err)}`, {
+    retriable: !bug,
+    cause: err,
+  });
 }
 
 /** Builds the dead letter for a message the broker refused. */

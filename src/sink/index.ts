@@ -1,5 +1,6 @@
 import type { SinkConfig } from '../config/schema.js';
 import type { Sink } from '../interfaces.js';
+import { LabelLimiter, MAX_DESTINATION_LABELS, OTHER } from '../observability/labels.js';
 import type { Logger } from '../observability/logger.js';
 
 /** How a sink reports its broker's health to the relay (metrics and `/readyz`). */
@@ -31,6 +32,25 @@ export async function loadSink(cfg: SinkConfig, needDeadLetter: boolean, log: Lo
       return () => new StdoutSink(cfg.stdout);
     }
   }
+}
+
+/**
+ * The `destination` label of the per-destination metrics. On RabbitMQ it names the exchange: the
+ * routing key is row data (with x-consistent-hash it is the aggregate id). Elsewhere it is the
+ * topic or destination, bounded by a LabelLimiter.
+ */
+export function destinationLabel(cfg: SinkConfig, log: Logger): (destination: string) => string {
+  if (cfg.type === 'rabbitmq') {
+    const exchange = cfg.rabbitmq.exchange;
+    return () => exchange;
+  }
+  const limiter = new LabelLimiter(MAX_DESTINATION_LABELS, (first, max) =>
+    log.warn(
+      { destination: first, max },
+      `more than ${max} distinct destinations: the destination label of outboxd_messages_*_total counts the rest as "${OTHER}"`,
+    ),
+  );
+  return (d) => limiter.label(d);
 }
 
 /** The destination template the mapper renders for this sink. */

@@ -1,15 +1,19 @@
 import kafkajs from 'kafkajs';
 import type { KafkaSinkConfig } from '../config/schema.js';
-import { PoisonError, SinkError } from '../errors.js';
+import { MissingDestinationError, PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
-import { deadLetterBody, deadLetterHeaders } from './dead-letter.js';
+import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
 
 const { Kafka, CompressionTypes, Partitioners, logLevel } = kafkajs;
 type Producer = kafkajs.Producer;
 type Message = kafkajs.Message;
 
-/** Broker answers that concern one message, not the connection: isolate and treat as poison. */
+/**
+ * Broker answers that concern one message, not the connection: the chunk is sent again one
+ * message at a time to find which, and that one is poison. Whether any other error is retried is
+ * kafkajs's own `retriable` flag (see classify).
+ */
 const MESSAGE_ERRORS = new Set([
   'MESSAGE_TOO_LARGE',
   'RECORD_LIST_TOO_LARGE',
@@ -17,18 +21,8 @@ const MESSAGE_ERRORS = new Set([
   'CORRUPT_MESSAGE',
   'INVALID_TOPIC_EXCEPTION',
 ]);
-/** Answers that retrying will not fix: stop the relay without confirming. */
-const FATAL_ERRORS = new Set([
-  'TOPIC_AUTHORIZATION_FAILED',
-  'CLUSTER_AUTHORIZATION_FAILED',
-  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
-  'SASL_AUTHENTICATION_FAILED',
-  'UNSUPPORTED_SASL_MECHANISM',
-  'ILLEGAL_SASL_STATE',
-  'UNSUPPORTED_VERSION',
-  'UNSUPPORTED_FOR_MESSAGE_FORMAT',
-  'POLICY_VIOLATION',
-]);
+/** The broker does not know the topic (it does not exist, and is not created for us). */
+const MISSING_TOPIC = 'UNKNOWN_TOPIC_OR_PARTITION';
 /**
  * Messages per send. kafkajs groups a send's messages by partition by copying the partition's
  * array once per message (groupMessagesPerPartition), so its garbage grows with the square of
@@ -53,6 +47,7 @@ export class KafkaSink implements Sink {
   readonly type = 'kafka' as const;
   private readonly kafka: kafkajs.Kafka;
   private producer: Producer | null = null;
+  private admin: kafkajs.Admin | null = null;
   private readonly chunkBytes: number;
 
   constructor(
@@ -102,7 +97,7 @@ export class KafkaSink implements Sink {
     const producer = this.kafka.producer({
       idempotent: true,
       maxInFlightRequests: 1,
-      allowAutoTopicCreation: true,
+      allowAutoTopicCreation: this.cfg.autoCreateTopics,
       createPartitioner: Partitioners.DefaultPartitioner,
     });
     try {
@@ -168,22 +163,62 @@ export class KafkaSink implements Sink {
         chunk.map((c) => c.m),
       );
     } catch (err) {
-      const type = protocolErrorType(err);
-      if (type === undefined || !MESSAGE_ERRORS.has(type)) throw classify(err, 'publishing to Kafka');
-      // The broker refused something in the chunk: find which messages, one at a time, in order.
+      if (protocolErrorType(err) === MISSING_TOPIC) throw await this.missingTopics(chunk, err);
+      if (!isMessageError(err)) throw classify(err, 'publishing to Kafka');
+      // The broker (or the client) refused something in the chunk: find which messages, one at a
+      // time, in order. An error that no single message reproduces is not the messages' fault.
+      let pinned = false;
       for (const { index, m } of chunk) {
         try {
           await this.send(producer, [m]);
         } catch (one) {
+          if (!isMessageError(one)) throw classify(one, 'publishing to Kafka');
+          pinned = true;
           const t = protocolErrorType(one);
-          if (t === undefined || !MESSAGE_ERRORS.has(t)) throw classify(one, 'publishing to Kafka');
           poisoned.push({
             index,
-            error: new PoisonError(t === 'INVALID_TOPIC_EXCEPTION' ? 'unroutable' : 'rejected', `Kafka refused message: ${t}`, one),
+            error:
+              t === undefined
+                ? new PoisonError('rejected', `the Kafka client refused message ${m.id}: ${(one as Error).message}`, one)
+                : new PoisonError(
+                    t === 'INVALID_TOPIC_EXCEPTION' ? 'unroutable' : t === 'MESSAGE_TOO_LARGE' ? 'oversized' : 'rejected',
+                    `Kafka refused message: ${t}`,
+                    one,
+                  ),
           });
         }
       }
+      if (!pinned && protocolErrorType(err) === undefined) {
+        throw new SinkError('client_error', `publishing to Kafka: ${(err as Error).message}`, { retriable: false, cause: err });
+      }
     }
+  }
+
+  /**
+   * The broker does not know a topic of this chunk. Names which ones (a metadata request), so the
+   * operator knows what to create; retriable, since the topic may be created at any moment.
+   * Never poison: the messages are fine, their destination is not there yet.
+   */
+  private async missingTopics(chunk: ReadonlyArray<{ m: OutboxMessage }>, cause: unknown): Promise<SinkError> {
+    const topics = [...new Set(chunk.map((c) => c.m.destination))];
+    let missing = topics;
+    try {
+      this.admin ??= this.kafka.admin();
+      await this.admin.connect();
+      const existing = new Set(await this.admin.listTopics());
+      missing = topics.filter((t) => !existing.has(t));
+    } catch {
+      // Keep the whole list: better a longer name list than none.
+    }
+    const names = missing.map((t) => `"${t}"`).join(', ');
+    const how = this.cfg.autoCreateTopics
+      ? 'the broker does not create topics (auto.create.topics.enable is false)'
+      : 'sink.kafka.autoCreateTopics is false';
+    return new MissingDestinationError(
+      missing,
+      `Kafka topic${missing.length > 1 ? 's' : ''} ${names} ${missing.length > 1 ? 'do' : 'does'} not exist and ${how}: create ${missing.length > 1 ? 'them' : 'it'}; publishing waits and retries`,
+      cause,
+    );
   }
 
   private async send(producer: Producer, messages: readonly OutboxMessage[]): Promise<void> {
@@ -203,17 +238,38 @@ export class KafkaSink implements Sink {
     });
   }
 
+  /**
+   * Sends the largest form of the dead letter that fits (dead-letter.ts): a form over
+   * `maxMessageBytes` is skipped, and one the broker refuses as too large gives way to the next.
+   */
   async publishDeadLetter(letter: DeadLetter): Promise<void> {
     const producer = await this.getProducer();
-    const headers = deadLetterHeaders(letter);
-    const value = deadLetterBody(letter, Math.floor(this.cfg.maxMessageBytes / 2), headers);
-    try {
-      await producer.sendBatch({
-        acks: -1,
-        topicMessages: [{ topic: this.cfg.deadLetterTopic, messages: [{ key: letter.key, value, headers }] }],
-      });
-    } catch (err) {
-      throw classify(err, `publishing to dead-letter topic ${this.cfg.deadLetterTopic}`);
+    const doing = `publishing to dead-letter topic ${this.cfg.deadLetterTopic}`;
+    const forms = deadLetterForms(letter);
+    for (let i = 0; i < forms.length; i++) {
+      const form = forms[i] as DeadLetterForm;
+      const last = i === forms.length - 1;
+      if (!last && formBytes(form) + (letter.key?.length ?? 0) + RECORD_OVERHEAD_BYTES > this.cfg.maxMessageBytes) continue;
+      try {
+        await producer.sendBatch({
+          acks: -1,
+          topicMessages: [{ topic: this.cfg.deadLetterTopic, messages: [{ key: letter.key, value: form.body, headers: form.headers }] }],
+        });
+        return;
+      } catch (err) {
+        if (protocolErrorType(err) === MISSING_TOPIC) {
+          throw await this.missingTopics([{ m: { destination: this.cfg.deadLetterTopic } as OutboxMessage }], err);
+        }
+        if (!last && isMessageError(err)) continue;
+        const e = classify(err, doing);
+        if (last && isMessageError(err)) {
+          throw new SinkError('dead_letter_refused', `${doing}: refused even without payload and headers: ${e.message}`, {
+            retriable: false,
+            cause: err,
+          });
+        }
+        throw e;
+      }
     }
   }
 
@@ -229,7 +285,17 @@ export class KafkaSink implements Sink {
 
   async close(): Promise<void> {
     await this.reset();
+    const admin = this.admin;
+    this.admin = null;
+    if (admin) await admin.disconnect().catch(() => undefined);
   }
+}
+
+/** The error concerns the messages sent, not the connection: a broker answer or a client refusal. */
+function isMessageError(err: unknown): boolean {
+  const type = protocolErrorType(err);
+  if (type !== undefined) return MESSAGE_ERRORS.has(type);
+  return err instanceof TypeError || err instanceof RangeError;
 }
 
 function protocolErrorType(err: unknown): string | undefined {
@@ -240,12 +306,25 @@ function protocolErrorType(err: unknown): string | undefined {
   return undefined;
 }
 
-/** kafkajs error → SinkError. Retriable unless the broker said something retrying cannot fix. */
-function classify(err: unknown, doing: string): SinkError {
+/**
+ * kafkajs error → SinkError, retriable as kafkajs says. kafkajs wraps the error its own retries
+ * gave up on (KafkaJSNumberOfRetriesExceeded, never retriable itself); what counts is the flag of
+ * the innermost kafkajs error, the broker's or the connection's own. Anything that is not a
+ * kafkajs error (a TypeError from the client) is not retriable.
+ */
+export function classify(err: unknown, doing: string): SinkError {
   if (err instanceof SinkError) return err;
   const type = protocolErrorType(err);
   const name = (err as Error)?.name ?? 'Error';
   const message = `${doing}: ${(err as Error)?.message ?? String(err)}${type && !(err as Error)?.message?.includes(type) ? ` (${type})` : ''}`;
-  const fatal = (type !== undefined && FATAL_ERRORS.has(type)) || name === 'KafkaJSSASLAuthenticationError';
-  return new SinkError(type ?? name.replace(/^KafkaJS/, ''), message, { retriable: !fatal, cause: err });
+  return new SinkError(type ?? name.replace(/^KafkaJS/, ''), message, { retriable: innermostRetriable(err), cause: err });
+}
+
+function innermostRetriable(err: unknown): boolean {
+  let flag = false;
+  for (let e = err as { retriable?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; depth++) {
+    if (typeof e.retriable === 'boolean') flag = e.retriable;
+    e = e.cause as typeof e;
+  }
+  return flag;
 }

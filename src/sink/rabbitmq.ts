@@ -3,7 +3,9 @@ import type { RabbitMqSinkConfig } from '../config/schema.js';
 import { PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
-import { deadLetterBody, deadLetterHeaders } from './dead-letter.js';
+import { amqpLimitProblem, SHORTSTR_MAX_BYTES } from './amqp-limits.js';
+import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
+import { LSN_HEADER } from '../outbox/mapper.js';
 import type { SinkStatus } from './index.js';
 
 /** AMQP reply codes after which retrying cannot help (the channel was closed by the broker). */
@@ -30,6 +32,8 @@ export class RabbitMqSink implements Sink {
   private blocked: { reason: string; until: Promise<void>; release: () => void } | null = null;
   /** Message ids returned as unroutable during the current publish. */
   private returned = new Set<string>();
+  /** Messages amqplib threw on (see publish): poison when the pipeline retries their batch. */
+  private readonly refused = new WeakMap<OutboxMessage, PoisonError>();
   private lastError: Error | null = null;
 
   constructor(
@@ -173,23 +177,30 @@ export class RabbitMqSink implements Sink {
     const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
     for (let i = 0; i < batch.length; i++) {
       const m = batch[i] as OutboxMessage;
-      if (m.sizeBytes > this.cfg.maxMessageBytes) {
-        poisoned.push({
-          index: i,
-          error: new PoisonError(
-            'oversized',
-            `message of ${m.sizeBytes} bytes exceeds sink.rabbitmq.maxMessageBytes (${this.cfg.maxMessageBytes})`,
-          ),
-        });
+      const props = properties(m);
+      const problem = this.refused.get(m) ?? this.precheck(m, props);
+      if (problem) {
+        poisoned.push({ index: i, error: problem });
         continue;
       }
       const body = typeof m.payload === 'string' ? Buffer.from(m.payload) : m.payload;
       let ok: boolean;
       try {
-        ok = ch.publish(this.cfg.exchange, m.destination, body, properties(m), confirms.callback());
+        ok = ch.publish(this.cfg.exchange, m.destination, body, props, confirms.callback());
       } catch (err) {
-        // amqplib throws synchronously when the channel is already closed.
+        // amqplib queued the confirm callback before it threw, so this channel's confirms are out
+        // of step: drop it. A closed channel is a connection fault; anything else is this
+        // message's (a limit the precheck missed): remembered, it is poison when the pipeline
+        // retries the batch on a new channel.
         confirms.abandon();
+        await this.reset();
+        if (err instanceof TypeError || err instanceof RangeError) {
+          this.refused.set(m, new PoisonError('rejected', `amqplib refused message ${m.id.slice(0, 100)}: ${err.message}`, err));
+          throw new SinkError('client_refused', `amqplib refused message ${m.id.slice(0, 100)}: ${err.message}`, {
+            retriable: true,
+            cause: err,
+          });
+        }
         throw classifyAmqpError(err, 'publishing to RabbitMQ');
       }
       if (!ok) await this.drained(ch);
@@ -210,6 +221,17 @@ export class RabbitMqSink implements Sink {
     }
     this.status.connection(true);
     return { poisoned: poisoned.sort((a, b) => a.index - b.index) };
+  }
+
+  /** What makes a message unpublishable before it is sent: its size, or an AMQP limit. */
+  private precheck(m: OutboxMessage, props: amqp.Options.Publish): PoisonError | null {
+    if (m.sizeBytes > this.cfg.maxMessageBytes) {
+      return new PoisonError(
+        'oversized',
+        `message of ${m.sizeBytes} bytes exceeds sink.rabbitmq.maxMessageBytes (${this.cfg.maxMessageBytes})`,
+      );
+    }
+    return amqpLimitProblem(m.destination, props);
   }
 
   /** Waits for `drain`, or fails if the channel closes first. */
@@ -234,28 +256,54 @@ export class RabbitMqSink implements Sink {
     });
   }
 
+  /**
+   * Sends the largest form of the dead letter that fits (dead-letter.ts): within
+   * `maxMessageBytes` and every AMQP limit. The last form (the id, the error and the position)
+   * always fits.
+   */
   async publishDeadLetter(letter: DeadLetter): Promise<void> {
     if (this.blocked) await this.blocked.until;
     const ch = await this.getChannel();
-    const headers = deadLetterHeaders(letter);
-    const body = deadLetterBody(letter, Math.floor(this.cfg.maxMessageBytes / 2), headers);
     const routingKey = this.cfg.deadLetterRoutingKey ?? letter.destination ?? 'poison';
-    const messageId = letter.id ?? `poison-${letter.txn.xid}-${headers['outboxd.lsn']}`;
+    const forms = deadLetterForms(letter);
+    const fits = (f: DeadLetterForm, props: amqp.Options.Publish) =>
+      formBytes(f) <= this.cfg.maxMessageBytes && amqpLimitProblem(routingKey, props) === null;
+    const propsOf = (f: DeadLetterForm): amqp.Options.Publish => ({
+      persistent: true,
+      mandatory: true,
+      // An id too long for AMQP (perhaps why it is poison) stays in the id header only.
+      messageId:
+        letter.id !== null && Buffer.byteLength(letter.id) <= SHORTSTR_MAX_BYTES
+          ? letter.id
+          : `poison-${letter.txn.xid}-${f.headers[LSN_HEADER]}`,
+      contentType: letter.contentType,
+      timestamp: Math.floor(letter.txn.commitTimeMs / 1000),
+      appId: 'outboxd',
+      headers: { ...f.headers, ...(letter.key !== null && Buffer.byteLength(letter.key) <= 65_000 ? { aggregateid: letter.key } : {}) },
+    });
+    let form = forms.at(-1) as DeadLetterForm;
+    let props = propsOf(form);
+    for (const f of forms) {
+      const p = propsOf(f);
+      if (fits(f, p)) {
+        form = f;
+        props = p;
+        break;
+      }
+    }
+    if (amqpLimitProblem(routingKey, props) !== null) {
+      throw new SinkError('dead_letter_refused', `the dead-letter routing key "${routingKey.slice(0, 100)}…" is over AMQP's 255 bytes`, {
+        retriable: false,
+      });
+    }
     this.returned = new Set();
     const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
+    const messageId = props.messageId as string;
     ch.publish(
       this.cfg.deadLetterExchange,
       routingKey,
-      typeof body === 'string' ? Buffer.from(body) : body,
-      {
-        persistent: true,
-        mandatory: true,
-        messageId,
-        contentType: letter.contentType,
-        timestamp: Math.floor(letter.txn.commitTimeMs / 1000),
-        appId: 'outboxd',
-        headers: { ...headers, ...(letter.key !== null ? { aggregateid: letter.key } : {}) },
-      },
+      typeof form.body === 'string' ? Buffer.from(form.body) : form.body,
+      props,
       confirms.callback(),
     );
     try {

@@ -1,7 +1,10 @@
 import type { StdoutSinkConfig } from '../config/schema.js';
 import { SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
-import { deadLetterBody, deadLetterHeaders } from './dead-letter.js';
+import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
+
+/** A dead letter larger than this is written without its payload. */
+const MAX_LINE_BYTES = 16 * 1024 * 1024;
 
 /**
  * One JSON line per message on stdout. A batch is confirmed once the stream has taken it
@@ -28,10 +31,10 @@ export class StdoutSink implements Sink {
   }
 
   async publishDeadLetter(letter: DeadLetter): Promise<void> {
-    const headers = deadLetterHeaders(letter);
-    const body = deadLetterBody(letter, 16 * 1024 * 1024, headers);
+    const forms = deadLetterForms(letter);
+    const form = forms.find((f) => formBytes(f) <= MAX_LINE_BYTES) ?? (forms.at(-1) as DeadLetterForm);
     await this.write(
-      line(letter.id, this.cfg.deadLetterDestination, letter.key, null, headers, body, letter.contentType, letter.error.message),
+      line(letter.id, this.cfg.deadLetterDestination, letter.key, null, form.headers, form.body, letter.contentType, letter.error.message),
     );
   }
 

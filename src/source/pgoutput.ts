@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { OutboxdError } from '../errors.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
 
@@ -31,9 +32,23 @@ export interface Relation {
  */
 export type ColumnValues = ReadonlyArray<string | null | undefined>;
 
-/** Decodes the whole row being handled, every column, by name (for a dead letter). */
+/**
+ * Why a row's values could not be decoded as they are: a column over the size limit (left
+ * undecoded, so it costs no more memory than the message that carries it), or a text value that
+ * is not UTF-8 (never replaced by U+FFFD).
+ */
+export interface RowProblem {
+  readonly reason: 'oversized' | 'bad_encoding';
+  readonly column: string;
+  readonly bytes: number;
+}
+
+/** The row being handled, beyond the values asked for (valid only during the call). */
 export interface WholeRow {
+  /** Every column by name, as text (for a dead letter); a column with a problem is null. */
   wholeRow(): Record<string, string | null>;
+  /** The first problem with the values asked for, or null. */
+  problem(): RowProblem | null;
 }
 
 export type IgnoredKind = 'update' | 'delete' | 'truncate' | 'unconfigured_table' | 'foreign_message' | 'non_transactional_message';
@@ -50,6 +65,11 @@ export interface TableInterest {
  * stream: nothing after it is processed or confirmed.
  */
 export interface PgoutputHandler<T extends TableInterest = TableInterest> {
+  /**
+   * The largest column value or logical message content worth decoding: one larger can never be
+   * published (the sink's message limit), so it is reported as a problem instead of read.
+   */
+  readonly maxValueBytes: number;
   begin(xid: number, commitLsn: Lsn, commitTimeMs: number): void;
   /**
    * A table's shape, before its first change in a session and after it changes. Returns what the
@@ -58,7 +78,11 @@ export interface PgoutputHandler<T extends TableInterest = TableInterest> {
    */
   relation(rel: Relation): T | null;
   insert(rel: Relation, table: T, values: ColumnValues, row: WholeRow): Promise<void> | undefined;
-  message(prefix: string, content: Buffer, transactional: boolean, lsn: Lsn): Promise<void> | undefined;
+  /**
+   * A logical decoding message. `content` is a copy the handler may keep, or null when its
+   * `length` is over `maxValueBytes` (it was not copied).
+   */
+  message(prefix: string, content: Buffer | null, length: number, transactional: boolean, lsn: Lsn): Promise<void> | undefined;
   ignore(kind: IgnoredKind): void;
   commit(endLsn: Lsn): void;
 }
@@ -79,6 +103,7 @@ export class PgoutputDecoder<T extends TableInterest = TableInterest> implements
   /** Where the tuple of the INSERT being handled starts, for wholeRow(). */
   private tupleAt = -1;
   private tupleRel: Relation | null = null;
+  private rowProblem: RowProblem | null = null;
 
   /** One decoder per replication session: a new session re-sends its RELATION messages. */
   constructor(private readonly handler: PgoutputHandler<T>) {}
@@ -135,12 +160,18 @@ export class PgoutputDecoder<T extends TableInterest = TableInterest> implements
     const rel = this.tupleRel;
     if (rel === null || this.tupleAt < 0) throw new OutboxdError('INTERNAL', 'wholeRow() called outside an insert');
     this.pos = this.tupleAt;
+    const problem = this.rowProblem;
     const values = this.tuple(rel, null);
+    this.rowProblem = problem;
     const row: Record<string, string | null> = {};
     rel.columns.forEach((c, i) => {
       row[c.name] = values[i] ?? null;
     });
     return row;
+  }
+
+  problem(): RowProblem | null {
+    return this.rowProblem;
   }
 
   private insert(): Promise<void> | undefined {
@@ -156,15 +187,22 @@ export class PgoutputDecoder<T extends TableInterest = TableInterest> implements
     if (this.buf[this.pos++] !== 0x4e /* N */) throw protocol('INSERT without a new tuple');
     this.tupleAt = this.pos;
     this.tupleRel = known.rel;
+    this.rowProblem = null;
     try {
       return this.handler.insert(known.rel, table, this.tuple(known.rel, table.wanted), this);
     } finally {
       this.tupleAt = -1;
       this.tupleRel = null;
+      this.rowProblem = null;
     }
   }
 
-  /** TupleData: Int16 count, then per column 'n' | 'u' | 't' Int32 len, bytes (| 'b' in v2+). */
+  /**
+   * TupleData: Int16 count, then per column 'n' | 'u' | 't' Int32 len, bytes (| 'b' in v2+).
+   * A value is checked before it is decoded: over `maxValueBytes` it stays undecoded; bytes that
+   * are not UTF-8 are never decoded into replacement characters. Either is recorded as the row's
+   * problem and the value left undefined.
+   */
   private tuple(rel: Relation, wanted: ReadonlyArray<boolean> | null): Array<string | null | undefined> {
     const buf = this.buf;
     const n = this.uint16();
@@ -181,7 +219,16 @@ export class PgoutputDecoder<T extends TableInterest = TableInterest> implements
         const len = buf.readUInt32BE(p);
         p += 4;
         if (p + len > end) throw truncated();
-        values[i] = wanted === null || wanted[i] === true ? buf.toString('utf8', p, p + len) : undefined;
+        if (wanted === null || wanted[i] === true) {
+          if (len > this.handler.maxValueBytes) {
+            this.problemAt(rel, i, 'oversized', len);
+          } else {
+            const text = buf.toString('utf8', p, p + len);
+            // U+FFFD is legal text; only then are the bytes checked, so valid rows pay one scan.
+            if (text.includes('\uFFFD') && !isUtf8(buf.subarray(p, p + len))) this.problemAt(rel, i, 'bad_encoding', len);
+            else values[i] = text;
+          }
+        }
         p += len;
       } else if (kind === 0x6e /* n */) {
         values[i] = null;
@@ -193,6 +240,10 @@ export class PgoutputDecoder<T extends TableInterest = TableInterest> implements
     }
     this.pos = p;
     return values;
+  }
+
+  private problemAt(rel: Relation, column: number, reason: RowProblem['reason'], bytes: number): void {
+    this.rowProblem ??= { reason, column: rel.columns[column]?.name ?? String(column), bytes };
   }
 
   private relation(): void {
@@ -225,9 +276,9 @@ export class PgoutputDecoder<T extends TableInterest = TableInterest> implements
     const len = this.uint32();
     this.need(len);
     // A copy: the handler may keep it (a dead letter), and the socket buffer is reused.
-    const content = Buffer.from(this.buf.subarray(this.pos, this.pos + len));
+    const content = len > this.handler.maxValueBytes ? null : Buffer.from(this.buf.subarray(this.pos, this.pos + len));
     this.pos += len;
-    return this.handler.message(prefix, content, transactional, lsn);
+    return this.handler.message(prefix, content, len, transactional, lsn);
   }
 
   private need(n: number): void {

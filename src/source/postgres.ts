@@ -47,8 +47,12 @@ export function classifyPgError(err: unknown, doing: string): OutboxdError {
   return new OutboxdError('PG_PROTOCOL', message, { cause: err });
 }
 
+/**
+ * The admin connection: plain SQL, every statement bounded by `postgres.statementTimeout` and
+ * every lock wait by `postgres.lockTimeout`, so no query can hang the relay silently.
+ */
 export async function connectAdmin(cfg: PostgresConfig): Promise<pg.Client> {
-  const client = new pg.Client(clientConfig(cfg));
+  const client = new pg.Client({ ...clientConfig(cfg), statement_timeout: cfg.statementTimeoutMs, lock_timeout: cfg.lockTimeoutMs });
   // An idle admin connection that breaks must not crash the process; the next query reconnects.
   client.on('error', () => undefined);
   try {
@@ -218,7 +222,11 @@ async function writeMarker(client: pg.Client, publication: string, slots: string
  * Returns the slot, creating it on the first start. Throws SlotError when the slot is lost,
  * invalidated, belongs to another database or plugin, or is missing and may not be created.
  */
-export async function ensureSlot(client: pg.Client, cfg: PostgresConfig): Promise<{ slot: SlotInfo; created: boolean }> {
+export async function ensureSlot(
+  client: pg.Client,
+  cfg: PostgresConfig,
+  onWait: (blockers: Blocker[], waitedMs: number) => void = () => undefined,
+): Promise<{ slot: SlotInfo; created: boolean }> {
   const name = cfg.slot;
   const marker = await readMarker(client, cfg.publication);
   const existing = await inspectSlot(client, name);
@@ -242,7 +250,7 @@ export async function ensureSlot(client: pg.Client, cfg: PostgresConfig): Promis
   // Marker first: if the role cannot write it, fail before a slot exists that would pin WAL.
   await writeMarker(client, cfg.publication, [...marker, name]);
   try {
-    await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [name]);
+    await createSlotWatched(client, cfg, onWait);
   } catch (err) {
     // 42710: another instance created it a moment ago; use theirs.
     if ((err as { code?: string }).code !== '42710') {
@@ -255,6 +263,81 @@ export async function ensureSlot(client: pg.Client, cfg: PostgresConfig): Promis
   const slot = await inspectSlot(client, name);
   if (!slot) throw new SlotError('SLOT_LOST', `replication slot ${name} vanished right after it was created`);
   return { slot, created: true };
+}
+
+/** A transaction that slot creation waits for. */
+export interface Blocker {
+  pid: number;
+  ageSeconds: number;
+  state: string;
+  application: string;
+}
+
+/** First report of what slot creation waits for, then every BLOCKER_REPORT_MS. */
+const BLOCKER_FIRST_MS = 2_000;
+const BLOCKER_REPORT_MS = 10_000;
+
+/**
+ * Creates the slot. Postgres waits for every transaction running at that moment to end before it
+ * can hand out a consistent point, so this may wait: it gets its own bound,
+ * `postgres.slotCreateTimeout`, instead of the admin connection's statement timeout. While it
+ * waits, `onWait` hears which transactions it waits for (from pg_stat_activity, on a second
+ * connection) after 2 s and then every 10 s.
+ */
+async function createSlotWatched(
+  client: pg.Client,
+  cfg: PostgresConfig,
+  onWait: (blockers: Blocker[], waitedMs: number) => void,
+): Promise<void> {
+  const started = Date.now();
+  const ownPid = (client as unknown as { processID?: number }).processID ?? 0;
+  let watcher: pg.Client | null = null;
+  let timer: NodeJS.Timeout | undefined;
+  let done = false;
+  let reporting: Promise<void> = Promise.resolve();
+  const report = async () => {
+    try {
+      const w = watcher ?? (watcher = await connectAdmin(cfg));
+      if (done) return;
+      const { rows } = await w.query<{ pid: number; age: number; state: string | null; app: string | null }>(
+        `SELECT pid, floor(extract(epoch FROM now() - xact_start))::int AS age, state, application_name AS app
+           FROM pg_stat_activity
+          WHERE pid <> $1 AND backend_xid IS NOT NULL
+          ORDER BY xact_start LIMIT 5`,
+        [ownPid],
+      );
+      if (!done)
+        onWait(
+          rows.map((r) => ({ pid: r.pid, ageSeconds: r.age, state: r.state ?? '', application: r.app ?? '' })),
+          Date.now() - started,
+        );
+    } catch {
+      // Only a report; the creation itself decides.
+    }
+    if (!done) timer = setTimeout(() => (reporting = report()), BLOCKER_REPORT_MS);
+  };
+  timer = setTimeout(() => (reporting = report()), BLOCKER_FIRST_MS);
+  try {
+    await client.query(`SELECT set_config('statement_timeout', $1, false)`, [String(cfg.slotCreateTimeoutMs)]);
+    try {
+      await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [cfg.slot]);
+    } finally {
+      await client.query(`SELECT set_config('statement_timeout', $1, false)`, [String(cfg.statementTimeoutMs)]).catch(() => undefined);
+    }
+  } catch (err) {
+    if ((err as { code?: string }).code === '57014') {
+      throw new PgConnectionError(
+        `creating replication slot ${cfg.slot}: still waiting for running transactions to end after ${Math.round(cfg.slotCreateTimeoutMs / 1000)} s (postgres.slotCreateTimeout); retrying`,
+        err,
+      );
+    }
+    throw err;
+  } finally {
+    done = true;
+    clearTimeout(timer);
+    await reporting;
+    await (watcher as pg.Client | null)?.end().catch(() => undefined);
+  }
 }
 
 export function checkSlotUsable(slot: SlotInfo, database: string): void {

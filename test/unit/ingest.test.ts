@@ -43,9 +43,16 @@ function setup() {
     cfg.outbox.onPoison,
     sink,
     watermark,
-    { onAdvance: (lsn) => advanced.push(lsn), onHalt: () => undefined, onFatal: () => undefined, onSinkHealth: () => undefined },
+    {
+      onAdvance: (lsn) => advanced.push(lsn),
+      onHalt: () => undefined,
+      onFatal: () => undefined,
+      onSinkHealth: () => undefined,
+      onStall: () => undefined,
+    },
     metrics,
     log,
+    5_000,
   );
   pipeline.start();
   const ingest = new Ingest(cfg, new OutboxMapper(parseTemplate('outbox.event.{aggregatetype}')), watermark, pipeline, metrics, log);
@@ -88,8 +95,8 @@ describe('Ingest', () => {
     const binding = ingest.relation(rel) as TableBinding;
     const whole = { id: 'i-2', aggregatetype: 'order', aggregateid: null, payload: '{}', created_at: '2026-01-01 00:00:00+00' };
     ingest.begin(742, 0x100n, 0);
-    ingest.insert(rel, binding, ['i-1', 'order', 'k-1', '{"a":1}', undefined], { wholeRow: () => ({}) });
-    ingest.insert(rel, binding, ['i-2', 'order', null, '{}', undefined], { wholeRow: () => whole });
+    ingest.insert(rel, binding, ['i-1', 'order', 'k-1', '{"a":1}', undefined], { wholeRow: () => ({}), problem: () => null });
+    ingest.insert(rel, binding, ['i-2', 'order', null, '{}', undefined], { wholeRow: () => whole, problem: () => null });
     ingest.commit(0x180n);
     expect(await pipeline.drain(5_000)).toBe(true);
     expect(sink.published.map((m) => [m.id, m.key, m.destination, m.payload])).toEqual([['i-1', 'k-1', 'outbox.event.order', '{"a":1}']]);
@@ -98,6 +105,30 @@ describe('Ingest', () => {
     expect(JSON.parse(sink.letters[0]?.payload as string)).toEqual(whole);
     // Both messages settled: the transaction's end is the watermark.
     expect(advanced.at(-1)).toBe(0x180n);
+    await pipeline.stop();
+  });
+
+  it('dead-letters a row whose value is oversized or not UTF-8, naming the column', async () => {
+    const { ingest, pipeline, sink } = setup();
+    const rel = relation(COLUMNS);
+    const binding = ingest.relation(rel) as TableBinding;
+    ingest.begin(743, 0x200n, 0);
+    const whole = { id: 'i-3', aggregatetype: 'order', aggregateid: 'k', payload: null, created_at: 'ts' };
+    ingest.insert(rel, binding, ['i-3', 'order', 'k', undefined, undefined], {
+      wholeRow: () => whole,
+      problem: () => ({ reason: 'oversized', column: 'payload', bytes: 300_000_000 }),
+    });
+    ingest.insert(rel, binding, ['i-4', 'order', 'k', undefined, undefined], {
+      wholeRow: () => whole,
+      problem: () => ({ reason: 'bad_encoding', column: 'payload', bytes: 4 }),
+    });
+    ingest.commit(0x280n);
+    expect(await pipeline.drain(5_000)).toBe(true);
+    expect(sink.published).toEqual([]);
+    expect(sink.letters.map((l) => [l.id, l.error.reason, l.error.message])).toEqual([
+      ['i-3', 'oversized', `column payload holds 300000000 bytes, over the sink's message limit of ${ingest.maxValueBytes} bytes`],
+      ['i-4', 'bad_encoding', 'column payload holds bytes that are not valid UTF-8'],
+    ]);
     await pipeline.stop();
   });
 });

@@ -147,7 +147,8 @@ describe('OutboxMapper.bind', () => {
 });
 
 describe('OutboxMapper.fromLogicalMessage', () => {
-  const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
+  const enc = (o: unknown) => Buffer.from(JSON.stringify(o));
+  const raw = (text: string) => Buffer.from(text);
 
   it('maps the same fields as a row; an object payload becomes its JSON text', () => {
     const m = mapper.fromLogicalMessage(
@@ -179,9 +180,65 @@ describe('OutboxMapper.fromLogicalMessage', () => {
   });
 
   it('rejects content that is not a JSON object', () => {
-    expect(poison(() => mapper.fromLogicalMessage(new TextEncoder().encode('not json'), txn)).reason).toBe('bad_message');
+    expect(poison(() => mapper.fromLogicalMessage(raw('not json'), txn)).reason).toBe('bad_message');
     expect(poison(() => mapper.fromLogicalMessage(enc([1]), txn)).reason).toBe('bad_message');
     expect(poison(() => mapper.fromLogicalMessage(enc({ id: 1, aggregatetype: 't', payload: 1 }), txn)).reason).toBe('null_key');
+  });
+
+  it('keeps every digit of numeric ids, keys and header values, and the payload text as emitted', () => {
+    const text =
+      '{"id": 12345678901234567891, "aggregatetype": "acct", "aggregateid": 9007199254740993, "type": "T",' +
+      String.raw` "payload": {"amount": 1.10, "big": 1e400, "n": -0.0,  "s": "caf\u00e9"}, "headers": {"seq": 1.10, "ok": true, "nested": {"a" : [1, 2.50]}}}`;
+    const m = mapper.fromLogicalMessage(raw(text), txn);
+    expect(m.id).toBe('12345678901234567891');
+    expect(m.key).toBe('9007199254740993');
+    expect(m.payload).toBe(String.raw`{"amount": 1.10, "big": 1e400, "n": -0.0,  "s": "caf\u00e9"}`);
+    expect(m.headers).toMatchObject({ seq: '1.10', ok: 'true', nested: '{"a" : [1, 2.50]}', id: '12345678901234567891' });
+  });
+
+  it('resolves the escapes of a string payload exactly, and refuses a lone surrogate', () => {
+    const m = mapper.fromLogicalMessage(
+      raw(String.raw`{"id":"a","aggregatetype":"t","aggregateid":"k","payload":"line\n\"q\" \ud83d\ude00 \/"}`),
+      txn,
+    );
+    expect(m.payload).toBe('line\n"q" 😀 /');
+    const lone = poison(() =>
+      mapper.fromLogicalMessage(raw(String.raw`{"id":"a","aggregatetype":"t","aggregateid":"k","payload":"\ud800"}`), txn),
+    );
+    expect(lone.reason).toBe('bad_encoding');
+  });
+
+  it('makes content that is not UTF-8 poison (bad_encoding), never replacement characters', () => {
+    const bytes = Buffer.concat([raw('{"id":"a","aggregatetype":"t","aggregateid":"k","payload":"caf'), Buffer.from([0xe9]), raw('"}')]);
+    expect(poison(() => mapper.fromLogicalMessage(bytes, txn)).reason).toBe('bad_encoding');
+  });
+
+  it('refuses a duplicate field, and an object where a scalar belongs', () => {
+    expect(
+      poison(() => mapper.fromLogicalMessage(raw('{"id":"a","id":"b","aggregatetype":"t","aggregateid":"k","payload":1}'), txn)).reason,
+    ).toBe('bad_message');
+    expect(
+      poison(() => mapper.fromLogicalMessage(raw('{"id":{"x":1},"aggregatetype":"t","aggregateid":"k","payload":1}'), txn)).reason,
+    ).toBe('bad_message');
+  });
+});
+
+describe('OutboxMapper.fromRow headers column', () => {
+  it('takes header values as their exact JSON text', () => {
+    const columns = ['id', 'aggregatetype', 'aggregateid', 'payload', 'headers'].map((name) => ({
+      name,
+      typeOid: name === 'payload' ? 3802 : 25,
+    }));
+    const b = mapper.bind(cfg.outbox.tables[0]!, columns);
+    const msg = mapper.fromRow(
+      b,
+      ['i', 'order', 'k', '{}', String.raw`{"amount": 12345678901234567891, "ratio": 1.10, "who": "x\ty", "skip": null}`],
+      txn,
+    );
+    expect(msg.headers).toMatchObject({ amount: '12345678901234567891', ratio: '1.10', who: 'x\ty' });
+    expect(msg.headers).not.toHaveProperty('skip');
+    expect(poison(() => mapper.fromRow(b, ['i', 'order', 'k', '{}', '[1]'], txn)).reason).toBe('bad_headers');
+    expect(poison(() => mapper.fromRow(b, ['i', 'order', 'k', '{}', '{"a":1,"a":2}'], txn)).reason).toBe('bad_headers');
   });
 });
 
@@ -198,5 +255,7 @@ describe('template and payload kinds', () => {
     expect(payloadKindOf(17)).toBe('bytea');
     expect(payloadKindOf(25)).toBe('text');
     expect(() => decodeByteaHex('abc')).toThrow(/hex/);
+    expect(() => decodeByteaHex('\\x0a0bzz')).toThrow(/not valid hex/);
+    expect(decodeByteaHex('\\x00ff')).toEqual(Buffer.from([0, 255]));
   });
 });

@@ -53,6 +53,8 @@ const relationMsg = (oid: number, schema: string, name: string, cols: Array<[str
 };
 
 class Recorder implements PgoutputHandler {
+  maxValueBytes = 1024;
+  problems: unknown[] = [];
   calls: unknown[][] = [];
   wanted: ReadonlyArray<boolean> | null = null;
   whole: Record<string, string | null> | null = null;
@@ -66,11 +68,12 @@ class Recorder implements PgoutputHandler {
   }
   insert(rel: Relation, _table: TableInterest, values: ColumnValues, row: WholeRow): undefined {
     this.calls.push(['insert', rel.name, [...values]]);
+    if (row.problem()) this.problems.push(row.problem());
     if (this.takeWhole) this.whole = row.wholeRow();
     return undefined;
   }
-  message(prefix: string, content: Buffer, transactional: boolean, lsn: bigint): undefined {
-    this.calls.push(['message', prefix, content, transactional, lsn]);
+  message(prefix: string, content: Buffer | null, length: number, transactional: boolean, lsn: bigint): undefined {
+    this.calls.push(['message', prefix, content, length, transactional, lsn]);
     return undefined;
   }
   ignore(kind: IgnoredKind): void {
@@ -170,7 +173,52 @@ describe('PgoutputDecoder', () => {
     const framed = Buffer.concat([Buffer.alloc(25), msg]);
     d.decode(framed, 25, framed.length);
     framed.fill(0); // the socket parser reuses its buffer
-    expect(r.calls).toEqual([['message', 'outbox', Buffer.from('{"a":1}'), true, 0x5000n]]);
+    expect(r.calls).toEqual([['message', 'outbox', Buffer.from('{"a":1}'), 7, true, 0x5000n]]);
+  });
+
+  it('leaves a value over the size limit undecoded and reports it, and a message over it uncopied', () => {
+    const r = new Recorder();
+    r.maxValueBytes = 16;
+    r.wanted = [true, true, true, true, false];
+    r.takeWhole = true;
+    const d = new PgoutputDecoder(r);
+    decode(d, relationMsg(16_385, 'public', 'outbox', cols));
+    const big = '{"blob": "0123456789abcdef"}';
+    decode(d, new Wire().u8(ch('I')).u32(16_385).u8(ch('N')).u16(5).text('i-1').text('t').text('k').text(big).text('ts').build());
+    expect(r.calls.at(-1)).toEqual(['insert', 'outbox', ['i-1', 't', 'k', undefined, undefined]]);
+    expect(r.problems).toEqual([{ reason: 'oversized', column: 'payload', bytes: Buffer.byteLength(big) }]);
+    expect(r.whole).toMatchObject({ id: 'i-1', payload: null, created_at: 'ts' });
+    decode(d, new Wire().u8(ch('M')).u8(1).u64(0x5000n).str('outbox').u32(17).bytes(Buffer.alloc(17, 0x61)).build());
+    expect(r.calls.at(-1)).toEqual(['message', 'outbox', null, 17, true, 0x5000n]);
+  });
+
+  it('never turns bytes that are not UTF-8 into replacement characters; real U+FFFD passes', () => {
+    const r = new Recorder();
+    r.wanted = [true, true];
+    const d = new PgoutputDecoder(r);
+    decode(
+      d,
+      relationMsg(9, 'public', 'outbox', [
+        ['id', 25],
+        ['payload', 25],
+      ]),
+    );
+    const bad = new Wire()
+      .u8(ch('I'))
+      .u32(9)
+      .u8(ch('N'))
+      .u16(2)
+      .text('i')
+      .u8(ch('t'))
+      .u32(4)
+      .bytes(Buffer.from([0x63, 0x61, 0x66, 0xe9]))
+      .build();
+    decode(d, bad);
+    expect(r.calls.at(-1)).toEqual(['insert', 'outbox', ['i', undefined]]);
+    expect(r.problems).toEqual([{ reason: 'bad_encoding', column: 'payload', bytes: 4 }]);
+    decode(d, new Wire().u8(ch('I')).u32(9).u8(ch('N')).u16(2).text('j').text('a\uFFFDb').build());
+    expect(r.calls.at(-1)).toEqual(['insert', 'outbox', ['j', 'a\uFFFDb']]);
+    expect(r.problems).toHaveLength(1);
   });
 
   it('fails with a PG_PROTOCOL error on truncated or unknown input, never reading past the message', () => {

@@ -12,7 +12,7 @@ class FakeSink implements Sink {
   readonly type = 'stdout' as const;
   batches: string[][] = [];
   deadLetters: DeadLetter[] = [];
-  failNext: SinkError[] = [];
+  failNext: Error[] = [];
   refuse = new Set<string>();
   gate: Promise<void> | null = null;
   resets = 0;
@@ -54,6 +54,7 @@ function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}
     halted: null as PoisonError | null,
     fatal: null as OutboxdError | null,
     health: [] as boolean[],
+    stalls: [] as boolean[],
   };
   const pipeline = new Pipeline(
     { ...cfg, ...over },
@@ -69,9 +70,11 @@ function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}
         events.fatal = e;
       },
       onSinkHealth: (up) => events.health.push(up),
+      onStall: (stalled) => events.stalls.push(stalled),
     },
     createMetrics(),
     createLogger('silent'),
+    over.lingerMs === 0 ? 20 : 5_000,
   );
   pipeline.start();
   let xid = 0;
@@ -219,5 +222,53 @@ describe('Pipeline', () => {
     expect(sink.deadLetters.map((d) => d.id)).toEqual(['p']);
     expect(watermark.lsn).toBe(150n);
     await pipeline.stop();
+  });
+
+  it('never retries a programming error from the client: the relay stops without confirming', async () => {
+    const { sink, pipeline, txn, watermark, events } = setup();
+    sink.failNext.push(new TypeError('The "string" argument must be of type string'));
+    txn('x1');
+    expect(await pipeline.drain(200)).toBe(false);
+    expect(events.fatal).toBeInstanceOf(SinkError);
+    expect((events.fatal as SinkError).retriable).toBe(false);
+    expect((events.fatal as SinkError).reason).toBe('client_error');
+    expect(sink.batches).toEqual([]);
+    expect(watermark.lsn).toBe(0n);
+    await pipeline.stop();
+  });
+
+  it('reports the sink stalled while a publish waits past the stall timeout, and clears it on the answer', async () => {
+    const { sink, pipeline, txn, events } = setup('halt', { lingerMs: 0 });
+    let open!: () => void;
+    sink.gate = new Promise((r) => {
+      open = r;
+    });
+    txn('s1');
+    await new Promise((r) => setTimeout(r, 60));
+    expect(events.stalls).toEqual([true]);
+    open();
+    sink.gate = null;
+    expect(await pipeline.drain(1000)).toBe(true);
+    expect(events.stalls).toEqual([true, false]);
+    await pipeline.stop();
+  });
+
+  it('once halted, keeps the source waiting (no more WAL is read) until stopped', async () => {
+    const { sink, pipeline, txn, events } = setup('halt');
+    sink.refuse.add('bad');
+    txn('bad');
+    await pipeline.drain(200);
+    expect(events.halted?.reason).toBe('oversized');
+    const { waits } = txn('after');
+    expect(waits[0]).toBeInstanceOf(Promise);
+    let released = false;
+    void waits[0]?.then(() => {
+      released = true;
+    });
+    await new Promise((r) => setTimeout(r, 20));
+    expect(released).toBe(false);
+    await pipeline.stop();
+    await new Promise((r) => setTimeout(r, 0));
+    expect(released).toBe(true);
   });
 });
