@@ -297,7 +297,8 @@ async function createSlotWatched(
   let reporting: Promise<void> = Promise.resolve();
   const report = async () => {
     try {
-      const w = watcher ?? (watcher = await connectAdmin(cfg));
+      watcher ??= await connectAdmin(cfg);
+      const w = watcher;
       if (done) return;
       const { rows } = await w.query<{ pid: number; age: number; state: string | null; app: string | null }>(
         `SELECT pid, floor(extract(epoch FROM now() - xact_start))::int AS age, state, application_name AS app
