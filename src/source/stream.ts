@@ -157,7 +157,9 @@ export class ReplicationStream {
             this.updateReading();
           });
         }
-        return client.query(`START_REPLICATION SLOT "${slot.replaceAll('"', '""')}" LOGICAL ${lsn} (${options})`);
+        return rawTextInSqlAscii(client).then(() =>
+          client.query(`START_REPLICATION SLOT "${slot.replaceAll('"', '""')}" LOGICAL ${lsn} (${options})`),
+        );
       },
     };
   }
@@ -310,6 +312,18 @@ function takeOverCopyData(client: Client, listener: (chunk: Buffer) => void): Pg
   c.removeListener('copyData', library[0] as (...args: unknown[]) => void);
   c.on('copyData', (msg) => listener(msg.chunk));
   return c;
+}
+
+/**
+ * In a SQL_ASCII database a text column may hold any bytes. pg asks for client_encoding UTF8, so
+ * the walsender would convert each value, and one that is not UTF-8 would fail the whole stream
+ * (22021) under any poison policy, forever. With the client encoding SQL_ASCII the bytes arrive
+ * as stored, and the decoder makes a value that is not UTF-8 poison (bad_encoding) like any other
+ * poison row. Any other server encoding converts to UTF-8 losslessly and is left alone.
+ */
+async function rawTextInSqlAscii(client: Client): Promise<void> {
+  const { rows } = await client.query<{ server_encoding: string }>('SHOW server_encoding');
+  if (rows[0]?.server_encoding === 'SQL_ASCII') await client.query("SET client_encoding = 'SQL_ASCII'");
 }
 
 /**

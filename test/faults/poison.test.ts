@@ -111,26 +111,41 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
 }
 
 describe('poison rows: text that is not UTF-8', () => {
-  it('halts (under any policy: the server cannot send the row), never relayed with replacement characters', async () => {
-    // A SQL_ASCII database accepts any bytes in text; the walsender must convert them to UTF8.
-    b = await bundle({
-      kind: 'kafka',
-      onPoison: 'dead-letter',
-      encoding: 'SQL_ASCII',
-      ddl: ['CREATE TABLE public.outbox (id text PRIMARY KEY, aggregatetype text, aggregateid text, type text, payload text)'],
-    });
+  // A SQL_ASCII database accepts any bytes in text. outboxd reads them as stored (client
+  // encoding SQL_ASCII) and makes a value that is not UTF-8 poison, under the policy.
+  const sqlAscii = {
+    kind: 'kafka' as const,
+    encoding: 'SQL_ASCII' as const,
+    ddl: ['CREATE TABLE public.outbox (id text PRIMARY KEY, aggregatetype text, aggregateid text, type text, payload text)'],
+  };
+  const insertBad = (b: Bundle) =>
+    b.db.client.query(`INSERT INTO public.outbox VALUES ('bad-1', $1, 'k', 'T', 'caf' || convert_from('\\xe9'::bytea, 'SQL_ASCII'))`, [b.types[0]]);
+
+  it('halt: stops before it with reason bad_encoding, never relayed with replacement characters', async () => {
+    b = await bundle({ ...sqlAscii, onPoison: 'halt' });
     const relay = b.start();
     await relay.ready();
     const before = await b.db.walLsn();
-    await b.db.client.query(
-      `INSERT INTO public.outbox VALUES ('bad-1', $1, 'k', 'T', 'caf' || convert_from('\\xe9'::bytea, 'SQL_ASCII'))`,
-      [b.types[0]],
-    );
+    await insertBad(b);
     await until('halted', async () => (await relay.http('/readyz')).body.startsWith('not ok: halted'), 30_000);
     expect(await relay.metric('outboxd_poison_messages_total', { reason: 'bad_encoding' })).toBe(1);
-    expect(relay.stderr).toMatch(/cannot send a text value as UTF-8/);
+    expect((await relay.http('/readyz')).body).toMatch(/column payload holds bytes that are not valid UTF-8/);
     await sleep(1_500);
     expect((await b.db.slotInfo())?.confirmed ?? 0n).toBeLessThanOrEqual(before);
     expect(b.reader.delivered()).toEqual([]);
+  });
+
+  it('dead-letter: dead-letters it with reason bad_encoding, and the valid UTF-8 rows around it flow as written', async () => {
+    b = await bundle({ ...sqlAscii, onPoison: 'dead-letter' });
+    const relay = b.start();
+    await relay.ready();
+    await insertBad(b);
+    await b.db.client.query(`INSERT INTO public.outbox VALUES ('good-1', $1, 'k', 'T', 'caf\u00e9 ✓')`, [b.types[0]]);
+    await waitDelivered(b.reader, ['bad-1', 'good-1']);
+    const dead = b.reader.delivered().find((d) => d.id === 'bad-1');
+    expect(dead?.headers['outboxd.error_reason']).toBe('bad_encoding');
+    const good = b.reader.delivered().find((d) => d.id === 'good-1');
+    expect(good?.headers['outboxd.error_reason']).toBeUndefined();
+    expect(JSON.stringify(b.reader.delivered())).not.toContain('\uFFFD');
   });
 });
