@@ -66,6 +66,8 @@ export class PgConnectionError extends OutboxdError {
  */
 export class PoisonError extends OutboxdError {
   readonly reason: PoisonReason;
+  /** The message's id and key, when they could be read: its dead letter carries them. */
+  subject: { id: string | null; key: string | null } | null = null;
   constructor(reason: PoisonReason, message: string, cause?: unknown) {
     super('POISON', message, { cause });
     this.reason = reason;

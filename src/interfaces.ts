@@ -69,6 +69,14 @@ export interface Sink {
   readonly type: SinkType;
   /** Connects and checks that publishing can work. Resolves when ready; rejects with SinkError. */
   connect(): Promise<void>;
+  /**
+   * What makes a message unpublishable that can be seen before sending it (its size, an illegal
+   * destination, a broker protocol limit), or null. Pure and cheap: the pipeline asks for every
+   * message as it arrives, and a poison message never joins a batch, so under `halt` nothing
+   * after it is published.
+   */
+  check(message: OutboxMessage): PoisonError | null;
+  /** Messages `check` passed. A broker may still refuse one (listed in `poisoned`). */
   publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome>;
   /**
    * Publishes one message to the dead-letter destination with the error in its headers.

@@ -23,6 +23,9 @@ export class DiscardSink implements Sink {
   readonly type = 'stdout' as const;
   published = 0;
   async connect(): Promise<void> {}
+  check(): null {
+    return null;
+  }
   publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     this.published += batch.length;
     return Promise.resolve(CONFIRMED);

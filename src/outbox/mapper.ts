@@ -170,6 +170,22 @@ export class OutboxMapper {
     txn: TxnRef,
     raw: Readonly<Record<string, string | null>> | null,
   ): OutboxMessage {
+    try {
+      return this.buildChecked(f, payload, contentType, extraHeaders, txn, raw);
+    } catch (err) {
+      if (err instanceof PoisonError) err.subject ??= { id: f.id, key: f.aggregateid };
+      throw err;
+    }
+  }
+
+  private buildChecked(
+    f: Fields,
+    payload: string | Buffer,
+    contentType: string,
+    extraHeaders: Record<string, string> | null,
+    txn: TxnRef,
+    raw: Readonly<Record<string, string | null>> | null,
+  ): OutboxMessage {
     const id = f.id;
     if (id === null || id === '') throw new PoisonError('missing_id', `id is ${id === null ? 'null' : 'empty'}`);
     const key = f.aggregateid;

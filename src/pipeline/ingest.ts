@@ -159,7 +159,7 @@ export class Ingest implements ChangeHandler<TableBinding> {
       return this.pipeline.push(this.mapper.fromLogicalMessage(content, txn), txn);
     } catch (err) {
       if (!(err instanceof PoisonError)) throw err;
-      return this.pipeline.pushPoison(letter(err, txn, null, null, content), txn);
+      return this.pipeline.pushPoison(letter(err, txn, err.subject?.id ?? null, err.subject?.key ?? null, content), txn);
     }
   }
 

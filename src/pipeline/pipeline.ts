@@ -119,6 +119,8 @@ export class Pipeline {
    * before pushing more (that is the back-pressure that pauses WAL reading).
    */
   push(message: OutboxMessage, txn: Txn): Promise<void> | undefined {
+    const problem = this.sink.check(message);
+    if (problem !== null) return this.pushPoison(letterFor(message, problem), txn);
     const label = this.label(message.destination);
     this.received.set(label, (this.received.get(label) ?? 0) + 1);
     return this.enqueue({ kind: 'message', message, txn }, message.sizeBytes);

@@ -119,11 +119,6 @@ export class KafkaSink implements Sink {
     let chunkSize = 0;
     for (let i = 0; i < batch.length; i++) {
       const m = batch[i] as OutboxMessage;
-      const bad = this.precheck(m);
-      if (bad) {
-        poisoned.push({ index: i, error: bad });
-        continue;
-      }
       const size = m.sizeBytes + RECORD_OVERHEAD_BYTES;
       if (chunk.length > 0 && (chunkSize + size > this.chunkBytes || chunk.length >= SEND_MAX_MESSAGES)) {
         await this.sendChunk(producer, chunk, poisoned);
@@ -139,7 +134,7 @@ export class KafkaSink implements Sink {
   }
 
   /** Problems we can see before sending: a bad topic name or a message above the size limit. */
-  private precheck(m: OutboxMessage): PoisonError | null {
+  check(m: OutboxMessage): PoisonError | null {
     if (!TOPIC_NAME.test(m.destination)) {
       return new PoisonError('unroutable', `topic "${m.destination.slice(0, 100)}" is not a legal Kafka topic name`);
     }

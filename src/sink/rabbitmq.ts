@@ -177,8 +177,7 @@ export class RabbitMqSink implements Sink {
     const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
     for (let i = 0; i < batch.length; i++) {
       const m = batch[i] as OutboxMessage;
-      const props = properties(m);
-      const problem = this.refused.get(m) ?? this.precheck(m, props);
+      const problem = this.refused.get(m);
       if (problem) {
         poisoned.push({ index: i, error: problem });
         continue;
@@ -186,7 +185,7 @@ export class RabbitMqSink implements Sink {
       const body = typeof m.payload === 'string' ? Buffer.from(m.payload) : m.payload;
       let ok: boolean;
       try {
-        ok = ch.publish(this.cfg.exchange, m.destination, body, props, confirms.callback());
+        ok = ch.publish(this.cfg.exchange, m.destination, body, properties(m), confirms.callback());
       } catch (err) {
         // amqplib queued the confirm callback before it threw, so this channel's confirms are out
         // of step: drop it. A closed channel is a connection fault; anything else is this
@@ -224,14 +223,11 @@ export class RabbitMqSink implements Sink {
   }
 
   /** What makes a message unpublishable before it is sent: its size, or an AMQP limit. */
-  private precheck(m: OutboxMessage, props: amqp.Options.Publish): PoisonError | null {
+  check(m: OutboxMessage): PoisonError | null {
     if (m.sizeBytes > this.cfg.maxMessageBytes) {
-      return new PoisonError(
-        'oversized',
-        `message of ${m.sizeBytes} bytes exceeds sink.rabbitmq.maxMessageBytes (${this.cfg.maxMessageBytes})`,
-      );
+      return new PoisonError('oversized', `message of ${m.sizeBytes} bytes exceeds sink.rabbitmq.maxMessageBytes (${this.cfg.maxMessageBytes})`);
     }
-    return amqpLimitProblem(m.destination, props);
+    return amqpLimitProblem(m.destination, properties(m));
   }
 
   /** Waits for `drain`, or fails if the channel closes first. */

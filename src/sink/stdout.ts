@@ -1,5 +1,5 @@
 import type { StdoutSinkConfig } from '../config/schema.js';
-import { SinkError } from '../errors.js';
+import { type PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
 
@@ -22,6 +22,10 @@ export class StdoutSink implements Sink {
   }
 
   async connect(): Promise<void> {}
+
+  check(): PoisonError | null {
+    return null;
+  }
 
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     let text = '';

@@ -19,6 +19,8 @@ export interface Delivered {
   stream: string;
   position: number;
   headers: Record<string, string>;
+  /** The body's bytes as the broker holds them. */
+  value: Buffer;
 }
 
 export interface Reader {
@@ -53,6 +55,8 @@ export interface BundleOptions {
   onPoison?: 'halt' | 'dead-letter';
   ddl?: string[];
   encoding?: 'UTF8' | 'SQL_ASCII';
+  /** Outbox tables (default public.outbox). */
+  tables?: string[];
 }
 
 export async function bundle(o: BundleOptions): Promise<Bundle> {
@@ -77,6 +81,7 @@ export async function bundle(o: BundleOptions): Promise<Bundle> {
           stream: `${m.topic}/${m.partition}`,
           position: Number(m.offset),
           headers: m.headers,
+          value: m.valueBytes,
         })),
       close: () => r.stop(),
     };
@@ -116,8 +121,7 @@ ${o.sinkExtra ?? ''}`;
   reconnect: { initial: 100ms, max: 1s }
 outbox:
   tables:
-    - name: public.outbox
-  onPoison: ${o.onPoison ?? 'halt'}
+${(o.tables ?? ['public.outbox']).map((t) => `    - name: ${t}\n`).join('')}  onPoison: ${o.onPoison ?? 'halt'}
 pipeline:
   maxInFlightMessages: 2000
   maxInFlightBytes: 4MiB
@@ -230,6 +234,7 @@ class AmqpReader implements Reader {
           stream: q,
           position: n,
           headers,
+          value: msg.content,
         });
         ch.ack(msg);
       });

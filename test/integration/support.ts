@@ -271,6 +271,8 @@ export interface Consumed {
   offset: string;
   key: string | null;
   value: string;
+  /** The value's bytes as the broker holds them (for byte-for-byte comparisons). */
+  valueBytes: Buffer;
   headers: Record<string, string>;
 }
 
@@ -309,6 +311,7 @@ export class TopicReader {
           offset: message.offset,
           key: message.key?.toString() ?? null,
           value: message.value?.toString() ?? '',
+          valueBytes: message.value ?? Buffer.alloc(0),
           headers,
         });
       },

@@ -17,6 +17,9 @@ class RecordingSink implements Sink {
   published: OutboxMessage[] = [];
   letters: DeadLetter[] = [];
   async connect() {}
+  check() {
+    return null;
+  }
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     this.published.push(...batch);
     return { poisoned: [] };

@@ -17,6 +17,11 @@ class FakeSink implements Sink {
   gate: Promise<void> | null = null;
   resets = 0;
   async connect() {}
+  /** Ids whose problem shows before sending (size, a protocol limit). */
+  refuseEarly = new Set<string>();
+  check(m: OutboxMessage) {
+    return this.refuseEarly.has(m.id) ? new PoisonError('field_too_long', `too long: ${m.id}`) : null;
+  }
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     if (this.gate) await this.gate;
     const f = this.failNext.shift();
@@ -270,5 +275,17 @@ describe('Pipeline', () => {
     await pipeline.stop();
     await new Promise((r) => setTimeout(r, 0));
     expect(released).toBe(true);
+  });
+
+  it('never batches a message the sink can see is poison: under halt nothing after it is published', async () => {
+    const { sink, pipeline, txn, watermark, events } = setup('halt');
+    sink.refuseEarly.add('bad');
+    txn('ok1', 'bad', 'after1');
+    txn('after2');
+    await pipeline.drain(200);
+    expect(events.halted?.reason).toBe('field_too_long');
+    expect(sink.batches.flat()).toEqual(['ok1']);
+    expect(watermark.lsn).toBe(0n);
+    await pipeline.stop();
   });
 });
