@@ -189,7 +189,8 @@ export class Relay {
         if (this.state !== 'streaming') {
           const why = this.pipeline.haltedBy?.message ?? this.haltedBy?.message;
           if (this.state === 'halted') return { ok: false, detail: `halted: ${why}` };
-          return { ok: false, detail: this.waitingFor ? `${this.state}: ${this.waitingFor}` : this.state };
+          const waiting = this.waitingFor ?? (this.state === 'starting' && this.sinkError ? `${sink} unavailable: ${this.sinkError.message}` : null);
+          return { ok: false, detail: waiting ? `${this.state}: ${waiting}` : this.state };
         }
         if (!this.sinkUp) return { ok: false, detail: `${sink} unavailable${this.sinkError ? `: ${this.sinkError.message}` : ''}` };
         if (this.sinkBlocked) return { ok: false, detail: `${sink} blocked the connection (resource alarm)` };
@@ -230,10 +231,12 @@ export class Relay {
       try {
         await this.sink.connect();
         this.sinkUp = true;
+        this.sinkError = null;
         this.metrics.connectionState.set({ target: this.cfg.sink.type }, 1);
         return;
       } catch (err) {
         if (err instanceof SinkError && !err.retriable) throw err;
+        if (err instanceof SinkError) this.sinkError = err;
         const wait = backoffMs(attempt, this.cfg.postgres.reconnect);
         if (attempt === 1 || attempt % 10 === 0)
           this.log.warn({ err, attempt, retryInMs: wait }, `${this.cfg.sink.type} unavailable, retrying`);

@@ -57,6 +57,8 @@ export interface BundleOptions {
   encoding?: 'UTF8' | 'SQL_ASCII';
   /** Outbox tables (default public.outbox). */
   tables?: string[];
+  /** Kafka's request timeout and RabbitMQ's confirm timeout (default 5s and 3s: fault tests want them short). */
+  brokerTimeout?: string;
 }
 
 export async function bundle(o: BundleOptions): Promise<Bundle> {
@@ -89,7 +91,7 @@ export async function bundle(o: BundleOptions): Promise<Bundle> {
   kafka:
     brokers: [${o.relayBroker ?? brokers.join(', ')}]
     deadLetterTopic: dlq_${tag}
-    requestTimeout: 5s
+    requestTimeout: ${o.brokerTimeout ?? '5s'}
     connectionTimeout: 2s
 ${o.sinkExtra ?? ''}`;
   } else {
@@ -103,7 +105,7 @@ ${o.sinkExtra ?? ''}`;
     declare: true
     deadLetterExchange: dlx_${tag}
     deadLetterRoutingKey: poison
-    confirmTimeout: 3s
+    confirmTimeout: ${o.brokerTimeout ?? '3s'}
     heartbeat: 2s
     connectionTimeout: 2s
 ${o.sinkExtra ?? ''}`;

@@ -1,6 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { getFreePort } from '../harness/ports.js';
+import { startRabbitMQ } from '../harness/rabbitmq.js';
 import { MAIN, RelayProcess, TestDb, removeDir, until, writeConfig } from '../integration/support.js';
 
 /** Passwords never appear in logs, /metrics or error messages, whatever goes wrong. */
@@ -61,4 +62,100 @@ describe('secret hygiene', () => {
       }
     }
   }, 240_000);
+
+  it('a secret planted in the fatal message, its stack, a /readyz body and an uncaught crash never leaves the process', async () => {
+    const db = await new TestDb(inject('pg15Url')).create();
+    cleanups.push(() => db.drop());
+    // The password is also the name of a database that does not exist: Postgres echoes it in the
+    // error that stops the relay (fatal log message, and its stack with OUTBOXD_LOG_STACKS=1).
+    const role = `r_${db.name.slice(2)}`;
+    await db.client.query(`CREATE ROLE ${role} LOGIN PASSWORD '${PG_SECRET}'`);
+    cleanups.push(() => db.client.query(`DROP ROLE ${role}`).then(() => undefined));
+    const plant = new URL(db.url);
+    plant.username = role;
+    plant.password = '';
+    plant.pathname = `/${PG_SECRET}`;
+    const fatalCfg = await writeConfig(
+      (port) =>
+        `postgres:
+  url: ${plant.toString()}
+  password: ${PG_SECRET}
+  slot: ${db.slot}
+http:
+  host: 127.0.0.1
+  port: ${port}
+log:
+  level: debug
+`,
+    );
+    cleanups.push(() => removeDir(fatalCfg.dir));
+    const fatal = new RelayProcess(fatalCfg.file, fatalCfg.port, { OUTBOXD_LOG_STACKS: '1' });
+    expect(await fatal.exited).not.toBe(0);
+    expect(fatal.stderr).toMatch(/"level":"fatal"/);
+    expect(fatal.stderr).toMatch(/database \\"\*\*\*\\" does not exist/);
+    expect(fatal.stderr).toMatch(/"stack":/);
+    noSecrets(fatal.stderr);
+
+    // A user whose password is also the name of a vhost it cannot open: the broker's refusal,
+    // retried, names it in /readyz. (A node of our own, to add the user.)
+    const rabbit = await startRabbitMQ();
+    cleanups.push(() => rabbit.destroy());
+    await rabbit.ctl('add_user', 'planted', AMQP_SECRET);
+    await rabbit.ctl('set_permissions', '-p', '/', 'planted', '.*', '.*', '.*');
+    const amqp = new URL(rabbit.url);
+    amqp.username = 'planted';
+    amqp.password = AMQP_SECRET;
+    amqp.pathname = `/${AMQP_SECRET}`;
+    const readyCfg = await writeConfig(
+      (port) =>
+        `postgres:
+  url: ${db.url}
+  slot: ${db.slot}
+sink:
+  type: rabbitmq
+  rabbitmq:
+    url: ${amqp.toString()}
+    exchange: e
+    connectionTimeout: 1s
+http:
+  host: 127.0.0.1
+  port: ${port}
+`,
+    );
+    cleanups.push(() => removeDir(readyCfg.dir));
+    const unready = new RelayProcess(readyCfg.file, readyCfg.port);
+    cleanups.push(async () => {
+      unready.kill('SIGKILL');
+      await unready.exited;
+    });
+    const body = await until(
+      'a /readyz body about the sink',
+      async () => {
+        const r = await unready.http('/readyz').catch(() => ({ status: 0, body: '' }));
+        return r.body.includes('rabbitmq unavailable') ? r.body : undefined;
+      },
+      30_000,
+    );
+    // The planted value did reach the body, and came out redacted.
+    expect(body).toContain('refused to open vhost "***"');
+    noSecrets(body);
+    noSecrets((await unready.http('/livez')).body);
+
+    // An error nothing catches ends in one redacted line, not Node's report.
+    const crash = spawnSync(
+      process.execPath,
+      [
+        '--import',
+        `data:text/javascript,setTimeout(() => { throw new Error('lost postgres://u:${PG_SECRET}@db/x?password=${KAFKA_SECRET}'); }, 300)`,
+        MAIN,
+        'run',
+        '-c',
+        readyCfg.file,
+      ],
+      { encoding: 'utf8', timeout: 30_000, env: { ...process.env, OUTBOXD_HTTP_PORT: '0' } },
+    );
+    expect(crash.status).toBe(1);
+    expect(crash.stderr).toMatch(/^outboxd: internal error \(uncaught exception\): lost postgres:\/\/u:\*\*\*@db\/x\?password=\*\*\*$/m);
+    noSecrets(crash.stdout + crash.stderr);
+  }, 120_000);
 });

@@ -18,6 +18,10 @@ export interface KafkaServer {
   /** 'graceful' (default): SIGTERM, controlled shutdown; 'kill': SIGKILL, like a crash. */
   stop(mode?: 'graceful' | 'kill'): Promise<void>;
   start(): Promise<void>;
+  /** SIGSTOPs the broker: it stops answering without closing a connection (a hung process). */
+  pause(): void;
+  /** SIGCONTs it. */
+  resume(): void;
   destroy(): Promise<void>;
 }
 
@@ -226,6 +230,14 @@ class KafkaServerImpl implements KafkaServer {
       await producer.disconnect().catch(() => undefined);
       await admin.disconnect().catch(() => undefined);
     }
+  }
+
+  pause(): void {
+    if (this.child) this.sd.killGroup(this.child, 'SIGSTOP');
+  }
+
+  resume(): void {
+    if (this.child) this.sd.killGroup(this.child, 'SIGCONT');
   }
 
   async stop(mode: 'graceful' | 'kill' = 'graceful'): Promise<void> {

@@ -43,6 +43,10 @@ export interface RabbitServer {
   stop(mode?: 'graceful' | 'kill'): Promise<void>;
   /** Starts the node again on the same ports and data; resolves once AMQP logins work (~2.5 s). */
   start(): Promise<void>;
+  /** SIGSTOPs the node: it stops answering without closing a connection (a hung process). */
+  pause(): void;
+  /** SIGCONTs it. */
+  resume(): void;
   /** Kills the node and its epmd, removes the temp dir. */
   destroy(): Promise<void>;
   /** Runs `rabbitmqctl ARGS...` against this node (needs it running); resolves with stdout. */
@@ -336,6 +340,14 @@ class RabbitServerImpl implements RabbitServer {
       if (/eaddrinuse/i.test(this.sd.tail(300))) message += ' (Address already in use)';
       throw this.sd.failure(message);
     }
+  }
+
+  pause(): void {
+    if (this.child) this.sd.killGroup(this.child, 'SIGSTOP');
+  }
+
+  resume(): void {
+    if (this.child) this.sd.killGroup(this.child, 'SIGCONT');
   }
 
   async stop(mode: 'graceful' | 'kill' = 'graceful'): Promise<void> {

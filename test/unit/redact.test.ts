@@ -1,0 +1,39 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { clearSecrets, redact, redactDeep, registerSecrets } from '../../src/observability/redact.js';
+
+afterEach(() => clearSecrets());
+
+describe('redact', () => {
+  it('masks URL passwords, a raw @ inside one included', () => {
+    expect(redact('connecting to postgres://u:p@ss@db:5432/x failed')).toBe('connecting to postgres://u:***@db:5432/x failed');
+    expect(redact('amqp://outboxd:s3cr3t@127.0.0.1:5672/%2F')).toBe('amqp://outboxd:***@127.0.0.1:5672/%2F');
+    expect(redact('postgres://u@db/x (no password)')).toBe('postgres://u@db/x (no password)');
+  });
+
+  it('masks password=… in a URL query, a key/value string and JSON', () => {
+    expect(redact('postgres://u@db/x?sslmode=require&password=hunter22&x=1')).toBe('postgres://u@db/x?sslmode=require&password=***&x=1');
+    expect(redact("host=db user=u password='a b' dbname=x")).toBe('host=db user=u password=*** dbname=x');
+    expect(redact('{"user":"u","password":"hunter22"}')).toBe('{"user":"u","password":"***"}');
+  });
+
+  it('removes every registered secret wherever it appears, raw or URL-encoded', () => {
+    registerSecrets(['Pg-S3cret/+@x', 'abc']);
+    expect(redact('database "Pg-S3cret/+@x" does not exist')).toBe('database "***" does not exist');
+    expect(redact(`vhost ${encodeURIComponent('Pg-S3cret/+@x')}`)).toBe('vhost ***');
+    // Values shorter than 4 characters are not registered: they would redact ordinary words.
+    expect(redact('abc')).toBe('abc');
+  });
+
+  it('registers the secrets of a loaded config', () => {
+    parseConfig('postgres:\n  url: postgres://u:pg-pass-1@db/x\nsink:\n  type: rabbitmq\n  rabbitmq:\n    url: amqp://u:amqp-pass-2@mq/v\n    exchange: e\n', {});
+    expect(redact('x pg-pass-1 y amqp-pass-2 z')).toBe('x *** y *** z');
+  });
+
+  it('walks plain objects and arrays, and leaves errors to the logger', () => {
+    registerSecrets(['top-secret']);
+    const err = new Error('top-secret');
+    const out = redactDeep({ a: ['top-secret', 1], b: { c: 'x top-secret' }, err }) as Record<string, unknown>;
+    expect(out).toEqual({ a: ['***', 1], b: { c: 'x ***' }, err });
+  });
+});
