@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { afterEach, describe, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { PG_MAJORS, type PgMajor, type PgServer, startPostgres } from '../harness/postgres.js';
 import {
   RelayProcess,
   TestDb,
@@ -14,14 +15,21 @@ import {
 } from './support.js';
 
 /**
- * The relay end to end: the real `outboxd` CLI between a real Postgres (15 and 17) and a real
- * Kafka broker, read back with an independent kafkajs consumer.
+ * The relay end to end: the real `outboxd` CLI between a real Postgres and a real Kafka broker,
+ * read back with an independent kafkajs consumer. The core test runs on every supported
+ * Postgres major: 14 (which sends empty transactions) to 18 (what new users install).
  */
 const brokers = () => inject('kafkaBrokers').split(',');
-const servers = [
-  { version: 15, url: () => inject('pg15Url') },
-  { version: 17, url: () => inject('pg17Url') },
-];
+const started = new Map<PgMajor, PgServer>();
+afterAll(async () => {
+  for (const s of started.values()) await s.destroy();
+});
+const serverUrl = (version: PgMajor): string => {
+  if (version === 15) return inject('pg15Url');
+  if (version === 17) return inject('pg17Url');
+  return (started.get(version) as PgServer).url;
+};
+const servers = PG_MAJORS.map((version) => ({ version, url: () => serverUrl(version) }));
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -49,7 +57,12 @@ async function setup(serverUrl: string, extra = '') {
   return { db, types, reader, cfg, start };
 }
 
-describe.each(servers)('Postgres $version → Kafka', ({ url }) => {
+describe.each(servers)('Postgres $version → Kafka', ({ version, url }) => {
+  beforeAll(async () => {
+    // 15 and 17 are shared by the whole suite; the others start here, for this file only.
+    if (version !== 15 && version !== 17 && !started.has(version)) started.set(version, await startPostgres(version));
+  });
+
   it('delivers 10,000 rows over 200 keys exactly once, in per-key commit order, keyed by aggregateid', async () => {
     const { db, types, reader, start } = await setup(url());
     const relay = start();
