@@ -162,6 +162,7 @@ export class OutboxMapper {
     return this.build(fields, payload, contentType, headers, txn, raw);
   }
 
+  /** Builds the message, or throws a PoisonError that carries the id and key it could read. */
   private build(
     f: Fields,
     payload: string | Buffer,
@@ -170,33 +171,22 @@ export class OutboxMapper {
     txn: TxnRef,
     raw: Readonly<Record<string, string | null>> | null,
   ): OutboxMessage {
-    try {
-      return this.buildChecked(f, payload, contentType, extraHeaders, txn, raw);
-    } catch (err) {
-      if (err instanceof PoisonError) err.subject ??= { id: f.id, key: f.aggregateid };
-      throw err;
-    }
-  }
-
-  private buildChecked(
-    f: Fields,
-    payload: string | Buffer,
-    contentType: string,
-    extraHeaders: Record<string, string> | null,
-    txn: TxnRef,
-    raw: Readonly<Record<string, string | null>> | null,
-  ): OutboxMessage {
     const id = f.id;
-    if (id === null || id === '') throw new PoisonError('missing_id', `id is ${id === null ? 'null' : 'empty'}`);
+    if (id === null || id === '') throw subject(new PoisonError('missing_id', `id is ${id === null ? 'null' : 'empty'}`), f);
     const key = f.aggregateid;
-    if (key === null) throw new PoisonError('null_key', `aggregateid (the shard key) is null for id ${id}`);
+    if (key === null) throw subject(new PoisonError('null_key', `aggregateid (the shard key) is null for id ${id}`), f);
     const aggregateType = f.aggregatetype;
     if (aggregateType === null || aggregateType === '') {
-      throw new PoisonError('missing_route', `aggregatetype is null for id ${id}`);
+      throw subject(new PoisonError('missing_route', `aggregatetype is null for id ${id}`), f);
     }
     const type = f.type;
     // Template fields name outbox fields first (after column mapping), then raw columns.
-    const destination = renderTemplate(this.destination, f as unknown as Record<string, string | null>, raw);
+    let destination: string;
+    try {
+      destination = renderTemplate(this.destination, f as unknown as Record<string, string | null>, raw);
+    } catch (err) {
+      throw err instanceof PoisonError ? subject(err, f) : err;
+    }
     const headers: Record<string, string> = extraHeaders ?? {};
     headers.id = id;
     if (type !== null) headers.type = type;
@@ -227,6 +217,12 @@ export class OutboxMapper {
       sizeBytes: payloadBytes + key.length + headerBytes + destination.length,
     };
   }
+}
+
+/** Records on a poison error the id and key that could be read, for its dead letter. */
+function subject(err: PoisonError, f: Fields): PoisonError {
+  err.subject ??= { id: f.id, key: f.aggregateid };
+  return err;
 }
 
 /** The outbox fields a message is built from, after column mapping. */
