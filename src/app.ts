@@ -189,7 +189,8 @@ export class Relay {
         if (this.state !== 'streaming') {
           const why = this.pipeline.haltedBy?.message ?? this.haltedBy?.message;
           if (this.state === 'halted') return { ok: false, detail: `halted: ${why}` };
-          const waiting = this.waitingFor ?? (this.state === 'starting' && this.sinkError ? `${sink} unavailable: ${this.sinkError.message}` : null);
+          const waiting =
+            this.waitingFor ?? (this.state === 'starting' && this.sinkError ? `${sink} unavailable: ${this.sinkError.message}` : null);
           return { ok: false, detail: waiting ? `${this.state}: ${waiting}` : this.state };
         }
         if (!this.sinkUp) return { ok: false, detail: `${sink} unavailable${this.sinkError ? `: ${this.sinkError.message}` : ''}` };

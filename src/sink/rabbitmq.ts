@@ -225,7 +225,10 @@ export class RabbitMqSink implements Sink {
   /** What makes a message unpublishable before it is sent: its size, or an AMQP limit. */
   check(m: OutboxMessage): PoisonError | null {
     if (m.sizeBytes > this.cfg.maxMessageBytes) {
-      return new PoisonError('oversized', `message of ${m.sizeBytes} bytes exceeds sink.rabbitmq.maxMessageBytes (${this.cfg.maxMessageBytes})`);
+      return new PoisonError(
+        'oversized',
+        `message of ${m.sizeBytes} bytes exceeds sink.rabbitmq.maxMessageBytes (${this.cfg.maxMessageBytes})`,
+      );
     }
     return amqpLimitProblem(m.destination, properties(m));
   }

@@ -49,7 +49,15 @@ const MiB = 1024 * 1024;
 /** Inserts one row and returns what Postgres hands out for it: the payload as its text (or bytes). */
 async function row(
   b: Bundle,
-  cols: { id: string; aggregatetype?: string; aggregateid?: string; type?: string; payload: string | Buffer; headers?: string; correlation_id?: string },
+  cols: {
+    id: string;
+    aggregatetype?: string;
+    aggregateid?: string;
+    type?: string;
+    payload: string | Buffer;
+    headers?: string;
+    correlation_id?: string;
+  },
   table = 'public.outbox',
 ): Promise<Written> {
   const aggregatetype = cols.aggregatetype ?? (b.types[0] as string);
@@ -65,7 +73,9 @@ async function row(
 
 /** Emits a transactional logical decoding message (text or raw bytes). */
 async function emit(b: Bundle, content: string | Buffer): Promise<void> {
-  await b.db.client.query(`SELECT pg_logical_emit_message(true, 'outbox', $1::${typeof content === 'string' ? 'text' : 'bytea'})`, [content]);
+  await b.db.client.query(`SELECT pg_logical_emit_message(true, 'outbox', $1::${typeof content === 'string' ? 'text' : 'bytea'})`, [
+    content,
+  ]);
 }
 
 const uid = (n: number) => `${n}-${randomUUID()}`;
@@ -74,7 +84,11 @@ const digits = () => `${Date.now()}${Math.floor(Math.random() * 1e6)}`.padEnd(20
 const cases: Case[] = [
   {
     name: 'unicode payload: emoji, RTL, control characters',
-    write: (b, n) => row(b, { id: uid(n), payload: '{"emoji":"🚚🎉👩🏽‍💻","rtl":"مرحبا עולם","ctl":"\\u0001\\u0007\\u001f\\t","zwj":"a\u200db","bom":"\ufeff"}' }),
+    write: (b, n) =>
+      row(b, {
+        id: uid(n),
+        payload: '{"emoji":"🚚🎉👩🏽‍💻","rtl":"مرحبا עולם","ctl":"\\u0001\\u0007\\u001f\\t","zwj":"a\u200db","bom":"\ufeff"}',
+      }),
     kafka: delivered,
     rabbitmq: delivered,
   },
@@ -83,7 +97,8 @@ const cases: Case[] = [
     write: (b, n) =>
       row(b, {
         id: uid(n),
-        payload: '{"max": 1.7976931348623157e308, "min": 5e-324, "over": 1e400, "long": 123456789012345678901234567890.000001, "neg0": -0, "ten": 1.10}',
+        payload:
+          '{"max": 1.7976931348623157e308, "min": 5e-324, "over": 1e400, "long": 123456789012345678901234567890.000001, "neg0": -0, "ten": 1.10}',
       }),
     kafka: delivered,
     rabbitmq: delivered,
@@ -145,7 +160,10 @@ const cases: Case[] = [
     name: 'logical message: a string payload arrives as its value, escapes resolved',
     write: async (b, n) => {
       const id = uid(n);
-      await emit(b, `{"id": "${id}", "aggregatetype": "${b.types[0]}", "aggregateid": "k", "type": "T", "payload": "line\\n\\"q\\" \\ud83d\\ude00 caf\\u00e9"}`);
+      await emit(
+        b,
+        `{"id": "${id}", "aggregatetype": "${b.types[0]}", "aggregateid": "k", "type": "T", "payload": "line\\n\\"q\\" \\ud83d\\ude00 caf\\u00e9"}`,
+      );
       return { id, key: 'k', payload: Buffer.from('line\n"q" 😀 café') };
     },
     kafka: delivered,
@@ -154,7 +172,13 @@ const cases: Case[] = [
   {
     name: 'logical message: bytes that are not UTF-8',
     write: async (b) => {
-      await emit(b, Buffer.concat([Buffer.from(`{"id":"x","aggregatetype":"${b.types[0]}","aggregateid":"k","payload":"caf`), Buffer.from([0xe9, 0x22, 0x7d])]));
+      await emit(
+        b,
+        Buffer.concat([
+          Buffer.from(`{"id":"x","aggregatetype":"${b.types[0]}","aggregateid":"k","payload":"caf`),
+          Buffer.from([0xe9, 0x22, 0x7d]),
+        ]),
+      );
       return { id: null, key: 'k', payload: Buffer.alloc(0) };
     },
     kafka: poison('bad_encoding'),
@@ -202,7 +226,8 @@ const cases: Case[] = [
   },
   {
     name: 'payload and headers together over the limit: the dead letter drops the payload',
-    write: (b, n) => row(b, { id: uid(n), headers: JSON.stringify({ big: 'h'.repeat(600_000) }), payload: JSON.stringify({ p: 'p'.repeat(600_000) }) }),
+    write: (b, n) =>
+      row(b, { id: uid(n), headers: JSON.stringify({ big: 'h'.repeat(600_000) }), payload: JSON.stringify({ p: 'p'.repeat(600_000) }) }),
     kafka: poison('oversized', 'payload'),
     rabbitmq: poison('headers_too_large', 'payload,headers'),
   },
@@ -237,10 +262,10 @@ afterEach(async () => {
 /** Writes a plain row that must flow after a case (or wait behind it). */
 async function follower(b: Bundle): Promise<string> {
   const id = `follower-${randomUUID()}`;
-  await b.db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{"seq":1}')`, [
-    id,
-    b.types[0],
-  ]);
+  await b.db.client.query(
+    `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{"seq":1}')`,
+    [id, b.types[0]],
+  );
   return id;
 }
 

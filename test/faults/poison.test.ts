@@ -119,7 +119,9 @@ describe('poison rows: text that is not UTF-8', () => {
     ddl: ['CREATE TABLE public.outbox (id text PRIMARY KEY, aggregatetype text, aggregateid text, type text, payload text)'],
   };
   const insertBad = (b: Bundle) =>
-    b.db.client.query(`INSERT INTO public.outbox VALUES ('bad-1', $1, 'k', 'T', 'caf' || convert_from('\\xe9'::bytea, 'SQL_ASCII'))`, [b.types[0]]);
+    b.db.client.query(`INSERT INTO public.outbox VALUES ('bad-1', $1, 'k', 'T', 'caf' || convert_from('\\xe9'::bytea, 'SQL_ASCII'))`, [
+      b.types[0],
+    ]);
 
   it('halt: stops before it with reason bad_encoding, never relayed with replacement characters', async () => {
     b = await bundle({ ...sqlAscii, onPoison: 'halt' });

@@ -36,10 +36,10 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
       const writer = (async () => {
         while (writing) {
           const id = uuid();
-          await b.db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{}')`, [
-            id,
-            b.types[0],
-          ]);
+          await b.db.client.query(
+            `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{}')`,
+            [id, b.types[0]],
+          );
           ids.push(id);
           await sleep(50);
         }

@@ -23,10 +23,10 @@ describe('a missing Kafka topic', () => {
     await relay.ready();
     const topic = `outbox.event.missing_${bb.db.name.slice(2, 10)}`;
     const id = uuid();
-    await bb.db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{"n":1}')`, [
-      id,
-      topic.slice('outbox.event.'.length),
-    ]);
+    await bb.db.client.query(
+      `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{"n":1}')`,
+      [id, topic.slice('outbox.event.'.length)],
+    );
     const notReady = await until(
       'not ready, naming the topic',
       async () => {

@@ -55,7 +55,11 @@ http:
     const waitLog = relay.logLines().find((l) => l.msg === 'creating the replication slot waits for running transactions to end');
     expect((waitLog?.blockers as Array<{ pid: number }>)?.[0]?.pid).toBe(pid);
     // Past slotCreateTimeout it gives up on this attempt, says so, and tries again.
-    await until('a retry after the timeout', async () => /still waiting for running transactions to end after 5 s/.test(relay.stderr), 20_000);
+    await until(
+      'a retry after the timeout',
+      async () => /still waiting for running transactions to end after 5 s/.test(relay.stderr),
+      20_000,
+    );
     expect((await relay.http('/livez')).status).toBe(200);
     await blocker.query('COMMIT');
     await relay.ready(30_000);

@@ -26,7 +26,10 @@ describe('redact', () => {
   });
 
   it('registers the secrets of a loaded config', () => {
-    parseConfig('postgres:\n  url: postgres://u:pg-pass-1@db/x\nsink:\n  type: rabbitmq\n  rabbitmq:\n    url: amqp://u:amqp-pass-2@mq/v\n    exchange: e\n', {});
+    parseConfig(
+      'postgres:\n  url: postgres://u:pg-pass-1@db/x\nsink:\n  type: rabbitmq\n  rabbitmq:\n    url: amqp://u:amqp-pass-2@mq/v\n    exchange: e\n',
+      {},
+    );
     expect(redact('x pg-pass-1 y amqp-pass-2 z')).toBe('x *** y *** z');
   });
 
