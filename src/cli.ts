@@ -1,3 +1,4 @@
+import { parseArgs } from 'node:util';
 import { Relay } from './app.js';
 import { runChecks } from './commands/doctor.js';
 import { setupCommand } from './commands/setup.js';
@@ -25,23 +26,39 @@ interface Args {
   flags: Set<string>;
 }
 
-const FLAGS: Record<string, readonly string[]> = { validate: ['--connect'], status: ['--json'], setup: ['--print'], run: [] };
+/** The flags each command takes, besides -c/--config. */
+const FLAGS: Record<string, readonly string[]> = { validate: ['connect'], status: ['json'], setup: ['print'], run: [] };
 
-export function parseArgs(argv: readonly string[]): Args {
+/** Parses `COMMAND [-c FILE] [--flag…]` with node:util's parser; a bad argument is a UsageError. */
+export function parseCommandLine(argv: readonly string[]): Args {
   const [command, ...rest] = argv;
   if (!command) throw new UsageError(`missing command\n${USAGE}`);
-  let config: string | undefined;
-  const flags = new Set<string>();
-  for (let i = 0; i < rest.length; i++) {
-    const a = rest[i] as string;
-    if (a === '-c' || a === '--config') {
-      config = rest[++i];
-      if (!config) throw new UsageError(`${a} needs a file`);
-    } else if (a.startsWith('--config=')) config = a.slice('--config='.length);
-    else if (FLAGS[command]?.includes(a)) flags.add(a);
-    else throw new UsageError(`unknown argument "${a}" for ${command}`);
+  const flags = FLAGS[command] ?? [];
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({
+      args: rest,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        config: { type: 'string', short: 'c' },
+        ...Object.fromEntries(flags.map((f) => [f, { type: 'boolean' as const }])),
+      },
+    });
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    const arg = /'([^']+)'/.exec((err as Error).message)?.[1] ?? '';
+    if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') throw new UsageError(`${arg.split(/[ ,]/)[0]} needs a file`);
+    throw new UsageError(`unknown argument "${arg.split(' ')[0] || rest.join(' ')}" for ${command}`);
   }
-  return { command, config, flags };
+  const values = parsed.values as Record<string, string | boolean | undefined>;
+  const config = values.config;
+  if (config === '') throw new UsageError('-c needs a file');
+  return {
+    command,
+    config: typeof config === 'string' ? config : undefined,
+    flags: new Set(flags.filter((f) => values[f] === true).map((f) => `--${f}`)),
+  };
 }
 
 /** Runs the CLI. Returns the exit code; writes errors as one line on stderr. */
@@ -55,7 +72,7 @@ export async function cli(argv: readonly string[], env: NodeJS.ProcessEnv = proc
       process.stdout.write(`${USAGE}\n`);
       return ExitCode.ok;
     }
-    const args = parseArgs(argv);
+    const args = parseCommandLine(argv);
     const configFile = args.config ?? env.OUTBOXD_CONFIG;
     if (!configFile) throw new UsageError(`${args.command} needs -c FILE (or OUTBOXD_CONFIG)`);
     switch (args.command) {

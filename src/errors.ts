@@ -60,6 +60,13 @@ export class PgConnectionError extends OutboxdError {
   }
 }
 
+/** Another session holds the slot (SQLSTATE 55006): this instance waits as a standby. */
+export class SlotBusyError extends OutboxdError {
+  constructor(message: string, cause?: unknown) {
+    super('SLOT_ACTIVE', message, { retriable: true, cause });
+  }
+}
+
 /**
  * One message cannot be mapped or published (null key, missing route, oversized, unroutable).
  * Handled by the poison policy, never retried as is.
@@ -68,6 +75,8 @@ export class PoisonError extends OutboxdError {
   readonly reason: PoisonReason;
   /** The message's id and key, when they could be read: its dead letter carries them. */
   subject: { id: string | null; key: string | null } | null = null;
+  /** Where in the WAL, when Postgres said (its CONTEXT line), for a row it could not send. */
+  where: string | null = null;
   constructor(reason: PoisonReason, message: string, cause?: unknown) {
     super('POISON', message, { cause });
     this.reason = reason;

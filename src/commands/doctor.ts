@@ -4,7 +4,8 @@ import { COLUMN_FIELDS, REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { oneLine } from '../errors.js';
 import { createLogger } from '../observability/logger.js';
 import { loadSink } from '../sink/index.js';
-import { checkSlotUsable, connectAdmin, inspectSlot, readMarker } from '../source/postgres.js';
+import { connectAdmin } from '../source/connect.js';
+import { checkSlotUsable, inspectSlot, readMarker } from '../source/slot.js';
 
 /** One line of `validate --connect`: what was checked, whether it holds, and how to fix it. */
 export interface Check {

@@ -1,6 +1,8 @@
 import type { Config, TableConfig } from '../config/schema.js';
 import { ExitCode, exitCodeFor, oneLine } from '../errors.js';
-import { connectAdmin, ensurePublication, ensureSlot } from '../source/postgres.js';
+import { connectAdmin } from '../source/connect.js';
+import { ensurePublication } from '../source/publication.js';
+import { ensureSlot } from '../source/slot.js';
 import { quoteIdent } from '../config/schema.js';
 
 /** The outbox table DDL for a table's column mapping (Debezium outbox event router layout). */

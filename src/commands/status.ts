@@ -1,7 +1,8 @@
 import type { Config } from '../config/schema.js';
 import { ExitCode, oneLine } from '../errors.js';
 import { formatLsn } from '../lsn.js';
-import { connectAdmin, inspectSlot, readMarker } from '../source/postgres.js';
+import { connectAdmin } from '../source/connect.js';
+import { inspectSlot, readMarker } from '../source/slot.js';
 
 export interface SlotStatus {
   slot: string;

@@ -62,10 +62,11 @@ export class Ingest implements ChangeHandler<TableBinding> {
     };
   }
 
-  /** A new replication session starts: forget the last one's open transaction. */
+  /** A replication session ended or starts: forget its open transaction (its COMMIT will not come). */
   resetSession(): void {
     this.open = null;
     this.txn = null;
+    this.releaseCommitWaiters();
   }
 
   begin(xid: number, commitLsn: Lsn, commitTimeMs: number): void {
@@ -77,14 +78,26 @@ export class Ingest implements ChangeHandler<TableBinding> {
   commit(endLsn: Lsn): void {
     if (!this.open) return;
     this.transactions++;
-    const lsn = this.txn !== null ? this.watermark.commit(this.txn, endLsn) : this.watermark.commitEmpty(endLsn);
+    if (this.txn !== null) this.watermark.commit(this.txn, endLsn);
+    else this.watermark.commitEmpty(endLsn);
     this.open = null;
     this.txn = null;
-    if (lsn !== null) this.onAdvance(lsn);
+    this.releaseCommitWaiters();
   }
 
-  /** Set by the relay: where a moved watermark goes (the stream's confirm). */
-  onAdvance: (lsn: Lsn) => void = () => undefined;
+  private commitWaiters: Array<() => void> = [];
+
+  private releaseCommitWaiters(): void {
+    const waiters = this.commitWaiters;
+    this.commitWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Resolves at the next COMMIT (at once when no transaction is open). */
+  transactionEnd(): Promise<void> {
+    if (this.open === null) return Promise.resolve();
+    return new Promise((resolve) => this.commitWaiters.push(resolve));
+  }
 
   /** Binds a mapped table; the decoder keeps the binding and hands it back with each insert. */
   relation(rel: Relation): TableBinding | null {
@@ -167,9 +180,9 @@ export class Ingest implements ChangeHandler<TableBinding> {
     this.ignoredCounts.set(kind, (this.ignoredCounts.get(kind) ?? 0) + 1);
   }
 
-  keepalive(lsn: Lsn): Lsn | null {
-    if (this.paused || this.open !== null || !this.pipeline.idle) return null;
-    return this.watermark.observeIdle(lsn);
+  keepalive(lsn: Lsn): void {
+    if (this.paused || this.open !== null || !this.pipeline.idle) return;
+    this.watermark.observeIdle(lsn);
   }
 
   private requireTxn(): Txn {

@@ -1,11 +1,10 @@
 import type { PipelineConfig, PoisonPolicy } from '../config/schema.js';
 import { OutboxdError, type PoisonError, SinkError } from '../errors.js';
-import type { DeadLetter, OutboxMessage, Sink } from '../interfaces.js';
-import type { Lsn } from '../lsn.js';
+import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Txn, Watermark } from '../checkpoint/watermark.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import { Sleeper, backoffMs } from './backoff.js';
+import { isProgrammingError, retry, worthLogging } from '../retry.js';
 
 /** A unit of work in commit order: a message to publish, or a poison message to dispose of. */
 type Item =
@@ -13,8 +12,6 @@ type Item =
   | { readonly kind: 'poison'; readonly letter: DeadLetter; readonly txn: Txn; readonly sizeBytes: number };
 
 export interface PipelineEvents {
-  /** The watermark moved: this LSN may be confirmed to Postgres. */
-  onAdvance(lsn: Lsn): void;
   /** A poison message under policy `halt`: nothing will advance until an operator acts. */
   onHalt(error: PoisonError): void;
   /** A publish failed for good (not retriable): the relay must stop without confirming. */
@@ -37,7 +34,8 @@ export interface PipelineEvents {
  *   sent, so per-key order holds across retries.
  * - What is in flight (pushed, not yet confirmed) is bounded in messages and bytes. `push`
  *   returns a promise when the bound is full; the source awaits it, which pauses WAL reading.
- * - A message's transaction is released to the watermark only after the broker confirmed it.
+ * - A message's transaction is released to the watermark only after the broker confirmed it
+ *   (the watermark then tells the stream; see checkpoint/watermark.ts).
  */
 export class Pipeline {
   private queue: Item[] = [];
@@ -54,7 +52,8 @@ export class Pipeline {
   private idleWaiters: Array<() => void> = [];
   private wake: (() => void) | null = null;
   private lingerTimer: NodeJS.Timeout | null = null;
-  private readonly sleeper = new Sleeper();
+  /** Aborted by stop(): ends a retry's wait at once. */
+  private readonly stopSignal = new AbortController();
   private loop: Promise<void> | null = null;
   private readonly received = new Map<string, number>();
   /** Settles when stop() runs: what a halted pipeline hands the source, so WAL reading stops. */
@@ -178,11 +177,29 @@ export class Pipeline {
     return done;
   }
 
+  /**
+   * Resolves true once nothing is in flight; false if that can no longer happen (halted, failed)
+   * or `signal` aborted first.
+   */
+  whenIdle(signal: AbortSignal): Promise<boolean> {
+    this.kick();
+    if (this.inFlightCount === 0) return Promise.resolve(true);
+    if (this.halted || this.failed || signal.aborted) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const onAbort = () => resolve(false);
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.idleWaiters.push(() => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(this.inFlightCount === 0);
+      });
+    });
+  }
+
   /** Stops the publish loop after the current batch. Unconfirmed items stay unconfirmed. */
   async stop(): Promise<void> {
     this.stopping = true;
     this.markStopped();
-    this.sleeper.wakeAll();
+    this.stopSignal.abort(new Error('pipeline stopped'));
     this.kick();
     if (this.lingerTimer) clearTimeout(this.lingerTimer);
     this.lingerTimer = null;
@@ -293,62 +310,58 @@ export class Pipeline {
   private async publishBatch(items: Array<Extract<Item, { kind: 'message' }>>): Promise<void> {
     const messages = items.map((i) => i.message);
     this.metrics.batchSize.observe(messages.length);
-    for (let attempt = 1; ; attempt++) {
-      const started = performance.now();
-      try {
-        const outcome = await this.watched(this.sink.publish(messages));
-        this.metrics.publishDuration.observe((performance.now() - started) / 1000);
-        if (attempt > 1) {
-          this.log.info({ attempts: attempt }, 'publish recovered');
-          this.events.onSinkHealth(true);
-        }
-        const poisoned = new Map(outcome.poisoned.map((p) => [p.index, p.error]));
-        const now = Date.now();
-        let advanced: Lsn | null = null;
-        const published = new Map<string, number>();
-        for (let i = 0; i < items.length; i++) {
-          const { message, txn } = items[i] as (typeof items)[number];
-          const error = poisoned.get(i);
-          if (error) {
-            // Settled below, in order, by the poison policy.
-            continue;
+    let outcome: PublishOutcome;
+    try {
+      outcome = await retry(
+        async (attempt) => {
+          // After a failure the producer or channel may be stale: rebuild it before the retry.
+          if (attempt > 1) await this.sink.reset().catch((err: unknown) => this.log.debug({ err }, 'sink reset failed'));
+          const started = performance.now();
+          const result = await this.watched(this.sink.publish(messages));
+          this.metrics.publishDuration.observe((performance.now() - started) / 1000);
+          if (attempt > 1) {
+            this.log.info({ attempts: attempt }, 'publish recovered');
+            this.events.onSinkHealth(true);
           }
-          const label = this.label(message.destination);
-          published.set(label, (published.get(label) ?? 0) + 1);
-          this.metrics.commitToAck.observe(Math.max(0, now - txn.commitTimeMs) / 1000);
-          advanced = this.settle(txn, message.sizeBytes) ?? advanced;
-        }
-        // Confirm right away, once per batch: what a crash can duplicate stays what was in flight.
-        if (advanced !== null) this.events.onAdvance(advanced);
-        for (const [destination, n] of published) this.metrics.messagesPublished.inc({ destination }, n);
-        for (const [index, error] of poisoned) {
-          const { message, txn } = items[index] as (typeof items)[number];
-          await this.disposePoison(letterFor(message, error), txn, message.sizeBytes);
-          if (this.halted || this.failed) return;
-        }
-        return;
-      } catch (err) {
-        const e = asSinkError(err, 'unknown', 'publish failed');
-        this.metrics.publishErrors.inc({ reason: e.reason });
-        if (!e.retriable) {
-          this.fail(e);
-          return;
-        }
-        if (this.stopping) return;
-        const wait = backoffMs(attempt, this.cfg.retry);
-        this.events.onSinkHealth(false, e);
-        // Log the first failure and then every 10th, so an outage does not flood the logs.
-        if (attempt === 1 || attempt % 10 === 0) {
-          this.log.warn({ err: e, attempt, retryInMs: wait, batch: messages.length }, 'publish failed, retrying');
-        }
-        await this.sleeper.sleep(wait);
-        if (this.stopping) return;
-        try {
-          await this.sink.reset();
-        } catch (resetErr) {
-          this.log.debug({ err: resetErr }, 'sink reset failed');
-        }
-      }
+          return result;
+        },
+        {
+          backoff: this.cfg.retry,
+          signal: this.stopSignal.signal,
+          isRetriable: (err) => asSinkError(err, 'unknown', 'publish failed').retriable,
+          onRetry: (err, attempt, waitMs) => {
+            const e = asSinkError(err, 'unknown', 'publish failed');
+            this.metrics.publishErrors.inc({ reason: e.reason });
+            this.events.onSinkHealth(false, e);
+            if (worthLogging(attempt))
+              this.log.warn({ err: e, attempt, retryInMs: waitMs, batch: messages.length }, 'publish failed, retrying');
+          },
+        },
+      );
+    } catch (err) {
+      if (this.stopping) return;
+      const e = asSinkError(err, 'unknown', 'publish failed');
+      this.metrics.publishErrors.inc({ reason: e.reason });
+      this.fail(new SinkError(e.reason, e.message, { retriable: false, cause: e.cause }));
+      return;
+    }
+    const poisoned = new Map(outcome.poisoned.map((p) => [p.index, p.error]));
+    const now = Date.now();
+    const published = new Map<string, number>();
+    for (let i = 0; i < items.length; i++) {
+      // A poisoned one is settled below, in order, by the poison policy.
+      if (poisoned.has(i)) continue;
+      const { message, txn } = items[i] as (typeof items)[number];
+      const label = this.label(message.destination);
+      published.set(label, (published.get(label) ?? 0) + 1);
+      this.metrics.commitToAck.observe(Math.max(0, now - txn.commitTimeMs) / 1000);
+      this.settle(txn, message.sizeBytes);
+    }
+    for (const [destination, n] of published) this.metrics.messagesPublished.inc({ destination }, n);
+    for (const [index, error] of poisoned) {
+      const { message, txn } = items[index] as (typeof items)[number];
+      await this.disposePoison(letterFor(message, error), txn, message.sizeBytes);
+      if (this.halted || this.failed) return;
     }
   }
 
@@ -365,45 +378,46 @@ export class Pipeline {
       this.releaseWaiters();
       return;
     }
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.watched(this.sink.publishDeadLetter(letter));
-        this.metrics.deadLettered.inc();
-        this.log.warn(
-          { id: letter.id, key: letter.key, xid: txn.xid, reason: letter.error.reason, error: letter.error.message },
-          'poison message dead-lettered',
-        );
-        // Its transaction may now be complete: confirm at once, as for a published batch.
-        const advanced = this.settle(txn, size);
-        if (advanced !== null) this.events.onAdvance(advanced);
-        return;
-      } catch (err) {
-        const e = asSinkError(err, 'dead_letter', 'dead-letter publish failed');
-        this.metrics.publishErrors.inc({ reason: `dead_letter_${e.reason}` });
-        if (!e.retriable) {
-          this.fail(e);
-          return;
-        }
-        if (this.stopping) return;
-        this.events.onSinkHealth(false, e);
-        if (attempt === 1 || attempt % 10 === 0) this.log.warn({ err: e, attempt }, 'dead-letter publish failed, retrying');
-        await this.sleeper.sleep(backoffMs(attempt, this.cfg.retry));
-        if (this.stopping) return;
-        await this.sink.reset().catch(() => undefined);
-      }
+    try {
+      await retry(
+        async (attempt) => {
+          if (attempt > 1) await this.sink.reset().catch(() => undefined);
+          await this.watched(this.sink.publishDeadLetter(letter));
+        },
+        {
+          backoff: this.cfg.retry,
+          signal: this.stopSignal.signal,
+          isRetriable: (err) => asSinkError(err, 'dead_letter', 'dead-letter publish failed').retriable,
+          onRetry: (err, attempt) => {
+            const e = asSinkError(err, 'dead_letter', 'dead-letter publish failed');
+            this.metrics.publishErrors.inc({ reason: `dead_letter_${e.reason}` });
+            this.events.onSinkHealth(false, e);
+            if (worthLogging(attempt)) this.log.warn({ err: e, attempt }, 'dead-letter publish failed, retrying');
+          },
+        },
+      );
+    } catch (err) {
+      if (this.stopping) return;
+      const e = asSinkError(err, 'dead_letter', 'dead-letter publish failed');
+      this.metrics.publishErrors.inc({ reason: `dead_letter_${e.reason}` });
+      this.fail(new SinkError(e.reason, e.message, { retriable: false, cause: e.cause }));
+      return;
     }
+    this.metrics.deadLettered.inc();
+    this.log.warn(
+      { id: letter.id, key: letter.key, xid: txn.xid, reason: letter.error.reason, error: letter.error.message },
+      'poison message dead-lettered',
+    );
+    // Its transaction may now be complete: the watermark moves at once, as for a published batch.
+    this.settle(txn, size);
   }
 
-  /**
-   * One item is confirmed: free its room and release its transaction to the watermark.
-   * Returns the watermark if it moved; callers report it once per batch (one status update).
-   */
-  private settle(txn: Txn, size: number): Lsn | null {
+  /** One item is confirmed: free its room and release its transaction to the watermark. */
+  private settle(txn: Txn, size: number): void {
     this.inFlightCount--;
     this.inFlightByteCount -= size;
-    const lsn = this.watermark.release(txn);
+    this.watermark.release(txn);
     if (this.spaceWaiters.length > 0 && this.hasRoom()) for (const w of this.spaceWaiters.splice(0)) w();
-    return lsn;
   }
 
   private fail(err: OutboxdError): void {
@@ -421,7 +435,7 @@ export class Pipeline {
  */
 function asSinkError(err: unknown, reason: string, doing: string): SinkError {
   if (err instanceof SinkError) return err;
-  const bug = err instanceof TypeError || err instanceof RangeError;
+  const bug = isProgrammingError(err);
   return new SinkError(bug ? 'client_error' : reason, `${doing}: ${(err as Error)?.message ?? String(err)}`, {
     retriable: !bug,
     cause: err,

@@ -1,12 +1,13 @@
-import { LogicalReplicationService } from 'pg-logical-replication';
-import type { Client } from 'pg';
+import pg from 'pg';
+import type { Watermark } from '../checkpoint/watermark.js';
 import type { PostgresConfig } from '../config/schema.js';
 import { OutboxdError, PgConnectionError } from '../errors.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import { type CoalescedSocket, coalesceReads } from './coalesce.js';
+import { clientConfig } from './connect.js';
+import { classifyPgError } from './pg-errors.js';
 import { PG_EPOCH_MS, PgoutputDecoder, type PgoutputHandler, type TableInterest } from './pgoutput.js';
-import { classifyPgError, clientConfig } from './postgres.js';
 
 /**
  * Receives decoded changes in WAL order (see PgoutputHandler), and the server's keepalives.
@@ -14,51 +15,94 @@ import { classifyPgError, clientConfig } from './postgres.js';
 export interface ChangeHandler<T extends TableInterest = TableInterest> extends PgoutputHandler<T> {
   /**
    * The server says it has sent everything before `lsn` (a keepalive), and every change received
-   * before it has been handed to this handler. Returns the LSN that may now be confirmed, if any.
+   * before it has been handed to this handler. The handler moves the watermark if it may.
    */
-  keepalive(lsn: Lsn): Lsn | null;
-}
-
-/** What outboxd uses of pg's Connection (internal to pg, stable across pg 8; checked at start). */
-interface PgConnection {
-  stream: CoalescedSocket & { pause(): void; resume(): void };
-  sendCopyFromChunk(chunk: Buffer): void;
-  on(event: 'copyData', listener: (msg: { chunk: Buffer }) => void): void;
-  listeners(event: string): unknown[];
-  removeListener(event: string, listener: (...args: unknown[]) => void): void;
+  keepalive(lsn: Lsn): void;
 }
 
 /**
- * One replication session on the slot. pg-logical-replication opens the replication connection,
- * starts replication and stops it; outboxd reads the CopyData stream itself (docs/adr/0007),
- * with the settings the project's field notes on pg-logical-replication 2.5.0 show are needed
- * for at-least-once (docs/adr/0002):
- * - no auto-ack and no timer ack (the library would confirm WAL it has merely received);
- * - every message decoded and handled synchronously, in arrival order, by our pgoutput decoder;
- *   back-pressure pauses the socket while the pipeline is full (the library's flow control
- *   would await a promise per message);
- * - standby status updates written by us, always with the *confirmed* watermark, never the
- *   received position;
- * - a fresh library instance per session, started at 0/0 so the server resumes from the slot's
- *   own confirmed_flush_lsn (never from a position we merely received).
+ * What outboxd uses of pg's Connection: the copy-both surface of a Submittable (the one
+ * pg-copy-streams uses): write CopyData, pause and resume the socket, and hear that the server
+ * started replication.
+ */
+interface CopyConnection {
+  stream: CoalescedSocket & { pause(): void; resume(): void };
+  sendCopyFromChunk(chunk: Buffer): void;
+  query(text: string): void;
+  once(event: 'replicationStart', listener: () => void): void;
+}
+
+/**
+ * START_REPLICATION as a pg Submittable: pg's public way to run a command whose messages the
+ * caller handles. pg hands every CopyData message to `handleCopyData`; nothing of pg's own is
+ * replaced or reached into (docs/adr/0008).
+ */
+class StartReplication {
+  constructor(
+    readonly text: string,
+    private readonly on: {
+      started(connection: CopyConnection): void;
+      copyData(chunk: Buffer): void;
+      end(err: unknown): void;
+    },
+  ) {}
+
+  submit(connection: CopyConnection): void {
+    connection.once('replicationStart', () => this.on.started(connection));
+    connection.query(this.text);
+  }
+
+  handleCopyData(msg: { chunk: Buffer }): void {
+    this.on.copyData(msg.chunk);
+  }
+
+  handleError(err: unknown): void {
+    this.on.end(err);
+  }
+
+  handleReadyForQuery(): void {
+    this.on.end(null);
+  }
+
+  handleCommandComplete(): void {}
+  handleRowDescription(): void {}
+  handleDataRow(): void {}
+  handleEmptyQuery(): void {}
+  handlePortalSuspended(): void {}
+  handleCopyInResponse(): void {
+    this.on.end(new OutboxdError('PG_PROTOCOL', 'START_REPLICATION answered with COPY IN'));
+  }
+}
+
+/**
+ * One replication session on the slot, on a connection of its own (`replication: 'database'`),
+ * with the settings the field notes on logical replication show are needed for at-least-once
+ * (docs/adr/0002, 0007, 0008):
+ * - started at 0/0, so the server resumes from the slot's own confirmed_flush_lsn, never from a
+ *   position we merely received;
+ * - every message decoded and handled synchronously, in arrival order (pgoutput.ts); back-pressure
+ *   pauses the socket while the pipeline is full;
+ * - standby status updates written by us, always with the watermark (the *confirmed* position),
+ *   whenever it moves, and every `statusInterval` as a ping.
  */
 export class ReplicationStream {
-  private readonly service: LogicalReplicationService;
   private readonly decoder: PgoutputDecoder;
-  private connection: PgConnection | null = null;
-  private confirmed: Lsn;
+  private readonly client: pg.Client;
+  private connection: CopyConnection | null = null;
   private lastSent: Lsn = -1n;
+  private statusQueued = false;
   private statusTimer: NodeJS.Timeout | null = null;
+  private unsubscribe: () => void = () => undefined;
   private stopped = false;
-  private failure: OutboxdError | null = null;
   private settle: { resolve: () => void; reject: (e: OutboxdError) => void } | null = null;
   /** Settles when the session ends: resolves on stop(), rejects with the reason otherwise. */
   readonly ended: Promise<void>;
   /** Messages and keepalives received; the status timer turns a change into lastActivityMs. */
   private received = 0;
   private receivedAtLastTick = 0;
-  /** Wall-clock ms when the server was last heard from (to the status interval's precision). */
-  lastActivityMs = Date.now();
+  private lastActivityMs = Date.now();
+  /** Wakes flush(): the next message from the server after a status update that asked for one. */
+  private replied: (() => void) | null = null;
   /** Back-pressure holds in force; the socket is paused while this is above 0. */
   private holds = 0;
   /** A read-coalescing pause is in progress (see coalesce.ts). */
@@ -70,15 +114,11 @@ export class ReplicationStream {
     private readonly publication: string,
     private readonly wantMessages: boolean,
     private readonly handler: ChangeHandler,
-    start: Lsn,
+    private readonly watermark: Watermark,
     private readonly log: Logger,
   ) {
-    this.confirmed = start;
     this.decoder = new PgoutputDecoder(handler);
-    this.service = new LogicalReplicationService(clientConfig(cfg), {
-      acknowledge: { auto: false, timeoutSeconds: 0 },
-      flowControl: { enabled: false },
-    });
+    this.client = new pg.Client({ ...clientConfig(cfg), replication: 'database' } as pg.ClientConfig);
     this.ended = new Promise<void>((resolve, reject) => {
       this.settle = { resolve, reject };
     });
@@ -86,9 +126,56 @@ export class ReplicationStream {
     this.ended.catch(() => undefined);
   }
 
-  /** Confirmed LSN as last reported to the server. */
-  get confirmedLsn(): Lsn {
-    return this.confirmed;
+  /** Starts streaming. Resolves once the server has started replication; rejects on failure. */
+  async start(): Promise<void> {
+    this.client.on('error', (err: Error) => this.end(classifyPgError(err, 'replication stream')));
+    this.client.on('end', () => this.end(this.stopped ? null : new PgConnectionError('replication stream: connection terminated')));
+    try {
+      await this.client.connect();
+      await rawTextInSqlAscii(this.client);
+    } catch (err) {
+      this.end(classifyPgError(err, 'starting replication'));
+      await this.ended;
+    }
+    const started = new Promise<void>((resolve) => {
+      const query = new StartReplication(this.command(), {
+        started: (connection) => {
+          this.connection = connection;
+          if (this.cfg.readCoalesceMs > 0) {
+            coalesceReads(connection.stream, this.cfg.readCoalesceMs, (waiting) => {
+              this.napping = waiting;
+              this.updateReading();
+            });
+          }
+          resolve();
+        },
+        copyData: (chunk) => this.onCopyData(chunk),
+        end: (err) =>
+          this.end(
+            err === null
+              ? this.stopped
+                ? null
+                : new PgConnectionError('replication stream: the server ended replication')
+              : classifyPgError(err, 'replication stream'),
+          ),
+      });
+      // A Submittable: pg calls its submit() and handlers, and returns it (not a promise).
+      this.client.query(query as unknown as pg.QueryConfig);
+    });
+    await Promise.race([started, this.ended]);
+    this.unsubscribe = this.watermark.onMove(() => this.statusSoon());
+    this.statusTimer = setInterval(() => this.tick(), this.cfg.statusIntervalMs);
+    this.statusTimer.unref();
+    this.sendStatus({ force: true });
+  }
+
+  private command(): string {
+    const options = [
+      "proto_version '1'",
+      `publication_names '${this.publication.replaceAll("'", "''")}'`,
+      `messages '${this.wantMessages}'`,
+    ].join(', ');
+    return `START_REPLICATION SLOT "${this.cfg.slot.replaceAll('"', '""')}" LOGICAL 0/0 (${options})`;
   }
 
   /**
@@ -116,80 +203,29 @@ export class ReplicationStream {
     else this.connection.stream.pause();
   }
 
-  /** Starts streaming. Resolves once the server has started replication; rejects on failure. */
-  async start(): Promise<void> {
-    this.service.on('error', (err: Error) => this.end(classifyPgError(err, 'replication stream')));
-    const started = new Promise<void>((resolve) => this.service.once('start', () => resolve()));
-    const subscribed = this.service.subscribe(this.plugin(), this.cfg.slot, '0/0');
-    subscribed.then(
-      () => this.end(this.stopped ? null : classifyPgError(new Error('replication connection terminated'), 'replication stream')),
-      (err: unknown) => this.end(classifyPgError(err, 'replication stream')),
-    );
-    await Promise.race([started, this.ended]);
-    if (this.failure) throw this.failure;
-    this.statusTimer = setInterval(() => this.tick(), this.cfg.statusIntervalMs);
-    this.statusTimer.unref();
-    this.sendStatus(false);
-  }
-
   /**
-   * The output plugin the library starts replication with. Its `start` is handed the replication
-   * client after the library has attached its own CopyData listener and before START_REPLICATION:
-   * we swap that listener for ours there, so the library never parses or emits a message.
+   * Sends the confirmed position with a reply requested, and resolves once the server answered
+   * (it processes messages in order, so its answer means it has the position), or after
+   * `timeoutMs`. Before a graceful stop, so the stop is visible in pg_replication_slots.
    */
-  private plugin(): Parameters<LogicalReplicationService['subscribe']>[0] {
-    const options = [
-      "proto_version '1'",
-      `publication_names '${this.publication.replaceAll("'", "''")}'`,
-      `messages '${this.wantMessages}'`,
-    ].join(', ');
-    return {
-      options: {},
-      name: 'pgoutput',
-      parse: () => {
-        throw new OutboxdError('INTERNAL', 'pg-logical-replication parsed a message outboxd reads itself');
-      },
-      start: (client: Client, slot: string, lsn: string) => {
-        this.connection = takeOverCopyData(client, (chunk) => this.onCopyData(chunk));
-        if (this.cfg.readCoalesceMs > 0) {
-          coalesceReads(this.connection.stream, this.cfg.readCoalesceMs, (waiting) => {
-            this.napping = waiting;
-            this.updateReading();
-          });
-        }
-        return rawTextInSqlAscii(client).then(() =>
-          client.query(`START_REPLICATION SLOT "${slot.replaceAll('"', '""')}" LOGICAL ${lsn} (${options})`),
-        );
-      },
-    };
-  }
-
-  /**
-   * Records that everything up to `lsn` is durably published and tells the server at once. The
-   * pipeline calls this at most once per confirmed batch, so the cost is one 34-byte message per
-   * batch, and a crash can only duplicate what was in flight.
-   */
-  confirm(lsn: Lsn): void {
-    if (lsn <= this.confirmed) return;
-    this.confirmed = lsn;
-    this.sendStatus(false);
-  }
-
-  /** Sends the confirmed position now (before a graceful stop). */
-  flushConfirm(): void {
-    this.sendStatus(false);
+  async flush(timeoutMs = 2_000): Promise<void> {
+    if (this.stopped || this.connection === null) return;
+    let timer: NodeJS.Timeout | undefined;
+    const answered = new Promise<void>((resolve) => {
+      this.replied = resolve;
+      timer = setTimeout(resolve, timeoutMs);
+    });
+    this.sendStatus({ force: true, ping: true });
+    await answered;
+    clearTimeout(timer);
+    this.replied = null;
   }
 
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     this.clearTimers();
-    try {
-      await this.service.stop();
-    } catch (err) {
-      this.log.debug({ err }, 'replication stop');
-    }
-    this.service.removeAllListeners();
+    await this.client.end().catch((err: unknown) => this.log.debug({ err }, 'replication stop'));
     this.end(null);
   }
 
@@ -209,12 +245,13 @@ export class ReplicationStream {
       this.end(new PgConnectionError(`replication stream: no message from the server for ${Math.round(silentMs / 1000)} s; reconnecting`));
       return;
     }
-    this.sendStatus(true);
+    this.sendStatus({ force: true, ping: true });
   }
 
   private clearTimers(): void {
     if (this.statusTimer) clearInterval(this.statusTimer);
     this.statusTimer = null;
+    this.unsubscribe();
   }
 
   private end(err: OutboxdError | null): void {
@@ -222,25 +259,37 @@ export class ReplicationStream {
     const s = this.settle;
     this.settle = null;
     this.clearTimers();
+    this.replied?.();
     if (err && !this.stopped) {
-      this.failure = err;
       s.reject(err);
       // Stop reading: nothing after a failure may be processed, and nothing unprocessed is confirmed.
       this.stopped = true;
-      this.service.stop().catch(() => undefined);
+      this.client.end().catch(() => undefined);
     } else s.resolve();
   }
 
+  /** The watermark moved: tell the server once the current burst of confirms is settled. */
+  private statusSoon(): void {
+    if (this.statusQueued) return;
+    this.statusQueued = true;
+    queueMicrotask(() => {
+      this.statusQueued = false;
+      this.sendStatus({});
+    });
+  }
+
   /**
-   * Sends a standby status update with write = flush = apply = the confirmed LSN: the end of the
-   * last transaction whose every message the broker confirmed (docs/adr/0002).
+   * Sends a standby status update with write = flush = apply = the watermark: the end of the
+   * last transaction whose every message the broker confirmed (docs/adr/0002). Unless `force`d,
+   * only when the watermark moved since the last one; `ping` asks the server to answer at once.
    */
-  private sendStatus(ping: boolean): void {
+  private sendStatus(opts: { force?: boolean; ping?: boolean }): void {
     const conn = this.connection;
-    if (this.stopped || conn === null || this.confirmed <= 0n) return;
-    this.lastSent = this.confirmed;
+    const lsn = this.watermark.lsn;
+    if (this.stopped || conn === null || lsn <= 0n || (!opts.force && lsn === this.lastSent)) return;
+    this.lastSent = lsn;
     try {
-      conn.sendCopyFromChunk(standbyStatusUpdate(this.confirmed, ping));
+      conn.sendCopyFromChunk(standbyStatusUpdate(lsn, opts.ping === true));
     } catch (err) {
       this.log.debug({ err }, 'status update failed');
     }
@@ -250,14 +299,18 @@ export class ReplicationStream {
   private onCopyData(chunk: Buffer): void {
     if (this.stopped) return;
     this.received++;
+    this.replied?.();
     try {
       if (chunk[0] === 0x77) {
         // 'w', Int64 start, Int64 end, Int64 send time, then one pgoutput message.
         const p = this.decoder.decode(chunk, 25, chunk.length);
         if (p !== undefined) this.hold(p);
       } else if (chunk[0] === 0x6b && chunk.length >= 18) {
-        // 'k', Int64 end of WAL, Int64 send time, Byte reply requested.
-        this.onKeepalive(lsnFromWords(chunk.readUInt32BE(1), chunk.readUInt32BE(5)), chunk[17] !== 0);
+        // 'k', Int64 end of WAL, Int64 send time, Byte reply requested. Messages are handled
+        // synchronously in arrival order, so everything the server sent before this keepalive
+        // has been handed to the handler; the handler decides whether it is settled.
+        this.handler.keepalive(lsnFromWords(chunk.readUInt32BE(1), chunk.readUInt32BE(5)));
+        if (chunk[17] !== 0) this.sendStatus({ force: true });
       } else {
         throw new OutboxdError('PG_PROTOCOL', `replication stream: unknown CopyData message 0x${(chunk[0] ?? 0).toString(16)}`);
       }
@@ -265,18 +318,6 @@ export class ReplicationStream {
       // Nothing after a failed message may be processed (or ever confirmed).
       this.fail(err);
     }
-  }
-
-  private onKeepalive(lsn: Lsn, shouldRespond: boolean): void {
-    // Messages are handled synchronously in arrival order, so everything the server sent before
-    // this keepalive has been handed to the handler; the handler decides whether it is settled.
-    const next = this.handler.keepalive(lsn);
-    if (next !== null && next > this.confirmed) {
-      this.confirmed = next;
-      this.sendStatus(false);
-      return;
-    }
-    if (shouldRespond || this.lastSent !== this.confirmed) this.sendStatus(false);
   }
 
   private fail(err: unknown): void {
@@ -289,39 +330,13 @@ export class ReplicationStream {
 }
 
 /**
- * Replaces the library's CopyData listener on the replication client's connection with ours.
- * Fails loudly if pg or pg-logical-replication no longer look the way this relies on.
- */
-function takeOverCopyData(client: Client, listener: (chunk: Buffer) => void): PgConnection {
-  const conn = (client as unknown as { connection?: Partial<PgConnection> }).connection;
-  // pg's Client listens too (a no-op for a replication query); the library's is the other one.
-  const library = conn?.listeners?.('copyData').filter((l) => (l as { name?: string }).name !== 'bound _handleCopyData');
-  if (
-    !conn ||
-    typeof conn.sendCopyFromChunk !== 'function' ||
-    typeof conn.stream?.pause !== 'function' ||
-    typeof conn.removeListener !== 'function' ||
-    library?.length !== 1
-  ) {
-    throw new OutboxdError(
-      'INTERNAL',
-      'pg / pg-logical-replication internals changed (replication connection); pin pg-logical-replication 2.5.0',
-    );
-  }
-  const c = conn as PgConnection;
-  c.removeListener('copyData', library[0] as (...args: unknown[]) => void);
-  c.on('copyData', (msg) => listener(msg.chunk));
-  return c;
-}
-
-/**
  * In a SQL_ASCII database a text column may hold any bytes. pg asks for client_encoding UTF8, so
  * the walsender would convert each value, and one that is not UTF-8 would fail the whole stream
  * (22021) under any poison policy, forever. With the client encoding SQL_ASCII the bytes arrive
  * as stored, and the decoder makes a value that is not UTF-8 poison (bad_encoding) like any other
  * poison row. Any other server encoding converts to UTF-8 losslessly and is left alone.
  */
-async function rawTextInSqlAscii(client: Client): Promise<void> {
+async function rawTextInSqlAscii(client: pg.Client): Promise<void> {
   const { rows } = await client.query<{ server_encoding: string }>('SHOW server_encoding');
   if (rows[0]?.server_encoding === 'SQL_ASCII') await client.query("SET client_encoding = 'SQL_ASCII'");
 }

@@ -5,8 +5,8 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import amqp from 'amqplib';
-import { inject } from 'vitest';
 import { type OutboxRow, RelayProcess, TestDb, TopicReader, removeDir, until, writeConfig, writeOutbox } from '../integration/support.js';
+import { pgUrl, kafkaBrokers, rabbitmqUrl } from '../harness/services.js';
 
 export type SinkKind = 'kafka' | 'rabbitmq';
 
@@ -63,14 +63,14 @@ export interface BundleOptions {
 
 export async function bundle(o: BundleOptions): Promise<Bundle> {
   const cleanups: Array<() => Promise<void> | void> = [];
-  const db = await new TestDb(o.pgUrl ?? inject('pg15Url')).create(o.ddl, { encoding: o.encoding });
+  const db = await new TestDb(o.pgUrl ?? (await pgUrl(15))).create(o.ddl, { encoding: o.encoding });
   cleanups.push(() => db.drop());
   const tag = db.name.slice(2, 8);
   const types = [`alpha_${tag}`, `beta_${tag}`];
   let reader: Reader;
   let sinkYaml: string;
   if (o.kind === 'kafka') {
-    const brokers = (o.kafkaBrokers ?? inject('kafkaBrokers')).split(',');
+    const brokers = (o.kafkaBrokers ?? (await kafkaBrokers()).join(',')).split(',');
     const r = new TopicReader(brokers);
     await r.createTopics([...types.map((t) => `outbox.event.${t}`), `dlq_${tag}`]);
     await r.start([...types.map((t) => `outbox.event.${t}`), `dlq_${tag}`]);
@@ -95,7 +95,7 @@ export async function bundle(o: BundleOptions): Promise<Bundle> {
     connectionTimeout: 2s
 ${o.sinkExtra ?? ''}`;
   } else {
-    const url = o.amqpUrl ?? inject('rabbitmqUrl');
+    const url = o.amqpUrl ?? (await rabbitmqUrl());
     const q = await AmqpReader.open(url, `ex_${tag}`, `q_${tag}`, `dlx_${tag}`, `dlq_${tag}`);
     reader = q;
     sinkYaml = `  type: rabbitmq

@@ -1,7 +1,8 @@
-import { afterEach, describe, expect, inject, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { sleep, until, writeOutbox } from '../integration/support.js';
 import { type Bundle, type SinkKind, bundle, orderAndDuplicates, startDelivering, waitDelivered } from './fixtures.js';
 import { TcpProxy } from './proxy.js';
+import { pgUrl, kafkaBrokers, rabbitmqUrl } from '../harness/services.js';
 
 /**
  * Network faults through a TCP proxy, between the relay and Postgres and between the relay and
@@ -36,9 +37,9 @@ function amqpViaProxy(url: string, port: number): string {
 
 /** A proxy in front of the shared broker, and the address the relay should use to go through it. */
 async function brokerProxy(kind: SinkKind): Promise<{ proxy: TcpProxy; relayBroker: string }> {
-  const target = kind === 'kafka' ? (inject('kafkaBrokers').split(',')[0] as string) : amqpHostPort(inject('rabbitmqUrl'));
+  const target = kind === 'kafka' ? ((await kafkaBrokers())[0] as string) : amqpHostPort(await rabbitmqUrl());
   const proxy = await proxyTo(target);
-  return { proxy, relayBroker: kind === 'kafka' ? `127.0.0.1:${proxy.port}` : amqpViaProxy(inject('rabbitmqUrl'), proxy.port) };
+  return { proxy, relayBroker: kind === 'kafka' ? `127.0.0.1:${proxy.port}` : amqpViaProxy(await rabbitmqUrl(), proxy.port) };
 }
 
 function pgHostPort(url: string): string {
@@ -54,7 +55,7 @@ function viaProxy(url: string, port: number): string {
 
 describe('network faults: relay ↔ Postgres', () => {
   it('cut connections and added latency: reconnects and resumes from the slot, no id lost', async () => {
-    const proxy = await proxyTo(pgHostPort(inject('pg15Url')));
+    const proxy = await proxyTo(pgHostPort(await pgUrl(15)));
     b = await bundle({ kind: 'kafka', pgUrlRewrite: (url) => viaProxy(url, proxy.port) });
     const relay = b.start();
     await relay.ready();
@@ -74,7 +75,7 @@ describe('network faults: relay ↔ Postgres', () => {
   });
 
   it('a stalled connection (open but silent) is detected and replaced', async () => {
-    const proxy = await proxyTo(pgHostPort(inject('pg15Url')));
+    const proxy = await proxyTo(pgHostPort(await pgUrl(15)));
     b = await bundle({ kind: 'kafka', pgUrlRewrite: (url) => viaProxy(url, proxy.port) });
     const { relay } = await startDelivering(b, 500, 50);
     proxy.stall();

@@ -1,8 +1,9 @@
 import { spawnSync } from 'node:child_process';
-import { afterEach, describe, expect, inject, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { getFreePort } from '../harness/ports.js';
 import { startRabbitMQ } from '../harness/rabbitmq.js';
 import { MAIN, RelayProcess, TestDb, removeDir, until, writeConfig } from '../integration/support.js';
+import { pgUrl } from '../harness/services.js';
 
 /** Passwords never appear in logs, /metrics or error messages, whatever goes wrong. */
 const PG_SECRET = 'Pg-Sup3r-S3cret';
@@ -19,7 +20,7 @@ function noSecrets(text: string): void {
 
 describe('secret hygiene', () => {
   it('a wrong Postgres password, an unreachable Postgres and unreachable brokers leak no password', async () => {
-    const db = await new TestDb(inject('pg15Url')).create();
+    const db = await new TestDb(await pgUrl(15)).create();
     cleanups.push(() => db.drop());
     const wrongPw = new URL(db.url);
     wrongPw.password = PG_SECRET;
@@ -64,7 +65,7 @@ describe('secret hygiene', () => {
   }, 240_000);
 
   it('a secret planted in the fatal message, its stack, a /readyz body and an uncaught crash never leaves the process', async () => {
-    const db = await new TestDb(inject('pg15Url')).create();
+    const db = await new TestDb(await pgUrl(15)).create();
     cleanups.push(() => db.drop());
     // The password is also the name of a database that does not exist: Postgres echoes it in the
     // error that stops the relay (fatal log message, and its stack with OUTBOXD_LOG_STACKS=1).

@@ -8,11 +8,12 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import amqp, { type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { type Consumer, Kafka, type KafkaMessage, logLevel } from 'kafkajs';
 import pg from 'pg';
-import { describe, expect, inject, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { startKafka } from './kafka.js';
 import { isListening } from './ports.js';
 import { startPostgres } from './postgres.js';
 import { RABBIT_VHOST, startRabbitMQ } from './rabbitmq.js';
+import * as services from './services.js';
 
 const LONG = 120_000;
 
@@ -27,11 +28,16 @@ async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Pro
 }
 
 const pgVersions = [
-  { version: 15 as const, url: inject('pg15Url') },
-  { version: 17 as const, url: inject('pg17Url') },
+  { version: 15 as const, url: () => services.pgUrl(15) },
+  { version: 17 as const, url: () => services.pgUrl(17) },
 ];
 
-describe.each(pgVersions)('postgres $version', ({ version, url }) => {
+describe.each(pgVersions)('postgres $version', ({ version, url: serviceUrl }) => {
+  let url = '';
+  beforeAll(async () => {
+    url = await serviceUrl();
+  });
+
   it('is a replication-capable superuser on a logical-WAL server', async () => {
     expect(url).toMatch(/^postgres:\/\/outboxd_test:secret@127\.0\.0\.1:\d+\/postgres$/);
     await withClient(url, async (c) => {
@@ -139,9 +145,12 @@ async function consume(
   return got;
 }
 
-const kafkaBrokers = inject('kafkaBrokers');
-
 describe('kafka', () => {
+  let kafkaBrokers = '';
+  beforeAll(async () => {
+    kafkaBrokers = (await services.kafkaBrokers()).join(',');
+  });
+
   it(
     'kafkajs idempotent producer (acks -1, sendBatch) and a consumer group round-trip',
     async () => {
@@ -274,9 +283,12 @@ function processesUsing(dir: string): string[] {
   });
 }
 
-const rabbitmqUrl = inject('rabbitmqUrl');
-
 describe('rabbitmq', () => {
+  let rabbitmqUrl = '';
+  beforeAll(async () => {
+    rabbitmqUrl = await services.rabbitmqUrl();
+  });
+
   it(
     'confirm channel: consistent-hash and topic exchanges, mandatory + persistent publishes, vhost outboxd_test',
     async () => {

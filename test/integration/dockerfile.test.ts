@@ -21,10 +21,11 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, posix } from 'node:path';
-import { afterAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { DEFAULTS } from '../../src/config/schema.js';
 import { getFreePort } from '../harness/ports.js';
 import { ROOT, TestDb, until } from './support.js';
+import { pgUrl } from '../harness/services.js';
 
 // ---------------------------------------------------------------------------------------------
 // Dockerfile parsing
@@ -585,7 +586,7 @@ describe('Dockerfile', () => {
     const version = await exec(process.execPath, argv(['--version']), join(image.root, image.workdir), containerEnv({}));
     expect(version.output.trim()).toBe(pkg.version);
 
-    const db = await new TestDb(inject('pg15Url')).create();
+    const db = await new TestDb(await pgUrl(15)).create();
     try {
       const port = await getFreePort();
       const configPath = cmd[cmd.indexOf('-c') + 1] as string;

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
-import { PG_MAJORS, type PgMajor, type PgServer, startPostgres } from '../harness/postgres.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PG_MAJORS } from '../harness/postgres.js';
 import {
   RelayProcess,
   TestDb,
@@ -13,23 +13,14 @@ import {
   writeConfig,
   writeOutbox,
 } from './support.js';
+import { pgUrl, kafkaBrokers } from '../harness/services.js';
 
 /**
  * The relay end to end: the real `outboxd` CLI between a real Postgres and a real Kafka broker,
  * read back with an independent kafkajs consumer. The core test runs on every supported
  * Postgres major: 14 (which sends empty transactions) to 18 (what new users install).
  */
-const brokers = () => inject('kafkaBrokers').split(',');
-const started = new Map<PgMajor, PgServer>();
-afterAll(async () => {
-  for (const s of started.values()) await s.destroy();
-});
-const serverUrl = (version: PgMajor): string => {
-  if (version === 15) return inject('pg15Url');
-  if (version === 17) return inject('pg17Url');
-  return (started.get(version) as PgServer).url;
-};
-const servers = PG_MAJORS.map((version) => ({ version, url: () => serverUrl(version) }));
+const servers = PG_MAJORS.map((version) => ({ version, url: () => pgUrl(version) }));
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -41,10 +32,11 @@ async function setup(serverUrl: string, extra = '') {
   cleanups.push(() => db.drop());
   const suffix = db.name.slice(2, 8);
   const types = [`order_${suffix}`, `customer_${suffix}`];
-  const reader = new TopicReader(brokers());
+  const brokers = await kafkaBrokers();
+  const reader = new TopicReader(brokers);
   cleanups.push(() => reader.stop());
   await reader.createTopics(types.map((t) => `outbox.event.${t}`));
-  const cfg = await writeConfig(kafkaConfig({ pgUrl: db.url, slot: db.slot, brokers: brokers(), extra }));
+  const cfg = await writeConfig(kafkaConfig({ pgUrl: db.url, slot: db.slot, brokers, extra }));
   cleanups.push(() => removeDir(cfg.dir));
   const start = () => {
     const relay = new RelayProcess(cfg.file, cfg.port);
@@ -57,14 +49,9 @@ async function setup(serverUrl: string, extra = '') {
   return { db, types, reader, cfg, start };
 }
 
-describe.each(servers)('Postgres $version → Kafka', ({ version, url }) => {
-  beforeAll(async () => {
-    // 15 and 17 are shared by the whole suite; the others start here, for this file only.
-    if (version !== 15 && version !== 17 && !started.has(version)) started.set(version, await startPostgres(version));
-  });
-
+describe.each(servers)('Postgres $version → Kafka', ({ url }) => {
   it('delivers 10,000 rows over 200 keys exactly once, in per-key commit order, keyed by aggregateid', async () => {
-    const { db, types, reader, start } = await setup(url());
+    const { db, types, reader, start } = await setup(await url());
     const relay = start();
     await relay.ready();
     await reader.start(types.map((t) => `outbox.event.${t}`));
@@ -108,7 +95,7 @@ describe.each(servers)('Postgres $version → Kafka', ({ version, url }) => {
   });
 
   it('relays transactional logical decoding messages like rows, in statement order', async () => {
-    const { db, types, reader, start } = await setup(url());
+    const { db, types, reader, start } = await setup(await url());
     const relay = start();
     await relay.ready();
     await reader.start(types.map((t) => `outbox.event.${t}`));
@@ -154,7 +141,7 @@ describe.each(servers)('Postgres $version → Kafka', ({ version, url }) => {
 
 describe('observability', () => {
   it('serves the metrics SPEC.md lists, and readiness that follows the relay state', async () => {
-    const { start } = await setup(inject('pg15Url'));
+    const { start } = await setup(await pgUrl(15));
     const relay = start();
     await relay.ready();
     const { status, body } = await relay.http('/metrics');
@@ -191,7 +178,7 @@ describe('observability', () => {
 describe('Postgres 15 → Kafka under faults', () => {
   it('loses nothing when the relay is SIGKILLed mid-stream and restarted', async () => {
     // A long linger keeps messages in flight, so the kill lands while some are unconfirmed.
-    const { db, types, reader, start } = await setup(inject('pg15Url'), 'pipeline:\n  linger: 300ms\n');
+    const { db, types, reader, start } = await setup(await pgUrl(15), 'pipeline:\n  linger: 300ms\n');
     let relay = start();
     await relay.ready();
     await reader.start(types.map((t) => `outbox.event.${t}`));
@@ -224,7 +211,7 @@ describe('Postgres 15 → Kafka under faults', () => {
   });
 
   it('keeps confirming the slot while the outbox is idle and another table takes 50 MB of writes', async () => {
-    const { db, start } = await setup(inject('pg15Url'));
+    const { db, start } = await setup(await pgUrl(15));
     await db.client.query('CREATE TABLE busy (id bigserial PRIMARY KEY, filler text NOT NULL)');
     const relay = start();
     await relay.ready();
@@ -257,7 +244,7 @@ describe('Postgres 15 → Kafka under faults', () => {
   });
 
   it('stops gracefully on SIGTERM: drains, confirms the slot, exits 0', async () => {
-    const { db, types, reader, start } = await setup(inject('pg15Url'));
+    const { db, types, reader, start } = await setup(await pgUrl(15));
     const relay = start();
     await relay.ready();
     await reader.start(types.map((t) => `outbox.event.${t}`));
@@ -277,7 +264,7 @@ describe('Postgres 15 → Kafka under faults', () => {
   });
 
   it('exits with code 4 and never recreates a slot that was dropped while it was down', async () => {
-    const { db, start } = await setup(inject('pg15Url'));
+    const { db, start } = await setup(await pgUrl(15));
     const relay = start();
     await relay.ready();
     relay.kill('SIGTERM');

@@ -1,6 +1,7 @@
-import { afterEach, describe, expect, it, inject } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { TopicReader, until } from './support.js';
 import { type Bundle, bundle, uuid } from '../faults/fixtures.js';
+import { kafkaBrokers } from '../harness/services.js';
 
 /**
  * With sink.kafka.autoCreateTopics false, a row for a topic that does not exist waits: it is
@@ -40,7 +41,7 @@ describe('a missing Kafka topic', () => {
     expect(await relay.metric('outboxd_poison_messages_total')).toBe(0);
     expect(relay.logLines().some((l) => typeof l.err === 'object' && JSON.stringify(l.err).includes(topic))).toBe(true);
 
-    const reader = new TopicReader(inject('kafkaBrokers').split(','));
+    const reader = new TopicReader(await kafkaBrokers());
     readers.push(reader);
     await reader.createTopics([topic], 1);
     await reader.start([topic]);

@@ -1,7 +1,8 @@
 import { spawnSync } from 'node:child_process';
-import { afterEach, describe, expect, inject, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { getFreePort } from '../harness/ports.js';
 import { MAIN, RelayProcess, TestDb, removeDir, writeConfig } from './support.js';
+import { pgUrl, kafkaBrokers } from '../harness/services.js';
 
 /** The operator's commands against a real Postgres and Kafka: validate --connect, status, setup. */
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -38,7 +39,7 @@ http:
 }
 
 async function db(ddl?: string[]) {
-  const d = await new TestDb(inject('pg15Url')).create(ddl);
+  const d = await new TestDb(await pgUrl(15)).create(ddl);
   cleanups.push(() => d.drop());
   return d;
 }
@@ -46,7 +47,7 @@ async function db(ddl?: string[]) {
 describe('outboxd validate --connect', () => {
   it('passes every check on a ready environment, one line each', async () => {
     const d = await db();
-    const cfg = await config(d.url, d.slot, inject('kafkaBrokers'));
+    const cfg = await config(d.url, d.slot, (await kafkaBrokers()).join(','));
     const r = outboxd(['validate', '-c', cfg.file, '--connect']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
@@ -95,7 +96,7 @@ describe('outboxd status and setup', () => {
     const cfg = await config(
       d.url,
       d.slot,
-      inject('kafkaBrokers'),
+      (await kafkaBrokers()).join(','),
       '      columns:\n        aggregateid: account_id\n        payload: body\n',
     );
     const r = outboxd(['setup', '-c', cfg.file, '--print']);
@@ -115,7 +116,7 @@ describe('outboxd status and setup', () => {
 
   it('setup creates the publication and slot; status reports them; a lost slot exits 4', async () => {
     const d = await db();
-    const cfg = await config(d.url, d.slot, inject('kafkaBrokers'));
+    const cfg = await config(d.url, d.slot, (await kafkaBrokers()).join(','));
     let s = outboxd(['status', '-c', cfg.file]);
     expect(s.code).toBe(0);
     expect(s.stdout).toMatch(/slot .*: missing/);

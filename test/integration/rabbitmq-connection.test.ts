@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
-import { afterEach, describe, expect, inject, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { isListening } from '../harness/ports.js';
 import { startRabbitMQ } from '../harness/rabbitmq.js';
 import { RelayProcess, TestDb, removeDir, sleep, until, writeConfig } from './support.js';
+import { pgUrl, rabbitmqUrl } from '../harness/services.js';
 
 /**
  * RabbitMQ connection life: a missing exchange, a vhost, and broker resource alarms
@@ -15,7 +16,7 @@ afterEach(async () => {
 });
 
 async function relayFor(amqpUrl: string, exchange: string, declare: boolean) {
-  const db = await new TestDb(inject('pg15Url')).create();
+  const db = await new TestDb(await pgUrl(15)).create();
   cleanups.push(() => db.drop());
   const cfg = await writeConfig(
     (port) => `postgres:
@@ -65,14 +66,14 @@ async function consumer(url: string, exchange: string) {
 
 describe('RabbitMQ connection life', () => {
   it('a missing exchange with declare: false stops the relay with a clear one-line error', async () => {
-    const { relay } = await relayFor(inject('rabbitmqUrl'), `missing_${randomUUID().slice(0, 8)}`, false);
+    const { relay } = await relayFor(await rabbitmqUrl(), `missing_${randomUUID().slice(0, 8)}`, false);
     expect(await relay.exited).toBe(1);
     const fatal = relay.logLines().find((l) => l.level === 'fatal');
     expect(String(fatal?.msg)).toMatch(/RabbitMQ exchange "missing_\w+" does not exist; create it or set sink\.rabbitmq\.declare: true/);
   });
 
   it('refused credentials stop the relay with a one-line error naming them', async () => {
-    const url = inject('rabbitmqUrl').replace(/:\/\/([^:]+):[^@]+@/, '://$1:not-the-password@');
+    const url = (await rabbitmqUrl()).replace(/:\/\/([^:]+):[^@]+@/, '://$1:not-the-password@');
     const { relay } = await relayFor(url, `x_${randomUUID().slice(0, 8)}`, true);
     expect(await relay.exited).toBe(1);
     const fatal = relay.logLines().find((l) => l.level === 'fatal');
@@ -81,7 +82,7 @@ describe('RabbitMQ connection life', () => {
   });
 
   it('a vhost that does not exist keeps the relay unready, with a warning naming it', async () => {
-    const url = inject('rabbitmqUrl').replace(/\/%2F$/, '/no_such_vhost');
+    const url = (await rabbitmqUrl()).replace(/\/%2F$/, '/no_such_vhost');
     const { relay } = await relayFor(url, `x_${randomUUID().slice(0, 8)}`, true);
     await until('the warning', async () => relay.logLines().find((l) => l.level === 'warn'), 20_000);
     const warn = relay.logLines().find((l) => l.level === 'warn');
@@ -105,7 +106,7 @@ describe('RabbitMQ connection life', () => {
   });
 
   it('publishes into a vhost named by the URL path', async () => {
-    const vhostUrl = inject('rabbitmqUrl').replace(/\/%2F$/, '/outboxd_test');
+    const vhostUrl = (await rabbitmqUrl()).replace(/\/%2F$/, '/outboxd_test');
     const exchange = `vh_${randomUUID().slice(0, 8)}`;
     const ids = await consumer(vhostUrl, exchange);
     const { db, relay } = await relayFor(vhostUrl, exchange, false);

@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
-import { afterEach, describe, expect, inject, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { startRabbitMQ } from '../harness/rabbitmq.js';
 import { RelayProcess, TestDb, removeDir, sleep, until, writeConfig, writeOutbox } from './support.js';
+import { pgUrl, rabbitmqUrl } from '../harness/services.js';
 
 /**
  * The relay against a real RabbitMQ node, read back with a separate AMQP connection.
@@ -135,8 +136,8 @@ http:
 }
 
 async function setup(opts: { amqpUrl?: string; extra?: string; sinkExtra?: string; exchangeType?: string } = {}) {
-  const amqpUrl = opts.amqpUrl ?? inject('rabbitmqUrl');
-  const db = await new TestDb(inject('pg15Url')).create();
+  const amqpUrl = opts.amqpUrl ?? (await rabbitmqUrl());
+  const db = await new TestDb(await pgUrl(15)).create();
   cleanups.push(() => db.drop());
   const exchange = `ex_${db.name.slice(2, 10)}`;
   const reader = await new QueueReader(amqpUrl).open();

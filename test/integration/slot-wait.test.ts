@@ -1,6 +1,7 @@
 import pg from 'pg';
-import { afterEach, describe, expect, it, inject } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { RelayProcess, TestDb, removeDir, until, writeConfig } from './support.js';
+import { pgUrl } from '../harness/services.js';
 
 /**
  * Creating a slot waits for every transaction running at that moment. The relay says what it
@@ -14,7 +15,7 @@ afterEach(async () => {
 
 describe('slot creation behind a long transaction', () => {
   it('names the transactions it waits for, stays live, retries after slotCreateTimeout, and streams once they end', async () => {
-    const db = await new TestDb(inject('pg17Url')).create();
+    const db = await new TestDb(await pgUrl(17)).create();
     cleanups.push(() => db.drop());
     // A transaction with an xid, left open.
     const blocker = new pg.Client({ connectionString: db.url });

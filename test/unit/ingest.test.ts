@@ -39,6 +39,7 @@ function setup() {
   const sink = new RecordingSink();
   const watermark = new Watermark(0n);
   const advanced: bigint[] = [];
+  watermark.onMove(() => advanced.push(watermark.lsn));
   const metrics = createMetrics();
   const log = createLogger('silent');
   const pipeline = new Pipeline(
@@ -47,7 +48,6 @@ function setup() {
     sink,
     watermark,
     {
-      onAdvance: (lsn) => advanced.push(lsn),
       onHalt: () => undefined,
       onFatal: () => undefined,
       onSinkHealth: () => undefined,
@@ -59,7 +59,6 @@ function setup() {
   );
   pipeline.start();
   const ingest = new Ingest(cfg, new OutboxMapper(parseTemplate('outbox.event.{aggregatetype}')), watermark, pipeline, metrics, log);
-  ingest.onAdvance = (lsn) => advanced.push(lsn);
   return { ingest, pipeline, sink, advanced };
 }
 

@@ -61,13 +61,13 @@ function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}
     health: [] as boolean[],
     stalls: [] as boolean[],
   };
+  watermark.onMove(() => events.advanced.push(watermark.lsn));
   const pipeline = new Pipeline(
     { ...cfg, ...over },
     policy,
     sink,
     watermark,
     {
-      onAdvance: (lsn) => events.advanced.push(lsn),
       onHalt: (e) => {
         events.halted = e;
       },
@@ -88,8 +88,7 @@ function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}
     xid++;
     const t = watermark.begin(xid, BigInt(xid * 100), Date.now());
     const waits = ids.map((id) => pipeline.push(msg(id, t), t));
-    const lsn = watermark.commit(t, BigInt(xid * 100 + 50));
-    if (lsn !== null) events.advanced.push(lsn);
+    watermark.commit(t, BigInt(xid * 100 + 50));
     return { txn: t, waits };
   };
   return { sink, watermark, pipeline, events, txn };

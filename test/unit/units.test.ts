@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseDurationMs, parseSizeBytes } from '../../src/config/units.js';
-import { backoffMs } from '../../src/pipeline/backoff.js';
+import { backoffMs } from '../../src/retry.js';
 
 describe('units', () => {
   it('parses durations', () => {

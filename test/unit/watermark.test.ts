@@ -1,49 +1,63 @@
 import { describe, expect, it } from 'vitest';
 import { Watermark } from '../../src/checkpoint/watermark.js';
 
+/** A watermark and every position its one subscriber heard, in order. */
+function watched(start: bigint) {
+  const w = new Watermark(start);
+  const moves: bigint[] = [];
+  w.onMove(() => moves.push(w.lsn));
+  return { w, moves };
+}
+
 describe('Watermark', () => {
   it('does not advance past a transaction with unconfirmed messages', () => {
-    const w = new Watermark(100n);
+    const { w, moves } = watched(100n);
     const t1 = w.begin(1, 150n, 0);
     w.track(t1);
-    expect(w.commit(t1, 200n)).toBeNull();
+    w.commit(t1, 200n);
     const t2 = w.begin(2, 250n, 0);
     w.track(t2);
-    expect(w.commit(t2, 300n)).toBeNull();
+    w.commit(t2, 300n);
     // The later transaction is confirmed first: the watermark must wait for the earlier one.
-    expect(w.release(t2)).toBeNull();
+    w.release(t2);
     expect(w.lsn).toBe(100n);
-    expect(w.release(t1)).toBe(300n);
+    expect(moves).toEqual([]);
+    w.release(t1);
+    expect(moves).toEqual([300n]);
     expect(w.openTxns).toBe(0);
   });
 
   it('advances over transactions without messages once everything before them is done', () => {
-    const w = new Watermark(0n);
+    const { w, moves } = watched(0n);
     const t1 = w.begin(1, 10n, 0);
     w.track(t1);
     w.commit(t1, 20n);
-    const t2 = w.begin(2, 30n, 0);
-    expect(w.commit(t2, 40n)).toBeNull(); // empty, but t1 is still pending
-    expect(w.release(t1)).toBe(40n);
+    w.commitEmpty(40n); // empty, but t1 is still pending
+    expect(moves).toEqual([]);
+    w.release(t1);
+    expect(moves).toEqual([40n]);
   });
 
   it('never releases an open transaction even if all its messages are confirmed', () => {
-    const w = new Watermark(0n);
+    const { w, moves } = watched(0n);
     const t1 = w.begin(1, 10n, 0);
     w.track(t1);
-    expect(w.release(t1)).toBeNull();
+    w.release(t1);
     expect(w.lsn).toBe(0n);
-    expect(w.commit(t1, 20n)).toBe(20n);
+    w.commit(t1, 20n);
+    expect(moves).toEqual([20n]);
   });
 
-  it('accepts a keepalive position only when nothing is open', () => {
-    const w = new Watermark(50n);
+  it('accepts a keepalive position only when nothing is open, and never moves back', () => {
+    const { w, moves } = watched(50n);
     const t = w.begin(1, 60n, 0);
-    expect(w.observeIdle(500n)).toBeNull();
+    w.track(t);
+    w.observeIdle(500n);
+    w.release(t);
     w.commit(t, 70n);
-    expect(w.lsn).toBe(70n);
-    expect(w.observeIdle(500n)).toBe(500n);
-    expect(w.observeIdle(400n)).toBeNull();
+    w.observeIdle(500n);
+    w.observeIdle(400n);
+    expect(moves).toEqual([70n, 500n]);
   });
 
   it('throws when more messages are released than tracked', () => {
@@ -68,19 +82,31 @@ describe('Watermark', () => {
   });
 
   it('merges empty transactions that wait behind an open one into one entry', () => {
-    const w = new Watermark(100n);
+    const { w, moves } = watched(100n);
     // Nothing open: an empty transaction is done at once.
-    expect(w.commitEmpty(150n)).toBe(150n);
+    w.commitEmpty(150n);
+    expect(moves).toEqual([150n]);
     const t = w.begin(1, 160n, 0);
     w.track(t);
     w.commit(t, 200n);
     // The broker is away: a million empty transactions arrive (Postgres 14, heartbeats).
-    let moved = 0;
-    for (let i = 0; i < 1_000_000; i++) if (w.commitEmpty(300n + BigInt(i)) !== null) moved++;
-    expect(moved).toBe(0);
+    for (let i = 0; i < 1_000_000; i++) w.commitEmpty(300n + BigInt(i));
+    expect(moves).toEqual([150n]);
     expect(w.openTxns).toBe(2);
-    // The message is confirmed: the watermark jumps past all of them.
-    expect(w.release(t)).toBe(300n + 999_999n);
+    // The message is confirmed: the watermark jumps past all of them at once.
+    w.release(t);
+    expect(moves).toEqual([150n, 300n + 999_999n]);
     expect(w.openTxns).toBe(0);
+  });
+
+  it('has one subscriber at a time, and unsubscribing stops the calls', () => {
+    const w = new Watermark(0n);
+    const heard: string[] = [];
+    const offA = w.onMove(() => heard.push('a'));
+    w.onMove(() => heard.push('b'));
+    w.commitEmpty(10n);
+    offA(); // no longer the subscriber: does not remove b
+    w.commitEmpty(20n);
+    expect(heard).toEqual(['b', 'b']);
   });
 });

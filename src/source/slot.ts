@@ -1,68 +1,14 @@
 import pg from 'pg';
-import type { Config, PostgresConfig, TableConfig } from '../config/schema.js';
-import { ConfigError, OutboxdError, PgConnectionError, SlotError } from '../errors.js';
-import { type Lsn, formatLsn, parseLsn } from '../lsn.js';
+import type { PostgresConfig } from '../config/schema.js';
+import { ConfigError, PgConnectionError, SlotError } from '../errors.js';
+import { type Lsn, parseLsn } from '../lsn.js';
+import { connectAdmin, serverVersion } from './connect.js';
+import { classifyPgError } from './pg-errors.js';
 
 /**
- * Plain (non-replication) SQL the relay needs: checks, the publication, the slot and its marker,
- * heartbeats and lag. Slot and publication names are validated identifiers (config/schema.ts).
+ * The replication slot: what the server says of it, its creation (bounded, reporting what it
+ * waits for), the marker that tells a first start from a lost slot, and its lag.
  */
-
-/** Connection options for both the admin and the replication connection. */
-export function clientConfig(cfg: PostgresConfig): pg.ClientConfig {
-  let url = cfg.url;
-  if (cfg.password !== undefined) {
-    const u = new URL(url);
-    u.password = encodeURIComponent(cfg.password);
-    url = u.toString();
-  }
-  return {
-    connectionString: url,
-    application_name: 'outboxd',
-    connectionTimeoutMillis: cfg.connectTimeoutMs,
-    keepAlive: true,
-  };
-}
-
-/** SQLSTATEs that mean "try again later" rather than "this will never work". */
-const RETRIABLE_SQLSTATES = new Set(['57P01', '57P02', '57P03', '08000', '08003', '08006', '08001', '08004', '53300', '55006']);
-const RETRIABLE_SYSCALL = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH']);
-
-/** Wraps a driver error: connection-level and shutdown errors are retriable. */
-export function classifyPgError(err: unknown, doing: string): OutboxdError {
-  if (err instanceof OutboxdError) return err;
-  const e = err as { code?: string; message?: string };
-  const message = `${doing}: ${e?.message ?? String(err)}`;
-  if (e?.code && (RETRIABLE_SQLSTATES.has(e.code) || RETRIABLE_SYSCALL.has(e.code))) return new PgConnectionError(message, err);
-  if (
-    /Connection terminated|connection timeout|timeout expired|ECONN|socket hang up|not queryable|the database system is (starting up|shutting down)/i.test(
-      e?.message ?? '',
-    )
-  ) {
-    return new PgConnectionError(message, err);
-  }
-  if (e?.code === '28P01' || e?.code === '28000') {
-    return new OutboxdError('PG_CONNECTION', `${message} (check postgres.url credentials)`, { cause: err });
-  }
-  return new OutboxdError('PG_PROTOCOL', message, { cause: err });
-}
-
-/**
- * The admin connection: plain SQL, every statement bounded by `postgres.statementTimeout` and
- * every lock wait by `postgres.lockTimeout`, so no query can hang the relay silently.
- */
-export async function connectAdmin(cfg: PostgresConfig): Promise<pg.Client> {
-  const client = new pg.Client({ ...clientConfig(cfg), statement_timeout: cfg.statementTimeoutMs, lock_timeout: cfg.lockTimeoutMs });
-  // An idle admin connection that breaks must not crash the process; the next query reconnects.
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
-  } catch (err) {
-    await client.end().catch(() => undefined);
-    throw classifyPgError(err, 'connecting to Postgres');
-  }
-  return client;
-}
 
 export interface SlotInfo {
   name: string;
@@ -106,79 +52,6 @@ export async function inspectSlot(client: pg.Client, slot: string): Promise<Slot
     walStatus: r.wal_status,
     invalidationReason: r.invalidation,
   };
-}
-
-const versions = new WeakMap<pg.Client, number>();
-export async function serverVersion(client: pg.Client): Promise<number> {
-  const known = versions.get(client);
-  if (known !== undefined) return known;
-  const { rows } = await client.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`);
-  const v = Number(rows[0]?.v ?? 0);
-  versions.set(client, v);
-  return v;
-}
-
-export async function checkWalLevel(client: pg.Client): Promise<void> {
-  const { rows } = await client.query<{ wal_level: string }>('SHOW wal_level');
-  const level = rows[0]?.wal_level;
-  if (level !== 'logical') {
-    throw new OutboxdError(
-      'PG_NOT_LOGICAL',
-      `Postgres wal_level is "${level}", logical replication needs "logical": set wal_level = logical and restart Postgres`,
-    );
-  }
-}
-
-/**
- * Makes sure the publication exists and covers every outbox table. Creates it when missing and
- * allowed. An existing publication that lacks a table is a config error, never altered silently.
- */
-export async function ensurePublication(client: pg.Client, cfg: Config): Promise<'created' | 'exists'> {
-  const pub = cfg.postgres.publication;
-  const { rows } = await client.query<{ puballtables: boolean }>('SELECT puballtables FROM pg_publication WHERE pubname = $1', [pub]);
-  const tables = cfg.outbox.tables;
-  if (rows.length === 0) {
-    if (!cfg.postgres.createPublication) {
-      throw new ConfigError(
-        'postgres.publication',
-        `publication ${pub} does not exist and postgres.createPublication is false; create it: CREATE PUBLICATION ${pub} FOR TABLE ${tables.map((t) => t.qualified).join(', ') || '...'}`,
-      );
-    }
-    for (const t of tables) await checkTableExists(client, t);
-    // FOR TABLE (not ALL TABLES): only outbox rows are decoded and sent. An outbox driven purely
-    // by logical messages still needs a publication to start replication, so it may be empty.
-    const list = tables.length > 0 ? ` FOR TABLE ${tables.map((t) => t.qualified).join(', ')}` : '';
-    try {
-      // Inserts only: publishing updates and deletes would make Postgres reject UPDATE and DELETE
-      // on an outbox table without a replica identity, breaking cleanup jobs.
-      await client.query(`CREATE PUBLICATION ${pub}${list} WITH (publish = 'insert')`);
-    } catch (err) {
-      if ((err as { code?: string }).code !== '42710') throw classifyPgError(err, `creating publication ${pub}`);
-    }
-    return 'created';
-  }
-  if (rows[0]?.puballtables) return 'exists';
-  const covered = await client.query<{ schemaname: string; tablename: string }>(
-    'SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1',
-    [pub],
-  );
-  const have = new Set(covered.rows.map((r) => `${r.schemaname}.${r.tablename}`));
-  tables.forEach((t, i) => {
-    if (!have.has(`${t.schema}.${t.table}`)) {
-      throw new ConfigError(
-        `outbox.tables[${i}].name`,
-        `table ${t.schema}.${t.table} is not in publication ${pub}; run: ALTER PUBLICATION ${pub} ADD TABLE ${t.qualified}`,
-      );
-    }
-  });
-  return 'exists';
-}
-
-async function checkTableExists(client: pg.Client, t: TableConfig): Promise<void> {
-  const { rows } = await client.query('SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2', [t.schema, t.table]);
-  if (rows.length === 0) {
-    throw new ConfigError('outbox.tables', `table ${t.schema}.${t.table} does not exist (create the outbox table first)`);
-  }
 }
 
 /**
@@ -364,22 +237,6 @@ async function currentDatabase(client: pg.Client): Promise<string> {
   return rows[0]?.db ?? '';
 }
 
-/**
- * Tries the session-level advisory lock that marks the leader of a slot. Held until the admin
- * connection closes (also when the process dies: the server ends the session).
- */
-export async function tryLeaderLock(client: pg.Client, slot: string): Promise<boolean> {
-  const { rows } = await client.query<{ ok: boolean }>(`SELECT pg_try_advisory_lock(hashtextextended('outboxd.slot.' || $1, 0)) AS ok`, [
-    slot,
-  ]);
-  return rows[0]?.ok === true;
-}
-
-/** Writes a heartbeat into the WAL; it travels the stream like an outbox transaction. */
-export async function emitHeartbeat(client: pg.Client, prefix: string): Promise<void> {
-  await client.query('SELECT pg_logical_emit_message(true, $1, $2)', [prefix, new Date().toISOString()]);
-}
-
 export interface SlotLag {
   lagBytes: number;
   retainedBytes: number;
@@ -411,5 +268,3 @@ export async function slotLag(client: pg.Client, slot: string): Promise<SlotLag 
     confirmedFlushLsn: r.confirmed ? parseLsn(r.confirmed) : null,
   };
 }
-
-export { formatLsn };

@@ -1,0 +1,69 @@
+import type pg from 'pg';
+import type { Config, TableConfig } from '../config/schema.js';
+import { ConfigError, OutboxdError } from '../errors.js';
+import { classifyPgError } from './pg-errors.js';
+
+/** The server's logical decoding setting and the publication of the outbox tables. */
+
+export async function checkWalLevel(client: pg.Client): Promise<void> {
+  const { rows } = await client.query<{ wal_level: string }>('SHOW wal_level');
+  const level = rows[0]?.wal_level;
+  if (level !== 'logical') {
+    throw new OutboxdError(
+      'PG_NOT_LOGICAL',
+      `Postgres wal_level is "${level}", logical replication needs "logical": set wal_level = logical and restart Postgres`,
+    );
+  }
+}
+
+/**
+ * Makes sure the publication exists and covers every outbox table. Creates it when missing and
+ * allowed. An existing publication that lacks a table is a config error, never altered silently.
+ */
+export async function ensurePublication(client: pg.Client, cfg: Config): Promise<'created' | 'exists'> {
+  const pub = cfg.postgres.publication;
+  const { rows } = await client.query<{ puballtables: boolean }>('SELECT puballtables FROM pg_publication WHERE pubname = $1', [pub]);
+  const tables = cfg.outbox.tables;
+  if (rows.length === 0) {
+    if (!cfg.postgres.createPublication) {
+      throw new ConfigError(
+        'postgres.publication',
+        `publication ${pub} does not exist and postgres.createPublication is false; create it: CREATE PUBLICATION ${pub} FOR TABLE ${tables.map((t) => t.qualified).join(', ') || '...'}`,
+      );
+    }
+    for (const t of tables) await checkTableExists(client, t);
+    // FOR TABLE (not ALL TABLES): only outbox rows are decoded and sent. An outbox driven purely
+    // by logical messages still needs a publication to start replication, so it may be empty.
+    const list = tables.length > 0 ? ` FOR TABLE ${tables.map((t) => t.qualified).join(', ')}` : '';
+    try {
+      // Inserts only: publishing updates and deletes would make Postgres reject UPDATE and DELETE
+      // on an outbox table without a replica identity, breaking cleanup jobs.
+      await client.query(`CREATE PUBLICATION ${pub}${list} WITH (publish = 'insert')`);
+    } catch (err) {
+      if ((err as { code?: string }).code !== '42710') throw classifyPgError(err, `creating publication ${pub}`);
+    }
+    return 'created';
+  }
+  if (rows[0]?.puballtables) return 'exists';
+  const covered = await client.query<{ schemaname: string; tablename: string }>(
+    'SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1',
+    [pub],
+  );
+  const have = new Set(covered.rows.map((r) => `${r.schemaname}.${r.tablename}`));
+  tables.forEach((t, i) => {
+    if (!have.has(`${t.schema}.${t.table}`)) {
+      throw new ConfigError(
+        `outbox.tables[${i}].name`,
+        `table ${t.schema}.${t.table} is not in publication ${pub}; run: ALTER PUBLICATION ${pub} ADD TABLE ${t.qualified}`,
+      );
+    }
+  });
+  return 'exists';
+}
+
+async function checkTableExists(client: pg.Client, t: TableConfig): Promise<void> {
+  const { rows } = await client.query('SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2', [t.schema, t.table]);
+  if (rows.length === 0) {
+    throw new ConfigError('outbox.tables', `table ${t.schema}.${t.table} does not exist (create the outbox table first)`);
+  }
+}
