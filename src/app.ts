@@ -1,6 +1,6 @@
 import type { Server } from 'node:http';
 import { Watermark } from './checkpoint/watermark.js';
-import type { Config } from './config/schema.js';
+import type { Config } from './config/config.js';
 import { ExitCode, OutboxdError, SinkError, exitCodeFor } from './errors.js';
 import type { RelayState, Sink } from './interfaces.js';
 import { ZERO_LSN, formatLsn } from './lsn.js';

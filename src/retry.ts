@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { BackoffConfig } from './config/schema.js';
+import type { BackoffConfig } from './config/config.js';
 
 /**
  * The one retry loop of outboxd: the sink's connect, the replication session, a batch and a dead

@@ -37,5 +37,12 @@ ensure_node() {
     rm -rf "$tmp"
   fi
   "$dir/bin/node" --version >/dev/null || die "$dir/bin/node does not run on this machine: install Node.js 24 by hand and put it first on PATH"
+  # npm reads its global config from <node's prefix>/etc/npmrc: give this Node the machine's
+  # (registry, proxy, CA file), or npm run with it would not reach the registry the same way.
+  if [ ! -f "$dir/etc/npmrc" ]; then
+    local globalrc
+    globalrc="$(npm config get globalconfig 2>/dev/null || true)"
+    if [ -n "$globalrc" ] && [ -f "$globalrc" ]; then mkdir -p "$dir/etc" && cp "$globalrc" "$dir/etc/npmrc"; fi
+  fi
   export PATH="$dir/bin:$PATH"
 }

@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { Config, TableConfig } from '../config/schema.js';
+import type { Config, TableConfig } from '../config/config.js';
 import { COLUMN_FIELDS, REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { oneLine } from '../errors.js';
 import { createLogger } from '../observability/logger.js';

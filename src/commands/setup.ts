@@ -1,9 +1,9 @@
-import type { Config, TableConfig } from '../config/schema.js';
+import type { Config, TableConfig } from '../config/config.js';
 import { ExitCode, exitCodeFor, oneLine } from '../errors.js';
 import { connectAdmin } from '../source/connect.js';
 import { ensurePublication } from '../source/publication.js';
 import { ensureSlot } from '../source/slot.js';
-import { quoteIdent } from '../config/schema.js';
+import { quoteIdent } from '../config/config.js';
 
 /** The outbox table DDL for a table's column mapping (Debezium outbox event router layout). */
 export function outboxDdl(t: TableConfig): string {

@@ -1,4 +1,4 @@
-import type { Config } from '../config/schema.js';
+import type { Config } from '../config/config.js';
 import { ExitCode, oneLine } from '../errors.js';
 import { formatLsn } from '../lsn.js';
 import { connectAdmin } from '../source/connect.js';

@@ -3,7 +3,7 @@ import { LineCounter, parseDocument } from 'yaml';
 import { ConfigError } from '../errors.js';
 import { interpolate } from './interpolate.js';
 import { registerSecrets } from '../observability/redact.js';
-import { type Config, compileConfig, secretsOf } from './schema.js';
+import { type Config, compileConfig, secretsOf } from './config.js';
 
 /** Reads, interpolates and validates a config file. Throws ConfigError with a one-line message. */
 export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Config {

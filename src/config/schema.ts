@@ -1,74 +1,103 @@
-import { readFileSync } from 'node:fs';
-import { ConfigError } from '../errors.js';
-import { Section, describe } from './reader.js';
-import { parseTemplate, type Template } from '../outbox/template.js';
+import { type Static, type TArray, type TObject, type TOptional, type TSchema, Type as T } from '@sinclair/typebox';
 
 /**
- * The compiled config: every default filled in, durations as `…Ms`, sizes as `…Bytes`.
- * `docs/config.md` is the reference for the YAML that produces it; keep the two in step.
+ * THE CONFIG, DECLARED ONCE. Every key of the YAML file, with its type, default, range and
+ * meaning, is declared here and nowhere else. From this one declaration come:
+ * - the TypeScript type of the file as written (`ConfigInput`);
+ * - the validation, with its errors (validate.ts: unknown keys, types, ranges, one line that
+ *   names the YAML path);
+ * - the JSON Schema editors use (`config/outboxd.schema.json`, `npm run schema`);
+ * - the check that docs/config.md documents exactly these keys and defaults (a test).
+ * compile.ts turns the validated file into the `Config` the code uses (durations in ms, sizes in
+ * bytes, secrets read), and the code's types derive from it.
+ *
+ * outboxd's own annotations ride along as `x-` keywords, which JSON Schema ignores:
+ * - `x-kind`: duration (`500ms`, `10s`), size (`64MiB`), identifier, template, tls;
+ * - `x-min`/`x-max`: a range in ms (durations) or bytes (sizes);
+ * - `x-exclusive`: sibling keys that may not be set together (a secret and its file);
+ * - `x-split`: a string that holds a comma-separated list (`"k1:9092,k2:9092"`).
  */
-export interface Config {
-  postgres: PostgresConfig;
-  outbox: OutboxConfig;
-  pipeline: PipelineConfig;
-  sink: SinkConfig;
-  http: { host: string; port: number };
-  log: { level: LogLevel };
-  shutdown: { graceMs: number };
-}
 
-export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+/** Duration: `500ms`, `10s`, `1.5m`, `2h`, or `0`. */
+export const DURATION_PATTERN = '^\\s*(\\d+(\\.\\d+)?\\s*(ms|s|m|h)|0)\\s*$';
+/** Size: `64MiB`, `1MB`, `512KiB`, `100B`, or a byte count. */
+export const SIZE_PATTERN = '^\\s*\\d+(\\.\\d+)?\\s*(B|KB|MB|GB|KiB|MiB|GiB)?\\s*$';
+/** Slot and publication names go into replication commands: lower-case identifiers. */
+export const IDENTIFIER_PATTERN = '^[a-z_][a-z0-9_]{0,62}$';
 
-export interface PostgresConfig {
-  url: string;
-  /** Overrides the URL's password; from `passwordFile` or `password`. */
-  password: string | undefined;
-  slot: string;
-  publication: string;
-  /** Create the publication (for the outbox tables) if it does not exist. */
-  createPublication: boolean;
-  /** Create the slot on the first start. A slot that existed and vanished is never recreated. */
-  createSlot: boolean;
-  /** How often a standby status update (with the confirmed LSN) is sent even if nothing changed. */
-  statusIntervalMs: number;
-  /**
-   * After a read that found less than READ_COALESCE_BYTES waiting (the relay has caught up with
-   * the server), wait this long before reading again; 0 reads at once. See stream.ts.
-   */
-  readCoalesceMs: number;
-  /** Interval of `pg_logical_emit_message` heartbeats; 0 disables them. */
-  heartbeatIntervalMs: number;
-  heartbeatPrefix: string;
-  /** How often slot lag and retained WAL are polled for metrics. */
-  lagPollIntervalMs: number;
-  connectTimeoutMs: number;
-  /** statement_timeout of the admin connection's queries (checks, heartbeats, lag). */
-  statementTimeoutMs: number;
-  /** lock_timeout of the admin connection's queries. */
-  lockTimeoutMs: number;
-  /** How long creating the slot may wait for running transactions to end. */
-  slotCreateTimeoutMs: number;
-  reconnect: BackoffConfig;
-}
+type Range = { min?: number; max?: number };
 
-export interface BackoffConfig {
-  initialMs: number;
-  maxMs: number;
-}
+/**
+ * A key that may be left out of the file because it has a default (or, for a section, because
+ * its keys have defaults). A type-only brand: after validation it is always present.
+ */
+declare const DEFAULTED: unique symbol;
+type Defaulted<S extends TSchema> = TOptional<S> & { readonly [DEFAULTED]: true };
+const withDefault = <S extends TSchema>(s: S): Defaulted<S> => T.Optional(s) as Defaulted<S>;
 
-export interface ColumnMap {
-  id: string;
-  aggregatetype: string;
-  aggregateid: string;
-  type: string;
-  payload: string;
-  headers: string;
-  correlation_id: string;
-  causation_id: string;
-  reply_to: string;
-  traceparent: string;
-}
+const duration = (fallback: string, description: string, range: Range = {}) =>
+  withDefault(
+    T.String({ default: fallback, description, pattern: DURATION_PATTERN, 'x-kind': 'duration', 'x-min': range.min, 'x-max': range.max }),
+  );
+const optDuration = (description: string, range: Range = {}) =>
+  T.Optional(T.String({ description, pattern: DURATION_PATTERN, 'x-kind': 'duration', 'x-min': range.min, 'x-max': range.max }));
+const size = (fallback: string, description: string, range: Range = {}) =>
+  withDefault(
+    T.String({ default: fallback, description, pattern: SIZE_PATTERN, 'x-kind': 'size', 'x-min': range.min, 'x-max': range.max }),
+  );
+const int = (fallback: number, description: string, range: Range = {}) =>
+  withDefault(T.Integer({ default: fallback, description, minimum: range.min, maximum: range.max }));
+const bool = (fallback: boolean, description: string) => withDefault(T.Boolean({ default: fallback, description }));
+const str = (fallback: string, description: string) => withDefault(T.String({ default: fallback, description }));
+const optStr = (description: string) => T.Optional(T.String({ description }));
+const required = (description: string, extra: object = {}) => T.String({ description, minLength: 1, ...extra });
+const identifier = (fallback: string, description: string) =>
+  withDefault(T.String({ default: fallback, description, pattern: IDENTIFIER_PATTERN, 'x-kind': 'identifier' }));
+const template = (fallback: string, description: string) => withDefault(T.String({ default: fallback, description, 'x-kind': 'template' }));
+const optTemplate = (description: string) => T.Optional(T.String({ description, 'x-kind': 'template' }));
+const enumOf = <const V extends string>(values: readonly [V, ...V[]], description: string, fallback?: V) =>
+  T.Union(
+    values.map((v) => T.Literal(v)),
+    fallback === undefined ? { description } : { default: fallback, description },
+  );
+const oneOf = <const V extends string>(values: readonly [V, ...V[]], fallback: V, description: string) =>
+  withDefault(enumOf(values, description, fallback));
+/** A mapping that accepts only its own keys. */
+const section = <P extends Record<string, TSchema>>(props: P, description = '', extra: object = {}) =>
+  T.Object(props, { additionalProperties: false, description, ...extra });
+/** A section that may be absent (its keys then take their defaults). */
+const optSection = <P extends Record<string, TSchema>>(props: P, description = '', extra: object = {}) =>
+  withDefault(section(props, description, { default: {}, ...extra }));
+/** A section that may be absent and has no defaults to fill: absent stays absent. */
+const maybeSection = <P extends Record<string, TSchema>>(props: P, description = '', extra: object = {}) =>
+  T.Optional(section(props, description, extra));
 
+const backoff = (initial: string, max: string, what: string) =>
+  optSection({
+    initial: duration(initial, `The first backoff ${what}.`, { min: 1 }),
+    max: duration(max, 'The backoff cap: attempt n waits a random time in [b/2, b], b = min(max, initial·2^(n−1)). At least `initial`.', {
+      min: 1,
+    }),
+  });
+
+const tlsFiles = (what: string) =>
+  T.Optional(
+    T.Union(
+      [
+        T.Boolean(),
+        section({
+          caFile: optStr('PEM file: the CA that signed the server certificate.'),
+          certFile: optStr('PEM file: the client certificate (mutual TLS).'),
+          keyFile: optStr('PEM file: the client private key (mutual TLS).'),
+          rejectUnauthorized: bool(true, "Verify the server's certificate."),
+          servername: optStr('The TLS SNI name, when it differs from the host.'),
+        }),
+      ],
+      { description: `TLS for ${what}: true (Node's CA bundle) or the files; false, "false" or "" for none.`, 'x-kind': 'tls' },
+    ),
+  );
+
+/** The outbox fields a table maps to columns, in the order the docs list them. */
 export const COLUMN_FIELDS = [
   'id',
   'aggregatetype',
@@ -80,486 +109,218 @@ export const COLUMN_FIELDS = [
   'causation_id',
   'reply_to',
   'traceparent',
-] as const satisfies ReadonlyArray<keyof ColumnMap>;
+] as const;
+export type ColumnField = (typeof COLUMN_FIELDS)[number];
 
 /** The outbox fields a table must have a column for; the others are optional. */
-export const REQUIRED_COLUMN_FIELDS = ['id', 'aggregatetype', 'aggregateid', 'payload'] as const satisfies ReadonlyArray<
-  (typeof COLUMN_FIELDS)[number]
->;
+export const REQUIRED_COLUMN_FIELDS = ['id', 'aggregatetype', 'aggregateid', 'payload'] as const satisfies readonly ColumnField[];
 
-export interface TableConfig {
-  schema: string;
-  table: string;
-  /** `schema.table`, as written to SQL (quoted when needed). */
-  qualified: string;
-  columns: ColumnMap;
-}
+const columns = optSection(
+  Object.fromEntries(COLUMN_FIELDS.map((f) => [f, str(f, `The column that holds ${f}.`)])) as Record<ColumnField, ReturnType<typeof str>>,
+  'The column of each outbox field (default: the field name).',
+);
 
-export type PoisonPolicy = 'halt' | 'dead-letter';
-
-export interface OutboxConfig {
-  tables: TableConfig[];
-  /** Transactional `pg_logical_emit_message` outbox events; `prefix` selects them. */
-  messages: { enabled: boolean; prefix: string };
-  onPoison: PoisonPolicy;
-}
-
-export interface PipelineConfig {
-  maxInFlightMessages: number;
-  maxInFlightBytes: number;
-  batchMaxMessages: number;
-  batchMaxBytes: number;
-  lingerMs: number;
-  retry: BackoffConfig;
-}
-
-export interface KafkaSinkConfig {
-  brokers: string[];
-  clientId: string;
-  topic: Template;
-  deadLetterTopic: string;
-  compression: 'none' | 'gzip';
-  /** The broker's (or topic's) max message size: a bigger message is poison, not a retry loop. */
-  maxMessageBytes: number;
-  connectionTimeoutMs: number;
-  requestTimeoutMs: number;
-  /**
-   * May the producer ask the broker to create a missing topic? true: ask, and the broker's
-   * `auto.create.topics.enable` decides. false: never ask; a missing topic waits until created.
-   */
-  autoCreateTopics: boolean;
-  ssl: TlsConfig | undefined;
-  sasl: SaslConfig | undefined;
-}
-
-export interface TlsConfig {
-  ca: string | undefined;
-  cert: string | undefined;
-  key: string | undefined;
-  rejectUnauthorized: boolean;
-  servername: string | undefined;
-}
-
-export interface SaslConfig {
-  mechanism: 'plain' | 'scram-sha-256' | 'scram-sha-512';
-  username: string;
-  password: string;
-}
-
-export interface StdoutSinkConfig {
-  destination: Template;
-  deadLetterDestination: string;
-}
-
-export type ExchangeType = 'topic' | 'direct' | 'fanout' | 'x-consistent-hash';
-
-export interface RabbitMqSinkConfig {
-  /** amqp:// or amqps:// URL; the vhost is its path. */
-  url: string;
-  exchange: string;
-  exchangeType: ExchangeType;
-  /** Declare the exchange (durable) at start; otherwise it must exist. */
-  declare: boolean;
-  routingKey: Template;
-  deadLetterExchange: string;
-  /** Routing key for dead letters; null means the message's own routing key (or `poison`). */
-  deadLetterRoutingKey: string | null;
-  confirmTimeoutMs: number;
-  heartbeatSeconds: number;
-  connectionTimeoutMs: number;
-  maxMessageBytes: number;
-  tls: TlsConfig | undefined;
-}
-
-export type SinkConfig = (
-  | { type: 'kafka'; kafka: KafkaSinkConfig }
-  | { type: 'rabbitmq'; rabbitmq: RabbitMqSinkConfig }
-  | { type: 'stdout'; stdout: StdoutSinkConfig }
-) & {
-  /** A call to the broker unanswered this long makes the sink stalled: not ready, until it answers. */
-  stallTimeoutMs: number;
-};
-
-/** All defaults in one place. Debezium outbox event router conventions where they apply. */
-export const DEFAULTS = {
-  slot: 'outboxd',
-  publication: 'outboxd',
-  table: 'public.outbox',
-  columns: {
-    id: 'id',
-    aggregatetype: 'aggregatetype',
-    aggregateid: 'aggregateid',
-    type: 'type',
-    payload: 'payload',
-    headers: 'headers',
-    correlation_id: 'correlation_id',
-    causation_id: 'causation_id',
-    reply_to: 'reply_to',
-    traceparent: 'traceparent',
-  } satisfies ColumnMap,
-  messagePrefix: 'outbox',
-  heartbeatPrefix: 'outboxd.heartbeat',
-  statusInterval: '10s',
-  readCoalesce: '1ms',
-  heartbeatInterval: '30s',
-  lagPollInterval: '10s',
-  connectTimeout: '10s',
-  statementTimeout: '30s',
-  lockTimeout: '10s',
-  slotCreateTimeout: '10m',
-  stallTimeout: '5s',
-  reconnectInitial: '500ms',
-  reconnectMax: '30s',
-  maxInFlightMessages: 5_000,
-  maxInFlightBytes: '64MiB',
-  batchMaxMessages: 2_000,
-  batchMaxBytes: '4MiB',
-  linger: '5ms',
-  retryInitial: '200ms',
-  retryMax: '30s',
-  kafkaTopic: 'outbox.event.{aggregatetype}',
-  deadLetterTopic: 'outbox.deadletter',
-  kafkaClientId: 'outboxd',
-  routingKey: '{aggregatetype}.{type}',
-  /** x-consistent-hash hashes the routing key: the shard key is the whole routing key. */
-  routingKeyConsistentHash: '{aggregateid}',
-  deadLetterExchange: 'outbox.deadletter',
-  confirmTimeout: '30s',
-  amqpHeartbeat: '10s',
-  rabbitMaxMessageBytes: '16MiB',
-  kafkaMaxMessageBytes: '1MiB',
-  kafkaConnectionTimeout: '10s',
-  kafkaRequestTimeout: '30s',
-  httpHost: '0.0.0.0',
-  httpPort: 9187,
-  logLevel: 'info' as LogLevel,
-  shutdownGrace: '30s',
-} as const;
-
-/** The secret values a config holds (passwords, TLS private keys), for the redaction. */
-export function secretsOf(cfg: Config): string[] {
-  const urlPassword = (url: string) => {
-    try {
-      return decodeURIComponent(new URL(url).password);
-    } catch {
-      return '';
-    }
-  };
-  const out = [cfg.postgres.password ?? '', urlPassword(cfg.postgres.url)];
-  if (cfg.sink.type === 'kafka') out.push(cfg.sink.kafka.sasl?.password ?? '', cfg.sink.kafka.ssl?.key ?? '');
-  if (cfg.sink.type === 'rabbitmq') out.push(urlPassword(cfg.sink.rabbitmq.url), cfg.sink.rabbitmq.tls?.key ?? '');
-  return out.filter((s) => s !== '');
-}
-
-const TOP = ['postgres', 'outbox', 'pipeline', 'sink', 'http', 'log', 'shutdown'] as const;
-
-/** Validates a parsed, interpolated YAML document. Throws ConfigError naming the path. */
-export function compileConfig(doc: unknown): Config {
-  const root = Section.of(doc, '', TOP);
-  if (!root.has('postgres')) throw new ConfigError('postgres', 'is required (at least postgres.url)');
-  return {
-    postgres: compilePostgres(root.section('postgres', POSTGRES_KEYS)),
-    outbox: compileOutbox(root.section('outbox', ['tables', 'messages', 'onPoison'])),
-    pipeline: compilePipeline(
-      root.section('pipeline', ['maxInFlightMessages', 'maxInFlightBytes', 'batchMaxMessages', 'batchMaxBytes', 'linger', 'retry']),
+export const ConfigSchema = section(
+  {
+    postgres: section(
+      {
+        url: required('The connection URL (postgres:// or postgresql://), for the admin and the replication connection.'),
+        password: optStr("Overrides the URL's password."),
+        passwordFile: optStr("Overrides the URL's password, read from this file."),
+        slot: identifier('outboxd', 'The logical replication slot (plugin pgoutput).'),
+        publication: identifier('outboxd', 'The publication of the outbox tables; its comment records the slot (the lost-slot marker).'),
+        createSlot: bool(true, 'Create the slot on the first start. A recorded slot that vanished is never recreated.'),
+        createPublication: bool(true, "Create the publication (FOR TABLE the outbox tables, publish = 'insert') when it is missing."),
+        statusInterval: duration('10s', 'How often a standby status update with the confirmed LSN is sent even when nothing changed.', {
+          min: 100,
+          max: 3_600_000,
+        }),
+        readCoalesce: duration('1ms', 'After a read that found little waiting, wait this long before reading again; 0 reads at once.', {
+          min: 0,
+          max: 100,
+        }),
+        heartbeat: optSection({
+          interval: duration('30s', 'How often the leader writes a heartbeat logical message; 0 disables them.', { min: 0 }),
+          prefix: str('outboxd.heartbeat', 'The prefix of heartbeat messages.'),
+        }),
+        lagPollInterval: duration('10s', "How often the slot's lag, retained WAL and wal_status are read for the metrics.", { min: 100 }),
+        connectTimeout: duration('10s', 'The connection timeout of both connections.', { min: 100 }),
+        statementTimeout: duration('30s', 'statement_timeout of every query on the admin connection.', { min: 100 }),
+        lockTimeout: duration('10s', 'lock_timeout of the admin connection.', { min: 100 }),
+        slotCreateTimeout: duration('10m', 'How long creating the slot may wait for running transactions to end.', { min: 1000 }),
+        reconnect: backoff('500ms', '30s', 'after a failed replication session (and between broker connection attempts at start)'),
+      },
+      'The database and the replication slot.',
+      { 'x-exclusive': [['password', 'passwordFile']] },
     ),
-    sink: compileSink(root.section('sink', ['type', 'stallTimeout', 'kafka', 'rabbitmq', 'stdout'])),
-    http: compileHttp(root.section('http', ['host', 'port'])),
-    log: {
-      level: root
-        .section('log', ['level'])
-        .oneOf('level', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], DEFAULTS.logLevel),
-    },
-    shutdown: { graceMs: root.section('shutdown', ['grace']).durationMs('grace', DEFAULTS.shutdownGrace, { min: 0 }) },
-  };
-}
+    outbox: optSection({
+      tables: withDefault(
+        T.Array(section({ name: required('`table` or `schema.table`.'), columns }), {
+          description: 'The outbox tables (default: public.outbox).',
+          default: [{ name: 'public.outbox' }],
+        }),
+      ),
+      messages: optSection({
+        enabled: bool(true, 'Relay transactional pg_logical_emit_message events with the prefix.'),
+        prefix: str('outbox', 'Their prefix.'),
+      }),
+      onPoison: oneOf(['halt', 'dead-letter'], 'halt', 'What to do with a message that cannot be mapped or published.'),
+    }),
+    pipeline: optSection({
+      maxInFlightMessages: int(5_000, 'The most messages read from the WAL and not yet confirmed; reading pauses at the bound.', {
+        min: 1,
+      }),
+      maxInFlightBytes: size('64MiB', 'The same bound in bytes.', { min: 1024 }),
+      batchMaxMessages: int(2_000, 'The most messages handed to the broker at once.', { min: 1, max: 100_000 }),
+      batchMaxBytes: size('4MiB', 'The most bytes per batch.', { min: 1024 }),
+      linger: duration('5ms', 'How long a partial batch waits for more messages.', { min: 0, max: 10_000 }),
+      retry: backoff('200ms', '30s', 'after a retriable publish or dead-letter failure'),
+    }),
+    sink: optSection({
+      type: oneOf(['kafka', 'rabbitmq', 'stdout'], 'stdout', 'The broker.'),
+      stallTimeout: duration('5s', 'A call to the broker unanswered this long makes the sink stalled (not ready) until it answers.', {
+        min: 100,
+      }),
+      kafka: maybeSection(
+        {
+          brokers: T.Array(T.String({ minLength: 1 }), {
+            description: 'The bootstrap brokers, host:port (a string may hold a comma-separated list).',
+            minItems: 1,
+            'x-split': ',',
+          }),
+          clientId: str('outboxd', 'The Kafka client id.'),
+          topic: template('outbox.event.{aggregatetype}', 'The topic per message (a template).'),
+          deadLetterTopic: str('outbox.deadletter', 'The topic for dead letters.'),
+          compression: oneOf(['none', 'gzip'], 'none', 'Batch compression.'),
+          maxMessageBytes: size('1MiB', "The broker's or topic's max.message.bytes: a bigger message is poison.", { min: 1024 }),
+          connectionTimeout: duration('10s', 'The kafkajs connection timeout.', { min: 100 }),
+          requestTimeout: duration('30s', 'The kafkajs request timeout.', { min: 100 }),
+          autoCreateTopics: bool(true, 'Ask the broker to create a topic that does not exist (the broker decides).'),
+          ssl: tlsFiles('the brokers'),
+          sasl: maybeSection(
+            {
+              mechanism: enumOf(['plain', 'scram-sha-256', 'scram-sha-512'], 'The SASL mechanism.'),
+              username: required('The SASL user name.'),
+              password: optStr('The SASL password.'),
+              passwordFile: optStr('The SASL password, read from this file.'),
+            },
+            'SASL authentication.',
+            { 'x-exclusive': [['password', 'passwordFile']], 'x-one-of': [['password', 'passwordFile']] },
+          ),
+        },
+        'Kafka (sink.type: kafka).',
+      ),
+      rabbitmq: maybeSection(
+        {
+          url: required('The broker URL (amqp:// or amqps://); its path is the vhost.'),
+          password: optStr("Overrides the URL's password."),
+          passwordFile: optStr("Overrides the URL's password, read from this file."),
+          exchange: required('The exchange outboxd publishes to.'),
+          exchangeType: oneOf(['topic', 'direct', 'fanout', 'x-consistent-hash'], 'topic', 'The exchange type.'),
+          declare: bool(false, 'Declare the exchange (and the dead-letter exchange) at connect time.'),
+          routingKey: optTemplate(
+            'The routing key per message (a template). Default {aggregatetype}.{type}; {aggregateid} for x-consistent-hash.',
+          ),
+          deadLetterExchange: str('outbox.deadletter', 'The exchange for dead letters.'),
+          deadLetterRoutingKey: optStr("The routing key for dead letters (default: the message's own, or poison)."),
+          confirmTimeout: duration('30s', 'A batch whose publisher confirms do not all arrive by then fails and is retried.', { min: 100 }),
+          heartbeat: duration('10s', 'The AMQP heartbeat, in whole seconds; 0 disables it.', { min: 0, max: 3_600_000 }),
+          connectionTimeout: duration('10s', 'The connection timeout.', { min: 100 }),
+          maxMessageBytes: size('16MiB', "The broker's max_message_size: a bigger message is poison.", { min: 1024 }),
+          tls: tlsFiles('amqps:// URLs'),
+        },
+        'RabbitMQ (sink.type: rabbitmq).',
+        { 'x-exclusive': [['password', 'passwordFile']] },
+      ),
+      stdout: maybeSection(
+        {
+          destination: template('outbox.event.{aggregatetype}', 'The destination field of each JSON line (a template).'),
+          deadLetterDestination: str('outbox.deadletter', 'The destination of dead-letter lines.'),
+        },
+        'stdout (sink.type: stdout).',
+      ),
+    }),
+    http: optSection({
+      host: str('0.0.0.0', 'The listen address for /metrics, /livez and /readyz.'),
+      port: int(9187, 'The listen port; 0 picks a free one.', { min: 0, max: 65535 }),
+    }),
+    log: optSection({
+      level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info', 'The pino log level.'),
+    }),
+    shutdown: optSection({
+      grace: duration('30s', 'On SIGTERM, how long to wait for in-flight messages to be confirmed.', { min: 0 }),
+    }),
+  },
+  'outboxd configuration',
+);
 
-const POSTGRES_KEYS = [
-  'url',
-  'password',
-  'passwordFile',
-  'slot',
-  'publication',
-  'createSlot',
-  'createPublication',
-  'statusInterval',
-  'readCoalesce',
-  'heartbeat',
-  'lagPollInterval',
-  'connectTimeout',
-  'statementTimeout',
-  'lockTimeout',
-  'slotCreateTimeout',
-  'reconnect',
-] as const;
+/** The config file as written, after interpolation and validation, with every default filled in. */
+export type ConfigInput = Filled<typeof ConfigSchema>;
 
-function compilePostgres(s: Section): PostgresConfig {
-  const url = s.string('url');
-  if (!/^postgres(ql)?:\/\//.test(url)) {
-    throw new ConfigError(s.at('url'), 'must be a postgres:// or postgresql:// URL');
-  }
-  try {
-    new URL(url);
-  } catch {
-    throw new ConfigError(s.at('url'), 'is not a valid URL');
-  }
-  if (s.has('password') && s.has('passwordFile')) {
-    throw new ConfigError(s.at('passwordFile'), 'set either password or passwordFile, not both');
-  }
-  const heartbeat = s.section('heartbeat', ['interval', 'prefix']);
-  return {
-    url,
-    password: s.has('passwordFile') ? readSecret(s, 'passwordFile') : s.optString('password'),
-    slot: s.identifier('slot', DEFAULTS.slot),
-    publication: s.identifier('publication', DEFAULTS.publication),
-    createSlot: s.bool('createSlot', true),
-    createPublication: s.bool('createPublication', true),
-    statusIntervalMs: s.durationMs('statusInterval', DEFAULTS.statusInterval, { min: 100, max: 3_600_000 }),
-    readCoalesceMs: s.durationMs('readCoalesce', DEFAULTS.readCoalesce, { min: 0, max: 100 }),
-    heartbeatIntervalMs: heartbeat.durationMs('interval', DEFAULTS.heartbeatInterval, { min: 0 }),
-    heartbeatPrefix: heartbeat.string('prefix', DEFAULTS.heartbeatPrefix),
-    lagPollIntervalMs: s.durationMs('lagPollInterval', DEFAULTS.lagPollInterval, { min: 100 }),
-    connectTimeoutMs: s.durationMs('connectTimeout', DEFAULTS.connectTimeout, { min: 100 }),
-    statementTimeoutMs: s.durationMs('statementTimeout', DEFAULTS.statementTimeout, { min: 100 }),
-    lockTimeoutMs: s.durationMs('lockTimeout', DEFAULTS.lockTimeout, { min: 100 }),
-    slotCreateTimeoutMs: s.durationMs('slotCreateTimeout', DEFAULTS.slotCreateTimeout, { min: 1000 }),
-    reconnect: compileBackoff(s.section('reconnect', ['initial', 'max']), DEFAULTS.reconnectInitial, DEFAULTS.reconnectMax),
-  };
-}
+/**
+ * The value type of a validated schema: a defaulted key is always present, an optional one may
+ * be undefined, a mapping's keys are resolved the same way.
+ */
+type Filled<S> =
+  S extends TObject<infer P>
+    ? {
+        [K in keyof P]: P[K] extends Defaulted<TSchema>
+          ? Value<P[K]>
+          : P[K] extends TOptional<TSchema>
+            ? Value<P[K]> | undefined
+            : Value<P[K]>;
+      }
+    : Value<S>;
+type Value<S> = S extends TObject ? Filled<S> : S extends TArray<infer I> ? Value<I>[] : S extends TSchema ? Static<S> : never;
 
-function compileBackoff(s: Section, initial: string, max: string): BackoffConfig {
-  const initialMs = s.durationMs('initial', initial, { min: 1 });
-  const maxMs = s.durationMs('max', max, { min: 1 });
-  if (maxMs < initialMs) throw new ConfigError(s.at('max'), `must be at least ${s.path}.initial`);
-  return { initialMs, maxMs };
-}
+/** Any scalar may be written as a `${VAR}` to be interpolated: editors must accept that. */
+const INTERPOLATED = { type: 'string', pattern: '\\$\\{' };
 
-function compileOutbox(s: Section): OutboxConfig {
-  const tables = s.list('tables');
-  const compiled =
-    tables.length === 0 && !s.has('tables')
-      ? [compileTable(Section.of({ name: DEFAULTS.table }, s.at('tables[0]'), ['name']))]
-      : tables.map(({ value, path }) => compileTable(Section.of(value, path, ['name', 'columns'])));
-  const seen = new Set<string>();
-  compiled.forEach((t, i) => {
-    if (seen.has(t.qualified)) throw new ConfigError(`${s.at('tables')}[${i}].name`, `table ${t.qualified} is listed twice`);
-    seen.add(t.qualified);
-  });
-  const messages = s.section('messages', ['enabled', 'prefix']);
-  const enabled = messages.bool('enabled', true);
-  if (compiled.length === 0 && !enabled) {
-    throw new ConfigError(s.at('tables'), 'is empty and outbox.messages is disabled: nothing to relay');
-  }
-  return {
-    tables: compiled,
-    messages: { enabled, prefix: messages.string('prefix', DEFAULTS.messagePrefix) },
-    onPoison: s.oneOf('onPoison', ['halt', 'dead-letter'] as const, 'halt'),
-  };
-}
-
-function compileTable(s: Section): TableConfig {
-  const name = s.string('name');
-  const parts = name.split('.');
-  if (parts.length > 2 || parts.some((p) => p === '')) {
-    throw new ConfigError(s.at('name'), `must be "table" or "schema.table", got "${name}"`);
-  }
-  const [schema, table] = parts.length === 2 ? (parts as [string, string]) : ['public', parts[0] as string];
-  const cols = s.section('columns', COLUMN_FIELDS);
-  const columns = { ...DEFAULTS.columns };
-  for (const field of COLUMN_FIELDS) columns[field] = cols.string(field, DEFAULTS.columns[field]);
-  return { schema, table, qualified: `${quoteIdent(schema)}.${quoteIdent(table)}`, columns };
-}
-
-/** Quotes an identifier for SQL only when Postgres would need it. */
-export function quoteIdent(name: string): string {
-  return /^[a-z_][a-z0-9_$]*$/.test(name) ? name : `"${name.replace(/"/g, '""')}"`;
-}
-
-function compilePipeline(s: Section): PipelineConfig {
-  const batchMaxMessages = s.int('batchMaxMessages', DEFAULTS.batchMaxMessages, { min: 1, max: 100_000 });
-  const maxInFlightMessages = s.int('maxInFlightMessages', DEFAULTS.maxInFlightMessages, { min: 1 });
-  if (maxInFlightMessages < batchMaxMessages) {
-    throw new ConfigError(s.at('maxInFlightMessages'), `must be at least pipeline.batchMaxMessages (${batchMaxMessages})`);
-  }
-  return {
-    maxInFlightMessages,
-    maxInFlightBytes: s.sizeBytes('maxInFlightBytes', DEFAULTS.maxInFlightBytes, { min: 1024 }),
-    batchMaxMessages,
-    batchMaxBytes: s.sizeBytes('batchMaxBytes', DEFAULTS.batchMaxBytes, { min: 1024 }),
-    lingerMs: s.durationMs('linger', DEFAULTS.linger, { min: 0, max: 10_000 }),
-    retry: compileBackoff(s.section('retry', ['initial', 'max']), DEFAULTS.retryInitial, DEFAULTS.retryMax),
-  };
-}
-
-function compileSink(s: Section): SinkConfig {
-  const stallTimeoutMs = s.durationMs('stallTimeout', DEFAULTS.stallTimeout, { min: 100 });
-  const type = s.oneOf('type', ['kafka', 'rabbitmq', 'stdout'] as const, 'stdout');
-  for (const other of ['kafka', 'rabbitmq', 'stdout'] as const) {
-    if (other !== type && s.has(other)) {
-      throw new ConfigError(s.at(other), `is set but sink.type is ${type}; remove it or set sink.type: ${other}`);
+/**
+ * The JSON Schema of the config file, for editors (`config/outboxd.schema.json`): the schema
+ * above as JSON, where every scalar may also be a `${VAR}` string and a string list also a single
+ * comma-separated string.
+ */
+export function toJsonSchema(): Record<string, unknown> {
+  type Node = Record<string, unknown>;
+  const relax = (s: Node): Node => {
+    if (s.type === 'object') {
+      const props = s.properties as Record<string, Node>;
+      const rules = [
+        // A secret and its file: not both, and (for x-one-of) one of them.
+        ...((s['x-exclusive'] as string[][] | undefined) ?? []).map((keys) => ({ not: { required: keys } })),
+        ...((s['x-one-of'] as string[][] | undefined) ?? []).map((keys) => ({ anyOf: keys.map((k) => ({ required: [k] })) })),
+      ];
+      return {
+        ...s,
+        properties: Object.fromEntries(Object.entries(props).map(([k, v]) => [k, relax(v)])),
+        ...(rules.length > 0 ? { allOf: rules } : {}),
+      };
     }
-  }
-  if (type === 'kafka') {
-    return {
-      type,
-      stallTimeoutMs,
-      kafka: compileKafka(
-        s.section('kafka', [
-          'brokers',
-          'clientId',
-          'topic',
-          'deadLetterTopic',
-          'compression',
-          'maxMessageBytes',
-          'connectionTimeout',
-          'requestTimeout',
-          'autoCreateTopics',
-          'ssl',
-          'sasl',
-        ]),
-      ),
-    };
-  }
-  if (type === 'rabbitmq') {
-    return {
-      type,
-      stallTimeoutMs,
-      rabbitmq: compileRabbitMq(
-        s.section('rabbitmq', [
-          'url',
-          'password',
-          'passwordFile',
-          'exchange',
-          'exchangeType',
-          'declare',
-          'routingKey',
-          'deadLetterExchange',
-          'deadLetterRoutingKey',
-          'confirmTimeout',
-          'heartbeat',
-          'connectionTimeout',
-          'maxMessageBytes',
-          'tls',
-        ]),
-      ),
-    };
-  }
-  const out = s.section('stdout', ['destination', 'deadLetterDestination']);
+    if (s.type === 'array') {
+      const arr = { ...s, items: relax(s.items as Node) };
+      return s['x-split'] ? { description: s.description, anyOf: [arr, { type: 'string' }] } : arr;
+    }
+    if (Array.isArray(s.anyOf)) return { ...s, anyOf: [...(s.anyOf as Node[]).map(relax), INTERPOLATED] };
+    const { description, default: fallback, ...rest } = s;
+    if (rest.type === 'string' && rest.pattern === undefined) return s;
+    return { description, ...(fallback === undefined ? {} : { default: fallback }), anyOf: [rest, INTERPOLATED] };
+  };
   return {
-    type,
-    stallTimeoutMs,
-    stdout: {
-      destination: template(out, 'destination', DEFAULTS.kafkaTopic),
-      deadLetterDestination: out.string('deadLetterDestination', DEFAULTS.deadLetterTopic),
-    },
+    $schema: 'https://json-schema.org/draft/2020-12/schema',
+    $id: 'https://outboxd.dev/config/outboxd.schema.json',
+    title: 'outboxd configuration',
+    ...relax(JSON.parse(JSON.stringify(ConfigSchema)) as Node),
   };
 }
 
-function compileKafka(s: Section): KafkaSinkConfig {
-  const brokers = s.stringList('brokers');
-  if (brokers.length === 0) throw new ConfigError(s.at('brokers'), 'is required: a list of host:port');
-  brokers.forEach((b, i) => {
-    if (!/^[^\s:]+:\d{1,5}$/.test(b)) throw new ConfigError(`${s.at('brokers')}[${i}]`, `must be host:port, got "${b}"`);
-  });
-  return {
-    brokers,
-    clientId: s.string('clientId', DEFAULTS.kafkaClientId),
-    topic: template(s, 'topic', DEFAULTS.kafkaTopic),
-    deadLetterTopic: s.string('deadLetterTopic', DEFAULTS.deadLetterTopic),
-    compression: s.oneOf('compression', ['none', 'gzip'] as const, 'none'),
-    maxMessageBytes: s.sizeBytes('maxMessageBytes', DEFAULTS.kafkaMaxMessageBytes, { min: 1024 }),
-    connectionTimeoutMs: s.durationMs('connectionTimeout', DEFAULTS.kafkaConnectionTimeout, { min: 100 }),
-    requestTimeoutMs: s.durationMs('requestTimeout', DEFAULTS.kafkaRequestTimeout, { min: 100 }),
-    autoCreateTopics: s.bool('autoCreateTopics', true),
-    ssl: compileTls(s),
-    sasl: compileSasl(s),
-  };
-}
-
-function compileRabbitMq(s: Section): RabbitMqSinkConfig {
-  let url = s.string('url');
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw new ConfigError(s.at('url'), 'is not a valid URL');
+/** The default of a key by its YAML path (`http.port`), as the schema declares it. */
+export function defaultOf(path: string): unknown {
+  let node: TSchema = ConfigSchema;
+  for (const key of path.split('.')) {
+    const next = (node.properties as Record<string, TSchema> | undefined)?.[key];
+    if (!next) throw new Error(`config schema: no key ${path}`);
+    node = next;
   }
-  if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
-    throw new ConfigError(s.at('url'), `must be an amqp:// or amqps:// URL, got ${parsed.protocol}//`);
-  }
-  if (s.has('password') && s.has('passwordFile')) {
-    throw new ConfigError(s.at('passwordFile'), 'set either password or passwordFile, not both');
-  }
-  const password = s.has('passwordFile') ? readSecret(s, 'passwordFile') : s.optString('password');
-  if (password !== undefined) {
-    parsed.password = encodeURIComponent(password);
-    url = parsed.toString();
-  }
-  const exchangeType = s.oneOf('exchangeType', ['topic', 'direct', 'fanout', 'x-consistent-hash'] as const, 'topic');
-  const dlrk = s.optString('deadLetterRoutingKey');
-  return {
-    url,
-    exchange: s.string('exchange'),
-    exchangeType,
-    declare: s.bool('declare', false),
-    routingKey: template(s, 'routingKey', exchangeType === 'x-consistent-hash' ? DEFAULTS.routingKeyConsistentHash : DEFAULTS.routingKey),
-    deadLetterExchange: s.string('deadLetterExchange', DEFAULTS.deadLetterExchange),
-    deadLetterRoutingKey: dlrk === undefined || dlrk === '' ? null : dlrk,
-    confirmTimeoutMs: s.durationMs('confirmTimeout', DEFAULTS.confirmTimeout, { min: 100 }),
-    heartbeatSeconds: Math.round(s.durationMs('heartbeat', DEFAULTS.amqpHeartbeat, { min: 0, max: 3_600_000 }) / 1000),
-    connectionTimeoutMs: s.durationMs('connectionTimeout', DEFAULTS.kafkaConnectionTimeout, { min: 100 }),
-    maxMessageBytes: s.sizeBytes('maxMessageBytes', DEFAULTS.rabbitMaxMessageBytes, { min: 1024 }),
-    tls: compileTls(s, 'tls'),
-  };
-}
-
-function compileTls(parent: Section, key = 'ssl'): TlsConfig | undefined {
-  const raw = parent.raw_(key);
-  if (raw === undefined || raw === null || raw === false || raw === 'false' || raw === '') return undefined;
-  if (raw === true || raw === 'true')
-    return { ca: undefined, cert: undefined, key: undefined, rejectUnauthorized: true, servername: undefined };
-  const s = parent.section(key, ['caFile', 'certFile', 'keyFile', 'rejectUnauthorized', 'servername']);
-  return {
-    ca: s.has('caFile') ? readSecret(s, 'caFile') : undefined,
-    cert: s.has('certFile') ? readSecret(s, 'certFile') : undefined,
-    key: s.has('keyFile') ? readSecret(s, 'keyFile') : undefined,
-    rejectUnauthorized: s.bool('rejectUnauthorized', true),
-    servername: s.optString('servername'),
-  };
-}
-
-function compileSasl(parent: Section): SaslConfig | undefined {
-  if (!parent.has('sasl')) return undefined;
-  const s = parent.section('sasl', ['mechanism', 'username', 'password', 'passwordFile']);
-  if (s.has('password') && s.has('passwordFile')) {
-    throw new ConfigError(s.at('passwordFile'), 'set either password or passwordFile, not both');
-  }
-  const password = s.has('passwordFile') ? readSecret(s, 'passwordFile') : s.string('password');
-  return {
-    mechanism: s.oneOf('mechanism', ['plain', 'scram-sha-256', 'scram-sha-512'] as const),
-    username: s.string('username'),
-    password,
-  };
-}
-
-function compileHttp(s: Section): { host: string; port: number } {
-  return { host: s.string('host', DEFAULTS.httpHost), port: s.int('port', DEFAULTS.httpPort, { min: 0, max: 65535 }) };
-}
-
-function template(s: Section, key: string, fallback: string): Template {
-  const text = s.string(key, fallback);
-  try {
-    return parseTemplate(text);
-  } catch (err) {
-    throw new ConfigError(s.at(key), (err as Error).message);
-  }
-}
-
-function readSecret(s: Section, key: string): string {
-  const file = s.string(key);
-  try {
-    return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
-  } catch (err) {
-    throw new ConfigError(s.at(key), `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? describe(err)}`);
-  }
+  return node.default;
 }

@@ -1,4 +1,4 @@
-import type { SinkConfig } from '../config/schema.js';
+import type { SinkConfig } from '../config/config.js';
 import { MissingDestinationError, type OutboxdError, type SinkError } from '../errors.js';
 import type { RelayState } from '../interfaces.js';
 import type { Liveness } from './liveness.js';

@@ -1,6 +1,6 @@
 import { pino, destination as pinoDestination, stdTimeFunctions } from 'pino';
 import type { Logger } from 'pino';
-import type { LogLevel } from '../config/schema.js';
+import type { LogLevel } from '../config/config.js';
 import { redact, redactDeep } from './redact.js';
 
 export type { Logger } from 'pino';

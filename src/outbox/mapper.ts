@@ -1,7 +1,8 @@
 import { isUtf8 } from 'node:buffer';
 import { PoisonError } from '../errors.js';
 import type { OutboxMessage, TxnRef } from '../interfaces.js';
-import { COLUMN_FIELDS, type TableConfig } from '../config/schema.js';
+import type { TableConfig } from '../config/config.js';
+import { COLUMN_FIELDS } from '../config/schema.js';
 import type { Relation } from '../source/pgoutput.js';
 import { type JsonSpan, JsonSyntaxError, LoneSurrogateError, scanObject, unescapeString } from './json.js';
 import { type Template, renderTemplate } from './template.js';

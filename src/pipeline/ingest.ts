@@ -1,5 +1,6 @@
 import type { Txn, Watermark } from '../checkpoint/watermark.js';
-import { type Config, REQUIRED_COLUMN_FIELDS, type TableConfig } from '../config/schema.js';
+import type { Config, TableConfig } from '../config/config.js';
+import { REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { ConfigError, OutboxdError, PoisonError } from '../errors.js';
 import type { DeadLetter } from '../interfaces.js';
 import type { Lsn } from '../lsn.js';

@@ -1,4 +1,4 @@
-import type { PipelineConfig, PoisonPolicy } from '../config/schema.js';
+import type { PipelineConfig, PoisonPolicy } from '../config/config.js';
 import { OutboxdError, type PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Txn, Watermark } from '../checkpoint/watermark.js';

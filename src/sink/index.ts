@@ -1,4 +1,4 @@
-import type { SinkConfig } from '../config/schema.js';
+import type { SinkConfig } from '../config/config.js';
 import type { Sink } from '../interfaces.js';
 import { LabelLimiter, MAX_DESTINATION_LABELS, OTHER } from '../observability/labels.js';
 import type { Logger } from '../observability/logger.js';

@@ -1,5 +1,5 @@
 import kafkajs from 'kafkajs';
-import type { KafkaSinkConfig } from '../config/schema.js';
+import type { KafkaSinkConfig } from '../config/config.js';
 import { MissingDestinationError, PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';

@@ -1,4 +1,4 @@
-import type { Config } from '../config/schema.js';
+import type { Config } from '../config/config.js';
 
 /**
  * The largest message the configured sink can carry, and so the largest column value or logical

@@ -1,5 +1,5 @@
 import amqp from 'amqplib';
-import type { RabbitMqSinkConfig } from '../config/schema.js';
+import type { RabbitMqSinkConfig } from '../config/config.js';
 import { PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';

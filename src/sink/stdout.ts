@@ -1,4 +1,4 @@
-import type { StdoutSinkConfig } from '../config/schema.js';
+import type { StdoutSinkConfig } from '../config/config.js';
 import { type PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';

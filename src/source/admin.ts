@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { PostgresConfig } from '../config/schema.js';
+import type { PostgresConfig } from '../config/config.js';
 import type { Logger } from '../observability/logger.js';
 import { connectAdmin } from './connect.js';
 

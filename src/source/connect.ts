@@ -1,5 +1,5 @@
 import pg from 'pg';
-import type { PostgresConfig } from '../config/schema.js';
+import type { PostgresConfig } from '../config/config.js';
 import { classifyPgError } from './pg-errors.js';
 
 /** Connections to Postgres: their options, and the admin connection for plain SQL. */

@@ -1,4 +1,4 @@
-import type { PostgresConfig } from '../config/schema.js';
+import type { PostgresConfig } from '../config/config.js';
 import type { Logger } from '../observability/logger.js';
 import { type Metrics, setOneHot } from '../observability/metrics.js';
 import type { AdminConnection } from './admin.js';

@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { Config, TableConfig } from '../config/schema.js';
+import type { Config, TableConfig } from '../config/config.js';
 import { ConfigError, OutboxdError } from '../errors.js';
 import { classifyPgError } from './pg-errors.js';
 

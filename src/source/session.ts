@@ -1,5 +1,5 @@
 import type { Watermark } from '../checkpoint/watermark.js';
-import type { Config } from '../config/schema.js';
+import type { Config } from '../config/config.js';
 import { ConfigError, type OutboxdError, PoisonError, SlotBusyError, SlotError } from '../errors.js';
 import { ZERO_LSN, formatLsn } from '../lsn.js';
 import type { Liveness } from '../observability/liveness.js';

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import type { PostgresConfig } from '../config/schema.js';
+import type { PostgresConfig } from '../config/config.js';
 import { ConfigError, PgConnectionError, SlotError } from '../errors.js';
 import { type Lsn, parseLsn } from '../lsn.js';
 import { connectAdmin, serverVersion } from './connect.js';

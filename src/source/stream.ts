@@ -1,6 +1,6 @@
 import pg from 'pg';
 import type { Watermark } from '../checkpoint/watermark.js';
-import type { PostgresConfig } from '../config/schema.js';
+import type { PostgresConfig } from '../config/config.js';
 import { OutboxdError, PgConnectionError } from '../errors.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';

@@ -22,7 +22,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, 
 import { tmpdir } from 'node:os';
 import { dirname, join, posix } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DEFAULTS } from '../../src/config/schema.js';
+import { defaultOf } from '../../src/config/schema.js';
 import { getFreePort } from '../harness/ports.js';
 import { ROOT, TestDb, until } from './support.js';
 import { pgUrl } from '../harness/services.js';
@@ -271,7 +271,8 @@ function buildEnv(stageEnv: ReadonlyMap<string, string>): NodeJS.ProcessEnv {
     HOME: process.env.HOME,
     npm_config_update_notifier: 'false',
   };
-  for (const k of ['TMPDIR', 'npm_config_cache', 'npm_config_registry', 'HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY']) {
+  // The machine's way to the registry: proxies and the CAs that sign for them.
+  for (const k of ['TMPDIR', 'npm_config_cache', 'npm_config_registry', 'HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'NODE_EXTRA_CA_CERTS']) {
     for (const name of [k, k.toLowerCase()]) if (process.env[name] !== undefined) env[name] = process.env[name];
   }
   for (const [k, v] of stageEnv) env[k] = v;
@@ -490,7 +491,7 @@ describe('Dockerfile', () => {
       'ARG VERSION in the runtime stage',
     ).toBe(true);
     expect(final('ENV').flatMap((e) => parsePairs(e.rest))).toContainEqual(['NODE_ENV', 'production']);
-    expect(final('EXPOSE').flatMap((e) => e.rest.trim().split(/\s+/))).toContain(String(DEFAULTS.httpPort));
+    expect(final('EXPOSE').flatMap((e) => e.rest.trim().split(/\s+/))).toContain(String(defaultOf('http.port')));
   });
 
   it('runs as a numeric non-root user, under tini, starting node on dist/main.js (not npm)', () => {

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
-import { DEFAULTS } from '../../src/config/schema.js';
+import { defaultOf } from '../../src/config/schema.js';
 import { MAIN, ROOT, helmBinary } from './support.js';
 
 const CHART = join(ROOT, 'helm/outboxd');
@@ -192,8 +192,8 @@ describe('helm chart helm/outboxd', () => {
     expect(chart.name).toBe('outboxd');
     expect(chart.appVersion).toBe(pkg.version);
     const values = parse(readFileSync(join(CHART, 'values.yaml'), 'utf8')) as { http: { port: number }; service: { port: number } };
-    expect(values.http.port).toBe(DEFAULTS.httpPort);
-    expect(values.service.port).toBe(DEFAULTS.httpPort);
+    expect(values.http.port).toBe(defaultOf('http.port'));
+    expect(values.service.port).toBe(defaultOf('http.port'));
   });
 
   it('has the four ci values files', () => {
@@ -223,7 +223,7 @@ describe('helm chart helm/outboxd', () => {
       // Image and args agree with the Dockerfile's CMD; the port with outboxd's default.
       const cmd = JSON.parse(/^CMD\s+(\[.*\])\s*$/m.exec(dockerfile)?.[1] ?? '[]') as string[];
       expect(c.args).toEqual(cmd);
-      expect(c.ports).toEqual([{ name: 'http', containerPort: DEFAULTS.httpPort, protocol: 'TCP' }]);
+      expect(c.ports).toEqual([{ name: 'http', containerPort: defaultOf('http.port'), protocol: 'TCP' }]);
       expect(c.image).toMatch(/^[^:@]+(:[\w.-]+|@sha256:[0-9a-f]{64})$/);
 
       // Probes.
@@ -256,7 +256,7 @@ describe('helm chart helm/outboxd', () => {
 
       // Shutdown: Kubernetes waits longer than outboxd drains.
       const config = parse(out.configText) as Obj;
-      const grace = String(at(config, 'shutdown', 'grace') ?? DEFAULTS.shutdownGrace);
+      const grace = String(at(config, 'shutdown', 'grace') ?? defaultOf('shutdown.grace'));
       const graceS = /^(\d+)s$/.exec(grace)
         ? Number.parseInt(grace, 10)
         : /^(\d+)m$/.exec(grace)
@@ -268,7 +268,7 @@ describe('helm chart helm/outboxd', () => {
       const svc = out.one('Service').spec as Obj;
       expect(svc.type).toBe('ClusterIP');
       expect(svc.publishNotReadyAddresses).toBe(true);
-      expect(svc.ports).toEqual([{ name: 'http', port: DEFAULTS.httpPort, targetPort: 'http', protocol: 'TCP' }]);
+      expect(svc.ports).toEqual([{ name: 'http', port: defaultOf('http.port'), targetPort: 'http', protocol: 'TCP' }]);
       expect(svc.selector).toEqual(d.selector.matchLabels);
 
       // Optional objects only when enabled.
@@ -280,7 +280,7 @@ describe('helm chart helm/outboxd', () => {
     it('renders a config that parses, carries the values and that `outboxd validate` accepts', () => {
       const out = template(args);
       const config = parse(out.configText) as Obj;
-      expect(at(config, 'http', 'port')).toBe(DEFAULTS.httpPort);
+      expect(at(config, 'http', 'port')).toBe(defaultOf('http.port'));
       const given = at(values, 'config', 'postgres', 'url');
       expect(at(config, 'postgres', 'url')).toBe(given ?? '${OUTBOXD_PG_URL:?set OUTBOXD_PG_URL, e.g. as a key of existingSecret}');
       expect(at(config, 'sink', 'type')).toBe(at(values, 'config', 'sink', 'type') ?? 'stdout');

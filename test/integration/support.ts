@@ -12,7 +12,7 @@ import kafkajs from 'kafkajs';
 import pg from 'pg';
 import { outboxDdl } from '../../src/commands/setup.js';
 import { parseConfig } from '../../src/config/load.js';
-import type { TableConfig } from '../../src/config/schema.js';
+import type { TableConfig } from '../../src/config/config.js';
 import { getFreePort } from '../harness/ports.js';
 
 export const ROOT = join(import.meta.dirname, '../..');

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { type Txn, Watermark } from '../../src/checkpoint/watermark.js';
-import type { PipelineConfig, PoisonPolicy } from '../../src/config/schema.js';
+import type { PipelineConfig, PoisonPolicy } from '../../src/config/config.js';
 import { type OutboxdError, PoisonError, SinkError } from '../../src/errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';
 import { createLogger } from '../../src/observability/logger.js';

@@ -1,0 +1,250 @@
+import { readFileSync } from 'node:fs';
+import { ConfigError } from '../errors.js';
+import { parseTemplate, type Template } from '../outbox/template.js';
+import { COLUMN_FIELDS, type ColumnField, ConfigSchema, type ConfigInput } from './schema.js';
+import { parseDurationMs, parseSizeBytes } from './units.js';
+import { describe, validate } from './validate.js';
+
+/**
+ * From the file as written (schema.ts) to the config the code uses: durations as `…Ms`, sizes
+ * as `…Bytes`, templates parsed, secrets read from their files, the rules that span keys checked.
+ * The types below derive from these functions; nothing restates the keys.
+ */
+export function compileConfig(doc: unknown): Config {
+  const v = validate(ConfigSchema, doc) as ConfigInput;
+  return {
+    postgres: compilePostgres(v.postgres),
+    outbox: compileOutbox(v.outbox),
+    pipeline: compilePipeline(v.pipeline),
+    sink: compileSink(v.sink),
+    http: v.http,
+    log: v.log,
+    shutdown: { graceMs: ms(v.shutdown.grace) },
+  };
+}
+
+export type Config = {
+  postgres: PostgresConfig;
+  outbox: OutboxConfig;
+  pipeline: PipelineConfig;
+  sink: SinkConfig;
+  http: ConfigInput['http'];
+  log: ConfigInput['log'];
+  shutdown: { graceMs: number };
+};
+export type PostgresConfig = ReturnType<typeof compilePostgres>;
+export type OutboxConfig = ReturnType<typeof compileOutbox>;
+export type TableConfig = ReturnType<typeof compileTable>;
+export type PipelineConfig = ReturnType<typeof compilePipeline>;
+export type BackoffConfig = ReturnType<typeof compileBackoff>;
+export type SinkConfig = ReturnType<typeof compileSink>;
+export type KafkaSinkConfig = ReturnType<typeof compileKafka>;
+export type RabbitMqSinkConfig = ReturnType<typeof compileRabbitMq>;
+export type StdoutSinkConfig = ReturnType<typeof compileStdout>;
+export type TlsConfig = NonNullable<ReturnType<typeof compileTls>>;
+export type PoisonPolicy = OutboxConfig['onPoison'];
+export type LogLevel = Config['log']['level'];
+export type ExchangeType = RabbitMqSinkConfig['exchangeType'];
+export type ColumnMap = Record<ColumnField, string>;
+
+/** A validated duration or size (validate.ts checked it parses). */
+const ms = (d: string): number => parseDurationMs(d) as number;
+const bytes = (s: string): number => parseSizeBytes(s) as number;
+
+function compilePostgres(p: ConfigInput['postgres']) {
+  if (!/^postgres(ql)?:\/\//.test(p.url)) throw new ConfigError('postgres.url', 'must be a postgres:// or postgresql:// URL');
+  try {
+    new URL(p.url);
+  } catch {
+    throw new ConfigError('postgres.url', 'is not a valid URL');
+  }
+  return {
+    url: p.url,
+    /** Overrides the URL's password; from `passwordFile` or `password`. */
+    password: p.passwordFile !== undefined ? readSecret('postgres.passwordFile', p.passwordFile) : p.password,
+    slot: p.slot,
+    publication: p.publication,
+    createPublication: p.createPublication,
+    createSlot: p.createSlot,
+    statusIntervalMs: ms(p.statusInterval),
+    readCoalesceMs: ms(p.readCoalesce),
+    heartbeatIntervalMs: ms(p.heartbeat.interval),
+    heartbeatPrefix: p.heartbeat.prefix,
+    lagPollIntervalMs: ms(p.lagPollInterval),
+    connectTimeoutMs: ms(p.connectTimeout),
+    statementTimeoutMs: ms(p.statementTimeout),
+    lockTimeoutMs: ms(p.lockTimeout),
+    slotCreateTimeoutMs: ms(p.slotCreateTimeout),
+    reconnect: compileBackoff('postgres.reconnect', p.reconnect),
+  };
+}
+
+function compileBackoff(path: string, b: { initial: string; max: string }) {
+  const initialMs = ms(b.initial);
+  const maxMs = ms(b.max);
+  if (maxMs < initialMs) throw new ConfigError(`${path}.max`, `must be at least ${path}.initial`);
+  return { initialMs, maxMs };
+}
+
+function compileOutbox(o: ConfigInput['outbox']) {
+  const tables = o.tables.map((t, i) => compileTable(`outbox.tables[${i}]`, t));
+  const seen = new Set<string>();
+  tables.forEach((t, i) => {
+    if (seen.has(t.qualified)) throw new ConfigError(`outbox.tables[${i}].name`, `table ${t.qualified} is listed twice`);
+    seen.add(t.qualified);
+  });
+  if (tables.length === 0 && !o.messages.enabled) {
+    throw new ConfigError('outbox.tables', 'is empty and outbox.messages is disabled: nothing to relay');
+  }
+  return { tables, messages: o.messages, onPoison: o.onPoison };
+}
+
+function compileTable(path: string, t: ConfigInput['outbox']['tables'][number]) {
+  const parts = t.name.split('.');
+  if (parts.length > 2 || parts.some((p) => p === ''))
+    throw new ConfigError(`${path}.name`, `must be "table" or "schema.table", got "${t.name}"`);
+  const [schema, table] = parts.length === 2 ? (parts as [string, string]) : ['public', parts[0] as string];
+  const columns = Object.fromEntries(COLUMN_FIELDS.map((f) => [f, t.columns[f]])) as ColumnMap;
+  return { schema, table, qualified: `${quoteIdent(schema)}.${quoteIdent(table)}`, columns };
+}
+
+/** Quotes an identifier for SQL only when Postgres would need it. */
+export function quoteIdent(name: string): string {
+  return /^[a-z_][a-z0-9_$]*$/.test(name) ? name : `"${name.replace(/"/g, '""')}"`;
+}
+
+function compilePipeline(p: ConfigInput['pipeline']) {
+  if (p.maxInFlightMessages < p.batchMaxMessages) {
+    throw new ConfigError('pipeline.maxInFlightMessages', `must be at least pipeline.batchMaxMessages (${p.batchMaxMessages})`);
+  }
+  return {
+    maxInFlightMessages: p.maxInFlightMessages,
+    maxInFlightBytes: bytes(p.maxInFlightBytes),
+    batchMaxMessages: p.batchMaxMessages,
+    batchMaxBytes: bytes(p.batchMaxBytes),
+    lingerMs: ms(p.linger),
+    retry: compileBackoff('pipeline.retry', p.retry),
+  };
+}
+
+function compileSink(s: ConfigInput['sink']) {
+  for (const other of ['kafka', 'rabbitmq', 'stdout'] as const) {
+    if (other !== s.type && s[other] !== undefined) {
+      throw new ConfigError(`sink.${other}`, `is set but sink.type is ${s.type}; remove it or set sink.type: ${other}`);
+    }
+  }
+  const stallTimeoutMs = ms(s.stallTimeout);
+  if (s.type === 'kafka') {
+    if (s.kafka === undefined) throw new ConfigError('sink.kafka.brokers', 'is required: a list of host:port');
+    return { type: s.type, stallTimeoutMs, kafka: compileKafka(s.kafka) };
+  }
+  if (s.type === 'rabbitmq') {
+    if (s.rabbitmq === undefined) throw new ConfigError('sink.rabbitmq.url', 'is required');
+    return { type: s.type, stallTimeoutMs, rabbitmq: compileRabbitMq(s.rabbitmq) };
+  }
+  return { type: s.type, stallTimeoutMs, stdout: compileStdout(s.stdout ?? (validate(STDOUT, {}, 'sink.stdout') as StdoutInput)) };
+}
+
+const STDOUT = ConfigSchema.properties.sink.properties.stdout;
+type StdoutInput = NonNullable<ConfigInput['sink']['stdout']>;
+
+function compileKafka(k: NonNullable<ConfigInput['sink']['kafka']>) {
+  k.brokers.forEach((b, i) => {
+    if (!/^[^\s:]+:\d{1,5}$/.test(b)) throw new ConfigError(`sink.kafka.brokers[${i}]`, `must be host:port, got "${b}"`);
+  });
+  return {
+    brokers: k.brokers,
+    clientId: k.clientId,
+    topic: template(k.topic),
+    deadLetterTopic: k.deadLetterTopic,
+    compression: k.compression,
+    /** The broker's (or topic's) max message size: a bigger message is poison, not a retry loop. */
+    maxMessageBytes: bytes(k.maxMessageBytes),
+    connectionTimeoutMs: ms(k.connectionTimeout),
+    requestTimeoutMs: ms(k.requestTimeout),
+    autoCreateTopics: k.autoCreateTopics,
+    ssl: compileTls('sink.kafka.ssl', k.ssl),
+    sasl: k.sasl && {
+      mechanism: k.sasl.mechanism,
+      username: k.sasl.username,
+      password:
+        k.sasl.passwordFile !== undefined ? readSecret('sink.kafka.sasl.passwordFile', k.sasl.passwordFile) : (k.sasl.password as string),
+    },
+  };
+}
+
+function compileRabbitMq(r: NonNullable<ConfigInput['sink']['rabbitmq']>) {
+  let parsed: URL;
+  try {
+    parsed = new URL(r.url);
+  } catch {
+    throw new ConfigError('sink.rabbitmq.url', 'is not a valid URL');
+  }
+  if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
+    throw new ConfigError('sink.rabbitmq.url', `must be an amqp:// or amqps:// URL, got ${parsed.protocol}//`);
+  }
+  const password = r.passwordFile !== undefined ? readSecret('sink.rabbitmq.passwordFile', r.passwordFile) : r.password;
+  if (password !== undefined) parsed.password = encodeURIComponent(password);
+  return {
+    /** amqp:// or amqps:// URL; the vhost is its path. */
+    url: password !== undefined ? parsed.toString() : r.url,
+    exchange: r.exchange,
+    exchangeType: r.exchangeType,
+    declare: r.declare,
+    routingKey: template(r.routingKey ?? (r.exchangeType === 'x-consistent-hash' ? '{aggregateid}' : '{aggregatetype}.{type}')),
+    deadLetterExchange: r.deadLetterExchange,
+    /** null: the message's own routing key (or `poison`). */
+    deadLetterRoutingKey: r.deadLetterRoutingKey ?? null,
+    confirmTimeoutMs: ms(r.confirmTimeout),
+    heartbeatSeconds: Math.round(ms(r.heartbeat) / 1000),
+    connectionTimeoutMs: ms(r.connectionTimeout),
+    maxMessageBytes: bytes(r.maxMessageBytes),
+    tls: compileTls('sink.rabbitmq.tls', r.tls),
+  };
+}
+
+function compileStdout(s: StdoutInput) {
+  return { destination: template(s.destination), deadLetterDestination: s.deadLetterDestination };
+}
+
+type TlsInput = NonNullable<ConfigInput['sink']['kafka']>['ssl'];
+
+function compileTls(path: string, t: TlsInput) {
+  if (t === undefined || t === false) return undefined;
+  if (t === true) return { ca: undefined, cert: undefined, key: undefined, rejectUnauthorized: true, servername: undefined };
+  return {
+    ca: t.caFile === undefined ? undefined : readSecret(`${path}.caFile`, t.caFile),
+    cert: t.certFile === undefined ? undefined : readSecret(`${path}.certFile`, t.certFile),
+    key: t.keyFile === undefined ? undefined : readSecret(`${path}.keyFile`, t.keyFile),
+    rejectUnauthorized: t.rejectUnauthorized ?? true,
+    servername: t.servername,
+  };
+}
+
+/** A template the validation already parsed once. */
+function template(text: string): Template {
+  return parseTemplate(text);
+}
+
+function readSecret(path: string, file: string): string {
+  try {
+    return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  } catch (err) {
+    throw new ConfigError(path, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? describe(err)}`);
+  }
+}
+
+/** The secret values a config holds (passwords, TLS private keys), for the redaction. */
+export function secretsOf(cfg: Config): string[] {
+  const urlPassword = (url: string) => {
+    try {
+      return decodeURIComponent(new URL(url).password);
+    } catch {
+      return '';
+    }
+  };
+  const out = [cfg.postgres.password ?? '', urlPassword(cfg.postgres.url)];
+  if (cfg.sink.type === 'kafka') out.push(cfg.sink.kafka.sasl?.password ?? '', cfg.sink.kafka.ssl?.key ?? '');
+  if (cfg.sink.type === 'rabbitmq') out.push(urlPassword(cfg.sink.rabbitmq.url), cfg.sink.rabbitmq.tls?.key ?? '');
+  return out.filter((s) => s !== '');
+}
