@@ -1,7 +1,7 @@
 import type { Server } from 'node:http';
 import { Watermark } from './checkpoint/watermark.js';
 import type { Config } from './config/config.js';
-import { ExitCode, OutboxdError, SinkError, exitCodeFor } from './errors.js';
+import { ExitCode, OutboxdError, exitCodeFor } from './errors.js';
 import type { RelayState, Sink } from './interfaces.js';
 import { ZERO_LSN, formatLsn } from './lsn.js';
 import { Health } from './observability/health.js';
@@ -12,8 +12,7 @@ import { type Metrics, createMetrics } from './observability/metrics.js';
 import { OutboxMapper } from './outbox/mapper.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Pipeline } from './pipeline/pipeline.js';
-import { retry, worthLogging } from './retry.js';
-import { type SinkFactory, destinationLabel, destinationTemplate, loadSink } from './sink/index.js';
+import { type SinkFactory, connectSink, destinationLabel, destinationTemplate, loadSink } from './sink/index.js';
 import { Source } from './source/session.js';
 
 /**
@@ -111,16 +110,7 @@ export class Relay {
     this.pipeline.start();
     const signal = this.stopping.signal;
     const run = async () => {
-      await retry(() => this.sink.connect(), {
-        backoff: postgres.reconnect,
-        signal,
-        isRetriable: (err) => !(err instanceof SinkError) || err.retriable,
-        onRetry: (err, attempt, waitMs) => {
-          if (err instanceof SinkError) this.health.sinkHealth(false, err);
-          if (worthLogging(attempt)) this.log.warn({ err, attempt, retryInMs: waitMs }, `${sink.type} unavailable, retrying`);
-        },
-      });
-      this.health.sinkHealth(true);
+      await connectSink(this.sink, postgres.reconnect, signal, this.health, this.log);
       await this.source.run(signal);
     };
     void run().catch((err: unknown) => {

@@ -39,8 +39,6 @@ const duration = (fallback: string, description: string, range: Range = {}) =>
   withDefault(
     T.String({ default: fallback, description, pattern: DURATION_PATTERN, 'x-kind': 'duration', 'x-min': range.min, 'x-max': range.max }),
   );
-const optDuration = (description: string, range: Range = {}) =>
-  T.Optional(T.String({ description, pattern: DURATION_PATTERN, 'x-kind': 'duration', 'x-min': range.min, 'x-max': range.max }));
 const size = (fallback: string, description: string, range: Range = {}) =>
   withDefault(
     T.String({ default: fallback, description, pattern: SIZE_PATTERN, 'x-kind': 'size', 'x-min': range.min, 'x-max': range.max }),

@@ -1,15 +1,11 @@
 import type { PipelineConfig, PoisonPolicy } from '../config/config.js';
-import { OutboxdError, type PoisonError, SinkError } from '../errors.js';
+import { OutboxdError, type PoisonError, type SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Txn, Watermark } from '../checkpoint/watermark.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import { isProgrammingError, retry, worthLogging } from '../retry.js';
-
-/** A unit of work in commit order: a message to publish, or a poison message to dispose of. */
-type Item =
-  | { readonly kind: 'message'; readonly message: OutboxMessage; readonly txn: Txn }
-  | { readonly kind: 'poison'; readonly letter: DeadLetter; readonly txn: Txn; readonly sizeBytes: number };
+import { Batches, type Item, type MessageItem } from './batches.js';
+import { Publisher } from './publisher.js';
 
 export interface PipelineEvents {
   /** A poison message under policy `halt`: nothing will advance until an operator acts. */
@@ -38,10 +34,8 @@ export interface PipelineEvents {
  *   (the watermark then tells the stream; see checkpoint/watermark.ts).
  */
 export class Pipeline {
-  private queue: Item[] = [];
-  private qHead = 0;
-  private queuedBytes = 0;
-  private firstQueuedAt = 0;
+  private readonly batches: Batches;
+  private readonly publisher: Publisher;
   private inFlightCount = 0;
   private inFlightByteCount = 0;
   private publishing = false;
@@ -51,7 +45,6 @@ export class Pipeline {
   private spaceWaiters: Array<() => void> = [];
   private idleWaiters: Array<() => void> = [];
   private wake: (() => void) | null = null;
-  private lingerTimer: NodeJS.Timeout | null = null;
   /** Aborted by stop(): ends a retry's wait at once. */
   private readonly stopSignal = new AbortController();
   private loop: Promise<void> | null = null;
@@ -59,7 +52,6 @@ export class Pipeline {
   /** Settles when stop() runs: what a halted pipeline hands the source, so WAL reading stops. */
   private readonly stopped: Promise<void>;
   private markStopped!: () => void;
-  private stalled = false;
 
   /**
    * `stallTimeoutMs`: how long one call to the sink may wait for the broker before the sink is
@@ -73,9 +65,11 @@ export class Pipeline {
     private readonly events: PipelineEvents,
     private readonly metrics: Metrics,
     private readonly log: Logger,
-    private readonly stallTimeoutMs: number,
+    stallTimeoutMs: number,
     private readonly label: (destination: string) => string = (d) => d,
   ) {
+    this.batches = new Batches(cfg, () => this.kick());
+    this.publisher = new Publisher(sink, cfg.retry, stallTimeoutMs, events, metrics, log, this.stopSignal.signal);
     this.stopped = new Promise((resolve) => {
       this.markStopped = resolve;
     });
@@ -133,19 +127,9 @@ export class Pipeline {
 
   private enqueue(item: Item, size: number): Promise<void> | undefined {
     this.watermark.track(item.txn);
-    if (this.queue.length === this.qHead) this.firstQueuedAt = performance.now();
-    this.queue.push(item);
-    this.queuedBytes += size;
     this.inFlightCount++;
     this.inFlightByteCount += size;
-    if (this.queue.length - this.qHead >= this.cfg.batchMaxMessages || this.queuedBytes >= this.cfg.batchMaxBytes) {
-      this.kick();
-    } else if (this.lingerTimer === null && !this.publishing) {
-      this.lingerTimer = setTimeout(() => {
-        this.lingerTimer = null;
-        this.kick();
-      }, this.cfg.lingerMs);
-    }
+    this.batches.add(item, size, this.publishing);
     // Halted, nothing will be confirmed until an operator acts: stop reading WAL altogether, or
     // the queue (and the watermark) would grow with every transaction until memory runs out.
     if (this.halted) return this.stopped;
@@ -201,8 +185,7 @@ export class Pipeline {
     this.markStopped();
     this.stopSignal.abort(new Error('pipeline stopped'));
     this.kick();
-    if (this.lingerTimer) clearTimeout(this.lingerTimer);
-    this.lingerTimer = null;
+    this.batches.stop();
     await this.loop;
     this.releaseWaiters();
   }
@@ -219,30 +202,10 @@ export class Pipeline {
     for (const w of this.idleWaiters.splice(0)) w();
   }
 
-  /**
-   * Runs one call to the broker under the stall watch: past `stallTimeoutMs` without an answer,
-   * the sink is reported stalled until an answer (a confirm, or a failure) comes.
-   */
-  private async watched<T>(call: Promise<T>): Promise<T> {
-    const started = performance.now();
-    const timer = setTimeout(() => {
-      this.stalled = true;
-      this.events.onStall(true, performance.now() - started);
-    }, this.stallTimeoutMs);
-    try {
-      return await call;
-    } finally {
-      clearTimeout(timer);
-      if (this.stalled) {
-        this.stalled = false;
-        this.events.onStall(false, performance.now() - started);
-      }
-    }
-  }
-
   private async run(): Promise<void> {
     while (!this.stopping && !this.halted && !this.failed) {
-      const batch = this.nextBatch();
+      // Take what is queued at once when someone waits for the drain, or when stopping.
+      const batch = this.batches.next(this.idleWaiters.length > 0 || this.stopping);
       if (batch === null) {
         await new Promise<void>((resolve) => {
           this.wake = resolve;
@@ -253,7 +216,7 @@ export class Pipeline {
       try {
         const first = batch[0] as Item;
         if (first.kind === 'poison') await this.disposePoison(first.letter, first.txn, first.sizeBytes);
-        else await this.publishBatch(batch as Array<Extract<Item, { kind: 'message' }>>);
+        else await this.publishBatch(batch as MessageItem[]);
       } finally {
         this.publishing = false;
       }
@@ -262,87 +225,14 @@ export class Pipeline {
     this.releaseWaiters();
   }
 
-  /**
-   * The next batch, or null if none is due yet. A batch is due when it is full, when the oldest
-   * queued item has waited `linger`, or when someone is waiting for the pipeline to drain.
-   * A poison item always travels alone, so that everything before it is settled first.
-   */
-  private nextBatch(): Item[] | null {
-    const queued = this.queue.length - this.qHead;
-    if (queued === 0) return null;
-    const due =
-      queued >= this.cfg.batchMaxMessages ||
-      this.queuedBytes >= this.cfg.batchMaxBytes ||
-      this.idleWaiters.length > 0 ||
-      this.stopping ||
-      performance.now() - this.firstQueuedAt >= this.cfg.lingerMs;
-    if (!due) {
-      if (this.lingerTimer === null) {
-        const wait = Math.max(0, this.cfg.lingerMs - (performance.now() - this.firstQueuedAt));
-        this.lingerTimer = setTimeout(() => {
-          this.lingerTimer = null;
-          this.kick();
-        }, wait);
-      }
-      return null;
-    }
-    const batch: Item[] = [];
-    let bytes = 0;
-    while (this.qHead < this.queue.length && batch.length < this.cfg.batchMaxMessages) {
-      const item = this.queue[this.qHead] as Item;
-      if (item.kind === 'poison' && batch.length > 0) break;
-      const size = item.kind === 'message' ? item.message.sizeBytes : item.sizeBytes;
-      if (batch.length > 0 && bytes + size > this.cfg.batchMaxBytes) break;
-      batch.push(item);
-      bytes += size;
-      this.qHead++;
-      if (item.kind === 'poison') break;
-    }
-    this.queuedBytes -= bytes;
-    if (this.qHead > 4096 && this.qHead * 2 > this.queue.length) {
-      this.queue = this.queue.slice(this.qHead);
-      this.qHead = 0;
-    }
-    if (this.qHead < this.queue.length) this.firstQueuedAt = performance.now();
-    return batch;
-  }
-
-  private async publishBatch(items: Array<Extract<Item, { kind: 'message' }>>): Promise<void> {
+  private async publishBatch(items: MessageItem[]): Promise<void> {
     const messages = items.map((i) => i.message);
     this.metrics.batchSize.observe(messages.length);
     let outcome: PublishOutcome;
     try {
-      outcome = await retry(
-        async (attempt) => {
-          // After a failure the producer or channel may be stale: rebuild it before the retry.
-          if (attempt > 1) await this.sink.reset().catch((err: unknown) => this.log.debug({ err }, 'sink reset failed'));
-          const started = performance.now();
-          const result = await this.watched(this.sink.publish(messages));
-          this.metrics.publishDuration.observe((performance.now() - started) / 1000);
-          if (attempt > 1) {
-            this.log.info({ attempts: attempt }, 'publish recovered');
-            this.events.onSinkHealth(true);
-          }
-          return result;
-        },
-        {
-          backoff: this.cfg.retry,
-          signal: this.stopSignal.signal,
-          isRetriable: (err) => asSinkError(err, 'unknown', 'publish failed').retriable,
-          onRetry: (err, attempt, waitMs) => {
-            const e = asSinkError(err, 'unknown', 'publish failed');
-            this.metrics.publishErrors.inc({ reason: e.reason });
-            this.events.onSinkHealth(false, e);
-            if (worthLogging(attempt))
-              this.log.warn({ err: e, attempt, retryInMs: waitMs, batch: messages.length }, 'publish failed, retrying');
-          },
-        },
-      );
+      outcome = await this.publisher.publish(messages);
     } catch (err) {
-      if (this.stopping) return;
-      const e = asSinkError(err, 'unknown', 'publish failed');
-      this.metrics.publishErrors.inc({ reason: e.reason });
-      this.fail(new SinkError(e.reason, e.message, { retriable: false, cause: e.cause }));
+      if (!this.stopping) this.fail(err as SinkError);
       return;
     }
     const poisoned = new Map(outcome.poisoned.map((p) => [p.index, p.error]));
@@ -379,28 +269,9 @@ export class Pipeline {
       return;
     }
     try {
-      await retry(
-        async (attempt) => {
-          if (attempt > 1) await this.sink.reset().catch(() => undefined);
-          await this.watched(this.sink.publishDeadLetter(letter));
-        },
-        {
-          backoff: this.cfg.retry,
-          signal: this.stopSignal.signal,
-          isRetriable: (err) => asSinkError(err, 'dead_letter', 'dead-letter publish failed').retriable,
-          onRetry: (err, attempt) => {
-            const e = asSinkError(err, 'dead_letter', 'dead-letter publish failed');
-            this.metrics.publishErrors.inc({ reason: `dead_letter_${e.reason}` });
-            this.events.onSinkHealth(false, e);
-            if (worthLogging(attempt)) this.log.warn({ err: e, attempt }, 'dead-letter publish failed, retrying');
-          },
-        },
-      );
+      await this.publisher.deadLetter(letter);
     } catch (err) {
-      if (this.stopping) return;
-      const e = asSinkError(err, 'dead_letter', 'dead-letter publish failed');
-      this.metrics.publishErrors.inc({ reason: `dead_letter_${e.reason}` });
-      this.fail(new SinkError(e.reason, e.message, { retriable: false, cause: e.cause }));
+      if (!this.stopping) this.fail(err as SinkError);
       return;
     }
     this.metrics.deadLettered.inc();
@@ -426,20 +297,6 @@ export class Pipeline {
     this.events.onFatal(err);
     this.releaseWaiters();
   }
-}
-
-/**
- * Any failure of a sink call as a SinkError. A programming error (a TypeError or RangeError, from
- * us or a client library) is never retriable: retrying the same batch would fail the same way
- * forever, republishing everything before it each time.
- */
-function asSinkError(err: unknown, reason: string, doing: string): SinkError {
-  if (err instanceof SinkError) return err;
-  const bug = isProgrammingError(err);
-  return new SinkError(bug ? 'client_error' : reason, `${doing}: ${(err as Error)?.message ?? String(err)}`, {
-    retriable: !bug,
-    cause: err,
-  });
 }
 
 /** Builds the dead letter for a message the broker refused. */

@@ -1,4 +1,7 @@
-import type { SinkConfig } from '../config/config.js';
+import type { BackoffConfig, SinkConfig } from '../config/config.js';
+import { SinkError } from '../errors.js';
+import type { Health } from '../observability/health.js';
+import { retry, worthLogging } from '../retry.js';
 import type { Sink } from '../interfaces.js';
 import { LabelLimiter, MAX_DESTINATION_LABELS, OTHER } from '../observability/labels.js';
 import type { Logger } from '../observability/logger.js';
@@ -51,6 +54,23 @@ export function destinationLabel(cfg: SinkConfig, log: Logger): (destination: st
     ),
   );
   return (d) => limiter.label(d);
+}
+
+/**
+ * Connects the sink at start-up, retrying with backoff until the broker answers: nothing is read
+ * from Postgres before it can be published. Rejects on an error retrying cannot fix.
+ */
+export async function connectSink(sink: Sink, backoff: BackoffConfig, signal: AbortSignal, health: Health, log: Logger): Promise<void> {
+  await retry(() => sink.connect(), {
+    backoff,
+    signal,
+    isRetriable: (err) => !(err instanceof SinkError) || err.retriable,
+    onRetry: (err, attempt, waitMs) => {
+      if (err instanceof SinkError) health.sinkHealth(false, err);
+      if (worthLogging(attempt)) log.warn({ err, attempt, retryInMs: waitMs }, `${sink.type} unavailable, retrying`);
+    },
+  });
+  health.sinkHealth(true);
 }
 
 /** The destination template the mapper renders for this sink. */

@@ -4,12 +4,11 @@ import { PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
 import { amqpLimitProblem, SHORTSTR_MAX_BYTES } from './amqp-limits.js';
+import { CLOSE_TIMEOUT_MS, ConfirmWaiter, closeWithin } from './amqp-confirms.js';
+import { classifyAmqpError } from './amqp-errors.js';
 import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
 import { LSN_HEADER } from '../outbox/mapper.js';
 import type { SinkStatus } from './index.js';
-
-/** AMQP reply codes after which retrying cannot help (the channel was closed by the broker). */
-const FATAL_REPLY_CODES = new Set([403, 404, 406, 530, 540]);
 
 /**
  * RabbitMQ through an amqplib ConfirmChannel.
@@ -332,29 +331,6 @@ export class RabbitMqSink implements Sink {
   }
 }
 
-/** How long a connection may take to close before its socket is dropped. */
-const CLOSE_TIMEOUT_MS = 1_000;
-
-/**
- * Closes a connection, but never waits for it longer than `ms`: a stalled broker (or network)
- * never answers Connection.Close, and a reset that hung on it would stop the relay for good.
- * After `ms` the socket is destroyed instead.
- */
-async function closeWithin(model: amqp.ChannelModel, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = await Promise.race([
-    model.close().then(
-      () => false,
-      () => false,
-    ),
-    new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(true), ms);
-    }),
-  ]);
-  clearTimeout(timer);
-  if (late) (model as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
-}
-
 function properties(m: OutboxMessage): amqp.Options.Publish {
   return {
     persistent: true,
@@ -369,100 +345,4 @@ function properties(m: OutboxMessage): amqp.Options.Publish {
     appId: 'outboxd',
     headers: { ...m.headers, aggregatetype: m.aggregateType, aggregateid: m.key },
   };
-}
-
-/**
- * Counts outstanding publisher confirms. Every callback is settled exactly once by amqplib (ack,
- * nack, or channel close); this waits for all of them, remembers the first failure, and gives up
- * after the timeout, since a broker that vanished without closing the socket never answers.
- */
-class ConfirmWaiter {
-  private pending = 0;
-  private error: Error | null = null;
-  private done: (() => void) | null = null;
-  private abandoned = false;
-  constructor(private readonly timeoutMs: number) {}
-
-  callback(): (err: unknown) => void {
-    this.pending++;
-    return (err: unknown) => {
-      if (err && !this.error)
-        this.error = err instanceof Error ? err : new SinkError('nack', 'RabbitMQ nacked a message', { retriable: true });
-      this.pending--;
-      if (this.pending === 0) this.done?.();
-    };
-  }
-
-  abandon(): void {
-    this.abandoned = true;
-  }
-
-  /**
-   * Resolves when every confirm arrived. `blockedUntil` reports a broker alarm in force: the
-   * broker is holding us on purpose, so the timeout restarts once it lifts instead of firing.
-   */
-  async wait(blockedUntil: () => Promise<void> | undefined = () => undefined): Promise<void> {
-    while (this.pending > 0 && !this.abandoned) {
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = await new Promise<boolean>((resolve) => {
-        this.done = () => resolve(false);
-        timer = setTimeout(() => resolve(true), this.timeoutMs);
-      });
-      clearTimeout(timer);
-      if (!timedOut) break;
-      const blocked = blockedUntil();
-      if (blocked && this.pending > 0) {
-        await Promise.race([blocked, new Promise<void>((resolve) => (this.done = resolve))]);
-        continue;
-      }
-      if (this.pending > 0) {
-        throw new SinkError('confirm_timeout', `RabbitMQ did not confirm ${this.pending} message(s) within ${this.timeoutMs} ms`, {
-          retriable: true,
-        });
-      }
-    }
-    if (this.error) throw this.error;
-  }
-}
-
-/**
- * The AMQP reply code behind an amqplib error: `code` when the broker closed a channel or the
- * connection, or parsed from the text of a refused handshake, which amqplib reports without one
- * ("Handshake terminated by server: 403 (ACCESS-REFUSED) with message ...").
- */
-function replyCode(err: unknown): number | undefined {
-  const e = err as { code?: unknown; message?: unknown };
-  if (typeof e?.code === 'number') return e.code;
-  const m = /^Handshake terminated by server: (\d{3}) /.exec(typeof e?.message === 'string' ? e.message : '');
-  return m ? Number(m[1]) : undefined;
-}
-
-/**
- * Wraps an amqplib error. Only a reply code from the broker makes an error fatal: refused
- * credentials (403), a channel closed for a missing or mismatched exchange (404, 406), and the
- * like. Everything at the socket level (refused, reset, timed out) and a vhost the broker will
- * not open (see below) is retriable.
- */
-export function classifyAmqpError(err: unknown, doing: string, vhost?: string): SinkError {
-  if (err instanceof SinkError) return err;
-  const text = (err as Error)?.message ?? String(err);
-  const message = `${doing}: ${text}`;
-  if (/^Expected ConnectionOpenOk; got <ConnectionClose/.test(text)) {
-    // amqplib drops the reply of a refused Connection.Open: 530 for a vhost that does not exist
-    // or that the user may not use, 541 for one that is down while the broker boots. The last
-    // mends itself, so all three are retried (the relay stays unready and says why).
-    return new SinkError(
-      'vhost_refused',
-      `${doing}: RabbitMQ refused to open vhost "${vhost ?? '?'}": it does not exist, the user has no access to it, or it is down`,
-      { retriable: true, cause: err },
-    );
-  }
-  const code = replyCode(err);
-  if (code === 403) {
-    return new SinkError('access_refused', `${message} (check the credentials and vhost permissions)`, { retriable: false, cause: err });
-  }
-  if (code !== undefined && FATAL_REPLY_CODES.has(code)) return new SinkError(`amqp_${code}`, message, { retriable: false, cause: err });
-  if (/nack/i.test(text)) return new SinkError('nack', message, { retriable: true, cause: err });
-  const sys = (err as { code?: unknown })?.code;
-  return new SinkError(typeof sys === 'string' ? sys : 'connection', message, { retriable: true, cause: err });
 }

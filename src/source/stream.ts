@@ -4,10 +4,11 @@ import type { PostgresConfig } from '../config/config.js';
 import { OutboxdError, PgConnectionError } from '../errors.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
-import { type CoalescedSocket, coalesceReads } from './coalesce.js';
+import { coalesceReads } from './coalesce.js';
 import { clientConfig } from './connect.js';
 import { classifyPgError } from './pg-errors.js';
-import { PG_EPOCH_MS, PgoutputDecoder, type PgoutputHandler, type TableInterest } from './pgoutput.js';
+import { PgoutputDecoder, type PgoutputHandler, type TableInterest } from './pgoutput.js';
+import { type CopyConnection, StartReplication, standbyStatusUpdate } from './replication-protocol.js';
 
 /**
  * Receives decoded changes in WAL order (see PgoutputHandler), and the server's keepalives.
@@ -18,60 +19,6 @@ export interface ChangeHandler<T extends TableInterest = TableInterest> extends 
    * before it has been handed to this handler. The handler moves the watermark if it may.
    */
   keepalive(lsn: Lsn): void;
-}
-
-/**
- * What outboxd uses of pg's Connection: the copy-both surface of a Submittable (the one
- * pg-copy-streams uses): write CopyData, pause and resume the socket, and hear that the server
- * started replication.
- */
-interface CopyConnection {
-  stream: CoalescedSocket & { pause(): void; resume(): void };
-  sendCopyFromChunk(chunk: Buffer): void;
-  query(text: string): void;
-  once(event: 'replicationStart', listener: () => void): void;
-}
-
-/**
- * START_REPLICATION as a pg Submittable: pg's public way to run a command whose messages the
- * caller handles. pg hands every CopyData message to `handleCopyData`; nothing of pg's own is
- * replaced or reached into (docs/adr/0008).
- */
-class StartReplication {
-  constructor(
-    readonly text: string,
-    private readonly on: {
-      started(connection: CopyConnection): void;
-      copyData(chunk: Buffer): void;
-      end(err: unknown): void;
-    },
-  ) {}
-
-  submit(connection: CopyConnection): void {
-    connection.once('replicationStart', () => this.on.started(connection));
-    connection.query(this.text);
-  }
-
-  handleCopyData(msg: { chunk: Buffer }): void {
-    this.on.copyData(msg.chunk);
-  }
-
-  handleError(err: unknown): void {
-    this.on.end(err);
-  }
-
-  handleReadyForQuery(): void {
-    this.on.end(null);
-  }
-
-  handleCommandComplete(): void {}
-  handleRowDescription(): void {}
-  handleDataRow(): void {}
-  handleEmptyQuery(): void {}
-  handlePortalSuspended(): void {}
-  handleCopyInResponse(): void {
-    this.on.end(new OutboxdError('PG_PROTOCOL', 'START_REPLICATION answered with COPY IN'));
-  }
 }
 
 /**
@@ -339,20 +286,4 @@ export class ReplicationStream {
 async function rawTextInSqlAscii(client: pg.Client): Promise<void> {
   const { rows } = await client.query<{ server_encoding: string }>('SHOW server_encoding');
   if (rows[0]?.server_encoding === 'SQL_ASCII') await client.query("SET client_encoding = 'SQL_ASCII'");
-}
-
-/**
- * Standby status update ('r'): Int64 written, flushed and applied LSN (all the confirmed one:
- * outboxd "applies" a transaction when the broker has confirmed it), Int64 client time in
- * microseconds since 2000-01-01, Byte 1 to ask the server to reply at once.
- */
-export function standbyStatusUpdate(confirmed: Lsn, ping: boolean): Buffer {
-  const b = Buffer.allocUnsafe(34);
-  b[0] = 0x72;
-  b.writeBigUInt64BE(confirmed, 1);
-  b.writeBigUInt64BE(confirmed, 9);
-  b.writeBigUInt64BE(confirmed, 17);
-  b.writeBigInt64BE(BigInt(Date.now() - PG_EPOCH_MS) * 1000n, 25);
-  b[33] = ping ? 1 : 0;
-  return b;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { standbyStatusUpdate } from '../../src/source/stream.js';
+import { standbyStatusUpdate } from '../../src/source/replication-protocol.js';
 
 describe('standbyStatusUpdate', () => {
   it('reports exactly the confirmed LSN as written, flushed and applied (ADR 0002), never one past it', () => {
