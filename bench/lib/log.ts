@@ -6,4 +6,4 @@ export function note(message: string): void {
   process.stderr.write(`[bench ${s}s] ${message}\n`);
 }
 
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+export { sleep } from '../../test/harness/wait.js';

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { PoisonReason } from '../../src/errors.js';
-import { OUTBOX_DDL, sleep, until } from '../integration/support.js';
+import { OUTBOX_DDL, until } from '../integration/support.js';
 import { type Bundle, type Delivered, type SinkKind, bundle, waitDelivered } from './fixtures.js';
 
 /**
@@ -253,12 +253,6 @@ const cases: Case[] = [
   },
 ];
 
-let b: Bundle | null = null;
-afterEach(async () => {
-  await b?.cleanup();
-  b = null;
-});
-
 /** Writes a plain row that must flow after a case (or wait behind it). */
 async function follower(b: Bundle): Promise<string> {
   const id = `follower-${randomUUID()}`;
@@ -286,7 +280,7 @@ function checkBytes(kind: SinkKind, d: Delivered | undefined, w: Written, name: 
 for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
   describe(`bad input corpus → ${kind}`, () => {
     it('dead-letter: every case delivered byte for byte or dead-lettered with its reason, and the row after each flows', async () => {
-      b = await bundle({ kind, ddl: DDL, tables: TABLES, onPoison: 'dead-letter' });
+      await using b = await bundle({ kind, ddl: DDL, tables: TABLES, onPoison: 'dead-letter' });
       const bb = b;
       const relay = bb.start();
       await relay.ready();
@@ -316,7 +310,7 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
     }, 300_000);
 
     it('halt: every delivered case flows byte for byte on one relay', async () => {
-      b = await bundle({ kind, ddl: DDL, tables: TABLES, onPoison: 'halt' });
+      await using b = await bundle({ kind, ddl: DDL, tables: TABLES, onPoison: 'halt' });
       const bb = b;
       const relay = bb.start();
       await relay.ready();
@@ -332,7 +326,7 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
       const want = c[kind];
       if (!('poison' in want)) continue;
       it(`halt: ${c.name} halts the relay with reason ${want.poison}, and the row after it waits`, async () => {
-        b = await bundle({ kind, ddl: DDL, tables: TABLES, onPoison: 'halt' });
+        await using b = await bundle({ kind, ddl: DDL, tables: TABLES, onPoison: 'halt' });
         const bb = b;
         const relay = bb.start();
         await relay.ready();
@@ -342,7 +336,7 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
         const after = await follower(bb);
         await until('halted', async () => (await relay.http('/readyz')).body.startsWith('not ok: halted'), 60_000);
         expect(await relay.metric('outboxd_poison_messages_total', { reason: want.poison })).toBe(1);
-        await sleep(1_000);
+        await relay.heartbeatsPass(2);
         expect(bb.reader.delivered().map((d) => d.id)).not.toContain(after);
         expect((await bb.db.slotInfo())?.confirmed ?? 0n).toBeLessThan(caseEnd);
         expect((await relay.http('/livez')).status).toBe(200);
@@ -353,7 +347,7 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
 
 describe('a huge row', () => {
   it('is poison (oversized) and never decoded: the relay holds only its bytes, and is not OOM-killed', async () => {
-    b = await bundle({ kind: 'kafka', ddl: DDL, tables: TABLES, onPoison: 'dead-letter' });
+    await using b = await bundle({ kind: 'kafka', ddl: DDL, tables: TABLES, onPoison: 'dead-letter' });
     const bb = b;
     const relay = bb.start();
     await relay.ready();

@@ -1,21 +1,16 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { sleep, writeOutbox } from '../integration/support.js';
-import { type Bundle, type SinkKind, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
+import { type SinkKind, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
 
 /**
  * kill -9 chaos: the relay is SIGKILLed at random moments while a writer inserts 50,000 rows,
  * and restarted each time. Nothing may be lost; duplicates stay within what was in flight.
  */
 const sinks: SinkKind[] = ['kafka', 'rabbitmq'];
-let b: Bundle | null = null;
-afterEach(async () => {
-  await b?.cleanup();
-  b = null;
-});
 
 describe.each(sinks)('kill -9 chaos → %s', (kind) => {
   it('loses no id across at least 10 SIGKILLs during 50,000 rows; order holds after dedupe', async () => {
-    b = await bundle({ kind });
+    await using b = await bundle({ kind });
     const bundleRef = b;
     let relay = b.start();
     await relay.ready();

@@ -5,19 +5,24 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import amqp from 'amqplib';
-import { type OutboxRow, RelayProcess, TestDb, TopicReader, removeDir, until, writeConfig, writeOutbox } from '../integration/support.js';
+import {
+  type OutboxRow,
+  type Ordered,
+  RelayProcess,
+  TestDb,
+  TopicReader,
+  until,
+  writeConfig,
+  writeOutbox,
+} from '../integration/support.js';
+
+export { orderAndDuplicates } from '../integration/support.js';
 import { pgUrl, kafkaBrokers, rabbitmqUrl } from '../harness/services.js';
 
 export type SinkKind = 'kafka' | 'rabbitmq';
 
 /** What a scenario reads back: every delivered message's id, key, sequence and position. */
-export interface Delivered {
-  id: string;
-  key: string;
-  seq: number;
-  /** Orders messages of one key: partition offset or per-queue delivery index. */
-  stream: string;
-  position: number;
+export interface Delivered extends Ordered {
   headers: Record<string, string>;
   /** The body's bytes as the broker holds them. */
   value: Buffer;
@@ -39,6 +44,8 @@ export interface Bundle {
   /** A second instance of the same config on another HTTP port. */
   startOn(httpPort: number): RelayProcess;
   cleanup(): Promise<void>;
+  /** `await using b = await bundle(...)` cleans up when the test ends. */
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 export interface BundleOptions {
@@ -62,9 +69,8 @@ export interface BundleOptions {
 }
 
 export async function bundle(o: BundleOptions): Promise<Bundle> {
-  const cleanups: Array<() => Promise<void> | void> = [];
-  const db = await new TestDb(o.pgUrl ?? (await pgUrl(15))).create(o.ddl, { encoding: o.encoding });
-  cleanups.push(() => db.drop());
+  const stack = new AsyncDisposableStack();
+  const db = stack.use(await new TestDb(o.pgUrl ?? (await pgUrl(15))).create(o.ddl, { encoding: o.encoding }));
   const tag = db.name.slice(2, 8);
   const types = [`alpha_${tag}`, `beta_${tag}`];
   let reader: Reader;
@@ -110,7 +116,7 @@ ${o.sinkExtra ?? ''}`;
     connectionTimeout: 2s
 ${o.sinkExtra ?? ''}`;
   }
-  cleanups.push(() => reader.close());
+  stack.defer(() => reader.close());
   const cfg = await writeConfig(
     (port) => `postgres:
   url: ${o.pgUrlRewrite ? o.pgUrlRewrite(db.url) : db.url}
@@ -138,8 +144,13 @@ shutdown:
   grace: 20s
 ${o.extra ?? ''}`,
   );
-  cleanups.push(() => removeDir(cfg.dir));
+  stack.use(cfg);
   const relays: RelayProcess[] = [];
+  // Relays first, then the reader, the config and the database (the stack unwinds in reverse).
+  const cleanup = async () => {
+    for (const r of relays) await r[Symbol.asyncDispose]();
+    await stack.disposeAsync();
+  };
   return {
     db,
     kind: o.kind,
@@ -157,13 +168,8 @@ ${o.extra ?? ''}`,
       relays.push(relay);
       return relay;
     },
-    async cleanup() {
-      for (const r of relays) {
-        r.kill('SIGKILL');
-        await r.exited;
-      }
-      for (const c of cleanups.reverse()) await c();
-    },
+    cleanup,
+    [Symbol.asyncDispose]: cleanup,
   };
 }
 
@@ -279,29 +285,6 @@ export async function waitDelivered(reader: Reader, ids: Iterable<string>, timeo
     timeoutMs,
     250,
   );
-}
-
-/**
- * Per-key order after dropping duplicates by id: within each stream (partition / queue), the
- * first occurrence of every id of a key carries a strictly increasing sequence number.
- */
-export function orderAndDuplicates(all: Delivered[]): { violations: string[]; duplicates: number; unique: number } {
-  const seen = new Set<string>();
-  const last = new Map<string, number>();
-  const violations: string[] = [];
-  let duplicates = 0;
-  const sorted = [...all].sort((a, b) => (a.stream === b.stream ? a.position - b.position : a.stream < b.stream ? -1 : 1));
-  for (const d of sorted) {
-    if (seen.has(d.id)) {
-      duplicates++;
-      continue;
-    }
-    seen.add(d.id);
-    const k = `${d.stream}|${d.key}`;
-    if (d.seq <= (last.get(k) ?? 0)) violations.push(`${k}: seq ${d.seq} after ${last.get(k)}`);
-    last.set(k, d.seq);
-  }
-  return { violations, duplicates, unique: seen.size };
 }
 
 export const uuid = randomUUID;

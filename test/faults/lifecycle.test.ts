@@ -1,35 +1,28 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { getFreePort } from '../harness/ports.js';
-import { type PgServer, startPostgres } from '../harness/postgres.js';
+import { startPostgres } from '../harness/postgres.js';
 import { sleep, until, writeOutbox } from '../integration/support.js';
-import { type Bundle, type SinkKind, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
+import { type SinkKind, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
 
 /**
  * The relay's life: a slot lost while it runs, a hot standby taking over from a killed leader,
  * a graceful stop under load, and an idle outbox beside a busy database.
  */
-let b: Bundle | null = null;
-const privateServers: PgServer[] = [];
-afterEach(async () => {
-  await b?.cleanup();
-  b = null;
-  for (const s of privateServers.splice(0)) await s.destroy();
-});
 
 describe('lifecycle', () => {
   it('a slot dropped while the relay runs: exit 4 with what happened and what to do, no new slot', async () => {
-    b = await bundle({ kind: 'kafka' });
+    await using b = await bundle({ kind: 'kafka' });
     const relay = b.start();
     await relay.ready();
     // The walsender holds the slot; end it and drop the slot before the relay gets back in.
     await until(
       'the slot to be dropped',
       async () => {
-        await b?.db.client.query(
+        await b.db.client.query(
           'SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL',
-          [b?.db.slot],
+          [b.db.slot],
         );
-        return b?.db.client.query('SELECT pg_drop_replication_slot($1)', [b?.db.slot]).then(
+        return b.db.client.query('SELECT pg_drop_replication_slot($1)', [b.db.slot]).then(
           () => true,
           () => false,
         );
@@ -46,9 +39,8 @@ describe('lifecycle', () => {
   it('idle outbox, busy database: retained WAL stays under 64 MB and heartbeats keep the slot moving', async () => {
     // A private server: retained WAL is the cluster's, and the shared server carries the other
     // test files' writes and open transactions, which hold every slot's restart point back.
-    const server = await startPostgres(15);
-    privateServers.push(server);
-    b = await bundle({ kind: 'kafka', pgUrl: server.url });
+    await using server = await startPostgres(15);
+    await using b = await bundle({ kind: 'kafka', pgUrl: server.url });
     await b.db.client.query('CREATE TABLE churn (id bigserial PRIMARY KEY, filler text NOT NULL)');
     const relay = b.start();
     await relay.ready();
@@ -81,7 +73,7 @@ describe('lifecycle', () => {
 for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
   describe(`lifecycle → ${kind}`, () => {
     it('two instances on one slot: one streams, the other waits as standby and takes over within 15 s of a SIGKILL, no id lost', async () => {
-      b = await bundle({ kind });
+      await using b = await bundle({ kind });
       const first = b.startOn(await getFreePort());
       await first.ready();
       const second = b.startOn(await getFreePort());
@@ -113,7 +105,7 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
     });
 
     it('SIGTERM under load: drains, confirms the slot, exits 0 within the grace period; a restart re-sends nothing', async () => {
-      b = await bundle({ kind });
+      await using b = await bundle({ kind });
       const relay = b.start();
       await relay.ready();
       const writer = writeOutbox(b.db.client, { total: 20_000, keys: 200, types: b.types });

@@ -1,6 +1,6 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { sleep, until, writeOutbox } from '../integration/support.js';
-import { type Bundle, type SinkKind, bundle, orderAndDuplicates, startDelivering, waitDelivered } from './fixtures.js';
+import { type SinkKind, bundle, orderAndDuplicates, startDelivering, waitDelivered } from './fixtures.js';
 import { TcpProxy } from './proxy.js';
 import { pgUrl, kafkaBrokers, rabbitmqUrl } from '../harness/services.js';
 
@@ -8,19 +8,11 @@ import { pgUrl, kafkaBrokers, rabbitmqUrl } from '../harness/services.js';
  * Network faults through a TCP proxy, between the relay and Postgres and between the relay and
  * the broker: cut connections, added latency, and a stall that keeps TCP open but answers nothing.
  */
-let b: Bundle | null = null;
-const proxies: TcpProxy[] = [];
-afterEach(async () => {
-  await b?.cleanup();
-  b = null;
-  for (const p of proxies.splice(0)) await p.close();
-});
-
+/** A started proxy to `hostPort`; `await using` closes it. */
 async function proxyTo(hostPort: string): Promise<TcpProxy> {
   const [host, port] = hostPort.split(':') as [string, string];
   const p = new TcpProxy(host, Number(port));
   await p.start();
-  proxies.push(p);
   return p;
 }
 
@@ -36,10 +28,14 @@ function amqpViaProxy(url: string, port: number): string {
 }
 
 /** A proxy in front of the shared broker, and the address the relay should use to go through it. */
-async function brokerProxy(kind: SinkKind): Promise<{ proxy: TcpProxy; relayBroker: string }> {
+async function brokerProxy(kind: SinkKind): Promise<{ proxy: TcpProxy; relayBroker: string } & AsyncDisposable> {
   const target = kind === 'kafka' ? ((await kafkaBrokers())[0] as string) : amqpHostPort(await rabbitmqUrl());
   const proxy = await proxyTo(target);
-  return { proxy, relayBroker: kind === 'kafka' ? `127.0.0.1:${proxy.port}` : amqpViaProxy(await rabbitmqUrl(), proxy.port) };
+  return {
+    proxy,
+    relayBroker: kind === 'kafka' ? `127.0.0.1:${proxy.port}` : amqpViaProxy(await rabbitmqUrl(), proxy.port),
+    [Symbol.asyncDispose]: () => proxy.close(),
+  };
 }
 
 function pgHostPort(url: string): string {
@@ -55,8 +51,8 @@ function viaProxy(url: string, port: number): string {
 
 describe('network faults: relay ↔ Postgres', () => {
   it('cut connections and added latency: reconnects and resumes from the slot, no id lost', async () => {
-    const proxy = await proxyTo(pgHostPort(await pgUrl(15)));
-    b = await bundle({ kind: 'kafka', pgUrlRewrite: (url) => viaProxy(url, proxy.port) });
+    await using proxy = await proxyTo(pgHostPort(await pgUrl(15)));
+    await using b = await bundle({ kind: 'kafka', pgUrlRewrite: (url) => viaProxy(url, proxy.port) });
     const relay = b.start();
     await relay.ready();
     const first = await writeOutbox(b.db.client, { total: 3_000, keys: 100, types: b.types });
@@ -75,8 +71,8 @@ describe('network faults: relay ↔ Postgres', () => {
   });
 
   it('a stalled connection (open but silent) is detected and replaced', async () => {
-    const proxy = await proxyTo(pgHostPort(await pgUrl(15)));
-    b = await bundle({ kind: 'kafka', pgUrlRewrite: (url) => viaProxy(url, proxy.port) });
+    await using proxy = await proxyTo(pgHostPort(await pgUrl(15)));
+    await using b = await bundle({ kind: 'kafka', pgUrlRewrite: (url) => viaProxy(url, proxy.port) });
     const { relay } = await startDelivering(b, 500, 50);
     proxy.stall();
     const during = await writeOutbox(b.db.client, { total: 500, keys: 50, types: b.types });
@@ -99,10 +95,11 @@ describe('network faults: relay ↔ Postgres', () => {
 for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
   describe(`network faults: relay ↔ ${kind}`, () => {
     it('a stalled broker hits the confirm/request timeout instead of hanging, then recovers without loss', async () => {
-      const { proxy, relayBroker } = await brokerProxy(kind);
+      await using bp = await brokerProxy(kind);
+      const { proxy, relayBroker } = bp;
       // Kafka advertises its own address in metadata, so the proxy only sees the bootstrap
       // connection for Kafka; stalling it still stalls that connection's requests.
-      b = await bundle({ kind, relayBroker });
+      await using b = await bundle({ kind, relayBroker });
       const { relay } = await startDelivering(b, 500, 50);
       proxy.stall();
       const during = await writeOutbox(b.db.client, { total: 500, keys: 50, types: b.types });
@@ -127,8 +124,9 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
     });
 
     it('cut broker connections mid-stream: republishes what was unconfirmed, no id lost', async () => {
-      const { proxy, relayBroker } = await brokerProxy(kind);
-      b = await bundle({ kind, relayBroker });
+      await using bp = await brokerProxy(kind);
+      const { proxy, relayBroker } = bp;
+      await using b = await bundle({ kind, relayBroker });
       const relay = b.start();
       await relay.ready();
       const writer = writeOutbox(b.db.client, { total: 5_000, keys: 100, types: b.types });

@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseLsn } from '../../src/lsn.js';
 import { startKafka } from '../harness/kafka.js';
 import { startPostgres } from '../harness/postgres.js';
@@ -9,23 +9,20 @@ import { type Bundle, type SinkKind, bundle, orderAndDuplicates, rssBytes, start
 /**
  * Outages of the broker and of Postgres, against private servers the test can stop.
  */
-const cleanups: Array<() => Promise<void>> = [];
-let b: Bundle | null = null;
-afterEach(async () => {
-  await b?.cleanup();
-  b = null;
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
+/** A broker of the test's own, which it may stop; `await using` destroys it. */
 async function privateBroker(kind: SinkKind) {
   if (kind === 'kafka') {
     const k = await startKafka();
-    cleanups.push(() => k.destroy());
-    return { opts: { kafkaBrokers: k.brokers.join(',') }, stop: () => k.stop(), start: () => k.start() };
+    return {
+      opts: { kafkaBrokers: k.brokers.join(',') },
+      stop: () => k.stop(),
+      start: () => k.start(),
+      [Symbol.asyncDispose]: () => k.destroy(),
+    };
   }
   const r = await startRabbitMQ();
-  cleanups.push(() => r.destroy());
-  return { opts: { amqpUrl: r.url }, stop: () => r.stop(), start: () => r.start() };
+  return { opts: { amqpUrl: r.url }, stop: () => r.stop(), start: () => r.start(), [Symbol.asyncDispose]: () => r.destroy() };
 }
 
 async function walsenderPid(b: Bundle): Promise<number | null> {
@@ -38,8 +35,8 @@ async function walsenderPid(b: Bundle): Promise<number | null> {
 
 describe.each(['kafka', 'rabbitmq'] as SinkKind[])('broker outage → %s', (kind) => {
   it('for 60 s: bounded memory, not ready, replication kept alive, nothing confirmed past the broker; then resumes without loss', async () => {
-    const broker = await privateBroker(kind);
-    b = await bundle({ kind, ...broker.opts });
+    await using broker = await privateBroker(kind);
+    await using b = await bundle({ kind, ...broker.opts });
     const { relay, rows: first } = await startDelivering(b, 3_000, 100);
     const pid = await walsenderPid(b);
     await broker.stop();
@@ -107,9 +104,8 @@ describe.each(['kafka', 'rabbitmq'] as SinkKind[])('broker outage → %s', (kind
 describe.each(['kafka', 'rabbitmq'] as SinkKind[])('Postgres restarts → %s', (kind) => {
   for (const mode of ['fast', 'immediate'] as const) {
     it(`reconnects after a ${mode} shutdown mid-stream and resumes from the slot without loss`, async () => {
-      const server = await startPostgres(15);
-      cleanups.push(() => server.destroy());
-      b = await bundle({ kind, pgUrl: server.url });
+      await using server = await startPostgres(15);
+      await using b = await bundle({ kind, pgUrl: server.url });
       const relay = b.start();
       await relay.ready();
       const before = await writeOutbox(b.db.client, { total: 4_000, keys: 100, types: b.types });

@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { sleep, until } from '../integration/support.js';
 import { type Bundle, type SinkKind, bundle, uuid, waitDelivered } from './fixtures.js';
 
@@ -8,11 +8,6 @@ import { type Bundle, type SinkKind, bundle, uuid, waitDelivered } from './fixtu
  * `dead-letter` the message reaches the dead-letter destination with the error and the stream
  * goes on.
  */
-let b: Bundle | null = null;
-afterEach(async () => {
-  await b?.cleanup();
-  b = null;
-});
 
 const PERMISSIVE = [
   'ALTER TABLE public.outbox ALTER COLUMN aggregateid DROP NOT NULL',
@@ -61,7 +56,7 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
   describe(`poison rows → ${kind}`, () => {
     for (const c of cases) {
       it(`halt: ${c.reason} stops the slot before it, not ready, logged and counted`, async () => {
-        b = await bundle({ kind, sinkExtra: SINK_EXTRA });
+        await using b = await bundle({ kind, sinkExtra: SINK_EXTRA });
         for (const stmt of PERMISSIVE) await b.db.client.query(stmt);
         const relay = b.start();
         await relay.ready();
@@ -79,13 +74,13 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
         expect(relay.stderr).toMatch(/poison message: halting/);
         expect(relay.logLines().some((l) => l.level === 'error' && l.reason === c.reason)).toBe(true);
         // Heartbeats keep committing, but nothing at or after the poison transaction is confirmed.
-        await sleep(2_500);
+        await relay.heartbeatsPass(2);
         expect((await b.db.slotInfo())?.confirmed ?? 0n).toBeLessThanOrEqual(before);
         expect((await relay.http('/livez')).status).toBe(200);
       });
 
       it(`dead-letter: ${c.reason} goes to the dead-letter destination with the error, the stream goes on`, async () => {
-        b = await bundle({ kind, sinkExtra: SINK_EXTRA, onPoison: 'dead-letter' });
+        await using b = await bundle({ kind, sinkExtra: SINK_EXTRA, onPoison: 'dead-letter' });
         for (const stmt of PERMISSIVE) await b.db.client.query(stmt);
         const relay = b.start();
         await relay.ready();
@@ -104,7 +99,7 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
         expect((await relay.http('/readyz')).status).toBe(200);
         // The slot moves on past the poison transaction.
         const end = await b.db.walLsn();
-        await until('slot past the poison row', async () => ((await b?.db.slotInfo())?.confirmed ?? 0n) >= end - 100_000n, 20_000);
+        await until('slot past the poison row', async () => ((await b.db.slotInfo())?.confirmed ?? 0n) >= end - 100_000n, 20_000);
       });
     }
   });
@@ -124,7 +119,7 @@ describe('poison rows: text that is not UTF-8', () => {
     ]);
 
   it('halt: stops before it with reason bad_encoding, never relayed with replacement characters', async () => {
-    b = await bundle({ ...sqlAscii, onPoison: 'halt' });
+    await using b = await bundle({ ...sqlAscii, onPoison: 'halt' });
     const relay = b.start();
     await relay.ready();
     const before = await b.db.walLsn();
@@ -132,13 +127,13 @@ describe('poison rows: text that is not UTF-8', () => {
     await until('halted', async () => (await relay.http('/readyz')).body.startsWith('not ok: halted'), 30_000);
     expect(await relay.metric('outboxd_poison_messages_total', { reason: 'bad_encoding' })).toBe(1);
     expect((await relay.http('/readyz')).body).toMatch(/column payload holds bytes that are not valid UTF-8/);
-    await sleep(1_500);
+    await relay.heartbeatsPass(2);
     expect((await b.db.slotInfo())?.confirmed ?? 0n).toBeLessThanOrEqual(before);
     expect(b.reader.delivered()).toEqual([]);
   });
 
   it('dead-letter: dead-letters it with reason bad_encoding, and the valid UTF-8 rows around it flow as written', async () => {
-    b = await bundle({ ...sqlAscii, onPoison: 'dead-letter' });
+    await using b = await bundle({ ...sqlAscii, onPoison: 'dead-letter' });
     const relay = b.start();
     await relay.ready();
     await insertBad(b);

@@ -1,18 +1,14 @@
 import { spawnSync } from 'node:child_process';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { getFreePort } from '../harness/ports.js';
 import { startRabbitMQ } from '../harness/rabbitmq.js';
-import { MAIN, RelayProcess, TestDb, removeDir, until, writeConfig } from '../integration/support.js';
+import { MAIN, RelayProcess, TestDb, defer, until, writeConfig } from '../integration/support.js';
 import { pgUrl } from '../harness/services.js';
 
 /** Passwords never appear in logs, /metrics or error messages, whatever goes wrong. */
 const PG_SECRET = 'Pg-Sup3r-S3cret';
 const KAFKA_SECRET = 'Kafka-Sup3r-S3cret';
 const AMQP_SECRET = 'Amqp-Sup3r-S3cret';
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
 function noSecrets(text: string): void {
   for (const s of [PG_SECRET, KAFKA_SECRET, AMQP_SECRET, encodeURIComponent(PG_SECRET)]) expect(text).not.toContain(s);
@@ -20,8 +16,7 @@ function noSecrets(text: string): void {
 
 describe('secret hygiene', () => {
   it('a wrong Postgres password, an unreachable Postgres and unreachable brokers leak no password', async () => {
-    const db = await new TestDb(await pgUrl(15)).create();
-    cleanups.push(() => db.drop());
+    await using db = await new TestDb(await pgUrl(15)).create();
     const wrongPw = new URL(db.url);
     wrongPw.password = PG_SECRET;
     const closed = await getFreePort();
@@ -35,16 +30,11 @@ describe('secret hygiene', () => {
     ];
     for (const pgUrl of [wrongPw.toString(), unreachable.toString()]) {
       for (const sink of sinks) {
-        const cfg = await writeConfig(
+        await using cfg = await writeConfig(
           (port) =>
             `postgres:\n  url: ${pgUrl}\n  slot: ${db.slot}\n  connectTimeout: 1s\n  reconnect: { initial: 100ms, max: 300ms }\nsink:\n${sink}http:\n  host: 127.0.0.1\n  port: ${port}\nlog:\n  level: debug\n`,
         );
-        cleanups.push(() => removeDir(cfg.dir));
-        const relay = new RelayProcess(cfg.file, cfg.port);
-        cleanups.push(async () => {
-          relay.kill('SIGKILL');
-          await relay.exited;
-        });
+        await using relay = new RelayProcess(cfg.file, cfg.port);
         // Let it fail and retry a few times (debug logging on: the chattiest it gets).
         await until('some failures logged', async () => relay.stderr.split('\n').length > 3 || relay.child.exitCode !== null, 15_000);
         const metrics = await relay.http('/metrics').catch(() => ({ body: '' }));
@@ -65,18 +55,17 @@ describe('secret hygiene', () => {
   }, 240_000);
 
   it('a secret planted in the fatal message, its stack, a /readyz body and an uncaught crash never leaves the process', async () => {
-    const db = await new TestDb(await pgUrl(15)).create();
-    cleanups.push(() => db.drop());
+    await using db = await new TestDb(await pgUrl(15)).create();
     // The password is also the name of a database that does not exist: Postgres echoes it in the
     // error that stops the relay (fatal log message, and its stack with OUTBOXD_LOG_STACKS=1).
     const role = `r_${db.name.slice(2)}`;
     await db.client.query(`CREATE ROLE ${role} LOGIN PASSWORD '${PG_SECRET}'`);
-    cleanups.push(() => db.client.query(`DROP ROLE ${role}`).then(() => undefined));
+    await using _role = defer(() => db.client.query(`DROP ROLE ${role}`));
     const plant = new URL(db.url);
     plant.username = role;
     plant.password = '';
     plant.pathname = `/${PG_SECRET}`;
-    const fatalCfg = await writeConfig(
+    await using fatalCfg = await writeConfig(
       (port) =>
         `postgres:
   url: ${plant.toString()}
@@ -89,8 +78,7 @@ log:
   level: debug
 `,
     );
-    cleanups.push(() => removeDir(fatalCfg.dir));
-    const fatal = new RelayProcess(fatalCfg.file, fatalCfg.port, { OUTBOXD_LOG_STACKS: '1' });
+    await using fatal = new RelayProcess(fatalCfg.file, fatalCfg.port, { OUTBOXD_LOG_STACKS: '1' });
     expect(await fatal.exited).not.toBe(0);
     expect(fatal.stderr).toMatch(/"level":"fatal"/);
     expect(fatal.stderr).toMatch(/database \\"\*\*\*\\" does not exist/);
@@ -99,15 +87,14 @@ log:
 
     // A user whose password is also the name of a vhost it cannot open: the broker's refusal,
     // retried, names it in /readyz. (A node of our own, to add the user.)
-    const rabbit = await startRabbitMQ();
-    cleanups.push(() => rabbit.destroy());
+    await using rabbit = await startRabbitMQ();
     await rabbit.ctl('add_user', 'planted', AMQP_SECRET);
     await rabbit.ctl('set_permissions', '-p', '/', 'planted', '.*', '.*', '.*');
     const amqp = new URL(rabbit.url);
     amqp.username = 'planted';
     amqp.password = AMQP_SECRET;
     amqp.pathname = `/${AMQP_SECRET}`;
-    const readyCfg = await writeConfig(
+    await using readyCfg = await writeConfig(
       (port) =>
         `postgres:
   url: ${db.url}
@@ -123,12 +110,7 @@ http:
   port: ${port}
 `,
     );
-    cleanups.push(() => removeDir(readyCfg.dir));
-    const unready = new RelayProcess(readyCfg.file, readyCfg.port);
-    cleanups.push(async () => {
-      unready.kill('SIGKILL');
-      await unready.exited;
-    });
+    await using unready = new RelayProcess(readyCfg.file, readyCfg.port);
     const body = await until(
       'a /readyz body about the sink',
       async () => {

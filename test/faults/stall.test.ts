@@ -1,8 +1,8 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { type KafkaServer, startKafka } from '../harness/kafka.js';
 import { type RabbitServer, startRabbitMQ } from '../harness/rabbitmq.js';
-import { sleep, until } from '../integration/support.js';
-import { type Bundle, type SinkKind, bundle, uuid, waitDelivered } from './fixtures.js';
+import { defer, sleep, until } from '../integration/support.js';
+import { type SinkKind, bundle, uuid, waitDelivered } from './fixtures.js';
 
 /**
  * A broker that stops answering without closing the connection (SIGSTOP: a hung process, a
@@ -11,23 +11,18 @@ import { type Bundle, type SinkKind, bundle, uuid, waitDelivered } from './fixtu
  * lost. Each sink gets a broker of its own, so pausing it disturbs no other test.
  */
 const STALL_TIMEOUT_S = 5; // the default
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
 for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
   describe(`stalled broker → ${kind}`, () => {
     it(`a SIGSTOPped broker makes /readyz 503 within sink.stallTimeout + 2 s; SIGCONT brings it back, nothing lost`, async () => {
-      const broker: KafkaServer | RabbitServer = kind === 'kafka' ? await startKafka() : await startRabbitMQ();
-      cleanups.push(() => broker.destroy());
-      cleanups.push(() => broker.resume());
-      const b: Bundle = await bundle({
+      await using broker: KafkaServer | RabbitServer = kind === 'kafka' ? await startKafka() : await startRabbitMQ();
+      // Never leave it paused, whatever happens below.
+      await using _resume = defer(() => broker.resume());
+      await using b = await bundle({
         kind,
         ...(kind === 'kafka' ? { kafkaBrokers: (broker as KafkaServer).brokers.join(',') } : { amqpUrl: (broker as RabbitServer).url }),
         brokerTimeout: '30s',
       });
-      cleanups.push(() => b.cleanup());
       const relay = b.start();
       await relay.ready();
       // Rows keep coming, so there is always a publish waiting for the broker.

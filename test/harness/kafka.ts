@@ -11,9 +11,12 @@ import { join } from 'node:path';
 import { Kafka, logLevel } from 'kafkajs';
 import { pins, REPO_ROOT } from './pins.js';
 import { getFreePort, isListening, retryOnPortClash } from './ports.js';
-import { exited, pollUntil, ServiceDir } from './proc.js';
+import { exited, ServiceDir } from './proc.js';
+import { until } from './wait.js';
 
 export interface KafkaServer {
+  /** `await using` destroys it. */
+  [Symbol.asyncDispose](): Promise<void>;
   brokers: string[]; // ['127.0.0.1:PORT']
   /** 'graceful' (default): SIGTERM, controlled shutdown; 'kill': SIGKILL, like a crash. */
   stop(mode?: 'graceful' | 'kill'): Promise<void>;
@@ -176,7 +179,7 @@ class KafkaServerImpl implements KafkaServer {
     });
     const abortReason = (): string | undefined => (exited(child) ? `kafka exited (${child.exitCode ?? child.signalCode})` : undefined);
     try {
-      await pollUntil(() => isListening(HOST, this.brokerPort), { what: 'kafka listener', timeoutMs: START_TIMEOUT_MS, abortReason });
+      await until('kafka listener', () => isListening(HOST, this.brokerPort), START_TIMEOUT_MS, 50, { tolerateErrors: true, abortReason });
       this.sd.note('harness: broker port accepts connections');
       await this.waitUsable(abortReason);
       this.sd.note('harness: ready');
@@ -200,7 +203,8 @@ class KafkaServerImpl implements KafkaServer {
       connectionTimeout: 1000,
       retry: { retries: 0 },
     });
-    await pollUntil(
+    await until(
+      'kafka admin connection',
       async () => {
         const admin = probe.admin();
         try {
@@ -211,7 +215,9 @@ class KafkaServerImpl implements KafkaServer {
           await admin.disconnect().catch(() => undefined);
         }
       },
-      { what: 'kafka admin connection', timeoutMs: START_TIMEOUT_MS, abortReason },
+      START_TIMEOUT_MS,
+      50,
+      { tolerateErrors: true, abortReason },
     );
     this.sd.note('harness: kafkajs admin connected, warming up coordinators');
     const warm = new Kafka({
@@ -246,6 +252,10 @@ class KafkaServerImpl implements KafkaServer {
     // SIGTERM = controlled shutdown (~2 s); 'kill' simulates a crash.
     await this.sd.terminate(child, mode === 'graceful' ? 'SIGTERM' : 'SIGKILL', 30_000);
     this.child = undefined;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.destroy();
   }
 
   async destroy(): Promise<void> {

@@ -14,11 +14,14 @@ import type { ChildProcess } from 'node:child_process';
 import pg from 'pg';
 import { pins } from './pins.js';
 import { getFreePort, retryOnPortClash } from './ports.js';
-import { exited, type Owner, pollUntil, ServiceDir, waitExit } from './proc.js';
+import { exited, type Owner, ServiceDir, waitExit } from './proc.js';
+import { until } from './wait.js';
 
 const run = promisify(execFile);
 
 export interface PgServer {
+  /** `await using` destroys it. */
+  [Symbol.asyncDispose](): Promise<void>;
   version: PgMajor;
   url: string; // postgres://outboxd_test:secret@127.0.0.1:PORT/postgres  (a superuser with REPLICATION)
   host: string;
@@ -213,9 +216,8 @@ class PgServerImpl implements PgServer {
       if (this.child === child) this.child = undefined;
     });
     try {
-      await pollUntil(() => canQuery(this.url), {
-        what: `postgres ${this.version} on port ${this.port}`,
-        timeoutMs: START_TIMEOUT_MS,
+      await until(`postgres ${this.version} on port ${this.port}`, () => canQuery(this.url), START_TIMEOUT_MS, 50, {
+        tolerateErrors: true,
         abortReason: () => (exited(child) ? `postgres exited (${child.exitCode ?? child.signalCode})` : undefined),
       });
     } catch (err) {
@@ -240,6 +242,10 @@ class PgServerImpl implements PgServer {
     }
     await this.sd.terminate(child, 'SIGQUIT', 10_000);
     this.child = undefined;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.destroy();
   }
 
   async destroy(): Promise<void> {

@@ -5,6 +5,7 @@
  * on a runner that skips teardown).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { sleep } from './wait.js';
 import { closeSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { chmod, chown, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -115,8 +116,6 @@ function signalGroup(pgid: number, signal: NodeJS.Signals): void {
     // already gone
   }
 }
-
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** A temp dir owning a log file and the process groups started for one service. */
 export class ServiceDir {
@@ -320,23 +319,3 @@ export class ServiceDir {
  * Polls `check` every `intervalMs` until it returns true. Fails early with the reason
  * `abortReason` returns (e.g. "process exited"), or after `timeoutMs`.
  */
-export async function pollUntil(
-  check: () => Promise<boolean>,
-  opts: { timeoutMs: number; intervalMs?: number; abortReason?: () => string | undefined; what: string },
-): Promise<void> {
-  const deadline = Date.now() + opts.timeoutMs;
-  let lastError = '';
-  for (;;) {
-    const reason = opts.abortReason?.();
-    if (reason) throw new Error(`${opts.what}: ${reason}`);
-    try {
-      if (await check()) return;
-    } catch (err) {
-      lastError = (err as Error).message;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`${opts.what}: not ready after ${opts.timeoutMs} ms${lastError ? ` (last error: ${lastError})` : ''}`);
-    }
-    await sleep(opts.intervalMs ?? 50);
-  }
-}

@@ -23,9 +23,12 @@ import { access, mkdir, readdir, readFile, symlink, writeFile } from 'node:fs/pr
 import { join } from 'node:path';
 import amqp from 'amqplib';
 import { getFreePort, isListening, retryOnPortClash } from './ports.js';
-import { exited, pollUntil, ServiceDir, sleep } from './proc.js';
+import { exited, ServiceDir } from './proc.js';
+import { sleep, until } from './wait.js';
 
 export interface RabbitServer {
+  /** `await using` destroys it. */
+  [Symbol.asyncDispose](): Promise<void>;
   /** amqp://outboxd:secret@127.0.0.1:PORT/%2F (user with full permissions on vhosts / and outboxd_test) */
   url: string;
   /** amqp://outboxd:secret@127.0.0.1:PORT/outboxd_test */
@@ -302,9 +305,8 @@ class RabbitServerImpl implements RabbitServer {
       exited(child)
         ? `epmd exited (${child.exitCode ?? child.signalCode})${child.exitCode === 0 ? ': port taken (Address already in use)' : ''}`
         : undefined;
-    await pollUntil(() => isListening(HOST, this.epmdPort), {
-      what: `epmd on port ${this.epmdPort}`,
-      timeoutMs: 10_000,
+    await until(`epmd on port ${this.epmdPort}`, () => isListening(HOST, this.epmdPort), 10_000, 50, {
+      tolerateErrors: true,
       abortReason: gone,
     });
     await sleep(100);
@@ -326,12 +328,16 @@ class RabbitServerImpl implements RabbitServer {
       if (this.child === child) this.child = undefined;
     });
     try {
-      await pollUntil(async () => (await Promise.all([canConnect(this.url), canConnect(this.vhostUrl)])).every(Boolean), {
-        what: `rabbitmq ${this.nodeName} on port ${this.port}`,
-        timeoutMs: START_TIMEOUT_MS,
-        intervalMs: 100,
-        abortReason: () => (exited(child) ? `rabbitmq-server exited (${child.exitCode ?? child.signalCode})` : undefined),
-      });
+      await until(
+        `rabbitmq ${this.nodeName} on port ${this.port}`,
+        async () => (await Promise.all([canConnect(this.url), canConnect(this.vhostUrl)])).every(Boolean),
+        START_TIMEOUT_MS,
+        100,
+        {
+          tolerateErrors: true,
+          abortReason: () => (exited(child) ? `rabbitmq-server exited (${child.exitCode ?? child.signalCode})` : undefined),
+        },
+      );
       this.sd.note(`harness: AMQP logins work, ${Math.round(performance.now() - t0)} ms after spawn`);
     } catch (err) {
       await this.kill(child);
@@ -402,6 +408,10 @@ class RabbitServerImpl implements RabbitServer {
         },
       );
     });
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.destroy();
   }
 
   async destroy(): Promise<void> {

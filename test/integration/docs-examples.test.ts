@@ -24,6 +24,7 @@ import type { Config } from '../../src/config/config.js';
 import { ExitCode } from '../../src/errors.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { helmBinary } from './support.js';
+import { ConfigSchema } from '../../src/config/schema.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const CHART = join(ROOT, 'helm/outboxd');
@@ -163,7 +164,7 @@ function shellWords(line: string): string[] {
 // ---------------------------------------------------------------------------------------------
 // Examples: what kind of YAML a file is, and how it is checked.
 
-const CONFIG_KEYS = new Set(['postgres', 'outbox', 'pipeline', 'sink', 'http', 'log', 'shutdown']);
+const CONFIG_KEYS = new Set(Object.keys(ConfigSchema.properties));
 const HELM_KEYS = new Set(Object.keys(parse(readFileSync(join(CHART, 'values.yaml'), 'utf8')) as object));
 
 type Kind = 'config' | 'helm-values' | 'prometheus-rules' | 'other';

@@ -1,18 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { PG_MAJORS } from '../harness/postgres.js';
-import {
-  RelayProcess,
-  TestDb,
-  TopicReader,
-  checkPerKeyOrder,
-  kafkaConfig,
-  removeDir,
-  sleep,
-  until,
-  writeConfig,
-  writeOutbox,
-} from './support.js';
+import { RelayProcess, TestDb, TopicReader, orderAndDuplicates, ordered, kafkaConfig, until, writeConfig, writeOutbox } from './support.js';
 import { pgUrl, kafkaBrokers } from '../harness/services.js';
 
 /**
@@ -22,42 +11,32 @@ import { pgUrl, kafkaBrokers } from '../harness/services.js';
  */
 const servers = PG_MAJORS.map((version) => ({ version, url: () => pgUrl(version) }));
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
+/** A database, a topic reader and a config for one test; `await using` cleans them all up. */
 async function setup(serverUrl: string, extra = '') {
-  const db = await new TestDb(serverUrl).create();
-  cleanups.push(() => db.drop());
+  const stack = new AsyncDisposableStack();
+  const db = stack.use(await new TestDb(serverUrl).create());
   const suffix = db.name.slice(2, 8);
   const types = [`order_${suffix}`, `customer_${suffix}`];
   const brokers = await kafkaBrokers();
-  const reader = new TopicReader(brokers);
-  cleanups.push(() => reader.stop());
+  const reader = stack.use(new TopicReader(brokers));
   await reader.createTopics(types.map((t) => `outbox.event.${t}`));
-  const cfg = await writeConfig(kafkaConfig({ pgUrl: db.url, slot: db.slot, brokers, extra }));
-  cleanups.push(() => removeDir(cfg.dir));
-  const start = () => {
-    const relay = new RelayProcess(cfg.file, cfg.port);
-    cleanups.push(async () => {
-      relay.kill('SIGKILL');
-      await relay.exited;
-    });
-    return relay;
-  };
-  return { db, types, reader, cfg, start };
+  const cfg = stack.use(await writeConfig(kafkaConfig({ pgUrl: db.url, slot: db.slot, brokers, extra })));
+  // Relays started here are killed first (the stack unwinds in reverse).
+  const start = () => stack.use(new RelayProcess(cfg.file, cfg.port));
+  return { db, types, reader, cfg, start, [Symbol.asyncDispose]: () => stack.disposeAsync() };
 }
 
 describe.each(servers)('Postgres $version → Kafka', ({ url }) => {
   it('delivers 10,000 rows over 200 keys exactly once, in per-key commit order, keyed by aggregateid', async () => {
-    const { db, types, reader, start } = await setup(await url());
+    await using t = await setup(await url());
+    const { db, types, reader, start } = t;
     const relay = start();
     await relay.ready();
     await reader.start(types.map((t) => `outbox.event.${t}`));
     const rows = await writeOutbox(db.client, { total: 10_000, keys: 200, types });
     await reader.waitForIds(rows.map((r) => r.id));
-    await sleep(500); // anything extra (a duplicate) would arrive now
+    // Everything the topics hold has been read: a duplicate would be among it.
+    await reader.waitCaughtUp(types.map((t) => `outbox.event.${t}`));
 
     const byId = new Map(rows.map((r) => [r.id, r]));
     expect(reader.messages).toHaveLength(rows.length);
@@ -72,7 +51,7 @@ describe.each(servers)('Postgres $version → Kafka', ({ url }) => {
       expect(Number(m.headers['outboxd.xid'])).toBeGreaterThan(0);
       expect(JSON.parse(m.value)).toEqual({ seq: row.seq, key: row.aggregateid, pad: 'x'.repeat(200) });
     }
-    const { duplicates, violations } = checkPerKeyOrder(reader.messages);
+    const { duplicates, violations } = orderAndDuplicates(reader.messages.map(ordered));
     expect(violations).toEqual([]);
     expect(duplicates).toBe(0);
 
@@ -95,7 +74,8 @@ describe.each(servers)('Postgres $version → Kafka', ({ url }) => {
   });
 
   it('relays transactional logical decoding messages like rows, in statement order', async () => {
-    const { db, types, reader, start } = await setup(await url());
+    await using t = await setup(await url());
+    const { db, types, reader, start } = t;
     const relay = start();
     await relay.ready();
     await reader.start(types.map((t) => `outbox.event.${t}`));
@@ -127,13 +107,15 @@ describe.each(servers)('Postgres $version → Kafka', ({ url }) => {
       JSON.stringify({ id: 'nontx', aggregatetype: types[0], aggregateid: 'agg-1', payload: {} }),
     ]);
     await reader.waitForIds(ids);
-    await sleep(500);
+    // The relay has read (and ignored) the other two, and the reader has everything the topics hold.
+    await until('both ignored', async () => (await relay.metric('outboxd_changes_ignored_total')) >= 2, 10_000);
+    await reader.waitCaughtUp(types.map((t) => `outbox.event.${t}`));
     expect(reader.messages.map((m) => m.headers.id)).toEqual(ids);
     const msg = reader.messages[1];
     expect(msg?.key).toBe('agg-1');
     expect(msg?.headers).toMatchObject({ type: 'Updated', tenant: 't-9', correlation_id: 'corr-1' });
     expect(JSON.parse(msg?.value ?? '')).toEqual({ seq: 2 });
-    expect(checkPerKeyOrder(reader.messages).violations).toEqual([]);
+    expect(orderAndDuplicates(reader.messages.map(ordered)).violations).toEqual([]);
     expect(await relay.metric('outboxd_changes_ignored_total', { kind: 'foreign_message' })).toBeGreaterThanOrEqual(1);
     expect(await relay.metric('outboxd_changes_ignored_total', { kind: 'non_transactional_message' })).toBe(1);
   });
@@ -141,7 +123,8 @@ describe.each(servers)('Postgres $version → Kafka', ({ url }) => {
 
 describe('observability', () => {
   it('serves the metrics SPEC.md lists, and readiness that follows the relay state', async () => {
-    const { start } = await setup(await pgUrl(15));
+    await using t = await setup(await pgUrl(15));
+    const { start } = t;
     const relay = start();
     await relay.ready();
     const { status, body } = await relay.http('/metrics');
@@ -178,7 +161,8 @@ describe('observability', () => {
 describe('Postgres 15 → Kafka under faults', () => {
   it('loses nothing when the relay is SIGKILLed mid-stream and restarted', async () => {
     // A long linger keeps messages in flight, so the kill lands while some are unconfirmed.
-    const { db, types, reader, start } = await setup(await pgUrl(15), 'pipeline:\n  linger: 300ms\n');
+    await using t = await setup(await pgUrl(15), 'pipeline:\n  linger: 300ms\n');
+    const { db, types, reader, start } = t;
     let relay = start();
     await relay.ready();
     await reader.start(types.map((t) => `outbox.event.${t}`));
@@ -200,7 +184,7 @@ describe('Postgres 15 → Kafka under faults', () => {
     relay = start();
     await relay.ready();
     await reader.waitForIds(rows.map((r) => r.id));
-    const { duplicates, violations } = checkPerKeyOrder(reader.messages);
+    const { duplicates, violations } = orderAndDuplicates(reader.messages.map(ordered));
     expect(violations).toEqual([]);
     // Duplicates are allowed (at-least-once) but bounded by what could have been in flight.
     expect(duplicates).toBeLessThanOrEqual(20_000 + 2_000);
@@ -211,7 +195,8 @@ describe('Postgres 15 → Kafka under faults', () => {
   });
 
   it('keeps confirming the slot while the outbox is idle and another table takes 50 MB of writes', async () => {
-    const { db, start } = await setup(await pgUrl(15));
+    await using t = await setup(await pgUrl(15));
+    const { db, start } = t;
     await db.client.query('CREATE TABLE busy (id bigserial PRIMARY KEY, filler text NOT NULL)');
     const relay = start();
     await relay.ready();
@@ -239,12 +224,15 @@ describe('Postgres 15 → Kafka under faults', () => {
     expect(last.confirmed).toBeGreaterThan(first.confirmed);
     // It moved during the writes too, not only at the end.
     expect(seen.filter((lsn, i) => i > 0 && lsn > (seen[i - 1] as bigint)).length).toBeGreaterThanOrEqual(2);
-    expect(await relay.metric('outboxd_heartbeats_total')).toBeGreaterThanOrEqual(0);
+    // Heartbeats (every 2 s here) are written and read back through the stream, and publish nothing.
+    await until('a heartbeat read back', async () => (await relay.metric('outboxd_heartbeats_received_total')) >= 1, 10_000);
+    expect(await relay.metric('outboxd_heartbeats_total')).toBeGreaterThanOrEqual(1);
     expect(await relay.metric('outboxd_messages_published_total')).toBe(0);
   });
 
   it('stops gracefully on SIGTERM: drains, confirms the slot, exits 0', async () => {
-    const { db, types, reader, start } = await setup(await pgUrl(15));
+    await using t = await setup(await pgUrl(15));
+    const { db, types, reader, start } = t;
     const relay = start();
     await relay.ready();
     await reader.start(types.map((t) => `outbox.event.${t}`));
@@ -264,7 +252,8 @@ describe('Postgres 15 → Kafka under faults', () => {
   });
 
   it('exits with code 4 and never recreates a slot that was dropped while it was down', async () => {
-    const { db, start } = await setup(await pgUrl(15));
+    await using t = await setup(await pgUrl(15));
+    const { db, start } = t;
     const relay = start();
     await relay.ready();
     relay.kill('SIGTERM');

@@ -1,22 +1,18 @@
 import { spawnSync } from 'node:child_process';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { getFreePort } from '../harness/ports.js';
-import { MAIN, RelayProcess, TestDb, removeDir, writeConfig } from './support.js';
+import { MAIN, RelayProcess, TestDb, defer, writeConfig } from './support.js';
 import { pgUrl, kafkaBrokers } from '../harness/services.js';
 
 /** The operator's commands against a real Postgres and Kafka: validate --connect, status, setup. */
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
 function outboxd(args: string[]) {
   const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: 'utf8', timeout: 60_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-async function config(pgUrl: string, slot: string, brokers: string, extra = '') {
-  const cfg = await writeConfig(
+/** A Kafka config for the database; `await using` removes it. */
+function config(pgUrl: string, slot: string, brokers: string, extra = '') {
+  return writeConfig(
     (port) => `postgres:
   url: ${pgUrl}
   slot: ${slot}
@@ -34,20 +30,17 @@ http:
   port: ${port}
 `,
   );
-  cleanups.push(() => removeDir(cfg.dir));
-  return cfg;
 }
 
+/** A database of its own; `await using` drops it. */
 async function db(ddl?: string[]) {
-  const d = await new TestDb(await pgUrl(15)).create(ddl);
-  cleanups.push(() => d.drop());
-  return d;
+  return new TestDb(await pgUrl(15)).create(ddl);
 }
 
 describe('outboxd validate --connect', () => {
   it('passes every check on a ready environment, one line each', async () => {
-    const d = await db();
-    const cfg = await config(d.url, d.slot, (await kafkaBrokers()).join(','));
+    await using d = await db();
+    await using cfg = await config(d.url, d.slot, (await kafkaBrokers()).join(','));
     const r = outboxd(['validate', '-c', cfg.file, '--connect']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
@@ -71,16 +64,14 @@ describe('outboxd validate --connect', () => {
   });
 
   it('names what is wrong and how to fix it, and exits non-zero', async () => {
-    const d = await db(['CREATE TABLE public.outbox (id uuid PRIMARY KEY, aggregatetype text, payload jsonb)']);
+    await using d = await db(['CREATE TABLE public.outbox (id uuid PRIMARY KEY, aggregatetype text, payload jsonb)']);
     await d.client.query(`CREATE ROLE ${d.name}_weak LOGIN PASSWORD 'weak'`);
-    cleanups.push(async () => {
-      await d.client.query(`DROP ROLE IF EXISTS ${d.name}_weak`).catch(() => undefined);
-    });
+    await using _role = defer(() => d.client.query(`DROP ROLE IF EXISTS ${d.name}_weak`).catch(() => undefined));
     const u = new URL(d.url);
     u.username = `${d.name}_weak`;
     u.password = 'weak';
     const closedPort = await getFreePort();
-    const cfg = await config(u.toString(), d.slot, `127.0.0.1:${closedPort}`);
+    await using cfg = await config(u.toString(), d.slot, `127.0.0.1:${closedPort}`);
     const r = outboxd(['validate', '-c', cfg.file, '--connect']);
     expect(r.code).toBe(1);
     expect(r.stdout).toMatch(/^fail\s+replication privilege: .*ALTER ROLE <role> WITH REPLICATION$/m);
@@ -92,8 +83,8 @@ describe('outboxd validate --connect', () => {
 
 describe('outboxd status and setup', () => {
   it('setup --print prints DDL for the column mapping that creates a working outbox', async () => {
-    const d = await db([]);
-    const cfg = await config(
+    await using d = await db([]);
+    await using cfg = await config(
       d.url,
       d.slot,
       (await kafkaBrokers()).join(','),
@@ -115,8 +106,8 @@ describe('outboxd status and setup', () => {
   });
 
   it('setup creates the publication and slot; status reports them; a lost slot exits 4', async () => {
-    const d = await db();
-    const cfg = await config(d.url, d.slot, (await kafkaBrokers()).join(','));
+    await using d = await db();
+    await using cfg = await config(d.url, d.slot, (await kafkaBrokers()).join(','));
     let s = outboxd(['status', '-c', cfg.file]);
     expect(s.code).toBe(0);
     expect(s.stdout).toMatch(/slot .*: missing/);
@@ -128,11 +119,7 @@ describe('outboxd status and setup', () => {
     expect(setup.stdout).toMatch(/replication slot .*: created/);
     expect(outboxd(['setup', '-c', cfg.file]).stdout).toMatch(/replication slot .*: exists/);
 
-    const relay = new RelayProcess(cfg.file, cfg.port);
-    cleanups.push(async () => {
-      relay.kill('SIGKILL');
-      await relay.exited;
-    });
+    await using relay = new RelayProcess(cfg.file, cfg.port);
     await relay.ready();
     s = outboxd(['status', '-c', cfg.file, '--json']);
     expect(s.code).toBe(0);

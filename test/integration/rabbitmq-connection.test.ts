@@ -1,23 +1,19 @@
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { isListening } from '../harness/ports.js';
 import { startRabbitMQ } from '../harness/rabbitmq.js';
-import { RelayProcess, TestDb, removeDir, sleep, until, writeConfig } from './support.js';
+import { RelayProcess, TestDb, until, writeConfig } from './support.js';
 import { pgUrl, rabbitmqUrl } from '../harness/services.js';
 
 /**
  * RabbitMQ connection life: a missing exchange, a vhost, and broker resource alarms
  * (connection.blocked) against real nodes.
  */
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
+/** A database and a relay for it publishing to `exchange`; `await using` cleans up. */
 async function relayFor(amqpUrl: string, exchange: string, declare: boolean) {
-  const db = await new TestDb(await pgUrl(15)).create();
-  cleanups.push(() => db.drop());
+  const stack = new AsyncDisposableStack();
+  const db = stack.use(await new TestDb(await pgUrl(15)).create());
   const cfg = await writeConfig(
     (port) => `postgres:
   url: ${db.url}
@@ -36,19 +32,15 @@ http:
   port: ${port}
 `,
   );
-  cleanups.push(() => removeDir(cfg.dir));
-  const relay = new RelayProcess(cfg.file, cfg.port);
-  cleanups.push(async () => {
-    relay.kill('SIGKILL');
-    await relay.exited;
-  });
-  return { db, relay };
+  stack.use(cfg);
+  const relay = stack.use(new RelayProcess(cfg.file, cfg.port));
+  return { db, relay, [Symbol.asyncDispose]: () => stack.disposeAsync() };
 }
 
+/** The message ids arriving through `exchange`; `await using` closes the connection. */
 async function consumer(url: string, exchange: string) {
   const model = await amqp.connect(url);
   model.on('error', () => undefined);
-  cleanups.push(() => model.close().catch(() => undefined));
   const ch = await model.createChannel();
   ch.on('error', () => undefined);
   await ch.assertExchange(exchange, 'topic', { durable: true });
@@ -61,12 +53,13 @@ async function consumer(url: string, exchange: string) {
     ids.push(String(m.properties.messageId));
     ch.ack(m);
   });
-  return ids;
+  return { ids, [Symbol.asyncDispose]: () => model.close().catch(() => undefined) };
 }
 
 describe('RabbitMQ connection life', () => {
   it('a missing exchange with declare: false stops the relay with a clear one-line error', async () => {
-    const { relay } = await relayFor(await rabbitmqUrl(), `missing_${randomUUID().slice(0, 8)}`, false);
+    await using r = await relayFor(await rabbitmqUrl(), `missing_${randomUUID().slice(0, 8)}`, false);
+    const { relay } = r;
     expect(await relay.exited).toBe(1);
     const fatal = relay.logLines().find((l) => l.level === 'fatal');
     expect(String(fatal?.msg)).toMatch(/RabbitMQ exchange "missing_\w+" does not exist; create it or set sink\.rabbitmq\.declare: true/);
@@ -74,7 +67,8 @@ describe('RabbitMQ connection life', () => {
 
   it('refused credentials stop the relay with a one-line error naming them', async () => {
     const url = (await rabbitmqUrl()).replace(/:\/\/([^:]+):[^@]+@/, '://$1:not-the-password@');
-    const { relay } = await relayFor(url, `x_${randomUUID().slice(0, 8)}`, true);
+    await using r = await relayFor(url, `x_${randomUUID().slice(0, 8)}`, true);
+    const { relay } = r;
     expect(await relay.exited).toBe(1);
     const fatal = relay.logLines().find((l) => l.level === 'fatal');
     expect(String(fatal?.msg)).toMatch(/ACCESS_REFUSED.*\(check the credentials and vhost permissions\)$/);
@@ -83,7 +77,8 @@ describe('RabbitMQ connection life', () => {
 
   it('a vhost that does not exist keeps the relay unready, with a warning naming it', async () => {
     const url = (await rabbitmqUrl()).replace(/\/%2F$/, '/no_such_vhost');
-    const { relay } = await relayFor(url, `x_${randomUUID().slice(0, 8)}`, true);
+    await using r = await relayFor(url, `x_${randomUUID().slice(0, 8)}`, true);
+    const { relay } = r;
     await until('the warning', async () => relay.logLines().find((l) => l.level === 'warn'), 20_000);
     const warn = relay.logLines().find((l) => l.level === 'warn');
     expect(String(warn?.msg)).toBe('rabbitmq unavailable, retrying');
@@ -97,9 +92,12 @@ describe('RabbitMQ connection life', () => {
     let port = 0;
     for (let p = 40300; p < 40400 && port === 0; p++) if (!(await isListening('127.0.0.1', p))) port = p;
     expect(port).toBeGreaterThan(0);
-    const { relay } = await relayFor(`amqp://outboxd:secret@127.0.0.1:${port}/%2F`, 'x', true);
+    await using r = await relayFor(`amqp://outboxd:secret@127.0.0.1:${port}/%2F`, 'x', true);
+    const { relay } = r;
+    // The refusal was classified retriable: a retry is scheduled and /readyz says why (the old
+    // misreading exited before that).
     await until('a retry', async () => /rabbitmq unavailable, retrying/.test(relay.stderr), 20_000);
-    await sleep(1_500);
+    await until('the refusal in /readyz', async () => (await relay.http('/readyz')).body.includes('ECONNREFUSED'), 20_000);
     expect(relay.child.exitCode).toBeNull();
     expect((await relay.http('/readyz')).status).toBe(503);
     expect(relay.stderr).toContain(`ECONNREFUSED 127.0.0.1:${port}`);
@@ -108,8 +106,10 @@ describe('RabbitMQ connection life', () => {
   it('publishes into a vhost named by the URL path', async () => {
     const vhostUrl = (await rabbitmqUrl()).replace(/\/%2F$/, '/outboxd_test');
     const exchange = `vh_${randomUUID().slice(0, 8)}`;
-    const ids = await consumer(vhostUrl, exchange);
-    const { db, relay } = await relayFor(vhostUrl, exchange, false);
+    await using c = await consumer(vhostUrl, exchange);
+    const { ids } = c;
+    await using r = await relayFor(vhostUrl, exchange, false);
+    const { db, relay } = r;
     await relay.ready();
     const id = randomUUID();
     await db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'a', 'k', 'T', '{}')`, [
@@ -119,11 +119,12 @@ describe('RabbitMQ connection life', () => {
   });
 
   it('a memory alarm (connection.blocked) pauses publishing, flips /readyz and the metric; unblocked resumes', async () => {
-    const rabbit = await startRabbitMQ();
-    cleanups.push(() => rabbit.destroy());
+    await using rabbit = await startRabbitMQ();
     const exchange = `bl_${randomUUID().slice(0, 8)}`;
-    const ids = await consumer(rabbit.url, exchange);
-    const { db, relay } = await relayFor(rabbit.url, exchange, true);
+    await using c = await consumer(rabbit.url, exchange);
+    const { ids } = c;
+    await using r = await relayFor(rabbit.url, exchange, true);
+    const { db, relay } = r;
     await relay.ready();
     await rabbit.ctl('set_vm_memory_high_watermark', '0.000001');
     const id = randomUUID();
@@ -133,7 +134,8 @@ describe('RabbitMQ connection life', () => {
     await until('blocked', async () => (await relay.metric('outboxd_broker_blocked')) === 1, 30_000);
     expect((await relay.http('/readyz')).body).toMatch(/blocked the connection/);
     expect(relay.stderr).toMatch(/RabbitMQ blocked the connection/);
-    await sleep(1_000);
+    // The row is read and held in flight: published it is not.
+    await until('the row in flight', async () => (await relay.metric('outboxd_inflight_messages')) >= 1, 30_000);
     expect(ids).not.toContain(id);
     await rabbit.ctl('set_vm_memory_high_watermark', '0.4');
     await until('the message after unblock', async () => ids.includes(id), 60_000);

@@ -1,17 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startRabbitMQ } from '../harness/rabbitmq.js';
-import { RelayProcess, TestDb, removeDir, sleep, until, writeConfig, writeOutbox } from './support.js';
+import { RelayProcess, TestDb, orderAndDuplicates, sleep, until, writeConfig, writeOutbox } from './support.js';
 import { pgUrl, rabbitmqUrl } from '../harness/services.js';
 
 /**
  * The relay against a real RabbitMQ node, read back with a separate AMQP connection.
  */
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
 interface Got {
   queue: string;
@@ -76,35 +72,39 @@ class QueueReader {
     );
   }
 
+  /** Waits until the queues hold nothing more for us (every delivery made and acked). */
+  async waitDrained(queues: string[], timeoutMs = 30_000): Promise<void> {
+    await until(
+      'the queues drained',
+      async () => {
+        for (const q of queues) if ((await this.ch.checkQueue(q)).messageCount > 0) return false;
+        return true;
+      },
+      timeoutMs,
+      100,
+    );
+  }
+
   async close(): Promise<void> {
     await this.model.close().catch(() => undefined);
   }
-}
 
-async function walPosition(db: TestDb): Promise<bigint> {
-  const { rows } = await db.client.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn');
-  const [hi, lo] = (rows[0]?.lsn ?? '0/0').split('/').map((x) => BigInt(`0x${x}`)) as [bigint, bigint];
-  return (hi << 32n) | lo;
-}
-
-/** Per-key order after dropping duplicates by messageId; returns violations and duplicates. */
-function perKeyOrder(got: Got[]): { violations: string[]; duplicates: number } {
-  const seen = new Set<string>();
-  const last = new Map<string, number>();
-  const violations: string[] = [];
-  let duplicates = 0;
-  for (const g of got) {
-    const id = g.properties.messageId as string;
-    if (seen.has(id)) {
-      duplicates++;
-      continue;
-    }
-    seen.add(id);
-    const key = String(g.properties.headers?.aggregateid);
-    const seq = (JSON.parse(g.content) as { seq: number }).seq;
-    if (seq <= (last.get(key) ?? 0)) violations.push(`${key}: ${seq} after ${last.get(key)}`);
-    last.set(key, seq);
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
   }
+}
+
+/** Per-key order after dropping duplicates by messageId (the shared check, per queue). */
+function perKeyOrder(got: Got[]): { violations: string[]; duplicates: number } {
+  const { violations, duplicates } = orderAndDuplicates(
+    got.map((g, position) => ({
+      id: g.properties.messageId as string,
+      key: String(g.properties.headers?.aggregateid),
+      seq: (JSON.parse(g.content) as { seq: number }).seq,
+      stream: g.queue,
+      position,
+    })),
+  );
   return { violations, duplicates };
 }
 
@@ -113,6 +113,7 @@ function rabbitConfig(o: { pgUrl: string; slot: string; amqpUrl: string; exchang
   url: ${o.pgUrl}
   slot: ${o.slot}
   statusInterval: 1s
+  heartbeat: { interval: 1s }
   reconnect: { initial: 100ms, max: 1s }
 outbox:
   tables:
@@ -135,32 +136,25 @@ http:
 `;
 }
 
+/** A database, an AMQP reader and a config for one test; `await using` cleans them all up. */
 async function setup(opts: { amqpUrl?: string; extra?: string; sinkExtra?: string; exchangeType?: string } = {}) {
+  const stack = new AsyncDisposableStack();
   const amqpUrl = opts.amqpUrl ?? (await rabbitmqUrl());
-  const db = await new TestDb(await pgUrl(15)).create();
-  cleanups.push(() => db.drop());
+  const db = stack.use(await new TestDb(await pgUrl(15)).create());
   const exchange = `ex_${db.name.slice(2, 10)}`;
-  const reader = await new QueueReader(amqpUrl).open();
-  cleanups.push(() => reader.close());
+  const reader = stack.use(await new QueueReader(amqpUrl).open());
   await reader.exchange(exchange, opts.exchangeType ?? 'topic');
-  const cfg = await writeConfig(
-    rabbitConfig({ pgUrl: db.url, slot: db.slot, amqpUrl, exchange, extra: opts.extra, sinkExtra: opts.sinkExtra }),
+  const cfg = stack.use(
+    await writeConfig(rabbitConfig({ pgUrl: db.url, slot: db.slot, amqpUrl, exchange, extra: opts.extra, sinkExtra: opts.sinkExtra })),
   );
-  cleanups.push(() => removeDir(cfg.dir));
-  const start = () => {
-    const relay = new RelayProcess(cfg.file, cfg.port);
-    cleanups.push(async () => {
-      relay.kill('SIGKILL');
-      await relay.exited;
-    });
-    return relay;
-  };
-  return { db, exchange, reader, start, tag: db.name.slice(2, 8) };
+  const start = () => stack.use(new RelayProcess(cfg.file, cfg.port));
+  return { db, exchange, reader, start, tag: db.name.slice(2, 8), [Symbol.asyncDispose]: () => stack.disposeAsync() };
 }
 
 describe('Postgres → RabbitMQ', () => {
   it('delivers 10,000 rows over 200 keys to bound queues, every messageId once, per-key order kept', async () => {
-    const { db, exchange, reader, start, tag } = await setup();
+    await using t = await setup();
+    const { db, exchange, reader, start, tag } = t;
     const types = [`order_${tag}`, `customer_${tag}`];
     await reader.bind(`q_order_${tag}`, exchange, `order_${tag}.#`);
     await reader.bind(`q_customer_${tag}`, exchange, `customer_${tag}.*`);
@@ -170,7 +164,9 @@ describe('Postgres → RabbitMQ', () => {
     await relay.ready();
     const rows = await writeOutbox(db.client, { total: 10_000, keys: 200, types });
     await reader.waitForIds(rows.map((r) => r.id));
-    await sleep(500);
+    // The relay has nothing left in flight, and the queues are empty: no duplicate is on its way.
+    await until('nothing in flight', async () => (await relay.metric('outboxd_inflight_messages')) === 0, 30_000);
+    await reader.waitDrained([`q_order_${tag}`, `q_customer_${tag}`]);
     expect(reader.got).toHaveLength(10_000);
     const byId = new Map(rows.map((r) => [r.id, r]));
     for (const g of reader.got) {
@@ -185,7 +181,8 @@ describe('Postgres → RabbitMQ', () => {
   });
 
   it('fills the AMQP properties and headers as specified', async () => {
-    const { db, exchange, reader, start, tag } = await setup();
+    await using t = await setup();
+    const { db, exchange, reader, start, tag } = t;
     await reader.bind(`q_${tag}`, exchange, '#');
     await reader.consume(`q_${tag}`);
     const relay = start();
@@ -226,10 +223,11 @@ describe('Postgres → RabbitMQ', () => {
   });
 
   it('shards by aggregateid over an x-consistent-hash exchange: every key on exactly one of 4 queues', async () => {
-    const { db, exchange, reader, start, tag } = await setup({
+    await using t = await setup({
       exchangeType: 'x-consistent-hash',
       sinkExtra: '    exchangeType: x-consistent-hash\n',
     });
+    const { db, exchange, reader, start, tag } = t;
     const queues = [0, 1, 2, 3].map((i) => `q_shard${i}_${tag}`);
     for (const q of queues) {
       await reader.bind(q, exchange, '1'); // the binding key is the weight
@@ -253,7 +251,8 @@ describe('Postgres → RabbitMQ', () => {
   });
 
   it('halts on an unroutable message under halt: not ready, slot not advanced past it', async () => {
-    const { db, exchange, reader, start, tag } = await setup();
+    await using t = await setup();
+    const { db, exchange, reader, start, tag } = t;
     await reader.bind(`q_${tag}`, exchange, 'routed.*');
     await reader.consume(`q_${tag}`);
     const relay = start();
@@ -265,7 +264,7 @@ describe('Postgres → RabbitMQ', () => {
     );
     await reader.waitForIds([ok]);
     // Everything up to here may be confirmed; the poison transaction commits after `before`.
-    const before = await walPosition(db);
+    const before = await db.walLsn();
     await db.client.query(`INSERT INTO public.outbox (aggregatetype, aggregateid, type, payload) VALUES ('nowhere', 'k', 'A', '{}')`);
     const after = randomUUID();
     await db.client.query(
@@ -275,7 +274,7 @@ describe('Postgres → RabbitMQ', () => {
     await until('halted', async () => (await relay.http('/readyz')).body.startsWith('not ok: halted'));
     expect(await relay.metric('outboxd_poison_messages_total', { reason: 'unroutable' })).toBe(1);
     expect(relay.stderr).toMatch(/poison message: halting/);
-    await sleep(1500);
+    await relay.heartbeatsPass(2);
     // Nothing at or after the poison message's transaction was confirmed to Postgres.
     expect((await db.slotInfo())?.confirmed).toBeLessThanOrEqual(before);
     expect(reader.ids()).toContain(ok);
@@ -283,10 +282,11 @@ describe('Postgres → RabbitMQ', () => {
   });
 
   it('dead-letters an unroutable message under dead-letter and goes on', async () => {
-    const { db, exchange, reader, start, tag } = await setup({
+    await using t = await setup({
       extra: '  onPoison: dead-letter\n',
       sinkExtra: `    deadLetterExchange: dlx_${'x'}\n    deadLetterRoutingKey: poison\n`,
     });
+    const { db, exchange, reader, start, tag } = t;
     await reader.exchange('dlx_x', 'topic');
     await reader.bind(`dlq_${tag}`, 'dlx_x', 'poison');
     await reader.bind(`q_${tag}`, exchange, 'routed.*');
@@ -321,9 +321,9 @@ describe('Postgres → RabbitMQ', () => {
 
 describe('RabbitMQ broker restart', () => {
   it('delivers every id at least once, in per-key order after dedupe, across a broker stop/start mid-stream', async () => {
-    const rabbit = await startRabbitMQ();
-    cleanups.push(() => rabbit.destroy());
-    const { db, exchange, reader, start, tag } = await setup({ amqpUrl: rabbit.url });
+    await using rabbit = await startRabbitMQ();
+    await using t = await setup({ amqpUrl: rabbit.url });
+    const { db, exchange, reader, start, tag } = t;
     await reader.bind(`q_${tag}`, exchange, '#');
     const relay = start();
     await relay.ready();
@@ -343,8 +343,7 @@ describe('RabbitMQ broker restart', () => {
     const more = await writeOutbox(db.client, { total: 1_000, keys: 100, types: [`t_${tag}`] });
     await sleep(2_000);
     await rabbit.start();
-    const again = await new QueueReader(rabbit.url).open();
-    cleanups.push(() => again.close());
+    await using again = await new QueueReader(rabbit.url).open();
     await again.consume(`q_${tag}`);
     // Sequence numbers restart in the second batch; check order within each batch separately.
     const all = [...rows, ...more];

@@ -1,6 +1,6 @@
 import pg from 'pg';
-import { afterEach, describe, expect, it } from 'vitest';
-import { RelayProcess, TestDb, removeDir, until, writeConfig } from './support.js';
+import { describe, expect, it } from 'vitest';
+import { RelayProcess, TestDb, defer, until, writeConfig } from './support.js';
 import { pgUrl } from '../harness/services.js';
 
 /**
@@ -8,25 +8,19 @@ import { pgUrl } from '../harness/services.js';
  * waits for (/readyz and the log name the transactions), stays live (a dependency, not a hang),
  * gives up after postgres.slotCreateTimeout and tries again, and streams once they end.
  */
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
 describe('slot creation behind a long transaction', () => {
   it('names the transactions it waits for, stays live, retries after slotCreateTimeout, and streams once they end', async () => {
-    const db = await new TestDb(await pgUrl(17)).create();
-    cleanups.push(() => db.drop());
+    await using db = await new TestDb(await pgUrl(17)).create();
     // A transaction with an xid, left open.
     const blocker = new pg.Client({ connectionString: db.url });
     await blocker.connect();
-    cleanups.push(() => blocker.end().catch(() => undefined));
+    await using _blocker = defer(() => blocker.end().catch(() => undefined));
     await blocker.query('BEGIN');
     await blocker.query('SELECT txid_current()');
     const { rows } = await blocker.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
     const pid = rows[0]?.pid as number;
 
-    const cfg = await writeConfig(
+    await using cfg = await writeConfig(
       (port) => `postgres:
   url: ${db.url}
   slot: ${db.slot}
@@ -37,12 +31,7 @@ http:
   port: ${port}
 `,
     );
-    cleanups.push(() => removeDir(cfg.dir));
-    const relay = new RelayProcess(cfg.file, cfg.port);
-    cleanups.push(async () => {
-      relay.kill('SIGKILL');
-      await relay.exited;
-    });
+    await using relay = new RelayProcess(cfg.file, cfg.port);
     const body = await until(
       'readyz naming the blocking transaction',
       async () => {

@@ -32,17 +32,9 @@ export function helmBinary(): string {
   return bin;
 }
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+import { sleep, until } from '../harness/wait.js';
 
-export async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000, everyMs = 100): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(everyMs);
-  }
-}
+export { sleep, until };
 
 /** A database of its own for one test, on the given server; dropped (with its slots) afterwards. */
 export class TestDb {
@@ -97,6 +89,11 @@ export class TestDb {
     this.client = new pg.Client({ connectionString: this.url });
     this.client.on('error', () => undefined);
     await this.client.connect();
+  }
+
+  /** `await using db = await new TestDb(url).create()` drops it when the test ends. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.drop();
   }
 
   async drop(): Promise<void> {
@@ -244,6 +241,21 @@ export class RelayProcess {
     this.child.kill(signal);
   }
 
+  /**
+   * Waits until the relay has written `n` more heartbeats: a positive sign that time passed
+   * with the relay running and connected, for a test that then asserts nothing moved.
+   */
+  async heartbeatsPass(n = 2, timeoutMs = 30_000): Promise<void> {
+    const from = await this.metric('outboxd_heartbeats_total');
+    await until(`${n} heartbeats`, async () => (await this.metric('outboxd_heartbeats_total')) >= from + n, timeoutMs, 100);
+  }
+
+  /** `await using relay = new RelayProcess(...)` kills it (if still running) when the test ends. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.kill('SIGKILL');
+    await this.exited;
+  }
+
   logLines(): Array<Record<string, unknown>> {
     return this.stderr
       .split('\n')
@@ -252,13 +264,23 @@ export class RelayProcess {
   }
 }
 
-/** Writes a config file into a temp dir and returns its path and the HTTP port it uses. */
-export async function writeConfig(yaml: (httpPort: number) => string): Promise<{ file: string; port: number; dir: string }> {
+/**
+ * Writes a config file into a temp dir and returns its path and the HTTP port it uses;
+ * `await using cfg = await writeConfig(...)` removes the dir when the test ends.
+ */
+export async function writeConfig(
+  yaml: (httpPort: number) => string,
+): Promise<{ file: string; port: number; dir: string } & AsyncDisposable> {
   const dir = mkdtempSync(join(tmpdir(), 'outboxd-it-'));
   const port = await getFreePort();
   const file = join(dir, 'outboxd.yaml');
   writeFileSync(file, yaml(port));
-  return { file, port, dir };
+  return { file, port, dir, [Symbol.asyncDispose]: async () => removeDir(dir) };
+}
+
+/** `await using _ = defer(fn)`: runs `fn` when the scope ends, for a cleanup without an object of its own. */
+export function defer(fn: () => Promise<unknown> | unknown): AsyncDisposable {
+  return { [Symbol.asyncDispose]: async () => void (await fn()) };
 }
 
 export function removeDir(dir: string): void {
@@ -331,39 +353,91 @@ export class TopicReader {
     );
   }
 
+  /**
+   * Waits until everything the topics hold has been read: every partition's high watermark.
+   * After the relay confirmed all it had, this is the positive sign that no duplicate is still
+   * on its way.
+   */
+  async waitCaughtUp(topics: string[], timeoutMs = 30_000): Promise<void> {
+    const admin = this.kafka.admin();
+    await admin.connect();
+    try {
+      const ends = new Map<string, bigint>();
+      for (const topic of topics) {
+        for (const p of await admin.fetchTopicOffsets(topic)) ends.set(`${topic}/${p.partition}`, BigInt(p.high));
+      }
+      await until(
+        'the reader at the end of every partition',
+        async () => {
+          const next = new Map<string, bigint>();
+          for (const m of this.messages) {
+            const k = `${m.topic}/${m.partition}`;
+            const o = BigInt(m.offset) + 1n;
+            if (o > (next.get(k) ?? 0n)) next.set(k, o);
+          }
+          return [...ends].every(([k, end]) => end === 0n || (next.get(k) ?? 0n) >= end);
+        },
+        timeoutMs,
+        100,
+      );
+    } finally {
+      await admin.disconnect();
+    }
+  }
+
   async stop(): Promise<void> {
     await this.consumer.disconnect().catch(() => undefined);
   }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+}
+
+/** A delivered message as the order check sees it (Kafka record or AMQP delivery). */
+export interface Ordered {
+  id: string;
+  key: string;
+  seq: number;
+  /** Orders messages of one key: `topic/partition` or the queue. */
+  stream: string;
+  /** The position in the stream: the offset, or the delivery index. */
+  position: number;
 }
 
 /**
- * Checks per-key order: for every key, the first occurrences of its ids (duplicates dropped, as
- * a deduplicating consumer would) carry strictly increasing sequence numbers. Returns the count
- * of duplicates seen.
+ * Per-key order after dropping duplicates by id, as a deduplicating consumer sees it: within
+ * each stream, the first occurrence of every id of a key carries a strictly increasing sequence
+ * number (the payload's `seq`).
  */
-export function checkPerKeyOrder(messages: Consumed[]): { duplicates: number; violations: string[] } {
+export function orderAndDuplicates(all: readonly Ordered[]): { violations: string[]; duplicates: number; unique: number } {
   const seen = new Set<string>();
   const last = new Map<string, number>();
   const violations: string[] = [];
   let duplicates = 0;
-  // Order only matters within a partition; Kafka delivers each partition in offset order.
-  const sorted = [...messages].sort((a, b) =>
-    a.topic === b.topic ? a.partition - b.partition || Number(BigInt(a.offset) - BigInt(b.offset)) : a.topic < b.topic ? -1 : 1,
-  );
-  for (const m of sorted) {
-    const id = m.headers.id ?? '';
-    if (seen.has(id)) {
+  const sorted = [...all].sort((a, b) => (a.stream === b.stream ? a.position - b.position : a.stream < b.stream ? -1 : 1));
+  for (const d of sorted) {
+    if (seen.has(d.id)) {
       duplicates++;
       continue;
     }
-    seen.add(id);
-    const seq = (JSON.parse(m.value) as { seq: number }).seq;
-    const key = `${m.topic}/${m.key}`;
-    const prev = last.get(key) ?? 0;
-    if (seq <= prev) violations.push(`${key}: seq ${seq} after ${prev}`);
-    last.set(key, seq);
+    seen.add(d.id);
+    const k = `${d.stream}|${d.key}`;
+    if (d.seq <= (last.get(k) ?? 0)) violations.push(`${k}: seq ${d.seq} after ${last.get(k)}`);
+    last.set(k, d.seq);
   }
-  return { duplicates, violations };
+  return { violations, duplicates, unique: seen.size };
+}
+
+/** A Kafka record as the order check sees it. */
+export function ordered(m: Consumed): Ordered {
+  let seq = 0;
+  try {
+    seq = (JSON.parse(m.value) as { seq?: number }).seq ?? 0;
+  } catch {
+    // not one of the test's rows
+  }
+  return { id: m.headers.id ?? '', key: m.key ?? '', seq, stream: `${m.topic}/${m.partition}`, position: Number(m.offset) };
 }
 
 export function kafkaConfig(opts: { pgUrl: string; slot: string; brokers: string[]; extra?: string }): (port: number) => string {

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { type Txn, Watermark } from '../../src/checkpoint/watermark.js';
 import type { PipelineConfig, PoisonPolicy } from '../../src/config/config.js';
 import { type OutboxdError, PoisonError, SinkError } from '../../src/errors.js';
@@ -248,8 +248,8 @@ describe('Pipeline', () => {
       open = r;
     });
     txn('s1');
-    await new Promise((r) => setTimeout(r, 60));
-    expect(events.stalls).toEqual([true]);
+    // The stall timeout is 20 ms here; wait for the report itself, not for a guessed time.
+    await vi.waitFor(() => expect(events.stalls).toEqual([true]));
     open();
     sink.gate = null;
     expect(await pipeline.drain(1000)).toBe(true);
