@@ -1,0 +1,210 @@
+import kafkajs from 'kafkajs';
+import type { KafkaSinkConfig } from '../config/config.js';
+import { MissingDestinationError, PoisonError, SinkError } from '../errors.js';
+import type { DeadLetter, OutboxMessage } from '../interfaces.js';
+import type { Logger } from '../observability/logger.js';
+import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
+
+/**
+ * What both Kafka sinks (at-least-once and exactly-once) share: the client, how a batch is cut
+ * into sends, what a message looks like to kafkajs, what is checked before sending, and how
+ * kafkajs's errors are read.
+ */
+
+const { Kafka, CompressionTypes, logLevel } = kafkajs;
+
+/**
+ * Broker answers that concern one message, not the connection: the send is repeated one message
+ * at a time to find which, and that one is poison. Whether any other error is retried is
+ * kafkajs's own `retriable` flag (see classify).
+ */
+const MESSAGE_ERRORS = new Set([
+  'MESSAGE_TOO_LARGE',
+  'RECORD_LIST_TOO_LARGE',
+  'INVALID_RECORD',
+  'CORRUPT_MESSAGE',
+  'INVALID_TOPIC_EXCEPTION',
+]);
+/** The broker does not know the topic (it does not exist, and is not created for us). */
+export const MISSING_TOPIC = 'UNKNOWN_TOPIC_OR_PARTITION';
+/**
+ * Messages per send. kafkajs groups a send's messages by partition by copying the partition's
+ * array once per message (groupMessagesPerPartition), so its garbage grows with the square of
+ * the messages per send: 2,000 messages over 3 partitions allocate about 5 MB of arrays. Sends
+ * of at most this many keep that small; on a local broker they cost no throughput (bench).
+ */
+const SEND_MAX_MESSAGES = 500;
+/** Per-record overhead of the v2 record format, a conservative bound. */
+export const RECORD_OVERHEAD_BYTES = 128;
+const TOPIC_NAME = /^[a-zA-Z0-9._-]{1,249}$/;
+
+export function createKafka(cfg: KafkaSinkConfig, log: Logger): kafkajs.Kafka {
+  const kLog = log.child({ module: 'kafkajs' });
+  return new Kafka({
+    clientId: cfg.clientId,
+    brokers: cfg.brokers,
+    connectionTimeout: cfg.connectionTimeoutMs,
+    requestTimeout: cfg.requestTimeoutMs,
+    ssl: cfg.ssl
+      ? {
+          ca: cfg.ssl.ca,
+          cert: cfg.ssl.cert,
+          key: cfg.ssl.key,
+          rejectUnauthorized: cfg.ssl.rejectUnauthorized,
+          servername: cfg.ssl.servername,
+        }
+      : false,
+    sasl: cfg.sasl
+      ? ({ mechanism: cfg.sasl.mechanism, username: cfg.sasl.username, password: cfg.sasl.password } as kafkajs.SASLOptions)
+      : undefined,
+    // Few internal retries: the pipeline retries whole batches with its own backoff and metrics.
+    retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 5_000 },
+    // kafkajs is chatty during outages; the pipeline logs failures itself, rate-limited.
+    logLevel: logLevel.ERROR,
+    logCreator:
+      () =>
+      ({ level, log: entry }) => {
+        const { message, ...rest } = entry;
+        if (level <= logLevel.ERROR) kLog.debug(rest, message);
+      },
+  });
+}
+
+/**
+ * A batch cut into sends no larger than 90% of `maxMessageBytes` (kafkajs puts a partition's
+ * messages of one send into one record batch, and the broker refuses a record batch over its
+ * `message.max.bytes`) and of at most SEND_MAX_MESSAGES messages. Items keep their batch index.
+ */
+export function chunks(batch: readonly OutboxMessage[], maxMessageBytes: number): Array<Array<{ index: number; m: OutboxMessage }>> {
+  const limit = Math.max(1024, Math.floor(maxMessageBytes * 0.9));
+  const out: Array<Array<{ index: number; m: OutboxMessage }>> = [];
+  let chunk: Array<{ index: number; m: OutboxMessage }> = [];
+  let size = 0;
+  for (let i = 0; i < batch.length; i++) {
+    const m = batch[i] as OutboxMessage;
+    const s = m.sizeBytes + RECORD_OVERHEAD_BYTES;
+    if (chunk.length > 0 && (size + s > limit || chunk.length >= SEND_MAX_MESSAGES)) {
+      out.push(chunk);
+      chunk = [];
+      size = 0;
+    }
+    chunk.push({ index: i, m });
+    size += s;
+  }
+  if (chunk.length > 0) out.push(chunk);
+  return out;
+}
+
+/** Messages grouped by topic, as kafkajs's sendBatch takes them. */
+export function topicMessages(messages: readonly OutboxMessage[]): kafkajs.TopicMessages[] {
+  const byTopic = new Map<string, kafkajs.Message[]>();
+  for (const m of messages) {
+    let list = byTopic.get(m.destination);
+    if (!list) {
+      list = [];
+      byTopic.set(m.destination, list);
+    }
+    list.push({ key: m.key, value: m.payload, headers: m.headers as Record<string, string> });
+  }
+  return [...byTopic].map(([topic, msgs]) => ({ topic, messages: msgs }));
+}
+
+export function compressionOf(cfg: KafkaSinkConfig): kafkajs.CompressionTypes {
+  return cfg.compression === 'gzip' ? CompressionTypes.GZIP : CompressionTypes.None;
+}
+
+/** Problems we can see before sending: a bad topic name or a message above the size limit. */
+export function checkMessage(cfg: KafkaSinkConfig, m: OutboxMessage): PoisonError | null {
+  if (!TOPIC_NAME.test(m.destination)) {
+    return new PoisonError('unroutable', `topic "${m.destination.slice(0, 100)}" is not a legal Kafka topic name`);
+  }
+  if (m.sizeBytes + RECORD_OVERHEAD_BYTES > cfg.maxMessageBytes) {
+    return new PoisonError('oversized', `message of ${m.sizeBytes} bytes exceeds sink.kafka.maxMessageBytes (${cfg.maxMessageBytes})`);
+  }
+  return null;
+}
+
+/** The poison error for a message the broker (or the client) refused on its own. */
+export function refusedMessage(m: OutboxMessage, err: unknown): PoisonError {
+  const t = protocolErrorType(err);
+  if (t === undefined) return new PoisonError('rejected', `the Kafka client refused message ${m.id}: ${(err as Error).message}`, err);
+  const reason = t === 'INVALID_TOPIC_EXCEPTION' ? 'unroutable' : t === 'MESSAGE_TOO_LARGE' ? 'oversized' : 'rejected';
+  return new PoisonError(reason, `Kafka refused message: ${t}`, err);
+}
+
+/**
+ * The forms of a dead letter to try, largest first, without those over `maxMessageBytes` (the
+ * last always stays): dead-letter.ts.
+ */
+export function deadLetterCandidates(letter: DeadLetter, maxMessageBytes: number): DeadLetterForm[] {
+  const forms = deadLetterForms(letter);
+  return forms.filter(
+    (f, i) => i === forms.length - 1 || formBytes(f) + (letter.key?.length ?? 0) + RECORD_OVERHEAD_BYTES <= maxMessageBytes,
+  );
+}
+
+/**
+ * The broker does not know some of `topics`. Names which ones (a metadata request), so the
+ * operator knows what to create; retriable, since a topic may be created at any moment. Never
+ * poison: the messages are fine, their destination is not there yet.
+ */
+export async function missingTopics(
+  admin: kafkajs.Admin,
+  cfg: KafkaSinkConfig,
+  topics: readonly string[],
+  cause: unknown,
+): Promise<SinkError> {
+  let missing = [...new Set(topics)];
+  try {
+    await admin.connect();
+    const existing = new Set(await admin.listTopics());
+    missing = missing.filter((t) => !existing.has(t));
+  } catch {
+    // Keep the whole list: better a longer name list than none.
+  }
+  const names = missing.map((t) => `"${t}"`).join(', ');
+  const how = cfg.autoCreateTopics
+    ? 'the broker does not create topics (auto.create.topics.enable is false)'
+    : 'sink.kafka.autoCreateTopics is false';
+  const many = missing.length > 1;
+  return new MissingDestinationError(
+    missing,
+    `Kafka topic${many ? 's' : ''} ${names} ${many ? 'do' : 'does'} not exist and ${how}: create ${many ? 'them' : 'it'}; publishing waits and retries`,
+    cause,
+  );
+}
+
+/** The error concerns the messages sent, not the connection: a broker answer or a client refusal. */
+export function isMessageError(err: unknown): boolean {
+  const type = protocolErrorType(err);
+  if (type !== undefined) return MESSAGE_ERRORS.has(type);
+  return err instanceof TypeError || err instanceof RangeError;
+}
+
+/** The broker's error code name (`MESSAGE_TOO_LARGE`), looked for along the cause chain. */
+export function protocolErrorType(err: unknown): string | undefined {
+  for (let e = err as { type?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; depth++) {
+    if (typeof e.type === 'string') return e.type;
+    e = e.cause as typeof e;
+  }
+  return undefined;
+}
+
+/**
+ * kafkajs error → SinkError, retriable as kafkajs says. kafkajs wraps the error its own retries
+ * gave up on (KafkaJSNumberOfRetriesExceeded, never retriable itself); what counts is the flag of
+ * the innermost kafkajs error, the broker's or the connection's own. Anything that is not a
+ * kafkajs error (a TypeError from the client) is not retriable.
+ */
+export function classify(err: unknown, doing: string): SinkError {
+  if (err instanceof SinkError) return err;
+  const type = protocolErrorType(err);
+  const name = (err as Error)?.name ?? 'Error';
+  const message = `${doing}: ${(err as Error)?.message ?? String(err)}${type && !(err as Error)?.message?.includes(type) ? ` (${type})` : ''}`;
+  let retriable = false;
+  for (let e = err as { retriable?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; depth++) {
+    if (typeof e.retriable === 'boolean') retriable = e.retriable;
+    e = e.cause as typeof e;
+  }
+  return new SinkError(type ?? name.replace(/^KafkaJS/, ''), message, { retriable, cause: err });
+}
