@@ -15,7 +15,7 @@
  *   BENCH_SHAPE_RUNS=1
  *   BENCH_SCENARIOS=drain,small-tx,memory,shape,latency
  *   BENCH_CONSUMERS=…           subset of pg_recvlogical,outboxd-discard,outboxd-stdout,
- *                               outboxd-kafka,bare-kafkajs,outboxd-rabbitmq,bare-amqplib
+ *                               outboxd-kafka,outboxd-kafka-eos,bare-kafkajs,outboxd-rabbitmq,bare-amqplib
  *   BENCH_PIPELINE='batchMaxMessages: 2000, linger: 5ms'   extra outboxd pipeline settings
  *   BENCH_OUTBOXD_NODE_OPTIONS='--max-old-space-size=64'   NODE_OPTIONS of every outboxd process
  *   BENCH_OUTBOXD_NODE_FLAGS='--max-semi-space-size=16'   node flags of every outboxd process,
@@ -271,7 +271,7 @@ async function main(): Promise<number> {
     }
     if (has('latency')) {
       sums.latency = [];
-      for (const sink of ['kafka', 'rabbitmq'] as const) {
+      for (const sink of ['kafka', 'kafka-eos', 'rabbitmq'] as const) {
         sums.latency.push(await runLatency(ctx, sink, config.latencyRate, config.latencySeconds));
       }
       tables.push(latencyTable(sums.latency));

@@ -3,7 +3,7 @@ import { Watermark } from './checkpoint/watermark.js';
 import type { Config } from './config/config.js';
 import { ExitCode, OutboxdError, exitCodeFor } from './errors.js';
 import type { RelayState, Sink } from './interfaces.js';
-import { ZERO_LSN, formatLsn } from './lsn.js';
+import { type Lsn, ZERO_LSN, formatLsn } from './lsn.js';
 import { Health } from './observability/health.js';
 import { startHttp } from './observability/http.js';
 import { Liveness } from './observability/liveness.js';
@@ -33,13 +33,15 @@ export class Relay {
   /** Aborted when the relay stops: ends the sink's connect retries and the source's sessions. */
   private readonly stopping = new AbortController();
   private http: Server | null = null;
+  /** Exactly-once: the commit LSN of the checkpoint Kafka holds (for outboxd_checkpoint_lag_bytes). */
+  private checkpointLsn: Lsn | null = null;
   private finished!: (code: number) => void;
   /** Resolves with the process exit code when the relay has stopped. */
   readonly done: Promise<number>;
 
   /** A relay with the sink the config names (its broker library loaded on demand). */
   static async create(cfg: Config, log: Logger, options: { metrics?: Metrics } = {}): Promise<Relay> {
-    const sink = await loadSink(cfg.sink, cfg.outbox.onPoison === 'dead-letter', log.child({ module: 'sink' }));
+    const sink = await loadSink(cfg.sink, cfg.postgres.slot, cfg.outbox.onPoison === 'dead-letter', log.child({ module: 'sink' }));
     return new Relay(cfg, log, { ...options, sink });
   }
 
@@ -58,7 +60,15 @@ export class Relay {
     this.health = health;
     this.sink =
       typeof options.sink === 'function'
-        ? options.sink({ connection: (up) => health.sinkHealth(up), blocked: (on) => health.blocked(on) })
+        ? options.sink({
+            connection: (up) => health.sinkHealth(up),
+            blocked: (on) => health.blocked(on),
+            transaction: (result) => this.metrics.kafkaTransactions.inc({ result }),
+            fenced: () => this.metrics.fenced.set(1),
+            checkpoint: (p) => {
+              this.checkpointLsn = p.commitLsn;
+            },
+          })
         : options.sink;
     this.pipeline = new Pipeline(
       cfg.pipeline,
@@ -82,8 +92,10 @@ export class Relay {
       onState: (s) => health.setState(s),
       onWaiting: (what) => health.waiting(what),
       onHalt: (err) => health.halted(err),
+      resumePoint: this.sink.readCheckpoint && ((source) => (this.sink.readCheckpoint as NonNullable<Sink['readCheckpoint']>)(source)),
     });
     this.metrics.probes.confirmedLsn = () => this.watermark.lsn;
+    this.metrics.probes.checkpointLsn = () => this.checkpointLsn;
   }
 
   get relayState(): RelayState {
@@ -153,7 +165,8 @@ export class Relay {
     // Closing the sink first releases a publish stuck on the broker (blocked, unanswered confirms).
     if (!this.pipeline.idle) await this.sink.close().catch(() => undefined);
     await this.pipeline.stop();
-    await this.source.flush();
+    // Fenced: another relay owns the slot's events now; this one confirms nothing more.
+    if (code !== ExitCode.fenced) await this.source.flush();
     this.stopping.abort(new Error('outboxd is stopping'));
     await this.source.close();
     await this.sink.close().catch(() => undefined);

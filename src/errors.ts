@@ -123,6 +123,17 @@ export class MissingDestinationError extends SinkError {
   }
 }
 
+/**
+ * Exactly-once: another producer took over this relay's transactional id (a second relay, a
+ * standby that took over while this one was paused). Never retried: the relay stops publishing
+ * at once and exits with ExitCode.fenced, confirming nothing.
+ */
+export class FencedError extends SinkError {
+  constructor(message: string, cause?: unknown) {
+    super('fenced', message, { retriable: false, cause });
+  }
+}
+
 /** Exit codes of the CLI. Documented in the README; scripts rely on them. */
 export const ExitCode = {
   ok: 0,
@@ -134,6 +145,8 @@ export const ExitCode = {
   config: 3,
   /** The replication slot is lost, dropped, invalidated, missing (createSlot false) or unusable: operator action needed. */
   slotLost: 4,
+  /** Exactly-once: another relay took over the transactional id (fenced); this one published nothing more. */
+  fenced: 5,
   /** Forced exit on a second signal, before in-flight messages were confirmed. */
   forced: 130,
 } as const;
@@ -142,6 +155,7 @@ export function exitCodeFor(err: unknown): number {
   if (err instanceof ConfigError) return ExitCode.config;
   if (err instanceof UsageError) return ExitCode.usage;
   if (err instanceof SlotError) return ExitCode.slotLost;
+  if (err instanceof FencedError) return ExitCode.fenced;
   return ExitCode.failure;
 }
 

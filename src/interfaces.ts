@@ -20,6 +20,22 @@ export interface TxnRef {
   readonly xidText: string;
 }
 
+/**
+ * Where an event sits in the WAL: the commit LSN of its Postgres transaction and its index among
+ * that transaction's outbox events. It orders every event totally, also in a transaction that
+ * spans batches: the exactly-once checkpoint is one (docs/adr/0009).
+ */
+export interface Position {
+  readonly commitLsn: Lsn;
+  readonly index: number;
+}
+
+/** The database a stream comes from, as IDENTIFY_SYSTEM names it. */
+export interface SourceIdentity {
+  readonly systemId: string;
+  readonly database: string;
+}
+
 /** The message a sink publishes. Built by the mapper from an outbox row or a logical message. */
 export interface OutboxMessage {
   /** The stable message id (`id` column): consumers dedupe on it. */
@@ -40,6 +56,8 @@ export interface OutboxMessage {
   readonly replyTo: string | null;
   /** The transaction this message belongs to. */
   readonly txn: TxnRef;
+  /** Its index among the transaction's outbox events (see Position). */
+  readonly index: number;
   /** Approximate size in bytes (payload + key + headers), for the in-flight bound. */
   readonly sizeBytes: number;
 }
@@ -48,9 +66,14 @@ export interface OutboxMessage {
 export interface PublishOutcome {
   /**
    * Messages the broker refused for a reason tied to the message itself (too large, unroutable).
-   * Every message of the batch not listed here was confirmed.
+   * Every message of the batch not listed here or in `unsent` was confirmed.
    */
   readonly poisoned: ReadonlyArray<{ readonly index: number; readonly error: PoisonError }>;
+  /**
+   * Messages after a poisoned one that were not sent (exactly-once: a checkpoint may not pass an
+   * event not yet dealt with). The pipeline sends them once the poison is disposed of.
+   */
+  readonly unsent?: readonly number[];
 }
 
 export type SinkType = 'kafka' | 'rabbitmq' | 'stdout';
@@ -85,6 +108,13 @@ export interface Sink {
   publishDeadLetter(message: DeadLetter): Promise<void>;
   /** Called after a failed publish, before the retry: drop and rebuild broker state if needed. */
   reset(): Promise<void>;
+  /**
+   * Exactly-once sinks only: the position of the last event the broker holds for this source
+   * (its last committed checkpoint), or null when it holds none. Read before each replication
+   * session; every event at or before it is skipped. Rejects when the checkpoint cannot be read
+   * or belongs to another database.
+   */
+  readCheckpoint?(source: SourceIdentity): Promise<Position | null>;
   /** Flushes nothing, loses nothing: only closes connections. Idempotent. */
   close(): Promise<void>;
 }
@@ -100,6 +130,8 @@ export interface DeadLetter {
   readonly headers: Readonly<Record<string, string>>;
   readonly error: PoisonError;
   readonly txn: TxnRef;
+  /** Its index among the transaction's outbox events (see Position). */
+  readonly index: number;
 }
 
 /** Lifecycle of the relay, as `/readyz` and the logs report it. */

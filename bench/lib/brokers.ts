@@ -45,8 +45,16 @@ export class BrokerAdmin {
     return this.ch;
   }
 
-  async createTopic(topic: string, partitions: number): Promise<void> {
-    await this.kadmin().createTopics({ topics: [{ topic, numPartitions: partitions, replicationFactor: 1 }], waitForLeaders: true });
+  async createTopic(topic: string, partitions: number, configEntries: Array<{ name: string; value: string }> = []): Promise<void> {
+    await this.kadmin().createTopics({
+      topics: [{ topic, numPartitions: partitions, replicationFactor: 1, configEntries }],
+      waitForLeaders: true,
+    });
+  }
+
+  /** An exactly-once checkpoint topic: one partition, compacted (what `outboxd setup` creates). */
+  async createCheckpointTopic(topic: string): Promise<void> {
+    await this.createTopic(topic, 1, [{ name: 'cleanup.policy', value: 'compact' }]);
   }
 
   /** Messages in the topic (sum over partitions of high - low watermark). */

@@ -18,6 +18,7 @@ export const CONSUMERS = [
   'outboxd-discard',
   'outboxd-stdout',
   'outboxd-kafka',
+  'outboxd-kafka-eos',
   'bare-kafkajs',
   'outboxd-rabbitmq',
   'bare-amqplib',
@@ -93,6 +94,7 @@ const SHORT: Record<ConsumerName, string> = {
   'outboxd-discard': 'od',
   'outboxd-stdout': 'os',
   'outboxd-kafka': 'ok',
+  'outboxd-kafka-eos': 'oe',
   'bare-kafkajs': 'bk',
   'outboxd-rabbitmq': 'or',
   'bare-amqplib': 'ba',
@@ -173,7 +175,7 @@ function counters(brokerPids: readonly number[]): Counters {
 }
 
 function brokerPidsFor(ctx: BenchContext, consumer: ConsumerName): number[] {
-  if (consumer === 'outboxd-kafka' || consumer === 'bare-kafkajs') return ctx.services.kafkaPids;
+  if (consumer === 'outboxd-kafka' || consumer === 'outboxd-kafka-eos' || consumer === 'bare-kafkajs') return ctx.services.kafkaPids;
   if (consumer === 'outboxd-rabbitmq' || consumer === 'bare-amqplib') return ctx.services.rabbitPids;
   return [];
 }
@@ -396,6 +398,22 @@ interface Target {
 async function prepareTarget(ctx: BenchContext, consumer: ConsumerName, name: string): Promise<Target & { topic: string; queue: string }> {
   const topic = `bench.${name}.order`;
   const queue = `bench.${name}`;
+  if (consumer === 'outboxd-kafka-eos') {
+    const checkpoints = `bench.${name}.checkpoints`;
+    await ctx.brokers.createTopic(topic, ctx.kafkaPartitions);
+    await ctx.brokers.createCheckpointTopic(checkpoints);
+    return {
+      topic,
+      queue,
+      yaml: `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n    delivery: exactly-once\n    checkpointTopic: ${checkpoints}\n`,
+      // The partitions' offsets count the transaction markers too: count what outboxd confirmed.
+      count: async () => null,
+      cleanup: async () => {
+        await ctx.brokers.deleteTopic(topic);
+        await ctx.brokers.deleteTopic(checkpoints);
+      },
+    };
+  }
   if (consumer === 'outboxd-kafka' || consumer === 'bare-kafkajs') {
     await ctx.brokers.createTopic(topic, ctx.kafkaPartitions);
     return {

@@ -73,6 +73,7 @@ export const RATIOS: ReadonlyArray<[ConsumerName, ConsumerName]> = [
   ['outboxd-discard', 'pg_recvlogical'],
   ['outboxd-stdout', 'pg_recvlogical'],
   ['outboxd-kafka', 'bare-kafkajs'],
+  ['outboxd-kafka-eos', 'outboxd-kafka'],
   ['outboxd-rabbitmq', 'bare-amqplib'],
   ['outboxd-kafka', 'pg_recvlogical'],
   ['outboxd-rabbitmq', 'pg_recvlogical'],
@@ -229,6 +230,25 @@ export function targets(s: {
   ratio(s.smallTx, 'outboxd-discard / pg_recvlogical', 'small-tx, discarding sink vs pg_recvlogical', 1.5);
   ratio(s.drain, 'outboxd-kafka / bare-kafkajs', 'drain to Kafka vs bare kafkajs', 0.8);
   ratio(s.drain, 'outboxd-rabbitmq / bare-amqplib', 'drain to RabbitMQ vs bare amqplib', 0.8);
+  ratio(s.drain, 'outboxd-kafka-eos / outboxd-kafka', 'drain to Kafka, exactly-once vs at-least-once', 0.8);
+  const eos = s.latency?.find((l) => l.sink === 'kafka-eos')?.insertToReceiptMs;
+  out.push({
+    measure: 'latency, Kafka exactly-once, commit → visible to a read_committed consumer, p99',
+    target: '≤ 50 ms',
+    value: eos ? `${eos.p99.toFixed(1)} ms (p50 ${eos.p50.toFixed(1)} ms)` : 'not measured',
+    met: eos ? eos.p99 <= 50 : null,
+  });
+  const alo = s.drain?.consumers['outboxd-kafka']?.peakRssMiB?.median;
+  const eosRss = s.drain?.consumers['outboxd-kafka-eos']?.peakRssMiB?.median;
+  out.push({
+    measure: 'peak RSS during drain to Kafka, exactly-once minus at-least-once',
+    target: '≤ 10 MB',
+    value:
+      alo !== undefined && eosRss !== undefined
+        ? `${((eosRss - alo) * MB_PER_MIB).toFixed(1)} MB (${(eosRss * MB_PER_MIB).toFixed(0)} vs ${(alo * MB_PER_MIB).toFixed(0)} MB)`
+        : 'not measured',
+    met: alo !== undefined && eosRss !== undefined ? (eosRss - alo) * MB_PER_MIB <= 10 : null,
+  });
   const k = s.latency?.find((l) => l.sink === 'kafka');
   const c = k?.commitToConfirmMs;
   out.push({

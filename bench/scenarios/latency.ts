@@ -24,7 +24,8 @@ import { histogramMaxBound, histogramQuantile, parseHistogram, quantileSorted } 
  *   (same clock as the inserting clients).
  */
 export interface LatencyResult {
-  sink: 'kafka' | 'rabbitmq';
+  /** kafka-eos: Kafka with delivery exactly-once, its consumer reading read_committed. */
+  sink: LatencySink;
   ok: boolean;
   error?: string;
   targetRate: number;
@@ -40,8 +41,12 @@ export interface LatencyResult {
 
 const WRITERS = 6;
 
-export async function runLatency(ctx: BenchContext, sink: 'kafka' | 'rabbitmq', rate: number, seconds: number): Promise<LatencyResult> {
-  const name = `lat_${sink === 'kafka' ? 'k' : 'r'}_${ctx.tag}`;
+export type LatencySink = 'kafka' | 'kafka-eos' | 'rabbitmq';
+
+export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: number, seconds: number): Promise<LatencyResult> {
+  const name = `lat_${sink === 'kafka' ? 'k' : sink === 'kafka-eos' ? 'e' : 'r'}_${ctx.tag}`;
+  const kafka = sink !== 'rabbitmq';
+  const checkpoints = `bench.${name}.checkpoints`;
   const table = `outbox_${name}`;
   const publication = `pub_${name}`;
   const slot = `c_${name}`;
@@ -75,13 +80,15 @@ export async function runLatency(ctx: BenchContext, sink: 'kafka' | 'rabbitmq', 
 
     // The consumer first, so that it is listening before the first row is written.
     let sinkYaml: string;
-    if (sink === 'kafka') {
+    if (kafka) {
       await ctx.brokers.createTopic(topic, ctx.kafkaPartitions);
+      if (sink === 'kafka-eos') await ctx.brokers.createCheckpointTopic(checkpoints);
       const consumer = new kafkajs.Kafka({
         clientId: 'outboxd-bench-latency',
         brokers: ctx.services.kafka ?? [],
         logLevel: kafkajs.logLevel.NOTHING,
-      }).consumer({ groupId: `bench-${name}`, maxWaitTimeInMs: 20 });
+        // read_committed (kafkajs's default): under exactly-once, a record is visible once its transaction commits.
+      }).consumer({ groupId: `bench-${name}`, maxWaitTimeInMs: 20, readUncommitted: false });
       const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
       await consumer.connect();
       await consumer.subscribe({ topics: [topic], fromBeginning: true });
@@ -94,7 +101,7 @@ export async function runLatency(ctx: BenchContext, sink: 'kafka' | 'rabbitmq', 
       });
       await joined;
       stopConsumer = () => consumer.disconnect().catch(() => undefined);
-      sinkYaml = `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n`;
+      sinkYaml = `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n${sink === 'kafka-eos' ? `    delivery: exactly-once\n    checkpointTopic: ${checkpoints}\n` : ''}`;
     } else {
       await ctx.brokers.createQueue(queue);
       const conn = await amqp.connect(ctx.services.amqpUrl ?? '');
@@ -195,7 +202,8 @@ export async function runLatency(ctx: BenchContext, sink: 'kafka' | 'rabbitmq', 
     await stopConsumer();
     for (const w of writers) await w.end().catch(() => undefined);
     await dropSlot(ctx.db, slot).catch(() => undefined);
-    if (sink === 'kafka') await ctx.brokers.deleteTopic(topic);
+    if (kafka) await ctx.brokers.deleteTopic(topic);
+    if (sink === 'kafka-eos') await ctx.brokers.deleteTopic(checkpoints);
     else await ctx.brokers.deleteQueue(queue);
     await ctx.db.query(`DROP PUBLICATION IF EXISTS ${publication}`).catch(() => undefined);
     await ctx.db.query(`DROP TABLE IF EXISTS ${table}`).catch(() => undefined);

@@ -193,17 +193,27 @@ async function brokerCheck(cfg: Config, add: (n: string, s: Check['status'], d: 
     add('sink', 'ok', 'stdout needs no connection');
     return;
   }
-  const sink = (await loadSink(cfg.sink, cfg.outbox.onPoison === 'dead-letter', createLogger('silent')))({
+  const sink = (await loadSink(cfg.sink, cfg.postgres.slot, cfg.outbox.onPoison === 'dead-letter', createLogger('silent')))({
     connection: () => undefined,
     blocked: () => undefined,
+    transaction: () => undefined,
+    fenced: () => undefined,
+    checkpoint: () => undefined,
   });
   try {
     await withTimeout(sink.connect(), 20_000);
     add(`${cfg.sink.type} broker`, 'ok', 'reachable and ready to publish');
   } catch (err) {
     add(`${cfg.sink.type} broker`, 'fail', oneLine(err));
+    return;
   } finally {
     await sink.close().catch(() => undefined);
+  }
+  if (cfg.sink.type === 'kafka' && cfg.sink.kafka.delivery === 'exactly-once') {
+    const { checkCheckpointTopic } = await import('../sink/kafka-setup.js');
+    for (const c of await withTimeout(checkCheckpointTopic(cfg.sink.kafka, createLogger('silent')), 60_000)) {
+      add(c.name, c.ok ? 'ok' : 'fail', c.detail);
+    }
   }
 }
 

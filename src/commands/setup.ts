@@ -1,6 +1,7 @@
 import type { Config, TableConfig } from '../config/config.js';
 import { ExitCode, exitCodeFor, oneLine } from '../errors.js';
 import { connectAdmin } from '../source/connect.js';
+import { createLogger } from '../observability/logger.js';
 import { ensurePublication } from '../source/publication.js';
 import { ensureSlot } from '../source/slot.js';
 import { quoteIdent } from '../config/config.js';
@@ -51,6 +52,11 @@ export async function setupCommand(cfg: Config, print: boolean, out: NodeJS.Writ
     out.write(`-- publication ${cfg.postgres.publication}: ${pub}\n`);
     const { slot, created } = await ensureSlot(client, { ...cfg.postgres, createSlot: true });
     out.write(`-- replication slot ${slot.name}: ${created ? 'created' : 'exists'}\n`);
+    if (cfg.sink.type === 'kafka' && cfg.sink.kafka.delivery === 'exactly-once') {
+      const { ensureCheckpointTopic } = await import('../sink/kafka-setup.js');
+      const topic = await ensureCheckpointTopic(cfg.sink.kafka, createLogger('silent'));
+      out.write(`-- checkpoint topic ${cfg.sink.kafka.checkpointTopic}: ${topic}\n`);
+    }
     return ExitCode.ok;
   } catch (err) {
     out.write(`-- failed: ${oneLine(err)}\n`);

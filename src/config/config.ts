@@ -16,7 +16,7 @@ export function compileConfig(doc: unknown): Config {
     postgres: compilePostgres(v.postgres),
     outbox: compileOutbox(v.outbox),
     pipeline: compilePipeline(v.pipeline),
-    sink: compileSink(v.sink),
+    sink: compileSink(v.sink, v.postgres.slot),
     http: v.http,
     log: v.log,
     shutdown: { graceMs: ms(v.shutdown.grace) },
@@ -127,7 +127,7 @@ function compilePipeline(p: ConfigInput['pipeline']) {
   };
 }
 
-function compileSink(s: ConfigInput['sink']) {
+function compileSink(s: ConfigInput['sink'], slot: string) {
   for (const other of ['kafka', 'rabbitmq', 'stdout'] as const) {
     if (other !== s.type && s[other] !== undefined) {
       throw new ConfigError(`sink.${other}`, `is set but sink.type is ${s.type}; remove it or set sink.type: ${other}`);
@@ -136,7 +136,7 @@ function compileSink(s: ConfigInput['sink']) {
   const stallTimeoutMs = ms(s.stallTimeout);
   if (s.type === 'kafka') {
     if (s.kafka === undefined) throw new ConfigError('sink.kafka.brokers', 'is required: a list of host:port');
-    return { type: s.type, stallTimeoutMs, kafka: compileKafka(s.kafka) };
+    return { type: s.type, stallTimeoutMs, kafka: compileKafka(s.kafka, slot) };
   }
   if (s.type === 'rabbitmq') {
     if (s.rabbitmq === undefined) throw new ConfigError('sink.rabbitmq.url', 'is required');
@@ -148,7 +148,7 @@ function compileSink(s: ConfigInput['sink']) {
 const STDOUT = ConfigSchema.properties.sink.properties.stdout;
 type StdoutInput = NonNullable<ConfigInput['sink']['stdout']>;
 
-function compileKafka(k: NonNullable<ConfigInput['sink']['kafka']>) {
+function compileKafka(k: NonNullable<ConfigInput['sink']['kafka']>, slot: string) {
   k.brokers.forEach((b, i) => {
     if (!/^[^\s:]+:\d{1,5}$/.test(b)) throw new ConfigError(`sink.kafka.brokers[${i}]`, `must be host:port, got "${b}"`);
   });
@@ -163,6 +163,10 @@ function compileKafka(k: NonNullable<ConfigInput['sink']['kafka']>) {
     connectionTimeoutMs: ms(k.connectionTimeout),
     requestTimeoutMs: ms(k.requestTimeout),
     autoCreateTopics: k.autoCreateTopics,
+    delivery: k.delivery,
+    checkpointTopic: k.checkpointTopic,
+    transactionalId: k.transactionalId ?? `outboxd-${slot}`,
+    transactionTimeoutMs: ms(k.transactionTimeout),
     ssl: compileTls('sink.kafka.ssl', k.ssl),
     sasl: k.sasl && {
       mechanism: k.sasl.mechanism,

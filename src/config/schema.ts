@@ -194,6 +194,16 @@ export const ConfigSchema = section(
           connectionTimeout: duration('10s', 'The kafkajs connection timeout.', { min: 100 }),
           requestTimeout: duration('30s', 'The kafkajs request timeout.', { min: 100 }),
           autoCreateTopics: bool(true, 'Ask the broker to create a topic that does not exist (the broker decides).'),
+          delivery: oneOf(
+            ['at-least-once', 'exactly-once'],
+            'at-least-once',
+            'exactly-once: each batch is one Kafka transaction with a checkpoint record; read_committed consumers see every event once.',
+          ),
+          checkpointTopic: str('outboxd.checkpoints', 'exactly-once: the compacted topic of checkpoints (outboxd setup creates it).'),
+          transactionalId: optStr(
+            'exactly-once: the producer transactional.id (default outboxd-<slot>); a second relay with it fences the first.',
+          ),
+          transactionTimeout: duration('60s', 'exactly-once: the broker aborts a transaction left open this long.', { min: 1000 }),
           ssl: tlsFiles('the brokers'),
           sasl: maybeSection(
             {

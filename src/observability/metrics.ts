@@ -161,6 +161,36 @@ export function createMetrics(registry = new Registry()) {
       help: 'Poison messages published to the dead-letter destination.',
       registers: r,
     }),
+    checkpointSkipped: new Counter({
+      name: 'outboxd_checkpoint_skipped_total',
+      help: 'Exactly-once: events read again after a restart and skipped, because the checkpoint shows Kafka already holds them.',
+      registers: r,
+      collect() {
+        probes.flushSkipped?.();
+      },
+    }),
+    kafkaTransactions: new Counter({
+      name: 'outboxd_kafka_transactions_total',
+      help: 'Exactly-once: Kafka transactions, by result (committed, aborted).',
+      labelNames: ['result'],
+      registers: r,
+    }),
+    fenced: new Gauge({
+      name: 'outboxd_fenced',
+      help: 'Exactly-once: 1 once another relay with the same transactional id fenced this one (it stops).',
+      registers: r,
+    }),
+    checkpointLag: new Gauge({
+      name: 'outboxd_checkpoint_lag_bytes',
+      help: 'Exactly-once: WAL bytes by which the position confirmed to Postgres trails the last checkpoint committed to Kafka (after a restart: what is read again and skipped).',
+      registers: r,
+      collect() {
+        const checkpoint = probes.checkpointLsn?.();
+        if (checkpoint == null || !probes.confirmedLsn) return;
+        const behind = checkpoint - probes.confirmedLsn();
+        this.set(behind > 0n ? Number(behind) : 0);
+      },
+    }),
     heartbeats: new Counter({
       name: 'outboxd_heartbeats_total',
       help: 'Heartbeat messages written with pg_logical_emit_message.',
@@ -200,6 +230,9 @@ export interface Probes {
   flushReceived?: () => void;
   flushIgnored?: () => void;
   flushTransactions?: () => void;
+  flushSkipped?: () => void;
+  /** Exactly-once: the commit LSN of the last checkpoint committed to Kafka. */
+  checkpointLsn?: () => bigint | null;
 }
 
 /** Sets one label of a one-hot gauge to 1 and the others to 0. */

@@ -88,7 +88,7 @@ export class OutboxMapper {
   }
 
   /** Maps one inserted outbox row. Throws PoisonError. */
-  fromRow(binding: TableBinding, values: RowValues, txn: TxnRef): OutboxMessage {
+  fromRow(binding: TableBinding, values: RowValues, txn: TxnRef, index = 0): OutboxMessage {
     const at = binding.at;
     // Read each mapped column once; no per-row closures on this path.
     const fields: Fields = {
@@ -116,6 +116,7 @@ export class OutboxMapper {
       parseHeadersColumn(values[at.headers] ?? null, binding.config.columns.headers),
       txn,
       raw,
+      index,
     );
   }
 
@@ -126,7 +127,7 @@ export class OutboxMapper {
    * written: a number keeps every digit. Nothing is parsed into JavaScript values and written
    * back (src/outbox/json.ts).
    */
-  fromLogicalMessage(content: Buffer, txn: TxnRef): OutboxMessage {
+  fromLogicalMessage(content: Buffer, txn: TxnRef, index = 0): OutboxMessage {
     if (!isUtf8(content)) throw new PoisonError('bad_encoding', 'logical message content is not valid UTF-8');
     const text = content.toString('utf8');
     let members: Map<string, JsonSpan>;
@@ -160,7 +161,7 @@ export class OutboxMapper {
       raw ??= {};
       raw[f] = field(f);
     }
-    return this.build(fields, payload, contentType, headers, txn, raw);
+    return this.build(fields, payload, contentType, headers, txn, raw, index);
   }
 
   /** Builds the message, or throws a PoisonError that carries the id and key it could read. */
@@ -171,6 +172,7 @@ export class OutboxMapper {
     extraHeaders: Record<string, string> | null,
     txn: TxnRef,
     raw: Readonly<Record<string, string | null>> | null,
+    index: number,
   ): OutboxMessage {
     const id = f.id;
     if (id === null || id === '') throw subject(new PoisonError('missing_id', `id is ${id === null ? 'null' : 'empty'}`), f);
@@ -215,6 +217,7 @@ export class OutboxMapper {
       correlationId,
       replyTo,
       txn,
+      index,
       sizeBytes: payloadBytes + key.length + headerBytes + destination.length,
     };
   }

@@ -2,7 +2,7 @@ import type { Txn, Watermark } from '../checkpoint/watermark.js';
 import type { Config, TableConfig } from '../config/config.js';
 import { REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { ConfigError, OutboxdError, PoisonError } from '../errors.js';
-import type { DeadLetter } from '../interfaces.js';
+import type { DeadLetter, Position } from '../interfaces.js';
 import type { Lsn } from '../lsn.js';
 import type { OutboxMapper, RowValues, TableBinding } from '../outbox/mapper.js';
 import type { Logger } from '../observability/logger.js';
@@ -17,8 +17,14 @@ import { maxMessageBytes } from '../sink/limits.js';
  * transactions and mapped messages, in WAL order.
  */
 export class Ingest implements ChangeHandler<TableBinding> {
-  /** The transaction between BEGIN and COMMIT, if any. */
-  private open: { xid: number; commitLsn: Lsn; commitTimeMs: number } | null = null;
+  /** The transaction between BEGIN and COMMIT, if any; `events` counts its outbox events so far. */
+  private open: { xid: number; commitLsn: Lsn; commitTimeMs: number; events: number } | null = null;
+  /**
+   * Exactly-once: the last event the broker already holds (its checkpoint), set before each
+   * session. Every event at or before it is skipped: it counts as confirmed, publishes nothing.
+   */
+  resumeAfter: Position | null = null;
+  private skipped = 0;
   /**
    * Its watermark entry, made at its first message. A transaction without one (another table's,
    * a heartbeat, an empty one: Postgres 14 sends those) never gets an entry of its own: at COMMIT
@@ -57,6 +63,10 @@ export class Ingest implements ChangeHandler<TableBinding> {
       metrics.transactions.inc(this.transactions);
       this.transactions = 0;
     };
+    metrics.probes.flushSkipped = () => {
+      metrics.checkpointSkipped.inc(this.skipped);
+      this.skipped = 0;
+    };
     metrics.probes.flushIgnored = () => {
       for (const [kind, n] of this.ignoredCounts) metrics.changesIgnored.inc({ kind }, n);
       this.ignoredCounts.clear();
@@ -72,7 +82,7 @@ export class Ingest implements ChangeHandler<TableBinding> {
 
   begin(xid: number, commitLsn: Lsn, commitTimeMs: number): void {
     if (this.paused) return; // stopping: take no new transaction
-    this.open = { xid, commitLsn, commitTimeMs };
+    this.open = { xid, commitLsn, commitTimeMs, events: 0 };
     this.txn = null;
   }
 
@@ -119,6 +129,8 @@ export class Ingest implements ChangeHandler<TableBinding> {
 
   insert(_rel: Relation, binding: TableBinding, values: RowValues, row: WholeRow): Promise<void> | undefined {
     if (this.paused && !this.open) return undefined;
+    const index = this.nextEvent();
+    if (index === null) return undefined;
     const txn = this.requireTxn();
     const problem = row.problem();
     if (problem !== null) {
@@ -132,16 +144,16 @@ export class Ingest implements ChangeHandler<TableBinding> {
           : new PoisonError('bad_encoding', `column ${problem.column} holds bytes that are not valid UTF-8`);
       // The dead letter carries the other columns; the one with the problem is null.
       const whole = JSON.stringify(row.wholeRow());
-      return this.pipeline.pushPoison(letter(error, txn, values[at.id] ?? null, values[at.aggregateid] ?? null, whole), txn);
+      return this.pipeline.pushPoison(letter(error, txn, index, values[at.id] ?? null, values[at.aggregateid] ?? null, whole), txn);
     }
     try {
-      return this.pipeline.push(this.mapper.fromRow(binding, values, txn), txn);
+      return this.pipeline.push(this.mapper.fromRow(binding, values, txn, index), txn);
     } catch (err) {
       if (!(err instanceof PoisonError)) throw err;
       const at = binding.at;
       // The dead letter carries the whole row, every column, as the table holds it.
       const whole = JSON.stringify(row.wholeRow());
-      return this.pipeline.pushPoison(letter(err, txn, values[at.id] ?? null, values[at.aggregateid] ?? null, whole), txn);
+      return this.pipeline.pushPoison(letter(err, txn, index, values[at.id] ?? null, values[at.aggregateid] ?? null, whole), txn);
     }
   }
 
@@ -161,19 +173,21 @@ export class Ingest implements ChangeHandler<TableBinding> {
       this.ignore('non_transactional_message');
       return undefined;
     }
+    const index = this.nextEvent();
+    if (index === null) return undefined;
     const txn = this.requireTxn();
     if (content === null) {
       const error = new PoisonError(
         'oversized',
         `logical message of ${length} bytes is over the sink's message limit of ${this.maxValueBytes} bytes`,
       );
-      return this.pipeline.pushPoison(letter(error, txn, null, null, ''), txn);
+      return this.pipeline.pushPoison(letter(error, txn, index, null, null, ''), txn);
     }
     try {
-      return this.pipeline.push(this.mapper.fromLogicalMessage(content, txn), txn);
+      return this.pipeline.push(this.mapper.fromLogicalMessage(content, txn, index), txn);
     } catch (err) {
       if (!(err instanceof PoisonError)) throw err;
-      return this.pipeline.pushPoison(letter(err, txn, err.subject?.id ?? null, err.subject?.key ?? null, content), txn);
+      return this.pipeline.pushPoison(letter(err, txn, index, err.subject?.id ?? null, err.subject?.key ?? null, content), txn);
     }
   }
 
@@ -186,6 +200,22 @@ export class Ingest implements ChangeHandler<TableBinding> {
     this.watermark.observeIdle(lsn);
   }
 
+  /**
+   * The index of the open transaction's next outbox event, or null when the checkpoint already
+   * covers it (exactly-once restart): such an event is skipped, and never joins the watermark.
+   */
+  private nextEvent(): number | null {
+    const open = this.open;
+    if (!open) throw new OutboxdError('PG_PROTOCOL', 'replication stream sent a change outside a transaction');
+    const index = open.events++;
+    const r = this.resumeAfter;
+    if (r !== null && (open.commitLsn < r.commitLsn || (open.commitLsn === r.commitLsn && index <= r.index))) {
+      this.skipped++;
+      return null;
+    }
+    return index;
+  }
+
   private requireTxn(): Txn {
     const open = this.open;
     if (!open) throw new OutboxdError('PG_PROTOCOL', 'replication stream sent a change outside a transaction');
@@ -194,8 +224,9 @@ export class Ingest implements ChangeHandler<TableBinding> {
   }
 }
 
-function letter(error: PoisonError, txn: Txn, id: string | null, key: string | null, payload: string | Buffer): DeadLetter {
+function letter(error: PoisonError, txn: Txn, index: number, id: string | null, key: string | null, payload: string | Buffer): DeadLetter {
   return {
+    index,
     id,
     key,
     destination: null,

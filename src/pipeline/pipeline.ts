@@ -1,5 +1,5 @@
 import type { PipelineConfig, PoisonPolicy } from '../config/config.js';
-import { OutboxdError, type PoisonError, type SinkError } from '../errors.js';
+import { FencedError, OutboxdError, type PoisonError, type SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Txn, Watermark } from '../checkpoint/watermark.js';
 import type { Logger } from '../observability/logger.js';
@@ -232,15 +232,16 @@ export class Pipeline {
     try {
       outcome = await this.publisher.publish(messages);
     } catch (err) {
-      if (!this.stopping) this.fail(err as SinkError);
+      this.failUnlessStopping(err as SinkError);
       return;
     }
     const poisoned = new Map(outcome.poisoned.map((p) => [p.index, p.error]));
+    const unsent = new Set(outcome.unsent);
     const now = Date.now();
     const published = new Map<string, number>();
     for (let i = 0; i < items.length; i++) {
-      // A poisoned one is settled below, in order, by the poison policy.
-      if (poisoned.has(i)) continue;
+      // A poisoned one is settled below, in order, by the poison policy; an unsent one after it.
+      if (poisoned.has(i) || unsent.has(i)) continue;
       const { message, txn } = items[i] as (typeof items)[number];
       const label = this.label(message.destination);
       published.set(label, (published.get(label) ?? 0) + 1);
@@ -253,6 +254,8 @@ export class Pipeline {
       await this.disposePoison(letterFor(message, error), txn, message.sizeBytes);
       if (this.halted || this.failed) return;
     }
+    // Exactly-once: what came after a poisoned message follows its dead letter, in order.
+    if (unsent.size > 0 && !this.stopping) await this.publishBatch([...unsent].map((i) => items[i] as MessageItem));
   }
 
   /** Applies the poison policy to one message. Under `dead-letter` it is confirmed only after the DLQ confirmed. */
@@ -271,7 +274,7 @@ export class Pipeline {
     try {
       await this.publisher.deadLetter(letter);
     } catch (err) {
-      if (!this.stopping) this.fail(err as SinkError);
+      this.failUnlessStopping(err as SinkError);
       return;
     }
     this.metrics.deadLettered.inc();
@@ -289,6 +292,14 @@ export class Pipeline {
     this.inFlightByteCount -= size;
     this.watermark.release(txn);
     if (this.spaceWaiters.length > 0 && this.hasRoom()) for (const w of this.spaceWaiters.splice(0)) w();
+  }
+
+  /**
+   * A failure while stopping is the stop's doing (the sink was closed under the publish), except
+   * a fenced producer: that one the relay must report, and exit with its code.
+   */
+  private failUnlessStopping(err: SinkError): void {
+    if (!this.stopping || err instanceof FencedError) this.fail(err);
   }
 
   private fail(err: OutboxdError): void {
@@ -310,5 +321,6 @@ function letterFor(m: OutboxMessage, error: PoisonError): DeadLetter {
     headers: m.headers,
     error,
     txn: m.txn,
+    index: m.index,
   };
 }

@@ -75,6 +75,8 @@ export class Publisher {
       if (this.signal.aborted) throw err;
       const e = asError(err);
       this.metrics.publishErrors.inc({ reason: `${prefix}${e.reason}` });
+      // Not retriable as it stands (a FencedError keeps its class: it decides the exit code).
+      if (!e.retriable) throw e;
       throw new SinkError(e.reason, e.message, { retriable: false, cause: e.cause });
     }
   }

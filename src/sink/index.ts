@@ -2,7 +2,7 @@ import type { BackoffConfig, SinkConfig } from '../config/config.js';
 import { SinkError } from '../errors.js';
 import type { Health } from '../observability/health.js';
 import { retry, worthLogging } from '../retry.js';
-import type { Sink } from '../interfaces.js';
+import type { Position, Sink } from '../interfaces.js';
 import { LabelLimiter, MAX_DESTINATION_LABELS, OTHER } from '../observability/labels.js';
 import type { Logger } from '../observability/logger.js';
 
@@ -11,6 +11,12 @@ export interface SinkStatus {
   connection(up: boolean): void;
   /** The broker asked us to stop publishing (RabbitMQ resource alarm). */
   blocked(blocked: boolean): void;
+  /** Exactly-once: a Kafka transaction ended. */
+  transaction(result: 'committed' | 'aborted'): void;
+  /** Exactly-once: another producer took our transactional id. */
+  fenced(): void;
+  /** Exactly-once: the checkpoint Kafka holds now. */
+  checkpoint(position: Position): void;
 }
 
 /** Builds the configured sink once its owner can receive its status. */
@@ -20,9 +26,13 @@ export type SinkFactory = (status: SinkStatus) => Sink;
  * Loads the configured sink's module, and with it only that broker's client library: kafkajs and
  * amqplib take about 30 ms to load, which every start (and `validate`, `status`) would pay.
  */
-export async function loadSink(cfg: SinkConfig, needDeadLetter: boolean, log: Logger): Promise<SinkFactory> {
+export async function loadSink(cfg: SinkConfig, slot: string, needDeadLetter: boolean, log: Logger): Promise<SinkFactory> {
   switch (cfg.type) {
     case 'kafka': {
+      if (cfg.kafka.delivery === 'exactly-once') {
+        const { KafkaExactlyOnceSink } = await import('./kafka-exactly-once.js');
+        return (status) => new KafkaExactlyOnceSink(cfg.kafka, slot, log, (up) => status.connection(up), status);
+      }
       const { KafkaSink } = await import('./kafka.js');
       return (status) => new KafkaSink(cfg.kafka, log, (up) => status.connection(up));
     }

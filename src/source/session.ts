@@ -1,5 +1,6 @@
 import type { Watermark } from '../checkpoint/watermark.js';
 import type { Config } from '../config/config.js';
+import type { Position, SourceIdentity } from '../interfaces.js';
 import { ConfigError, type OutboxdError, PoisonError, SlotBusyError, SlotError } from '../errors.js';
 import { ZERO_LSN, formatLsn } from '../lsn.js';
 import type { Liveness } from '../observability/liveness.js';
@@ -24,6 +25,11 @@ export interface SourceEvents {
   onWaiting(what: string | null): void;
   /** A row the server cannot send (not convertible to UTF-8): nothing after it can be read. */
   onHalt(error: PoisonError): void;
+  /**
+   * Exactly-once: where the broker's copy of this source ends (its checkpoint), asked before each
+   * session streams; every event at or before it is skipped. Absent for at-least-once sinks.
+   */
+  resumePoint?: ((source: SourceIdentity) => Promise<Position | null>) | undefined;
 }
 
 /**
@@ -137,6 +143,7 @@ export class Source {
     const start = slot.confirmedFlushLsn ?? ZERO_LSN;
     this.watermark.reset(start);
     this.ingest.resetSession();
+    const resumePoint = this.events.resumePoint;
     const stream = new ReplicationStream(
       pgc,
       pgc.publication,
@@ -144,10 +151,16 @@ export class Source {
       this.ingest,
       this.watermark,
       this.log.child({ module: 'source' }),
+      resumePoint &&
+        (async (source) => {
+          this.ingest.resumeAfter = await resumePoint(source);
+        }),
     );
     this.stream = stream;
     try {
-      await this.liveness.step('starting replication', 2 * pgc.connectTimeoutMs + pgc.statementTimeoutMs, () => stream.start());
+      await this.liveness.step('starting replication', 2 * pgc.connectTimeoutMs + pgc.statementTimeoutMs + this.resumeBoundMs(), () =>
+        stream.start(),
+      );
       this.metrics.connectionState.set({ target: 'postgres' }, 1);
       this.log.info({ slot: pgc.slot, from: formatLsn(start) }, 'streaming');
       progress();
@@ -167,6 +180,13 @@ export class Source {
       this.stream = null;
       this.ingest.resetSession();
     }
+  }
+
+  /** How long reading the exactly-once checkpoint may take: another producer's open transaction may hold it. */
+  private resumeBoundMs(): number {
+    const sink = this.cfg.sink;
+    if (sink.type !== 'kafka' || sink.kafka.delivery !== 'exactly-once') return 0;
+    return sink.kafka.transactionTimeoutMs + 3 * sink.kafka.requestTimeoutMs;
   }
 
   /**

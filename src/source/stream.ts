@@ -1,7 +1,8 @@
 import pg from 'pg';
 import type { Watermark } from '../checkpoint/watermark.js';
 import type { PostgresConfig } from '../config/config.js';
-import { OutboxdError, PgConnectionError } from '../errors.js';
+import { OutboxdError, PgConnectionError, SinkError } from '../errors.js';
+import type { SourceIdentity } from '../interfaces.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import { coalesceReads } from './coalesce.js';
@@ -63,6 +64,8 @@ export class ReplicationStream {
     private readonly handler: ChangeHandler,
     private readonly watermark: Watermark,
     private readonly log: Logger,
+    /** Runs once connected, before START_REPLICATION, with the database IDENTIFY_SYSTEM names. */
+    private readonly beforeStart?: (source: SourceIdentity) => Promise<void>,
   ) {
     this.decoder = new PgoutputDecoder(handler);
     this.client = new pg.Client({ ...clientConfig(cfg), replication: 'database' } as pg.ClientConfig);
@@ -80,8 +83,9 @@ export class ReplicationStream {
     try {
       await this.client.connect();
       await rawTextInSqlAscii(this.client);
+      if (this.beforeStart) await this.beforeStart(await identifySystem(this.client));
     } catch (err) {
-      this.end(classifyPgError(err, 'starting replication'));
+      this.end(err instanceof SinkError ? err : classifyPgError(err, 'starting replication'));
       await this.ended;
     }
     const started = new Promise<void>((resolve) => {
@@ -286,4 +290,12 @@ export class ReplicationStream {
 async function rawTextInSqlAscii(client: pg.Client): Promise<void> {
   const { rows } = await client.query<{ server_encoding: string }>('SHOW server_encoding');
   if (rows[0]?.server_encoding === 'SQL_ASCII') await client.query("SET client_encoding = 'SQL_ASCII'");
+}
+
+/** The cluster's system identifier and the database, as the replication connection sees them. */
+async function identifySystem(client: pg.Client): Promise<SourceIdentity> {
+  const { rows } = await client.query<{ systemid: string; dbname: string | null }>('IDENTIFY_SYSTEM');
+  const row = rows[0];
+  if (!row?.dbname) throw new OutboxdError('PG_PROTOCOL', 'IDENTIFY_SYSTEM named no database');
+  return { systemId: String(row.systemid), database: row.dbname };
 }

@@ -30,6 +30,8 @@ export interface Delivered extends Ordered {
 
 export interface Reader {
   delivered(): Delivered[];
+  /** Kafka: resolves once the reader reached the end of every partition (see TopicReader.waitCaughtUp). */
+  caughtUp?(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -42,7 +44,7 @@ export interface Bundle {
   httpPort: number;
   start(env?: NodeJS.ProcessEnv): RelayProcess;
   /** A second instance of the same config on another HTTP port. */
-  startOn(httpPort: number): RelayProcess;
+  startOn(httpPort: number, env?: NodeJS.ProcessEnv): RelayProcess;
   cleanup(): Promise<void>;
   /** `await using b = await bundle(...)` cleans up when the test ends. */
   [Symbol.asyncDispose](): Promise<void>;
@@ -66,6 +68,10 @@ export interface BundleOptions {
   tables?: string[];
   /** Kafka's request timeout and RabbitMQ's confirm timeout (default 5s and 3s: fault tests want them short). */
   brokerTimeout?: string;
+  /** Kafka exactly-once delivery, with a checkpoint topic of the test's own (created compacted). */
+  exactlyOnce?: boolean;
+  /** Kafka: read read_uncommitted (sees aborted transactions' records); default read_committed. */
+  readUncommitted?: boolean;
 }
 
 export async function bundle(o: BundleOptions): Promise<Bundle> {
@@ -77,8 +83,9 @@ export async function bundle(o: BundleOptions): Promise<Bundle> {
   let sinkYaml: string;
   if (o.kind === 'kafka') {
     const brokers = (o.kafkaBrokers ?? (await kafkaBrokers()).join(',')).split(',');
-    const r = new TopicReader(brokers);
+    const r = new TopicReader(brokers, { readUncommitted: o.readUncommitted ?? false });
     await r.createTopics([...types.map((t) => `outbox.event.${t}`), `dlq_${tag}`]);
+    if (o.exactlyOnce) await r.createTopics([`ckpt_${tag}`], 1, [{ name: 'cleanup.policy', value: 'compact' }]);
     await r.start([...types.map((t) => `outbox.event.${t}`), `dlq_${tag}`]);
     reader = {
       delivered: () =>
@@ -91,6 +98,7 @@ export async function bundle(o: BundleOptions): Promise<Bundle> {
           headers: m.headers,
           value: m.valueBytes,
         })),
+      caughtUp: () => r.waitCaughtUp(types.map((t) => `outbox.event.${t}`)),
       close: () => r.stop(),
     };
     sinkYaml = `  type: kafka
@@ -99,7 +107,7 @@ export async function bundle(o: BundleOptions): Promise<Bundle> {
     deadLetterTopic: dlq_${tag}
     requestTimeout: ${o.brokerTimeout ?? '5s'}
     connectionTimeout: 2s
-${o.sinkExtra ?? ''}`;
+${o.exactlyOnce ? `    delivery: \${OUTBOXD_TEST_DELIVERY:-exactly-once}\n    checkpointTopic: \${OUTBOXD_TEST_CHECKPOINT_TOPIC:-ckpt_${tag}}\n` : ''}${o.sinkExtra ?? ''}`;
   } else {
     const url = o.amqpUrl ?? (await rabbitmqUrl());
     const q = await AmqpReader.open(url, `ex_${tag}`, `q_${tag}`, `dlx_${tag}`, `dlq_${tag}`);
@@ -163,8 +171,8 @@ ${o.extra ?? ''}`,
       relays.push(relay);
       return relay;
     },
-    startOn(httpPort: number) {
-      const relay = new RelayProcess(cfg.file, httpPort, { OUTBOXD_HTTP_PORT: String(httpPort) });
+    startOn(httpPort: number, env = {}) {
+      const relay = new RelayProcess(cfg.file, httpPort, { ...env, OUTBOXD_HTTP_PORT: String(httpPort) });
       relays.push(relay);
       return relay;
     },

@@ -129,7 +129,16 @@ export interface OutboxRow {
  */
 export async function writeOutbox(
   client: pg.Client,
-  opts: { total: number; keys: number; types: string[]; batch?: number; singles?: number; onProgress?: (written: number) => void },
+  opts: {
+    total: number;
+    keys: number;
+    types: string[];
+    batch?: number;
+    singles?: number;
+    onProgress?: (written: number) => void;
+    /** Prefix of the aggregate ids: a test that writes several times checks each write's keys apart. */
+    keyPrefix?: string;
+  },
 ): Promise<OutboxRow[]> {
   const batch = opts.batch ?? 100;
   const singles = opts.singles ?? 100;
@@ -137,7 +146,7 @@ export async function writeOutbox(
   const rows: OutboxRow[] = [];
   const next = (): OutboxRow => {
     const i = rows.length;
-    const aggregateid = `key-${i % opts.keys}`;
+    const aggregateid = `${opts.keyPrefix ?? ''}key-${i % opts.keys}`;
     const seq = (seqs.get(aggregateid) ?? 0) + 1;
     seqs.set(aggregateid, seq);
     const row = {
@@ -298,22 +307,39 @@ export interface Consumed {
   headers: Record<string, string>;
 }
 
-/** Reads topics from the beginning with a kafkajs consumer group until `stop()`. */
+/**
+ * Reads topics from the beginning with a kafkajs consumer group until `stop()`: read_committed
+ * (kafkajs's default), or read_uncommitted, which also sees the records of aborted transactions.
+ */
 export class TopicReader {
   readonly messages: Consumed[] = [];
   private consumer: kafkajs.Consumer;
   private readonly kafka: kafkajs.Kafka;
-  constructor(brokers: string[]) {
+  /**
+   * The next offset to read in each partition, control records (transaction markers) included:
+   * under exactly-once a partition ends with a commit marker no message shows.
+   */
+  private readonly next = new Map<string, bigint>();
+  constructor(brokers: string[], opts: { readUncommitted?: boolean } = {}) {
     this.kafka = new kafkajs.Kafka({ clientId: 'outboxd-test-reader', brokers, logLevel: kafkajs.logLevel.NOTHING });
-    this.consumer = this.kafka.consumer({ groupId: `reader-${randomUUID()}`, maxWaitTimeInMs: 100 });
+    this.consumer = this.kafka.consumer({
+      groupId: `reader-${randomUUID()}`,
+      maxWaitTimeInMs: 100,
+      readUncommitted: opts.readUncommitted ?? false,
+    });
+    this.consumer.on(this.consumer.events.END_BATCH_PROCESS, ({ payload }) => {
+      const k = `${payload.topic}/${payload.partition}`;
+      const o = BigInt(payload.lastOffset) + 1n;
+      if (o > (this.next.get(k) ?? 0n)) this.next.set(k, o);
+    });
   }
 
   /** Creates the topics (3 partitions each) so subscribing never races auto-creation. */
-  async createTopics(topics: string[], partitions = 3): Promise<void> {
+  async createTopics(topics: string[], partitions = 3, configEntries: Array<{ name: string; value: string }> = []): Promise<void> {
     const admin = this.kafka.admin();
     await admin.connect();
     await admin.createTopics({
-      topics: topics.map((topic) => ({ topic, numPartitions: partitions, replicationFactor: 1 })),
+      topics: topics.map((topic) => ({ topic, numPartitions: partitions, replicationFactor: 1, configEntries })),
       waitForLeaders: true,
     });
     await admin.disconnect();
@@ -369,7 +395,7 @@ export class TopicReader {
       await until(
         'the reader at the end of every partition',
         async () => {
-          const next = new Map<string, bigint>();
+          const next = new Map(this.next);
           for (const m of this.messages) {
             const k = `${m.topic}/${m.partition}`;
             const o = BigInt(m.offset) + 1n;

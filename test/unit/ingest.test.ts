@@ -133,4 +133,31 @@ describe('Ingest', () => {
     ]);
     await pipeline.stop();
   });
+
+  it('exactly-once restart: skips every event at or before the checkpoint, also inside a transaction, and confirms past them', async () => {
+    const { ingest, pipeline, sink, advanced } = setup();
+    const rel = relation(COLUMNS);
+    const binding = ingest.relation(rel) as TableBinding;
+    const row = (id: string) => [id, 'order', 'k', '{}', undefined];
+    const whole = { wholeRow: () => ({}), problem: () => null };
+    // Kafka holds everything of 0x100, and the first two events of 0x200.
+    ingest.resumeAfter = { commitLsn: 0x200n, index: 1 };
+    ingest.begin(1, 0x100n, 0);
+    ingest.insert(rel, binding, row('a'), whole);
+    ingest.commit(0x180n);
+    ingest.begin(2, 0x200n, 0);
+    for (const id of ['b', 'c', 'd', 'e']) ingest.insert(rel, binding, row(id), whole);
+    ingest.commit(0x280n);
+    ingest.begin(3, 0x300n, 0);
+    ingest.insert(rel, binding, row('f'), whole);
+    ingest.commit(0x380n);
+    expect(await pipeline.drain(5_000)).toBe(true);
+    expect(sink.published.map((m) => [m.id, m.index])).toEqual([
+      ['d', 2],
+      ['e', 3],
+      ['f', 0],
+    ]);
+    expect(advanced.at(-1)).toBe(0x380n);
+    await pipeline.stop();
+  });
 });

@@ -107,6 +107,7 @@ function msg(id: string, txn: Txn): OutboxMessage {
     correlationId: null,
     replyTo: null,
     txn,
+    index: 0,
     sizeBytes: 10,
   };
 }
@@ -216,6 +217,7 @@ describe('Pipeline', () => {
         headers: {},
         error: new PoisonError('null_key', 'key is null'),
         txn: t,
+        index: 1,
       },
       t,
     );

@@ -1,0 +1,234 @@
+import { createRequire } from 'node:module';
+import type kafkajs from 'kafkajs';
+import { SinkError } from '../errors.js';
+import type { Position, SourceIdentity } from '../interfaces.js';
+import { formatLsn, parseLsn } from '../lsn.js';
+import { classify, protocolErrorType } from './kafka-client.js';
+
+/**
+ * The exactly-once checkpoint (docs/adr/0009): one record per committed Kafka transaction, in a
+ * compacted topic, partition 0, written inside the transaction it describes. Its key names the
+ * slot and the database; its value the position of the transaction's last event and the
+ * transactional id that wrote it.
+ *
+ * Reading it back needs an exact end: every record of ours that is committed, none that is not.
+ * kafkajs's consumer cannot say where a read_committed partition ends (its batches report the
+ * high watermark, not the last stable offset) and joins a consumer group, which costs a broker's
+ * group.initial.rebalance.delay.ms (3 s by default) on every start. So the read goes through
+ * kafkajs's own cluster and broker objects: ListOffsets for the log end, then read_committed
+ * Fetch requests until the position passes it. kafkajs 2.2.4 is the last release; the version
+ * check below fails loudly should that change.
+ */
+
+export interface CheckpointRecord {
+  readonly key: string;
+  readonly transactionalId: string;
+  readonly slot: string;
+  readonly source: SourceIdentity;
+  readonly position: Position;
+}
+
+/** The record's key: the slot and the database it reads, `<slot>@<system id>/<database>`. */
+export function checkpointKey(slot: string, source: SourceIdentity): string {
+  return `${slot}@${source.systemId}/${source.database}`;
+}
+
+export function encodeCheckpoint(r: Omit<CheckpointRecord, 'key'>): string {
+  return JSON.stringify({
+    v: 1,
+    transactionalId: r.transactionalId,
+    slot: r.slot,
+    systemId: r.source.systemId,
+    database: r.source.database,
+    lsn: formatLsn(r.position.commitLsn),
+    index: r.position.index,
+  });
+}
+
+/** A checkpoint record, or null for anything else (a tombstone, a record not ours to read). */
+export function decodeCheckpoint(key: string, value: Buffer | null): CheckpointRecord | null {
+  if (value === null) return null;
+  try {
+    const v = JSON.parse(value.toString('utf8')) as Record<string, unknown>;
+    if (v.v !== 1 || typeof v.lsn !== 'string' || !Number.isSafeInteger(v.index)) return null;
+    return {
+      key,
+      transactionalId: String(v.transactionalId),
+      slot: String(v.slot),
+      source: { systemId: String(v.systemId), database: String(v.database) },
+      position: { commitLsn: parseLsn(v.lsn), index: v.index as number },
+    };
+  } catch {
+    return null;
+  }
+}
+
+/** a after b (a later event)? A null position is before everything. */
+export function isAfter(a: Position, b: Position | null): boolean {
+  return b === null || a.commitLsn > b.commitLsn || (a.commitLsn === b.commitLsn && a.index > b.index);
+}
+
+export function describePosition(p: Position | null): string {
+  return p === null ? 'none' : `${formatLsn(p.commitLsn)}#${p.index}`;
+}
+
+const READ_UNCOMMITTED = 0;
+const READ_COMMITTED = 1;
+const LATEST = -1;
+const PARTITION = 0;
+
+interface FetchedMessage {
+  offset: string;
+  key: Buffer | null;
+  value: Buffer | null;
+  isControlRecord?: boolean;
+}
+interface KafkaBroker {
+  listOffsets(r: object): Promise<{ responses: Array<{ partitions: Array<{ partition: number; errorCode: number; offset: string }> }> }>;
+  fetch(r: object): Promise<{
+    responses: Array<{ partitions: Array<{ partition: number; errorCode: number; lastStableOffset: string; messages: FetchedMessage[] }> }>;
+  }>;
+}
+interface KafkaCluster {
+  connect(): Promise<void>;
+  disconnect(): Promise<void>;
+  addTargetTopic(topic: string): Promise<void>;
+  findLeaderForPartitions(topic: string, partitions: number[]): Record<string, number[]>;
+  findBroker(r: { nodeId: string }): Promise<KafkaBroker>;
+}
+type BatchClass = new (
+  topic: string,
+  fetchedOffset: string,
+  data: object,
+) => { messages: FetchedMessage[]; messagesWithinOffset: FetchedMessage[] };
+
+const require = createRequire(import.meta.url);
+let Batch: BatchClass | null = null;
+
+/** kafkajs's cluster factory, built with the same brokers, TLS, SASL and logger as `kafka`. */
+function clusterOf(kafka: kafkajs.Kafka): KafkaCluster {
+  const version = (require('kafkajs/package.json') as { version: string }).version;
+  const symbol = Object.getOwnPropertySymbols(kafka).find((s) => s.description === 'private:Kafka:createCluster');
+  if (!version.startsWith('2.2.') || symbol === undefined) {
+    throw new SinkError('client_error', `reading the exactly-once checkpoint needs kafkajs 2.2 internals; found kafkajs ${version}`, {
+      retriable: false,
+    });
+  }
+  Batch ??= require('kafkajs/src/consumer/batch.js') as BatchClass;
+  const create = (kafka as unknown as Record<symbol, (o: object) => KafkaCluster>)[symbol] as (o: object) => KafkaCluster;
+  return create({ allowAutoTopicCreation: false, isolationLevel: READ_COMMITTED });
+}
+
+export interface ReadResult {
+  /** The last committed checkpoint of `key`, or null. */
+  readonly mine: CheckpointRecord | null;
+  /** The last committed record of each other key that carries the same transactional id. */
+  readonly sameTransactionalId: CheckpointRecord[];
+}
+
+/**
+ * Reads partition 0 of the checkpoint topic from its start, seeing committed records only.
+ *
+ * - `to: 'log-end'`: up to the log end as it was when the read began. The read waits while an
+ *   open transaction holds the last stable offset back (at most that producer's transaction
+ *   timeout): our own last commit may lie behind it. Only after our fence is this final.
+ * - `to: 'stable'`: up to the last stable offset, without waiting. Before our fence, an open
+ *   transaction may be the previous holder's, which only our fence ends.
+ *
+ * Rejects with a one-line SinkError when the topic is missing (not retriable) or the read does
+ * not finish within `timeoutMs` (retriable).
+ */
+export async function readCheckpoints(
+  kafka: kafkajs.Kafka,
+  topic: string,
+  key: string,
+  transactionalId: string,
+  timeoutMs: number,
+  to: 'log-end' | 'stable' = 'log-end',
+): Promise<ReadResult> {
+  const cluster = clusterOf(kafka);
+  const deadline = Date.now() + timeoutMs;
+  try {
+    await cluster.connect();
+    try {
+      await cluster.addTargetTopic(topic);
+    } catch (err) {
+      if (protocolErrorType(err) === 'UNKNOWN_TOPIC_OR_PARTITION') throw missingCheckpointTopic(topic, err);
+      throw err;
+    }
+    const leaders = cluster.findLeaderForPartitions(topic, [PARTITION]);
+    const nodeId = Object.keys(leaders)[0];
+    if (nodeId === undefined)
+      throw new SinkError('checkpoint_unavailable', `checkpoint topic ${topic} has no leader for partition 0`, { retriable: true });
+    const broker = await cluster.findBroker({ nodeId });
+    const end = await logEnd(broker, topic, to === 'log-end' ? READ_UNCOMMITTED : READ_COMMITTED);
+    const latest = new Map<string, CheckpointRecord | null>();
+    let position = '0';
+    while (BigInt(position) < end) {
+      const waitMs = Math.min(500, Math.max(0, deadline - Date.now()));
+      const res = await broker.fetch({
+        isolationLevel: READ_COMMITTED,
+        maxWaitTime: waitMs,
+        minBytes: 1,
+        maxBytes: 8 << 20,
+        topics: [{ topic, partitions: [{ partition: PARTITION, fetchOffset: position, maxBytes: 8 << 20 }] }],
+      });
+      const data = res.responses[0]?.partitions[0];
+      if (data === undefined)
+        throw new SinkError('checkpoint_unavailable', `checkpoint topic ${topic}: empty fetch response`, { retriable: true });
+      if (data.errorCode !== 0)
+        throw new SinkError('checkpoint_unavailable', `checkpoint topic ${topic}: fetch error code ${data.errorCode}`, { retriable: true });
+      const batch = new (Batch as BatchClass)(topic, position, data);
+      const raw = batch.messagesWithinOffset;
+      if (raw.length > 0) {
+        for (const m of batch.messages) {
+          if (m.key === null) continue;
+          const k = m.key.toString('utf8');
+          latest.set(k, decodeCheckpoint(k, m.value));
+        }
+        position = (BigInt((raw[raw.length - 1] as FetchedMessage).offset) + 1n).toString();
+        continue;
+      }
+      // Nothing visible from here: done once the stable offset reached the end we look for
+      // (the rest is gone to compaction or was never there); otherwise an open transaction of
+      // another producer still holds it back.
+      if (BigInt(data.lastStableOffset) >= end) break;
+      if (Date.now() >= deadline) {
+        throw new SinkError(
+          'checkpoint_unavailable',
+          `reading checkpoint topic ${topic}: an open transaction holds its last stable offset at ${data.lastStableOffset} (log end ${end}) for over ${Math.round(timeoutMs / 1000)} s`,
+          { retriable: true },
+        );
+      }
+    }
+    const mine = latest.get(key) ?? null;
+    const sameTransactionalId = [...latest.values()].filter(
+      (r): r is CheckpointRecord => r !== null && r.key !== key && r.transactionalId === transactionalId,
+    );
+    return { mine, sameTransactionalId };
+  } catch (err) {
+    throw classify(err, `reading checkpoint topic ${topic}`);
+  } finally {
+    await cluster.disconnect().catch(() => undefined);
+  }
+}
+
+/** The log end offset (READ_UNCOMMITTED) or the last stable offset (READ_COMMITTED) of partition 0. */
+async function logEnd(broker: KafkaBroker, topic: string, isolationLevel: number): Promise<bigint> {
+  const res = await broker.listOffsets({
+    isolationLevel,
+    topics: [{ topic, partitions: [{ partition: PARTITION, timestamp: LATEST }] }],
+  });
+  const p = res.responses[0]?.partitions[0];
+  if (p === undefined)
+    throw new SinkError('checkpoint_unavailable', `checkpoint topic ${topic}: no offsets for partition 0`, { retriable: true });
+  return BigInt(p.offset);
+}
+
+export function missingCheckpointTopic(topic: string, cause?: unknown): SinkError {
+  return new SinkError(
+    'checkpoint_topic_missing',
+    `checkpoint topic "${topic}" does not exist: exactly-once needs it; create it with \`outboxd setup\` (compacted, one partition)`,
+    { retriable: false, cause },
+  );
+}

@@ -1,0 +1,416 @@
+import kafkajs from 'kafkajs';
+import type { KafkaSinkConfig } from '../config/config.js';
+import { FencedError, type PoisonError, SinkError } from '../errors.js';
+import type { DeadLetter, OutboxMessage, Position, PublishOutcome, Sink, SourceIdentity } from '../interfaces.js';
+import type { Logger } from '../observability/logger.js';
+import { type CheckpointRecord, checkpointKey, describePosition, encodeCheckpoint, isAfter, readCheckpoints } from './kafka-checkpoint.js';
+import {
+  MISSING_TOPIC,
+  checkMessage,
+  chunks,
+  classify,
+  compressionOf,
+  createKafka,
+  deadLetterCandidates,
+  isMessageError,
+  missingTopics,
+  protocolErrorType,
+  refusedMessage,
+  topicMessages,
+} from './kafka-client.js';
+
+const { Partitioners } = kafkajs;
+
+/**
+ * Tests only (test/faults/exactly-once.test.ts): a pause before every Kafka commit, so a kill
+ * leaves a transaction open (its records in the log, to be aborted), and one after it, before
+ * the pipeline hears of it, so a kill lands between the Kafka commit and the slot confirm.
+ */
+const PAUSE_BEFORE_COMMIT_MS = Number(process.env.OUTBOXD_TEST_PAUSE_BEFORE_COMMIT_MS ?? 0);
+const PAUSE_AFTER_COMMIT_MS = Number(process.env.OUTBOXD_TEST_PAUSE_AFTER_COMMIT_MS ?? 0);
+const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** What the exactly-once sink reports besides the connection (metrics). */
+export interface TransactionEvents {
+  transaction(result: 'committed' | 'aborted'): void;
+  fenced(): void;
+  checkpoint(position: Position): void;
+}
+
+/** Broker answers that mean another producer now owns our transactional id. */
+const FENCED = new Set(['INVALID_PRODUCER_EPOCH', 'PRODUCER_FENCED']);
+
+/**
+ * Kafka exactly once (docs/adr/0009). Each pipeline batch is one Kafka transaction: its messages
+ * and a checkpoint record, the position (commit LSN, index) of its last event, in the compacted
+ * checkpoint topic. A read_committed consumer sees a batch whole, with its checkpoint, or not at
+ * all; on every start the relay reads the checkpoint and skips every event at or before it, so a
+ * crash anywhere (also between the Kafka commit and the slot confirm) publishes nothing twice.
+ *
+ * - Fencing: the producer's InitProducerId (at the start of every replication session, after the
+ *   relay took the leader lock) bumps the epoch of `transactionalId`; a relay still holding the
+ *   old epoch gets a fenced error on its next request and stops (FencedError, exit code 5).
+ * - Failures: any error inside a transaction aborts it; the pipeline retries the batch whole. A
+ *   commit whose answer was lost may or may not have committed: the next attempt re-fences
+ *   (which settles it) and re-reads the checkpoint before publishing anything.
+ * - Poison: a message the broker refuses is found by committing the messages before it and then
+ *   one message per transaction; the rest of the batch goes back to the pipeline as `unsent`, so
+ *   the dead letter (in a transaction with its own checkpoint) comes in order.
+ */
+export class KafkaExactlyOnceSink implements Sink {
+  readonly type = 'kafka' as const;
+  private readonly kafka: kafkajs.Kafka;
+  private readonly transactionalId: string;
+  private producer: kafkajs.Producer | null = null;
+  /** The producer has fenced every earlier holder of the id (InitProducerId), this session. */
+  private initialized = false;
+  private admin: kafkajs.Admin | null = null;
+  private source: SourceIdentity | null = null;
+  /** The last checkpoint known committed: events at or before it are in Kafka already. */
+  private committed: Position | null = null;
+  /** A commit's outcome is unknown: fence and re-read the checkpoint before the next publish. */
+  private unsure = false;
+  private fencedBy: FencedError | null = null;
+  private stopReporting: () => void = () => undefined;
+
+  constructor(
+    private readonly cfg: KafkaSinkConfig,
+    private readonly slot: string,
+    private readonly log: Logger,
+    private readonly onConnection: (up: boolean) => void = () => undefined,
+    private readonly events: TransactionEvents = { transaction: () => undefined, fenced: () => undefined, checkpoint: () => undefined },
+  ) {
+    this.kafka = createKafka(cfg, log);
+    this.transactionalId = cfg.transactionalId;
+  }
+
+  /** Connects a producer, without InitProducerId: a standby must not fence the leader. */
+  async connect(): Promise<void> {
+    await this.getProducer();
+    this.onConnection(true);
+  }
+
+  private async getProducer(): Promise<kafkajs.Producer> {
+    if (this.fencedBy) throw this.fencedBy;
+    if (this.producer) return this.producer;
+    const producer = this.kafka.producer({
+      transactionalId: this.transactionalId,
+      transactionTimeout: this.cfg.transactionTimeoutMs,
+      idempotent: true,
+      maxInFlightRequests: 1,
+      allowAutoTopicCreation: this.cfg.autoCreateTopics,
+      createPartitioner: Partitioners.DefaultPartitioner,
+    });
+    try {
+      await producer.connect();
+    } catch (err) {
+      this.onConnection(false);
+      await producer.disconnect().catch(() => undefined);
+      throw classify(err, 'connecting to Kafka');
+    }
+    // A producer we drop on purpose (drop()) stops reporting first: only the broker's doing counts.
+    this.stopReporting = producer.on(producer.events.DISCONNECT, () => this.onConnection(false));
+    this.producer = producer;
+    this.initialized = false;
+    this.onConnection(true);
+    return producer;
+  }
+
+  /**
+   * Takes the transactional id (fencing any other holder) and reads this source's checkpoint.
+   * The fence comes first: it settles the previous holder's last transaction (committed or
+   * aborted), so the read that follows is final.
+   */
+  async readCheckpoint(source: SourceIdentity): Promise<Position | null> {
+    this.source = source;
+    const key = checkpointKey(this.slot, source);
+    // Before fencing anyone: is this id another database's? Then fencing would stop that relay.
+    // (Up to the stable offset only: the previous holder's open transaction ends with our fence.)
+    this.refuseForeign(await this.read(key, 'stable'));
+    await this.reset();
+    await this.fence();
+    const { mine } = await this.read(key);
+    this.committed = mine?.position ?? null;
+    this.unsure = false;
+    if (this.committed) this.events.checkpoint(this.committed);
+    this.log.info(
+      {
+        checkpointTopic: this.cfg.checkpointTopic,
+        key,
+        checkpoint: describePosition(this.committed),
+        transactionalId: this.transactionalId,
+      },
+      mine ? 'exactly-once: resuming after the checkpoint' : 'exactly-once: no checkpoint yet; every event from the slot on is published',
+    );
+    return this.committed;
+  }
+
+  private read(key: string, to: 'log-end' | 'stable' = 'log-end') {
+    return readCheckpoints(
+      this.kafka,
+      this.cfg.checkpointTopic,
+      key,
+      this.transactionalId,
+      this.cfg.transactionTimeoutMs + this.cfg.requestTimeoutMs,
+      to,
+    );
+  }
+
+  private refuseForeign(found: { mine: CheckpointRecord | null; sameTransactionalId: CheckpointRecord[] }): void {
+    const other = found.sameTransactionalId[0];
+    if (found.mine !== null || other === undefined || this.source === null) return;
+    throw new SinkError(
+      'checkpoint_foreign',
+      `checkpoint topic ${this.cfg.checkpointTopic} holds a checkpoint of transactional id "${this.transactionalId}" for slot ${other.slot} of another database (system ${other.source.systemId}, database ${other.source.database}), not this one (system ${this.source.systemId}, database ${this.source.database}): give each relay its own sink.kafka.transactionalId`,
+      { retriable: false },
+    );
+  }
+
+  /** InitProducerId: from here on this producer holds the id; the previous holder is fenced. */
+  private async fence(): Promise<kafkajs.Producer> {
+    const producer = await this.getProducer();
+    if (this.initialized) return producer;
+    try {
+      // kafkajs sends InitProducerId with a producer's first transaction. Nothing is added to
+      // this one, so its abort sends nothing.
+      const txn = await producer.transaction();
+      await txn.abort();
+    } catch (err) {
+      throw this.failure(err, `taking transactional id "${this.transactionalId}"`);
+    }
+    this.initialized = true;
+    return producer;
+  }
+
+  check(m: OutboxMessage): PoisonError | null {
+    return checkMessage(this.cfg, m);
+  }
+
+  async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
+    await this.settleDoubt();
+    // After a commit whose answer was lost: what the re-read checkpoint covers is in Kafka already.
+    const todo: number[] = [];
+    for (let i = 0; i < batch.length; i++) if (isAfter(position(batch[i] as OutboxMessage), this.committed)) todo.push(i);
+    if (todo.length === 0) return { poisoned: [] };
+    const messages = todo.length === batch.length ? batch : todo.map((i) => batch[i] as OutboxMessage);
+    const failedAt = await this.transact(messages);
+    this.onConnection(true);
+    if (failedAt === null) return { poisoned: [] };
+    return this.isolate(messages, failedAt, todo);
+  }
+
+  /**
+   * A send in the transaction hit a message error at chunk-start `from`: commit what came before,
+   * then one message per transaction until the broker refuses one. It is poison; the messages
+   * after it go back to the pipeline as `unsent`, to follow its dead letter.
+   */
+  private async isolate(messages: readonly OutboxMessage[], from: number, todo: number[]): Promise<PublishOutcome> {
+    if (from > 0 && (await this.transact(messages.slice(0, from))) !== null) {
+      throw new SinkError('client_error', 'publishing to Kafka: a send failed, then succeeded when repeated alone', { retriable: true });
+    }
+    const end = chunkEnd(messages, from, this.cfg.maxMessageBytes);
+    for (let i = from; i < end; i++) {
+      const m = messages[i] as OutboxMessage;
+      const refused = await this.transact([m], true);
+      if (refused === null) continue;
+      const unsent = todo.slice(i + 1);
+      return { poisoned: [{ index: todo[i] as number, error: refusedMessage(m, this.lastRefusal) }], unsent };
+    }
+    // No single message reproduced the error: they are all committed now; the rest follows.
+    return { poisoned: [], unsent: todo.slice(end) };
+  }
+
+  private lastRefusal: unknown = null;
+
+  /**
+   * One transaction: `messages`, then the checkpoint at the last one, then commit. Resolves null
+   * once committed, or the index of the first message of the chunk the broker refused (the
+   * transaction is aborted). Rejects with a SinkError for anything else (aborted too).
+   */
+  private async transact(messages: readonly OutboxMessage[], single = false): Promise<number | null> {
+    const producer = await this.fence();
+    const last = messages[messages.length - 1] as OutboxMessage;
+    const checkpoint = position(last);
+    const parts = single ? [messages.map((m, index) => ({ index, m }))] : chunks(messages, this.cfg.maxMessageBytes);
+    let txn: kafkajs.Transaction | null = null;
+    try {
+      txn = await producer.transaction();
+      for (let p = 0; p < parts.length; p++) {
+        const part = parts[p] as Array<{ index: number; m: OutboxMessage }>;
+        const topics = topicMessages(part.map((c) => c.m));
+        if (p === parts.length - 1) topics.push(this.checkpointMessage(checkpoint));
+        try {
+          await txn.sendBatch({ acks: -1, compression: compressionOf(this.cfg), topicMessages: topics });
+        } catch (err) {
+          if (protocolErrorType(err) === MISSING_TOPIC)
+            throw await this.missing(
+              part.map((c) => c.m.destination),
+              err,
+            );
+          if (!isMessageError(err) || isFenced(err)) throw err;
+          this.lastRefusal = err;
+          await this.abort(txn);
+          return (part[0] as { index: number }).index;
+        }
+      }
+    } catch (err) {
+      if (txn) await this.abort(txn);
+      throw this.failure(err, 'publishing to Kafka');
+    }
+    await this.commit(txn, checkpoint);
+    return null;
+  }
+
+  /** The checkpoint record for `p`, as one more topic of the transaction's last send. */
+  private checkpointMessage(p: Position): kafkajs.TopicMessages {
+    const source = this.source as SourceIdentity;
+    return {
+      topic: this.cfg.checkpointTopic,
+      messages: [
+        {
+          key: checkpointKey(this.slot, source),
+          value: encodeCheckpoint({ transactionalId: this.transactionalId, slot: this.slot, source, position: p }),
+          partition: 0,
+        },
+      ],
+    };
+  }
+
+  private async commit(txn: kafkajs.Transaction, checkpoint: Position): Promise<void> {
+    if (PAUSE_BEFORE_COMMIT_MS > 0) await pause(PAUSE_BEFORE_COMMIT_MS);
+    try {
+      await txn.commit();
+    } catch (err) {
+      // The broker may have committed before the answer was lost: settle it before going on.
+      this.unsure = true;
+      await this.drop();
+      throw this.failure(err, 'committing the Kafka transaction');
+    }
+    this.committed = checkpoint;
+    this.events.transaction('committed');
+    this.events.checkpoint(checkpoint);
+    if (PAUSE_AFTER_COMMIT_MS > 0) await pause(PAUSE_AFTER_COMMIT_MS);
+  }
+
+  /** Aborts best-effort; the producer is dropped either way (a fresh one fences any leftover). */
+  private async abort(txn: kafkajs.Transaction): Promise<void> {
+    this.events.transaction('aborted');
+    if (txn.isActive()) await txn.abort().catch(() => undefined);
+    await this.drop();
+  }
+
+  /** Before publishing after an unknown commit outcome: fence (which settles it), re-read. */
+  private async settleDoubt(): Promise<void> {
+    if (this.source === null) {
+      throw new SinkError('client_error', 'exactly-once sink: publish before the checkpoint was read', { retriable: false });
+    }
+    if (!this.unsure) return;
+    await this.fence();
+    const { mine } = await this.read(checkpointKey(this.slot, this.source));
+    this.log.info({ checkpoint: describePosition(mine?.position ?? null) }, 'exactly-once: checkpoint re-read after an uncertain commit');
+    this.committed = mine?.position ?? null;
+    this.unsure = false;
+  }
+
+  /**
+   * The dead letter in a transaction with its own checkpoint: its largest form that fits
+   * (dead-letter.ts), the next when the broker refuses one as too large.
+   */
+  async publishDeadLetter(letter: DeadLetter): Promise<void> {
+    await this.settleDoubt();
+    const at: Position = { commitLsn: letter.txn.commitLsn, index: letter.index };
+    if (!isAfter(at, this.committed)) return;
+    const doing = `publishing to dead-letter topic ${this.cfg.deadLetterTopic}`;
+    const forms = deadLetterCandidates(letter, this.cfg.maxMessageBytes);
+    for (const [i, form] of forms.entries()) {
+      const last = i === forms.length - 1;
+      const producer = await this.fence();
+      let txn: kafkajs.Transaction | null = null;
+      try {
+        txn = await producer.transaction();
+        await txn.sendBatch({
+          acks: -1,
+          topicMessages: [
+            { topic: this.cfg.deadLetterTopic, messages: [{ key: letter.key, value: form.body, headers: form.headers }] },
+            this.checkpointMessage(at),
+          ],
+        });
+      } catch (err) {
+        if (txn) await this.abort(txn);
+        if (protocolErrorType(err) === MISSING_TOPIC) throw await this.missing([this.cfg.deadLetterTopic], err);
+        if (!last && isMessageError(err) && !isFenced(err)) continue;
+        const e = this.failure(err, doing);
+        if (last && isMessageError(err) && !(e instanceof FencedError)) {
+          throw new SinkError('dead_letter_refused', `${doing}: refused even without payload and headers: ${e.message}`, {
+            retriable: false,
+            cause: err,
+          });
+        }
+        throw e;
+      }
+      await this.commit(txn, at);
+      return;
+    }
+  }
+
+  private missing(topics: readonly string[], cause: unknown): Promise<SinkError> {
+    this.admin ??= this.kafka.admin();
+    return missingTopics(this.admin, this.cfg, topics, cause);
+  }
+
+  /** kafkajs error → SinkError; a fenced producer → FencedError, remembered: nothing more goes out. */
+  private failure(err: unknown, doing: string): SinkError {
+    if (err instanceof FencedError) return err;
+    if (isFenced(err)) {
+      this.fencedBy ??= new FencedError(
+        `${doing}: fenced: another producer took transactional id "${this.transactionalId}" (a second relay, or a standby that took over); stopping without publishing more`,
+        err,
+      );
+      this.events.fenced();
+      return this.fencedBy;
+    }
+    return classify(err, doing);
+  }
+
+  /** After a failed publish: a fresh producer (fenced again before use). */
+  async reset(): Promise<void> {
+    await this.drop();
+  }
+
+  private async drop(): Promise<void> {
+    const p = this.producer;
+    this.producer = null;
+    this.initialized = false;
+    this.stopReporting();
+    if (p) await p.disconnect().catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    await this.drop();
+    const admin = this.admin;
+    this.admin = null;
+    if (admin) await admin.disconnect().catch(() => undefined);
+  }
+}
+
+function position(m: OutboxMessage): Position {
+  return { commitLsn: m.txn.commitLsn, index: m.index };
+}
+
+/** The index after the chunk that starts at `from`, as chunks() cuts it. */
+function chunkEnd(messages: readonly OutboxMessage[], from: number, maxMessageBytes: number): number {
+  const first = chunks(messages.slice(from), maxMessageBytes)[0] ?? [];
+  return from + first.length;
+}
+
+/** Another producer holds our transactional id now (looked for along the cause chain). */
+export function isFenced(err: unknown): boolean {
+  const type = protocolErrorType(err);
+  if (type !== undefined && FENCED.has(type)) return true;
+  for (let e = err as { message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; depth++) {
+    // kafkajs 2.2.4 does not know error code 90 (PRODUCER_FENCED, Kafka 2.7+).
+    if (typeof e.message === 'string' && /Unknown error code 90\b/.test(e.message)) return true;
+    e = e.cause as typeof e;
+  }
+  return false;
+}
