@@ -150,12 +150,7 @@ export async function readCheckpoints(
   const deadline = Date.now() + timeoutMs;
   try {
     await cluster.connect();
-    try {
-      await cluster.addTargetTopic(topic);
-    } catch (err) {
-      if (protocolErrorType(err) === 'UNKNOWN_TOPIC_OR_PARTITION') throw missingCheckpointTopic(topic, err);
-      throw err;
-    }
+    await knownTopic(cluster, topic, Math.min(deadline, Date.now() + MISSING_CONFIRM_MS));
     const leaders = cluster.findLeaderForPartitions(topic, [PARTITION]);
     const nodeId = Object.keys(leaders)[0];
     if (nodeId === undefined)
@@ -214,6 +209,25 @@ export async function readCheckpoints(
 }
 
 /** The log end offset (READ_UNCOMMITTED) or the last stable offset (READ_COMMITTED) of partition 0. */
+/**
+ * A broker that just started may not know its topics yet for a moment: a topic counts as missing
+ * only when the metadata still lacks it after MISSING_CONFIRM_MS.
+ */
+const MISSING_CONFIRM_MS = 5_000;
+
+async function knownTopic(cluster: KafkaCluster, topic: string, until: number): Promise<void> {
+  for (;;) {
+    try {
+      await cluster.addTargetTopic(topic);
+      return;
+    } catch (err) {
+      if (protocolErrorType(err) !== 'UNKNOWN_TOPIC_OR_PARTITION') throw err;
+      if (Date.now() >= until) throw missingCheckpointTopic(topic, err);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  }
+}
+
 async function logEnd(broker: KafkaBroker, topic: string, isolationLevel: number): Promise<bigint> {
   const res = await broker.listOffsets({
     isolationLevel,

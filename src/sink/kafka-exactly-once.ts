@@ -72,6 +72,8 @@ export class KafkaExactlyOnceSink implements Sink {
   private unsure = false;
   private fencedBy: FencedError | null = null;
   private stopReporting: () => void = () => undefined;
+  /** When the current transaction began (a fenced answer after transactionTimeout is our own timeout). */
+  private txnStartedAt: number | null = null;
 
   constructor(
     private readonly cfg: KafkaSinkConfig,
@@ -94,6 +96,11 @@ export class KafkaExactlyOnceSink implements Sink {
     if (this.fencedBy) throw this.fencedBy;
     if (this.producer) return this.producer;
     const producer = this.kafka.producer({
+      // Few, quick retries inside a transaction. The next transaction's first request often
+      // meets CONCURRENT_TRANSACTIONS while the broker writes the previous one's markers (a few
+      // ms); kafkajs's default wait (200 ms) would cost that much per batch. And a transaction
+      // must not outlive transactionTimeout in kafkajs's retries: the pipeline retries it whole.
+      retry: { retries: 6, initialRetryTime: 10, maxRetryTime: 2_000 },
       transactionalId: this.transactionalId,
       transactionTimeout: this.cfg.transactionTimeoutMs,
       idempotent: true,
@@ -235,10 +242,14 @@ export class KafkaExactlyOnceSink implements Sink {
     let txn: kafkajs.Transaction | null = null;
     try {
       txn = await producer.transaction();
+      this.txnStartedAt = Date.now();
       for (let p = 0; p < parts.length; p++) {
         const part = parts[p] as Array<{ index: number; m: OutboxMessage }>;
         const topics = topicMessages(part.map((c) => c.m));
-        if (p === parts.length - 1) topics.push(this.checkpointMessage(checkpoint));
+        // The checkpoint goes with the first send: its partition joins the transaction in the
+        // same AddPartitionsToTxn as the first messages' (one round trip, not two). Where in the
+        // transaction it sits does not matter; that it commits with the messages does.
+        if (p === 0) topics.push(this.checkpointMessage(checkpoint));
         try {
           await txn.sendBatch({ acks: -1, compression: compressionOf(this.cfg), topicMessages: topics });
         } catch (err) {
@@ -306,7 +317,13 @@ export class KafkaExactlyOnceSink implements Sink {
     }
     if (!this.unsure) return;
     await this.fence();
-    const { mine } = await this.read(checkpointKey(this.slot, this.source));
+    const { mine } = await this.read(checkpointKey(this.slot, this.source)).catch((err: unknown) => {
+      // The topic was there when the session started: missing now is the broker's moment.
+      if (err instanceof SinkError && !err.retriable && err.reason === 'checkpoint_topic_missing') {
+        throw new SinkError(err.reason, err.message, { retriable: true, cause: err });
+      }
+      throw err;
+    });
     this.log.info({ checkpoint: describePosition(mine?.position ?? null) }, 'exactly-once: checkpoint re-read after an uncertain commit');
     this.committed = mine?.position ?? null;
     this.unsure = false;
@@ -328,6 +345,7 @@ export class KafkaExactlyOnceSink implements Sink {
       let txn: kafkajs.Transaction | null = null;
       try {
         txn = await producer.transaction();
+        this.txnStartedAt = Date.now();
         await txn.sendBatch({
           acks: -1,
           topicMessages: [
@@ -361,6 +379,15 @@ export class KafkaExactlyOnceSink implements Sink {
   /** kafkajs error → SinkError; a fenced producer → FencedError, remembered: nothing more goes out. */
   private failure(err: unknown, doing: string): SinkError {
     if (err instanceof FencedError) return err;
+    if (isFenced(err) && this.txnStartedAt !== null && Date.now() - this.txnStartedAt >= this.cfg.transactionTimeoutMs) {
+      // The broker aborts a transaction open longer than transactionTimeout and bumps the epoch
+      // itself: the same answer as a fence, but our own doing. Retry on a fresh producer.
+      return new SinkError(
+        'transaction_timeout',
+        `${doing}: the broker aborted the transaction, open for longer than sink.kafka.transactionTimeout (${this.cfg.transactionTimeoutMs} ms)`,
+        { retriable: true, cause: err },
+      );
+    }
     if (isFenced(err)) {
       this.fencedBy ??= new FencedError(
         `${doing}: fenced: another producer took transactional id "${this.transactionalId}" (a second relay, or a standby that took over); stopping without publishing more`,

@@ -195,7 +195,19 @@ describe('exactly-once → kafka', () => {
     await sleep(3_000);
     await k.server.start();
     const rows = await writer;
-    const r = await deliveredExactlyOnce(b, rows);
+    const r = await deliveredExactlyOnce(b, rows).catch(async (err: Error) => {
+      const fatal = relay.logLines().find((l) => l.level === 'fatal');
+      const state = fatal
+        ? { body: `fatal: ${String(fatal.msg)}` }
+        : await relay.http('/readyz').catch((e: Error) => ({ body: e.message }));
+      throw new Error(
+        `${err.message}; delivered ${b.reader.delivered().length}; /readyz ${state.body.trim()}; relay log: ${relay.stderr
+          .split('\n')
+          .filter((l) => !l.includes('"module":"kafkajs"'))
+          .slice(-8)
+          .join('\n')}`,
+      );
+    });
     process.stdout.write(`[eos broker restart] lost=${r.lost} duplicates=${r.duplicates}\n`);
     expect(r.lost).toBe(0);
     expect(r.duplicates).toBe(0);
