@@ -64,7 +64,22 @@ export interface TableBinding {
 export type RowValues = ReadonlyArray<string | null | undefined>;
 
 export class OutboxMapper {
+  /**
+   * One string per distinct destination: each message's rendered destination is a new string,
+   * whose hash every Set and Map on the way (metric labels, topic checks, partition metadata)
+   * would compute again; the interned one carries its hash. Bounded: past INTERN_MAX distinct
+   * destinations the rest stay uninterned.
+   */
+  private readonly interned = new Map<string, string>();
+
   constructor(private readonly destination: Template) {}
+
+  private intern(d: string): string {
+    const known = this.interned.get(d);
+    if (known !== undefined) return known;
+    if (this.interned.size < INTERN_MAX) this.interned.set(d, d);
+    return d;
+  }
 
   /** Binds a table's columns (from its RELATION message) to its config and this mapper's template. */
   bind(config: TableConfig, columns: readonly ColumnInfo[]): TableBinding {
@@ -186,7 +201,7 @@ export class OutboxMapper {
     // Template fields name outbox fields first (after column mapping), then raw columns.
     let destination: string;
     try {
-      destination = renderTemplate(this.destination, f as unknown as Record<string, string | null>, raw);
+      destination = this.intern(renderTemplate(this.destination, f as unknown as Record<string, string | null>, raw));
     } catch (err) {
       throw err instanceof PoisonError ? subject(err, f) : err;
     }
@@ -222,6 +237,8 @@ export class OutboxMapper {
     };
   }
 }
+
+const INTERN_MAX = 10_000;
 
 /** Records on a poison error the id and key that could be read, for its dead letter. */
 function subject(err: PoisonError, f: Fields): PoisonError {

@@ -3,7 +3,7 @@ import type kafkajs from 'kafkajs';
 import { SinkError } from '../errors.js';
 import type { Position, SourceIdentity } from '../interfaces.js';
 import { formatLsn, parseLsn } from '../lsn.js';
-import { classify, protocolErrorType } from './kafka-client.js';
+import { classify, internalCluster, protocolErrorType } from './kafka-client.js';
 
 /**
  * The exactly-once checkpoint (docs/adr/0009): one record per committed Kafka transaction, in a
@@ -105,18 +105,9 @@ type BatchClass = new (
 const require = createRequire(import.meta.url);
 let Batch: BatchClass | null = null;
 
-/** kafkajs's cluster factory, built with the same brokers, TLS, SASL and logger as `kafka`. */
 function clusterOf(kafka: kafkajs.Kafka): KafkaCluster {
-  const version = (require('kafkajs/package.json') as { version: string }).version;
-  const symbol = Object.getOwnPropertySymbols(kafka).find((s) => s.description === 'private:Kafka:createCluster');
-  if (!version.startsWith('2.2.') || symbol === undefined) {
-    throw new SinkError('client_error', `reading the exactly-once checkpoint needs kafkajs 2.2 internals; found kafkajs ${version}`, {
-      retriable: false,
-    });
-  }
   Batch ??= require('kafkajs/src/consumer/batch.js') as BatchClass;
-  const create = (kafka as unknown as Record<symbol, (o: object) => KafkaCluster>)[symbol] as (o: object) => KafkaCluster;
-  return create({ allowAutoTopicCreation: false, isolationLevel: READ_COMMITTED });
+  return internalCluster(kafka, { allowAutoTopicCreation: false, isolationLevel: READ_COMMITTED }) as unknown as KafkaCluster;
 }
 
 export interface ReadResult {

@@ -1,3 +1,4 @@
+import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
 import kafkajs from 'kafkajs';
 import type { KafkaSinkConfig } from '../config/config.js';
 import type { Logger } from '../observability/logger.js';
