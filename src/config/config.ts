@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
+import { defaultKafkaWorkers } from './cores.js';
 import { parseTemplate, type Template } from '../outbox/template.js';
 import { COLUMN_FIELDS, type ColumnField, ConfigSchema, type ConfigInput } from './schema.js';
 import { parseDurationMs, parseSizeBytes } from './units.js';
@@ -167,6 +168,8 @@ function compileKafka(k: NonNullable<ConfigInput['sink']['kafka']>, slot: string
     checkpointTopic: k.checkpointTopic,
     transactionalId: k.transactionalId ?? `outboxd-${slot}`,
     transactionTimeoutMs: ms(k.transactionTimeout),
+    /** Publishing worker threads (sink/kafka-workers.ts); 0: on the main thread. */
+    workers: k.workers ?? defaultKafkaWorkers(),
     ssl: compileTls('sink.kafka.ssl', k.ssl),
     sasl: k.sasl && {
       mechanism: k.sasl.mechanism,

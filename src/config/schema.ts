@@ -204,6 +204,14 @@ export const ConfigSchema = section(
             'exactly-once: the producer transactional.id (default outboxd-<slot>); a second relay with it fences the first.',
           ),
           transactionTimeout: duration('60s', 'exactly-once: the broker aborts a transaction left open this long.', { min: 1000 }),
+          workers: T.Optional(
+            T.Integer({
+              description:
+                'at-least-once: worker threads that publish, each owning a share of the partitions; default: the usable cores (CPU quota included) minus 2, at least 0; 0 publishes on the main thread.',
+              minimum: 0,
+              maximum: 64,
+            }),
+          ),
           ssl: tlsFiles('the brokers'),
           sasl: maybeSection(
             {

@@ -30,8 +30,19 @@ export async function loadSink(cfg: SinkConfig, slot: string, needDeadLetter: bo
   switch (cfg.type) {
     case 'kafka': {
       if (cfg.kafka.delivery === 'exactly-once') {
+        // One transactional producer, on the main thread: a batch and its checkpoint commit
+        // together only from one producer (docs/adr/0009, 0010).
+        if (cfg.kafka.workers > 0)
+          log.info(
+            { workers: cfg.kafka.workers },
+            'exactly-once publishes on the main thread; sink.kafka.workers applies to at-least-once',
+          );
         const { KafkaExactlyOnceSink } = await import('./kafka-exactly-once.js');
         return (status) => new KafkaExactlyOnceSink(cfg.kafka, slot, log, (up) => status.connection(up), status);
+      }
+      if (cfg.kafka.workers > 0 && cfg.kafka.compression === 'none') {
+        const { KafkaWorkerSink } = await import('./kafka-workers.js');
+        return (status) => new KafkaWorkerSink(cfg.kafka, cfg.kafka.workers, log, (up) => status.connection(up));
       }
       const { KafkaSink } = await import('./kafka.js');
       return (status) => new KafkaSink(cfg.kafka, log, (up) => status.connection(up));

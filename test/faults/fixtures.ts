@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import amqp from 'amqplib';
 import {
+  KAFKA_TEST_WORKERS,
   type OutboxRow,
   type Ordered,
   RelayProcess,
@@ -107,6 +108,7 @@ export async function bundle(o: BundleOptions): Promise<Bundle> {
     deadLetterTopic: dlq_${tag}
     requestTimeout: ${o.brokerTimeout ?? '5s'}
     connectionTimeout: 2s
+    workers: ${KAFKA_TEST_WORKERS}
 ${o.exactlyOnce ? `    delivery: \${OUTBOXD_TEST_DELIVERY:-exactly-once}\n    checkpointTopic: \${OUTBOXD_TEST_CHECKPOINT_TOPIC:-ckpt_${tag}}\n` : ''}${o.sinkExtra ?? ''}`;
   } else {
     const url = o.amqpUrl ?? (await rabbitmqUrl());

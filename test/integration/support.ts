@@ -466,6 +466,12 @@ export function ordered(m: Consumed): Ordered {
   return { id: m.headers.id ?? '', key: m.key ?? '', seq, stream: `${m.topic}/${m.partition}`, position: Number(m.offset) };
 }
 
+/**
+ * Kafka publishing workers in the tests' configs: 1, so the suite runs the worker path even where
+ * the default (usable cores − 2) is 0; OUTBOXD_TEST_KAFKA_WORKERS=0 runs it on the main thread.
+ */
+export const KAFKA_TEST_WORKERS = Number(process.env.OUTBOXD_TEST_KAFKA_WORKERS ?? 1);
+
 export function kafkaConfig(opts: { pgUrl: string; slot: string; brokers: string[]; extra?: string }): (port: number) => string {
   return (port) => `postgres:
   url: ${opts.pgUrl}
@@ -482,6 +488,7 @@ sink:
   type: kafka
   kafka:
     brokers: [${opts.brokers.join(', ')}]
+    workers: ${KAFKA_TEST_WORKERS}
 http:
   host: 127.0.0.1
   port: ${port}

@@ -28,3 +28,11 @@ describe('units', () => {
     expect(backoffMs(20, cfg, () => 0)).toBe(500);
   });
 });
+
+describe('default Kafka workers', () => {
+  it('leave a core to the main thread and one to the walsender', async () => {
+    const { defaultKafkaWorkers, usableCores } = await import('../../src/config/cores.js');
+    expect([1, 2, 3, 4, 16].map((c) => defaultKafkaWorkers(c))).toEqual([0, 0, 1, 2, 14]);
+    expect(usableCores()).toBeGreaterThanOrEqual(1);
+  });
+});

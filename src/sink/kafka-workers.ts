@@ -1,0 +1,349 @@
+import { Worker } from 'node:worker_threads';
+import type kafkajs from 'kafkajs';
+import type { KafkaSinkConfig } from '../config/config.js';
+import { type PoisonError, SinkError } from '../errors.js';
+import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
+import type { Logger } from '../observability/logger.js';
+import { KafkaSink } from './kafka.js';
+import {
+  MISSING_TOPIC,
+  RECORD_OVERHEAD_BYTES,
+  SEND_MAX_MESSAGES,
+  checkMessage,
+  classify,
+  createKafka,
+  internalCluster,
+  isMessageError,
+  missingTopics,
+} from './kafka-client.js';
+import { partitionOf } from './kafka-partition.js';
+import { encodeRecords } from './kafka-produce.js';
+import type { FromWorker, ToWorker, UnitMessage, WireError, WorkerInit } from './kafka-worker-thread.js';
+
+/**
+ * Kafka at least once, published from worker threads (docs/adr/0010). The main thread reads,
+ * decodes and maps; it computes each message's partition (Java-compatible murmur2, as kafkajs
+ * and the Java client do) and encodes its record; the worker that owns the partition sends it
+ * with an idempotent producer of its own. A partition's messages go through exactly one producer,
+ * in order, so per-key order holds as with one producer.
+ *
+ * `publish` resolves once every worker confirmed its part of the batch, as the Sink contract
+ * asks. A failed part stops its worker's later parts of the batch; the pipeline then retries the
+ * batch whole (the parts that went through are sent again, as at-least-once allows). A message
+ * the broker refuses is found by sending the unconfirmed messages one at a time, in order, on the
+ * main thread's own producer (also the one for dead letters), while the workers are idle.
+ */
+export class KafkaWorkerSink implements Sink {
+  readonly type = 'kafka' as const;
+  private readonly kafka: kafkajs.Kafka;
+  private workers: Array<{ worker: Worker; up: boolean }> = [];
+  private readonly pending = new Map<number, { resolve: () => void; reject: (e: WireError, skipped: boolean) => void }>();
+  private nextId = 1;
+  private nextBatch = 1;
+  private readonly partitions = new Map<string, { count: number; at: number }>();
+  private cluster: ReturnType<typeof internalCluster> | null = null;
+  /** Single sends (isolating a refused message) and dead letters, on the main thread. */
+  private readonly direct: KafkaSink;
+  private admin: kafkajs.Admin | null = null;
+
+  constructor(
+    private readonly cfg: KafkaSinkConfig,
+    private readonly count: number,
+    private readonly log: Logger,
+    private readonly onConnection: (up: boolean) => void = () => undefined,
+  ) {
+    this.kafka = createKafka(cfg, log);
+    this.direct = new KafkaSink(cfg, log);
+  }
+
+  async connect(): Promise<void> {
+    await this.direct.connect();
+    if (this.workers.length === 0) await this.start();
+    this.onConnection(true);
+  }
+
+  private async start(): Promise<void> {
+    const init: WorkerInit = {
+      cfg: {
+        clientId: this.cfg.clientId,
+        brokers: this.cfg.brokers,
+        connectionTimeoutMs: this.cfg.connectionTimeoutMs,
+        requestTimeoutMs: this.cfg.requestTimeoutMs,
+        ssl: this.cfg.ssl,
+        sasl: this.cfg.sasl,
+        autoCreateTopics: this.cfg.autoCreateTopics,
+      },
+    };
+    const started: Array<Promise<void>> = [];
+    for (let i = 0; i < this.count; i++) {
+      const worker = new Worker(new URL('./kafka-worker-thread.js', import.meta.url), { workerData: init, name: `outboxd-kafka-${i}` });
+      const slot = { worker, up: false };
+      this.workers.push(slot);
+      started.push(
+        new Promise<void>((resolve, reject) => {
+          worker.on('message', (m: FromWorker) => {
+            if (m.type === 'ready') resolve();
+            else if (m.type === 'connection') this.connection(slot, m.up);
+            else if (m.type === 'done') this.settle(m.id, null, false);
+            else if (m.id === -1) reject(classify(asError(m.error), 'connecting to Kafka'));
+            else this.settle(m.id, m.error, m.skipped);
+          });
+          worker.on('error', (err) => {
+            this.log.error({ err, worker: i }, 'Kafka worker thread crashed');
+            reject(err);
+            this.failAll({ name: 'WorkerError', message: `Kafka worker ${i} crashed: ${err.message}`, retriable: false });
+          });
+          worker.on('exit', () => this.connection(slot, false));
+        }),
+      );
+    }
+    try {
+      await Promise.all(started);
+    } catch (err) {
+      await this.stopWorkers();
+      throw err;
+    }
+  }
+
+  private connection(slot: { up: boolean }, up: boolean): void {
+    slot.up = up;
+    this.onConnection(this.workers.every((w) => w.up));
+  }
+
+  private settle(id: number, error: WireError | null, skipped: boolean): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    if (error === null) p.resolve();
+    else p.reject(error, skipped);
+  }
+
+  private failAll(error: WireError): void {
+    for (const [id] of this.pending) this.settle(id, error, false);
+  }
+
+  check(m: OutboxMessage): PoisonError | null {
+    return checkMessage(this.cfg, m);
+  }
+
+  async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
+    if (this.workers.length === 0) await this.start();
+    const counts = await this.partitionCounts(batch);
+    const units = this.units(batch, counts);
+    const batchId = this.nextBatch++;
+    const failures: Array<{ unit: Unit; error: WireError }> = [];
+    let unconfirmed: number[] = [];
+    await Promise.all(
+      units.map((u) =>
+        this.send(u, batchId).catch((err: { error: WireError; skipped: boolean }) => {
+          if (!err.skipped) failures.push({ unit: u, error: err.error });
+          unconfirmed = unconfirmed.concat(u.items);
+        }),
+      ),
+    );
+    if (failures.length === 0) {
+      this.onConnection(true);
+      return { poisoned: [] };
+    }
+    const first = failures[0] as { unit: Unit; error: WireError };
+    const error = asError(first.error);
+    if (failures.some((f) => f.error.type === MISSING_TOPIC)) {
+      this.admin ??= this.kafka.admin();
+      throw await missingTopics(this.admin, this.cfg, [...new Set(unconfirmed.map((i) => (batch[i] as OutboxMessage).destination))], error);
+    }
+    if (!failures.some((f) => isMessageError(asError(f.error)))) throw classify(error, 'publishing to Kafka');
+    // A message error: send what was not confirmed one message at a time, in batch order.
+    unconfirmed.sort((a, b) => a - b);
+    const poisoned: Array<{ index: number; error: PoisonError }> = [];
+    for (const i of unconfirmed) {
+      const one = await this.direct.publish([batch[i] as OutboxMessage]);
+      for (const p of one.poisoned) poisoned.push({ index: i, error: p.error });
+    }
+    if (poisoned.length === 0 && first.error.type === undefined) {
+      throw new SinkError('client_error', `publishing to Kafka: ${first.error.message}`, { retriable: false });
+    }
+    return { poisoned };
+  }
+
+  private send(u: Unit, batch: number): Promise<void> {
+    const id = this.nextId++;
+    const msg: UnitMessage = { type: 'send', id, batch, topics: u.topics, bytes: u.bytes, index: u.index };
+    const done = new Promise<void>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject: (error, skipped) => reject({ error, skipped }) });
+    });
+    (this.workers[u.worker] as { worker: Worker }).worker.postMessage(msg satisfies ToWorker, [u.bytes]);
+    return done;
+  }
+
+  /**
+   * The batch cut into units: per worker, in batch order, at most SEND_MAX_MESSAGES messages and
+   * 90% of maxMessageBytes each, every record encoded with its offset delta in its partition.
+   */
+  private units(batch: readonly OutboxMessage[], counts: Map<string, number>): Unit[] {
+    const limit = Math.max(1024, Math.floor(this.cfg.maxMessageBytes * 0.9));
+    const open: Array<Building | null> = this.workers.map(() => null);
+    const out: Unit[] = [];
+    const close = (w: number) => {
+      const b = open[w];
+      if (!b) return;
+      open[w] = null;
+      const { bytes, ends } = encodeRecords(batch, b.items, b.deltas);
+      const index = new Int32Array(b.items.length * 3);
+      for (let j = 0; j < b.items.length; j++) {
+        index[j * 3] = b.topicOf[j] as number;
+        index[j * 3 + 1] = b.partitionOf[j] as number;
+        index[j * 3 + 2] = ends[j] as number;
+      }
+      out.push({ worker: w, items: b.items, topics: b.topics, bytes: bytes.buffer as ArrayBuffer, index });
+    };
+    for (let i = 0; i < batch.length; i++) {
+      const m = batch[i] as OutboxMessage;
+      const n = counts.get(m.destination) as number;
+      const partition = partitionOf(m.key, n);
+      const w = (topicHash(m.destination) + partition) % this.workers.length;
+      const size = m.sizeBytes + RECORD_OVERHEAD_BYTES;
+      let b = open[w];
+      if (b && (b.items.length >= SEND_MAX_MESSAGES || b.bytes + size > limit)) {
+        close(w);
+        b = null;
+      }
+      if (!b) {
+        b = {
+          items: [],
+          deltas: [],
+          topics: [],
+          topicIndex: new Map(),
+          topicOf: [],
+          partitionOf: [],
+          next: new Map(),
+          bytes: 0,
+        };
+        open[w] = b;
+      }
+      let t = b.topicIndex.get(m.destination);
+      if (t === undefined) {
+        t = b.topics.length;
+        b.topics.push(m.destination);
+        b.topicIndex.set(m.destination, t);
+      }
+      const tp = t * 65_536 + partition;
+      const delta = b.next.get(tp) ?? 0;
+      b.next.set(tp, delta + 1);
+      b.items.push(i);
+      b.deltas.push(delta);
+      b.topicOf.push(t);
+      b.partitionOf.push(partition);
+      b.bytes += size;
+    }
+    for (let w = 0; w < open.length; w++) close(w);
+    return out;
+  }
+
+  /** Partitions per topic of the batch, from the metadata (refreshed every 5 minutes). */
+  private async partitionCounts(batch: readonly OutboxMessage[]): Promise<Map<string, number>> {
+    const now = Date.now();
+    const out = new Map<string, number>();
+    const missing: string[] = [];
+    for (const m of batch) {
+      if (out.has(m.destination)) continue;
+      const known = this.partitions.get(m.destination);
+      if (known && now - known.at < METADATA_MAX_AGE_MS) out.set(m.destination, known.count);
+      else if (!missing.includes(m.destination)) missing.push(m.destination);
+    }
+    if (missing.length === 0) return out;
+    this.cluster ??= internalCluster(this.kafka, { allowAutoTopicCreation: this.cfg.autoCreateTopics });
+    const cluster = this.cluster;
+    try {
+      await cluster.connect();
+      await cluster.addMultipleTargetTopics(missing);
+      for (const topic of missing) {
+        const count = cluster.findTopicPartitionMetadata(topic).length;
+        if (count === 0) throw Object.assign(new Error(`no partitions for topic ${topic}`), { type: MISSING_TOPIC });
+        this.partitions.set(topic, { count, at: now });
+        out.set(topic, count);
+      }
+    } catch (err) {
+      this.cluster = null;
+      await cluster.disconnect().catch(() => undefined);
+      if ((err as { type?: string }).type === MISSING_TOPIC || /UNKNOWN_TOPIC_OR_PARTITION/.test(String((err as Error).message))) {
+        this.admin ??= this.kafka.admin();
+        throw await missingTopics(this.admin, this.cfg, missing, err);
+      }
+      throw classify(err, 'reading Kafka topic metadata');
+    }
+    return out;
+  }
+
+  publishDeadLetter(letter: DeadLetter): Promise<void> {
+    return this.direct.publishDeadLetter(letter);
+  }
+
+  /** After a failed publish: fresh producers everywhere, and fresh metadata. */
+  async reset(): Promise<void> {
+    for (const { worker } of this.workers) worker.postMessage({ type: 'reset' } satisfies ToWorker);
+    this.partitions.clear();
+    await this.direct.reset();
+  }
+
+  private async stopWorkers(): Promise<void> {
+    const workers = this.workers;
+    this.workers = [];
+    this.failAll({ name: 'Closed', message: 'the Kafka sink was closed', retriable: true });
+    await Promise.all(workers.map(({ worker }) => worker.terminate().catch(() => undefined)));
+  }
+
+  async close(): Promise<void> {
+    await this.stopWorkers();
+    const cluster = this.cluster;
+    this.cluster = null;
+    if (cluster) await cluster.disconnect().catch(() => undefined);
+    const admin = this.admin;
+    this.admin = null;
+    if (admin) await admin.disconnect().catch(() => undefined);
+    await this.direct.close();
+  }
+}
+
+/** What a worker sends as one sendBatch. `items`: the batch indexes of its records, in order. */
+interface Unit {
+  readonly worker: number;
+  readonly items: number[];
+  readonly topics: string[];
+  readonly bytes: ArrayBuffer;
+  readonly index: Int32Array;
+}
+
+interface Building {
+  items: number[];
+  deltas: number[];
+  topics: string[];
+  topicIndex: Map<string, number>;
+  topicOf: number[];
+  partitionOf: number[];
+  /** The next offset delta per topic index · 65,536 + partition. */
+  next: Map<number, number>;
+  bytes: number;
+}
+
+const METADATA_MAX_AGE_MS = 300_000;
+
+/** Spreads the topics' partitions over the workers: partition 0 of each topic on another worker. */
+function topicHash(topic: string): number {
+  let h = 0;
+  for (let i = 0; i < topic.length; i++) h = (Math.imul(h, 31) + topic.charCodeAt(i)) | 0;
+  return h & 0x7fffffff;
+}
+
+/** A worker's error as an Error that classify() and isMessageError() read as the original. */
+function asError(e: WireError): Error {
+  const err =
+    e.name === 'TypeError' ? new TypeError(e.message) : e.name === 'RangeError' ? new RangeError(e.message) : new Error(e.message);
+  if (err.constructor === Error) err.name = e.name;
+  Object.assign(err, e.type === undefined ? {} : { type: e.type }, e.retriable === undefined ? {} : { retriable: e.retriable });
+  return err;
+}
+
+/** The default worker count: the cores this process may use, minus one for the main thread. */
+export function defaultWorkers(available: number): number {
+  return Math.max(1, available - 1);
+}
