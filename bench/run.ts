@@ -11,11 +11,17 @@
  *   BENCH_MEMORY_ROWS=100000    the small backlog compared with the reference one (memory)
  *   BENCH_LATENCY_RATE=2000     transactions per second (latency)
  *   BENCH_LATENCY_SECONDS=60
+ *   BENCH_LATENCY_SINKS=kafka,kafka-eos,rabbitmq
  *   BENCH_SHAPE_ROWS=100:500000,1024:300000,10240:60000   rows per cell, by payload bytes
  *   BENCH_SHAPE_RUNS=1
  *   BENCH_SCENARIOS=drain,small-tx,memory,shape,latency
  *   BENCH_CONSUMERS=…           subset of pg_recvlogical,outboxd-discard,outboxd-stdout,
- *                               outboxd-kafka,outboxd-kafka-eos,bare-kafkajs,outboxd-rabbitmq,bare-amqplib
+ *                               outboxd-kafka,outboxd-kafka-eos,outboxd-kafka-main (no worker
+ *                               threads),outboxd-kafka-w1..w3 (1 to 3 workers),outboxd-kafka-baseline,
+ *                               bare-kafkajs,bare-platformatic,outboxd-rabbitmq,bare-amqplib (all by
+ *                               default, the baseline only with BENCH_BASELINE_REF; outboxd-kafka
+ *                               runs with the default worker count)
+ *   BENCH_BASELINE_REF=<commit> also run that commit's outboxd as outboxd-kafka-baseline
  *   BENCH_PIPELINE='batchMaxMessages: 2000, linger: 5ms'   extra outboxd pipeline settings
  *   BENCH_OUTBOXD_NODE_OPTIONS='--max-old-space-size=64'   NODE_OPTIONS of every outboxd process
  *   BENCH_OUTBOXD_NODE_FLAGS='--max-semi-space-size=16'   node flags of every outboxd process,
@@ -24,12 +30,12 @@
  *   OUTBOXD_BENCH_PG_URL, OUTBOXD_BENCH_KAFKA, OUTBOXD_BENCH_AMQP   use running services
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, totalmem } from 'node:os';
+import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpus, homedir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { type Backlog, type BacklogSpec, createBacklog, dropBacklog, preparePool, prefixOf } from './lib/backlog.js';
 import { BrokerAdmin } from './lib/brokers.js';
-import { type BenchContext, CONSUMERS, type ConsumerName, type ConsumerResult, runConsumer } from './lib/consumers.js';
+import { type BenchContext, CONSUMERS, type ConsumerName, type ConsumerResult, onKafka, runConsumer } from './lib/consumers.js';
 import { note } from './lib/log.js';
 import { MAIN, RESULTS_DIR, ROOT, shippedNodeFlags } from './lib/paths.js';
 import { connect } from './lib/pg.js';
@@ -50,7 +56,7 @@ import {
   targetsTable,
 } from './lib/summary.js';
 import { shapeSvg } from './lib/svg.js';
-import { type LatencyResult, runLatency } from './scenarios/latency.js';
+import { LATENCY_SINKS, type LatencyResult, type LatencySink, runLatency } from './scenarios/latency.js';
 
 const SCENARIOS = ['drain', 'small-tx', 'memory', 'shape', 'latency'] as const;
 type Scenario = (typeof SCENARIOS)[number];
@@ -125,12 +131,19 @@ const config = {
   memoryRows: envInt('BENCH_MEMORY_ROWS', 100_000, 1_000),
   latencyRate: envInt('BENCH_LATENCY_RATE', 2_000, 2_000),
   latencySeconds: envInt('BENCH_LATENCY_SECONDS', 60, 5),
+  latencySinks: envList<LatencySink>('BENCH_LATENCY_SINKS', LATENCY_SINKS),
   shapeRuns: envInt('BENCH_SHAPE_RUNS', 1, 1),
   shapeRows: Object.fromEntries(shapeRows()),
   shapeRowsPerTxn: [1, 10, 100, 1000],
   kafkaPartitions: envInt('BENCH_KAFKA_PARTITIONS', 3, 3),
   scenarios: envList<Scenario>('BENCH_SCENARIOS', SCENARIOS),
-  consumers: envList<ConsumerName>('BENCH_CONSUMERS', CONSUMERS),
+  consumers: envList<ConsumerName>(
+    'BENCH_CONSUMERS',
+    CONSUMERS,
+    CONSUMERS.filter((c) => c !== 'outboxd-kafka-baseline' || process.env.BENCH_BASELINE_REF),
+  ),
+  /** A commit to build and run as the outboxd-kafka-baseline consumer (the code before a change). */
+  baselineRef: process.env.BENCH_BASELINE_REF ?? null,
   shapeConsumers: envList<ConsumerName>('BENCH_SHAPE_CONSUMERS', CONSUMERS, ['pg_recvlogical', 'outboxd-discard']),
   memoryConsumers: envList<ConsumerName>('BENCH_MEMORY_CONSUMERS', CONSUMERS, ['outboxd-discard', 'outboxd-kafka']),
   pipeline: process.env.BENCH_PIPELINE ?? '',
@@ -171,7 +184,7 @@ async function main(): Promise<number> {
     ...(has('shape') ? config.shapeConsumers : []),
     ...(has('memory') ? config.memoryConsumers : []),
   ]);
-  const needKafka = has('latency') || [...allConsumers].some((c) => c.includes('kafka'));
+  const needKafka = has('latency') || [...allConsumers].some(onKafka);
   const needRabbit = has('latency') || [...allConsumers].some((c) => c.includes('rabbit') || c.includes('amqp'));
   const startedAt = new Date();
   const stamp = startedAt.toISOString().replace(/[:.]/g, '-');
@@ -213,6 +226,7 @@ async function main(): Promise<number> {
       profileConsumers: new Set(config.profileConsumers),
       outboxdNodeOptions: config.outboxdNodeOptions,
       outboxdNodeFlags: config.outboxdNodeFlags,
+      baselineMain: config.baselineRef ? buildBaseline(config.baselineRef) : null,
     };
     const spec = (name: string, rows: number, rowsPerTxn: number, payloadBytes = config.payloadBytes): BacklogSpec => ({
       name,
@@ -271,7 +285,7 @@ async function main(): Promise<number> {
     }
     if (has('latency')) {
       sums.latency = [];
-      for (const sink of ['kafka', 'kafka-eos', 'rabbitmq'] as const) {
+      for (const sink of config.latencySinks) {
         sums.latency.push(await runLatency(ctx, sink, config.latencyRate, config.latencySeconds));
       }
       tables.push(latencyTable(sums.latency));
@@ -345,3 +359,21 @@ main().then(
     process.exit(1);
   },
 );
+
+/**
+ * Builds `ref` in a git worktree beside the repository (sharing its node_modules) and returns
+ * its dist/main.js: the outboxd-kafka-baseline consumer, the code before a change in the same run.
+ */
+function buildBaseline(ref: string): string {
+  const dir = join(homedir(), '.cache', 'outboxd', `bench-baseline-${ref.replace(/[^A-Za-z0-9._-]/g, '_')}`);
+  const main = join(dir, 'dist', 'main.js');
+  if (!existsSync(main)) {
+    note(`building baseline ${ref} in ${dir}`);
+    execFileSync('git', ['worktree', 'add', '--force', '--detach', dir, ref], { cwd: ROOT, stdio: 'pipe' });
+    symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
+    execFileSync(join(ROOT, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.build.json'], { cwd: dir, stdio: 'pipe' });
+  }
+  const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: dir, encoding: 'utf8' }).trim();
+  note(`baseline: ${ref} (${head}) from ${main}`);
+  return main;
+}

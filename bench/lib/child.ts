@@ -1,10 +1,13 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
+import { Readable } from 'node:stream';
 import { sleep } from './log.js';
 
 /** A child process whose stderr tail is kept for error messages; stdout goes to /dev/null. */
 export interface Child {
   proc: ChildProcess;
+  /** Its stdout, when started with `stdout: 'pipe'`. */
+  stdout: NodeJS.ReadableStream;
   pid: number;
   spawnedAt: number;
   exitedAt: number | null;
@@ -14,11 +17,11 @@ export interface Child {
   stderrTail(): string;
 }
 
-export function startChild(command: string, args: string[], env: NodeJS.ProcessEnv = process.env): Child {
+export function startChild(command: string, args: string[], env: NodeJS.ProcessEnv = process.env, opts: { stdout?: 'pipe' } = {}): Child {
   const devnull = openSync('/dev/null', 'w');
   let proc: ChildProcess;
   try {
-    proc = spawn(command, args, { env, stdio: ['ignore', devnull, 'pipe'] });
+    proc = spawn(command, args, { env, stdio: ['ignore', opts.stdout === 'pipe' ? 'pipe' : devnull, 'pipe'] });
   } finally {
     closeSync(devnull);
   }
@@ -28,6 +31,7 @@ export function startChild(command: string, args: string[], env: NodeJS.ProcessE
   });
   const child: Child = {
     proc,
+    stdout: proc.stdout ?? Readable.from([]),
     pid: proc.pid ?? 0,
     spawnedAt: performance.now(),
     exitedAt: null,

@@ -19,7 +19,13 @@ export const CONSUMERS = [
   'outboxd-stdout',
   'outboxd-kafka',
   'outboxd-kafka-eos',
+  'outboxd-kafka-main',
+  'outboxd-kafka-w1',
+  'outboxd-kafka-w2',
+  'outboxd-kafka-w3',
+  'outboxd-kafka-baseline',
   'bare-kafkajs',
+  'bare-platformatic',
   'outboxd-rabbitmq',
   'bare-amqplib',
 ] as const;
@@ -45,6 +51,8 @@ export interface BenchContext {
   outboxdNodeOptions: string;
   /** node flags of every outboxd process: the Dockerfile ENTRYPOINT's, or BENCH_OUTBOXD_NODE_FLAGS. */
   outboxdNodeFlags: readonly string[];
+  /** dist/main.js of BENCH_BASELINE_REF, built for the outboxd-kafka-baseline consumer; or null. */
+  baselineMain: string | null;
 }
 
 /** The environment of an outboxd child. */
@@ -95,9 +103,23 @@ const SHORT: Record<ConsumerName, string> = {
   'outboxd-stdout': 'os',
   'outboxd-kafka': 'ok',
   'outboxd-kafka-eos': 'oe',
+  'outboxd-kafka-main': 'o0',
+  'outboxd-kafka-w1': 'o1',
+  'outboxd-kafka-w2': 'o2',
+  'outboxd-kafka-w3': 'o3',
+  'outboxd-kafka-baseline': 'ob',
   'bare-kafkajs': 'bk',
+  'bare-platformatic': 'bp',
   'outboxd-rabbitmq': 'or',
   'bare-amqplib': 'ba',
+};
+
+/** Consumers that pin sink.kafka.workers (outboxd-kafka runs with the default). */
+const WORKERS: Partial<Record<ConsumerName, number>> = {
+  'outboxd-kafka-main': 0,
+  'outboxd-kafka-w1': 1,
+  'outboxd-kafka-w2': 2,
+  'outboxd-kafka-w3': 3,
 };
 
 function timeoutFor(rows: number): number {
@@ -125,6 +147,7 @@ export async function runConsumer(
       case 'pg_recvlogical':
         return await runRecvlogical(ctx, b, s, run, name);
       case 'bare-kafkajs':
+      case 'bare-platformatic':
       case 'bare-amqplib':
         return await runBare(ctx, b, s, consumer, run, name);
       default:
@@ -174,8 +197,13 @@ function counters(brokerPids: readonly number[]): Counters {
   return { at: performance.now(), host: hostCpu(), broker: cpuOf(brokerPids), self: (c.user + c.system) / 1e6 };
 }
 
+/** Whether a consumer publishes to Kafka. */
+export function onKafka(consumer: ConsumerName): boolean {
+  return consumer.includes('kafka') || consumer === 'bare-platformatic';
+}
+
 function brokerPidsFor(ctx: BenchContext, consumer: ConsumerName): number[] {
-  if (consumer === 'outboxd-kafka' || consumer === 'outboxd-kafka-eos' || consumer === 'bare-kafkajs') return ctx.services.kafkaPids;
+  if (onKafka(consumer)) return ctx.services.kafkaPids;
   if (consumer === 'outboxd-rabbitmq' || consumer === 'bare-amqplib') return ctx.services.rabbitPids;
   return [];
 }
@@ -414,12 +442,13 @@ async function prepareTarget(ctx: BenchContext, consumer: ConsumerName, name: st
       },
     };
   }
-  if (consumer === 'outboxd-kafka' || consumer === 'bare-kafkajs') {
+  if (onKafka(consumer)) {
     await ctx.brokers.createTopic(topic, ctx.kafkaPartitions);
+    const workers = WORKERS[consumer];
     return {
       topic,
       queue,
-      yaml: `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n`,
+      yaml: `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n${workers === undefined ? '' : `    workers: ${workers}\n`}`,
       count: () => ctx.brokers.topicCount(topic),
       cleanup: () => ctx.brokers.deleteTopic(topic),
     };
@@ -522,7 +551,9 @@ async function runOutboxd(
         pipelineYaml: ctx.pipelineYaml,
       }),
     );
-    const entry = consumer === 'outboxd-discard' ? [benchFile('children/discard-relay.js'), cfg] : [MAIN, 'run', '-c', cfg];
+    const main = consumer === 'outboxd-kafka-baseline' ? ctx.baselineMain : MAIN;
+    if (main === null) throw new Error('outboxd-kafka-baseline needs BENCH_BASELINE_REF (a commit to build and compare with)');
+    const entry = consumer === 'outboxd-discard' ? [benchFile('children/discard-relay.js'), cfg] : [main, 'run', '-c', cfg];
     const pids = brokerPidsFor(ctx, consumer);
     const before = counters(pids);
     child = startChild(process.execPath, [...nodeArgs(ctx, consumer, name), ...entry], outboxdEnv(ctx));
@@ -581,7 +612,7 @@ async function runOutboxd(
 // --- bare clients --------------------------------------------------------------------------------
 
 export interface BareParams {
-  kind: 'kafkajs' | 'amqplib';
+  kind: 'kafkajs' | 'platformatic' | 'amqplib';
   dbUrl: string;
   table: string;
   rows: number;
@@ -608,7 +639,7 @@ async function runBare(
 ): Promise<ConsumerResult> {
   const target = await prepareTarget(ctx, consumer, name);
   const params: BareParams = {
-    kind: consumer === 'bare-kafkajs' ? 'kafkajs' : 'amqplib',
+    kind: consumer === 'bare-kafkajs' ? 'kafkajs' : consumer === 'bare-platformatic' ? 'platformatic' : 'amqplib',
     dbUrl: ctx.services.dbUrl,
     table: b.table,
     rows: span.rows,

@@ -42,7 +42,8 @@ export async function startServices(need: { kafka: boolean; rabbitmq: boolean })
   const wantKafka = need.kafka && !envKafka;
   const [pgS, kafkaS, rabbitS] = await Promise.allSettled([
     envPg ? Promise.resolve(null) : startPostgres(15),
-    wantKafka ? startKafka() : Promise.resolve(null),
+    // The broker with the JVM settings of Kafka's own start script, as users run it.
+    wantKafka ? startKafka({ jvm: 'kafka-defaults' }) : Promise.resolve(null),
     need.rabbitmq && !envAmqp ? startRabbitMQ() : Promise.resolve(null),
   ]);
   for (const s of [pgS, kafkaS, rabbitS]) {

@@ -73,7 +73,13 @@ export const RATIOS: ReadonlyArray<[ConsumerName, ConsumerName]> = [
   ['outboxd-discard', 'pg_recvlogical'],
   ['outboxd-stdout', 'pg_recvlogical'],
   ['outboxd-kafka', 'bare-kafkajs'],
+  ['bare-platformatic', 'bare-kafkajs'],
+  ['outboxd-kafka-w1', 'outboxd-kafka-main'],
   ['outboxd-kafka-eos', 'outboxd-kafka'],
+  ['outboxd-kafka', 'outboxd-kafka-baseline'],
+  ['outboxd-kafka', 'outboxd-kafka-main'],
+  ['outboxd-kafka-w2', 'outboxd-kafka-main'],
+  ['outboxd-kafka-w3', 'outboxd-kafka-main'],
   ['outboxd-rabbitmq', 'bare-amqplib'],
   ['outboxd-kafka', 'pg_recvlogical'],
   ['outboxd-rabbitmq', 'pg_recvlogical'],
@@ -231,6 +237,7 @@ export function targets(s: {
   ratio(s.drain, 'outboxd-kafka / bare-kafkajs', 'drain to Kafka vs bare kafkajs', 0.8);
   ratio(s.drain, 'outboxd-rabbitmq / bare-amqplib', 'drain to RabbitMQ vs bare amqplib', 0.8);
   ratio(s.drain, 'outboxd-kafka-eos / outboxd-kafka', 'drain to Kafka, exactly-once vs at-least-once', 0.8);
+  ratio(s.drain, 'outboxd-kafka / outboxd-kafka-baseline', 'drain to Kafka vs the baseline commit (BENCH_BASELINE_REF)', 2);
   const eos = s.latency?.find((l) => l.sink === 'kafka-eos')?.insertToReceiptMs;
   out.push({
     measure: 'latency, Kafka exactly-once, commit → visible to a read_committed consumer, p99',

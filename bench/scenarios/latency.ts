@@ -10,9 +10,10 @@ import { createOutboxTable } from '../lib/backlog.js';
 import { type Child, startChild, stopChild } from '../lib/child.js';
 import { type BenchContext, metricSum, nodeArgs, outboxdEnv, relayYaml, scrape } from '../lib/consumers.js';
 import { note, sleep } from '../lib/log.js';
-import { MAIN } from '../lib/paths.js';
+import { MAIN, ROOT } from '../lib/paths.js';
 import { connect, dropSlot } from '../lib/pg.js';
 import { cpuSeconds, memory } from '../lib/procfs.js';
+import { CONFLUENT_KAFKA, rdkafkaPython } from '../lib/python.js';
 import { histogramMaxBound, histogramQuantile, parseHistogram, quantileSorted } from '../lib/stats.js';
 
 /**
@@ -20,8 +21,12 @@ import { histogramMaxBound, histogramQuantile, parseHistogram, quantileSorted } 
  * real CLI) into Kafka, then RabbitMQ. Two latencies:
  * - commit → broker confirm: outboxd's own `outboxd_commit_to_ack_seconds` histogram (pgoutput
  *   commit time against the moment the broker confirmed); quantiles interpolated in its buckets.
- * - INSERT return → consumer receipt: measured here, exactly, by a consumer in this process
- *   (same clock as the inserting clients).
+ * - INSERT return → consumer receipt, as a user sees it: from the moment each INSERT's commit
+ *   returns to its client to the moment a consumer receives the message. On Kafka the consumer
+ *   is librdkafka (confluent-kafka) in a process of its own, reading read_committed; on RabbitMQ
+ *   an amqplib consumer in this process. Both stamp wall-clock time on the same host clock.
+ * Postgres runs with fsync and full-page writes on for this scenario (the harness turns them off
+ * elsewhere), and the Kafka broker with its start script's JVM settings.
  */
 export interface LatencyResult {
   /** kafka-eos: Kafka with delivery exactly-once, its consumer reading read_committed. */
@@ -37,11 +42,14 @@ export interface LatencyResult {
   insertToReceiptMs: { p50: number; p99: number; max: number; min: number } | null;
   relayCpuSeconds: number | null;
   relayPeakRssMiB: number | null;
+  /** Who measured receipt: the consumer's client and process. */
+  consumer?: string;
 }
 
 const WRITERS = 6;
 
-export type LatencySink = 'kafka' | 'kafka-eos' | 'rabbitmq';
+export const LATENCY_SINKS = ['kafka', 'kafka-eos', 'rabbitmq'] as const;
+export type LatencySink = (typeof LATENCY_SINKS)[number];
 
 export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: number, seconds: number): Promise<LatencyResult> {
   const name = `lat_${sink === 'kafka' ? 'k' : sink === 'kafka-eos' ? 'e' : 'r'}_${ctx.tag}`;
@@ -68,9 +76,17 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
   };
   const returnedAt = new Map<string, number>();
   const receivedAt = new Map<string, number>();
+  // Times are wall-clock milliseconds since the epoch (to the microsecond), so that a consumer
+  // in another process, on the same host clock, can be compared with the inserts' returns.
+  const wallNow = () => performance.timeOrigin + performance.now();
   const onReceive = (id: string | undefined): void => {
-    if (id !== undefined && !receivedAt.has(id)) receivedAt.set(id, performance.now());
+    if (id !== undefined && !receivedAt.has(id)) receivedAt.set(id, wallNow());
   };
+  const onReceiveWall = (id: string, atMs: number): void => {
+    if (!receivedAt.has(id)) receivedAt.set(id, atMs);
+  };
+  // Postgres as users run it: fsync and full-page writes on (the harness turns them off).
+  const pgDurable = await durable(ctx.db, true);
   let relay: Child | null = null;
   let stopConsumer: () => Promise<void> = async () => undefined;
   const writers: pg.Client[] = [];
@@ -83,24 +99,58 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
     if (kafka) {
       await ctx.brokers.createTopic(topic, ctx.kafkaPartitions);
       if (sink === 'kafka-eos') await ctx.brokers.createCheckpointTopic(checkpoints);
-      const consumer = new kafkajs.Kafka({
-        clientId: 'outboxd-bench-latency',
-        brokers: ctx.services.kafka ?? [],
-        logLevel: kafkajs.logLevel.NOTHING,
-        // read_committed (kafkajs's default): under exactly-once, a record is visible once its transaction commits.
-      }).consumer({ groupId: `bench-${name}`, maxWaitTimeInMs: 20, readUncommitted: false });
-      const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
-      await consumer.connect();
-      await consumer.subscribe({ topics: [topic], fromBeginning: true });
-      // No offset commits: this reader exists to timestamp arrivals, as fast as kafkajs fetches.
-      await consumer.run({
-        autoCommit: false,
-        eachMessage: async ({ message }) => {
-          onReceive(message.headers?.id?.toString());
-        },
-      });
-      await joined;
-      stopConsumer = () => consumer.disconnect().catch(() => undefined);
+      const python = rdkafkaPython();
+      if (python) {
+        // A librdkafka consumer in a process of its own (read_committed), as a user's would be.
+        const script = join(ROOT, 'bench', 'children', 'rdkafka-consumer.py');
+        const child = startChild(
+          python,
+          [script, (ctx.services.kafka ?? []).join(','), topic, `bench-${name}`, 'read_committed'],
+          process.env,
+          {
+            stdout: 'pipe',
+          },
+        );
+        result.consumer = `librdkafka (confluent-kafka ${CONFLUENT_KAFKA}), own process, read_committed`;
+        let ready!: () => void;
+        const assigned = new Promise<void>((r) => {
+          ready = r;
+        });
+        let partial = '';
+        child.stdout.on('data', (d: Buffer) => {
+          const lines = (partial + d.toString()).split('\n');
+          partial = lines.pop() ?? '';
+          for (const line of lines) {
+            if (line.startsWith('READY')) ready();
+            const tab = line.indexOf('\t');
+            if (tab > 0) onReceiveWall(line.slice(0, tab), Number(line.slice(tab + 1)) / 1e6);
+          }
+        });
+        await Promise.race([
+          assigned,
+          sleep(60_000).then(() => Promise.reject(new Error(`librdkafka consumer not assigned in 60 s\n${child.stderrTail()}`))),
+        ]);
+        stopConsumer = () => stopChild(child, 5_000);
+      } else {
+        result.consumer = 'kafkajs, in the bench process, read_committed';
+        const consumer = new kafkajs.Kafka({
+          clientId: 'outboxd-bench-latency',
+          brokers: ctx.services.kafka ?? [],
+          logLevel: kafkajs.logLevel.NOTHING,
+        }).consumer({ groupId: `bench-${name}`, maxWaitTimeInMs: 20, readUncommitted: false });
+        const joined = new Promise<void>((resolve) => consumer.on(consumer.events.GROUP_JOIN, () => resolve()));
+        await consumer.connect();
+        await consumer.subscribe({ topics: [topic], fromBeginning: true });
+        // No offset commits: this reader exists to timestamp arrivals, as fast as kafkajs fetches.
+        await consumer.run({
+          autoCommit: false,
+          eachMessage: async ({ message }) => {
+            onReceive(message.headers?.id?.toString());
+          },
+        });
+        await joined;
+        stopConsumer = () => consumer.disconnect().catch(() => undefined);
+      }
       sinkYaml = `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n${sink === 'kafka-eos' ? `    delivery: exactly-once\n    checkpointTopic: ${checkpoints}\n` : ''}`;
     } else {
       await ctx.brokers.createQueue(queue);
@@ -145,7 +195,7 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
           values: [id, key, `{"seq": ${i}, "orderId": "${key}", "currency": "EUR", "amount": ${(i % 10_000) / 100}, "note": "${pad}"}`],
         });
         lastReturn = performance.now();
-        returnedAt.set(id, lastReturn);
+        returnedAt.set(id, performance.timeOrigin + lastReturn);
       }
     };
     note(`  latency ${sink}: ${total} one-row transactions at ${rate}/s`);
@@ -204,7 +254,8 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
     await dropSlot(ctx.db, slot).catch(() => undefined);
     if (kafka) await ctx.brokers.deleteTopic(topic);
     if (sink === 'kafka-eos') await ctx.brokers.deleteTopic(checkpoints);
-    else await ctx.brokers.deleteQueue(queue);
+    if (sink === 'rabbitmq') await ctx.brokers.deleteQueue(queue);
+    if (pgDurable) await durable(ctx.db, false);
     await ctx.db.query(`DROP PUBLICATION IF EXISTS ${publication}`).catch(() => undefined);
     await ctx.db.query(`DROP TABLE IF EXISTS ${table}`).catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
@@ -223,4 +274,15 @@ async function waitReady(port: number, relay: Child): Promise<void> {
     if (performance.now() > deadline) throw new Error(`outboxd not ready after 60 s\n${relay.stderrTail().slice(-2000)}`);
     await sleep(100);
   }
+}
+
+/** Turns fsync and full-page writes on (or back off); true if it changed anything. */
+async function durable(db: pg.Client, on: boolean): Promise<boolean> {
+  const { rows } = await db.query<{ fsync: string }>(`SELECT current_setting('fsync') AS fsync`);
+  if ((rows[0]?.fsync === 'on') === on) return false;
+  const v = on ? 'on' : 'off';
+  await db.query(`ALTER SYSTEM SET fsync = ${v}`);
+  await db.query(`ALTER SYSTEM SET full_page_writes = ${v}`);
+  await db.query('SELECT pg_reload_conf()');
+  return true;
 }
