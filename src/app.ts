@@ -13,6 +13,7 @@ import { OutboxMapper } from './outbox/mapper.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Pipeline } from './pipeline/pipeline.js';
 import { type SinkFactory, connectSink, destinationLabel, destinationTemplate, loadSink } from './sink/index.js';
+import { within } from './retry.js';
 import { Source } from './source/session.js';
 
 /**
@@ -110,14 +111,8 @@ export class Relay {
 
   /** Starts everything in the background. Resolves once HTTP listens; watch `done` for the end. */
   async start(): Promise<void> {
-    this.http = await startHttp(
-      this.cfg.http.host,
-      this.cfg.http.port,
-      this.metrics.registry,
-      this.health,
-      this.log.child({ module: 'http' }),
-    );
-    const { sink, postgres } = this.cfg;
+    const { sink, postgres, http } = this.cfg;
+    this.http = await startHttp(http.host, http.port, this.metrics.registry, this.health, this.log.child({ module: 'http' }));
     this.log.info({ port: this.httpPort, sink: sink.type, slot: postgres.slot, publication: postgres.publication }, 'outboxd starting');
     this.pipeline.start();
     const signal = this.stopping.signal;
@@ -199,12 +194,4 @@ export class Relay {
     );
     return false;
   }
-}
-
-/** True if `p` settles within `ms`. */
-async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const inTime = await Promise.race([p.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)))]);
-  clearTimeout(timer);
-  return inTime;
 }

@@ -21,6 +21,14 @@ export function isProgrammingError(err: unknown): boolean {
   return err instanceof TypeError || err instanceof RangeError;
 }
 
+/** True if `p` settles within `ms`. */
+export async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const inTime = await Promise.race([p.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)))]);
+  clearTimeout(timer);
+  return inTime;
+}
+
 /** Whether a failure is worth a log line: the first one and every 10th, so an outage does not flood the log. */
 export function worthLogging(attempt: number): boolean {
   return attempt === 1 || attempt % 10 === 0;

@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import type kafkajs from 'kafkajs';
 import { SinkError } from '../errors.js';
-import type { Position, SourceIdentity } from '../interfaces.js';
+import type { OutboxMessage, Position, SourceIdentity } from '../interfaces.js';
 import { formatLsn, parseLsn } from '../lsn.js';
 import { classify, internalCluster, protocolErrorType } from './kafka-client.js';
 
@@ -235,5 +235,43 @@ export function missingCheckpointTopic(topic: string, cause?: unknown): SinkErro
     'checkpoint_topic_missing',
     `checkpoint topic "${topic}" does not exist: exactly-once needs it; create it with \`outboxd setup\` (compacted, one partition)`,
     { retriable: false, cause },
+  );
+}
+
+/** Where a message sits in the source's order. */
+export function positionOf(m: OutboxMessage): Position {
+  return { commitLsn: m.txn.commitLsn, index: m.index };
+}
+
+/** The checkpoint record for `p`, as one more topic of a transaction's send. */
+export function checkpointMessage(
+  topic: string,
+  transactionalId: string,
+  slot: string,
+  source: SourceIdentity,
+  p: Position,
+): kafkajs.TopicMessages {
+  return {
+    topic,
+    messages: [{ key: checkpointKey(slot, source), value: encodeCheckpoint({ transactionalId, slot, source, position: p }), partition: 0 }],
+  };
+}
+
+/**
+ * The refusal when the checkpoint topic holds a checkpoint of our transactional id for another
+ * database but none for ours: fencing that id would stop that database's relay.
+ */
+export function foreignCheckpoint(
+  found: { mine: CheckpointRecord | null; sameTransactionalId: CheckpointRecord[] },
+  source: SourceIdentity,
+  topic: string,
+  transactionalId: string,
+): SinkError | null {
+  const other = found.sameTransactionalId[0];
+  if (found.mine !== null || other === undefined) return null;
+  return new SinkError(
+    'checkpoint_foreign',
+    `checkpoint topic ${topic} holds a checkpoint of transactional id "${transactionalId}" for slot ${other.slot} of another database (system ${other.source.systemId}, database ${other.source.database}), not this one (system ${source.systemId}, database ${source.database}): give each relay its own sink.kafka.transactionalId`,
+    { retriable: false },
   );
 }

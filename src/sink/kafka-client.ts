@@ -6,7 +6,7 @@ import { MissingDestinationError, PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
 import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
-import { install as installProduceEncoder } from './kafka-produce.js';
+import { install as installProduceEncoder } from './kafkajs-speedups.js';
 
 /**
  * What both Kafka sinks (at-least-once and exactly-once) share: the client, how a batch is cut
@@ -14,7 +14,7 @@ import { install as installProduceEncoder } from './kafka-produce.js';
  * kafkajs's errors are read.
  */
 
-const { Kafka, CompressionTypes, logLevel } = kafkajs;
+const { Kafka, CompressionTypes, Partitioners, logLevel } = kafkajs;
 
 /**
  * Broker answers that concern one message, not the connection: the send is repeated one message
@@ -185,6 +185,85 @@ export async function missingTopics(
   );
 }
 
+/** Asks the broker which topics are missing, on an admin client made when first needed. */
+export class TopicCheck {
+  private admin: kafkajs.Admin | null = null;
+
+  constructor(
+    private readonly kafka: kafkajs.Kafka,
+    private readonly cfg: KafkaSinkConfig,
+  ) {}
+
+  missing(topics: readonly string[], cause: unknown): Promise<SinkError> {
+    this.admin ??= this.kafka.admin();
+    return missingTopics(this.admin, this.cfg, topics, cause);
+  }
+
+  async close(): Promise<void> {
+    const admin = this.admin;
+    this.admin = null;
+    if (admin) await admin.disconnect().catch(() => undefined);
+  }
+}
+
+/**
+ * A connected idempotent producer (acks=all is per send; one request in flight keeps a
+ * partition's order through kafkajs's retries), or the connect failure classified, with the
+ * half-made client torn down. `onConnection(false)` hears of the failure.
+ */
+export async function connectProducer(
+  kafka: kafkajs.Kafka,
+  cfg: KafkaSinkConfig,
+  onConnection: (up: boolean) => void,
+  extra: Partial<kafkajs.ProducerConfig> = {},
+): Promise<kafkajs.Producer> {
+  const producer = kafka.producer({
+    idempotent: true,
+    maxInFlightRequests: 1,
+    allowAutoTopicCreation: cfg.autoCreateTopics,
+    createPartitioner: Partitioners.DefaultPartitioner,
+    ...extra,
+  });
+  try {
+    await producer.connect();
+  } catch (err) {
+    onConnection(false);
+    await producer.disconnect().catch(() => undefined);
+    throw classify(err, 'connecting to Kafka');
+  }
+  return producer;
+}
+
+/**
+ * Sends the largest form of a dead letter that fits (dead-letter.ts): a form over
+ * `maxMessageBytes` is skipped, and one the broker refuses as too large gives way to the next.
+ * `send` publishes one form; `failure` turns its other errors into the sink's.
+ */
+export async function sendDeadLetter(
+  cfg: KafkaSinkConfig,
+  letter: DeadLetter,
+  topics: TopicCheck,
+  send: (form: DeadLetterForm) => Promise<void>,
+  failure: (err: unknown, doing: string) => SinkError = classify,
+): Promise<void> {
+  const doing = `publishing to dead-letter topic ${cfg.deadLetterTopic}`;
+  const forms = deadLetterCandidates(letter, cfg.maxMessageBytes);
+  for (const [i, form] of forms.entries()) {
+    try {
+      await send(form);
+      return;
+    } catch (err) {
+      if (protocolErrorType(err) === MISSING_TOPIC) throw await topics.missing([cfg.deadLetterTopic], err);
+      if (!isMessageError(err)) throw failure(err, doing);
+      if (i < forms.length - 1) continue;
+      throw new SinkError('dead_letter_refused', `${doing}: refused even without payload and headers: ${classify(err, doing).message}`, {
+        retriable: false,
+        cause: err,
+      });
+    }
+  }
+}
+
 /** The error concerns the messages sent, not the connection: a broker answer or a client refusal. */
 export function isMessageError(err: unknown): boolean {
   const type = protocolErrorType(err);
@@ -246,4 +325,25 @@ export function internalCluster(kafka: kafkajs.Kafka, opts: { allowAutoTopicCrea
   }
   const create = (kafka as unknown as Record<symbol, (o: object) => KafkaCluster>)[symbol] as (o: object) => KafkaCluster;
   return create(opts);
+}
+
+/** Broker answers that mean another producer now owns our transactional id. */
+const FENCED = new Set(['INVALID_PRODUCER_EPOCH', 'PRODUCER_FENCED']);
+
+/** Another producer holds our transactional id now (looked for along the cause chain). */
+export function isFenced(err: unknown): boolean {
+  const type = protocolErrorType(err);
+  if (type !== undefined && FENCED.has(type)) return true;
+  for (let e = err as { message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; depth++) {
+    // kafkajs 2.2.4 does not know error code 90 (PRODUCER_FENCED, Kafka 2.7+).
+    if (typeof e.message === 'string' && /Unknown error code 90\b/.test(e.message)) return true;
+    e = e.cause as typeof e;
+  }
+  return false;
+}
+
+/** The index after the chunk that starts at `from`, as chunks() cuts it. */
+export function chunkEnd(messages: readonly OutboxMessage[], from: number, maxMessageBytes: number): number {
+  const first = chunks(messages.slice(from), maxMessageBytes)[0] ?? [];
+  return from + first.length;
 }

@@ -1,26 +1,21 @@
 import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
-import kafkajs from 'kafkajs';
+import type kafkajs from 'kafkajs';
 import type { KafkaSinkConfig } from '../config/config.js';
 import { FencedError, type PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, Position, PublishOutcome, Sink, SourceIdentity } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
-import { type CheckpointRecord, checkpointKey, describePosition, encodeCheckpoint, isAfter, readCheckpoints } from './kafka-checkpoint.js';
+import type { DeadLetterForm } from './dead-letter.js';
+import type { SinkStatus } from './index.js';
 import {
-  MISSING_TOPIC,
-  checkMessage,
-  chunks,
-  classify,
-  compressionOf,
-  createKafka,
-  deadLetterCandidates,
-  isMessageError,
-  missingTopics,
-  protocolErrorType,
-  refusedMessage,
-  topicMessages,
-} from './kafka-client.js';
-
-const { Partitioners } = kafkajs;
+  checkpointKey,
+  checkpointMessage,
+  describePosition,
+  foreignCheckpoint,
+  isAfter,
+  positionOf,
+  readCheckpoints,
+} from './kafka-checkpoint.js';
+import * as client from './kafka-client.js';
 
 /**
  * Tests only (test/faults/exactly-once.test.ts): a pause before every Kafka commit, so a kill
@@ -32,14 +27,7 @@ const PAUSE_AFTER_COMMIT_MS = Number(process.env.OUTBOXD_TEST_PAUSE_AFTER_COMMIT
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** What the exactly-once sink reports besides the connection (metrics). */
-export interface TransactionEvents {
-  transaction(result: 'committed' | 'aborted'): void;
-  fenced(): void;
-  checkpoint(position: Position): void;
-}
-
-/** Broker answers that mean another producer now owns our transactional id. */
-const FENCED = new Set(['INVALID_PRODUCER_EPOCH', 'PRODUCER_FENCED']);
+export type TransactionEvents = Pick<SinkStatus, 'transaction' | 'fenced' | 'checkpoint'>;
 
 /**
  * Kafka exactly once (docs/adr/0009). Each pipeline batch is one Kafka transaction: its messages
@@ -65,7 +53,7 @@ export class KafkaExactlyOnceSink implements Sink {
   private producer: kafkajs.Producer | null = null;
   /** The producer has fenced every earlier holder of the id (InitProducerId), this session. */
   private initialized = false;
-  private admin: kafkajs.Admin | null = null;
+  private readonly topics: client.TopicCheck;
   private source: SourceIdentity | null = null;
   /** The last checkpoint known committed: events at or before it are in Kafka already. */
   private committed: Position | null = null;
@@ -83,7 +71,8 @@ export class KafkaExactlyOnceSink implements Sink {
     private readonly onConnection: (up: boolean) => void = () => undefined,
     private readonly events: TransactionEvents = { transaction: () => undefined, fenced: () => undefined, checkpoint: () => undefined },
   ) {
-    this.kafka = createKafka(cfg, log);
+    this.kafka = client.createKafka(cfg, log);
+    this.topics = new client.TopicCheck(this.kafka, cfg);
     this.transactionalId = cfg.transactionalId;
   }
 
@@ -96,7 +85,7 @@ export class KafkaExactlyOnceSink implements Sink {
   private async getProducer(): Promise<kafkajs.Producer> {
     if (this.fencedBy) throw this.fencedBy;
     if (this.producer) return this.producer;
-    const producer = this.kafka.producer({
+    const producer = await client.connectProducer(this.kafka, this.cfg, this.onConnection, {
       // Quick retries inside a transaction. The next transaction's first request often meets
       // CONCURRENT_TRANSACTIONS while the broker writes the previous one's markers (a millisecond
       // or two); kafkajs's default wait (200 ms) would cost that much per batch, and even 10 ms
@@ -106,18 +95,7 @@ export class KafkaExactlyOnceSink implements Sink {
       retry: { retries: 12, initialRetryTime: 2, multiplier: 1.5, maxRetryTime: 2_000 },
       transactionalId: this.transactionalId,
       transactionTimeout: this.cfg.transactionTimeoutMs,
-      idempotent: true,
-      maxInFlightRequests: 1,
-      allowAutoTopicCreation: this.cfg.autoCreateTopics,
-      createPartitioner: Partitioners.DefaultPartitioner,
     });
-    try {
-      await producer.connect();
-    } catch (err) {
-      this.onConnection(false);
-      await producer.disconnect().catch(() => undefined);
-      throw classify(err, 'connecting to Kafka');
-    }
     // A producer we drop on purpose (drop()) stops reporting first: only the broker's doing counts.
     this.stopReporting = producer.on(producer.events.DISCONNECT, () => this.onConnection(false));
     this.producer = producer;
@@ -136,7 +114,8 @@ export class KafkaExactlyOnceSink implements Sink {
     const key = checkpointKey(this.slot, source);
     // Before fencing anyone: is this id another database's? Then fencing would stop that relay.
     // (Up to the stable offset only: the previous holder's open transaction ends with our fence.)
-    this.refuseForeign(await this.read(key, 'stable'));
+    const foreign = foreignCheckpoint(await this.read(key, 'stable'), source, this.cfg.checkpointTopic, this.transactionalId);
+    if (foreign) throw foreign;
     await this.reset();
     await this.fence();
     const { mine } = await this.read(key);
@@ -166,16 +145,6 @@ export class KafkaExactlyOnceSink implements Sink {
     );
   }
 
-  private refuseForeign(found: { mine: CheckpointRecord | null; sameTransactionalId: CheckpointRecord[] }): void {
-    const other = found.sameTransactionalId[0];
-    if (found.mine !== null || other === undefined || this.source === null) return;
-    throw new SinkError(
-      'checkpoint_foreign',
-      `checkpoint topic ${this.cfg.checkpointTopic} holds a checkpoint of transactional id "${this.transactionalId}" for slot ${other.slot} of another database (system ${other.source.systemId}, database ${other.source.database}), not this one (system ${this.source.systemId}, database ${this.source.database}): give each relay its own sink.kafka.transactionalId`,
-      { retriable: false },
-    );
-  }
-
   /** InitProducerId: from here on this producer holds the id; the previous holder is fenced. */
   private async fence(): Promise<kafkajs.Producer> {
     const producer = await this.getProducer();
@@ -193,14 +162,14 @@ export class KafkaExactlyOnceSink implements Sink {
   }
 
   check(m: OutboxMessage): PoisonError | null {
-    return checkMessage(this.cfg, m);
+    return client.checkMessage(this.cfg, m);
   }
 
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     await this.settleDoubt();
     // After a commit whose answer was lost: what the re-read checkpoint covers is in Kafka already.
     const todo: number[] = [];
-    for (let i = 0; i < batch.length; i++) if (isAfter(position(batch[i] as OutboxMessage), this.committed)) todo.push(i);
+    for (let i = 0; i < batch.length; i++) if (isAfter(positionOf(batch[i] as OutboxMessage), this.committed)) todo.push(i);
     if (todo.length === 0) return { poisoned: [] };
     const messages = todo.length === batch.length ? batch : todo.map((i) => batch[i] as OutboxMessage);
     const failedAt = await this.transact(messages);
@@ -218,13 +187,13 @@ export class KafkaExactlyOnceSink implements Sink {
     if (from > 0 && (await this.transact(messages.slice(0, from))) !== null) {
       throw new SinkError('client_error', 'publishing to Kafka: a send failed, then succeeded when repeated alone', { retriable: true });
     }
-    const end = chunkEnd(messages, from, this.cfg.maxMessageBytes);
+    const end = client.chunkEnd(messages, from, this.cfg.maxMessageBytes);
     for (let i = from; i < end; i++) {
       const m = messages[i] as OutboxMessage;
       const refused = await this.transact([m], true);
       if (refused === null) continue;
       const unsent = todo.slice(i + 1);
-      return { poisoned: [{ index: todo[i] as number, error: refusedMessage(m, this.lastRefusal) }], unsent };
+      return { poisoned: [{ index: todo[i] as number, error: client.refusedMessage(m, this.lastRefusal) }], unsent };
     }
     // No single message reproduced the error: they are all committed now; the rest follows.
     return { poisoned: [], unsent: todo.slice(end) };
@@ -240,28 +209,31 @@ export class KafkaExactlyOnceSink implements Sink {
   private async transact(messages: readonly OutboxMessage[], single = false): Promise<number | null> {
     const producer = await this.fence();
     const last = messages[messages.length - 1] as OutboxMessage;
-    const checkpoint = position(last);
-    const parts = single ? [messages.map((m, index) => ({ index, m }))] : chunks(messages, this.cfg.maxMessageBytes);
+    const checkpoint = positionOf(last);
+    const parts = single ? [messages.map((m, index) => ({ index, m }))] : client.chunks(messages, this.cfg.maxMessageBytes);
     let txn: kafkajs.Transaction | null = null;
     try {
       txn = await producer.transaction();
       this.txnStartedAt = Date.now();
       for (let p = 0; p < parts.length; p++) {
         const part = parts[p] as Array<{ index: number; m: OutboxMessage }>;
-        const topics = topicMessages(part.map((c) => c.m));
+        const topics = client.topicMessages(part.map((c) => c.m));
         // The checkpoint goes with the first send: its partition joins the transaction in the
         // same AddPartitionsToTxn as the first messages' (one round trip, not two). Where in the
         // transaction it sits does not matter; that it commits with the messages does.
-        if (p === 0) topics.push(this.checkpointMessage(checkpoint));
+        if (p === 0)
+          topics.push(
+            checkpointMessage(this.cfg.checkpointTopic, this.transactionalId, this.slot, this.source as SourceIdentity, checkpoint),
+          );
         try {
-          await txn.sendBatch({ acks: -1, compression: compressionOf(this.cfg), topicMessages: topics });
+          await txn.sendBatch({ acks: -1, compression: client.compressionOf(this.cfg), topicMessages: topics });
         } catch (err) {
-          if (protocolErrorType(err) === MISSING_TOPIC)
-            throw await this.missing(
+          if (client.protocolErrorType(err) === client.MISSING_TOPIC)
+            throw await this.topics.missing(
               part.map((c) => c.m.destination),
               err,
             );
-          if (!isMessageError(err) || isFenced(err)) throw err;
+          if (!client.isMessageError(err) || client.isFenced(err)) throw err;
           this.lastRefusal = err;
           await this.abort(txn);
           return (part[0] as { index: number }).index;
@@ -273,21 +245,6 @@ export class KafkaExactlyOnceSink implements Sink {
     }
     await this.commit(txn, checkpoint);
     return null;
-  }
-
-  /** The checkpoint record for `p`, as one more topic of the transaction's last send. */
-  private checkpointMessage(p: Position): kafkajs.TopicMessages {
-    const source = this.source as SourceIdentity;
-    return {
-      topic: this.cfg.checkpointTopic,
-      messages: [
-        {
-          key: checkpointKey(this.slot, source),
-          value: encodeCheckpoint({ transactionalId: this.transactionalId, slot: this.slot, source, position: p }),
-          partition: 0,
-        },
-      ],
-    };
   }
 
   private async commit(txn: kafkajs.Transaction, checkpoint: Position): Promise<void> {
@@ -340,49 +297,35 @@ export class KafkaExactlyOnceSink implements Sink {
     await this.settleDoubt();
     const at: Position = { commitLsn: letter.txn.commitLsn, index: letter.index };
     if (!isAfter(at, this.committed)) return;
-    const doing = `publishing to dead-letter topic ${this.cfg.deadLetterTopic}`;
-    const forms = deadLetterCandidates(letter, this.cfg.maxMessageBytes);
-    for (const [i, form] of forms.entries()) {
-      const last = i === forms.length - 1;
+    const sent: { txn: kafkajs.Transaction | null } = { txn: null };
+    const send = async (form: DeadLetterForm): Promise<void> => {
       const producer = await this.fence();
       let txn: kafkajs.Transaction | null = null;
       try {
         txn = await producer.transaction();
         this.txnStartedAt = Date.now();
+        const message = { key: letter.key, value: form.body, headers: form.headers };
         await txn.sendBatch({
           acks: -1,
           topicMessages: [
-            { topic: this.cfg.deadLetterTopic, messages: [{ key: letter.key, value: form.body, headers: form.headers }] },
-            this.checkpointMessage(at),
+            { topic: this.cfg.deadLetterTopic, messages: [message] },
+            checkpointMessage(this.cfg.checkpointTopic, this.transactionalId, this.slot, this.source as SourceIdentity, at),
           ],
         });
+        sent.txn = txn;
       } catch (err) {
         if (txn) await this.abort(txn);
-        if (protocolErrorType(err) === MISSING_TOPIC) throw await this.missing([this.cfg.deadLetterTopic], err);
-        if (!last && isMessageError(err) && !isFenced(err)) continue;
-        const e = this.failure(err, doing);
-        if (last && isMessageError(err) && !(e instanceof FencedError)) {
-          throw new SinkError('dead_letter_refused', `${doing}: refused even without payload and headers: ${e.message}`, {
-            retriable: false,
-            cause: err,
-          });
-        }
-        throw e;
+        throw err;
       }
-      await this.commit(txn, at);
-      return;
-    }
-  }
-
-  private missing(topics: readonly string[], cause: unknown): Promise<SinkError> {
-    this.admin ??= this.kafka.admin();
-    return missingTopics(this.admin, this.cfg, topics, cause);
+    };
+    await client.sendDeadLetter(this.cfg, letter, this.topics, send, (err, doing) => this.failure(err, doing));
+    if (sent.txn) await this.commit(sent.txn, at);
   }
 
   /** kafkajs error → SinkError; a fenced producer → FencedError, remembered: nothing more goes out. */
   private failure(err: unknown, doing: string): SinkError {
     if (err instanceof FencedError) return err;
-    if (isFenced(err) && this.txnStartedAt !== null && Date.now() - this.txnStartedAt >= this.cfg.transactionTimeoutMs) {
+    if (client.isFenced(err) && this.txnStartedAt !== null && Date.now() - this.txnStartedAt >= this.cfg.transactionTimeoutMs) {
       // The broker aborts a transaction open longer than transactionTimeout and bumps the epoch
       // itself: the same answer as a fence, but our own doing. Retry on a fresh producer.
       return new SinkError(
@@ -391,7 +334,7 @@ export class KafkaExactlyOnceSink implements Sink {
         { retriable: true, cause: err },
       );
     }
-    if (isFenced(err)) {
+    if (client.isFenced(err)) {
       this.fencedBy ??= new FencedError(
         `${doing}: fenced: another producer took transactional id "${this.transactionalId}" (a second relay, or a standby that took over); stopping without publishing more`,
         err,
@@ -399,7 +342,7 @@ export class KafkaExactlyOnceSink implements Sink {
       this.events.fenced();
       return this.fencedBy;
     }
-    return classify(err, doing);
+    return client.classify(err, doing);
   }
 
   /** After a failed publish: a fresh producer (fenced again before use). */
@@ -417,30 +360,6 @@ export class KafkaExactlyOnceSink implements Sink {
 
   async close(): Promise<void> {
     await this.drop();
-    const admin = this.admin;
-    this.admin = null;
-    if (admin) await admin.disconnect().catch(() => undefined);
+    await this.topics.close();
   }
-}
-
-function position(m: OutboxMessage): Position {
-  return { commitLsn: m.txn.commitLsn, index: m.index };
-}
-
-/** The index after the chunk that starts at `from`, as chunks() cuts it. */
-function chunkEnd(messages: readonly OutboxMessage[], from: number, maxMessageBytes: number): number {
-  const first = chunks(messages.slice(from), maxMessageBytes)[0] ?? [];
-  return from + first.length;
-}
-
-/** Another producer holds our transactional id now (looked for along the cause chain). */
-export function isFenced(err: unknown): boolean {
-  const type = protocolErrorType(err);
-  if (type !== undefined && FENCED.has(type)) return true;
-  for (let e = err as { message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; depth++) {
-    // kafkajs 2.2.4 does not know error code 90 (PRODUCER_FENCED, Kafka 2.7+).
-    if (typeof e.message === 'string' && /Unknown error code 90\b/.test(e.message)) return true;
-    e = e.cause as typeof e;
-  }
-  return false;
 }

@@ -11,21 +11,23 @@
 const SEED = 0x9747b28c;
 const M = 0x5bd1e995;
 
+/** Where string keys are written as UTF-8 to be hashed: no Buffer per key. */
+const scratch = Buffer.allocUnsafe(4096);
+
 /** murmur2 of the key's UTF-8 bytes, as Java's Utils.murmur2 (a signed 32-bit int). */
 export function murmur2(key: string | Buffer): number {
-  if (typeof key === 'string') {
-    for (let i = 0; i < key.length; i++) if (key.charCodeAt(i) > 0x7f) return hash(Buffer.from(key, 'utf8'));
-    return hashAscii(key);
-  }
-  return hash(key);
+  if (typeof key !== 'string') return hash(key, key.length);
+  // At most 3 bytes per UTF-16 unit.
+  if (key.length * 3 > scratch.length) return murmur2(Buffer.from(key, 'utf8'));
+  return hash(scratch, scratch.write(key, 0, 'utf8'));
 }
 
 export function partitionOf(key: string | Buffer, partitions: number): number {
   return (murmur2(key) & 0x7fffffff) % partitions;
 }
 
-function hash(data: Buffer): number {
-  const length = data.length;
+/** murmur2 of the first `length` bytes of `data`. */
+function hash(data: Uint8Array, length: number): number {
   let h = (SEED ^ length) | 0;
   const length4 = length >> 2;
   for (let i = 0; i < length4; i++) {
@@ -41,30 +43,6 @@ function hash(data: Buffer): number {
   if (rest === 3) h ^= (data[tail + 2] as number) << 16;
   if (rest >= 2) h ^= (data[tail + 1] as number) << 8;
   if (rest >= 1) h = Math.imul(h ^ (data[tail] as number), M);
-  h ^= h >>> 13;
-  h = Math.imul(h, M);
-  h ^= h >>> 15;
-  return h;
-}
-
-/** hash() of an ASCII string's bytes, without making a Buffer of them. */
-function hashAscii(key: string): number {
-  const length = key.length;
-  let h = (SEED ^ length) | 0;
-  const length4 = length >> 2;
-  for (let i = 0; i < length4; i++) {
-    const i4 = i * 4;
-    let k = key.charCodeAt(i4) | (key.charCodeAt(i4 + 1) << 8) | (key.charCodeAt(i4 + 2) << 16) | (key.charCodeAt(i4 + 3) << 24);
-    k = Math.imul(k, M);
-    k ^= k >>> 24;
-    k = Math.imul(k, M);
-    h = Math.imul(h, M) ^ k;
-  }
-  const tail = length & ~3;
-  const rest = length & 3;
-  if (rest === 3) h ^= key.charCodeAt(tail + 2) << 16;
-  if (rest >= 2) h ^= key.charCodeAt(tail + 1) << 8;
-  if (rest >= 1) h = Math.imul(h ^ key.charCodeAt(tail), M);
   h ^= h >>> 13;
   h = Math.imul(h, M);
   h ^= h >>> 15;

@@ -1,4 +1,4 @@
-import { createRequire } from 'node:module';
+import { crc32c } from './crc32c.js';
 
 /**
  * A faster encoder for kafkajs's Produce requests (docs/adr/0010).
@@ -57,16 +57,16 @@ export interface ProduceArgs {
   compression?: number;
   topicData: TopicData[];
 }
-interface ProduceRequest {
+export interface ProduceRequest {
   apiKey: number;
   apiVersion: number;
   apiName: string;
   expectResponse: () => boolean;
   encode: () => Promise<{ buf: Buffer; buffer: Buffer; size(): number }>;
 }
-type ProduceFactory = (args: ProduceArgs) => ProduceRequest;
+export type ProduceFactory = (args: ProduceArgs) => ProduceRequest;
 
-const PRODUCE_API_KEY = 0;
+export const PRODUCE_API_KEY = 0;
 const MAGIC = 2;
 const TRANSACTIONAL = 16;
 
@@ -127,9 +127,14 @@ function field(value: Value): void {
     at += 1 + n;
     return;
   }
+  prefixed(v, 5, varint);
+}
+
+/** `v` in UTF-8 after its byte length, which `prefix` writes in at most `prefixMax` bytes. */
+function prefixed(v: string, prefixMax: number, prefix: (n: number) => void): void {
   const n = Buffer.byteLength(v, 'utf8');
-  room(n + 5);
-  varint(n);
+  room(n + prefixMax);
+  prefix(n);
   scratch.write(v, at, n, 'utf8');
   at += n;
 }
@@ -152,11 +157,7 @@ function string(v: string | null): void {
     int16(-1);
     return;
   }
-  const n = Buffer.byteLength(v, 'utf8');
-  room(n + 2);
-  int16(n);
-  scratch.write(v, at, n, 'utf8');
-  at += n;
+  prefixed(v, 2, int16);
 }
 
 /** One message's record, or its record as already encoded. */
@@ -292,7 +293,7 @@ function toLong(v: KafkaLong | number | string): LongLike {
  * message whose record is already encoded can go nowhere else: that is an error, never a
  * message sent empty.
  */
-function ours(args: ProduceArgs): boolean {
+export function ours(args: ProduceArgs): boolean {
   let raw = false;
   let other = (args.compression ?? 0) !== 0;
   for (const t of args.topicData) {
@@ -328,86 +329,4 @@ export function encodeRecords(
   const bytes = Buffer.from(new ArrayBuffer(at));
   scratch.copy(bytes, 0, 0, at);
   return { bytes, ends };
-}
-
-// --- CRC-32C (Castagnoli), slicing by 8 ---------------------------------------------------------
-
-const TABLES = (() => {
-  const t = new Int32Array(8 * 256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
-    t[n] = c;
-  }
-  for (let n = 0; n < 256; n++) {
-    let c = t[n] as number;
-    for (let k = 1; k < 8; k++) {
-      c = (t[c & 0xff] as number) ^ (c >>> 8);
-      t[k * 256 + n] = c;
-    }
-  }
-  return t;
-})();
-
-export function crc32c(buf: Buffer, start: number, end: number): number {
-  const t = TABLES;
-  let crc = -1;
-  let i = start;
-  for (; i + 8 <= end; i += 8) {
-    const a = crc ^ (buf[i] as number) ^ ((buf[i + 1] as number) << 8) ^ ((buf[i + 2] as number) << 16) ^ ((buf[i + 3] as number) << 24);
-    crc =
-      (t[1792 + (a & 0xff)] as number) ^
-      (t[1536 + ((a >>> 8) & 0xff)] as number) ^
-      (t[1280 + ((a >>> 16) & 0xff)] as number) ^
-      (t[1024 + (a >>> 24)] as number) ^
-      (t[768 + (buf[i + 4] as number)] as number) ^
-      (t[512 + (buf[i + 5] as number)] as number) ^
-      (t[256 + (buf[i + 6] as number)] as number) ^
-      (t[buf[i + 7] as number] as number);
-  }
-  for (; i < end; i++) crc = (t[(crc ^ (buf[i] as number)) & 0xff] as number) ^ (crc >>> 8);
-  return (crc ^ -1) >>> 0;
-}
-
-// --- installing it into kafkajs -----------------------------------------------------------------
-
-const require = createRequire(import.meta.url);
-const V3 = 'kafkajs/src/protocol/requests/produce/v3/request.js';
-let original: ProduceFactory | null = null;
-
-/** kafkajs's own Produce v3 request factory (for the tests' byte comparison, and fallbacks). */
-export function kafkajsProduce(): ProduceFactory {
-  if (original) return original;
-  return require(V3) as ProduceFactory;
-}
-
-/**
- * Makes kafkajs's Produce requests use encodeProduce. Idempotent. Returns false (and changes
- * nothing) on a kafkajs other than 2.2.x.
- */
-export function install(): boolean {
-  if (original) return true;
-  const version = (require('kafkajs/package.json') as { version: string }).version;
-  if (!version.startsWith('2.2.')) return false;
-  const path = require.resolve(V3);
-  const kafkajs = require(V3) as ProduceFactory;
-  const mod = require.cache[path];
-  if (!mod) return false;
-  original = kafkajs;
-  const faster: ProduceFactory = (args) => {
-    if (!ours(args)) return kafkajs(args);
-    return {
-      apiKey: PRODUCE_API_KEY,
-      apiVersion: 3,
-      apiName: 'Produce',
-      expectResponse: () => args.acks !== 0,
-      encode: async () => {
-        const buf = encodeProduce(args);
-        // What kafkajs's request framing reads of an Encoder: `buf`, `buffer` and `size()`.
-        return { buf, buffer: buf, size: () => buf.length };
-      },
-    };
-  };
-  mod.exports = faster;
-  return true;
 }

@@ -1,25 +1,10 @@
 import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
-import kafkajs from 'kafkajs';
+import type kafkajs from 'kafkajs';
 import type { KafkaSinkConfig } from '../config/config.js';
 import { type PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
-import {
-  MISSING_TOPIC,
-  checkMessage,
-  chunks,
-  classify,
-  compressionOf,
-  createKafka,
-  deadLetterCandidates,
-  isMessageError,
-  missingTopics,
-  protocolErrorType,
-  refusedMessage,
-  topicMessages,
-} from './kafka-client.js';
-
-const { Partitioners } = kafkajs;
+import * as client from './kafka-client.js';
 
 /**
  * Kafka at least once, through kafkajs: an idempotent producer with acks=all and one request in
@@ -31,14 +16,15 @@ export class KafkaSink implements Sink {
   readonly type = 'kafka' as const;
   private readonly kafka: kafkajs.Kafka;
   private producer: kafkajs.Producer | null = null;
-  private admin: kafkajs.Admin | null = null;
+  private readonly topics: client.TopicCheck;
 
   constructor(
     private readonly cfg: KafkaSinkConfig,
     log: Logger,
     private readonly onConnection: (up: boolean) => void = () => undefined,
   ) {
-    this.kafka = createKafka(cfg, log);
+    this.kafka = client.createKafka(cfg, log);
+    this.topics = new client.TopicCheck(this.kafka, cfg);
   }
 
   async connect(): Promise<void> {
@@ -48,32 +34,20 @@ export class KafkaSink implements Sink {
 
   private async getProducer(): Promise<kafkajs.Producer> {
     if (this.producer) return this.producer;
-    const producer = this.kafka.producer({
-      idempotent: true,
-      maxInFlightRequests: 1,
-      allowAutoTopicCreation: this.cfg.autoCreateTopics,
-      createPartitioner: Partitioners.DefaultPartitioner,
-    });
-    try {
-      await producer.connect();
-    } catch (err) {
-      this.onConnection(false);
-      await producer.disconnect().catch(() => undefined);
-      throw classify(err, 'connecting to Kafka');
-    }
+    const producer = await client.connectProducer(this.kafka, this.cfg, this.onConnection);
     producer.on(producer.events.DISCONNECT, () => this.onConnection(false));
     this.producer = producer;
     return producer;
   }
 
   check(m: OutboxMessage): PoisonError | null {
-    return checkMessage(this.cfg, m);
+    return client.checkMessage(this.cfg, m);
   }
 
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     const poisoned: Array<{ index: number; error: PoisonError }> = [];
     const producer = await this.getProducer();
-    for (const chunk of chunks(batch, this.cfg.maxMessageBytes)) await this.sendChunk(producer, chunk, poisoned);
+    for (const chunk of client.chunks(batch, this.cfg.maxMessageBytes)) await this.sendChunk(producer, chunk, poisoned);
     this.onConnection(true);
     return { poisoned };
   }
@@ -89,12 +63,12 @@ export class KafkaSink implements Sink {
         chunk.map((c) => c.m),
       );
     } catch (err) {
-      if (protocolErrorType(err) === MISSING_TOPIC)
-        throw await this.missing(
+      if (client.protocolErrorType(err) === client.MISSING_TOPIC)
+        throw await this.topics.missing(
           chunk.map((c) => c.m.destination),
           err,
         );
-      if (!isMessageError(err)) throw classify(err, 'publishing to Kafka');
+      if (!client.isMessageError(err)) throw client.classify(err, 'publishing to Kafka');
       // The broker (or the client) refused something in the chunk: find which messages, one at a
       // time, in order. An error that no single message reproduces is not the messages' fault.
       let pinned = false;
@@ -102,55 +76,29 @@ export class KafkaSink implements Sink {
         try {
           await this.send(producer, [m]);
         } catch (one) {
-          if (!isMessageError(one)) throw classify(one, 'publishing to Kafka');
+          if (!client.isMessageError(one)) throw client.classify(one, 'publishing to Kafka');
           pinned = true;
-          poisoned.push({ index, error: refusedMessage(m, one) });
+          poisoned.push({ index, error: client.refusedMessage(m, one) });
         }
       }
-      if (!pinned && protocolErrorType(err) === undefined) {
+      if (!pinned && client.protocolErrorType(err) === undefined) {
         throw new SinkError('client_error', `publishing to Kafka: ${(err as Error).message}`, { retriable: false, cause: err });
       }
     }
   }
 
   private async send(producer: kafkajs.Producer, messages: readonly OutboxMessage[]): Promise<void> {
-    await producer.sendBatch({ acks: -1, compression: compressionOf(this.cfg), topicMessages: topicMessages(messages) });
+    await producer.sendBatch({ acks: -1, compression: client.compressionOf(this.cfg), topicMessages: client.topicMessages(messages) });
   }
 
-  private missing(topics: readonly string[], cause: unknown): Promise<SinkError> {
-    this.admin ??= this.kafka.admin();
-    return missingTopics(this.admin, this.cfg, topics, cause);
-  }
-
-  /**
-   * Sends the largest form of the dead letter that fits (dead-letter.ts): a form over
-   * `maxMessageBytes` is skipped, and one the broker refuses as too large gives way to the next.
-   */
   async publishDeadLetter(letter: DeadLetter): Promise<void> {
     const producer = await this.getProducer();
-    const doing = `publishing to dead-letter topic ${this.cfg.deadLetterTopic}`;
-    const forms = deadLetterCandidates(letter, this.cfg.maxMessageBytes);
-    for (const [i, form] of forms.entries()) {
-      const last = i === forms.length - 1;
-      try {
-        await producer.sendBatch({
-          acks: -1,
-          topicMessages: [{ topic: this.cfg.deadLetterTopic, messages: [{ key: letter.key, value: form.body, headers: form.headers }] }],
-        });
-        return;
-      } catch (err) {
-        if (protocolErrorType(err) === MISSING_TOPIC) throw await this.missing([this.cfg.deadLetterTopic], err);
-        if (!last && isMessageError(err)) continue;
-        const e = classify(err, doing);
-        if (last && isMessageError(err)) {
-          throw new SinkError('dead_letter_refused', `${doing}: refused even without payload and headers: ${e.message}`, {
-            retriable: false,
-            cause: err,
-          });
-        }
-        throw e;
-      }
-    }
+    await client.sendDeadLetter(this.cfg, letter, this.topics, async (form) => {
+      await producer.sendBatch({
+        acks: -1,
+        topicMessages: [{ topic: this.cfg.deadLetterTopic, messages: [{ key: letter.key, value: form.body, headers: form.headers }] }],
+      });
+    });
   }
 
   /**
@@ -165,8 +113,6 @@ export class KafkaSink implements Sink {
 
   async close(): Promise<void> {
     await this.reset();
-    const admin = this.admin;
-    this.admin = null;
-    if (admin) await admin.disconnect().catch(() => undefined);
+    await this.topics.close();
   }
 }

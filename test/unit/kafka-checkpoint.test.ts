@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { checkpointKey, decodeCheckpoint, encodeCheckpoint, isAfter } from '../../src/sink/kafka-checkpoint.js';
-import { isFenced } from '../../src/sink/kafka-exactly-once.js';
+import { isFenced } from '../../src/sink/kafka-client.js';
 
 describe('exactly-once checkpoint record', () => {
   const source = { systemId: '7713936839546435828', database: 'shop' };

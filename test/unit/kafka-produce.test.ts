@@ -1,6 +1,8 @@
 import { createRequire } from 'node:module';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { type ProduceArgs, crc32c, encodeProduce, kafkajsProduce } from '../../src/sink/kafka-produce.js';
+import { crc32c } from '../../src/sink/crc32c.js';
+import { type ProduceArgs, encodeProduce } from '../../src/sink/kafka-produce.js';
+import { kafkajsProduce } from '../../src/sink/kafkajs-speedups.js';
 
 const require = createRequire(import.meta.url);
 const kafkajsCrc = require('kafkajs/src/protocol/recordBatch/crc32C/index.js') as (b: Buffer) => number;

@@ -1,0 +1,42 @@
+/**
+ * CRC-32C (Castagnoli), the checksum of a Kafka record batch, by slicing-by-8: eight table
+ * lookups per 8 bytes instead of one per byte. Equal to kafkajs's byte-at-a-time crc32C
+ * (test/unit/kafka-produce.test.ts) and to the check value of the standard (0xE3069283).
+ */
+const TABLES = (() => {
+  const t = new Int32Array(8 * 256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+    t[n] = c;
+  }
+  for (let n = 0; n < 256; n++) {
+    let c = t[n] as number;
+    for (let k = 1; k < 8; k++) {
+      c = (t[c & 0xff] as number) ^ (c >>> 8);
+      t[k * 256 + n] = c;
+    }
+  }
+  return t;
+})();
+
+/** The CRC-32C of `buf` from `start` to `end`. */
+export function crc32c(buf: Buffer, start: number, end: number): number {
+  const t = TABLES;
+  let crc = -1;
+  let i = start;
+  for (; i + 8 <= end; i += 8) {
+    const a = crc ^ (buf[i] as number) ^ ((buf[i + 1] as number) << 8) ^ ((buf[i + 2] as number) << 16) ^ ((buf[i + 3] as number) << 24);
+    crc =
+      (t[1792 + (a & 0xff)] as number) ^
+      (t[1536 + ((a >>> 8) & 0xff)] as number) ^
+      (t[1280 + ((a >>> 16) & 0xff)] as number) ^
+      (t[1024 + (a >>> 24)] as number) ^
+      (t[768 + (buf[i + 4] as number)] as number) ^
+      (t[512 + (buf[i + 5] as number)] as number) ^
+      (t[256 + (buf[i + 6] as number)] as number) ^
+      (t[buf[i + 7] as number] as number);
+  }
+  for (; i < end; i++) crc = (t[(crc ^ (buf[i] as number)) & 0xff] as number) ^ (crc >>> 8);
+  return (crc ^ -1) >>> 0;
+}
