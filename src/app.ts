@@ -93,6 +93,7 @@ export class Relay {
       onState: (s) => health.setState(s),
       onWaiting: (what) => health.waiting(what),
       onHalt: (err) => health.halted(err),
+      onStuck: (on, ms, detail) => health.stuck(on, ms, detail),
       resumePoint: this.sink.readCheckpoint && ((source) => (this.sink.readCheckpoint as NonNullable<Sink['readCheckpoint']>)(source)),
     });
     this.metrics.probes.confirmedLsn = () => this.watermark.lsn;

@@ -72,6 +72,7 @@ function compilePostgres(p: ConfigInput['postgres']) {
     heartbeatIntervalMs: ms(p.heartbeat.interval),
     heartbeatPrefix: p.heartbeat.prefix,
     lagPollIntervalMs: ms(p.lagPollInterval),
+    progressTimeoutMs: ms(p.progressTimeout),
     connectTimeoutMs: ms(p.connectTimeout),
     statementTimeoutMs: ms(p.statementTimeout),
     lockTimeoutMs: ms(p.lockTimeout),

@@ -142,6 +142,11 @@ export const ConfigSchema = section(
           prefix: str('outboxd.heartbeat', 'The prefix of heartbeat messages.'),
         }),
         lagPollInterval: duration('10s', "How often the slot's lag, retained WAL and wal_status are read for the metrics.", { min: 100 }),
+        progressTimeout: duration(
+          '5m',
+          "The slot's confirmed position has not moved for this long while the server's WAL is ahead of it: the relay reports itself stuck (/readyz 503, outboxd_stuck 1, a warning). Checked every lagPollInterval; 0 disables it.",
+          { min: 0 },
+        ),
         connectTimeout: duration('10s', 'The connection timeout of both connections.', { min: 100 }),
         statementTimeout: duration('30s', 'statement_timeout of every query on the admin connection.', { min: 100 }),
         lockTimeout: duration('10s', 'lock_timeout of the admin connection.', { min: 100 }),

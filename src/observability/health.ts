@@ -18,6 +18,7 @@ export class Health {
   private sinkError: SinkError | null = null;
   private sinkBlocked = false;
   private stalledMs: number | null = null;
+  private stuckDetail: string | null = null;
   private waitingFor: string | null = null;
   private haltedBy: OutboxdError | null = null;
   private fatal: OutboxdError | null = null;
@@ -85,6 +86,15 @@ export class Health {
     else this.log.info({ waitedMs: Math.round(waitedMs) }, `${this.sink.type} answered again after ${s} s`);
   }
 
+  /** The progress watchdog: the confirmed position stands still while WAL is ahead (true), or moves again. */
+  stuck(on: boolean, unchangedMs: number, detail: string): void {
+    const was = this.stuckDetail !== null;
+    this.stuckDetail = on ? detail : null;
+    this.metrics.stuck.set(on ? 1 : 0);
+    if (on && !was) this.log.warn({ unchangedMs }, `no progress: ${detail}`);
+    if (!on && was) this.log.info({ unchangedMs }, "progress again: the slot's confirmed position moves");
+  }
+
   /** What start-up waits for (shown while starting), or null. */
   waiting(what: string | null): void {
     this.waitingFor = what;
@@ -112,6 +122,7 @@ export class Health {
         detail: `${sink} stalled: a publish has waited over ${this.sink.stallTimeoutMs / 1000} s for the broker (sink.stallTimeout)`,
       };
     }
+    if (this.stuckDetail !== null) return { ok: false, detail: `no progress: ${this.stuckDetail}` };
     return { ok: true, detail: 'streaming' };
   }
 }

@@ -123,6 +123,16 @@ export function createMetrics(registry = new Registry()) {
       labelNames: ['target'],
       registers: r,
     }),
+    stuck: new Gauge({
+      name: 'outboxd_stuck',
+      help: "Set to 1 while the slot's confirmed position has not moved for postgres.progressTimeout although the server's WAL is ahead of it.",
+      registers: r,
+    }),
+    confirmedUnchanged: new Gauge({
+      name: 'outboxd_confirmed_unchanged_seconds',
+      help: "How long the slot's confirmed position has not moved while the server's WAL is ahead of it; 0 while it moves or is caught up.",
+      registers: r,
+    }),
     sinkStalled: new Gauge({
       name: 'outboxd_sink_stalled',
       help: 'Set to 1 while a call to the broker has waited longer than sink.stallTimeout for its answer.',

@@ -25,6 +25,8 @@ export interface SourceEvents {
   onWaiting(what: string | null): void;
   /** A row the server cannot send (not convertible to UTF-8): nothing after it can be read. */
   onHalt(error: PoisonError): void;
+  /** The progress watchdog (monitor.ts): the slot's confirmed position stands still, or moves again. */
+  onStuck?(stuck: boolean, unchangedMs: number, detail: string): void;
   /**
    * Exactly-once: where the broker's copy of this source ends (its checkpoint), asked before each
    * session streams; every event at or before it is skipped. Absent for at-least-once sinks.
@@ -61,7 +63,9 @@ export class Source {
         this.log.warn('leader lock is held elsewhere after an admin reconnect; the slot stays ours while the stream lives');
       }
     };
-    this.monitor = new SlotMonitor(cfg.postgres, this.admin, metrics, log.child({ module: 'monitor' }));
+    this.monitor = new SlotMonitor(cfg.postgres, this.admin, metrics, log.child({ module: 'monitor' }), (stuck, ms, detail) =>
+      this.events.onStuck?.(stuck, ms, detail),
+    );
   }
 
   /**

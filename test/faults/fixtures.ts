@@ -108,7 +108,7 @@ export async function bundle(o: BundleOptions): Promise<Bundle> {
     deadLetterTopic: dlq_${tag}
     requestTimeout: ${o.brokerTimeout ?? '5s'}
     connectionTimeout: 2s
-    workers: ${KAFKA_TEST_WORKERS}
+    workers: \${OUTBOXD_TEST_WORKERS:-${KAFKA_TEST_WORKERS}}
 ${o.exactlyOnce ? `    delivery: \${OUTBOXD_TEST_DELIVERY:-exactly-once}\n    checkpointTopic: \${OUTBOXD_TEST_CHECKPOINT_TOPIC:-ckpt_${tag}}\n` : ''}${o.sinkExtra ?? ''}`;
   } else {
     const url = o.amqpUrl ?? (await rabbitmqUrl());
@@ -135,6 +135,7 @@ ${o.sinkExtra ?? ''}`;
   heartbeat:
     interval: 1s
   lagPollInterval: 500ms
+  progressTimeout: \${OUTBOXD_TEST_PROGRESS_TIMEOUT:-5m}
   connectTimeout: 2s
   reconnect: { initial: 100ms, max: 1s }
 outbox:

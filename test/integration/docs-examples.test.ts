@@ -632,7 +632,7 @@ describe(`Prometheus alert rules ${ALERTS}`, () => {
     }
   });
 
-  it('covers WAL growth, readiness, poison halts, heartbeats, publish errors, wal_status and leadership', () => {
+  it('covers WAL growth, readiness, poison halts, heartbeats, publish errors, wal_status, leadership and progress', () => {
     const byName = new Map(file.groups.flatMap((g) => g.rules).map((r) => [r.alert, r.expr]));
     const expect_ = (alert: string, pattern: RegExp) => expect(byName.get(alert), alert).toMatch(pattern);
     expect_('OutboxdRetainedWalHigh', /outboxd_slot_retained_wal_bytes/);
@@ -643,6 +643,7 @@ describe(`Prometheus alert rules ${ALERTS}`, () => {
     expect_('OutboxdPublishErrors', /outboxd_publish_errors_total/);
     expect_('OutboxdSlotWalAtRisk', /outboxd_slot_wal_status\{status=~"unreserved\|lost"\}/);
     expect_('OutboxdNoLeader', /outboxd_leader/);
+    expect_('OutboxdNoProgress', /outboxd_stuck == 1|outboxd_stuck\) == 1/);
   });
 
   it('docs/metrics.md lists exactly these alerts', () => {
