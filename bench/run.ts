@@ -11,7 +11,7 @@
  *   BENCH_MEMORY_ROWS=100000    the small backlog compared with the reference one (memory)
  *   BENCH_LATENCY_RATE=2000     transactions per second (latency)
  *   BENCH_LATENCY_SECONDS=60
- *   BENCH_LATENCY_SINKS=kafka,kafka-eos,rabbitmq
+ *   BENCH_LATENCY_SINKS=kafka,kafka-eos,rabbitmq   (and kafka-baseline with BENCH_BASELINE_REF)
  *   BENCH_SHAPE_ROWS=100:500000,1024:300000,10240:60000   rows per cell, by payload bytes
  *   BENCH_SHAPE_RUNS=1
  *   BENCH_SCENARIOS=drain,small-tx,memory,shape,latency
@@ -131,7 +131,11 @@ const config = {
   memoryRows: envInt('BENCH_MEMORY_ROWS', 100_000, 1_000),
   latencyRate: envInt('BENCH_LATENCY_RATE', 2_000, 2_000),
   latencySeconds: envInt('BENCH_LATENCY_SECONDS', 60, 5),
-  latencySinks: envList<LatencySink>('BENCH_LATENCY_SINKS', LATENCY_SINKS),
+  latencySinks: envList<LatencySink>(
+    'BENCH_LATENCY_SINKS',
+    LATENCY_SINKS,
+    LATENCY_SINKS.filter((s) => s !== 'kafka-baseline' || process.env.BENCH_BASELINE_REF),
+  ),
   shapeRuns: envInt('BENCH_SHAPE_RUNS', 1, 1),
   shapeRows: Object.fromEntries(shapeRows()),
   shapeRowsPerTxn: [1, 10, 100, 1000],

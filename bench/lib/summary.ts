@@ -270,6 +270,13 @@ export function targets(s: {
     value: c ? `${c.p99.toFixed(1)} ms (histogram-interpolated)` : 'not measured',
     met: c ? c.p99 <= 50 : null,
   });
+  const seen = k?.insertToReceiptMs;
+  out.push({
+    measure: `latency, Kafka, INSERT return → receipt p99 (${k?.consumer ?? 'consumer'})`,
+    target: '≤ 50 ms',
+    value: seen ? `${seen.p99.toFixed(1)} ms (p50 ${seen.p50.toFixed(1)} ms)` : 'not measured',
+    met: seen ? seen.p99 <= 50 : null,
+  });
   const rss = s.drain?.consumers['outboxd-kafka']?.peakRssMiB;
   out.push({
     measure: 'peak RSS during drain to Kafka',

@@ -48,11 +48,12 @@ export interface LatencyResult {
 
 const WRITERS = 6;
 
-export const LATENCY_SINKS = ['kafka', 'kafka-eos', 'rabbitmq'] as const;
+/** kafka-baseline: the Kafka sink of BENCH_BASELINE_REF's build (only when that is set). */
+export const LATENCY_SINKS = ['kafka', 'kafka-eos', 'rabbitmq', 'kafka-baseline'] as const;
 export type LatencySink = (typeof LATENCY_SINKS)[number];
 
 export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: number, seconds: number): Promise<LatencyResult> {
-  const name = `lat_${sink === 'kafka' ? 'k' : sink === 'kafka-eos' ? 'e' : 'r'}_${ctx.tag}`;
+  const name = `lat_${{ kafka: 'k', 'kafka-eos': 'e', rabbitmq: 'r', 'kafka-baseline': 'b' }[sink]}_${ctx.tag}`;
   const kafka = sink !== 'rabbitmq';
   const checkpoints = `bench.${name}.checkpoints`;
   const table = `outbox_${name}`;
@@ -170,7 +171,9 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
     const port = await getFreePort();
     const cfg = join(dir, 'outboxd.yaml');
     writeFileSync(cfg, relayYaml({ dbUrl: ctx.services.dbUrl, slot, publication, table, port, sinkYaml, pipelineYaml: ctx.pipelineYaml }));
-    relay = startChild(process.execPath, [...nodeArgs(ctx, null, 'latency'), MAIN, 'run', '-c', cfg], outboxdEnv(ctx));
+    const main = sink === 'kafka-baseline' ? ctx.baselineMain : MAIN;
+    if (main === null) throw new Error('latency kafka-baseline needs BENCH_BASELINE_REF');
+    relay = startChild(process.execPath, [...nodeArgs(ctx, null, 'latency'), main, 'run', '-c', cfg], outboxdEnv(ctx));
     await waitReady(port, relay);
 
     for (let i = 0; i < WRITERS; i++) writers.push(await connect(ctx.services.dbUrl));

@@ -252,9 +252,11 @@ describe('exactly-once → kafka', () => {
     expect(r.duplicates).toBe(0);
   }, 240_000);
 
-  it('mode switches on one slot: at-least-once → exactly-once (no checkpoint yet) → at-least-once → exactly-once, nothing lost', async () => {
+  it('mode switches on one slot: at-least-once → exactly-once (no checkpoint yet) → at-least-once → exactly-once, and worker counts 2 → 0, nothing lost', async () => {
     await using b = await eos();
-    const alo = { OUTBOXD_TEST_DELIVERY: 'at-least-once' };
+    // At-least-once publishes from 2 worker threads, then (after the exactly-once phases) from
+    // the main thread: a change of sink.kafka.workers between runs.
+    const alo = (workers: number) => ({ OUTBOXD_TEST_DELIVERY: 'at-least-once', OUTBOXD_TEST_WORKERS: String(workers) });
     const all: OutboxRow[] = [];
     const phase = async (env: NodeJS.ProcessEnv, work: (relay: RelayProcess) => Promise<void>) => {
       const relay = b.start(env);
@@ -273,7 +275,7 @@ describe('exactly-once → kafka', () => {
         rows.map((r) => r.id),
       );
     };
-    await phase(alo, () => write(1_000));
+    await phase(alo(2), () => write(1_000));
     const first = await phase({}, () => write(1_000));
     expect(first.stderr).toMatch(/no checkpoint yet/);
     // Kills in exactly-once: still nothing twice.
@@ -290,7 +292,7 @@ describe('exactly-once → kafka', () => {
     all.push(...(await writer));
     relay.kill('SIGTERM');
     expect(await relay.exited).toBe(0);
-    await phase(alo, () => write(1_000));
+    await phase(alo(0), () => write(1_000));
     // Back to exactly-once: the checkpoint is behind the slot now; nothing after the slot is skipped.
     const last = await phase({}, () => write(1_000));
     expect(last.stderr).toMatch(/resuming after the checkpoint/);
