@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { chmodSync, cpSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -22,11 +22,20 @@ describe('npm test prerequisites', () => {
         OUTBOXD_RABBITMQ_HOME: join(cache, 'no-rabbitmq'),
       };
       // apt-get can install for root only: run as an unprivileged user when we are root.
-      // (runuser resets PATH, so the environment goes through env.)
-      const asUser = process.getuid?.() === 0 ? ['runuser', '-u', 'nobody', '--'] : [];
-      const command = [...asUser, 'env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'bash', join(ROOT, 'scripts/test.sh')];
+      // (runuser resets PATH, so the environment goes through env.) That user may not be able to
+      // read the checkout (a clone under /root, or in a 0700 temporary directory): it runs a
+      // world-readable copy of scripts/, which is all that runs before the missing package stops it.
+      const root = process.getuid?.() === 0;
+      let repo = ROOT;
+      if (root) {
+        repo = join(cache, 'repo');
+        cpSync(join(ROOT, 'scripts'), join(repo, 'scripts'), { recursive: true });
+        for (const dir of [cache, repo, join(repo, 'scripts'), join(repo, 'scripts', 'lib')]) chmodSync(dir, 0o755);
+      }
+      const asUser = root ? ['runuser', '-u', 'nobody', '--'] : [];
+      const command = [...asUser, 'env', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), 'bash', join(repo, 'scripts/test.sh')];
       const r = spawnSync(command[0] as string, command.slice(1), {
-        cwd: ROOT,
+        cwd: repo,
         env,
         encoding: 'utf8',
         timeout: 60_000,
