@@ -3,7 +3,8 @@ import type kafkajs from 'kafkajs';
 import { SinkError } from '../errors.js';
 import type { OutboxMessage, Position, SourceIdentity } from '../interfaces.js';
 import { formatLsn, parseLsn } from '../lsn.js';
-import { classify, internalCluster, protocolErrorType } from './kafka-client.js';
+import { classify, protocolErrorType } from './kafka-client.js';
+import { internalCluster } from './kafkajs-speedups.js';
 
 /**
  * The exactly-once checkpoint (docs/adr/0009): one record per committed Kafka transaction, in a

@@ -1,5 +1,4 @@
 import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
-import { createRequire } from 'node:module';
 import kafkajs from 'kafkajs';
 import type { KafkaSinkConfig } from '../config/config.js';
 import { MissingDestinationError, PoisonError, SinkError } from '../errors.js';
@@ -292,40 +291,24 @@ export function classify(err: unknown, doing: string): SinkError {
   const name = (err as Error)?.name ?? 'Error';
   const message = `${doing}: ${(err as Error)?.message ?? String(err)}${type && !(err as Error)?.message?.includes(type) ? ` (${type})` : ''}`;
   let retriable = false;
-  for (let e = err as { retriable?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; depth++) {
+  for (let e = err as { retriable?: unknown; cause?: unknown; name?: unknown } | undefined, depth = 0; e && depth < 8; depth++) {
     if (typeof e.retriable === 'boolean') retriable = e.retriable;
+    if (typeof e.name === 'string' && TRANSIENT.has(e.name)) {
+      retriable = true;
+      break;
+    }
     e = e.cause as typeof e;
   }
   return new SinkError(type ?? name.replace(/^KafkaJS/, ''), message, { retriable, cause: err });
 }
 
-/** The parts of kafkajs's (internal) Cluster that outboxd uses. */
-export interface KafkaCluster {
-  connect(): Promise<void>;
-  disconnect(): Promise<void>;
-  addTargetTopic(topic: string): Promise<void>;
-  addMultipleTargetTopics(topics: string[]): Promise<void>;
-  findTopicPartitionMetadata(topic: string): Array<{ partitionId: number; leader: number }>;
-  findLeaderForPartitions(topic: string, partitions: number[]): Record<string, number[]>;
-  findBroker(r: { nodeId: string }): Promise<unknown>;
-}
-
-const requireCjs = createRequire(import.meta.url);
-
 /**
- * A kafkajs Cluster built as `kafka` builds its own (the same brokers, TLS, SASL and logger), for
- * what kafkajs's public API lacks: metadata without a producer, exact reads of a partition.
- * kafkajs 2.2.4 is its last release; anything else fails loudly here.
+ * kafkajs errors it marks not retriable that are a moment's condition, not a verdict. No broker
+ * answered FindCoordinator (KafkaJSGroupCoordinatorNotFound): kafkajs gives up at once when the
+ * coordinator's connection is refused, as while a broker restarts (found by the exactly-once
+ * broker-restart test, committing); a refusal by ACL comes as its own protocol error instead.
  */
-export function internalCluster(kafka: kafkajs.Kafka, opts: { allowAutoTopicCreation: boolean; isolationLevel?: number }): KafkaCluster {
-  const version = (requireCjs('kafkajs/package.json') as { version: string }).version;
-  const symbol = Object.getOwnPropertySymbols(kafka).find((s) => s.description === 'private:Kafka:createCluster');
-  if (!version.startsWith('2.2.') || symbol === undefined) {
-    throw new SinkError('client_error', `outboxd needs kafkajs 2.2 internals; found kafkajs ${version}`, { retriable: false });
-  }
-  const create = (kafka as unknown as Record<symbol, (o: object) => KafkaCluster>)[symbol] as (o: object) => KafkaCluster;
-  return create(opts);
-}
+const TRANSIENT = new Set(['KafkaJSGroupCoordinatorNotFound']);
 
 /** Broker answers that mean another producer now owns our transactional id. */
 const FENCED = new Set(['INVALID_PRODUCER_EPOCH', 'PRODUCER_FENCED']);

@@ -12,11 +12,11 @@ import {
   checkMessage,
   classify,
   createKafka,
-  internalCluster,
   isMessageError,
   missingTopics,
 } from './kafka-client.js';
 import { partitionOf } from './kafka-partition.js';
+import { internalCluster } from './kafkajs-speedups.js';
 import { encodeRecords } from './kafka-produce.js';
 import type { FromWorker, ToWorker, UnitMessage, WireError, WorkerInit } from './kafka-worker-thread.js';
 

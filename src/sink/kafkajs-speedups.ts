@@ -2,7 +2,8 @@
  * Where outboxd changes kafkajs 2.2 (its last release) from inside, for speed, with the same
  * bytes and results:
  * - the Produce request's encoder (kafka-produce.ts), installed by install();
- * - `groupMessagesPerPartition`, replaced when this module loads (below).
+ * - `groupMessagesPerPartition`, replaced when this module loads (below);
+ * and where it reaches kafkajs's internal Cluster (internalCluster), for what the public API lacks.
  *
  * Replaces, before kafkajs is loaded, one kafkajs function that costs the relay time in
  * proportion to the square of a send's messages: `groupMessagesPerPartition`, which copies the
@@ -13,6 +14,8 @@
  * modules that load it). If kafkajs was loaded first, nothing changes but the speed.
  */
 import { Module, createRequire } from 'node:module';
+import type kafkajs from 'kafkajs';
+import { SinkError } from '../errors.js';
 import { PRODUCE_API_KEY, type ProduceFactory, encodeProduce, ours } from './kafka-produce.js';
 
 type Grouper = (args: {
@@ -92,4 +95,32 @@ export function install(): boolean {
   };
   mod.exports = faster;
   return true;
+}
+
+// --- kafkajs's internal Cluster ------------------------------------------------------------------
+
+/** The parts of kafkajs's (internal) Cluster that outboxd uses. */
+export interface KafkaCluster {
+  connect(): Promise<void>;
+  disconnect(): Promise<void>;
+  addTargetTopic(topic: string): Promise<void>;
+  addMultipleTargetTopics(topics: string[]): Promise<void>;
+  findTopicPartitionMetadata(topic: string): Array<{ partitionId: number; leader: number }>;
+  findLeaderForPartitions(topic: string, partitions: number[]): Record<string, number[]>;
+  findBroker(r: { nodeId: string }): Promise<unknown>;
+}
+
+/**
+ * A kafkajs Cluster built as `kafka` builds its own (the same brokers, TLS, SASL and logger), for
+ * what kafkajs's public API lacks: metadata without a producer, exact reads of a partition.
+ * kafkajs 2.2.4 is its last release; anything else fails loudly here.
+ */
+export function internalCluster(kafka: kafkajs.Kafka, opts: { allowAutoTopicCreation: boolean; isolationLevel?: number }): KafkaCluster {
+  const version = (require('kafkajs/package.json') as { version: string }).version;
+  const symbol = Object.getOwnPropertySymbols(kafka).find((s) => s.description === 'private:Kafka:createCluster');
+  if (!version.startsWith('2.2.') || symbol === undefined) {
+    throw new SinkError('client_error', `outboxd needs kafkajs 2.2 internals; found kafkajs ${version}`, { retriable: false });
+  }
+  const create = (kafka as unknown as Record<symbol, (o: object) => KafkaCluster>)[symbol] as (o: object) => KafkaCluster;
+  return create(opts);
 }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { checkpointKey, decodeCheckpoint, encodeCheckpoint, isAfter } from '../../src/sink/kafka-checkpoint.js';
-import { isFenced } from '../../src/sink/kafka-client.js';
+import kafkajs from 'kafkajs';
+import { classify, isFenced } from '../../src/sink/kafka-client.js';
 
 describe('exactly-once checkpoint record', () => {
   const source = { systemId: '7713936839546435828', database: 'shop' };
@@ -54,5 +55,14 @@ describe('exactly-once checkpoint record', () => {
     expect(isFenced(new Error('Unknown error code 90'))).toBe(true);
     expect(isFenced({ type: 'NOT_LEADER_FOR_PARTITION' })).toBe(false);
     expect(isFenced(new Error('Unknown error code 900'))).toBe(false);
+  });
+
+  it('reads "no broker answered FindCoordinator" as retriable (a broker restarting), other non-retriable kafkajs errors not', () => {
+    const { KafkaJSGroupCoordinatorNotFound, KafkaJSNonRetriableError } = kafkajs as unknown as Record<string, new (m: string) => Error>;
+    const lost = new (KafkaJSGroupCoordinatorNotFound as new (m: string) => Error)('Failed to find group coordinator');
+    expect((lost as Error & { retriable?: boolean }).retriable).toBe(false);
+    expect(classify(lost, 'committing the Kafka transaction').retriable).toBe(true);
+    expect(classify({ name: 'KafkaJSError', retriable: false, cause: lost }, 'committing').retriable).toBe(true);
+    expect(classify(new (KafkaJSNonRetriableError as new (m: string) => Error)('bad'), 'publishing').retriable).toBe(false);
   });
 });
