@@ -168,14 +168,14 @@ export class KafkaExactlyOnceSink implements Sink {
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     await this.settleDoubt();
     // After a commit whose answer was lost: what the re-read checkpoint covers is in Kafka already.
-    const todo: number[] = [];
-    for (let i = 0; i < batch.length; i++) if (isAfter(positionOf(batch[i] as OutboxMessage), this.committed)) todo.push(i);
-    if (todo.length === 0) return { poisoned: [] };
-    const messages = todo.length === batch.length ? batch : todo.map((i) => batch[i] as OutboxMessage);
+    const pending: number[] = [];
+    for (let i = 0; i < batch.length; i++) if (isAfter(positionOf(batch[i] as OutboxMessage), this.committed)) pending.push(i);
+    if (pending.length === 0) return { poisoned: [] };
+    const messages = pending.length === batch.length ? batch : pending.map((i) => batch[i] as OutboxMessage);
     const failedAt = await this.transact(messages);
     this.onConnection(true);
     if (failedAt === null) return { poisoned: [] };
-    return this.isolate(messages, failedAt, todo);
+    return this.isolate(messages, failedAt, pending);
   }
 
   /**
@@ -183,7 +183,7 @@ export class KafkaExactlyOnceSink implements Sink {
    * then one message per transaction until the broker refuses one. It is poison; the messages
    * after it go back to the pipeline as `unsent`, to follow its dead letter.
    */
-  private async isolate(messages: readonly OutboxMessage[], from: number, todo: number[]): Promise<PublishOutcome> {
+  private async isolate(messages: readonly OutboxMessage[], from: number, pending: number[]): Promise<PublishOutcome> {
     if (from > 0 && (await this.transact(messages.slice(0, from))) !== null) {
       throw new SinkError('client_error', 'publishing to Kafka: a send failed, then succeeded when repeated alone', { retriable: true });
     }
@@ -192,11 +192,11 @@ export class KafkaExactlyOnceSink implements Sink {
       const m = messages[i] as OutboxMessage;
       const refused = await this.transact([m], true);
       if (refused === null) continue;
-      const unsent = todo.slice(i + 1);
-      return { poisoned: [{ index: todo[i] as number, error: client.refusedMessage(m, this.lastRefusal) }], unsent };
+      const unsent = pending.slice(i + 1);
+      return { poisoned: [{ index: pending[i] as number, error: client.refusedMessage(m, this.lastRefusal) }], unsent };
     }
     // No single message reproduced the error: they are all committed now; the rest follows.
-    return { poisoned: [], unsent: todo.slice(end) };
+    return { poisoned: [], unsent: pending.slice(end) };
   }
 
   private lastRefusal: unknown = null;

@@ -12,6 +12,7 @@ import {
   RelayProcess,
   TestDb,
   TopicReader,
+  sleep,
   until,
   writeConfig,
   writeOutbox,
@@ -283,6 +284,33 @@ export async function startDelivering(b: Bundle, total: number, keys: number): P
 }
 
 /** Waits until every id has been delivered at least once. */
+/**
+ * One row every `everyMs` into public.outbox (first type, key 'k') until stop(): a publish is
+ * always waiting for the broker. `ids` are the rows written, in order.
+ */
+export function steadyWriter(b: Bundle, everyMs = 50): { ids: string[]; stop(): Promise<void> } {
+  const ids: string[] = [];
+  let writing = true;
+  const done = (async () => {
+    while (writing) {
+      const id = uuid();
+      await b.db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{}')`, [
+        id,
+        b.types[0],
+      ]);
+      ids.push(id);
+      await sleep(everyMs);
+    }
+  })();
+  return {
+    ids,
+    stop: async () => {
+      writing = false;
+      await done;
+    },
+  };
+}
+
 export async function waitDelivered(reader: Reader, ids: Iterable<string>, timeoutMs = 120_000): Promise<void> {
   const want = new Set(ids);
   let scanned = 0;

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { type KafkaServer, startKafka } from '../harness/kafka.js';
 import { defer, sleep, until } from '../integration/support.js';
-import { bundle, uuid, waitDelivered } from './fixtures.js';
+import { bundle, steadyWriter, waitDelivered } from './fixtures.js';
 
 /**
  * The progress watchdog (postgres.progressTimeout): the slot's confirmed position stands still
@@ -25,19 +25,7 @@ describe('progress watchdog', () => {
     });
     const relay = b.start({ OUTBOXD_TEST_PROGRESS_TIMEOUT: `${PROGRESS_TIMEOUT_S}s` });
     await relay.ready();
-    const ids: string[] = [];
-    let writing = true;
-    const writer = (async () => {
-      while (writing) {
-        const id = uuid();
-        await b.db.client.query(
-          `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{}')`,
-          [id, b.types[0]],
-        );
-        ids.push(id);
-        await sleep(50);
-      }
-    })();
+    const writer = steadyWriter(b);
     await until('first rows delivered', async () => b.reader.delivered().length > 5, 30_000);
     // Moving: never stuck, however long the rows keep coming.
     await sleep((PROGRESS_TIMEOUT_S + 1) * 1000);
@@ -71,8 +59,7 @@ describe('progress watchdog', () => {
     broker.resume();
     await until('ready again', async () => (await relay.http('/readyz')).status === 200, 60_000, 100);
     expect(await relay.metric('outboxd_stuck')).toBe(0);
-    writing = false;
-    await writer;
-    await waitDelivered(b.reader, ids, 120_000);
+    await writer.stop();
+    await waitDelivered(b.reader, writer.ids, 120_000);
   }, 240_000);
 });

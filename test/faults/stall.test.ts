@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { type KafkaServer, startKafka } from '../harness/kafka.js';
 import { type RabbitServer, startRabbitMQ } from '../harness/rabbitmq.js';
-import { defer, sleep, until } from '../integration/support.js';
-import { type SinkKind, bundle, uuid, waitDelivered } from './fixtures.js';
+import { defer, until } from '../integration/support.js';
+import { type SinkKind, bundle, steadyWriter, waitDelivered } from './fixtures.js';
 
 /**
  * A broker that stops answering without closing the connection (SIGSTOP: a hung process, a
@@ -26,19 +26,7 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
       const relay = b.start();
       await relay.ready();
       // Rows keep coming, so there is always a publish waiting for the broker.
-      const ids: string[] = [];
-      let writing = true;
-      const writer = (async () => {
-        while (writing) {
-          const id = uuid();
-          await b.db.client.query(
-            `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{}')`,
-            [id, b.types[0]],
-          );
-          ids.push(id);
-          await sleep(50);
-        }
-      })();
+      const writer = steadyWriter(b);
       await until('first rows delivered', async () => b.reader.delivered().length > 5, 30_000);
       broker.pause();
       const paused = performance.now();
@@ -59,9 +47,8 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
       broker.resume();
       await until('ready again', async () => (await relay.http('/readyz')).status === 200, 60_000, 100);
       expect(await relay.metric('outboxd_sink_stalled')).toBe(0);
-      writing = false;
-      await writer;
-      await waitDelivered(b.reader, ids, 120_000);
+      await writer.stop();
+      await waitDelivered(b.reader, writer.ids, 120_000);
     }, 240_000);
   });
 }
