@@ -77,6 +77,8 @@ function compilePostgres(p: ConfigInput['postgres']) {
     statementTimeoutMs: ms(p.statementTimeout),
     lockTimeoutMs: ms(p.lockTimeout),
     slotCreateTimeoutMs: ms(p.slotCreateTimeout),
+    failover: p.failover,
+    onLostSlot: p.onLostSlot,
     reconnect: compileBackoff('postgres.reconnect', p.reconnect),
   };
 }
@@ -98,7 +100,21 @@ function compileOutbox(o: ConfigInput['outbox']) {
   if (tables.length === 0 && !o.messages.enabled) {
     throw new ConfigError('outbox.tables', 'is empty and outbox.messages is disabled: nothing to relay');
   }
-  return { tables, messages: o.messages, onPoison: o.onPoison };
+  const p = o.prune;
+  return {
+    tables,
+    messages: o.messages,
+    onPoison: o.onPoison,
+    prune: {
+      mode: p.mode,
+      retainMs: ms(p.retain),
+      intervalMs: ms(p.interval),
+      batchSize: p.batchSize,
+      pauseMs: ms(p.pause),
+      lockTimeoutMs: ms(p.lockTimeout),
+      premake: p.premake,
+    },
+  };
 }
 
 function compileTable(path: string, t: ConfigInput['outbox']['tables'][number]) {
@@ -107,7 +123,7 @@ function compileTable(path: string, t: ConfigInput['outbox']['tables'][number]) 
     throw new ConfigError(`${path}.name`, `must be "table" or "schema.table", got "${t.name}"`);
   const [schema, table] = parts.length === 2 ? (parts as [string, string]) : ['public', parts[0] as string];
   const columns = Object.fromEntries(COLUMN_FIELDS.map((f) => [f, t.columns[f]])) as ColumnMap;
-  return { schema, table, qualified: `${quoteIdent(schema)}.${quoteIdent(table)}`, columns };
+  return { schema, table, qualified: `${quoteIdent(schema)}.${quoteIdent(table)}`, columns, createdAt: t.columns.created_at };
 }
 
 /** Quotes an identifier for SQL only when Postgres would need it. */

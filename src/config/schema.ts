@@ -114,7 +114,16 @@ export type ColumnField = (typeof COLUMN_FIELDS)[number];
 export const REQUIRED_COLUMN_FIELDS = ['id', 'aggregatetype', 'aggregateid', 'payload'] as const satisfies readonly ColumnField[];
 
 const columns = optSection(
-  Object.fromEntries(COLUMN_FIELDS.map((f) => [f, str(f, `The column that holds ${f}.`)])) as Record<ColumnField, ReturnType<typeof str>>,
+  {
+    ...(Object.fromEntries(COLUMN_FIELDS.map((f) => [f, str(f, `The column that holds ${f}.`)])) as Record<
+      ColumnField,
+      ReturnType<typeof str>
+    >),
+    created_at: str(
+      'created_at',
+      "The row's creation time (timestamptz). Never published: pruning's retain and replay's --from/--to compare with it.",
+    ),
+  },
   'The column of each outbox field (default: the field name).',
 );
 
@@ -151,6 +160,15 @@ export const ConfigSchema = section(
         statementTimeout: duration('30s', 'statement_timeout of every query on the admin connection.', { min: 100 }),
         lockTimeout: duration('10s', 'lock_timeout of the admin connection.', { min: 100 }),
         slotCreateTimeout: duration('10m', 'How long creating the slot may wait for running transactions to end.', { min: 1000 }),
+        failover: bool(
+          false,
+          'PostgreSQL 17+: create the slot with failover = true, so that standbys with sync_replication_slots keep a copy that survives a promotion.',
+        ),
+        onLostSlot: oneOf(
+          ['exit', 'recover-from-outbox'],
+          'exit',
+          'A recorded slot that vanished: exit with code 4, or create a new slot and publish again the retained rows it cannot stream.',
+        ),
         reconnect: backoff('500ms', '30s', 'after a failed replication session (and between broker connection attempts at start)'),
       },
       'The database and the replication slot.',
@@ -168,6 +186,22 @@ export const ConfigSchema = section(
         prefix: str('outbox', 'Their prefix.'),
       }),
       onPoison: oneOf(['halt', 'dead-letter'], 'halt', 'What to do with a message that cannot be mapped or published.'),
+      prune: optSection(
+        {
+          mode: oneOf(
+            ['off', 'delete', 'partitions'],
+            'off',
+            'Delete confirmed rows older than retain: off, delete (batched DELETEs) or partitions (drop whole daily partitions).',
+          ),
+          retain: duration('24h', 'Keep every row at least this long after its created_at, for replay.', { min: 0 }),
+          interval: duration('1m', 'How often a pruning round starts (each needs the watermark to pass its start).', { min: 1000 }),
+          batchSize: int(5_000, 'delete: the most rows one DELETE removes.', { min: 1, max: 1_000_000 }),
+          pause: duration('100ms', 'delete: the pause between two DELETEs.', { min: 0, max: 60_000 }),
+          lockTimeout: duration('1s', 'A DELETE, DETACH or DROP that waits for a lock this long gives up this round.', { min: 10 }),
+          premake: int(3, 'partitions: how many daily partitions to keep created ahead of today.', { min: 1, max: 366 }),
+        },
+        'Pruning confirmed rows (on the leader).',
+      ),
     }),
     pipeline: optSection({
       maxInFlightMessages: int(5_000, 'The most messages read from the WAL and not yet confirmed; reading pauses at the bound.', {

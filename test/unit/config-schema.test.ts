@@ -75,11 +75,10 @@ function declared(): Map<string, unknown> {
   const walk = (s: TSchema, path: string) => {
     if (s.type === 'object') {
       const props = s.properties as Record<string, TSchema>;
-      if (Object.keys(props).join() === COLUMN_FIELDS.join()) {
-        keys.set(`${path}.<field>`, undefined);
-        return;
-      }
-      for (const [k, v] of Object.entries(props)) walk(v, path ? `${path}.${k}` : k);
+      const fields: readonly string[] = COLUMN_FIELDS;
+      const mapsColumns = fields.every((f) => f in props);
+      if (mapsColumns) keys.set(`${path}.<field>`, undefined);
+      for (const [k, v] of Object.entries(props)) if (!mapsColumns || !fields.includes(k)) walk(v, path ? `${path}.${k}` : k);
       return;
     }
     keys.set(path, s.default);
