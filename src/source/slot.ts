@@ -61,23 +61,54 @@ export async function inspectSlot(client: pg.Client, slot: string): Promise<Slot
  */
 const MARKER_PREFIX = 'outboxd:';
 
-export async function readMarker(client: pg.Client, publication: string): Promise<string[]> {
+/**
+ * The marker's document. `confirmedXid`: a full transaction id (xid8, as text) such that every
+ * outbox row from a transaction below it is confirmed by the broker (a passed pruning epoch,
+ * outbox/prune.ts); lost-slot recovery publishes again the rows from transactions at or after it.
+ */
+export interface Marker {
+  slots: string[];
+  confirmedXid?: string;
+  /** When confirmedXid was recorded (ISO time), for the operator. */
+  confirmedAt?: string;
+}
+
+export async function readMarkerDoc(client: pg.Client, publication: string): Promise<Marker> {
   const { rows } = await client.query<{ c: string | null }>(
     `SELECT obj_description(oid, 'pg_publication') AS c FROM pg_publication WHERE pubname = $1`,
     [publication],
   );
   const c = rows[0]?.c;
-  if (!c?.startsWith(MARKER_PREFIX)) return [];
+  if (!c?.startsWith(MARKER_PREFIX)) return { slots: [] };
   try {
-    const doc = JSON.parse(c.slice(MARKER_PREFIX.length)) as { slots?: unknown };
-    return Array.isArray(doc.slots) ? doc.slots.filter((s): s is string => typeof s === 'string') : [];
+    const doc = JSON.parse(c.slice(MARKER_PREFIX.length)) as { slots?: unknown; confirmedXid?: unknown; confirmedAt?: unknown };
+    return {
+      slots: Array.isArray(doc.slots) ? doc.slots.filter((s): s is string => typeof s === 'string') : [],
+      ...(typeof doc.confirmedXid === 'string' && /^\d+$/.test(doc.confirmedXid) ? { confirmedXid: doc.confirmedXid } : {}),
+      ...(typeof doc.confirmedAt === 'string' ? { confirmedAt: doc.confirmedAt } : {}),
+    };
   } catch {
-    return [];
+    return { slots: [] };
   }
 }
 
+export async function readMarker(client: pg.Client, publication: string): Promise<string[]> {
+  return (await readMarkerDoc(client, publication)).slots;
+}
+
+/** Records a passed pruning epoch in the marker (keeping its slots), before anything is pruned by it. */
+export async function recordConfirmedXid(client: pg.Client, publication: string, xid: bigint): Promise<void> {
+  const doc = await readMarkerDoc(client, publication);
+  await writeMarkerDoc(client, publication, { ...doc, confirmedXid: xid.toString(), confirmedAt: new Date().toISOString() });
+}
+
 async function writeMarker(client: pg.Client, publication: string, slots: string[]): Promise<void> {
-  const text = `${MARKER_PREFIX}${JSON.stringify({ slots: [...new Set(slots)].sort() })}`;
+  const doc = await readMarkerDoc(client, publication);
+  await writeMarkerDoc(client, publication, { ...doc, slots });
+}
+
+async function writeMarkerDoc(client: pg.Client, publication: string, doc: Marker): Promise<void> {
+  const text = `${MARKER_PREFIX}${JSON.stringify({ ...doc, slots: [...new Set(doc.slots)].sort() })}`;
   try {
     await client.query(`COMMENT ON PUBLICATION ${publication} IS ${pg.escapeLiteral(text)}`);
   } catch (err) {
