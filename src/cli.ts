@@ -15,7 +15,9 @@ usage:
   outboxd run -c FILE                   run the relay
   outboxd validate -c FILE [--connect]  check the config; --connect also checks Postgres and the broker
   outboxd status -c FILE [--json]       the replication slot: active, confirmed LSN, lag, retained WAL
-  outboxd setup -c FILE [--print]       create the publication and slot (or print the SQL) and print the outbox DDL
+  outboxd setup -c FILE [--print] [--partitioned]
+                                        create the publication and slot (or print the SQL) and print the outbox DDL
+                                        (--partitioned: a table partitioned by day, for outbox.prune.mode partitions)
   outboxd --version | --help
 
 exit codes: 0 ok, 1 runtime failure or a failed check, 2 usage, 3 invalid config, 4 replication slot lost, missing or unusable, 130 forced stop`;
@@ -27,7 +29,7 @@ interface Args {
 }
 
 /** The flags each command takes, besides -c/--config. */
-const FLAGS: Record<string, readonly string[]> = { validate: ['connect'], status: ['json'], setup: ['print'], run: [] };
+const FLAGS: Record<string, readonly string[]> = { validate: ['connect'], status: ['json'], setup: ['print', 'partitioned'], run: [] };
 
 /** Parses `COMMAND [-c FILE] [--flag…]` with node:util's parser; a bad argument is a UsageError. */
 export function parseCommandLine(argv: readonly string[]): Args {
@@ -89,7 +91,7 @@ export async function cli(argv: readonly string[], env: NodeJS.ProcessEnv = proc
       case 'status':
         return await statusCommand(loadConfigFile(configFile, env), args.flags.has('--json'), process.stdout);
       case 'setup':
-        return await setupCommand(loadConfigFile(configFile, env), args.flags.has('--print'), process.stdout);
+        return await setupCommand(loadConfigFile(configFile, env), args.flags.has('--print'), process.stdout, args.flags.has('--partitioned'));
       case 'run':
         return await run(configFile, env);
       default:
