@@ -5,13 +5,22 @@ import { createLogger } from '../observability/logger.js';
 import { ensurePublication } from '../source/publication.js';
 import { ensureSlot } from '../source/slot.js';
 import { quoteIdent } from '../config/config.js';
+import { partitionName } from '../outbox/prune.js';
 
-/** The outbox table DDL for a table's column mapping (Debezium outbox event router layout). */
-export function outboxDdl(t: TableConfig): string {
+/**
+ * The outbox table DDL for a table's column mapping (Debezium outbox event router layout), with
+ * the index pruning and replay use. `partitioned`: by day on the created-at column, with the
+ * partitions from today to `premake` days ahead and a default partition as a safety net (the
+ * relay keeps partitions created ahead when `outbox.prune.mode` is `partitions`).
+ */
+export function outboxDdl(t: TableConfig, partitioned?: { premake: number; now?: Date }): string {
   const c = t.columns;
   const q = quoteIdent;
-  return `CREATE TABLE IF NOT EXISTS ${t.qualified} (
-  ${q(c.id)} uuid PRIMARY KEY DEFAULT gen_random_uuid(),  -- message id; consumers dedupe on it
+  const created = q(t.createdAt);
+  // A partitioned table's primary key must contain its partition key.
+  const key = partitioned ? ' NOT NULL DEFAULT gen_random_uuid()' : ' PRIMARY KEY DEFAULT gen_random_uuid()';
+  const lines = `CREATE TABLE IF NOT EXISTS ${t.qualified} (
+  ${q(c.id)} uuid${key},  -- message id; consumers dedupe on it
   ${q(c.aggregatetype)} text NOT NULL,                      -- picks the destination (topic / routing key)
   ${q(c.aggregateid)} text NOT NULL,                        -- shard key: Kafka key, per-key order
   ${q(c.type)} text,                                        -- event type
@@ -21,10 +30,34 @@ export function outboxDdl(t: TableConfig): string {
   ${q(c.causation_id)} text,
   ${q(c.reply_to)} text,
   ${q(c.traceparent)} text,
-  created_at timestamptz NOT NULL DEFAULT now()
-);
+  ${created} timestamptz NOT NULL DEFAULT now()${
+    partitioned
+      ? `,
+  PRIMARY KEY (${q(c.id)}, ${created})`
+      : ''
+  }
+)${partitioned ? ` PARTITION BY RANGE (${created})` : ''};
+CREATE INDEX IF NOT EXISTS ${q(`${t.table}_${t.createdAt}_idx`)} ON ${t.qualified} (${created});  -- pruning and replay`;
+  if (!partitioned) {
+    return `${lines}
 -- outboxd reads inserts from the WAL, so rows may be deleted right away (even in the same
--- transaction) or by a periodic cleanup job; updates and deletes are ignored.`;
+-- transaction), by outboxd's pruning (outbox.prune) or by a cleanup job; updates and deletes are ignored.`;
+  }
+  const now = partitioned.now ?? new Date();
+  const today = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate());
+  const parts: string[] = [];
+  for (let d = 0; d <= partitioned.premake; d++) {
+    const from = today + d * 86_400_000;
+    parts.push(
+      `CREATE TABLE IF NOT EXISTS ${partitionName(t, from)} PARTITION OF ${t.qualified} FOR VALUES FROM ('${new Date(from).toISOString()}') TO ('${new Date(from + 86_400_000).toISOString()}');`,
+    );
+  }
+  return `${lines}
+-- Daily partitions (UTC) from today; with outbox.prune.mode: partitions the relay keeps
+-- prune.premake days created ahead and drops whole partitions once confirmed and past retain.
+${parts.join('\n')}
+-- Catches rows no daily partition covers (the relay was down longer than premake days); pruned row by row.
+CREATE TABLE IF NOT EXISTS ${q(t.schema)}.${q(`${t.table}_default`)} PARTITION OF ${t.qualified} DEFAULT;`;
 }
 
 /** The SQL `setup` runs, for `--print`. */
@@ -32,16 +65,17 @@ export function setupSql(cfg: Config): string {
   const pub = cfg.postgres.publication;
   const tables = cfg.outbox.tables.map((t) => t.qualified).join(', ');
   return [
-    `CREATE PUBLICATION ${pub}${tables ? ` FOR TABLE ${tables}` : ''} WITH (publish = 'insert');`,
+    `CREATE PUBLICATION ${pub}${tables ? ` FOR TABLE ${tables}` : ''} WITH (publish = 'insert', publish_via_partition_root = true);`,
     `COMMENT ON PUBLICATION ${pub} IS 'outboxd:{"slots":["${cfg.postgres.slot}"]}';  -- lets outboxd tell a lost slot from a first start`,
     `SELECT pg_create_logical_replication_slot('${cfg.postgres.slot}', 'pgoutput');`,
   ].join('\n');
 }
 
 /** `outboxd setup [--print]`. */
-export async function setupCommand(cfg: Config, print: boolean, out: NodeJS.WritableStream): Promise<number> {
+export async function setupCommand(cfg: Config, print: boolean, out: NodeJS.WritableStream, partitioned = false): Promise<number> {
   out.write('-- outbox table(s) for this config:\n');
-  for (const t of cfg.outbox.tables) out.write(`${outboxDdl(t)}\n\n`);
+  const byDay = partitioned ? { premake: cfg.outbox.prune.premake } : undefined;
+  for (const t of cfg.outbox.tables) out.write(`${outboxDdl(t, byDay)}\n\n`);
   if (print) {
     out.write(`-- publication and slot:\n${setupSql(cfg)}\n`);
     return ExitCode.ok;

@@ -194,7 +194,7 @@ export const ConfigSchema = section(
             'Delete confirmed rows older than retain: off, delete (batched DELETEs) or partitions (drop whole daily partitions).',
           ),
           retain: duration('24h', 'Keep every row at least this long after its created_at, for replay.', { min: 0 }),
-          interval: duration('1m', 'How often a pruning round starts (each needs the watermark to pass its start).', { min: 1000 }),
+          interval: duration('1m', 'How often a pruning round starts (each needs the watermark to pass its start).', { min: 100 }),
           batchSize: int(5_000, 'delete: the most rows one DELETE removes.', { min: 1, max: 1_000_000 }),
           pause: duration('100ms', 'delete: the pause between two DELETEs.', { min: 0, max: 60_000 }),
           lockTimeout: duration('1s', 'A DELETE, DETACH or DROP that waits for a lock this long gives up this round.', { min: 10 }),

@@ -217,6 +217,46 @@ export function createMetrics(registry = new Registry()) {
       labelNames: ['target'],
       registers: r,
     }),
+    prunedRows: new Counter({
+      name: 'outboxd_pruned_rows_total',
+      help: 'Outbox rows deleted by pruning (confirmed and older than outbox.prune.retain), per table.',
+      labelNames: ['table'],
+      registers: r,
+    }),
+    partitionsDropped: new Counter({
+      name: 'outboxd_pruned_partitions_total',
+      help: 'Outbox partitions dropped whole by pruning (prune.mode: partitions), per table.',
+      labelNames: ['table'],
+      registers: r,
+    }),
+    partitionsCreated: new Counter({
+      name: 'outboxd_partitions_created_total',
+      help: 'Daily outbox partitions created ahead of time (prune.mode: partitions), per table.',
+      labelNames: ['table'],
+      registers: r,
+    }),
+    pruneSkipped: new Counter({
+      name: 'outboxd_prune_skipped_total',
+      help: 'Pruning steps given up for the round, by reason (lock_timeout: a lock waited past prune.lockTimeout).',
+      labelNames: ['reason'],
+      registers: r,
+    }),
+    oldestRowAge: new Gauge({
+      name: 'outboxd_outbox_oldest_row_age_seconds',
+      help: "The oldest outbox row's age by its created-at column, per table (read each pruning round; 0 when empty).",
+      labelNames: ['table'],
+      registers: r,
+    }),
+    confirmedEpochXid: new Gauge({
+      name: 'outboxd_confirmed_epoch_xid',
+      help: 'The last passed pruning epoch: every outbox row from a transaction below this id is confirmed (recorded in the lost-slot marker).',
+      registers: r,
+    }),
+    recoveredMessages: new Counter({
+      name: 'outboxd_recovered_messages_total',
+      help: 'Messages published again from the outbox table by lost-slot recovery (postgres.onLostSlot: recover-from-outbox).',
+      registers: r,
+    }),
     transactions: new Counter({
       name: 'outboxd_transactions_total',
       help: 'Transactions read from the replication stream.',

@@ -22,7 +22,10 @@ export async function checkWalLevel(client: pg.Client): Promise<void> {
  */
 export async function ensurePublication(client: pg.Client, cfg: Config): Promise<'created' | 'exists'> {
   const pub = cfg.postgres.publication;
-  const { rows } = await client.query<{ puballtables: boolean }>('SELECT puballtables FROM pg_publication WHERE pubname = $1', [pub]);
+  const { rows } = await client.query<{ puballtables: boolean; pubviaroot: boolean }>(
+    'SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1',
+    [pub],
+  );
   const tables = cfg.outbox.tables;
   if (rows.length === 0) {
     if (!cfg.postgres.createPublication) {
@@ -38,11 +41,23 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
     try {
       // Inserts only: publishing updates and deletes would make Postgres reject UPDATE and DELETE
       // on an outbox table without a replica identity, breaking cleanup jobs.
-      await client.query(`CREATE PUBLICATION ${pub}${list} WITH (publish = 'insert')`);
+      // Via the partition root: a partitioned outbox's rows arrive under its own name, so its
+      // mapping and destination apply (without it they would carry each partition's name).
+      await client.query(`CREATE PUBLICATION ${pub}${list} WITH (publish = 'insert', publish_via_partition_root = true)`);
     } catch (err) {
       if ((err as { code?: string }).code !== '42710') throw classifyPgError(err, `creating publication ${pub}`);
     }
     return 'created';
+  }
+  if (!rows[0]?.pubviaroot) {
+    for (const [i, t] of tables.entries()) {
+      if (await isPartitioned(client, t)) {
+        throw new ConfigError(
+          `outbox.tables[${i}].name`,
+          `table ${t.schema}.${t.table} is partitioned and publication ${pub} publishes its rows under each partition's name, which outboxd would not relay; run: ALTER PUBLICATION ${pub} SET (publish_via_partition_root = true)`,
+        );
+      }
+    }
   }
   if (rows[0]?.puballtables) return 'exists';
   const covered = await client.query<{ schemaname: string; tablename: string }>(
@@ -59,6 +74,14 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
     }
   });
   return 'exists';
+}
+
+async function isPartitioned(client: pg.Client, t: TableConfig): Promise<boolean> {
+  const { rows } = await client.query(
+    `SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'p'`,
+    [t.schema, t.table],
+  );
+  return rows.length > 0;
 }
 
 async function checkTableExists(client: pg.Client, t: TableConfig): Promise<void> {

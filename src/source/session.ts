@@ -3,6 +3,7 @@ import type { Config } from '../config/config.js';
 import type { Position, SourceIdentity } from '../interfaces.js';
 import { ConfigError, type OutboxdError, PoisonError, SlotBusyError, SlotError } from '../errors.js';
 import { ZERO_LSN, formatLsn } from '../lsn.js';
+import { Pruner } from '../outbox/prune.js';
 import type { Liveness } from '../observability/liveness.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -43,6 +44,8 @@ export interface SourceEvents {
 export class Source {
   private readonly admin: AdminConnection;
   private readonly monitor: SlotMonitor;
+  /** Pruning and the confirmed epoch (outbox/prune.ts), when configured: on the leader, while it streams. */
+  private readonly pruner: Pruner | null;
   private stream: ReplicationStream | null = null;
 
   constructor(
@@ -66,6 +69,7 @@ export class Source {
     this.monitor = new SlotMonitor(cfg.postgres, this.admin, metrics, log.child({ module: 'monitor' }), (stuck, ms, detail) =>
       this.events.onStuck?.(stuck, ms, detail),
     );
+    this.pruner = Pruner.wanted(cfg) ? new Pruner(cfg, () => watermark.lsn, metrics, log.child({ module: 'prune' })) : null;
   }
 
   /**
@@ -170,6 +174,7 @@ export class Source {
       progress();
       this.events.onState('streaming');
       this.monitor.start();
+      this.pruner?.start();
       const stop = () => void stream.stop();
       signal.addEventListener('abort', stop, { once: true });
       try {
@@ -181,6 +186,7 @@ export class Source {
       throw classifyPgError(err, 'replication stream') as OutboxdError;
     } finally {
       this.monitor.stop();
+      await this.pruner?.stop();
       this.stream = null;
       this.ingest.resetSession();
     }
@@ -203,6 +209,7 @@ export class Source {
 
   async close(): Promise<void> {
     this.monitor.stop();
+    await this.pruner?.stop();
     await this.stream?.stop();
     await this.admin.close();
   }

@@ -63,6 +63,10 @@ export interface BundleOptions {
   kafkaBrokers?: string;
   extra?: string;
   sinkExtra?: string;
+  /** More `postgres:` keys, indented two spaces (e.g. `  onLostSlot: recover-from-outbox\n`). */
+  postgresExtra?: string;
+  /** More `outbox:` keys, indented two spaces (e.g. an `  prune:` section). */
+  outboxExtra?: string;
   onPoison?: 'halt' | 'dead-letter';
   ddl?: string[];
   encoding?: 'UTF8' | 'SQL_ASCII';
@@ -139,10 +143,10 @@ ${o.sinkExtra ?? ''}`;
   progressTimeout: \${OUTBOXD_TEST_PROGRESS_TIMEOUT:-5m}
   connectTimeout: 2s
   reconnect: { initial: 100ms, max: 1s }
-outbox:
+${o.postgresExtra ?? ''}outbox:
   tables:
 ${(o.tables ?? ['public.outbox']).map((t) => `    - name: ${t}\n`).join('')}  onPoison: ${o.onPoison ?? 'halt'}
-pipeline:
+${o.outboxExtra ?? ''}pipeline:
   maxInFlightMessages: 2000
   maxInFlightBytes: 4MiB
   batchMaxMessages: 500
