@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import { defaultKafkaWorkers } from './cores.js';
 import { parseTemplate, type Template } from '../outbox/template.js';
+import { type PgUrl, parsePgUrl } from './pg-url.js';
 import { COLUMN_FIELDS, type ColumnField, ConfigSchema, type ConfigInput } from './schema.js';
 import { parseDurationMs, parseSizeBytes } from './units.js';
 import { describe, validate } from './validate.js';
@@ -53,14 +54,18 @@ const ms = (d: string): number => parseDurationMs(d) as number;
 const bytes = (s: string): number => parseSizeBytes(s) as number;
 
 function compilePostgres(p: ConfigInput['postgres']) {
-  if (!/^postgres(ql)?:\/\//.test(p.url)) throw new ConfigError('postgres.url', 'must be a postgres:// or postgresql:// URL');
+  let parsed: PgUrl;
   try {
-    new URL(p.url);
-  } catch {
-    throw new ConfigError('postgres.url', 'is not a valid URL');
+    parsed = parsePgUrl(p.url);
+  } catch (err) {
+    throw new ConfigError('postgres.url', (err as Error).message);
   }
   return {
     url: p.url,
+    /** The URL's hosts in the order they are tried, each as a single-host URL (pg-url.ts). */
+    hosts: parsed.hosts,
+    /** Which host to keep (libpq's rule): `any` takes the first that answers. */
+    targetSessionAttrs: parsed.targetSessionAttrs,
     /** Overrides the URL's password; from `passwordFile` or `password`. */
     password: p.passwordFile !== undefined ? readSecret('postgres.passwordFile', p.passwordFile) : p.password,
     slot: p.slot,
@@ -267,7 +272,8 @@ export function secretsOf(cfg: Config): string[] {
       return '';
     }
   };
-  const out = [cfg.postgres.password ?? '', urlPassword(cfg.postgres.url)];
+  // parsePgUrl, not new URL: a multi-host URL is not a WHATWG URL.
+  const out = [cfg.postgres.password ?? '', parsePgUrl(cfg.postgres.url).password];
   if (cfg.sink.type === 'kafka') out.push(cfg.sink.kafka.sasl?.password ?? '', cfg.sink.kafka.ssl?.key ?? '');
   if (cfg.sink.type === 'rabbitmq') out.push(urlPassword(cfg.sink.rabbitmq.url), cfg.sink.rabbitmq.tls?.key ?? '');
   return out.filter((s) => s !== '');
