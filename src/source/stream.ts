@@ -1,4 +1,4 @@
-import pg from 'pg';
+import type pg from 'pg';
 import type { Watermark } from '../checkpoint/watermark.js';
 import type { PostgresConfig } from '../config/config.js';
 import { OutboxdError, PgConnectionError, SinkError } from '../errors.js';
@@ -6,7 +6,7 @@ import type { SourceIdentity } from '../interfaces.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import { coalesceReads } from './coalesce.js';
-import { clientConfig } from './connect.js';
+import { connectClient, hostOf } from './connect.js';
 import { classifyPgError } from './pg-errors.js';
 import { PgoutputDecoder, type PgoutputHandler, type TableInterest } from './pgoutput.js';
 import { type CopyConnection, StartReplication, standbyStatusUpdate } from './replication-protocol.js';
@@ -35,7 +35,8 @@ export interface ChangeHandler<T extends TableInterest = TableInterest> extends 
  */
 export class ReplicationStream {
   private readonly decoder: PgoutputDecoder;
-  private readonly client: pg.Client;
+  /** The replication connection, once start() opened it. */
+  private client: pg.Client | null = null;
   private connection: CopyConnection | null = null;
   private lastSent: Lsn = -1n;
   private statusQueued = false;
@@ -68,7 +69,6 @@ export class ReplicationStream {
     private readonly beforeStart?: (source: SourceIdentity) => Promise<void>,
   ) {
     this.decoder = new PgoutputDecoder(handler);
-    this.client = new pg.Client({ ...clientConfig(cfg), replication: 'database' } as pg.ClientConfig);
     this.ended = new Promise<void>((resolve, reject) => {
       this.settle = { resolve, reject };
     });
@@ -78,12 +78,26 @@ export class ReplicationStream {
 
   /** Starts streaming. Resolves once the server has started replication; rejects on failure. */
   async start(): Promise<void> {
-    this.client.on('error', (err: Error) => this.end(classifyPgError(err, 'replication stream')));
-    this.client.on('end', () => this.end(this.stopped ? null : new PgConnectionError('replication stream: connection terminated')));
+    let client: pg.Client;
     try {
-      await this.client.connect();
-      await rawTextInSqlAscii(this.client);
-      if (this.beforeStart) await this.beforeStart(await identifySystem(this.client));
+      // The host is chosen as the admin connection's was (postgres.url's order and
+      // target_session_attrs), so after a promotion both go to the new primary.
+      client = await connectClient(this.cfg, { replication: 'database' } as Partial<pg.ClientConfig>);
+    } catch (err) {
+      this.end(classifyPgError(err, 'starting replication'));
+      return this.ended;
+    }
+    if (this.stopped) {
+      await client.end().catch(() => undefined);
+      return;
+    }
+    this.client = client;
+    if (this.cfg.hosts.length > 1) this.log.info({ host: hostOf(client) }, 'replication connection opened');
+    client.on('error', (err: Error) => this.end(classifyPgError(err, 'replication stream')));
+    client.on('end', () => this.end(this.stopped ? null : new PgConnectionError('replication stream: connection terminated')));
+    try {
+      await rawTextInSqlAscii(client);
+      if (this.beforeStart) await this.beforeStart(await identifySystem(client));
     } catch (err) {
       this.end(err instanceof SinkError ? err : classifyPgError(err, 'starting replication'));
       await this.ended;
@@ -111,7 +125,7 @@ export class ReplicationStream {
           ),
       });
       // A Submittable: pg calls its submit() and handlers, and returns it (not a promise).
-      this.client.query(query as unknown as pg.QueryConfig);
+      client.query(query as unknown as pg.QueryConfig);
     });
     await Promise.race([started, this.ended]);
     this.unsubscribe = this.watermark.onMove(() => this.statusSoon());
@@ -176,7 +190,7 @@ export class ReplicationStream {
     if (this.stopped) return;
     this.stopped = true;
     this.clearTimers();
-    await this.client.end().catch((err: unknown) => this.log.debug({ err }, 'replication stop'));
+    await this.client?.end().catch((err: unknown) => this.log.debug({ err }, 'replication stop'));
     this.end(null);
   }
 
@@ -215,7 +229,7 @@ export class ReplicationStream {
       s.reject(err);
       // Stop reading: nothing after a failure may be processed, and nothing unprocessed is confirmed.
       this.stopped = true;
-      this.client.end().catch(() => undefined);
+      this.client?.end().catch(() => undefined);
     } else s.resolve();
   }
 
