@@ -2,7 +2,7 @@ import pg from 'pg';
 import type { PostgresConfig } from '../config/config.js';
 import { ConfigError, PgConnectionError, SlotError } from '../errors.js';
 import { type Lsn, parseLsn } from '../lsn.js';
-import { connectAdmin, serverVersion } from './connect.js';
+import { connectAdmin, connectSameHost, hostOf, serverVersion } from './connect.js';
 import { classifyPgError } from './pg-errors.js';
 
 /**
@@ -20,6 +20,14 @@ export interface SlotInfo {
   restartLsn: Lsn | null;
   walStatus: string | null;
   invalidationReason: string | null;
+  /** PostgreSQL 17+: standbys with sync_replication_slots keep a copy of it (false before 17). */
+  failover: boolean;
+  /**
+   * PostgreSQL 17+: a copy synchronised from a primary. On a standby such a slot cannot be
+   * streamed from. A promoted standby keeps the flag (17.10 does, measured): on a primary it
+   * means nothing, and the slot is usable.
+   */
+  synced: boolean;
 }
 
 export async function inspectSlot(client: pg.Client, slot: string): Promise<SlotInfo | null> {
@@ -33,9 +41,11 @@ export async function inspectSlot(client: pg.Client, slot: string): Promise<Slot
     restart_lsn: string | null;
     wal_status: string | null;
     invalidation: string | null;
+    failover: boolean;
+    synced: boolean;
   }>(
     `SELECT slot_name, plugin, database, active, active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status,
-            ${(await serverVersion(client)) >= 170000 ? 'invalidation_reason' : 'NULL::text'} AS invalidation
+            ${(await serverVersion(client)) >= 170000 ? 'invalidation_reason AS invalidation, failover, synced' : 'NULL::text AS invalidation, false AS failover, false AS synced'}
        FROM pg_replication_slots WHERE slot_name = $1`,
     [slot],
   );
@@ -51,6 +61,8 @@ export async function inspectSlot(client: pg.Client, slot: string): Promise<Slot
     restartLsn: r.restart_lsn ? parseLsn(r.restart_lsn) : null,
     walStatus: r.wal_status,
     invalidationReason: r.invalidation,
+    failover: r.failover,
+    synced: r.synced,
   };
 }
 
@@ -123,8 +135,10 @@ async function writeMarkerDoc(client: pg.Client, publication: string, doc: Marke
 }
 
 /**
- * Returns the slot, creating it on the first start. Throws SlotError when the slot is lost,
- * invalidated, belongs to another database or plugin, or is missing and may not be created.
+ * Returns the slot, creating it on the first start (a failover slot when postgres.failover is
+ * set, and an existing one made so). Throws SlotError when the slot is lost (see lostSlot),
+ * belongs to another database or plugin, or is missing and may not be created; ConfigError when
+ * postgres.failover asks for what the server lacks.
  */
 export async function ensureSlot(
   client: pg.Client,
@@ -132,23 +146,25 @@ export async function ensureSlot(
   onWait: (blockers: Blocker[], waitedMs: number) => void = () => undefined,
 ): Promise<{ slot: SlotInfo; created: boolean }> {
   const name = cfg.slot;
+  if (cfg.failover) await requireFailoverSlots(client);
   const marker = await readMarker(client, cfg.publication);
   const existing = await inspectSlot(client, name);
+  const lost = await lostSlot(client, cfg, existing, marker.includes(name));
+  // postgres.onLostSlot: `exit` is this throw (exit code 4); recover-from-outbox takes over here.
+  if (lost) throw new SlotError(lost.code, lost.message);
   if (existing) {
     checkSlotUsable(existing, await currentDatabase(client));
     if (!marker.includes(name)) await writeMarker(client, cfg.publication, [...marker, name]);
+    if (cfg.failover && !existing.failover) {
+      await enableFailover(client, cfg);
+      return { slot: { ...existing, failover: true }, created: false };
+    }
     return { slot: existing, created: false };
-  }
-  if (marker.includes(name)) {
-    throw new SlotError(
-      'SLOT_LOST',
-      `replication slot ${name} is gone (it existed: publication ${cfg.publication} records it). Rows written while it was missing may never have been relayed, so outboxd will not recreate it. See docs/runbook.md#lost-slot; to start over from now, clear the marker: COMMENT ON PUBLICATION ${cfg.publication} IS NULL`,
-    );
   }
   if (!cfg.createSlot) {
     throw new SlotError(
       'SLOT_MISSING',
-      `replication slot ${name} does not exist and postgres.createSlot is false; create it: SELECT pg_create_logical_replication_slot('${name}', 'pgoutput')`,
+      `replication slot ${name} does not exist and postgres.createSlot is false; create it: SELECT pg_create_logical_replication_slot('${name}', 'pgoutput'${cfg.failover ? ', false, false, true' : ''})`,
     );
   }
   // Marker first: if the role cannot write it, fail before a slot exists that would pin WAL.
@@ -167,6 +183,114 @@ export async function ensureSlot(
   const slot = await inspectSlot(client, name);
   if (!slot) throw new SlotError('SLOT_LOST', `replication slot ${name} vanished right after it was created`);
   return { slot, created: true };
+}
+
+/** Why the recorded slot cannot be streamed from: what postgres.onLostSlot acts on. */
+export interface LostSlot {
+  code: 'SLOT_LOST' | 'SLOT_INVALIDATED';
+  /** dropped: missing on the server it was made on; not-synchronised: missing on a promoted standby; invalidated: its WAL is gone. */
+  kind: 'dropped' | 'not-synchronised' | 'invalidated';
+  slot: string;
+  /** host:port of the server it was looked for on. */
+  host: string;
+  /** Where the slot stood, when it still exists (invalidated); null when it is missing. */
+  confirmedFlushLsn: Lsn | null;
+  /** One line: what happened, what it means, where to read on. */
+  message: string;
+}
+
+/**
+ * The one decision of "lost": the slot the publication's marker records (`recorded`) cannot be
+ * streamed from, and a new one would start at "now", skipping every row in between (ADR 0003).
+ * Null when the slot is usable, or absent and never made (a first start).
+ *
+ * Only a server that accepts writes decides. On a standby (postgres.url without
+ * target_session_attrs=read-write, during a failover) a missing slot or a synchronised copy
+ * means "not yet": a PgConnectionError, retried until a primary answers.
+ *
+ * After a failover the new primary is on a later timeline. A recorded slot missing there was
+ * not synchronised to it before the promotion (no failover slot, no sync_replication_slots, or
+ * the promotion came before the first sync); on timeline 1 it was dropped.
+ */
+export async function lostSlot(
+  client: pg.Client,
+  cfg: PostgresConfig,
+  existing: SlotInfo | null,
+  recorded: boolean,
+): Promise<LostSlot | null> {
+  const host = hostOf(client);
+  const name = cfg.slot;
+  if (existing && existing.walStatus !== 'lost' && !existing.invalidationReason && !existing.synced) return null;
+  if (!existing && !recorded) return null;
+  const { rows } = await client.query<{ in_recovery: boolean; walfile: string | null }>(
+    `SELECT pg_is_in_recovery() AS in_recovery,
+            CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile`,
+  );
+  if (rows[0]?.in_recovery) {
+    throw new PgConnectionError(
+      existing
+        ? `replication slot ${name} on ${host} is a copy synchronised from the primary, and ${host} is a standby (in recovery): it can be streamed from only after a promotion; add target_session_attrs=read-write to postgres.url`
+        : `${host} is a standby (in recovery) without replication slot ${name}; add target_session_attrs=read-write to postgres.url`,
+    );
+  }
+  if (existing) {
+    if (existing.walStatus !== 'lost' && !existing.invalidationReason) return null; // synced, but on a promoted primary: usable
+    return {
+      code: 'SLOT_INVALIDATED',
+      kind: 'invalidated',
+      slot: name,
+      host,
+      confirmedFlushLsn: existing.confirmedFlushLsn,
+      message: `${invalidatedMessage(existing)}${existing.synced ? ` (this copy was synchronised from the old primary and invalidated on ${host} before its promotion)` : ''}`,
+    };
+  }
+  const timeline = Number.parseInt((rows[0]?.walfile ?? '').slice(0, 8), 16) || 1;
+  if (timeline > 1) {
+    return {
+      code: 'SLOT_LOST',
+      kind: 'not-synchronised',
+      slot: name,
+      host,
+      confirmedFlushLsn: null,
+      message: `replication slot ${name} is missing on ${host}, a promoted server (timeline ${timeline}): it was not synchronised to it before the failover (${cfg.failover ? 'check sync_replication_slots and hot_standby_feedback on the standby, synchronized_standby_slots on the primary, and that the sync had happened' : 'postgres.failover is false, so no standby keeps a copy'}). Rows written since may never have been relayed, so outboxd will not recreate it. See docs/runbook.md#failover`,
+    };
+  }
+  return {
+    code: 'SLOT_LOST',
+    kind: 'dropped',
+    slot: name,
+    host,
+    confirmedFlushLsn: null,
+    message: `replication slot ${name} is gone (it existed: publication ${cfg.publication} records it). Rows written while it was missing may never have been relayed, so outboxd will not recreate it. See docs/runbook.md#lost-slot; to start over from now, clear the marker: COMMENT ON PUBLICATION ${cfg.publication} IS NULL`,
+  };
+}
+
+/** postgres.failover needs failover slots: PostgreSQL 17 or later. */
+async function requireFailoverSlots(client: pg.Client): Promise<void> {
+  const v = await serverVersion(client);
+  if (v >= 170000) return;
+  throw new ConfigError(
+    'postgres.failover',
+    `needs PostgreSQL 17 or later (failover slots); ${hostOf(client)} runs ${Math.floor(v / 10000)}.${v % 10000}: set postgres.failover: false`,
+  );
+}
+
+/**
+ * Makes an existing slot a failover slot. There is no SQL function for it: the replication
+ * protocol's ALTER_REPLICATION_SLOT, on a replication connection to the admin connection's host.
+ * The slot must be inactive, which it is while we lead and before we stream.
+ */
+async function enableFailover(client: pg.Client, cfg: PostgresConfig): Promise<void> {
+  const repl = await connectSameHost(cfg, client, { replication: 'database' } as Partial<pg.ClientConfig>);
+  try {
+    await repl.query(`ALTER_REPLICATION_SLOT "${cfg.slot}" ( FAILOVER true )`);
+  } catch (err) {
+    const e = classifyPgError(err, `enabling failover on replication slot ${cfg.slot}`);
+    if (e.retriable) throw e;
+    throw new ConfigError('postgres.failover', `${e.message}; set postgres.failover: false, or recreate the slot as a failover slot`);
+  } finally {
+    await repl.end().catch(() => undefined);
+  }
 }
 
 /** A transaction that slot creation waits for. */
@@ -225,7 +349,9 @@ async function createSlotWatched(
   try {
     await client.query(`SELECT set_config('statement_timeout', $1, false)`, [String(cfg.slotCreateTimeoutMs)]);
     try {
-      await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [cfg.slot]);
+      // PostgreSQL 17: (slot_name, plugin, temporary, twophase, failover).
+      if (cfg.failover) await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)`, [cfg.slot]);
+      else await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [cfg.slot]);
     } finally {
       await client.query(`SELECT set_config('statement_timeout', $1, false)`, [String(cfg.statementTimeoutMs)]).catch(() => undefined);
     }
@@ -255,12 +381,11 @@ export function checkSlotUsable(slot: SlotInfo, database: string): void {
   if (slot.database !== database) {
     throw new SlotError('SLOT_INVALIDATED', `replication slot ${slot.name} belongs to database "${slot.database}", not "${database}"`);
   }
-  if (slot.walStatus === 'lost' || slot.invalidationReason) {
-    throw new SlotError(
-      'SLOT_INVALIDATED',
-      `replication slot ${slot.name} is invalidated (${slot.invalidationReason ?? 'wal_status lost'}): the WAL it needed was removed, rows may have been lost. See docs/runbook.md#lost-slot`,
-    );
-  }
+  if (slot.walStatus === 'lost' || slot.invalidationReason) throw new SlotError('SLOT_INVALIDATED', invalidatedMessage(slot));
+}
+
+function invalidatedMessage(slot: SlotInfo): string {
+  return `replication slot ${slot.name} is invalidated (${slot.invalidationReason ?? 'wal_status lost'}): the WAL it needed was removed, rows may have been lost. See docs/runbook.md#lost-slot`;
 }
 
 async function currentDatabase(client: pg.Client): Promise<string> {

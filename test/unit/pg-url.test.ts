@@ -53,7 +53,10 @@ describe('parsePgUrl', () => {
 
 describe('postgres.url with several hosts', () => {
   it('compiles, and each host gets the password override', () => {
-    const cfg = parseConfig('postgres:\n  url: postgres://u:old@h1:5432,h2:5433/db?target_session_attrs=read-write\n  password: n3w-secret\n', {});
+    const cfg = parseConfig(
+      'postgres:\n  url: postgres://u:old@h1:5432,h2:5433/db?target_session_attrs=read-write\n  password: n3w-secret\n',
+      {},
+    );
     expect(cfg.postgres.hosts.map((h) => h.label)).toEqual(['h1:5432', 'h2:5433']);
     expect(cfg.postgres.targetSessionAttrs).toBe('read-write');
     expect(clientConfig(cfg.postgres, cfg.postgres.hosts[1]).connectionString).toBe(
