@@ -4,7 +4,8 @@ import { COLUMN_FIELDS, REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { oneLine } from '../errors.js';
 import { createLogger } from '../observability/logger.js';
 import { loadSink } from '../sink/index.js';
-import { connectAdmin } from '../source/connect.js';
+import { connectAdmin, hostOf, scalar } from '../source/connect.js';
+import { failoverChecks } from './failover-checks.js';
 import { checkSlotUsable, inspectSlot, readMarker } from '../source/slot.js';
 
 /** One line of `validate --connect`: what was checked, whether it holds, and how to fix it. */
@@ -30,7 +31,7 @@ export async function runChecks(cfg: Config): Promise<Check[]> {
     add(
       'postgres connection',
       'ok',
-      `connected as ${await scalar(client, 'SELECT current_user')} to ${await scalar(client, 'SELECT current_database()')} (Postgres ${await scalar(client, 'SHOW server_version')})`,
+      `connected as ${await scalar(client, 'SELECT current_user')} to ${await scalar(client, 'SELECT current_database()')}${cfg.postgres.hosts.length > 1 ? ` on ${hostOf(client)}` : ''} (Postgres ${await scalar(client, 'SHOW server_version')})`,
     );
   } catch (err) {
     add('postgres connection', 'fail', `${oneLine(err)} — check postgres.url, the password and pg_hba.conf`);
@@ -137,6 +138,8 @@ export async function runChecks(cfg: Config): Promise<Check[]> {
       );
     }
 
+    if (cfg.postgres.failover) await failoverChecks(cfg, client, add);
+
     const keep = await scalar(client, 'SHOW max_slot_wal_keep_size');
     add(
       'max_slot_wal_keep_size',
@@ -229,10 +232,4 @@ async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   } finally {
     clearTimeout(timer);
   }
-}
-
-async function scalar(client: pg.Client, sql: string): Promise<string> {
-  const { rows } = await client.query<Record<string, unknown>>(sql);
-  const first = rows[0];
-  return first ? String(Object.values(first)[0]) : '';
 }
