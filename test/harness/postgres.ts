@@ -129,6 +129,17 @@ async function canQuery(url: string): Promise<boolean> {
   }
 }
 
+/** How a server's data dir comes to be, when not by a plain initdb (startPostgres's second argument). */
+export interface PgStartOptions {
+  /** Lines appended to postgresql.conf after the harness's own (later settings win). */
+  conf?: string[];
+  /**
+   * Fills the data dir instead of initdb (a copy of another server's, for a physical standby).
+   * The harness then appends its own settings for this server's port and socket dir, and `conf`.
+   */
+  seed?: (dataDir: string, owner: Owner | undefined) => Promise<void>;
+}
+
 class PgServerImpl implements PgServer {
   readonly host = HOST;
   readonly url: string;
@@ -141,6 +152,7 @@ class PgServerImpl implements PgServer {
     private readonly binDir: string,
     private readonly owner: Owner | undefined,
     private readonly sd: ServiceDir,
+    private readonly options: PgStartOptions = {},
   ) {
     this.url = `postgres://${PG_USER}:${PG_PASSWORD}@${HOST}:${port}/postgres`;
     this.dataDir = join(sd.dir, 'data');
@@ -151,6 +163,11 @@ class PgServerImpl implements PgServer {
   }
 
   async init(): Promise<void> {
+    if (this.options.seed) {
+      await this.options.seed(this.dataDir, this.owner);
+      await this.configure();
+      return;
+    }
     const pwFile = join(this.sd.dir, 'pwfile');
     await writeFile(pwFile, `${PG_PASSWORD}\n`, { mode: 0o600 });
     if (this.owner) await chown(pwFile, this.owner.uid, this.owner.gid);
@@ -174,6 +191,22 @@ class PgServerImpl implements PgServer {
       ],
       { env: this.env(), owner: this.owner, label: 'initdb' },
     );
+    await this.configure();
+    await writeFile(
+      join(this.dataDir, 'pg_hba.conf'),
+      [
+        '# TYPE  DATABASE     USER  ADDRESS       METHOD',
+        'local   all          all                 trust',
+        'local   replication  all                 trust',
+        `host    all          all   ${HOST}/32  scram-sha-256`,
+        `host    replication  all   ${HOST}/32  scram-sha-256`,
+        '',
+      ].join('\n'),
+    );
+  }
+
+  /** The harness's settings (this server's port and socket dir among them), then `options.conf`. */
+  private async configure(): Promise<void> {
     await appendFile(
       join(this.dataDir, 'postgresql.conf'),
       [
@@ -192,17 +225,7 @@ class PgServerImpl implements PgServer {
         'shared_buffers = 64MB',
         "timezone = 'UTC'",
         "log_line_prefix = '%m [%p] %q%u@%d '",
-        '',
-      ].join('\n'),
-    );
-    await writeFile(
-      join(this.dataDir, 'pg_hba.conf'),
-      [
-        '# TYPE  DATABASE     USER  ADDRESS       METHOD',
-        'local   all          all                 trust',
-        'local   replication  all                 trust',
-        `host    all          all   ${HOST}/32  scram-sha-256`,
-        `host    replication  all   ${HOST}/32  scram-sha-256`,
+        ...(this.options.conf ?? []),
         '',
       ].join('\n'),
     );
@@ -254,14 +277,14 @@ class PgServerImpl implements PgServer {
   }
 }
 
-/** Starts a fresh PostgreSQL `version` server; see PgServer. */
-export async function startPostgres(version: PgMajor): Promise<PgServer> {
+/** Starts a fresh PostgreSQL `version` server (or one seeded by `options.seed`); see PgServer. */
+export async function startPostgres(version: PgMajor, options: PgStartOptions = {}): Promise<PgServer> {
   const owner = await postgresOsUser();
   const binDir = await pgBinDir(version, owner);
   return retryOnPortClash(async () => {
     const port = await getFreePort(HOST);
     const sd = await ServiceDir.create(`pg${version}`, 'SIGQUIT', owner);
-    const server = new PgServerImpl(version, port, binDir, owner, sd);
+    const server = new PgServerImpl(version, port, binDir, owner, sd, options);
     try {
       await server.init();
       await server.start();
