@@ -64,7 +64,7 @@ async function primaryChecks(client: pg.Client, cfg: Config, add: Add): Promise<
     .map((s) => s.trim().replace(/^"(.*)"$/, '$1'))
     .filter((s) => s !== '');
   const physical = await client.query<{ slot_name: string; slot_type: string; active: boolean; feedback: boolean }>(
-    `SELECT slot_name, slot_type, active, catalog_xmin IS NOT NULL AS feedback FROM pg_replication_slots WHERE slot_name = ANY($1)`,
+    `SELECT slot_name, slot_type, active, (xmin IS NOT NULL OR catalog_xmin IS NOT NULL) AS feedback FROM pg_replication_slots WHERE slot_name = ANY($1)`,
     [names],
   );
   if (names.length === 0) {
@@ -81,7 +81,7 @@ async function primaryChecks(client: pg.Client, cfg: Config, add: Add): Promise<
     const problems = [
       ...missing.map((n) => `${n} is not a physical slot on ${host} (logical decoding of failover slots waits for it forever)`),
       ...inactive.map((n) => `${n} is inactive: its standby is not streaming, and outboxd waits for it`),
-      ...noFeedback.map((n) => `${n} carries no catalog xmin: is hot_standby_feedback on on its standby?`),
+      ...noFeedback.map((n) => `${n} carries no xmin from its standby: is hot_standby_feedback on there?`),
     ];
     add(
       'synchronized_standby_slots',

@@ -40,15 +40,19 @@ async function scene(o: { syncSlots: boolean; onLostSlot: 'exit' | 'recover-from
         },
       }),
     );
-    // The bundle's config has no postgres keys of ours: add them beside its slot.
-    const text = readFileSync(b.configFile, 'utf8');
-    writeFileSync(b.configFile, text.replace(/^( {2}slot: .*)$/m, `$1\n  failover: true\n  onLostSlot: ${o.onLostSlot}`));
+    addPostgresKeys(b, `failover: true\n  onLostSlot: ${o.onLostSlot}`);
     const owned = stack.move();
     return { cluster, door, b, [Symbol.asyncDispose]: () => owned.disposeAsync() };
   } catch (err) {
     await stack.disposeAsync();
     throw err;
   }
+}
+
+/** The bundle's config has no postgres keys of ours: adds them beside its slot. */
+function addPostgresKeys(b: Bundle, yaml: string): void {
+  const text = readFileSync(b.configFile, 'utf8');
+  writeFileSync(b.configFile, text.replace(/^( {2}slot: .*)$/m, `$1\n  ${yaml}`));
 }
 
 /** Stops the primary hard, promotes the standby and moves the front door to it. */
@@ -110,6 +114,14 @@ async function syncedCopy(cluster: PrimaryWithStandby, slot: string): Promise<bi
   return r?.c ? lsn(r.c) : null;
 }
 
+/** pg_replication_slots.failover of the bundle's slot, on the primary. */
+async function failoverFlag(b: Bundle): Promise<boolean | undefined> {
+  const { rows } = await b.db.client.query<{ failover: boolean }>('SELECT failover FROM pg_replication_slots WHERE slot_name = $1', [
+    b.db.slot,
+  ]);
+  return rows[0]?.failover;
+}
+
 /** `outboxd validate --connect` on the scene's config: its exit code and its check lines. */
 async function validateConnect(b: Bundle): Promise<{ code: number; stdout: string }> {
   try {
@@ -130,11 +142,11 @@ describe('failover (PostgreSQL 17, failover slots) → rabbitmq', () => {
   it('primary stopped hard, standby promoted: the relay finds the new primary, continues from the synchronised slot, no id lost', async () => {
     await using s = await scene({ syncSlots: true, onLostSlot: 'exit' });
     const { b, cluster } = s;
+    // A slot made before failover was configured: the relay alters it (ALTER_REPLICATION_SLOT).
+    await b.db.client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [b.db.slot]);
     const relay = b.start();
     await relay.ready();
-    expect((await b.db.client.query('SELECT failover FROM pg_replication_slots WHERE slot_name = $1', [b.db.slot])).rows[0]).toEqual({
-      failover: true,
-    });
+    expect(await failoverFlag(b)).toBe(true);
     const validate = await validateConnect(b);
     expect(validate.code).toBe(0);
     for (const check of ['failover hosts', 'synchronized_standby_slots', 'standbys', 'failover slot']) {
@@ -211,6 +223,7 @@ describe('failover (PostgreSQL 17, failover slots) → rabbitmq', () => {
     const { b, cluster } = s;
     const relay = b.start();
     await relay.ready();
+    expect(await failoverFlag(b)).toBe(true);
     const validate = await validateConnect(b);
     expect(validate.code).toBe(1);
     expect(validate.stdout).toMatch(
@@ -232,5 +245,19 @@ describe('failover (PostgreSQL 17, failover slots) → rabbitmq', () => {
       ),
     );
     expect(await cluster.queryStandby('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [b.db.slot])).toEqual([]);
+  });
+
+  it('postgres.failover on PostgreSQL 15: run exits 3 and validate fails, each naming postgres.failover and the version', async () => {
+    await using b = await bundle({ kind: 'rabbitmq' });
+    addPostgresKeys(b, 'failover: true');
+    const validate = await validateConnect(b);
+    expect(validate.stdout).toMatch(
+      /^fail\s+failover slots: postgres\.failover needs PostgreSQL 17 or later; 127\.0\.0\.1:\d+ runs 15\.\d+$/m,
+    );
+    const relay = b.start();
+    expect(await relay.exited).toBe(3);
+    expect(String(relay.logLines().find((l) => l.level === 'fatal')?.msg)).toMatch(
+      /^config postgres\.failover: needs PostgreSQL 17 or later \(failover slots\); 127\.0\.0\.1:\d+ runs 15\.\d+: set postgres\.failover: false$/,
+    );
   });
 });
