@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'PG_CONNECTION'
   | 'PG_PROTOCOL'
   | 'POISON'
+  | 'RECOVERY_HALTED'
   | 'SINK_RETRIABLE'
   | 'SINK_FATAL'
   | 'INTERNAL';

@@ -29,7 +29,7 @@ import { recordConfirmedXid } from '../source/slot.js';
 export class Pruner {
   private timer: NodeJS.Timeout | null = null;
   private client: pg.Client | null = null;
-  private epoch: { xmin: bigint; walLsn: Lsn; startedAt: number } | null = null;
+  private epoch: Epoch | null = null;
   private running: Promise<void> | null = null;
   private stopped = true;
 
@@ -95,8 +95,8 @@ export class Pruner {
       );
       return;
     }
-    const { xmin } = this.epoch;
-    await recordConfirmedXid(client, this.cfg.postgres.publication, xmin);
+    const { xmin, since } = this.epoch;
+    await recordConfirmedXid(client, this.cfg.postgres.publication, xmin, since);
     this.metrics.confirmedEpochXid.set(Number(xmin));
     const prune = this.cfg.outbox.prune;
     for (const table of this.cfg.outbox.tables) {
@@ -105,9 +105,9 @@ export class Pruner {
         // ctid is unique only within one table: a partitioned table is pruned leaf by leaf.
         const parts = await partitionsOf(client, table);
         for (const relation of parts ? parts.map((p) => p.qualified) : [table.qualified])
-          await this.deleteRows(client, table, relation, xmin);
+          await this.deleteRows(client, table, relation, this.epoch);
       }
-      if (prune.mode === 'partitions') await this.maintainPartitions(client, table, xmin);
+      if (prune.mode === 'partitions') await this.maintainPartitions(client, table, this.epoch);
       await this.reportOldest(client, table);
     }
     this.epoch = await startEpoch(client);
@@ -125,18 +125,21 @@ export class Pruner {
     return client;
   }
 
-  /** Batched DELETEs of the rows below `xmin` and older than `retain`, in `relation` (a table or one partition). */
-  private async deleteRows(client: pg.Client, table: TableConfig, relation: string, xmin: bigint): Promise<number> {
+  /** Batched DELETEs of the rows the epoch confirmed and older than `retain`, in `relation` (a table or one partition). */
+  private async deleteRows(client: pg.Client, table: TableConfig, relation: string, epoch: Epoch): Promise<number> {
     const prune = this.cfg.outbox.prune;
+    const created = quoteIdent(table.createdAt);
     const sql = `DELETE FROM ${relation} WHERE ctid = ANY(ARRAY(
         SELECT ctid FROM ${relation}
-         WHERE ${quoteIdent(table.createdAt)} < now() - make_interval(secs => $1::double precision / 1000)
-           AND ${belowXid('$2')}
-         LIMIT $3))`;
+         WHERE ${created} < now() - make_interval(secs => $1::double precision / 1000)
+           AND ${confirmedBy(created, '$2', '$3', '$1')}
+         LIMIT $4))`;
     let total = 0;
     for (;;) {
       if (this.stopped) break;
-      const deleted = await bounded(client, prune.lockTimeoutMs, (c) => c.query(sql, [prune.retainMs, xmin.toString(), prune.batchSize]));
+      const deleted = await bounded(client, prune.lockTimeoutMs, (c) =>
+        c.query(sql, [prune.retainMs, epoch.xmin.toString(), epoch.since, prune.batchSize]),
+      );
       if (deleted === null) {
         this.metrics.pruneSkipped.inc({ reason: 'lock_timeout' });
         this.log.info({ table: relation }, 'pruning gave up this round: a DELETE waited past prune.lockTimeout');
@@ -157,7 +160,7 @@ export class Pruner {
    * ahead, and an old one dropped whole once its upper bound is older than `retain` and none of
    * its rows is from a transaction at or after the epoch.
    */
-  private async maintainPartitions(client: pg.Client, table: TableConfig, xmin: bigint): Promise<void> {
+  private async maintainPartitions(client: pg.Client, table: TableConfig, epoch: Epoch): Promise<void> {
     const prune = this.cfg.outbox.prune;
     const parts = await partitionsOf(client, table);
     if (parts === null) {
@@ -177,11 +180,11 @@ export class Pruner {
       if (this.stopped) return;
       if (part.isDefault) {
         // Rows that found no daily partition: pruned row by row.
-        await this.deleteRows(client, table, part.qualified, xmin);
+        await this.deleteRows(client, table, part.qualified, epoch);
         continue;
       }
       if (part.to === null || part.to > Date.now() - prune.retainMs) continue;
-      await this.dropPartition(client, table, part, xmin);
+      await this.dropPartition(client, table, part, epoch);
     }
   }
 
@@ -213,15 +216,16 @@ export class Pruner {
     this.log.info({ table: table.qualified, partition: name, from, to }, 'created outbox partition');
   }
 
-  private async dropPartition(client: pg.Client, table: TableConfig, part: Partition, xmin: bigint): Promise<void> {
+  private async dropPartition(client: pg.Client, table: TableConfig, part: Partition, epoch: Epoch): Promise<void> {
     // Under the partition's own lock (writers of other days go on), no transaction can add to it;
     // then only rows below the epoch, all confirmed, may remain. The parent is locked only for
     // the DETACH and DROP, bounded by prune.lockTimeout.
     const outcome = await bounded(client, this.cfg.outbox.prune.lockTimeoutMs, async (c) => {
       await c.query(`LOCK TABLE ${part.qualified} IN ACCESS EXCLUSIVE MODE`);
-      const { rows } = await c.query<{ n: string }>(`SELECT count(*) AS n FROM ${part.qualified} WHERE NOT (${belowXid('$1')})`, [
-        xmin.toString(),
-      ]);
+      const { rows } = await c.query<{ n: string }>(
+        `SELECT count(*) AS n FROM ${part.qualified} WHERE NOT (${confirmedBy(quoteIdent(table.createdAt), '$1', '$2', '$3')})`,
+        [epoch.xmin.toString(), epoch.since, this.cfg.outbox.prune.retainMs],
+      );
       if (Number(rows[0]?.n ?? 0) > 0) return 'unconfirmed' as const;
       await c.query(`ALTER TABLE ${table.qualified} DETACH PARTITION ${part.qualified}`);
       await c.query(`DROP TABLE ${part.qualified}`);
@@ -252,19 +256,37 @@ export class Pruner {
 }
 
 /**
- * The row's transaction is below the epoch's xid ($2, an xid8 as text). age(xmin) is the 32-bit
- * distance from this transaction's id; "below X0" is "further back than this transaction is from
- * X0". A frozen xmin has the largest age, which is right: it is old and committed.
+ * The row is confirmed by the epoch: its transaction is below the epoch's xid (`xid`, an xid8 as
+ * text). age(xmin) is the 32-bit distance from this transaction's id; "below X0" is "further back
+ * than this transaction is from X0".
+ *
+ * A frozen row (VACUUM FREEZE, or PostgreSQL 16's opportunistic freezing) shows xmin 2 and has
+ * lost its id. It is treated as confirmed only when created (its transaction began) more than
+ * max(retain, 1 h) before the epoch began (`since`): a transaction that began that long before
+ * the epoch and committed after it is what this cannot see.
  */
-const belowXid = (param: string) => `age(xmin) > pg_current_xact_id()::text::bigint - ${param}::bigint`;
+function confirmedBy(created: string, xid: string, since: string, retainMs: string): string {
+  return `(CASE WHEN xmin = '2'::xid
+    THEN ${created} < ${since}::timestamptz - make_interval(secs => greatest(${retainMs}::double precision / 1000, 3600))
+    ELSE age(xmin) > pg_current_xact_id()::text::bigint - ${xid}::bigint END)`;
+}
+
+/** An epoch: the snapshot's xmin, then the WAL insert position, and when it began (server clock, text). */
+interface Epoch {
+  xmin: bigint;
+  walLsn: Lsn;
+  since: string;
+}
 
 const DAY_MS = 86_400_000;
 
 /** Starts an epoch: the snapshot's xmin first, then (a later statement) the WAL insert position. */
-async function startEpoch(client: pg.Client): Promise<{ xmin: bigint; walLsn: Lsn; startedAt: number }> {
-  const x = await client.query<{ x: string }>(`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x`);
+async function startEpoch(client: pg.Client): Promise<Epoch> {
+  const x = await client.query<{ x: string; t: string }>(
+    `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x, clock_timestamp()::text AS t`,
+  );
   const w = await client.query<{ w: string }>(`SELECT pg_current_wal_insert_lsn()::text AS w`);
-  return { xmin: BigInt(x.rows[0]?.x ?? '0'), walLsn: parseLsn(w.rows[0]?.w ?? '0/0'), startedAt: Date.now() };
+  return { xmin: BigInt(x.rows[0]?.x ?? '0'), walLsn: parseLsn(w.rows[0]?.w ?? '0/0'), since: x.rows[0]?.t ?? '' };
 }
 
 /**

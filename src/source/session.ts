@@ -4,6 +4,7 @@ import type { Position, SourceIdentity } from '../interfaces.js';
 import { ConfigError, type OutboxdError, PoisonError, SlotBusyError, SlotError } from '../errors.js';
 import { ZERO_LSN, formatLsn } from '../lsn.js';
 import { Pruner } from '../outbox/prune.js';
+import { recoverFromOutbox } from '../replay/recover.js';
 import type { Liveness } from '../observability/liveness.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -132,7 +133,7 @@ export class Source {
       await checkWalLevel(admin);
       await ensurePublication(admin, this.cfg);
     });
-    const { slot, created } = await this.liveness.step(
+    const { slot, created, recovering } = await this.liveness.step(
       'creating or checking the replication slot',
       pgc.slotCreateTimeoutMs + 3 * pgc.statementTimeoutMs,
       () =>
@@ -145,6 +146,17 @@ export class Source {
         }).finally(() => this.events.onWaiting(null)),
     );
     if (created) this.log.info({ slot: slot.name, lsn: formatLsn(slot.confirmedFlushLsn ?? 0n) }, 'created replication slot');
+    if (recovering) {
+      // postgres.onLostSlot: recover-from-outbox. Before the new slot streams, what the lost one
+      // may not have delivered is published again from the table (replay/recover.ts).
+      this.events.onWaiting(`recovering from a lost replication slot: publishing again the retained rows from transaction ${recovering.fromXid} on`);
+      try {
+        if ((await recoverFromOutbox(this.cfg, admin, recovering, this.metrics, this.log.child({ module: 'recovery' }), signal)) !== 'done')
+          return;
+      } finally {
+        this.events.onWaiting(null);
+      }
+    }
     // The new session re-reads from the slot. Whatever the last session left in flight is
     // published first, so the watermark's bookkeeping can start over cleanly.
     if (!(await this.pipeline.whenIdle(signal))) return;

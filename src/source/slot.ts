@@ -81,8 +81,15 @@ const MARKER_PREFIX = 'outboxd:';
 export interface Marker {
   slots: string[];
   confirmedXid?: string;
+  /** When that epoch began (the server's clock, timestamptz text): recovery's bound for frozen rows. */
+  confirmedSince?: string;
   /** When confirmedXid was recorded (ISO time), for the operator. */
   confirmedAt?: string;
+  /**
+   * Lost-slot recovery in progress (postgres.onLostSlot: recover-from-outbox): set before the new
+   * slot is created, cleared once the rows are published again; a start that finds it redoes it.
+   */
+  recovering?: { slot: string; fromXid: string; since: string; reason: string };
 }
 
 export async function readMarkerDoc(client: pg.Client, publication: string): Promise<Marker> {
@@ -93,11 +100,19 @@ export async function readMarkerDoc(client: pg.Client, publication: string): Pro
   const c = rows[0]?.c;
   if (!c?.startsWith(MARKER_PREFIX)) return { slots: [] };
   try {
-    const doc = JSON.parse(c.slice(MARKER_PREFIX.length)) as { slots?: unknown; confirmedXid?: unknown; confirmedAt?: unknown };
+    const doc = JSON.parse(c.slice(MARKER_PREFIX.length)) as Record<string, unknown>;
+    const text = (v: unknown) => (typeof v === 'string' ? v : undefined);
+    const r = doc.recovering as Record<string, unknown> | undefined;
+    const recovering =
+      r && typeof r === 'object' && text(r.slot) && /^\d+$/.test(text(r.fromXid) ?? '') && text(r.since)
+        ? { slot: text(r.slot) as string, fromXid: text(r.fromXid) as string, since: text(r.since) as string, reason: text(r.reason) ?? '' }
+        : undefined;
     return {
       slots: Array.isArray(doc.slots) ? doc.slots.filter((s): s is string => typeof s === 'string') : [],
-      ...(typeof doc.confirmedXid === 'string' && /^\d+$/.test(doc.confirmedXid) ? { confirmedXid: doc.confirmedXid } : {}),
-      ...(typeof doc.confirmedAt === 'string' ? { confirmedAt: doc.confirmedAt } : {}),
+      ...(/^\d+$/.test(text(doc.confirmedXid) ?? '') ? { confirmedXid: doc.confirmedXid as string } : {}),
+      ...(text(doc.confirmedSince) ? { confirmedSince: doc.confirmedSince as string } : {}),
+      ...(text(doc.confirmedAt) ? { confirmedAt: doc.confirmedAt as string } : {}),
+      ...(recovering ? { recovering } : {}),
     };
   } catch {
     return { slots: [] };
@@ -109,9 +124,20 @@ export async function readMarker(client: pg.Client, publication: string): Promis
 }
 
 /** Records a passed pruning epoch in the marker (keeping its slots), before anything is pruned by it. */
-export async function recordConfirmedXid(client: pg.Client, publication: string, xid: bigint): Promise<void> {
+export async function recordConfirmedXid(client: pg.Client, publication: string, xid: bigint, since: string): Promise<void> {
   const doc = await readMarkerDoc(client, publication);
-  await writeMarkerDoc(client, publication, { ...doc, confirmedXid: xid.toString(), confirmedAt: new Date().toISOString() });
+  await writeMarkerDoc(client, publication, {
+    ...doc,
+    confirmedXid: xid.toString(),
+    confirmedSince: since,
+    confirmedAt: new Date().toISOString(),
+  });
+}
+
+/** Lost-slot recovery has published the rows again: the marker forgets it. */
+export async function finishRecovery(client: pg.Client, publication: string): Promise<void> {
+  const { recovering: _, ...doc } = await readMarkerDoc(client, publication);
+  await writeMarkerDoc(client, publication, doc);
 }
 
 async function writeMarker(client: pg.Client, publication: string, slots: string[]): Promise<void> {
@@ -144,22 +170,28 @@ export async function ensureSlot(
   client: pg.Client,
   cfg: PostgresConfig,
   onWait: (blockers: Blocker[], waitedMs: number) => void = () => undefined,
-): Promise<{ slot: SlotInfo; created: boolean }> {
+): Promise<{ slot: SlotInfo; created: boolean; recovering?: Recovering | undefined }> {
   const name = cfg.slot;
   if (cfg.failover) await requireFailoverSlots(client);
-  const marker = await readMarker(client, cfg.publication);
+  const doc = await readMarkerDoc(client, cfg.publication);
+  const marker = doc.slots;
   const existing = await inspectSlot(client, name);
   const lost = await lostSlot(client, cfg, existing, marker.includes(name));
-  // postgres.onLostSlot: `exit` is this throw (exit code 4); recover-from-outbox takes over here.
-  if (lost) throw new SlotError(lost.code, lost.message);
+  if (lost) {
+    // postgres.onLostSlot: `exit` is this throw (exit code 4).
+    if (cfg.onLostSlot !== 'recover-from-outbox') throw new SlotError(lost.code, lost.message);
+    return recoverSlot(client, cfg, doc, lost, existing, onWait);
+  }
+  // A recovery that a crash interrupted: its slot exists, its rows are still to publish again.
+  const recovering = doc.recovering?.slot === name ? doc.recovering : undefined;
   if (existing) {
     checkSlotUsable(existing, await currentDatabase(client));
     if (!marker.includes(name)) await writeMarker(client, cfg.publication, [...marker, name]);
     if (cfg.failover && !existing.failover) {
       await enableFailover(client, cfg);
-      return { slot: { ...existing, failover: true }, created: false };
+      return { slot: { ...existing, failover: true }, created: false, recovering };
     }
-    return { slot: existing, created: false };
+    return { slot: existing, created: false, recovering };
   }
   if (!cfg.createSlot) {
     throw new SlotError(
@@ -167,6 +199,46 @@ export async function ensureSlot(
       `replication slot ${name} does not exist and postgres.createSlot is false; create it: SELECT pg_create_logical_replication_slot('${name}', 'pgoutput'${cfg.failover ? ', false, false, true' : ''})`,
     );
   }
+  return { slot: await createRecorded(client, cfg, marker, onWait), created: true, recovering };
+}
+
+/** Lost-slot recovery's bounds: publish again the rows from transactions at or after `fromXid`. */
+export type Recovering = NonNullable<Marker['recovering']>;
+
+/**
+ * postgres.onLostSlot: recover-from-outbox. Records the recovery in the marker (so a crash
+ * redoes it), drops an invalidated slot, creates a new one; the caller then publishes again the
+ * rows the marker's last confirmed epoch does not cover (recovery.ts), and only then streams.
+ * Refuses, as `exit` would, when no epoch was ever recorded: which rows to publish is unknown.
+ */
+async function recoverSlot(
+  client: pg.Client,
+  cfg: PostgresConfig,
+  doc: Marker,
+  lost: LostSlot,
+  existing: SlotInfo | null,
+  onWait: (blockers: Blocker[], waitedMs: number) => void,
+): Promise<{ slot: SlotInfo; created: boolean; recovering: Recovering }> {
+  if (doc.confirmedXid === undefined || doc.confirmedSince === undefined) {
+    throw new SlotError(
+      lost.code,
+      `${lost.message.replace(/\. See docs\/runbook\.md.*$/, '')}; postgres.onLostSlot is recover-from-outbox, but publication ${cfg.publication} records no confirmed epoch (the leader records one every outbox.prune.interval once its watermark passes it), so which rows to publish again is unknown. See docs/runbook.md#lost-slot`,
+    );
+  }
+  const recovering: Recovering = { slot: cfg.slot, fromXid: doc.confirmedXid, since: doc.confirmedSince, reason: lost.kind };
+  await writeMarkerDoc(client, cfg.publication, { ...doc, recovering });
+  if (existing) await client.query('SELECT pg_drop_replication_slot($1)', [cfg.slot]);
+  return { slot: await createRecorded(client, cfg, doc.slots, onWait), created: true, recovering };
+}
+
+/** Creates the slot, recording it in the marker first. */
+async function createRecorded(
+  client: pg.Client,
+  cfg: PostgresConfig,
+  marker: string[],
+  onWait: (blockers: Blocker[], waitedMs: number) => void,
+): Promise<SlotInfo> {
+  const name = cfg.slot;
   // Marker first: if the role cannot write it, fail before a slot exists that would pin WAL.
   await writeMarker(client, cfg.publication, [...marker, name]);
   try {
@@ -174,15 +246,15 @@ export async function ensureSlot(
   } catch (err) {
     // 42710: another instance created it a moment ago; use theirs.
     if ((err as { code?: string }).code !== '42710') {
-      // No slot came to exist: take its name back out of the marker, or the next start would
-      // report it lost.
+      // No slot came to exist: take its name back out of the marker (unless it was recorded
+      // before, as a lost one is), or the next start would report it lost.
       await writeMarker(client, cfg.publication, marker).catch(() => undefined);
       throw classifyPgError(err, `creating replication slot ${name}`);
     }
   }
   const slot = await inspectSlot(client, name);
   if (!slot) throw new SlotError('SLOT_LOST', `replication slot ${name} vanished right after it was created`);
-  return { slot, created: true };
+  return slot;
 }
 
 /** Why the recorded slot cannot be streamed from: what postgres.onLostSlot acts on. */
