@@ -1,11 +1,12 @@
 import { parseArgs } from 'node:util';
 import { Relay } from './app.js';
 import { runChecks } from './commands/doctor.js';
+import { replayArgs, replayCommand } from './commands/replay.js';
 import { setupCommand } from './commands/setup.js';
 import { statusCommand } from './commands/status.js';
 import { loadConfigFile } from './config/load.js';
 import { ExitCode, UsageError, exitCodeFor, oneLine } from './errors.js';
-import { createLogger } from './observability/logger.js';
+import { type Logger, createLogger } from './observability/logger.js';
 import { routeWarnings } from './observability/warnings.js';
 import { VERSION } from './version.js';
 
@@ -18,24 +19,39 @@ usage:
   outboxd setup -c FILE [--print] [--partitioned]
                                         create the publication and slot (or print the SQL) and print the outbox DDL
                                         (--partitioned: a table partitioned by day, for outbox.prune.mode partitions)
+  outboxd replay -c FILE (--from TIME [--to TIME] | --where EXPR) [--where EXPR] [--checkpoint FILE] [--dry-run]
+                                        publish retained outbox rows again (at least once, original ids, header
+                                        outboxd-replay); TIME: any timestamptz, --from inclusive, --to exclusive;
+                                        EXPR: col = 'v' [AND col IN ('a','b') AND col IS [NOT] NULL ...];
+                                        --checkpoint: resume an interrupted replay; --dry-run: count, publish nothing
   outboxd --version | --help
 
-exit codes: 0 ok, 1 runtime failure or a failed check, 2 usage, 3 invalid config, 4 replication slot lost, missing or unusable, 130 forced stop`;
+exit codes: 0 ok, 1 runtime failure, a failed check or a replay halted by a poison row, 2 usage, 3 invalid config,
+4 replication slot lost, missing or unusable, 130 forced stop or an interrupted replay`;
 
 interface Args {
   command: string;
   config: string | undefined;
+  /** The boolean flags given, as `--name`. */
   flags: Set<string>;
+  /** The string options given, by name without dashes (`from`). */
+  values: Record<string, string>;
 }
 
-/** The flags each command takes, besides -c/--config. */
-const FLAGS: Record<string, readonly string[]> = { validate: ['connect'], status: ['json'], setup: ['print', 'partitioned'], run: [] };
+/** The flags each command takes besides -c/--config: a switch (boolean) or an option with a value (string). */
+const FLAGS: Record<string, Readonly<Record<string, 'boolean' | 'string'>>> = {
+  validate: { connect: 'boolean' },
+  status: { json: 'boolean' },
+  setup: { print: 'boolean', partitioned: 'boolean' },
+  run: {},
+  replay: { from: 'string', to: 'string', where: 'string', checkpoint: 'string', 'dry-run': 'boolean' },
+};
 
-/** Parses `COMMAND [-c FILE] [--flag…]` with node:util's parser; a bad argument is a UsageError. */
+/** Parses `COMMAND [-c FILE] [--flag…] [--option VALUE…]` with node:util's parser; a bad argument is a UsageError. */
 export function parseCommandLine(argv: readonly string[]): Args {
   const [command, ...rest] = argv;
   if (!command) throw new UsageError(`missing command\n${USAGE}`);
-  const flags = FLAGS[command] ?? [];
+  const flags = Object.entries(FLAGS[command] ?? {});
   let parsed: ReturnType<typeof parseArgs>;
   try {
     parsed = parseArgs({
@@ -44,22 +60,31 @@ export function parseCommandLine(argv: readonly string[]): Args {
       allowPositionals: false,
       options: {
         config: { type: 'string', short: 'c' },
-        ...Object.fromEntries(flags.map((f) => [f, { type: 'boolean' as const }])),
+        ...Object.fromEntries(flags.map(([f, type]) => [f, { type }])),
       },
     });
   } catch (err) {
     const code = (err as { code?: string }).code;
     const arg = /'([^']+)'/.exec((err as Error).message)?.[1] ?? '';
-    if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') throw new UsageError(`${arg.split(/[ ,]/)[0]} needs a file`);
+    const name = arg.split(/[ ,]/)[0] ?? '';
+    if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') throw new UsageError(`${name} needs ${name === '-c' ? 'a file' : 'a value'}`);
     throw new UsageError(`unknown argument "${arg.split(' ')[0] || rest.join(' ')}" for ${command}`);
   }
-  const values = parsed.values as Record<string, string | boolean | undefined>;
-  const config = values.config;
+  const given = parsed.values as Record<string, string | boolean | undefined>;
+  const config = given.config;
   if (config === '') throw new UsageError('-c needs a file');
+  const values: Record<string, string> = {};
+  for (const [f, type] of flags) {
+    const v = given[f];
+    if (type !== 'string' || v === undefined) continue;
+    if (v === '') throw new UsageError(`--${f} needs a value`);
+    values[f] = v as string;
+  }
   return {
     command,
     config: typeof config === 'string' ? config : undefined,
-    flags: new Set(flags.filter((f) => values[f] === true).map((f) => `--${f}`)),
+    flags: new Set(flags.filter(([f, type]) => type === 'boolean' && given[f] === true).map(([f]) => `--${f}`)),
+    values,
   };
 }
 
@@ -91,11 +116,18 @@ export async function cli(argv: readonly string[], env: NodeJS.ProcessEnv = proc
       case 'status':
         return await statusCommand(loadConfigFile(configFile, env), args.flags.has('--json'), process.stdout);
       case 'setup':
-        return await setupCommand(loadConfigFile(configFile, env), args.flags.has('--print'), process.stdout, args.flags.has('--partitioned'));
+        return await setupCommand(
+          loadConfigFile(configFile, env),
+          args.flags.has('--print'),
+          process.stdout,
+          args.flags.has('--partitioned'),
+        );
       case 'run':
         return await run(configFile, env);
+      case 'replay':
+        return await replay(configFile, env, replayArgs(args.values, args.flags));
       default:
-        throw new UsageError(`unknown command "${args.command}"; try run, validate, status or setup`);
+        throw new UsageError(`unknown command "${args.command}"; try run, validate, status, setup or replay`);
     }
   } catch (err) {
     process.stderr.write(`outboxd: ${oneLine(err)}\n`);
@@ -108,6 +140,45 @@ async function run(configFile: string, env: NodeJS.ProcessEnv): Promise<number> 
   const log = createLogger(cfg.log.level);
   routeWarnings((w) => log.warn({ err: w }, 'Node.js warning'));
   const relay = await Relay.create(cfg, log);
+  const off = onStopSignals(
+    log,
+    () => void relay.stop(),
+    'stopping: draining in-flight messages (send the signal again to force)',
+    'forced exit: unconfirmed messages will be published again on the next start',
+  );
+  try {
+    await relay.start();
+    return await relay.done;
+  } finally {
+    off();
+    await new Promise<void>((resolve) => log.flush(() => resolve()));
+  }
+}
+
+async function replay(configFile: string, env: NodeJS.ProcessEnv, args: ReturnType<typeof replayArgs>): Promise<number> {
+  const cfg = loadConfigFile(configFile, env);
+  const log = createLogger(cfg.log.level);
+  routeWarnings((w) => log.warn({ err: w }, 'Node.js warning'));
+  const stop = new AbortController();
+  const off = onStopSignals(
+    log,
+    () => stop.abort(),
+    'stopping the replay once the batch in progress is confirmed and checkpointed (send the signal again to force)',
+    'forced exit: the batch in progress is not checkpointed; a resumed run publishes it again',
+  );
+  try {
+    return await replayCommand(cfg, args, log, stop.signal);
+  } finally {
+    off();
+    await new Promise<void>((resolve) => log.flush(() => resolve()));
+  }
+}
+
+/**
+ * SIGTERM and SIGINT: the first one asks for a graceful stop (`graceful`), a second one exits at
+ * once with ExitCode.forced. Returns the function that removes the handlers.
+ */
+function onStopSignals(log: Logger, graceful: () => void, stopping: string, forced: string): () => void {
   let firstSignalAt = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     const now = Date.now();
@@ -115,20 +186,18 @@ async function run(configFile: string, env: NodeJS.ProcessEnv): Promise<number> 
     if (firstSignalAt !== 0 && now - firstSignalAt < 1_000) return;
     if (firstSignalAt === 0) {
       firstSignalAt = now;
-      log.info({ signal }, 'stopping: draining in-flight messages (send the signal again to force)');
-      void relay.stop();
+      log.info({ signal }, stopping);
+      graceful();
     } else {
-      log.warn({ signal }, 'forced exit: unconfirmed messages will be published again on the next start');
+      log.warn({ signal }, forced);
       log.flush();
       process.exit(ExitCode.forced);
     }
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
-  await relay.start();
-  const code = await relay.done;
-  process.off('SIGTERM', onSignal);
-  process.off('SIGINT', onSignal);
-  await new Promise<void>((resolve) => log.flush(() => resolve()));
-  return code;
+  return () => {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  };
 }
