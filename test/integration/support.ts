@@ -273,6 +273,38 @@ export class RelayProcess {
   }
 }
 
+/** A one-off `outboxd` command (not `run`) as a child process, for commands a test may signal mid-way. */
+export class CliProcess {
+  readonly child: ChildProcess;
+  stdout = '';
+  stderr = '';
+  /** The exit code, or -1 when a signal ended it. */
+  readonly exited: Promise<number>;
+  constructor(args: readonly string[], env: NodeJS.ProcessEnv = {}) {
+    if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: run npm run build first`);
+    this.child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stdout?.on('data', (d: Buffer) => {
+      this.stdout += d.toString();
+    });
+    this.child.stderr?.on('data', (d: Buffer) => {
+      this.stderr += d.toString();
+    });
+    this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code ?? -1)));
+  }
+
+  /** Runs `outboxd ARGS` to its end. */
+  static async run(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+    const p = new CliProcess(args, env);
+    const code = await p.exited;
+    return { code, stdout: p.stdout, stderr: p.stderr };
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+    await this.exited;
+  }
+}
+
 /**
  * Writes a config file into a temp dir and returns its path and the HTTP port it uses;
  * `await using cfg = await writeConfig(...)` removes the dir when the test ends.
