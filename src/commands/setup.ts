@@ -67,7 +67,8 @@ export function setupSql(cfg: Config): string {
   return [
     `CREATE PUBLICATION ${pub}${tables ? ` FOR TABLE ${tables}` : ''} WITH (publish = 'insert', publish_via_partition_root = true);`,
     `COMMENT ON PUBLICATION ${pub} IS 'outboxd:{"slots":["${cfg.postgres.slot}"]}';  -- lets outboxd tell a lost slot from a first start`,
-    `SELECT pg_create_logical_replication_slot('${cfg.postgres.slot}', 'pgoutput');`,
+    // (slot, plugin, temporary, two-phase, failover): a failover slot when postgres.failover is set.
+    `SELECT pg_create_logical_replication_slot('${cfg.postgres.slot}', 'pgoutput'${cfg.postgres.failover ? ', false, false, true' : ''});`,
   ].join('\n');
 }
 

@@ -34,6 +34,8 @@ async function scene(o: { syncSlots: boolean; onLostSlot: 'exit' | 'recover-from
       await bundle({
         kind: 'rabbitmq',
         pgUrl: door.urlFor(cluster.primary.url),
+        // Recovery needs a confirmed epoch in the marker: record one every 300 ms (no pruning).
+        outboxExtra: o.onLostSlot === 'recover-from-outbox' ? '  prune:\n    mode: off\n    interval: 300ms\n' : '',
         pgUrlRewrite: (dbUrl) => {
           const u = new URL(dbUrl);
           return `postgres://${u.username}:${u.password}@${cluster.primary.host}:${cluster.primary.port},${cluster.standby.host}:${cluster.standby.port}${u.pathname}?target_session_attrs=read-write`;
@@ -245,6 +247,45 @@ describe('failover (PostgreSQL 17, failover slots) → rabbitmq', () => {
       ),
     );
     expect(await cluster.queryStandby('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [b.db.slot])).toEqual([]);
+  });
+
+  it('a slot not synchronised before the failover, onLostSlot recover-from-outbox: a new slot on the new primary, every acknowledged id arrives', async () => {
+    await using s = await scene({ syncSlots: false, onLostSlot: 'recover-from-outbox' });
+    const { b } = s;
+    const relay = b.start();
+    await relay.ready();
+    const w = writer(b);
+    await until(
+      'rows delivered and an epoch recorded before the failover',
+      async () => {
+        const { rows } = await b.db.client.query<{ c: string | null }>(
+          `SELECT obj_description(oid, 'pg_publication') AS c FROM pg_publication WHERE pubname = 'outboxd'`,
+        );
+        return b.reader.delivered().length >= 20 && (rows[0]?.c ?? '').includes('confirmedXid');
+      },
+      30_000,
+    );
+    const { stoppedAt } = await failover(s);
+    await until('recovered on the new primary', async () => relay.stderr.includes('lost-slot recovery done'), 60_000, 50);
+    const recoveredAfterMs = Date.now() - stoppedAt;
+    await sleep(1_000);
+    await w.stop();
+    const ids = w.acknowledged.map((a) => a.id);
+    await waitDelivered(b.reader, ids, 60_000);
+    const delivered = b.reader.delivered();
+    const got = new Set(delivered.map((d) => d.id));
+    const lost = ids.filter((id) => !got.has(id)).length;
+    const { violations, duplicates } = orderAndDuplicates(delivered);
+    const recovered = await relay.metric('outboxd_recovered_messages_total');
+    console.log(
+      `[failover, not synchronised, recover-from-outbox] stop → recovery done ${recoveredAfterMs} ms; ${ids.length} acknowledged, lost ${lost}, duplicates ${duplicates}, published again by recovery ${recovered}, uncertain writes ${w.uncertain()}`,
+    );
+    expect(lost).toBe(0);
+    expect(violations).toEqual([]);
+    expect(recovered).toBeGreaterThan(0);
+    expect(duplicates).toBeLessThanOrEqual(recovered);
+    expect(relay.child.exitCode).toBeNull();
+    expect(relay.stderr).toContain('"reason":"not-synchronised"');
   });
 
   it('postgres.failover on PostgreSQL 15: run exits 3 and validate fails, each naming postgres.failover and the version', async () => {

@@ -289,18 +289,26 @@ export async function startDelivering(b: Bundle, total: number, keys: number): P
 
 /** Waits until every id has been delivered at least once. */
 /**
- * One row every `everyMs` into public.outbox (first type, key 'k') until stop(): a publish is
- * always waiting for the broker. `ids` are the rows written, in order.
+ * One row every `everyMs` into public.outbox (first type) until stop(): a publish is always
+ * waiting for the broker. `keys` > 1 spreads the rows over keys k0..k(n-1), each row's payload
+ * carrying its per-key sequence (`{"seq":n}`) for order checks; 1 writes key 'k' and `{}`.
+ * `ids` are the rows written, in order.
  */
-export function steadyWriter(b: Bundle, everyMs = 50): { ids: string[]; stop(): Promise<void> } {
+export function steadyWriter(b: Bundle, everyMs = 50, keys = 1): { ids: string[]; stop(): Promise<void> } {
   const ids: string[] = [];
+  const seqs = new Map<string, number>();
   let writing = true;
   const done = (async () => {
-    while (writing) {
+    for (let i = 0; writing; i++) {
+      const key = keys > 1 ? `k${i % keys}` : 'k';
+      const seq = (seqs.get(key) ?? 0) + 1;
+      seqs.set(key, seq);
       const id = uuid();
-      await b.db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, 'k', 'T', '{}')`, [
+      await b.db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, $3, 'T', $4)`, [
         id,
         b.types[0],
+        key,
+        keys > 1 ? JSON.stringify({ seq }) : '{}',
       ]);
       ids.push(id);
       await sleep(everyMs);

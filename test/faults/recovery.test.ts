@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { sleep, until } from '../integration/support.js';
-import { type Bundle, bundle, orderAndDuplicates, uuid, waitDelivered } from './fixtures.js';
+import { type Bundle, bundle, orderAndDuplicates, steadyWriter, uuid, waitDelivered } from './fixtures.js';
 
 /**
  * postgres.onLostSlot: recover-from-outbox. The slot is dropped under a running relay while rows
@@ -12,36 +12,6 @@ import { type Bundle, bundle, orderAndDuplicates, uuid, waitDelivered } from './
 const RECOVER = '  onLostSlot: recover-from-outbox\n';
 /** Epochs every 300 ms (pruning itself stays off): the marker's confirmed epoch stays fresh. */
 const EPOCHS = (interval: string) => `  prune:\n    mode: off\n    interval: ${interval}\n`;
-
-/** One-row transactions on four keys, each row's payload carrying its per-key sequence. */
-function seqWriter(b: Bundle, everyMs = 20): { ids: string[]; stop(): Promise<void> } {
-  const ids: string[] = [];
-  const seqs = new Map<string, number>();
-  let writing = true;
-  const done = (async () => {
-    for (let i = 0; writing; i++) {
-      const key = `k${i % 4}`;
-      const seq = (seqs.get(key) ?? 0) + 1;
-      seqs.set(key, seq);
-      const id = uuid();
-      await b.db.client.query(`INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, $2, $3, 'T', $4)`, [
-        id,
-        b.types[0],
-        key,
-        JSON.stringify({ seq }),
-      ]);
-      ids.push(id);
-      await sleep(everyMs);
-    }
-  })();
-  return {
-    ids,
-    stop: async () => {
-      writing = false;
-      await done;
-    },
-  };
-}
 
 async function marker(b: Bundle): Promise<Record<string, unknown>> {
   const { rows } = await b.db.client.query<{ c: string | null }>(
@@ -77,7 +47,7 @@ describe('lost-slot recovery from the outbox', () => {
     await using b = await bundle({ kind: 'kafka', postgresExtra: RECOVER, outboxExtra: EPOCHS('300ms') });
     const relay = b.start();
     await relay.ready();
-    const writer = seqWriter(b);
+    const writer = steadyWriter(b, 20, 4);
     await until('a confirmed epoch in the marker', async () => typeof (await marker(b)).confirmedXid === 'string', 30_000, 100);
     await until('rows flowing', async () => b.reader.delivered().length > 50, 30_000, 100);
 
@@ -88,7 +58,7 @@ describe('lost-slot recovery from the outbox', () => {
     const { Client } = (await import('pg')).default;
     const gapTx = new Client({ connectionString: b.db.url });
     await gapTx.connect();
-    const gap = Array.from({ length: 5 }, () => uuid());
+    const gap: string[] = Array.from({ length: 5 }, () => uuid());
     try {
       await gapTx.query('BEGIN');
       for (const [i, id] of gap.entries())
@@ -147,7 +117,7 @@ describe('lost-slot recovery from the outbox', () => {
     await using b = await bundle({ kind: 'kafka', postgresExtra: RECOVER, outboxExtra: EPOCHS('300ms') });
     const first = b.start();
     await first.ready();
-    const writer = seqWriter(b, 5);
+    const writer = steadyWriter(b, 5, 4);
     await until('a confirmed epoch in the marker', async () => typeof (await marker(b)).confirmedXid === 'string', 30_000, 100);
     await sleep(500);
     await writer.stop();
