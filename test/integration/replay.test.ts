@@ -33,6 +33,8 @@ async function insertRows(
 }
 
 const replayed = (b: Bundle, runId: string): Delivered[] => b.reader.delivered().filter((d) => d.headers[REPLAY] === runId);
+/** A message on the dead-letter topic or queue (the fixture names them dlq_…). */
+const isLetter = (d: Delivered): boolean => d.stream.startsWith('dlq_');
 const live = (b: Bundle): Delivered[] => b.reader.delivered().filter((d) => d.headers[REPLAY] === undefined);
 
 /** The run id the replay printed when it started. */
@@ -93,7 +95,7 @@ describe.each(['kafka', 'rabbitmq'] as const)('outboxd replay → %s', (kind) =>
     await waitDelivered(b.reader, window, 30_000);
     await b.reader.caughtUp?.();
     await sleep(kind === 'rabbitmq' ? 500 : 0); // AMQP: deliveries after the confirm arrive within ms
-    const main = replayed(b, runId).filter((d) => !d.stream.startsWith('dlq_'));
+    const main = replayed(b, runId).filter((d) => !isLetter(d));
     expect(main.map((d) => d.id).sort()).toEqual([...window].sort());
 
     const original = new Map(live(b).map((d) => [d.id, d]));
@@ -112,7 +114,9 @@ describe.each(['kafka', 'rabbitmq'] as const)('outboxd replay → %s', (kind) =>
     expect(tricky.headers.tenant).toBe('äcmé ✓');
 
     // The poison row went to the dead-letter destination again, marked with the run.
-    const letters = replayed(b, runId).filter((d) => d.stream.startsWith('dlq_'));
+    await until('the replayed dead letter', async () => replayed(b, runId).some(isLetter), 30_000);
+    await sleep(200); // a second letter (there must be none) would come with it
+    const letters = replayed(b, runId).filter(isLetter);
     expect(letters.map((d) => [d.id, d.headers['outboxd.error_reason']])).toEqual([[poison, 'bad_headers']]);
 
     // --where alone: every retained row it selects, whatever its time.
@@ -141,7 +145,7 @@ describe.each(['kafka', 'rabbitmq'] as const)('outboxd replay → %s', (kind) =>
 });
 
 describe('outboxd replay → kafka', () => {
-  it('resumes from its checkpoint after a kill -9 and after a poison halt: every id once more, no repeats before the checkpoint beyond one batch, one run id', async () => {
+  it('resumes from its checkpoint after SIGTERM, a kill -9 and a poison halt: every id once more, no repeats before the checkpoint beyond one batch, one run id', async () => {
     await using b = await bundle({ kind: 'kafka', onPoison: 'halt' });
     const total = 40_000;
     // batchMaxMessages is 500 in the bundle's config.
@@ -167,14 +171,25 @@ describe('outboxd replay → kafka', () => {
       }
     };
 
-    // 1. Killed hard mid-run, once a few batches are confirmed.
+    const done = () => progress()?.tables['public.outbox']?.rows ?? 0;
+
+    // 1. SIGTERM: stops after the batch in progress is confirmed and checkpointed, exit 130.
     const first = new CliProcess(args);
-    await until('a few batches checkpointed', async () => (progress()?.tables['public.outbox']?.rows ?? 0) >= 2_000, 60_000, 5);
-    first.child.kill('SIGKILL');
-    await first.exited;
-    const killedAt = progress()?.tables['public.outbox']?.rows ?? 0;
-    expect(killedAt).toBeLessThan(29_999);
+    await until('a few batches checkpointed', async () => done() >= 1_000, 60_000, 5);
+    first.child.kill('SIGTERM');
+    expect(await first.exited, first.stderr).toBe(130);
     const runId = progress()?.runId as string;
+    expect(first.stderr).toMatch(new RegExp(`replay ${runId}: interrupted in [\\d.]+s: ${done()} rows read, ${done()} published`));
+
+    // 2. Resumed, then killed hard once a few more batches are confirmed.
+    const stoppedAt = done();
+    const second = new CliProcess(args);
+    await until('more batches checkpointed', async () => done() >= stoppedAt + 2_000, 60_000, 5);
+    second.child.kill('SIGKILL');
+    await second.exited;
+    expect(runIdOf(second.stderr)).toBe(runId);
+    const killedAt = done();
+    expect(killedAt).toBeLessThan(29_999);
 
     // A different filter with the same file is refused.
     const other = await CliProcess.run(['replay', '-c', b.configFile, '--from', '2024-01-02', '--checkpoint', checkpoint]);
@@ -183,21 +198,21 @@ describe('outboxd replay → kafka', () => {
       /^outboxd: --checkpoint .* belongs to a replay with another filter: --from "2024-01-02" \(checkpoint: "2024-01-01"\); use another file$/,
     );
 
-    // 2. Resumed: runs up to the poison row and halts there, exit 1, naming it.
-    const second = await CliProcess.run(args);
-    expect(second.code, second.stderr).toBe(1);
-    expect(runIdOf(second.stderr)).toBe(runId);
-    expect(second.stderr).toMatch(new RegExp(`resuming \\(${killedAt} rows done before\\)`));
-    expect(second.stderr).toMatch(
+    // 3. Resumed: runs up to the poison row and halts there, exit 1, naming it.
+    const halted = await CliProcess.run(args);
+    expect(halted.code, halted.stderr).toBe(1);
+    expect(runIdOf(halted.stderr)).toBe(runId);
+    expect(halted.stderr).toMatch(new RegExp(`resuming \\(${killedAt} rows done before\\)`));
+    expect(halted.stderr).toMatch(
       new RegExp(`^outboxd: replay halted at poison row id ${poisonId} in public.outbox \\(bad_headers\\): .*--checkpoint to resume$`, 'm'),
     );
     expect(progress()?.tables['public.outbox']).toEqual(expect.objectContaining({ rows: 29_999, done: false }));
 
-    // 3. The row fixed, resumed again: the rest, from the poison row on.
+    // 4. The row fixed, resumed again: the rest, from the poison row on.
     await b.db.client.query('UPDATE public.outbox SET headers = NULL WHERE id = $1', [poisonId]);
-    const third = await CliProcess.run(args);
-    expect(third.code, third.stderr).toBe(0);
-    expect(third.stderr).toMatch(/10001 rows read, 10001 published, 0 poison/);
+    const last = await CliProcess.run(args);
+    expect(last.code, last.stderr).toBe(0);
+    expect(last.stderr).toMatch(/10001 rows read, 10001 published, 0 poison/);
     expect(progress()?.tables['public.outbox']).toEqual(expect.objectContaining({ rows: total, done: true }));
 
     const { rows: all } = await b.db.client.query<{ id: string }>('SELECT id::text FROM public.outbox');
@@ -209,7 +224,7 @@ describe('outboxd replay → kafka', () => {
     await b.reader.caughtUp?.();
     const got = replayed(b, runId);
     expect(new Set(got.map((d) => d.id)).size).toBe(total);
-    // Only the batch in flight at the kill may come twice; the halt and the resume repeat nothing.
+    // Only the batch in flight at the kill -9 may come twice; SIGTERM, the halt and the resumes repeat nothing.
     expect(got.length - total).toBeLessThanOrEqual(500);
     expect(got.length - total).toBeGreaterThanOrEqual(0);
     // A finished run's checkpoint replays nothing more.
