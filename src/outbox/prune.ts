@@ -132,13 +132,13 @@ export class Pruner {
     const sql = `DELETE FROM ${relation} WHERE ctid = ANY(ARRAY(
         SELECT ctid FROM ${relation}
          WHERE ${created} < now() - make_interval(secs => $1::double precision / 1000)
-           AND ${confirmedBy(created, '$2', '$3', '$1')}
-         LIMIT $4))`;
+           AND ${confirmedBy('$2')}
+         LIMIT $3))`;
     let total = 0;
     for (;;) {
       if (this.stopped) break;
       const deleted = await bounded(client, prune.lockTimeoutMs, (c) =>
-        c.query(sql, [prune.retainMs, epoch.xmin.toString(), epoch.since, prune.batchSize]),
+        c.query(sql, [prune.retainMs, epoch.xmin.toString(), prune.batchSize]),
       );
       if (deleted === null) {
         this.metrics.pruneSkipped.inc({ reason: 'lock_timeout' });
@@ -222,10 +222,9 @@ export class Pruner {
     // the DETACH and DROP, bounded by prune.lockTimeout.
     const outcome = await bounded(client, this.cfg.outbox.prune.lockTimeoutMs, async (c) => {
       await c.query(`LOCK TABLE ${part.qualified} IN ACCESS EXCLUSIVE MODE`);
-      const { rows } = await c.query<{ n: string }>(
-        `SELECT count(*) AS n FROM ${part.qualified} WHERE NOT (${confirmedBy(quoteIdent(table.createdAt), '$1', '$2', '$3')})`,
-        [epoch.xmin.toString(), epoch.since, this.cfg.outbox.prune.retainMs],
-      );
+      const { rows } = await c.query<{ n: string }>(`SELECT count(*) AS n FROM ${part.qualified} WHERE NOT (${confirmedBy('$1')})`, [
+        epoch.xmin.toString(),
+      ]);
       if (Number(rows[0]?.n ?? 0) > 0) return 'unconfirmed' as const;
       await c.query(`ALTER TABLE ${table.qualified} DETACH PARTITION ${part.qualified}`);
       await c.query(`DROP TABLE ${part.qualified}`);
@@ -258,17 +257,11 @@ export class Pruner {
 /**
  * The row is confirmed by the epoch: its transaction is below the epoch's xid (`xid`, an xid8 as
  * text). age(xmin) is the 32-bit distance from this transaction's id; "below X0" is "further back
- * than this transaction is from X0".
- *
- * A frozen row (VACUUM FREEZE, or PostgreSQL 16's opportunistic freezing) shows xmin 2 and has
- * lost its id. It is treated as confirmed only when created (its transaction began) more than
- * max(retain, 1 h) before the epoch began (`since`): a transaction that began that long before
- * the epoch and committed after it is what this cannot see.
+ * than this transaction is from X0". Freezing keeps the raw xid in the `xmin` column (PostgreSQL
+ * 9.4 and later), so a frozen row is judged by its own transaction like any other.
  */
-function confirmedBy(created: string, xid: string, since: string, retainMs: string): string {
-  return `(CASE WHEN xmin = '2'::xid
-    THEN ${created} < ${since}::timestamptz - make_interval(secs => greatest(${retainMs}::double precision / 1000, 3600))
-    ELSE age(xmin) > pg_current_xact_id()::text::bigint - ${xid}::bigint END)`;
+function confirmedBy(xid: string): string {
+  return `age(xmin) > pg_current_xact_id()::text::bigint - ${xid}::bigint`;
 }
 
 /** An epoch: the snapshot's xmin, then the WAL insert position, and when it began (server clock, text). */

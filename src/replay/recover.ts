@@ -46,7 +46,7 @@ export async function recoverFromOutbox(
     runId,
     metrics,
     signal,
-    condition: { sql: UNCONFIRMED, params: [recovering.fromXid, recovering.since] },
+    condition: { sql: UNCONFIRMED, params: [recovering.fromXid] },
   });
   metrics.recoveredMessages.inc(summary.published);
   if (summary.outcome === 'interrupted') return 'interrupted';
@@ -68,10 +68,7 @@ export async function recoverFromOutbox(
 /**
  * The rows recovery publishes again: from a transaction at or after `$1` (an xid8), in 32-bit
  * distance from it, which a read-only snapshot can compute without an xid of its own: every row
- * it sees is below the snapshot's xmax. A frozen row (xmin 2) has lost its id; it is included
- * when created within an hour before the epoch began (`$2`), the rule pruning keeps it by.
+ * it sees is below the snapshot's xmax. (Freezing keeps the raw xid in `xmin`.)
  */
-export const UNCONFIRMED = `CASE WHEN xmin = '2'::xid
-    THEN {created_at} >= $2::timestamptz - interval '1 hour'
-    ELSE ((xmin::text::bigint - $1::bigint % 4294967296 + 4294967296) % 4294967296)
-         < pg_snapshot_xmax(pg_current_snapshot())::text::bigint - $1::bigint END`;
+export const UNCONFIRMED = `((xmin::text::bigint - $1::bigint % 4294967296 + 4294967296) % 4294967296)
+    < pg_snapshot_xmax(pg_current_snapshot())::text::bigint - $1::bigint`;

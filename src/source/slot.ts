@@ -81,7 +81,7 @@ const MARKER_PREFIX = 'outboxd:';
 export interface Marker {
   slots: string[];
   confirmedXid?: string;
-  /** When that epoch began (the server's clock, timestamptz text): recovery's bound for frozen rows. */
+  /** When that epoch began (the server's clock, timestamptz text), for the operator and the logs. */
   confirmedSince?: string;
   /** When confirmedXid was recorded (ISO time), for the operator. */
   confirmedAt?: string;

@@ -111,6 +111,19 @@ describe('pruning: delete mode', () => {
     }
   });
 
+  it("freezing does not hide a row's transaction: frozen confirmed rows older than retain go, younger ones stay", async () => {
+    await using b = await bundle({ kind: 'rabbitmq', outboxExtra: PRUNE('delete') });
+    const old = await insertAged(b.db.client, b.types, 50, '2 hours');
+    const young = await insertAged(b.db.client, b.types, 50, '30 minutes');
+    await b.db.client.query('VACUUM (FREEZE) public.outbox');
+    const relay = b.start();
+    await relay.ready();
+    const after = await insertAged(b.db.client, b.types, 50, '2 hours');
+    await waitDelivered(b.reader, after, 60_000);
+    await until('frozen and unfrozen old rows pruned', async () => (await present(b, [...old, ...after])) === 0, 30_000, 100);
+    expect(await present(b, young)).toBe(50);
+  });
+
   it('gives up a round whose DELETE waits for a lock past prune.lockTimeout, and prunes once the lock is gone', async () => {
     await using b = await bundle({ kind: 'rabbitmq', outboxExtra: PRUNE('delete', '    lockTimeout: 100ms\n') });
     const relay = b.start();
