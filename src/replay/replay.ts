@@ -40,9 +40,10 @@ export interface ReplayOptions {
   /** The run's id, for the `outboxd-replay` header. Default: a fresh UUID; a resumed run keeps its checkpoint's. */
   readonly runId?: string;
   /**
-   * A connected sink to publish through; the replay never closes it. It must not be an
-   * exactly-once (transactional) Kafka sink. Default: the replay builds one from the config
-   * (createReplaySink), connects it once, and closes it at the end.
+   * A connected sink to publish through; the replay never closes it, and nothing else may publish
+   * through it meanwhile (a sink's `publish` is never called concurrently). It must not be an
+   * exactly-once (transactional) Kafka sink: that is refused. Default: the replay builds one from
+   * the config (createReplaySink), connects it once, and closes it at the end.
    */
   readonly sink?: Sink;
   /** Rows created at or after this time (anything Postgres reads as timestamptz). */
@@ -52,8 +53,7 @@ export interface ReplayOptions {
   /** A `--where` filter (see where.ts); parsed, never pasted into SQL. */
   readonly where?: string;
   /**
-   * A trusted condition built by code, ANDed in for every table, e.g. `age(xmin) <= $1`;
-   * `{created_at}` in it stands for the table's created-at column.
+   * A trusted condition built by code, ANDed in for every table, e.g. `age(xmin) <= $1`.
    * `$1..$n` refer to `params` and are renumbered, so `sql` must hold no other `$<digit>` text.
    * It is part of the filter a checkpoint must match.
    */
@@ -365,9 +365,7 @@ async function prepareTable(
   }
   if (condition) {
     const offset = params.length;
-    // `{created_at}`: this table's created-at column (NULL when it has none).
-    const sql = condition.sql.replaceAll('{created_at}', created ?? 'NULL::timestamptz');
-    conds.push(`(${sql.replace(/\$(\d+)/g, (_, n: string) => `$${Number(n) + offset}`)})`);
+    conds.push(`(${condition.sql.replace(/\$(\d+)/g, (_, n: string) => `$${Number(n) + offset}`)})`);
     params.push(...condition.params);
   }
   if (resumeAt?.last) conds.push(afterKey(created, createdAtType, resumeAt.last, param));

@@ -263,6 +263,29 @@ describe('outboxd replay → kafka', () => {
     expect(await relay.exited).toBe(0);
   });
 
+  it('in a SQL_ASCII database: text that is not UTF-8 is poison (bad_encoding), never sent with replacement characters', async () => {
+    await using b = await bundle({
+      kind: 'kafka',
+      onPoison: 'dead-letter',
+      encoding: 'SQL_ASCII',
+      ddl: ['CREATE TABLE public.outbox (id text PRIMARY KEY, aggregatetype text, aggregateid text, type text, payload text)'],
+    });
+    await b.db.client.query(
+      `INSERT INTO public.outbox VALUES ('bad-1', $1, 'k', 'T', 'caf' || convert_from('\\xe9'::bytea, 'SQL_ASCII'))`,
+      [b.types[0]],
+    );
+    await b.db.client.query(`INSERT INTO public.outbox VALUES ('good-1', $1, 'k', 'T', 'caf\u00e9 ✓')`, [b.types[0]]);
+    const r = await CliProcess.run(['replay', '-c', b.configFile, '--where', 'id IS NOT NULL']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/2 rows read, 1 published, 1 poison \(1 dead-lettered\)/);
+    await waitDelivered(b.reader, ['bad-1', 'good-1'], 30_000);
+    const good = b.reader.delivered().find((d) => d.id === 'good-1') as Delivered;
+    expect(good.value.toString('hex')).toBe(Buffer.from('caf\u00e9 ✓').toString('hex'));
+    const bad = b.reader.delivered().find((d) => d.id === 'bad-1') as Delivered;
+    expect(bad.headers['outboxd.error_reason']).toBe('bad_encoding');
+    expect(bad.headers[REPLAY]).toBe(runIdOf(r.stderr));
+  });
+
   it('a table without created_at: --from is refused naming it; --where --dry-run counts per destination and connects to no broker', async () => {
     await using b = await bundle({
       kind: 'kafka',
