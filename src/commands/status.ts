@@ -2,7 +2,7 @@ import type { Config } from '../config/config.js';
 import { ExitCode, oneLine } from '../errors.js';
 import { formatLsn } from '../lsn.js';
 import { connectAdmin } from '../source/connect.js';
-import { inspectSlot, readMarker } from '../source/slot.js';
+import { inspectSlot, readMarkerDoc } from '../source/slot.js';
 
 export interface SlotStatus {
   slot: string;
@@ -16,6 +16,10 @@ export interface SlotStatus {
   retainedWalBytes: number | null;
   walStatus: string | null;
   safeWalSizeBytes: number | null;
+  /** The last confirmed epoch the marker records (pruning, lost-slot recovery), or null. */
+  confirmedEpoch: { xid: string; since: string | null } | null;
+  /** A lost-slot recovery that has not finished (postgres.onLostSlot: recover-from-outbox). */
+  recovering: boolean;
   problem: string | null;
 }
 
@@ -32,10 +36,10 @@ export async function slotStatus(cfg: Config): Promise<SlotStatus> {
       [cfg.postgres.slot],
     );
     const r = rows[0];
+    const doc = await readMarkerDoc(client, cfg.postgres.publication).catch(() => ({ slots: [] as string[] }) as const);
     let problem: string | null = null;
     if (!slot) {
-      const marker: string[] = await readMarker(client, cfg.postgres.publication).catch(() => []);
-      problem = marker.includes(cfg.postgres.slot)
+      problem = doc.slots.includes(cfg.postgres.slot)
         ? 'the slot is gone although outboxd created it: see docs/runbook.md#lost-slot'
         : 'the slot does not exist yet (outboxd run or outboxd setup creates it)';
     } else if (slot.walStatus === 'lost' || slot.invalidationReason) {
@@ -53,6 +57,8 @@ export async function slotStatus(cfg: Config): Promise<SlotStatus> {
       retainedWalBytes: r?.retained != null ? Number(r.retained) : null,
       walStatus: slot?.walStatus ?? null,
       safeWalSizeBytes: r?.safe != null ? Number(r.safe) : null,
+      confirmedEpoch: 'confirmedXid' in doc && doc.confirmedXid ? { xid: doc.confirmedXid, since: doc.confirmedSince ?? null } : null,
+      recovering: 'recovering' in doc && doc.recovering?.slot === cfg.postgres.slot,
       problem,
     };
   } finally {
@@ -71,6 +77,9 @@ export function formatStatus(s: SlotStatus): string {
     `  retained WAL    ${size(s.retainedWalBytes)}`,
     `  wal_status      ${s.walStatus ?? '-'}${s.safeWalSizeBytes !== null ? ` (safe_wal_size ${size(s.safeWalSizeBytes)})` : ''}`,
   ];
+  if (s.confirmedEpoch)
+    lines.push(`  confirmed epoch xid ${s.confirmedEpoch.xid}${s.confirmedEpoch.since ? ` (began ${s.confirmedEpoch.since})` : ''}`);
+  if (s.recovering) lines.push('  recovering      a lost-slot recovery has not finished (outboxd run finishes it)');
   if (s.problem) lines.push(`  problem         ${s.problem}`);
   return `${lines.join('\n')}\n`;
 }

@@ -1,5 +1,6 @@
+import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { sleep, until } from '../integration/support.js';
+import { MAIN, sleep, until } from '../integration/support.js';
 import { type Bundle, bundle, orderAndDuplicates, steadyWriter, uuid, waitDelivered } from './fixtures.js';
 
 /**
@@ -130,14 +131,22 @@ describe('lost-slot recovery from the outbox', () => {
     const recovering = { slot: b.db.slot, fromXid: m.confirmedXid, since: m.confirmedSince, reason: 'dropped' };
     await b.db.client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [b.db.slot]);
     await b.db.client.query(`COMMENT ON PUBLICATION outboxd IS ${quote(`outboxd:${JSON.stringify({ ...m, recovering })}`)}`);
+    expect(status(b)).toMatchObject({ exists: true, recovering: true, confirmedEpoch: { xid: m.confirmedXid } });
     const second = b.startOn(b.httpPort);
     await second.ready();
     await until('recovered', async () => second.stderr.includes('lost-slot recovery done'), 60_000, 100);
     await waitDelivered(b.reader, writer.ids, 60_000);
     expect(await second.metric('outboxd_recovered_messages_total')).toBeGreaterThan(0);
     expect((await marker(b)).recovering).toBeUndefined();
+    expect(status(b)).toMatchObject({ recovering: false });
   });
 });
+
+/** `outboxd status --json` on the bundle's config. */
+function status(b: Bundle): Record<string, unknown> {
+  const r = spawnSync(process.execPath, [MAIN, 'status', '-c', b.configFile, '--json'], { encoding: 'utf8' });
+  return JSON.parse(r.stdout) as Record<string, unknown>;
+}
 
 function quote(s: string): string {
   return `'${s.replace(/'/g, "''")}'`;
