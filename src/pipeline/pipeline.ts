@@ -1,5 +1,6 @@
 import type { PipelineConfig, PoisonPolicy } from '../config/config.js';
 import { FencedError, OutboxdError, type PoisonError, type SinkError } from '../errors.js';
+import { letterFor } from '../sink/dead-letter.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Txn, Watermark } from '../checkpoint/watermark.js';
 import type { Logger } from '../observability/logger.js';
@@ -308,19 +309,4 @@ export class Pipeline {
     this.events.onFatal(err);
     this.releaseWaiters();
   }
-}
-
-/** Builds the dead letter for a message the broker refused. */
-function letterFor(m: OutboxMessage, error: PoisonError): DeadLetter {
-  return {
-    id: m.id,
-    key: m.key,
-    destination: m.destination,
-    payload: m.payload,
-    contentType: m.contentType,
-    headers: m.headers,
-    error,
-    txn: m.txn,
-    index: m.index,
-  };
 }

@@ -4,6 +4,7 @@ import type pg from 'pg';
 import { type Config, type SinkConfig, type TableConfig, quoteIdent } from '../config/config.js';
 import { COLUMN_FIELDS, REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { ConfigError, OutboxdError, PoisonError, type PoisonReason, UsageError } from '../errors.js';
+import { letterFor } from '../sink/dead-letter.js';
 import type { DeadLetter, OutboxMessage, Sink, TxnRef } from '../interfaces.js';
 import { ZERO_LSN } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
@@ -678,10 +679,4 @@ class ReplayRun {
       return { table, destination, messages };
     });
   }
-}
-
-/** The dead letter of a message the sink refuses (before or at the broker): the message as it would have gone. */
-function letterFor(m: OutboxMessage, error: PoisonError): DeadLetter {
-  const { id, key, destination, payload, contentType, headers, txn, index } = m;
-  return { error, id, key, destination, payload, contentType, headers, txn, index };
 }

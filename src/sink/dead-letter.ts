@@ -1,4 +1,5 @@
-import type { DeadLetter } from '../interfaces.js';
+import type { DeadLetter, OutboxMessage } from '../interfaces.js';
+import type { PoisonError } from '../errors.js';
 import { formatLsn } from '../lsn.js';
 import { LSN_HEADER, XID_HEADER } from '../outbox/mapper.js';
 
@@ -57,4 +58,10 @@ export function formBytes(form: DeadLetterForm): number {
   let n = typeof form.body === 'string' ? Buffer.byteLength(form.body) : form.body.length;
   for (const k in form.headers) n += Buffer.byteLength(k) + Buffer.byteLength(form.headers[k] as string);
   return n;
+}
+
+/** The dead letter of a message the sink refuses (before or at the broker): the message as it would have gone. */
+export function letterFor(m: OutboxMessage, error: PoisonError): DeadLetter {
+  const { id, key, destination, payload, contentType, headers, txn, index } = m;
+  return { error, id, key, destination, payload, contentType, headers, txn, index };
 }
