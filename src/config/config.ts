@@ -22,6 +22,7 @@ export function compileConfig(doc: unknown): Config {
     http: v.http,
     log: v.log,
     shutdown: { graceMs: ms(v.shutdown.grace) },
+    telemetry: compileTelemetry(v.telemetry),
   };
 }
 
@@ -33,6 +34,7 @@ export type Config = {
   http: ConfigInput['http'];
   log: ConfigInput['log'];
   shutdown: { graceMs: number };
+  telemetry: TelemetryConfig;
 };
 export type PostgresConfig = ReturnType<typeof compilePostgres>;
 export type OutboxConfig = ReturnType<typeof compileOutbox>;
@@ -48,6 +50,8 @@ export type PoisonPolicy = OutboxConfig['onPoison'];
 export type LogLevel = Config['log']['level'];
 export type ExchangeType = RabbitMqSinkConfig['exchangeType'];
 export type ColumnMap = Record<ColumnField, string>;
+export type TelemetryConfig = ReturnType<typeof compileTelemetry>;
+export type TracesConfig = TelemetryConfig['traces'];
 
 /** A validated duration or size (validate.ts checked it parses). */
 const ms = (d: string): number => parseDurationMs(d) as number;
@@ -250,6 +254,43 @@ function compileTls(path: string, t: TlsInput) {
   };
 }
 
+/** An HTTP header name (RFC 9110 token). */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+function compileTelemetry(t: ConfigInput['telemetry']) {
+  const tr = t.traces;
+  let endpoint: URL;
+  try {
+    endpoint = new URL(tr.endpoint);
+  } catch {
+    throw new ConfigError('telemetry.traces.endpoint', `is not a valid URL: "${tr.endpoint}"`);
+  }
+  if (endpoint.protocol !== 'http:' && endpoint.protocol !== 'https:') {
+    throw new ConfigError('telemetry.traces.endpoint', `must be an http:// or https:// URL, got ${endpoint.protocol}//`);
+  }
+  const headers: Record<string, string> = {};
+  const seen = new Set<string>();
+  tr.headers.forEach((h, i) => {
+    if (!HEADER_NAME.test(h.name)) throw new ConfigError(`telemetry.traces.headers[${i}].name`, `"${h.name}" is not an HTTP header name`);
+    if (seen.has(h.name.toLowerCase())) throw new ConfigError(`telemetry.traces.headers[${i}].name`, `header ${h.name} is listed twice`);
+    if (/[\r\n]/.test(h.value)) throw new ConfigError(`telemetry.traces.headers[${i}].value`, 'must not contain a line break');
+    seen.add(h.name.toLowerCase());
+    headers[h.name] = h.value;
+  });
+  return {
+    traces: {
+      enabled: tr.enabled,
+      endpoint: tr.endpoint,
+      serviceName: tr.serviceName,
+      /** Sent with every export request: authentication, mostly (their values are secrets). */
+      headers,
+      batchDelayMs: ms(tr.batchDelay),
+      exportTimeoutMs: ms(tr.exportTimeout),
+      maxQueueSize: tr.maxQueueSize,
+    },
+  };
+}
+
 /** A template the validation already parsed once. */
 function template(text: string): Template {
   return parseTemplate(text);
@@ -276,5 +317,7 @@ export function secretsOf(cfg: Config): string[] {
   const out = [cfg.postgres.password ?? '', parsePgUrl(cfg.postgres.url).password];
   if (cfg.sink.type === 'kafka') out.push(cfg.sink.kafka.sasl?.password ?? '', cfg.sink.kafka.ssl?.key ?? '');
   if (cfg.sink.type === 'rabbitmq') out.push(urlPassword(cfg.sink.rabbitmq.url), cfg.sink.rabbitmq.tls?.key ?? '');
+  // The exporter's headers exist for authentication: every value is treated as a secret.
+  out.push(...Object.values(cfg.telemetry.traces.headers));
   return out.filter((s) => s !== '');
 }

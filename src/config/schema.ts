@@ -305,6 +305,34 @@ export const ConfigSchema = section(
     shutdown: optSection({
       grace: duration('30s', 'On SIGTERM, how long to wait for in-flight messages to be confirmed.', { min: 0 }),
     }),
+    telemetry: optSection({
+      traces: optSection(
+        {
+          enabled: bool(
+            false,
+            "A producer span per message that carries a traceparent, child of it, from commit to the broker's confirm, exported over OTLP/HTTP; the message goes out with the span's traceparent.",
+          ),
+          endpoint: str('http://localhost:4318/v1/traces', 'The OTLP/HTTP traces URL (protobuf), http:// or https://.'),
+          serviceName: str('outboxd', 'The service.name of the spans.'),
+          headers: withDefault(
+            T.Array(
+              section({
+                name: required('An HTTP header name.'),
+                value: required('Its value; a secret as ${VAR} or ${file:/path}.'),
+              }),
+              { default: [], description: 'HTTP headers sent with every export (authentication). Their values are redacted from logs.' },
+            ),
+          ),
+          batchDelay: duration('5s', 'How long a finished span may wait before its batch is exported.', { min: 10, max: 600_000 }),
+          exportTimeout: duration('10s', 'How long one export request may take.', { min: 100, max: 600_000 }),
+          maxQueueSize: int(2_048, 'The most finished spans waiting for export; past it new spans are dropped, never the messages.', {
+            min: 1,
+            max: 1_000_000,
+          }),
+        },
+        'OpenTelemetry traces through the relay (docs/tracing.md).',
+      ),
+    }),
   },
   'outboxd configuration',
 );
