@@ -1,4 +1,5 @@
 import type { Server } from 'node:http';
+import type { SpanExporter } from '@opentelemetry/sdk-trace';
 import { Watermark } from './checkpoint/watermark.js';
 import type { Config } from './config/config.js';
 import { ExitCode, OutboxdError, exitCodeFor } from './errors.js';
@@ -9,6 +10,7 @@ import { startHttp } from './observability/http.js';
 import { Liveness } from './observability/liveness.js';
 import type { Logger } from './observability/logger.js';
 import { type Metrics, createMetrics } from './observability/metrics.js';
+import { type MessageTracer, type TracerFactory, loadTracing } from './observability/tracing.js';
 import { OutboxMapper } from './outbox/mapper.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Pipeline } from './pipeline/pipeline.js';
@@ -31,6 +33,8 @@ export class Relay {
   private readonly pipeline: Pipeline;
   private readonly ingest: Ingest;
   private readonly source: Source;
+  /** Spans for traced messages (telemetry.traces); null when tracing is off. */
+  private readonly tracer: MessageTracer | null;
   /** Aborted when the relay stops: ends the sink's connect retries and the source's sessions. */
   private readonly stopping = new AbortController();
   private http: Server | null = null;
@@ -40,17 +44,25 @@ export class Relay {
   /** Resolves with the process exit code when the relay has stopped. */
   readonly done: Promise<number>;
 
-  /** A relay with the sink the config names (its broker library loaded on demand). */
-  static async create(cfg: Config, log: Logger, options: { metrics?: Metrics } = {}): Promise<Relay> {
+  /**
+   * A relay with the sink the config names (its broker library loaded on demand), and with the
+   * OpenTelemetry SDK only when telemetry.traces is enabled. `spanExporter` replaces the OTLP
+   * exporter (tests).
+   */
+  static async create(cfg: Config, log: Logger, options: { metrics?: Metrics; spanExporter?: SpanExporter } = {}): Promise<Relay> {
     const sink = await loadSink(cfg.sink, cfg.postgres.slot, cfg.outbox.onPoison === 'dead-letter', log.child({ module: 'sink' }));
-    return new Relay(cfg, log, { ...options, sink });
+    const tracing = await loadTracing(cfg.telemetry.traces, cfg.sink, log.child({ module: 'tracing' }), { exporter: options.spanExporter });
+    return new Relay(cfg, log, { metrics: options.metrics, sink, tracing });
   }
 
-  /** `sink`: a factory for the config's sink (see create()), or a ready sink (benchmarks pass a discarding one). */
+  /**
+   * `sink`: a factory for the config's sink (see create()), or a ready sink (benchmarks pass a
+   * discarding one). `tracing`: the tracer's factory when tracing is enabled (see create()).
+   */
   constructor(
     private readonly cfg: Config,
     private readonly log: Logger,
-    options: { metrics?: Metrics; sink: Sink | SinkFactory },
+    options: { metrics?: Metrics; sink: Sink | SinkFactory; tracing?: TracerFactory | null },
   ) {
     this.metrics = options.metrics ?? createMetrics();
     this.done = new Promise((resolve) => {
@@ -71,6 +83,7 @@ export class Relay {
             },
           })
         : options.sink;
+    this.tracer = options.tracing ? options.tracing(this.sink) : null;
     this.pipeline = new Pipeline(
       cfg.pipeline,
       cfg.outbox.onPoison,
@@ -86,6 +99,7 @@ export class Relay {
       log.child({ module: 'pipeline' }),
       cfg.sink.stallTimeoutMs,
       label,
+      this.tracer,
     );
     const mapper = new OutboxMapper(destinationTemplate(cfg.sink));
     this.ingest = new Ingest(cfg, mapper, this.watermark, this.pipeline, this.metrics, log.child({ module: 'ingest' }));
@@ -166,6 +180,8 @@ export class Relay {
     this.stopping.abort(new Error('outboxd is stopping'));
     await this.source.close();
     await this.sink.close().catch(() => undefined);
+    // The spans ended so far are exported (within telemetry.traces.exportTimeout); open ones are dropped.
+    await this.tracer?.close().catch((err: unknown) => this.log.warn({ err }, 'closing the trace exporter failed'));
     this.liveness.stop();
     await new Promise<void>((resolve) => (this.http ? this.http.close(() => resolve()) : resolve()));
     this.http?.closeAllConnections();

@@ -115,6 +115,12 @@ export interface Sink {
    * or belongs to another database.
    */
   readCheckpoint?(source: SourceIdentity): Promise<Position | null>;
+  /**
+   * Kafka: the partition a message went to, as the sink's last metadata has it, or null when it
+   * cannot tell. Asked (for the message's trace span) only after `publish` confirmed the
+   * message; pure and cheap.
+   */
+  partitionOf?(message: OutboxMessage): number | null;
   /** Flushes nothing, loses nothing: only closes connections. Idempotent. */
   close(): Promise<void>;
 }

@@ -5,6 +5,7 @@ import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfa
 import type { Txn, Watermark } from '../checkpoint/watermark.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
+import type { MessageTracer } from '../observability/tracing.js';
 import { Batches, type Item, type MessageItem } from './batches.js';
 import { Publisher } from './publisher.js';
 
@@ -56,7 +57,8 @@ export class Pipeline {
 
   /**
    * `stallTimeoutMs`: how long one call to the sink may wait for the broker before the sink is
-   * reported stalled. `label`: the bounded metric label for a destination.
+   * reported stalled. `label`: the bounded metric label for a destination. `tracer`: spans for
+   * traced messages (telemetry.traces), or null when tracing is off.
    */
   constructor(
     private readonly cfg: PipelineConfig,
@@ -68,6 +70,7 @@ export class Pipeline {
     private readonly log: Logger,
     stallTimeoutMs: number,
     private readonly label: (destination: string) => string = (d) => d,
+    private readonly tracer: MessageTracer | null = null,
   ) {
     this.batches = new Batches(cfg, () => this.kick());
     this.publisher = new Publisher(sink, cfg.retry, stallTimeoutMs, events, metrics, log, this.stopSignal.signal);
@@ -117,7 +120,10 @@ export class Pipeline {
     if (problem !== null) return this.pushPoison(letterFor(message, problem), txn);
     const label = this.label(message.destination);
     this.received.set(label, (this.received.get(label) ?? 0) + 1);
-    return this.enqueue({ kind: 'message', message, txn }, message.sizeBytes);
+    // Tracing: the message's span starts here, before any sink encodes it, since its traceparent
+    // header becomes the span's. With tracing off this one branch is all it costs.
+    const m = this.tracer === null ? message : this.tracer.start(message);
+    return this.enqueue({ kind: 'message', message: m, txn }, m.sizeBytes);
   }
 
   /** Accepts a message that could not be mapped; the poison policy decides what happens to it. */
@@ -229,13 +235,16 @@ export class Pipeline {
   private async publishBatch(items: MessageItem[]): Promise<void> {
     const messages = items.map((i) => i.message);
     this.metrics.batchSize.observe(messages.length);
+    const trace = this.tracer === null ? null : this.tracer.publishing(messages);
     let outcome: PublishOutcome;
     try {
       outcome = await this.publisher.publish(messages);
     } catch (err) {
+      trace?.failed(err as Error);
       this.failUnlessStopping(err as SinkError);
       return;
     }
+    trace?.confirmed(outcome);
     const poisoned = new Map(outcome.poisoned.map((p) => [p.index, p.error]));
     const unsent = new Set(outcome.unsent);
     const now = Date.now();

@@ -16,6 +16,7 @@ import {
   readCheckpoints,
 } from './kafka-checkpoint.js';
 import * as client from './kafka-client.js';
+import { kafkajsPartitionOf } from './kafkajs-speedups.js';
 
 /**
  * Tests only (test/faults/exactly-once.test.ts): a pause before every Kafka commit, so a kill
@@ -163,6 +164,10 @@ export class KafkaExactlyOnceSink implements Sink {
 
   check(m: OutboxMessage): PoisonError | null {
     return client.checkMessage(this.cfg, m);
+  }
+
+  partitionOf(m: OutboxMessage): number | null {
+    return kafkajsPartitionOf(m.destination, m.key);
   }
 
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {

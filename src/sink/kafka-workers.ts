@@ -126,6 +126,11 @@ export class KafkaWorkerSink implements Sink {
     return checkMessage(this.cfg, m);
   }
 
+  partitionOf(m: OutboxMessage): number | null {
+    const known = this.partitions.get(m.destination);
+    return known === undefined ? null : partitionOf(m.key, known.count);
+  }
+
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     if (this.workers.length === 0) await this.start();
     const counts = await this.partitionCounts(batch);

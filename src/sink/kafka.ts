@@ -5,6 +5,7 @@ import { type PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
 import * as client from './kafka-client.js';
+import { kafkajsPartitionOf } from './kafkajs-speedups.js';
 
 /**
  * Kafka at least once, through kafkajs: an idempotent producer with acks=all and one request in
@@ -42,6 +43,10 @@ export class KafkaSink implements Sink {
 
   check(m: OutboxMessage): PoisonError | null {
     return client.checkMessage(this.cfg, m);
+  }
+
+  partitionOf(m: OutboxMessage): number | null {
+    return kafkajsPartitionOf(m.destination, m.key);
   }
 
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {

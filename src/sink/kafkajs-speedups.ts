@@ -16,6 +16,7 @@
 import { Module, createRequire } from 'node:module';
 import type kafkajs from 'kafkajs';
 import { SinkError } from '../errors.js';
+import { partitionOf } from './kafka-partition.js';
 import { PRODUCE_API_KEY, type ProduceFactory, encodeProduce, ours } from './kafka-produce.js';
 
 type Grouper = (args: {
@@ -25,9 +26,27 @@ type Grouper = (args: {
   partitioner: (a: { topic: string; partitionMetadata: unknown[]; message: unknown }) => number;
 }) => Record<number, unknown[]>;
 
+/**
+ * Each topic's partition count as kafkajs last grouped a send for it: the count its partitioner
+ * (murmur2 of the key, modulo the count) used. Set once per topic per send, for trace spans.
+ */
+const partitionCounts = new Map<string, number>();
+
+/**
+ * The partition kafkajs's default partitioner sent a message with this topic and key to (the
+ * same murmur2 as kafka-partition.ts), from the count of its last send to the topic; null before.
+ */
+export function kafkajsPartitionOf(topic: string, key: string): number | null {
+  const count = partitionCounts.get(topic);
+  return count === undefined ? null : partitionOf(key, count);
+}
+
 const grouper: Grouper = ({ topic, partitionMetadata, messages, partitioner }) => {
   const result: Record<number, unknown[]> = {};
   if (partitionMetadata.length === 0) return result;
+  if (partitionCounts.get(topic) !== partitionMetadata.length && partitionCounts.size < 10_000) {
+    partitionCounts.set(topic, partitionMetadata.length);
+  }
   for (const message of messages) {
     const partition = partitioner({ topic, partitionMetadata, message });
     let list = result[partition];
