@@ -166,10 +166,6 @@ export class KafkaExactlyOnceSink implements Sink {
     return client.checkMessage(this.cfg, m);
   }
 
-  partitionOf(m: OutboxMessage): number | null {
-    return kafkajsPartitionOf(m.destination, m.key);
-  }
-
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     await this.settleDoubt();
     // After a commit whose answer was lost: what the re-read checkpoint covers is in Kafka already.
@@ -361,6 +357,10 @@ export class KafkaExactlyOnceSink implements Sink {
     this.initialized = false;
     this.stopReporting();
     if (p) await p.disconnect().catch(() => undefined);
+  }
+
+  partitionOf(m: OutboxMessage): number | null {
+    return kafkajsPartitionOf(m.destination, m.key);
   }
 
   async close(): Promise<void> {
