@@ -1,3 +1,4 @@
+import { createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import { defaultKafkaWorkers } from './cores.js';
@@ -46,6 +47,9 @@ export type KafkaSinkConfig = ReturnType<typeof compileKafka>;
 export type RabbitMqSinkConfig = ReturnType<typeof compileRabbitMq>;
 export type StdoutSinkConfig = ReturnType<typeof compileStdout>;
 export type TlsConfig = NonNullable<ReturnType<typeof compileTls>>;
+export type SaslConfig = NonNullable<ReturnType<typeof compileSasl>>;
+export type OAuthBearerConfig = Extract<SaslConfig, { mechanism: 'oauthbearer' }>['oauthbearer'];
+export type AwsMskIamConfig = Extract<SaslConfig, { mechanism: 'aws-msk-iam' }>['awsMskIam'];
 export type PoisonPolicy = OutboxConfig['onPoison'];
 export type LogLevel = Config['log']['level'];
 export type ExchangeType = RabbitMqSinkConfig['exchangeType'];
@@ -197,12 +201,88 @@ function compileKafka(k: NonNullable<ConfigInput['sink']['kafka']>, slot: string
     /** Publishing worker threads (sink/kafka-workers.ts); 0: on the main thread. */
     workers: k.workers ?? defaultKafkaWorkers(),
     ssl: compileTls('sink.kafka.ssl', k.ssl),
-    sasl: k.sasl && {
-      mechanism: k.sasl.mechanism,
-      username: k.sasl.username,
-      password:
-        k.sasl.passwordFile !== undefined ? readSecret('sink.kafka.sasl.passwordFile', k.sasl.passwordFile) : (k.sasl.password as string),
-    },
+    sasl: compileSasl(k.sasl, k.ssl !== undefined),
+  };
+}
+
+type SaslInput = NonNullable<ConfigInput['sink']['kafka']>['sasl'];
+
+/**
+ * sink.kafka.sasl: each mechanism with exactly its own keys. Plain data only: the worker threads
+ * get this by structured clone and build their token providers from it (sink/kafka-auth.ts).
+ */
+function compileSasl(s: SaslInput, tls: boolean) {
+  if (s === undefined) return undefined;
+  const at = 'sink.kafka.sasl';
+  const mechanism = s.mechanism;
+  const own = { oauthbearer: 'oauthbearer', 'aws-msk-iam': 'awsMskIam' } as const;
+  const keys = { username: s.username, password: s.password ?? s.passwordFile, oauthbearer: s.oauthbearer, awsMskIam: s.awsMskIam };
+  const allowed: readonly string[] =
+    mechanism === 'oauthbearer' || mechanism === 'aws-msk-iam' ? [own[mechanism]] : ['username', 'password'];
+  for (const [key, value] of Object.entries(keys)) {
+    if (value !== undefined && !allowed.includes(key)) {
+      throw new ConfigError(
+        `${at}.${key === 'password' && s.password === undefined ? 'passwordFile' : key}`,
+        `is not used by mechanism ${mechanism}; remove it`,
+      );
+    }
+  }
+  if (mechanism === 'oauthbearer') {
+    const o = s.oauthbearer;
+    if (o === undefined)
+      throw new ConfigError(`${at}.oauthbearer`, 'is required for mechanism oauthbearer (tokenEndpoint, clientId, clientSecret)');
+    return { mechanism, oauthbearer: compileOAuthBearer(`${at}.oauthbearer`, o) };
+  }
+  if (mechanism === 'aws-msk-iam') {
+    const a = s.awsMskIam;
+    if (a === undefined) throw new ConfigError(`${at}.awsMskIam`, 'is required for mechanism aws-msk-iam (region)');
+    if (!/^[a-z]{2}(-[a-z]+)+-\d+$/.test(a.region))
+      throw new ConfigError(`${at}.awsMskIam.region`, `must be an AWS region like eu-west-1, got "${a.region}"`);
+    // MSK's IAM listeners (port 9098, 9198 public) speak TLS only.
+    if (!tls)
+      throw new ConfigError('sink.kafka.ssl', 'is required with sasl mechanism aws-msk-iam: MSK IAM listeners accept TLS only (ssl: true)');
+    return { mechanism, awsMskIam: { region: a.region, profile: a.profile, roleArn: a.roleArn, roleSessionName: a.roleSessionName } };
+  }
+  if (s.username === undefined) throw new ConfigError(`${at}.username`, `is required for mechanism ${mechanism}`);
+  if (s.password === undefined && s.passwordFile === undefined) throw new ConfigError(`${at}.password`, 'is required (or passwordFile)');
+  return {
+    mechanism,
+    username: s.username,
+    password: s.passwordFile !== undefined ? readSecret(`${at}.passwordFile`, s.passwordFile) : (s.password as string),
+  };
+}
+
+/** RFC 7628 extension keys as Kafka accepts them (OAuthBearerClientInitialResponse), and values. */
+const EXTENSION_NAME = /^[A-Za-z]+$/;
+const EXTENSION_VALUE = /^[\x21-\x7E \t\r\n]+$/;
+
+function compileOAuthBearer(at: string, o: NonNullable<NonNullable<SaslInput>['oauthbearer']>) {
+  let endpoint: URL;
+  try {
+    endpoint = new URL(o.tokenEndpoint);
+  } catch {
+    throw new ConfigError(`${at}.tokenEndpoint`, `is not a valid URL: "${o.tokenEndpoint}"`);
+  }
+  if (endpoint.protocol !== 'https:' && endpoint.protocol !== 'http:') {
+    throw new ConfigError(`${at}.tokenEndpoint`, `must be an https:// (or http://) URL, got ${endpoint.protocol}//`);
+  }
+  const extensions: Record<string, string> = {};
+  o.extensions.forEach((e, i) => {
+    if (!EXTENSION_NAME.test(e.name) || e.name === 'auth') {
+      throw new ConfigError(`${at}.extensions[${i}].name`, `"${e.name}" is not a SASL extension name (letters only, not auth)`);
+    }
+    if (e.name in extensions) throw new ConfigError(`${at}.extensions[${i}].name`, `extension ${e.name} is listed twice`);
+    if (!EXTENSION_VALUE.test(e.value)) throw new ConfigError(`${at}.extensions[${i}].value`, 'must be printable ASCII');
+    extensions[e.name] = e.value;
+  });
+  return {
+    tokenEndpoint: endpoint.toString(),
+    clientId: o.clientId,
+    clientSecret: o.clientSecretFile !== undefined ? readSecret(`${at}.clientSecretFile`, o.clientSecretFile) : (o.clientSecret as string),
+    clientAuth: o.clientAuth,
+    scope: o.scope,
+    extensions,
+    timeoutMs: ms(o.timeout),
   };
 }
 
@@ -217,10 +297,29 @@ function compileRabbitMq(r: NonNullable<ConfigInput['sink']['rabbitmq']>) {
     throw new ConfigError('sink.rabbitmq.url', `must be an amqp:// or amqps:// URL, got ${parsed.protocol}//`);
   }
   const password = r.passwordFile !== undefined ? readSecret('sink.rabbitmq.passwordFile', r.passwordFile) : r.password;
+  const tls = compileTls('sink.rabbitmq.tls', r.tls);
+  if (r.authMechanism === 'external') {
+    // EXTERNAL logs in as the client certificate's identity: without one there is nothing to show.
+    if (parsed.protocol !== 'amqps:') throw new ConfigError('sink.rabbitmq.url', 'must be amqps:// with authMechanism external');
+    if (tls?.cert === undefined || tls.key === undefined) {
+      throw new ConfigError('sink.rabbitmq.tls', 'needs certFile and keyFile with authMechanism external (the certificate is the login)');
+    }
+    if (password !== undefined || parsed.password !== '') {
+      throw new ConfigError(
+        r.password !== undefined
+          ? 'sink.rabbitmq.password'
+          : r.passwordFile !== undefined
+            ? 'sink.rabbitmq.passwordFile'
+            : 'sink.rabbitmq.url',
+        'a password is not used with authMechanism external; remove it',
+      );
+    }
+  }
   if (password !== undefined) parsed.password = encodeURIComponent(password);
   return {
     /** amqp:// or amqps:// URL; the vhost is its path. */
     url: password !== undefined ? parsed.toString() : r.url,
+    authMechanism: r.authMechanism,
     exchange: r.exchange,
     exchangeType: r.exchangeType,
     declare: r.declare,
@@ -232,7 +331,7 @@ function compileRabbitMq(r: NonNullable<ConfigInput['sink']['rabbitmq']>) {
     heartbeatSeconds: Math.round(ms(r.heartbeat) / 1000),
     connectionTimeoutMs: ms(r.connectionTimeout),
     maxMessageBytes: bytes(r.maxMessageBytes),
-    tls: compileTls('sink.rabbitmq.tls', r.tls),
+    tls,
   };
 }
 
@@ -244,14 +343,43 @@ type TlsInput = NonNullable<ConfigInput['sink']['kafka']>['ssl'];
 
 function compileTls(path: string, t: TlsInput) {
   if (t === undefined || t === false) return undefined;
-  if (t === true) return { ca: undefined, cert: undefined, key: undefined, rejectUnauthorized: true, servername: undefined };
+  if (t === true) {
+    return { ca: undefined, cert: undefined, key: undefined, passphrase: undefined, rejectUnauthorized: true, servername: undefined };
+  }
+  const key = t.keyFile === undefined ? undefined : readSecret(`${path}.keyFile`, t.keyFile);
+  const passphrase = t.keyPassphraseFile !== undefined ? readSecret(`${path}.keyPassphraseFile`, t.keyPassphraseFile) : t.keyPassphrase;
+  const passphraseKey = t.keyPassphraseFile !== undefined ? `${path}.keyPassphraseFile` : `${path}.keyPassphrase`;
+  if (passphrase !== undefined && key === undefined) throw new ConfigError(passphraseKey, 'is set but keyFile is not');
+  if (key !== undefined) checkPrivateKey(path, t.keyFile as string, key, passphrase, passphraseKey);
   return {
     ca: t.caFile === undefined ? undefined : readSecret(`${path}.caFile`, t.caFile),
     cert: t.certFile === undefined ? undefined : readSecret(`${path}.certFile`, t.certFile),
-    key: t.keyFile === undefined ? undefined : readSecret(`${path}.keyFile`, t.keyFile),
+    key,
+    /** Decrypts an encrypted `key` (Node's TLS `passphrase`). */
+    passphrase,
     rejectUnauthorized: t.rejectUnauthorized ?? true,
     servername: t.servername,
   };
+}
+
+/**
+ * The client key must open with the passphrase given (or without one, unencrypted): found at
+ * start, naming the key, rather than as a TLS failure on every connection attempt.
+ */
+function checkPrivateKey(path: string, file: string, key: string, passphrase: string | undefined, passphraseKey: string): void {
+  try {
+    // An explicit '' makes OpenSSL fail on an encrypted key instead of prompting for one.
+    createPrivateKey({ key, format: 'pem', passphrase: passphrase ?? '' });
+  } catch (err) {
+    const { code, message } = err as NodeJS.ErrnoException;
+    if (passphrase === undefined && (code === 'ERR_MISSING_PASSPHRASE' || /bad decrypt|passphrase/i.test(message))) {
+      throw new ConfigError(`${path}.keyFile`, `${file} is encrypted: set ${path}.keyPassphrase or keyPassphraseFile`);
+    }
+    if (passphrase !== undefined && (code === 'ERR_OSSL_BAD_DECRYPT' || /bad decrypt/i.test(message))) {
+      throw new ConfigError(passphraseKey, `does not decrypt the key in ${file} (${path}.keyFile): wrong passphrase`);
+    }
+    throw new ConfigError(`${path}.keyFile`, `${file} holds no PEM private key that opens: ${message}`);
+  }
 }
 
 /** An HTTP header name (RFC 9110 token). */
@@ -315,8 +443,14 @@ export function secretsOf(cfg: Config): string[] {
   };
   // parsePgUrl, not new URL: a multi-host URL is not a WHATWG URL.
   const out = [cfg.postgres.password ?? '', parsePgUrl(cfg.postgres.url).password];
-  if (cfg.sink.type === 'kafka') out.push(cfg.sink.kafka.sasl?.password ?? '', cfg.sink.kafka.ssl?.key ?? '');
-  if (cfg.sink.type === 'rabbitmq') out.push(urlPassword(cfg.sink.rabbitmq.url), cfg.sink.rabbitmq.tls?.key ?? '');
+  const tls = (t: TlsConfig | undefined) => [t?.key ?? '', t?.passphrase ?? ''];
+  if (cfg.sink.type === 'kafka') {
+    const sasl = cfg.sink.kafka.sasl;
+    out.push(...tls(cfg.sink.kafka.ssl));
+    if (sasl?.mechanism === 'oauthbearer') out.push(sasl.oauthbearer.clientSecret);
+    else if (sasl !== undefined && sasl.mechanism !== 'aws-msk-iam') out.push(sasl.password);
+  }
+  if (cfg.sink.type === 'rabbitmq') out.push(urlPassword(cfg.sink.rabbitmq.url), ...tls(cfg.sink.rabbitmq.tls));
   // The exporter's headers exist for authentication: every value is treated as a secret.
   out.push(...Object.values(cfg.telemetry.traces.headers));
   return out.filter((s) => s !== '');

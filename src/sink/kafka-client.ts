@@ -5,6 +5,7 @@ import { MissingDestinationError, PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
 import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
+import { saslOptions } from './kafka-auth.js';
 import { install as installProduceEncoder } from './kafkajs-speedups.js';
 
 /**
@@ -53,13 +54,12 @@ export function createKafka(cfg: KafkaSinkConfig, log: Logger): kafkajs.Kafka {
           ca: cfg.ssl.ca,
           cert: cfg.ssl.cert,
           key: cfg.ssl.key,
+          passphrase: cfg.ssl.passphrase,
           rejectUnauthorized: cfg.ssl.rejectUnauthorized,
           servername: cfg.ssl.servername,
         }
       : false,
-    sasl: cfg.sasl
-      ? ({ mechanism: cfg.sasl.mechanism, username: cfg.sasl.username, password: cfg.sasl.password } as kafkajs.SASLOptions)
-      : undefined,
+    sasl: cfg.sasl ? saslOptions(cfg.sasl, log.child({ module: 'kafka-auth' })) : undefined,
     // Few internal retries: the pipeline retries whole batches with its own backoff and metrics.
     retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 5_000 },
     // kafkajs is chatty during outages; the pipeline logs failures itself, rate-limited.

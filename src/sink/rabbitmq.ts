@@ -64,8 +64,17 @@ export class RabbitMqSink implements Sink {
       model = await amqp.connect(url.toString(), {
         timeout: this.cfg.connectionTimeoutMs,
         ...(tls
-          ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized, servername: tls.servername }
+          ? {
+              ca: tls.ca,
+              cert: tls.cert,
+              key: tls.key,
+              passphrase: tls.passphrase,
+              rejectUnauthorized: tls.rejectUnauthorized,
+              servername: tls.servername,
+            }
           : {}),
+        // EXTERNAL: the broker takes the identity from the TLS client certificate.
+        ...(this.cfg.authMechanism === 'external' ? { credentials: amqp.credentials.external() } : {}),
         clientProperties: { connection_name: 'outboxd' },
       });
     } catch (err) {
