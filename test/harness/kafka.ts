@@ -18,6 +18,10 @@ export interface KafkaServer {
   /** `await using` destroys it. */
   [Symbol.asyncDispose](): Promise<void>;
   brokers: string[]; // ['127.0.0.1:PORT']
+  /** With `auth.oauthbearer`: the SASL_PLAINTEXT OAUTHBEARER listener's broker list. */
+  oauthBrokers: string[];
+  /** With `auth.mtls`: the SSL listener's broker list (client certificate required). */
+  mtlsBrokers: string[];
   /** 'graceful' (default): SIGTERM, controlled shutdown; 'kill': SIGKILL, like a crash. */
   stop(mode?: 'graceful' | 'kill'): Promise<void>;
   start(): Promise<void>;
@@ -85,8 +89,32 @@ logger.state.name = state.change.logger
 logger.state.level = WARN
 `;
 
+/**
+ * Listeners beside PLAINTEXT (which stays the inter-broker one, so the harness's own probes and
+ * warm-up are unchanged), for authentication tests on a dedicated broker.
+ */
+export interface KafkaAuthOptions {
+  /**
+   * A SASL_PLAINTEXT listener with OAUTHBEARER. Tokens are checked by Kafka's validator for
+   * unsecured JWTs (the default when no server callback handler is configured): alg none, `sub`,
+   * `exp` and `iat` claims, and `requiredScope` in the `scope` claim when given. `reauthMs` sets
+   * the listener's connections.max.reauth.ms (KIP-368): sessions last min(it, token lifetime),
+   * and the client must re-authenticate before then.
+   */
+  oauthbearer?: { requiredScope?: string; reauthMs?: number };
+  /** An SSL listener that requires a client certificate (PEM keystore and truststore). */
+  mtls?: { keystoreFile: string; caFile: string };
+  /**
+   * KRaft's StandardAuthorizer with no ACLs and these super users (besides User:ANONYMOUS, the
+   * PLAINTEXT and controller principal): anyone else is refused.
+   */
+  superUsers?: string[];
+}
+
 class KafkaServerImpl implements KafkaServer {
   readonly brokers: string[];
+  readonly oauthBrokers: string[];
+  readonly mtlsBrokers: string[];
   private child: ChildProcess | undefined;
 
   constructor(
@@ -94,8 +122,47 @@ class KafkaServerImpl implements KafkaServer {
     private readonly brokerPort: number,
     private readonly sd: ServiceDir,
     private readonly jvmFlavour: 'test' | 'kafka-defaults' = 'test',
+    private readonly auth: KafkaAuthOptions & { oauthPort?: number; mtlsPort?: number } = {},
   ) {
     this.brokers = [`${HOST}:${brokerPort}`];
+    this.oauthBrokers = auth.oauthPort === undefined ? [] : [`${HOST}:${auth.oauthPort}`];
+    this.mtlsBrokers = auth.mtlsPort === undefined ? [] : [`${HOST}:${auth.mtlsPort}`];
+  }
+
+  /** The properties of the listeners in `auth`. */
+  private authProps(): { listeners: string[]; protocols: string[]; props: Record<string, string> } {
+    const a = this.auth;
+    const out = { listeners: [] as string[], protocols: [] as string[], props: {} as Record<string, string> };
+    if (a.oauthPort !== undefined) {
+      out.listeners.push(`OAUTH://${HOST}:${a.oauthPort}`);
+      out.protocols.push('OAUTH:SASL_PLAINTEXT');
+      const scope = a.oauthbearer?.requiredScope === undefined ? '' : ` unsecuredValidatorRequiredScope="${a.oauthbearer.requiredScope}"`;
+      out.props['listener.name.oauth.sasl.enabled.mechanisms'] = 'OAUTHBEARER';
+      out.props['listener.name.oauth.oauthbearer.sasl.jaas.config'] =
+        `org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker"${scope};`;
+      if (a.oauthbearer?.reauthMs !== undefined) {
+        out.props['listener.name.oauth.oauthbearer.connections.max.reauth.ms'] = String(a.oauthbearer.reauthMs);
+      }
+    }
+    if (a.mtlsPort !== undefined && a.mtls) {
+      out.listeners.push(`MTLS://${HOST}:${a.mtlsPort}`);
+      out.protocols.push('MTLS:SSL');
+      Object.assign(out.props, {
+        'listener.name.mtls.ssl.keystore.type': 'PEM',
+        'listener.name.mtls.ssl.keystore.location': a.mtls.keystoreFile,
+        'listener.name.mtls.ssl.truststore.type': 'PEM',
+        'listener.name.mtls.ssl.truststore.location': a.mtls.caFile,
+        'listener.name.mtls.ssl.client.auth': 'required',
+      });
+    }
+    if (a.superUsers) {
+      Object.assign(out.props, {
+        'authorizer.class.name': 'org.apache.kafka.metadata.authorizer.StandardAuthorizer',
+        'super.users': ['User:ANONYMOUS', ...a.superUsers].join(';'),
+        'allow.everyone.if.no.acl.found': 'false',
+      });
+    }
+    return out;
   }
 
   private get propsFile(): string {
@@ -141,15 +208,17 @@ class KafkaServerImpl implements KafkaServer {
   }
 
   async init(controllerPort: number): Promise<void> {
+    const auth = this.authProps();
     const props = {
       'process.roles': 'broker,controller',
       'node.id': '1',
       'controller.quorum.voters': `1@${HOST}:${controllerPort}`,
-      listeners: `PLAINTEXT://${HOST}:${this.brokerPort},CONTROLLER://${HOST}:${controllerPort}`,
-      'advertised.listeners': `PLAINTEXT://${HOST}:${this.brokerPort}`,
+      listeners: [`PLAINTEXT://${HOST}:${this.brokerPort}`, `CONTROLLER://${HOST}:${controllerPort}`, ...auth.listeners].join(','),
+      'advertised.listeners': [`PLAINTEXT://${HOST}:${this.brokerPort}`, ...auth.listeners].join(','),
       'controller.listener.names': 'CONTROLLER',
       'inter.broker.listener.name': 'PLAINTEXT',
-      'listener.security.protocol.map': 'PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
+      'listener.security.protocol.map': ['PLAINTEXT:PLAINTEXT', 'CONTROLLER:PLAINTEXT', ...auth.protocols].join(','),
+      ...auth.props,
       'log.dirs': join(this.sd.dir, 'data'),
       'num.partitions': '3',
       'default.replication.factor': '1',
@@ -287,12 +356,17 @@ class KafkaServerImpl implements KafkaServer {
  * A single-node KRaft broker. `jvm: 'test'` (the default) tunes the JVM for short test runs on two
  * cores; 'kafka-defaults' runs it with the settings of Kafka's own start script (benchmarks).
  */
-export async function startKafka(opts: { jvm?: 'test' | 'kafka-defaults' } = {}): Promise<KafkaServer> {
+export async function startKafka(opts: { jvm?: 'test' | 'kafka-defaults'; auth?: KafkaAuthOptions } = {}): Promise<KafkaServer> {
   const libs = await kafkaLibs();
   return retryOnPortClash(async () => {
     const [brokerPort, controllerPort] = [await getFreePort(HOST), await getFreePort(HOST)];
+    const auth = {
+      ...opts.auth,
+      oauthPort: opts.auth?.oauthbearer ? await getFreePort(HOST) : undefined,
+      mtlsPort: opts.auth?.mtls ? await getFreePort(HOST) : undefined,
+    };
     const sd = await ServiceDir.create('kafka', 'SIGKILL');
-    const server = new KafkaServerImpl(libs, brokerPort, sd, opts.jvm ?? 'test');
+    const server = new KafkaServerImpl(libs, brokerPort, sd, opts.jvm ?? 'test', auth);
     try {
       await server.init(controllerPort);
       await server.start();
