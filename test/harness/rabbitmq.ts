@@ -54,6 +54,19 @@ export interface RabbitServer {
   destroy(): Promise<void>;
   /** Runs `rabbitmqctl ARGS...` against this node (needs it running); resolves with stdout. */
   ctl(...args: string[]): Promise<string>;
+  /** With the `tls` option: amqps://127.0.0.1:PORT/%2F, a listener that requires a client certificate. */
+  tlsUrl: string | undefined;
+}
+
+/**
+ * A TLS listener (PEM files) that requires a client certificate, and with `external` the
+ * EXTERNAL mechanism (plugin rabbitmq_auth_mechanism_ssl): the certificate's CN is the user name.
+ */
+export interface RabbitTlsOptions {
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+  external?: boolean;
 }
 
 export const RABBIT_USER = 'outboxd';
@@ -89,14 +102,17 @@ async function rabbitInstallDir(): Promise<string> {
   return dir;
 }
 
-let pluginSetPromise: Promise<string[]> | undefined;
+const pluginSetPromises = new Map<string, Promise<string[]>>();
 
 /**
  * Names of the plugins-dir entries needed by rabbit + rabbitmq_prelaunch + RABBIT_PLUGINS:
  * the closure over the `applications` lists of their .app files (OTP apps are not in there).
  */
-function neededPluginDirs(pluginsDir: string): Promise<string[]> {
-  pluginSetPromise ??= (async () => {
+function neededPluginDirs(pluginsDir: string, plugins: readonly string[]): Promise<string[]> {
+  const cacheKey = plugins.join(',');
+  const cached = pluginSetPromises.get(cacheKey);
+  if (cached) return cached;
+  const pluginSetPromise = (async () => {
     const apps = new Map<string, { entry: string; deps: string[] }>();
     for (const entry of await readdir(pluginsDir)) {
       const dash = entry.lastIndexOf('-');
@@ -115,7 +131,7 @@ function neededPluginDirs(pluginsDir: string): Promise<string[]> {
       );
       apps.set(name, { entry, deps });
     }
-    const roots = ['rabbit', 'rabbitmq_prelaunch', ...RABBIT_PLUGINS];
+    const roots = ['rabbit', 'rabbitmq_prelaunch', ...plugins];
     const wanted = new Set<string>();
     const queue = [...roots];
     for (let app = queue.pop(); app !== undefined; app = queue.pop()) {
@@ -130,8 +146,9 @@ function neededPluginDirs(pluginsDir: string): Promise<string[]> {
     }
     return [...wanted].map((a) => apps.get(a)?.entry ?? a);
   })();
+  pluginSetPromises.set(cacheKey, pluginSetPromise);
   pluginSetPromise.catch(() => {
-    pluginSetPromise = undefined;
+    pluginSetPromises.delete(cacheKey);
   });
   return pluginSetPromise;
 }
@@ -197,6 +214,7 @@ async function canConnect(url: string): Promise<boolean> {
 class RabbitServerImpl implements RabbitServer {
   readonly url: string;
   readonly vhostUrl: string;
+  readonly tlsUrl: string | undefined;
   readonly nodeName: string;
   readonly dataDir: string;
   private readonly home: string;
@@ -209,10 +227,12 @@ class RabbitServerImpl implements RabbitServer {
     private readonly distPort: number,
     private readonly epmdPort: number,
     private readonly sd: ServiceDir,
+    private readonly tls: (RabbitTlsOptions & { port: number }) | undefined = undefined,
   ) {
     const auth = `${RABBIT_USER}:${RABBIT_PASSWORD}@${HOST}:${port}`;
     this.url = `amqp://${auth}/%2F`;
     this.vhostUrl = `amqp://${auth}/${RABBIT_VHOST}`;
+    this.tlsUrl = tls && `amqps://${HOST}:${tls.port}/%2F`;
     this.nodeName = `outboxd-${randomBytes(4).toString('hex')}@localhost`;
     this.dataDir = sd.dir;
     this.home = join(sd.dir, 'home');
@@ -261,14 +281,14 @@ class RabbitServerImpl implements RabbitServer {
     }
     await symlink(join(this.install, 'escript'), join(this.home, 'escript'));
     const pluginsDir = join(this.install, 'plugins');
-    for (const entry of await neededPluginDirs(pluginsDir)) {
+    for (const entry of await neededPluginDirs(pluginsDir, this.plugins())) {
       await symlink(join(pluginsDir, entry), join(this.home, 'plugins', entry));
     }
 
     await Promise.all([mkdir(this.path('mnesia')), mkdir(this.path('log')), mkdir(this.path('conf.d'))]);
     await writeFile(this.path('.erlang.cookie'), randomBytes(16).toString('hex').toUpperCase(), { mode: 0o400 });
     await writeFile(this.path('rabbitmq-env.conf'), '');
-    await writeFile(this.path('enabled_plugins'), `[${RABBIT_PLUGINS.join(',')}].\n`);
+    await writeFile(this.path('enabled_plugins'), `[${this.plugins().join(',')}].\n`);
     const all = { configure: '.*', write: '.*', read: '.*' };
     const definitions = {
       // Plain `password` is hashed on import. Imported at every boot: a restart restores these.
@@ -289,9 +309,30 @@ class RabbitServerImpl implements RabbitServer {
         `load_definitions = ${this.path('definitions.json')}`,
         // The default (50 MB) would block all publishers on a nearly full CI disk.
         'disk_free_limit.absolute = 1MB',
+        ...this.tlsConf(),
         '',
       ].join('\n'),
     );
+  }
+
+  private plugins(): string[] {
+    return this.tls?.external ? [...RABBIT_PLUGINS, 'rabbitmq_auth_mechanism_ssl'] : [...RABBIT_PLUGINS];
+  }
+
+  private tlsConf(): string[] {
+    const t = this.tls;
+    if (!t) return [];
+    return [
+      `listeners.ssl.default = ${HOST}:${t.port}`,
+      `ssl_options.cacertfile = ${t.caFile}`,
+      `ssl_options.certfile = ${t.certFile}`,
+      `ssl_options.keyfile = ${t.keyFile}`,
+      'ssl_options.verify = verify_peer',
+      'ssl_options.fail_if_no_peer_cert = true',
+      ...(t.external
+        ? ['auth_mechanisms.1 = PLAIN', 'auth_mechanisms.2 = AMQPLAIN', 'auth_mechanisms.3 = EXTERNAL', 'ssl_cert_login_from = common_name']
+        : []),
+    ];
   }
 
   private async ensureEpmd(): Promise<void> {
@@ -422,13 +463,14 @@ class RabbitServerImpl implements RabbitServer {
 }
 
 /** Starts a fresh RabbitMQ node; resolves once AMQP logins on both vhosts work. */
-export async function startRabbitMQ(): Promise<RabbitServer> {
+export async function startRabbitMQ(opts: { tls?: RabbitTlsOptions } = {}): Promise<RabbitServer> {
   const install = await rabbitInstallDir();
   return retryOnPortClash(async () => {
     const [port, distPort, epmdPort] = [await getFreePort(HOST), await getFreePort(HOST), await getFreePort(HOST)];
+    const tls = opts.tls && { ...opts.tls, port: await getFreePort(HOST) };
     // SIGKILL when the runner dies: the data is thrown away anyway.
     const sd = await ServiceDir.create('rabbitmq', 'SIGKILL');
-    const server = new RabbitServerImpl(install, port, distPort, epmdPort, sd);
+    const server = new RabbitServerImpl(install, port, distPort, epmdPort, sd, tls);
     try {
       await server.init();
       await server.start();
