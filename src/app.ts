@@ -11,6 +11,7 @@ import { Liveness } from './observability/liveness.js';
 import type { Logger } from './observability/logger.js';
 import { type Metrics, createMetrics } from './observability/metrics.js';
 import { type MessageTracer, type TracerFactory, loadTracing } from './observability/tracing.js';
+import { cloudEventsFor } from './outbox/cloudevents.js';
 import { OutboxMapper } from './outbox/mapper.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Pipeline } from './pipeline/pipeline.js';
@@ -101,7 +102,7 @@ export class Relay {
       label,
       this.tracer,
     );
-    const mapper = new OutboxMapper(destinationTemplate(cfg.sink));
+    const mapper = new OutboxMapper(destinationTemplate(cfg.sink), cloudEventsFor(cfg.sink));
     this.ingest = new Ingest(cfg, mapper, this.watermark, this.pipeline, this.metrics, log.child({ module: 'ingest' }));
     this.source = new Source(cfg, this.watermark, this.ingest, this.pipeline, this.liveness, this.metrics, log, {
       onState: (s) => health.setState(s),

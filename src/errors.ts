@@ -98,7 +98,11 @@ export type PoisonReason =
   /** An AMQP shortstr field (message id, type, routing key, header name, ...) over 255 bytes. */
   | 'field_too_long'
   /** The AMQP header table over what amqplib can encode (64 KiB). */
-  | 'headers_too_large';
+  | 'headers_too_large'
+  /** sink.cloudevents: a required attribute (type, a field of the source template) is null or empty. */
+  | 'missing_ce_attribute'
+  /** sink.cloudevents: an attribute the CloudEvents type system forbids, or a row header that would overwrite one. */
+  | 'bad_ce_attribute';
 
 /** The broker refused or failed a publish. `retriable` decides between backoff and stopping. */
 export class SinkError extends OutboxdError {

@@ -2,6 +2,7 @@ import { createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import { defaultKafkaWorkers } from './cores.js';
+import { sourceTemplateProblem } from '../outbox/cloudevents.js';
 import { parseTemplate, type Template } from '../outbox/template.js';
 import { type PgUrl, parsePgUrl } from './pg-url.js';
 import { COLUMN_FIELDS, type ColumnField, ConfigSchema, type ConfigInput } from './schema.js';
@@ -46,6 +47,7 @@ export type SinkConfig = ReturnType<typeof compileSink>;
 export type KafkaSinkConfig = ReturnType<typeof compileKafka>;
 export type RabbitMqSinkConfig = ReturnType<typeof compileRabbitMq>;
 export type StdoutSinkConfig = ReturnType<typeof compileStdout>;
+export type CloudEventsConfig = ReturnType<typeof compileCloudEvents>;
 export type TlsConfig = NonNullable<ReturnType<typeof compileTls>>;
 export type SaslConfig = NonNullable<ReturnType<typeof compileSasl>>;
 export type OAuthBearerConfig = Extract<SaslConfig, { mechanism: 'oauthbearer' }>['oauthbearer'];
@@ -165,15 +167,29 @@ function compileSink(s: ConfigInput['sink'], slot: string) {
     }
   }
   const stallTimeoutMs = ms(s.stallTimeout);
+  const cloudevents = compileCloudEvents(s.cloudevents);
   if (s.type === 'kafka') {
     if (s.kafka === undefined) throw new ConfigError('sink.kafka.brokers', 'is required: a list of host:port');
-    return { type: s.type, stallTimeoutMs, kafka: compileKafka(s.kafka, slot) };
+    return { type: s.type, stallTimeoutMs, cloudevents, kafka: compileKafka(s.kafka, slot) };
   }
   if (s.type === 'rabbitmq') {
     if (s.rabbitmq === undefined) throw new ConfigError('sink.rabbitmq.url', 'is required');
-    return { type: s.type, stallTimeoutMs, rabbitmq: compileRabbitMq(s.rabbitmq) };
+    return { type: s.type, stallTimeoutMs, cloudevents, rabbitmq: compileRabbitMq(s.rabbitmq) };
   }
-  return { type: s.type, stallTimeoutMs, stdout: compileStdout(s.stdout ?? (validate(STDOUT, {}, 'sink.stdout') as StdoutInput)) };
+  return {
+    type: s.type,
+    stallTimeoutMs,
+    cloudevents,
+    stdout: compileStdout(s.stdout ?? (validate(STDOUT, {}, 'sink.stdout') as StdoutInput)),
+  };
+}
+
+/** sink.cloudevents: the mode, and the source template, checked to make a URI-reference. */
+function compileCloudEvents(c: ConfigInput['sink']['cloudevents']) {
+  const source = template(c.source);
+  const problem = sourceTemplateProblem(source);
+  if (problem !== null) throw new ConfigError('sink.cloudevents.source', problem);
+  return { mode: c.mode, source };
 }
 
 const STDOUT = ConfigSchema.properties.sink.properties.stdout;

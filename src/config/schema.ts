@@ -350,6 +350,20 @@ export const ConfigSchema = section(
         },
         'stdout (sink.type: stdout).',
       ),
+      cloudevents: optSection(
+        {
+          mode: oneOf(
+            ['off', 'binary', 'structured'],
+            'off',
+            "Send each event as a CloudEvent 1.0: binary (attributes in the broker binding's headers, the payload as it is) or structured (application/cloudevents+json, the payload embedded as written).",
+          ),
+          source: template(
+            '/outboxd/{aggregatetype}',
+            'The CloudEvents source attribute (a template; field values are percent-encoded; the result must be a URI-reference).',
+          ),
+        },
+        'CloudEvents (docs/config.md#sinkcloudevents).',
+      ),
     }),
     http: optSection({
       host: str('0.0.0.0', 'The listen address for /metrics, /livez and /readyz.'),

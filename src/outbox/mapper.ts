@@ -4,6 +4,7 @@ import type { OutboxMessage, TxnRef } from '../interfaces.js';
 import type { TableConfig } from '../config/config.js';
 import { COLUMN_FIELDS } from '../config/schema.js';
 import type { Relation } from '../source/pgoutput.js';
+import type { CloudEventsEncoder } from './cloudevents.js';
 import { type JsonSpan, JsonSyntaxError, LoneSurrogateError, scanObject, unescapeString } from './json.js';
 import { type Template, renderTemplate } from './template.js';
 
@@ -71,8 +72,16 @@ export class OutboxMapper {
    * destinations the rest stay uninterned.
    */
   private readonly interned = new Map<string, string>();
+  /** The fields the templates read: the destination's, and CloudEvents' source's. */
+  private readonly templateFields: readonly string[];
 
-  constructor(private readonly destination: Template) {}
+  /** `cloudEvents`: null when sink.cloudevents.mode is off, and then the mapping pays nothing for it. */
+  constructor(
+    private readonly destination: Template,
+    private readonly cloudEvents: CloudEventsEncoder | null = null,
+  ) {
+    this.templateFields = [...new Set([...destination.fields, ...(cloudEvents?.fields ?? [])])];
+  }
 
   private intern(d: string): string {
     const known = this.interned.get(d);
@@ -92,7 +101,7 @@ export class OutboxMapper {
       if (i < columns.length) wanted[i] = true;
     }
     const rawFields: Array<readonly [string, number]> = [];
-    for (const f of this.destination.fields) {
+    for (const f of this.templateFields) {
       const i = index.get(f);
       if (TEMPLATE_FIELDS.has(f) || i === undefined) continue;
       rawFields.push([f, i]);
@@ -171,7 +180,7 @@ export class OutboxMapper {
     const h = members.get('headers');
     const headers = h === undefined || h.kind === 'null' ? null : headersFromSpan(text, h, 'logical message field headers');
     let raw: Record<string, string | null> | null = null;
-    for (const f of this.destination.fields) {
+    for (const f of this.templateFields) {
       if (TEMPLATE_FIELDS.has(f) || !members.has(f)) continue;
       raw ??= {};
       raw[f] = field(f);
@@ -217,6 +226,16 @@ export class OutboxMapper {
     // Formatted once per transaction, not per message.
     headers[LSN_HEADER] = txn.lsnText;
     headers[XID_HEADER] = txn.xidText;
+    if (this.cloudEvents !== null) {
+      try {
+        ({ payload, contentType } = this.cloudEvents.encode(
+          { id, type, key, txn, payload, contentType, fields: f as unknown as Record<string, string | null>, raw },
+          headers,
+        ));
+      } catch (err) {
+        throw err instanceof PoisonError ? subject(err, f) : err;
+      }
+    }
     let headerBytes = 0;
     for (const k in headers) headerBytes += k.length + (headers[k] as string).length;
     const payloadBytes = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;

@@ -1,4 +1,4 @@
-import { PoisonError } from '../errors.js';
+import { PoisonError, type PoisonReason } from '../errors.js';
 
 /**
  * A destination template such as `outbox.event.{aggregatetype}`: literal text and `{field}`
@@ -26,14 +26,26 @@ export function parseTemplate(source: string): Template {
   return { source, parts, fields: parts.flatMap((p) => ('field' in p ? [p.field] : [])) };
 }
 
+/** What a template renders and how: its name in errors, the poison reason of a missing field, the escaping of values. */
+export interface TemplateUse {
+  readonly what: string;
+  readonly reason: PoisonReason;
+  /** Applied to each field value (a URI's percent-encoding); null: values go in as they are. */
+  readonly escape: ((value: string) => string) | null;
+}
+
+/** The destination (topic, routing key): field values as they are, a missing one leaves no route. */
+export const DESTINATION: TemplateUse = { what: 'destination template', reason: 'missing_route', escape: null };
+
 /**
  * Renders a template, looking each field up in `fields` first, then in `raw` (the row's other
- * columns). A field that is null or empty makes the message poison (no route).
+ * columns). A field that is null or empty makes the message poison (for a destination: no route).
  */
 export function renderTemplate(
   t: Template,
   fields: Readonly<Record<string, string | null>>,
   raw: Readonly<Record<string, string | null>> | null = null,
+  use: TemplateUse = DESTINATION,
 ): string {
   let out = '';
   for (const part of t.parts) {
@@ -44,12 +56,9 @@ export function renderTemplate(
     const f = part.field;
     const v = f in fields ? fields[f] : raw?.[f];
     if (v === null || v === undefined || v === '') {
-      throw new PoisonError(
-        'missing_route',
-        `destination template "${t.source}" needs {${part.field}}, which is ${v === '' ? 'empty' : 'null'}`,
-      );
+      throw new PoisonError(use.reason, `${use.what} "${t.source}" needs {${part.field}}, which is ${v === '' ? 'empty' : 'null'}`);
     }
-    out += v;
+    out += use.escape === null ? v : use.escape(v);
   }
   return out;
 }

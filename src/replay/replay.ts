@@ -9,6 +9,7 @@ import type { DeadLetter, OutboxMessage, Sink, TxnRef } from '../interfaces.js';
 import { ZERO_LSN } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import { type Metrics, createMetrics } from '../observability/metrics.js';
+import { cloudEventsFor } from '../outbox/cloudevents.js';
 import { type ColumnInfo, LSN_HEADER, OutboxMapper, type TableBinding, XID_HEADER } from '../outbox/mapper.js';
 import { Publisher } from '../pipeline/publisher.js';
 import { destinationTemplate, loadSink } from '../sink/index.js';
@@ -336,7 +337,7 @@ async function prepareTable(
   if (columns.length === 0) {
     throw new ConfigError(`outbox.tables[${plan.index}].name`, `table ${plan.name} does not exist (or this user cannot see it)`);
   }
-  const mapper = new OutboxMapper(destinationTemplate(cfg.sink));
+  const mapper = new OutboxMapper(destinationTemplate(cfg.sink), cloudEventsFor(cfg.sink));
   const binding = mapper.bind(t, columns);
   for (const field of REQUIRED_COLUMN_FIELDS) {
     if (binding.at[field] === columns.length) {

@@ -1,5 +1,6 @@
 import type { StdoutSinkConfig } from '../config/config.js';
 import { type PoisonError, SinkError } from '../errors.js';
+import { STRUCTURED_CONTENT_TYPE } from '../outbox/cloudevents.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
 
@@ -9,7 +10,8 @@ const MAX_LINE_BYTES = 16 * 1024 * 1024;
 /**
  * One JSON line per message on stdout. A batch is confirmed once the stream has taken it
  * (the write callback), which for a pipe means the bytes reached the kernel.
- * A JSON payload is embedded as JSON; a text payload as a string; bytes as base64.
+ * A JSON payload (or a structured CloudEvent) is embedded as JSON; a text payload as a string;
+ * bytes as base64. With CloudEvents binary mode the attributes are `ce_` headers, as on Kafka.
  */
 export class StdoutSink implements Sink {
   readonly type = 'stdout' as const;
@@ -66,7 +68,7 @@ function line(
 ): string {
   let body: string;
   if (typeof payload !== 'string') body = `{"base64":${JSON.stringify(payload.toString('base64'))}}`;
-  else if (contentType === 'application/json' && payload !== '') {
+  else if ((contentType === 'application/json' || contentType === STRUCTURED_CONTENT_TYPE) && payload !== '') {
     // JSON text can hold raw newlines only between tokens, so folding them keeps it valid JSON.
     body = payload.includes('\n') ? payload.replace(/[\r\n]+/g, ' ') : payload;
   } else body = JSON.stringify(payload);
