@@ -16,7 +16,7 @@ import { type Template, type TemplateUse, renderTemplate } from './template.js';
  * Bindings (cloudevents/spec 1.0.2):
  * - Kafka (kafka-protocol-binding.md, also the stdout sink's): binary puts each attribute in a
  *   `ce_<name>` header and `datacontenttype` in the `content-type` header; structured sends the
- *   JSON envelope with `content-type: application/cloudevents+json; charset=UTF-8`.
+ *   JSON envelope with `content-type: application/cloudevents+json; charset=utf-8`.
  * - AMQP (amqp-protocol-binding.md): binary puts each attribute in a `cloudEvents:<name>`
  *   application property (RabbitMQ: a header) as its canonical string, and `datacontenttype` in
  *   the AMQP content-type property; structured sets that property to the envelope's media type.
@@ -29,8 +29,13 @@ import { type Template, type TemplateUse, renderTemplate } from './template.js';
  */
 
 export const SPEC_VERSION = '1.0';
-/** The media type of a structured event (json-format.md), as both bindings write it. */
-export const STRUCTURED_CONTENT_TYPE = 'application/cloudevents+json; charset=UTF-8';
+/**
+ * The media type of a structured event (json-format.md). The bindings' examples write
+ * `charset=UTF-8`; a charset is case-insensitive (RFC 2046), and the JavaScript SDK's HTTP
+ * binding knows only the lower-case form (an exact lookup), so that is the one that every
+ * reader takes.
+ */
+export const STRUCTURED_CONTENT_TYPE = 'application/cloudevents+json; charset=utf-8';
 
 export type CloudEventsMode = 'binary' | 'structured';
 
