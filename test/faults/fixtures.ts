@@ -28,6 +28,8 @@ export interface Delivered extends Ordered {
   headers: Record<string, string>;
   /** The body's bytes as the broker holds them. */
   value: Buffer;
+  /** RabbitMQ: the content-type property (Kafka has none; its content-type, if any, is a header). */
+  contentType?: string;
 }
 
 export interface Reader {
@@ -259,6 +261,7 @@ class AmqpReader implements Reader {
           position: n,
           headers,
           value: msg.content,
+          contentType: msg.properties.contentType,
         });
         ch.ack(msg);
       });
