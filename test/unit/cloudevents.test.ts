@@ -1,4 +1,5 @@
 import { CloudEvent, Kafka, type KafkaMessage } from 'cloudevents';
+import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { Txn } from '../../src/checkpoint/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
@@ -16,6 +17,8 @@ import {
 } from '../../src/outbox/cloudevents.js';
 import { OutboxMapper } from '../../src/outbox/mapper.js';
 import { parseTemplate } from '../../src/outbox/template.js';
+import type { OutboxMessage } from '../../src/interfaces.js';
+import { StdoutSink } from '../../src/sink/stdout.js';
 
 const cfg = parseConfig('postgres:\n  url: postgres://u@h/db\n', {});
 const table = cfg.outbox.tables[0]!;
@@ -200,6 +203,41 @@ describe('CloudEvents structured mode', () => {
       'application/json',
     ]);
     expect(e.data).toEqual({ a: [1, 2, { b: null }] });
+  });
+});
+
+describe('CloudEvents on stdout', () => {
+  /** The JSON lines a StdoutSink writes for `messages`. */
+  async function lines(...messages: OutboxMessage[]): Promise<Array<Record<string, unknown>>> {
+    let text = '';
+    const out = new Writable({
+      write(chunk, _enc, done) {
+        text += chunk.toString();
+        done();
+      },
+    });
+    const sink = new StdoutSink(cfg.sink.type === 'stdout' ? cfg.sink.stdout : (undefined as never), out);
+    await sink.publish(messages);
+    return text
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+  }
+
+  it('structured: the payload field is the event itself, as JSON; binary: the ce_ headers, as on Kafka', async () => {
+    const [structured, binary] = await lines(map(kafkaStructured, row), map(kafkaBinary, row));
+    const event = structured?.payload as Record<string, unknown>;
+    expect([event.specversion, event.id, event.source, event.type, event.subject, event.time]).toEqual([
+      '1.0',
+      row.id,
+      '/outboxd/order',
+      row.type,
+      'order-1',
+      TIME,
+    ]);
+    expect(event.data).toEqual({ total: 12345678901234567891, price: 1.1, note: 'café' });
+    expect((binary?.headers as Record<string, string>).ce_type).toBe(row.type);
+    expect(binary?.payload).toEqual(event.data);
   });
 });
 
