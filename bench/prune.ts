@@ -88,9 +88,7 @@ log: { level: warn }
       }
       const seconds = (performance.now() - first) / 1000;
       const { rows } = await db.query<{ n: string }>('SELECT count(*) AS n FROM prune_outbox');
-      console.log(
-        `prune ${s.name}: ${ROWS} rows in ${seconds.toFixed(1)} s = ${Math.round(ROWS / seconds)} rows/s (left: ${rows[0]?.n})`,
-      );
+      console.log(`prune ${s.name}: ${ROWS} rows in ${seconds.toFixed(1)} s = ${Math.round(ROWS / seconds)} rows/s (left: ${rows[0]?.n})`);
     } finally {
       await stopChild(relay);
       await db.query('SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1', [slot]);

@@ -149,7 +149,9 @@ export class Source {
     if (recovering) {
       // postgres.onLostSlot: recover-from-outbox. Before the new slot streams, what the lost one
       // may not have delivered is published again from the table (replay/recover.ts).
-      this.events.onWaiting(`recovering from a lost replication slot: publishing again the retained rows from transaction ${recovering.fromXid} on`);
+      this.events.onWaiting(
+        `recovering from a lost replication slot: publishing again the retained rows from transaction ${recovering.fromXid} on`,
+      );
       try {
         if ((await recoverFromOutbox(this.cfg, admin, recovering, this.metrics, this.log.child({ module: 'recovery' }), signal)) !== 'done')
           return;
