@@ -125,7 +125,8 @@ describe('lost-slot recovery from the outbox', () => {
     // The relay stops; the slot goes while it is down; the marker keeps the epoch.
     first.kill('SIGKILL');
     await first.exited;
-    await b.db.client.query('SELECT pg_drop_replication_slot($1)', [b.db.slot]);
+    // Its walsender may not have noticed yet that the relay is gone: terminate it, then drop.
+    await dropSlotUnderRelay(b);
     // Simulate a crash right after the new slot was created: the marker says "recovering".
     const m = await marker(b);
     const recovering = { slot: b.db.slot, fromXid: m.confirmedXid, since: m.confirmedSince, reason: 'dropped' };
