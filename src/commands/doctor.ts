@@ -6,7 +6,6 @@ import { createLogger } from '../observability/logger.js';
 import { loadSink } from '../sink/index.js';
 import { connectAdmin, hostOf, scalar } from '../source/connect.js';
 import { failoverChecks } from './failover-checks.js';
-import { kafkaAuthChecks } from './kafka-auth-checks.js';
 import { checkSlotUsable, inspectSlot, readMarker } from '../source/slot.js';
 
 /** One line of `validate --connect`: what was checked, whether it holds, and how to fix it. */
@@ -197,7 +196,12 @@ async function brokerCheck(cfg: Config, add: (n: string, s: Check['status'], d: 
     add('sink', 'ok', 'stdout needs no connection');
     return;
   }
-  if (cfg.sink.type === 'kafka' && !(await kafkaAuthChecks(cfg.sink.kafka, add))) return;
+  if (cfg.sink.type === 'kafka') {
+    // Loaded here, not at the top: it loads kafkajs, which every command would otherwise pay for
+    // (and before kafkajs-speedups could patch it).
+    const { kafkaAuthChecks } = await import('./kafka-auth-checks.js');
+    if (!(await kafkaAuthChecks(cfg.sink.kafka, add))) return;
+  }
   const sink = (await loadSink(cfg.sink, cfg.postgres.slot, cfg.outbox.onPoison === 'dead-letter', createLogger('silent')))({
     connection: () => undefined,
     blocked: () => undefined,

@@ -1,3 +1,4 @@
+import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
 import kafkajs from 'kafkajs';
 import type { AwsMskIamConfig, OAuthBearerConfig, SaslConfig } from '../config/config.js';
 import { SinkError } from '../errors.js';
