@@ -326,6 +326,27 @@ export function steadyWriter(b: Bundle, everyMs = 50, keys = 1): { ids: string[]
   };
 }
 
+/** Drops the slot out from under a running relay: terminate its walsender, drop before it reconnects. */
+export async function dropSlotUnderRelay(b: Bundle): Promise<void> {
+  await until(
+    'slot dropped',
+    async () => {
+      await b.db.client.query(
+        'SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL',
+        [b.db.slot],
+      );
+      try {
+        await b.db.client.query('SELECT pg_drop_replication_slot($1)', [b.db.slot]);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    30_000,
+    20,
+  );
+}
+
 export async function waitDelivered(reader: Reader, ids: Iterable<string>, timeoutMs = 120_000): Promise<void> {
   const want = new Set(ids);
   let scanned = 0;

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { getFreePort } from '../harness/ports.js';
 import { startPostgres } from '../harness/postgres.js';
 import { sleep, until, writeOutbox } from '../integration/support.js';
-import { type SinkKind, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
+import { type SinkKind, bundle, dropSlotUnderRelay, orderAndDuplicates, waitDelivered } from './fixtures.js';
 
 /**
  * The relay's life: a slot lost while it runs, a hot standby taking over from a killed leader,
@@ -15,21 +15,7 @@ describe('lifecycle', () => {
     const relay = b.start();
     await relay.ready();
     // The walsender holds the slot; end it and drop the slot before the relay gets back in.
-    await until(
-      'the slot to be dropped',
-      async () => {
-        await b.db.client.query(
-          'SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL',
-          [b.db.slot],
-        );
-        return b.db.client.query('SELECT pg_drop_replication_slot($1)', [b.db.slot]).then(
-          () => true,
-          () => false,
-        );
-      },
-      20_000,
-      20,
-    );
+    await dropSlotUnderRelay(b);
     expect(await relay.exited).toBe(4);
     const fatal = relay.logLines().find((l) => l.level === 'fatal');
     expect(String(fatal?.msg)).toMatch(/replication slot s_\w+ is gone .* will not recreate it\. See docs\/runbook\.md#lost-slot/);

@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { MAIN, sleep, until } from '../integration/support.js';
-import { type Bundle, bundle, orderAndDuplicates, steadyWriter, uuid, waitDelivered } from './fixtures.js';
+import { type Bundle, bundle, dropSlotUnderRelay, orderAndDuplicates, steadyWriter, uuid, waitDelivered } from './fixtures.js';
 
 /**
  * postgres.onLostSlot: recover-from-outbox. The slot is dropped under a running relay while rows
@@ -20,27 +20,6 @@ async function marker(b: Bundle): Promise<Record<string, unknown>> {
   );
   const c = rows[0]?.c ?? '';
   return c.startsWith('outboxd:') ? (JSON.parse(c.slice('outboxd:'.length)) as Record<string, unknown>) : {};
-}
-
-/** Drops the slot out from under the relay: terminate its walsender, drop before it reconnects. */
-async function dropSlotUnderRelay(b: Bundle): Promise<void> {
-  await until(
-    'slot dropped',
-    async () => {
-      await b.db.client.query(
-        'SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL',
-        [b.db.slot],
-      );
-      try {
-        await b.db.client.query('SELECT pg_drop_replication_slot($1)', [b.db.slot]);
-        return true;
-      } catch {
-        return false;
-      }
-    },
-    30_000,
-    0,
-  );
 }
 
 describe('lost-slot recovery from the outbox', () => {

@@ -1,9 +1,10 @@
 import { CloudEvent, Kafka, type KafkaMessage } from 'cloudevents';
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
+import { poison } from './expect-poison.js';
 import { Txn } from '../../src/checkpoint/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
-import { ConfigError, PoisonError } from '../../src/errors.js';
+import { ConfigError } from '../../src/errors.js';
 import {
   AMQP_BINDING,
   CloudEventsEncoder,
@@ -60,16 +61,6 @@ const kafkaBinary = new CloudEventsEncoder('binary', source, KAFKA_BINDING);
 const amqpBinary = new CloudEventsEncoder('binary', source, AMQP_BINDING);
 const kafkaStructured = new CloudEventsEncoder('structured', source, KAFKA_BINDING);
 const amqpStructured = new CloudEventsEncoder('structured', source, AMQP_BINDING);
-
-function poison(fn: () => unknown): PoisonError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(PoisonError);
-    return err as PoisonError;
-  }
-  throw new Error('expected a PoisonError');
-}
 
 describe('CloudEvents binary mode', () => {
   it('Kafka: ce_ headers for every attribute and content-type for datacontenttype; payload and other headers unchanged', () => {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { poison } from './expect-poison.js';
 import { Txn } from '../../src/checkpoint/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
-import { PoisonError } from '../../src/errors.js';
 import { OutboxMapper, type PayloadKind, decodeByteaHex, payloadKindOf } from '../../src/outbox/mapper.js';
 import { parseTemplate } from '../../src/outbox/template.js';
 
@@ -39,16 +39,6 @@ const row = {
   reply_to: null,
   traceparent: null,
 };
-
-function poison(fn: () => unknown): PoisonError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(PoisonError);
-    return err as PoisonError;
-  }
-  throw new Error('expected a PoisonError');
-}
 
 describe('OutboxMapper.fromRow', () => {
   it('maps a Debezium-style row: topic from aggregatetype, key from aggregateid, id header', () => {
