@@ -2,7 +2,7 @@ import type { Config } from '../config/config.js';
 import { ExitCode, oneLine } from '../errors.js';
 import { formatLsn } from '../lsn.js';
 import { connectAdmin } from '../source/connect.js';
-import { inspectSlot, readMarkerDoc } from '../source/slot.js';
+import { type Marker, inspectSlot, readMarkerDoc } from '../source/slot.js';
 
 export interface SlotStatus {
   slot: string;
@@ -36,7 +36,7 @@ export async function slotStatus(cfg: Config): Promise<SlotStatus> {
       [cfg.postgres.slot],
     );
     const r = rows[0];
-    const doc = await readMarkerDoc(client, cfg.postgres.publication).catch(() => ({ slots: [] as string[] }) as const);
+    const doc = await readMarkerDoc(client, cfg.postgres.publication).catch((): Marker => ({ slots: [] }));
     let problem: string | null = null;
     if (!slot) {
       problem = doc.slots.includes(cfg.postgres.slot)
@@ -57,8 +57,8 @@ export async function slotStatus(cfg: Config): Promise<SlotStatus> {
       retainedWalBytes: r?.retained != null ? Number(r.retained) : null,
       walStatus: slot?.walStatus ?? null,
       safeWalSizeBytes: r?.safe != null ? Number(r.safe) : null,
-      confirmedEpoch: 'confirmedXid' in doc && doc.confirmedXid ? { xid: doc.confirmedXid, since: doc.confirmedSince ?? null } : null,
-      recovering: 'recovering' in doc && doc.recovering?.slot === cfg.postgres.slot,
+      confirmedEpoch: doc.confirmedXid ? { xid: doc.confirmedXid, since: doc.confirmedSince ?? null } : null,
+      recovering: doc.recovering?.slot === cfg.postgres.slot,
       problem,
     };
   } finally {

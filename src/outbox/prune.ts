@@ -5,6 +5,7 @@ import { type Lsn, formatLsn, parseLsn } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { connectAdmin } from '../source/connect.js';
+import { isPartitioned } from '../source/publication.js';
 import { recordConfirmedXid } from '../source/slot.js';
 
 /**
@@ -310,11 +311,7 @@ interface Partition {
 
 /** The table's partitions and their bounds, or null when it is not partitioned. */
 async function partitionsOf(client: pg.Client, table: TableConfig): Promise<Partition[] | null> {
-  const { rows: kind } = await client.query<{ k: string }>(
-    `SELECT c.relkind::text AS k FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
-    [table.schema, table.table],
-  );
-  if (kind[0]?.k !== 'p') return null;
+  if (!(await isPartitioned(client, table))) return null;
   const { rows } = await client.query<{ schema: string; name: string; bound: string }>(
     `SELECT n.nspname AS schema, c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bound
        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace

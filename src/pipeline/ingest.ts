@@ -135,13 +135,7 @@ export class Ingest implements ChangeHandler<TableBinding> {
     const problem = row.problem();
     if (problem !== null) {
       const at = binding.at;
-      const error =
-        problem.reason === 'oversized'
-          ? new PoisonError(
-              'oversized',
-              `column ${problem.column} holds ${problem.bytes} bytes, over the sink's message limit of ${this.maxValueBytes} bytes`,
-            )
-          : new PoisonError('bad_encoding', `column ${problem.column} holds bytes that are not valid UTF-8`);
+      const error = valuePoison(problem.reason, problem.column, problem.bytes, this.maxValueBytes);
       // The dead letter carries the other columns; the one with the problem is null.
       const whole = JSON.stringify(row.wholeRow());
       return this.pipeline.pushPoison(letter(error, txn, index, values[at.id] ?? null, values[at.aggregateid] ?? null, whole), txn);
@@ -236,4 +230,11 @@ function letter(error: PoisonError, txn: Txn, index: number, id: string | null, 
     error,
     txn,
   };
+}
+
+/** A column value the relay cannot carry: over the sink's message limit, or not UTF-8. Replay says it the same way. */
+export function valuePoison(reason: 'oversized' | 'bad_encoding', column: string, bytes: number, maxValueBytes: number): PoisonError {
+  return reason === 'oversized'
+    ? new PoisonError('oversized', `column ${column} holds ${bytes} bytes, over the sink's message limit of ${maxValueBytes} bytes`)
+    : new PoisonError('bad_encoding', `column ${column} holds bytes that are not valid UTF-8`);
 }

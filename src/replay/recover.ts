@@ -70,5 +70,5 @@ export async function recoverFromOutbox(
  * distance from it, which a read-only snapshot can compute without an xid of its own: every row
  * it sees is below the snapshot's xmax. (Freezing keeps the raw xid in `xmin`.)
  */
-export const UNCONFIRMED = `((xmin::text::bigint - $1::bigint % 4294967296 + 4294967296) % 4294967296)
+const UNCONFIRMED = `((xmin::text::bigint - $1::bigint % 4294967296 + 4294967296) % 4294967296)
     < pg_snapshot_xmax(pg_current_snapshot())::text::bigint - $1::bigint`;

@@ -11,6 +11,7 @@ import type { Logger } from '../observability/logger.js';
 import { type Metrics, createMetrics } from '../observability/metrics.js';
 import { cloudEventsFor } from '../outbox/cloudevents.js';
 import { type ColumnInfo, LSN_HEADER, OutboxMapper, type TableBinding, XID_HEADER } from '../outbox/mapper.js';
+import { valuePoison } from '../pipeline/ingest.js';
 import { Publisher } from '../pipeline/publisher.js';
 import { destinationTemplate, loadSink } from '../sink/index.js';
 import { maxMessageBytes } from '../sink/limits.js';
@@ -60,11 +61,6 @@ export interface ReplayOptions {
    * It is part of the filter a checkpoint must match.
    */
   readonly condition?: { readonly sql: string; readonly params: readonly unknown[] };
-  /**
-   * Runs first inside the replay's transaction (REPEATABLE READ READ ONLY, just begun), before
-   * any query: e.g. `SET TRANSACTION SNAPSHOT '...'` to read as of a slot's consistent point.
-   */
-  readonly snapshot?: (client: pg.Client) => Promise<void>;
   /** Count per table and destination what would be published; publish nothing, connect no broker. */
   readonly dryRun?: boolean;
   /** Resume from and record progress in this file (see checkpoint.ts). Never written by a dry run. */
@@ -138,13 +134,13 @@ const MAX_DESTINATIONS = 1_000;
  * The config's sink as a replay uses it: Kafka always at least once (an idempotent producer, no
  * transactional id, so a running exactly-once relay is never fenced) and on the main thread.
  */
-export function replaySinkConfig(sink: SinkConfig): SinkConfig {
+function replaySinkConfig(sink: SinkConfig): SinkConfig {
   if (sink.type !== 'kafka') return sink;
   return { ...sink, kafka: { ...sink.kafka, delivery: 'at-least-once', workers: 0 } };
 }
 
 /** Builds (does not connect) the sink a replay publishes through, from the config. */
-export async function createReplaySink(cfg: Config, log: Logger): Promise<Sink> {
+async function createReplaySink(cfg: Config, log: Logger): Promise<Sink> {
   const factory = await loadSink(replaySinkConfig(cfg.sink), cfg.postgres.slot, cfg.outbox.onPoison === 'dead-letter', log);
   return factory({
     connection: () => undefined,
@@ -203,18 +199,19 @@ export async function replayRows(opts: ReplayOptions): Promise<ReplaySummary> {
   try {
     await client.query(`SET application_name = 'outboxd-replay'`);
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-    if (opts.snapshot) await opts.snapshot(client);
     // A cursor's first FETCH may sort millions of rows: longer than the admin connection's bound.
     await client.query('SET LOCAL statement_timeout = 0');
     const resolved = previous?.resolved ?? (await resolveBounds(client, filter));
     const rawBytes = (await client.query<{ e: string }>('SELECT current_setting($1) AS e', ['server_encoding'])).rows[0]?.e === 'SQL_ASCII';
     const version = await serverVersion(client);
     const reads: TableRead[] = [];
+    // One mapping for every table, as the relay has.
+    const mapper = new OutboxMapper(destinationTemplate(cfg.sink), cloudEventsFor(cfg.sink));
     let total = 0;
     for (const plan of plans) {
       const at = progress[plan.name];
       if (at?.done) continue;
-      const read = await prepareTable(client, cfg, plan, resolved, opts.condition, at ?? null, rawBytes, version);
+      const read = await prepareTable(client, cfg, plan, resolved, opts.condition, mapper, at ?? null, rawBytes, version);
       total += read.count;
       reads.push(read);
     }
@@ -316,7 +313,6 @@ interface TableRead {
   readonly order: string;
   readonly params: unknown[];
   readonly count: number;
-  readonly rawBytes: boolean;
 }
 
 /** The row's key columns in front of its values: tableoid, ctid, created_at, created_at as Unix ms. */
@@ -328,6 +324,7 @@ async function prepareTable(
   plan: TablePlan,
   resolved: { from: string | null; to: string | null },
   condition: ReplayOptions['condition'],
+  mapper: OutboxMapper,
   resumeAt: TableProgress | null,
   rawBytes: boolean,
   version: number,
@@ -337,7 +334,6 @@ async function prepareTable(
   if (columns.length === 0) {
     throw new ConfigError(`outbox.tables[${plan.index}].name`, `table ${plan.name} does not exist (or this user cannot see it)`);
   }
-  const mapper = new OutboxMapper(destinationTemplate(cfg.sink), cloudEventsFor(cfg.sink));
   const binding = mapper.bind(t, columns);
   for (const field of REQUIRED_COLUMN_FIELDS) {
     if (binding.at[field] === columns.length) {
@@ -381,7 +377,7 @@ async function prepareTable(
   const select = `${keys}, ${columns.map((c) => value(c.name)).join(', ')}`;
   const order = created === null ? 'tableoid, ctid' : `${created}, tableoid, ctid`;
   const { rows } = await client.query<{ n: string }>(`SELECT count(*)::text AS n FROM ${t.qualified}${where}`, params);
-  return { plan, mapper, binding, columns, select, where, order, params, count: Number(rows[0]?.n ?? 0), rawBytes };
+  return { plan, mapper, binding, columns, select, where, order, params, count: Number(rows[0]?.n ?? 0) };
 }
 
 /**
@@ -567,7 +563,7 @@ class ReplayRun {
     }
     const ms = row[3] === null ? Date.now() : Number(row[3]);
     // No commit LSN or transaction id is known for a row read from the table: those headers are left out.
-    const txn: TxnRef = { xid: 0, commitLsn: ZERO_LSN, commitTimeMs: ms, lsnText: '', xidText: '' };
+    const txn = noPosition(ms);
     let m: OutboxMessage;
     try {
       m = this.replayed(read.mapper.fromRow(read.binding, values, txn));
@@ -583,14 +579,8 @@ class ReplayRun {
   private valueProblem(column: string, v: string | Buffer | null): PoisonError | null {
     if (v === null) return null;
     const bytes = typeof v === 'string' ? (v.length * 3 <= this.maxValueBytes ? 0 : Buffer.byteLength(v)) : v.length;
-    if (bytes > this.maxValueBytes) {
-      return new PoisonError(
-        'oversized',
-        `column ${column} holds ${bytes} bytes, over the sink's message limit of ${this.maxValueBytes} bytes`,
-      );
-    }
-    if (typeof v !== 'string' && !isUtf8(v))
-      return new PoisonError('bad_encoding', `column ${column} holds bytes that are not valid UTF-8`);
+    if (bytes > this.maxValueBytes) return valuePoison('oversized', column, bytes, this.maxValueBytes);
+    if (typeof v !== 'string' && !isUtf8(v)) return valuePoison('bad_encoding', column, v.length, this.maxValueBytes);
     return null;
   }
 
@@ -625,7 +615,7 @@ class ReplayRun {
       contentType: 'application/json',
       headers: id ? { id, [REPLAY_HEADER]: this.runId } : { [REPLAY_HEADER]: this.runId },
       error,
-      txn: { xid: 0, commitLsn: ZERO_LSN, commitTimeMs: Date.now(), lsnText: '', xidText: '' },
+      txn: noPosition(Date.now()),
     };
   }
 
@@ -680,4 +670,9 @@ class ReplayRun {
       return { table, destination, messages };
     });
   }
+}
+
+/** The position of a row read from the table: none is known (no LSN, no xid), only a time. */
+function noPosition(commitTimeMs: number): TxnRef {
+  return { xid: 0, commitLsn: ZERO_LSN, commitTimeMs, lsnText: '', xidText: '' };
 }

@@ -76,7 +76,8 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
   return 'exists';
 }
 
-async function isPartitioned(client: pg.Client, t: TableConfig): Promise<boolean> {
+/** The table is partitioned (relkind p). */
+export async function isPartitioned(client: pg.Client, t: TableConfig): Promise<boolean> {
   const { rows } = await client.query(
     `SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'p'`,
     [t.schema, t.table],

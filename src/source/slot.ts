@@ -284,12 +284,7 @@ export interface LostSlot {
  * not synchronised to it before the promotion (no failover slot, no sync_replication_slots, or
  * the promotion came before the first sync); on timeline 1 it was dropped.
  */
-export async function lostSlot(
-  client: pg.Client,
-  cfg: PostgresConfig,
-  existing: SlotInfo | null,
-  recorded: boolean,
-): Promise<LostSlot | null> {
+async function lostSlot(client: pg.Client, cfg: PostgresConfig, existing: SlotInfo | null, recorded: boolean): Promise<LostSlot | null> {
   const host = hostOf(client);
   const name = cfg.slot;
   if (existing && existing.walStatus !== 'lost' && !existing.invalidationReason && !existing.synced) return null;
