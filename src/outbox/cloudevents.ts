@@ -28,7 +28,7 @@ import { type Template, type TemplateUse, renderTemplate } from './template.js';
  * verbatim as `data`, other text as a JSON string in `data`, bytes as `data_base64`.
  */
 
-export const SPEC_VERSION = '1.0';
+const SPEC_VERSION = '1.0';
 /**
  * The media type of a structured event (json-format.md). The bindings' examples write
  * `charset=UTF-8`; a charset is case-insensitive (RFC 2046), and the JavaScript SDK's HTTP
@@ -37,7 +37,7 @@ export const SPEC_VERSION = '1.0';
  */
 export const STRUCTURED_CONTENT_TYPE = 'application/cloudevents+json; charset=utf-8';
 
-export type CloudEventsMode = 'binary' | 'structured';
+type CloudEventsMode = 'binary' | 'structured';
 
 /** How a protocol binding carries attributes in binary mode. */
 export interface Binding {

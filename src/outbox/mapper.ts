@@ -188,6 +188,32 @@ export class OutboxMapper {
     return this.build(fields, payload, contentType, headers, txn, raw, index);
   }
 
+  /**
+   * sink.cloudevents: the event's attributes into `headers` (binary) or the envelope as the body
+   * (structured). Kept out of build() so that, off, the mapping's hot function stays small.
+   */
+  private asCloudEvent(
+    encoder: CloudEventsEncoder,
+    f: Fields,
+    id: string,
+    type: string | null,
+    key: string,
+    txn: TxnRef,
+    payload: string | Buffer,
+    contentType: string,
+    raw: Readonly<Record<string, string | null>> | null,
+    headers: Record<string, string>,
+  ): { payload: string | Buffer; contentType: string } {
+    try {
+      return encoder.encode(
+        { id, type, key, txn, payload, contentType, fields: f as unknown as Record<string, string | null>, raw },
+        headers,
+      );
+    } catch (err) {
+      throw err instanceof PoisonError ? subject(err, f) : err;
+    }
+  }
+
   /** Builds the message, or throws a PoisonError that carries the id and key it could read. */
   private build(
     f: Fields,
@@ -226,16 +252,8 @@ export class OutboxMapper {
     // Formatted once per transaction, not per message.
     headers[LSN_HEADER] = txn.lsnText;
     headers[XID_HEADER] = txn.xidText;
-    if (this.cloudEvents !== null) {
-      try {
-        ({ payload, contentType } = this.cloudEvents.encode(
-          { id, type, key, txn, payload, contentType, fields: f as unknown as Record<string, string | null>, raw },
-          headers,
-        ));
-      } catch (err) {
-        throw err instanceof PoisonError ? subject(err, f) : err;
-      }
-    }
+    if (this.cloudEvents !== null)
+      ({ payload, contentType } = this.asCloudEvent(this.cloudEvents, f, id, type, key, txn, payload, contentType, raw, headers));
     let headerBytes = 0;
     for (const k in headers) headerBytes += k.length + (headers[k] as string).length;
     const payloadBytes = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;

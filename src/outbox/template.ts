@@ -35,7 +35,7 @@ export interface TemplateUse {
 }
 
 /** The destination (topic, routing key): field values as they are, a missing one leaves no route. */
-export const DESTINATION: TemplateUse = { what: 'destination template', reason: 'missing_route', escape: null };
+const DESTINATION: TemplateUse = { what: 'destination template', reason: 'missing_route', escape: null };
 
 /**
  * Renders a template, looking each field up in `fields` first, then in `raw` (the row's other

@@ -44,7 +44,9 @@ export function kafkajsPartitionOf(topic: string, key: string): number | null {
 const grouper: Grouper = ({ topic, partitionMetadata, messages, partitioner }) => {
   const result: Record<number, unknown[]> = {};
   if (partitionMetadata.length === 0) return result;
-  if (partitionCounts.get(topic) !== partitionMetadata.length && partitionCounts.size < 10_000) {
+  const known = partitionCounts.get(topic);
+  // A topic already known keeps its count current; new ones stop at 10,000 topics.
+  if (known === undefined ? partitionCounts.size < 10_000 : known !== partitionMetadata.length) {
     partitionCounts.set(topic, partitionMetadata.length);
   }
   for (const message of messages) {
@@ -91,7 +93,6 @@ export function kafkajsProduce(): ProduceFactory {
  */
 export function install(): boolean {
   if (original) return true;
-  const version = (require('kafkajs/package.json') as { version: string }).version;
   if (!version.startsWith('2.2.')) return false;
   const path = require.resolve(V3);
   const kafkajs = require(V3) as ProduceFactory;
@@ -135,7 +136,6 @@ export interface KafkaCluster {
  * kafkajs 2.2.4 is its last release; anything else fails loudly here.
  */
 export function internalCluster(kafka: kafkajs.Kafka, opts: { allowAutoTopicCreation: boolean; isolationLevel?: number }): KafkaCluster {
-  const version = (require('kafkajs/package.json') as { version: string }).version;
   const symbol = Object.getOwnPropertySymbols(kafka).find((s) => s.description === 'private:Kafka:createCluster');
   if (!version.startsWith('2.2.') || symbol === undefined) {
     throw new SinkError('client_error', `outboxd needs kafkajs 2.2 internals; found kafkajs ${version}`, { retriable: false });
