@@ -1,18 +1,18 @@
-import { createPrivateKey } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import { defaultKafkaWorkers } from './cores.js';
 import { sourceTemplateProblem } from '../outbox/cloudevents.js';
 import { parseTemplate, type Template } from '../outbox/template.js';
+import { compileSasl, compileTls } from './auth.js';
 import { type PgUrl, parsePgUrl } from './pg-url.js';
 import { COLUMN_FIELDS, type ColumnField, ConfigSchema, type ConfigInput } from './schema.js';
+import { readSecret } from './secrets.js';
 import { parseDurationMs, parseSizeBytes } from './units.js';
-import { describe, validate } from './validate.js';
+import { validate } from './validate.js';
 
 /**
  * From the file as written (schema.ts) to the config the code uses: durations as `…Ms`, sizes
- * as `…Bytes`, templates parsed, secrets read from their files, the rules that span keys checked.
- * The types below derive from these functions; nothing restates the keys.
+ * as `…Bytes`, templates parsed, secrets read from their files, the rules that span keys checked
+ * (TLS and SASL in auth.ts). The types below derive from these functions; nothing restates the keys.
  */
 export function compileConfig(doc: unknown): Config {
   const v = validate(ConfigSchema, doc) as ConfigInput;
@@ -221,87 +221,6 @@ function compileKafka(k: NonNullable<ConfigInput['sink']['kafka']>, slot: string
   };
 }
 
-type SaslInput = NonNullable<ConfigInput['sink']['kafka']>['sasl'];
-
-/**
- * sink.kafka.sasl: each mechanism with exactly its own keys. Plain data only: the worker threads
- * get this by structured clone and build their token providers from it (sink/kafka-auth.ts).
- */
-function compileSasl(s: SaslInput, tls: boolean) {
-  if (s === undefined) return undefined;
-  const at = 'sink.kafka.sasl';
-  const mechanism = s.mechanism;
-  const own = { oauthbearer: 'oauthbearer', 'aws-msk-iam': 'awsMskIam' } as const;
-  const keys = { username: s.username, password: s.password ?? s.passwordFile, oauthbearer: s.oauthbearer, awsMskIam: s.awsMskIam };
-  const allowed: readonly string[] =
-    mechanism === 'oauthbearer' || mechanism === 'aws-msk-iam' ? [own[mechanism]] : ['username', 'password'];
-  for (const [key, value] of Object.entries(keys)) {
-    if (value !== undefined && !allowed.includes(key)) {
-      throw new ConfigError(
-        `${at}.${key === 'password' && s.password === undefined ? 'passwordFile' : key}`,
-        `is not used by mechanism ${mechanism}; remove it`,
-      );
-    }
-  }
-  if (mechanism === 'oauthbearer') {
-    const o = s.oauthbearer;
-    if (o === undefined)
-      throw new ConfigError(`${at}.oauthbearer`, 'is required for mechanism oauthbearer (tokenEndpoint, clientId, clientSecret)');
-    return { mechanism, oauthbearer: compileOAuthBearer(`${at}.oauthbearer`, o) };
-  }
-  if (mechanism === 'aws-msk-iam') {
-    const a = s.awsMskIam;
-    if (a === undefined) throw new ConfigError(`${at}.awsMskIam`, 'is required for mechanism aws-msk-iam (region)');
-    if (!/^[a-z]{2}(-[a-z]+)+-\d+$/.test(a.region))
-      throw new ConfigError(`${at}.awsMskIam.region`, `must be an AWS region like eu-west-1, got "${a.region}"`);
-    // MSK's IAM listeners (port 9098, 9198 public) speak TLS only.
-    if (!tls)
-      throw new ConfigError('sink.kafka.ssl', 'is required with sasl mechanism aws-msk-iam: MSK IAM listeners accept TLS only (ssl: true)');
-    return { mechanism, awsMskIam: { region: a.region, profile: a.profile, roleArn: a.roleArn, roleSessionName: a.roleSessionName } };
-  }
-  if (s.username === undefined) throw new ConfigError(`${at}.username`, `is required for mechanism ${mechanism}`);
-  if (s.password === undefined && s.passwordFile === undefined) throw new ConfigError(`${at}.password`, 'is required (or passwordFile)');
-  return {
-    mechanism,
-    username: s.username,
-    password: s.passwordFile !== undefined ? readSecret(`${at}.passwordFile`, s.passwordFile) : (s.password as string),
-  };
-}
-
-/** RFC 7628 extension keys as Kafka accepts them (OAuthBearerClientInitialResponse), and values. */
-const EXTENSION_NAME = /^[A-Za-z]+$/;
-const EXTENSION_VALUE = /^[\x21-\x7E \t\r\n]+$/;
-
-function compileOAuthBearer(at: string, o: NonNullable<NonNullable<SaslInput>['oauthbearer']>) {
-  let endpoint: URL;
-  try {
-    endpoint = new URL(o.tokenEndpoint);
-  } catch {
-    throw new ConfigError(`${at}.tokenEndpoint`, `is not a valid URL: "${o.tokenEndpoint}"`);
-  }
-  if (endpoint.protocol !== 'https:' && endpoint.protocol !== 'http:') {
-    throw new ConfigError(`${at}.tokenEndpoint`, `must be an https:// (or http://) URL, got ${endpoint.protocol}//`);
-  }
-  const extensions: Record<string, string> = {};
-  o.extensions.forEach((e, i) => {
-    if (!EXTENSION_NAME.test(e.name) || e.name === 'auth') {
-      throw new ConfigError(`${at}.extensions[${i}].name`, `"${e.name}" is not a SASL extension name (letters only, not auth)`);
-    }
-    if (e.name in extensions) throw new ConfigError(`${at}.extensions[${i}].name`, `extension ${e.name} is listed twice`);
-    if (!EXTENSION_VALUE.test(e.value)) throw new ConfigError(`${at}.extensions[${i}].value`, 'must be printable ASCII');
-    extensions[e.name] = e.value;
-  });
-  return {
-    tokenEndpoint: endpoint.toString(),
-    clientId: o.clientId,
-    clientSecret: o.clientSecretFile !== undefined ? readSecret(`${at}.clientSecretFile`, o.clientSecretFile) : (o.clientSecret as string),
-    clientAuth: o.clientAuth,
-    scope: o.scope,
-    extensions,
-    timeoutMs: ms(o.timeout),
-  };
-}
-
 function compileRabbitMq(r: NonNullable<ConfigInput['sink']['rabbitmq']>) {
   let parsed: URL;
   try {
@@ -355,49 +274,6 @@ function compileStdout(s: StdoutInput) {
   return { destination: template(s.destination), deadLetterDestination: s.deadLetterDestination };
 }
 
-type TlsInput = NonNullable<ConfigInput['sink']['kafka']>['ssl'];
-
-function compileTls(path: string, t: TlsInput) {
-  if (t === undefined || t === false) return undefined;
-  if (t === true) {
-    return { ca: undefined, cert: undefined, key: undefined, passphrase: undefined, rejectUnauthorized: true, servername: undefined };
-  }
-  const key = t.keyFile === undefined ? undefined : readSecret(`${path}.keyFile`, t.keyFile);
-  const passphrase = t.keyPassphraseFile !== undefined ? readSecret(`${path}.keyPassphraseFile`, t.keyPassphraseFile) : t.keyPassphrase;
-  const passphraseKey = t.keyPassphraseFile !== undefined ? `${path}.keyPassphraseFile` : `${path}.keyPassphrase`;
-  if (passphrase !== undefined && key === undefined) throw new ConfigError(passphraseKey, 'is set but keyFile is not');
-  if (key !== undefined) checkPrivateKey(path, t.keyFile as string, key, passphrase, passphraseKey);
-  return {
-    ca: t.caFile === undefined ? undefined : readSecret(`${path}.caFile`, t.caFile),
-    cert: t.certFile === undefined ? undefined : readSecret(`${path}.certFile`, t.certFile),
-    key,
-    /** Decrypts an encrypted `key` (Node's TLS `passphrase`). */
-    passphrase,
-    rejectUnauthorized: t.rejectUnauthorized ?? true,
-    servername: t.servername,
-  };
-}
-
-/**
- * The client key must open with the passphrase given (or without one, unencrypted): found at
- * start, naming the key, rather than as a TLS failure on every connection attempt.
- */
-function checkPrivateKey(path: string, file: string, key: string, passphrase: string | undefined, passphraseKey: string): void {
-  try {
-    // An explicit '' makes OpenSSL fail on an encrypted key instead of prompting for one.
-    createPrivateKey({ key, format: 'pem', passphrase: passphrase ?? '' });
-  } catch (err) {
-    const { code, message } = err as NodeJS.ErrnoException;
-    if (passphrase === undefined && (code === 'ERR_MISSING_PASSPHRASE' || /bad decrypt|passphrase/i.test(message))) {
-      throw new ConfigError(`${path}.keyFile`, `${file} is encrypted: set ${path}.keyPassphrase or keyPassphraseFile`);
-    }
-    if (passphrase !== undefined && (code === 'ERR_OSSL_BAD_DECRYPT' || /bad decrypt/i.test(message))) {
-      throw new ConfigError(passphraseKey, `does not decrypt the key in ${file} (${path}.keyFile): wrong passphrase`);
-    }
-    throw new ConfigError(`${path}.keyFile`, `${file} holds no PEM private key that opens: ${message}`);
-  }
-}
-
 /** An HTTP header name (RFC 9110 token). */
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
@@ -438,36 +314,4 @@ function compileTelemetry(t: ConfigInput['telemetry']) {
 /** A template the validation already parsed once. */
 function template(text: string): Template {
   return parseTemplate(text);
-}
-
-function readSecret(path: string, file: string): string {
-  try {
-    return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
-  } catch (err) {
-    throw new ConfigError(path, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? describe(err)}`);
-  }
-}
-
-/** The secret values a config holds (passwords, TLS private keys), for the redaction. */
-export function secretsOf(cfg: Config): string[] {
-  const urlPassword = (url: string) => {
-    try {
-      return decodeURIComponent(new URL(url).password);
-    } catch {
-      return '';
-    }
-  };
-  // parsePgUrl, not new URL: a multi-host URL is not a WHATWG URL.
-  const out = [cfg.postgres.password ?? '', parsePgUrl(cfg.postgres.url).password];
-  const tls = (t: TlsConfig | undefined) => [t?.key ?? '', t?.passphrase ?? ''];
-  if (cfg.sink.type === 'kafka') {
-    const sasl = cfg.sink.kafka.sasl;
-    out.push(...tls(cfg.sink.kafka.ssl));
-    if (sasl?.mechanism === 'oauthbearer') out.push(sasl.oauthbearer.clientSecret);
-    else if (sasl !== undefined && sasl.mechanism !== 'aws-msk-iam') out.push(sasl.password);
-  }
-  if (cfg.sink.type === 'rabbitmq') out.push(urlPassword(cfg.sink.rabbitmq.url), ...tls(cfg.sink.rabbitmq.tls));
-  // The exporter's headers exist for authentication: every value is treated as a secret.
-  out.push(...Object.values(cfg.telemetry.traces.headers));
-  return out.filter((s) => s !== '');
 }

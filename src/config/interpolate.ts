@@ -1,11 +1,12 @@
-import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
+import { readSecret } from './secrets.js';
 
 /**
  * Expands `${VAR}`, `${VAR:-default}`, `${VAR:?message}` and `${file:/path}` in every string
  * scalar of a parsed YAML document. Expansion happens after parsing, so a value can never change
  * the document's structure, and an error names the YAML path of the string that asked for it.
- * `$${` escapes a literal `${`.
+ * `$${` escapes a literal `${`. What a `${file:…}` reads is taken for a secret (that is what
+ * the form is for) and registered for redaction at once.
  */
 export function interpolate(value: unknown, env: NodeJS.ProcessEnv, path = ''): unknown {
   if (typeof value === 'string') return expandString(value, env, path);
@@ -24,12 +25,7 @@ export function expandString(text: string, env: NodeJS.ProcessEnv, path: string)
   return text.replace(PATTERN, (whole, escaped: string | undefined, body: string) => {
     if (escaped) return whole.slice(1);
     if (body.startsWith('file:')) {
-      const file = body.slice(5).trim();
-      try {
-        return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
-      } catch (err) {
-        throw new ConfigError(path, `cannot read secret file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
-      }
+      return readSecret(path, body.slice(5).trim(), 'secret file');
     }
     const m = /^([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)(.*))?$/s.exec(body);
     if (!m) throw new ConfigError(path, `bad substitution "\${${body}}": use \${VAR}, \${VAR:-default} or \${VAR:?message}`);

@@ -3,7 +3,9 @@ import { LineCounter, parseDocument } from 'yaml';
 import { ConfigError } from '../errors.js';
 import { interpolate } from './interpolate.js';
 import { registerSecrets } from '../observability/redact.js';
-import { type Config, compileConfig, secretsOf } from './config.js';
+import { type Config, compileConfig } from './config.js';
+import { ConfigSchema } from './schema.js';
+import { secretsIn } from './secrets.js';
 
 /** Reads, interpolates and validates a config file. Throws ConfigError with a one-line message. */
 export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Config {
@@ -24,8 +26,9 @@ export function parseConfig(text: string, env: NodeJS.ProcessEnv = process.env):
     const pos = lineCounter.linePos(first.pos[0]);
     throw new ConfigError('', `YAML syntax error${pos ? ` at line ${pos.line}, column ${pos.col}` : ''}: ${first.message.split('\n')[0]}`);
   }
-  const cfg = compileConfig(interpolate(doc.toJS({ maxAliasCount: 100 }), env));
-  // From here on, these values never leave the process in a log line, probe body or error.
-  registerSecrets(secretsOf(cfg));
-  return cfg;
+  const expanded = interpolate(doc.toJS({ maxAliasCount: 100 }), env);
+  // Before validation, whose errors may print a value: from here on the secrets never leave the
+  // process in an error, a log line or a probe body (secret files register when they are read).
+  registerSecrets(secretsIn(ConfigSchema, expanded));
+  return compileConfig(expanded);
 }

@@ -1,4 +1,26 @@
 import { type Static, type TArray, type TObject, type TOptional, type TSchema, Type as T } from '@sinclair/typebox';
+import { kafkaSasl, tlsFiles } from './schema-auth.js';
+import {
+  backoff,
+  bool,
+  type Defaulted,
+  duration,
+  identifier,
+  int,
+  maybeSection,
+  oneOf,
+  optSecret,
+  optSection,
+  optStr,
+  optTemplate,
+  required,
+  secretFile,
+  section,
+  size,
+  str,
+  template,
+  withDefault,
+} from './schema-kit.js';
 
 /**
  * THE CONFIG, DECLARED ONCE. Every key of the YAML file, with its type, default, range and
@@ -6,7 +28,7 @@ import { type Static, type TArray, type TObject, type TOptional, type TSchema, T
  * - the TypeScript type of the file as written (`ConfigInput`);
  * - the validation, with its errors (validate.ts: unknown keys, types, ranges, one line that
  *   names the YAML path);
- * - the JSON Schema editors use (`config/outboxd.schema.json`, `npm run schema`);
+ * - the JSON Schema editors use (`config/outboxd.schema.json`, `npm run schema`, schema-json.ts);
  * - the check that docs/config.md documents exactly these keys and defaults (a test).
  * compile.ts turns the validated file into the `Config` the code uses (durations in ms, sizes in
  * bytes, secrets read), and the code's types derive from it.
@@ -15,94 +37,10 @@ import { type Static, type TArray, type TObject, type TOptional, type TSchema, T
  * - `x-kind`: duration (`500ms`, `10s`), size (`64MiB`), identifier, template, tls;
  * - `x-min`/`x-max`: a range in ms (durations) or bytes (sizes);
  * - `x-exclusive`: sibling keys that may not be set together (a secret and its file);
- * - `x-split`: a string that holds a comma-separated list (`"k1:9092,k2:9092"`).
+ * - `x-split`: a string that holds a comma-separated list (`"k1:9092,k2:9092"`);
+ * - `x-secret`: the key holds a secret (value), a URL with one (url) or the file of one (file).
+ * The builders are in schema-kit.ts, the TLS and SASL sections in schema-auth.ts.
  */
-
-/** Duration: `500ms`, `10s`, `1.5m`, `2h`, or `0`. */
-export const DURATION_PATTERN = '^\\s*(\\d+(\\.\\d+)?\\s*(ms|s|m|h)|0)\\s*$';
-/** Size: `64MiB`, `1MB`, `512KiB`, `100B`, or a byte count. */
-export const SIZE_PATTERN = '^\\s*\\d+(\\.\\d+)?\\s*(B|KB|MB|GB|KiB|MiB|GiB)?\\s*$';
-/** Slot and publication names go into replication commands: lower-case identifiers. */
-export const IDENTIFIER_PATTERN = '^[a-z_][a-z0-9_]{0,62}$';
-
-type Range = { min?: number; max?: number };
-
-/**
- * A key that may be left out of the file because it has a default (or, for a section, because
- * its keys have defaults). A type-only brand: after validation it is always present.
- */
-declare const DEFAULTED: unique symbol;
-type Defaulted<S extends TSchema> = TOptional<S> & { readonly [DEFAULTED]: true };
-const withDefault = <S extends TSchema>(s: S): Defaulted<S> => T.Optional(s) as Defaulted<S>;
-
-const duration = (fallback: string, description: string, range: Range = {}) =>
-  withDefault(
-    T.String({ default: fallback, description, pattern: DURATION_PATTERN, 'x-kind': 'duration', 'x-min': range.min, 'x-max': range.max }),
-  );
-const size = (fallback: string, description: string, range: Range = {}) =>
-  withDefault(
-    T.String({ default: fallback, description, pattern: SIZE_PATTERN, 'x-kind': 'size', 'x-min': range.min, 'x-max': range.max }),
-  );
-const int = (fallback: number, description: string, range: Range = {}) =>
-  withDefault(T.Integer({ default: fallback, description, minimum: range.min, maximum: range.max }));
-const bool = (fallback: boolean, description: string) => withDefault(T.Boolean({ default: fallback, description }));
-const str = (fallback: string, description: string) => withDefault(T.String({ default: fallback, description }));
-const optStr = (description: string) => T.Optional(T.String({ description }));
-const required = (description: string, extra: object = {}) => T.String({ description, minLength: 1, ...extra });
-const identifier = (fallback: string, description: string) =>
-  withDefault(T.String({ default: fallback, description, pattern: IDENTIFIER_PATTERN, 'x-kind': 'identifier' }));
-const template = (fallback: string, description: string) => withDefault(T.String({ default: fallback, description, 'x-kind': 'template' }));
-const optTemplate = (description: string) => T.Optional(T.String({ description, 'x-kind': 'template' }));
-const enumOf = <const V extends string>(values: readonly [V, ...V[]], description: string, fallback?: V) =>
-  T.Union(
-    values.map((v) => T.Literal(v)),
-    fallback === undefined ? { description } : { default: fallback, description },
-  );
-const oneOf = <const V extends string>(values: readonly [V, ...V[]], fallback: V, description: string) =>
-  withDefault(enumOf(values, description, fallback));
-/** A mapping that accepts only its own keys. */
-const section = <P extends Record<string, TSchema>>(props: P, description = '', extra: object = {}) =>
-  T.Object(props, { additionalProperties: false, description, ...extra });
-/** A section that may be absent (its keys then take their defaults). */
-const optSection = <P extends Record<string, TSchema>>(props: P, description = '', extra: object = {}) =>
-  withDefault(section(props, description, { default: {}, ...extra }));
-/** A section that may be absent and has no defaults to fill: absent stays absent. */
-const maybeSection = <P extends Record<string, TSchema>>(props: P, description = '', extra: object = {}) =>
-  T.Optional(section(props, description, extra));
-
-const backoff = (initial: string, max: string, what: string) =>
-  optSection({
-    initial: duration(initial, `The first backoff ${what}.`, { min: 1 }),
-    max: duration(max, 'The backoff cap: attempt n waits a random time in [b/2, b], b = min(max, initial·2^(n−1)). At least `initial`.', {
-      min: 1,
-    }),
-  });
-
-const tlsFiles = (what: string) =>
-  T.Optional(
-    T.Union(
-      [
-        T.Boolean(),
-        section(
-          {
-            caFile: optStr('PEM file: the CA that signed the server certificate.'),
-            certFile: optStr('PEM file: the client certificate (mutual TLS).'),
-            keyFile: optStr('PEM file: the client private key (mutual TLS).'),
-            keyPassphrase: optStr('The passphrase of an encrypted keyFile.'),
-            keyPassphraseFile: optStr('The passphrase of an encrypted keyFile, read from this file.'),
-            rejectUnauthorized: bool(true, "Verify the server's certificate."),
-            servername: optStr('The TLS SNI name, when it differs from the host.'),
-          },
-          '',
-          { 'x-exclusive': [['keyPassphrase', 'keyPassphraseFile']] },
-        ),
-      ],
-      { description: `TLS for ${what}: true (Node's CA bundle) or the files; false, "false" or "" for none.`, 'x-kind': 'tls' },
-    ),
-  );
-
-/** The SASL mechanisms of sink.kafka.sasl. */
-export const SASL_MECHANISMS = ['plain', 'scram-sha-256', 'scram-sha-512', 'oauthbearer', 'aws-msk-iam'] as const;
 
 /** The outbox fields a table maps to columns, in the order the docs list them. */
 export const COLUMN_FIELDS = [
@@ -140,9 +78,11 @@ export const ConfigSchema = section(
   {
     postgres: section(
       {
-        url: required('The connection URL (postgres:// or postgresql://), for the admin and the replication connection.'),
-        password: optStr("Overrides the URL's password."),
-        passwordFile: optStr("Overrides the URL's password, read from this file."),
+        url: required('The connection URL (postgres:// or postgresql://), for the admin and the replication connection.', {
+          'x-secret': 'url',
+        }),
+        password: optSecret("Overrides the URL's password."),
+        passwordFile: secretFile("Overrides the URL's password, read from this file."),
         slot: identifier('outboxd', 'The logical replication slot (plugin pgoutput).'),
         publication: identifier('outboxd', 'The publication of the outbox tables; its comment records the slot (the lost-slot marker).'),
         createSlot: bool(true, 'Create the slot on the first start. A recorded slot that vanished is never recreated.'),
@@ -261,71 +201,20 @@ export const ConfigSchema = section(
             }),
           ),
           ssl: tlsFiles('the brokers'),
-          sasl: maybeSection(
-            {
-              mechanism: enumOf(
-                SASL_MECHANISMS,
-                'The SASL mechanism: plain and scram-* take username and a password; oauthbearer takes sasl.oauthbearer; aws-msk-iam takes sasl.awsMskIam.',
-              ),
-              username: optStr('plain, scram-*: the SASL user name.'),
-              password: optStr('plain, scram-*: the SASL password.'),
-              passwordFile: optStr('plain, scram-*: the SASL password, read from this file.'),
-              oauthbearer: maybeSection(
-                {
-                  tokenEndpoint: required('The OAuth 2.0 token endpoint (http:// or https://) of the client credentials grant.'),
-                  clientId: required('The OAuth client id.'),
-                  clientSecret: optStr('The OAuth client secret.'),
-                  clientSecretFile: optStr('The OAuth client secret, read from this file.'),
-                  clientAuth: oneOf(
-                    ['basic', 'post'],
-                    'basic',
-                    'How the client authenticates to the token endpoint: basic (HTTP Basic, client_secret_basic) or post (client_id and client_secret in the form body).',
-                  ),
-                  scope: optStr('The scope to request (space-separated); none when absent.'),
-                  extensions: withDefault(
-                    T.Array(
-                      section({
-                        name: required('A SASL extension name (letters only; not auth).'),
-                        value: required('Its value.'),
-                      }),
-                      {
-                        default: [],
-                        description: 'SASL/OAUTHBEARER extensions sent with the token (RFC 7628), e.g. logicalCluster and identityPoolId.',
-                      },
-                    ),
-                  ),
-                  timeout: duration('10s', 'How long one token request may take.', { min: 100, max: 300_000 }),
-                },
-                'oauthbearer: OIDC client credentials; the token is cached and fetched again before it expires.',
-                { 'x-exclusive': [['clientSecret', 'clientSecretFile']], 'x-one-of': [['clientSecret', 'clientSecretFile']] },
-              ),
-              awsMskIam: maybeSection(
-                {
-                  region: required('The AWS region of the MSK cluster (eu-west-1).'),
-                  profile: optStr('An AWS profile to take credentials from; default: the AWS SDK default credential chain.'),
-                  roleArn: optStr('An IAM role to assume for the credentials.'),
-                  roleSessionName: optStr('The session name when assuming roleArn (default MSKSASLDefaultSession).'),
-                },
-                'aws-msk-iam: AWS MSK IAM over SASL/OAUTHBEARER, signed by aws-msk-iam-sasl-signer-js.',
-                { 'x-exclusive': [['profile', 'roleArn']] },
-              ),
-            },
-            'SASL authentication.',
-            { 'x-exclusive': [['password', 'passwordFile']] },
-          ),
+          sasl: kafkaSasl,
         },
         'Kafka (sink.type: kafka).',
       ),
       rabbitmq: maybeSection(
         {
-          url: required('The broker URL (amqp:// or amqps://); its path is the vhost.'),
+          url: required('The broker URL (amqp:// or amqps://); its path is the vhost.', { 'x-secret': 'url' }),
           authMechanism: oneOf(
             ['plain', 'external'],
             'plain',
             "plain: the URL's user and password; external: the TLS client certificate (amqps:// with tls.certFile and tls.keyFile; the broker needs rabbitmq_auth_mechanism_ssl).",
           ),
-          password: optStr("Overrides the URL's password."),
-          passwordFile: optStr("Overrides the URL's password, read from this file."),
+          password: optSecret("Overrides the URL's password."),
+          passwordFile: secretFile("Overrides the URL's password, read from this file."),
           exchange: required('The exchange outboxd publishes to.'),
           exchangeType: oneOf(['topic', 'direct', 'fanout', 'x-consistent-hash'], 'topic', 'The exchange type.'),
           declare: bool(false, 'Declare the exchange (and the dead-letter exchange) at connect time.'),
@@ -388,7 +277,7 @@ export const ConfigSchema = section(
             T.Array(
               section({
                 name: required('An HTTP header name.'),
-                value: required('Its value; a secret as ${VAR} or ${file:/path}.'),
+                value: required('Its value; a secret as ${VAR} or ${file:/path}.', { 'x-secret': 'value' }),
               }),
               { default: [], description: 'HTTP headers sent with every export (authentication). Their values are redacted from logs.' },
             ),
@@ -425,47 +314,6 @@ type Filled<S> =
       }
     : Value<S>;
 type Value<S> = S extends TObject ? Filled<S> : S extends TArray<infer I> ? Value<I>[] : S extends TSchema ? Static<S> : never;
-
-/** Any scalar may be written as a `${VAR}` to be interpolated: editors must accept that. */
-const INTERPOLATED = { type: 'string', pattern: '\\$\\{' };
-
-/**
- * The JSON Schema of the config file, for editors (`config/outboxd.schema.json`): the schema
- * above as JSON, where every scalar may also be a `${VAR}` string and a string list also a single
- * comma-separated string.
- */
-export function toJsonSchema(): Record<string, unknown> {
-  type Node = Record<string, unknown>;
-  const relax = (s: Node): Node => {
-    if (s.type === 'object') {
-      const props = s.properties as Record<string, Node>;
-      const rules = [
-        // A secret and its file: not both, and (for x-one-of) one of them.
-        ...((s['x-exclusive'] as string[][] | undefined) ?? []).map((keys) => ({ not: { required: keys } })),
-        ...((s['x-one-of'] as string[][] | undefined) ?? []).map((keys) => ({ anyOf: keys.map((k) => ({ required: [k] })) })),
-      ];
-      return {
-        ...s,
-        properties: Object.fromEntries(Object.entries(props).map(([k, v]) => [k, relax(v)])),
-        ...(rules.length > 0 ? { allOf: rules } : {}),
-      };
-    }
-    if (s.type === 'array') {
-      const arr = { ...s, items: relax(s.items as Node) };
-      return s['x-split'] ? { description: s.description, anyOf: [arr, { type: 'string' }] } : arr;
-    }
-    if (Array.isArray(s.anyOf)) return { ...s, anyOf: [...(s.anyOf as Node[]).map(relax), INTERPOLATED] };
-    const { description, default: fallback, ...rest } = s;
-    if (rest.type === 'string' && rest.pattern === undefined) return s;
-    return { description, ...(fallback === undefined ? {} : { default: fallback }), anyOf: [rest, INTERPOLATED] };
-  };
-  return {
-    $schema: 'https://json-schema.org/draft/2020-12/schema',
-    $id: 'https://outboxd.dev/config/outboxd.schema.json',
-    title: 'outboxd configuration',
-    ...relax(JSON.parse(JSON.stringify(ConfigSchema)) as Node),
-  };
-}
 
 /** The default of a key by its YAML path (`http.port`), as the schema declares it. */
 export function defaultOf(path: string): unknown {

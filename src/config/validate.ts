@@ -1,6 +1,8 @@
 import { type TSchema, OptionalKind } from '@sinclair/typebox';
 import { ConfigError } from '../errors.js';
+import { redact } from '../observability/redact.js';
 import { parseTemplate } from '../outbox/template.js';
+import type { SecretKind } from './schema-kit.js';
 import { parseDurationMs, parseSizeBytes } from './units.js';
 
 /**
@@ -8,7 +10,8 @@ import { parseDurationMs, parseSizeBytes } from './units.js';
  * defaults. Every error is one ConfigError that names the YAML path, what was wrong and what is
  * allowed: unknown keys (with "did you mean"), types, ranges, units. Values are coerced where a
  * YAML or `${VAR}` author would expect it: `"9187"` is an integer, `"true"` a boolean, `5` a
- * string, a single string a one-item list.
+ * string, a single string a one-item list. A secret (`x-secret`) is never shown, and must be
+ * written as text: YAML reads `password: 0123` as the number 123, not the password.
  */
 export function validate(schema: TSchema, value: unknown, path = ''): unknown {
   const kind = schema['x-kind'] as string | undefined;
@@ -100,6 +103,11 @@ function text(schema: TSchema, value: unknown, path: string): string {
   const kind = schema['x-kind'] as string | undefined;
   if (kind === 'size' && typeof value === 'number' && Number.isInteger(value) && value >= 0) value = String(value);
   if (kind === 'duration' && value === 0) value = '0';
+  const secret = schema['x-secret'] as SecretKind | undefined;
+  if ((secret === 'value' || secret === 'url') && typeof value !== 'string') {
+    const as = typeof value === 'number' ? 'a number' : typeof value === 'boolean' ? 'true or false' : describe(value);
+    throw new ConfigError(path, `must be text; YAML read this secret as ${as}, which may not be what was written: quote it`);
+  }
   if (typeof value === 'number' || typeof value === 'boolean') value = String(value);
   if (typeof value !== 'string') throw new ConfigError(path, `must be a string, got ${describe(value)}`);
   if (kind === 'duration') {
@@ -141,12 +149,17 @@ export function join(path: string, key: string): string {
   return path ? `${path}.${key}` : key;
 }
 
+/**
+ * A value as an error shows it: redacted before it is shortened, since a cut secret or URL
+ * password would no longer be recognised (and a value in the wrong key may be a secret).
+ */
 export function describe(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'a list';
   if (typeof v === 'object') return 'a mapping';
-  if (typeof v === 'string') return `"${v.length > 40 ? `${v.slice(0, 40)}…` : v}"`;
-  return `${typeof v} ${String(v)}`;
+  const text = redact(String(v));
+  if (typeof v === 'string') return `"${text.length > 40 ? `${text.slice(0, 40)}…` : text}"`;
+  return `${typeof v} ${text}`;
 }
 
 function closest(key: string, allowed: readonly string[]): string | undefined {

@@ -3,6 +3,7 @@ import kafkajs from 'kafkajs';
 import type { AwsMskIamConfig, OAuthBearerConfig, SaslConfig } from '../config/config.js';
 import { SinkError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
+import { type HttpAnswer, type HttpPost, httpPost, PostFailure } from './http-post.js';
 
 /**
  * Kafka SASL from the config: PLAIN and SCRAM as kafkajs has them, and OAUTHBEARER with a token
@@ -181,6 +182,9 @@ export function tokenSource(sasl: SaslConfig): TokenSource | null {
   return null;
 }
 
+/** Where the token endpoint's CA goes. */
+const CA_FILE_KEY = 'sink.kafka.sasl.oauthbearer.tls.caFile';
+
 /** Form encoding, as RFC 6749 §2.3.1 asks for the client id and secret of HTTP Basic. */
 const formEncode = (s: string): string => new URLSearchParams({ v: s }).toString().slice(2);
 
@@ -194,20 +198,15 @@ function oauthError(body: string): { error?: string; error_description?: string 
   }
 }
 
-/** What went wrong on the way to an HTTP server, in a few words (undici hides it in `cause`). */
-function networkProblem(err: unknown): string {
-  const e = err as { name?: string; message?: string; cause?: { code?: string; message?: string } };
-  if (e.name === 'TimeoutError') return 'no answer in time';
-  return e.cause?.code ?? e.cause?.message ?? e.message ?? String(err);
-}
-
 /**
  * OIDC / OAuth 2.0 client credentials (RFC 6749 §4.4): POSTs grant_type=client_credentials (and
  * the scope) to the token endpoint, the client authenticated by HTTP Basic or in the body, and
  * reads access_token and expires_in (or, lacking it, the JWT's exp). A 4xx answer (bad client,
- * bad scope) is not retriable; a 5xx, 408, 429 or a network failure is.
+ * bad scope), a redirect or a refused certificate is not retriable; a 5xx, 408, 429 or a network
+ * failure is. An https:// endpoint's certificate is checked against `ca` when the config gives
+ * one (sink.kafka.sasl.oauthbearer.tls.caFile), else against Node's CA bundle.
  */
-export function clientCredentials(cfg: OAuthBearerConfig, fetchImpl: typeof fetch = fetch, now: () => number = Date.now): TokenSource {
+export function clientCredentials(cfg: OAuthBearerConfig, post: HttpPost = httpPost, now: () => number = Date.now): TokenSource {
   const step = `SASL OAUTHBEARER token fetch from ${cfg.tokenEndpoint}`;
   return async () => {
     const body = new URLSearchParams({ grant_type: 'client_credentials' });
@@ -220,21 +219,20 @@ export function clientCredentials(cfg: OAuthBearerConfig, fetchImpl: typeof fetc
       body.set('client_secret', cfg.clientSecret);
     }
     const sentAtMs = now();
-    let status: number;
-    let text: string;
+    let answer: HttpAnswer;
     try {
-      // redirect: 'error': the client's credentials go to the configured endpoint only.
-      const res = await fetchImpl(cfg.tokenEndpoint, {
-        method: 'POST',
-        headers,
-        body,
-        redirect: 'error',
-        signal: AbortSignal.timeout(cfg.timeoutMs),
-      });
-      status = res.status;
-      text = await res.text();
+      answer = await post(cfg.tokenEndpoint, { headers, body: body.toString(), timeoutMs: cfg.timeoutMs, ca: cfg.ca });
     } catch (err) {
-      throw new TokenFetchError(`${step} failed: ${networkProblem(err)}`, true);
+      const tls = err instanceof PostFailure && err.tls;
+      const hint = tls ? `; is the CA that signed its certificate in ${CA_FILE_KEY}?` : '';
+      throw new TokenFetchError(`${step} failed: ${(err as Error)?.message ?? String(err)}${hint}`, !tls);
+    }
+    const { status, text } = answer;
+    if (status >= 300 && status <= 399) {
+      throw new TokenFetchError(
+        `${step} failed: HTTP ${status}, a redirect, which is not followed: configure the endpoint it names`,
+        false,
+      );
     }
     if (status < 200 || status > 299) {
       const e = oauthError(text);
@@ -247,19 +245,19 @@ export function clientCredentials(cfg: OAuthBearerConfig, fetchImpl: typeof fetc
         status >= 500 || status === 408 || status === 429,
       );
     }
-    let answer: { access_token?: unknown; token_type?: unknown; expires_in?: unknown };
+    let token: { access_token?: unknown; token_type?: unknown; expires_in?: unknown };
     try {
-      answer = JSON.parse(text) as typeof answer;
+      token = JSON.parse(text) as typeof token;
     } catch {
       throw new TokenFetchError(`${step}: the answer is not JSON`, false);
     }
-    const value = answer.access_token;
+    const value = token.access_token;
     if (typeof value !== 'string' || value === '') throw new TokenFetchError(`${step}: the answer has no access_token`, false);
-    if (typeof answer.token_type === 'string' && answer.token_type.toLowerCase() !== 'bearer') {
-      throw new TokenFetchError(`${step}: token_type is ${answer.token_type}, not Bearer`, false);
+    if (typeof token.token_type === 'string' && token.token_type.toLowerCase() !== 'bearer') {
+      throw new TokenFetchError(`${step}: token_type is ${token.token_type}, not Bearer`, false);
     }
-    const expiresIn = Number(answer.expires_in);
-    if (answer.expires_in !== undefined && Number.isFinite(expiresIn) && expiresIn > 0) {
+    const expiresIn = Number(token.expires_in);
+    if (token.expires_in !== undefined && Number.isFinite(expiresIn) && expiresIn > 0) {
       return { value, expiresAtMs: sentAtMs + expiresIn * 1000 };
     }
     const exp = jwtExpiry(value);

@@ -102,13 +102,48 @@ describe('sink.kafka.sasl', () => {
 
   it('checks the token endpoint and the extensions', () => {
     expect(errorOf(kafka(oauth.replace('https://idp.example/oauth2/token', 'ftp://idp/token')))).toBe(
-      'config sink.kafka.sasl.oauthbearer.tokenEndpoint: must be an https:// (or http://) URL, got ftp://',
+      'config sink.kafka.sasl.oauthbearer.tokenEndpoint: must be an https:// URL, got ftp://',
+    );
+    // Not printed: a URL may carry a password.
+    expect(errorOf(kafka(oauth.replace('https://idp.example/oauth2/token', 'https://relay:Pw-In-Url@')))).toBe(
+      'config sink.kafka.sasl.oauthbearer.tokenEndpoint: is not a valid URL',
     );
     expect(errorOf(kafka(oauth.replace('name: logicalCluster', 'name: auth')))).toBe(
       'config sink.kafka.sasl.oauthbearer.extensions[0].name: "auth" is not a SASL extension name (letters only, not auth)',
     );
     expect(errorOf(kafka(oauth.replace('value: lkc-123', 'value: "a\\u0001b"')))).toBe(
       'config sink.kafka.sasl.oauthbearer.extensions[0].value: must be printable ASCII',
+    );
+  });
+
+  it('refuses an http:// token endpoint unless allowPlainHttp says so, which takes no tls', () => {
+    const plain = oauth.replace('https://idp.example/oauth2/token', 'http://127.0.0.1:8080/token');
+    expect(errorOf(kafka(plain))).toBe(
+      'config sink.kafka.sasl.oauthbearer.tokenEndpoint: is http://, which sends the client secret in clear text: use https:// (sink.kafka.sasl.oauthbearer.allowPlainHttp: true allows http:// for a loopback test endpoint)',
+    );
+    const cfg = parseConfig(kafka(`${plain}
+    allowPlainHttp: true`), {});
+    if (cfg.sink.type !== 'kafka' || cfg.sink.kafka.sasl?.mechanism !== 'oauthbearer') throw new Error('oauthbearer');
+    expect(cfg.sink.kafka.sasl.oauthbearer.tokenEndpoint).toBe('http://127.0.0.1:8080/token');
+    const ca = file('idp-ca.pem', '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
+    expect(errorOf(kafka(`${plain}
+    allowPlainHttp: true
+    tls: { caFile: ${ca} }`))).toBe(
+      'config sink.kafka.sasl.oauthbearer.tls: applies to an https:// tokenEndpoint only; remove it',
+    );
+  });
+
+  it("reads the token endpoint's CA from tls.caFile", () => {
+    const ca = file('idp-ca.pem', '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
+    const cfg = parseConfig(kafka(`${oauth}
+    tls:
+      caFile: ${ca}`), {});
+    if (cfg.sink.type !== 'kafka' || cfg.sink.kafka.sasl?.mechanism !== 'oauthbearer') throw new Error('oauthbearer');
+    expect(cfg.sink.kafka.sasl.oauthbearer.ca).toBe('-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----');
+    expect(errorOf(kafka(`${oauth}
+    tls:
+      caFile: ${join(dir, 'no-such-ca.pem')}`))).toBe(
+      `config sink.kafka.sasl.oauthbearer.tls.caFile: cannot read ${join(dir, 'no-such-ca.pem')}: ENOENT`,
     );
   });
 

@@ -4,7 +4,8 @@ import type { TSchema } from '@sinclair/typebox';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { COLUMN_FIELDS, ConfigSchema, toJsonSchema } from '../../src/config/schema.js';
+import { COLUMN_FIELDS, ConfigSchema } from '../../src/config/schema.js';
+import { toJsonSchema } from '../../src/config/schema-json.js';
 
 /**
  * The config is declared once (src/config/schema.ts). These tests keep what derives from it in

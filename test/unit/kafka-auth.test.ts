@@ -14,6 +14,7 @@ import {
   TokenCache,
   TokenFetchError,
 } from '../../src/sink/kafka-auth.js';
+import { type HttpPost, type PostOptions, PostFailure } from '../../src/sink/http-post.js';
 
 const silent = createLogger('silent');
 
@@ -107,13 +108,14 @@ describe('client credentials', () => {
     scope: 'kafka write',
     extensions: {},
     timeoutMs: 1_000,
+    ca: undefined,
   };
   function fakeFetch(status: number, body: unknown) {
-    const requests: Array<{ url: string; init: RequestInit }> = [];
-    const impl = (async (url: string, init: RequestInit) => {
+    const requests: Array<{ url: string; init: PostOptions }> = [];
+    const impl: HttpPost = async (url, init) => {
       requests.push({ url, init });
-      return new Response(typeof body === 'string' ? body : JSON.stringify(body), { status });
-    }) as unknown as typeof fetch;
+      return { status, text: typeof body === 'string' ? body : JSON.stringify(body) };
+    };
     return { impl, requests };
   }
 
@@ -121,10 +123,9 @@ describe('client credentials', () => {
     const f = fakeFetch(200, { access_token: 'abc', token_type: 'Bearer', expires_in: 300 });
     const token = await clientCredentials(cfg, f.impl, () => 1_000)();
     expect(token).toEqual({ value: 'abc', expiresAtMs: 301_000 });
-    const { url, init } = f.requests[0] as { url: string; init: RequestInit };
+    const { url, init } = f.requests[0] as { url: string; init: PostOptions };
     expect(url).toBe(cfg.tokenEndpoint);
-    expect(init.method).toBe('POST');
-    expect(init.redirect).toBe('error');
+    expect(init.timeoutMs).toBe(1_000);
     const headers = init.headers as Record<string, string>;
     expect(headers.authorization).toBe(`Basic ${Buffer.from('relay%3A1:s3cr%26t%2B%2F').toString('base64')}`);
     expect(String(init.body)).toBe('grant_type=client_credentials&scope=kafka+write');
@@ -133,7 +134,7 @@ describe('client credentials', () => {
   it('sends the id and secret in the body with clientAuth post', async () => {
     const f = fakeFetch(200, { access_token: 'abc', expires_in: 60 });
     await clientCredentials({ ...cfg, clientAuth: 'post', scope: undefined }, f.impl)();
-    const init = f.requests[0]?.init as RequestInit;
+    const init = f.requests[0]?.init as PostOptions;
     expect((init.headers as Record<string, string>).authorization).toBeUndefined();
     expect(String(init.body)).toBe('grant_type=client_credentials&client_id=relay%3A1&client_secret=s3cr%26t%2B%2F');
   });
@@ -163,9 +164,9 @@ describe('client credentials', () => {
   });
 
   it('reports an unreachable endpoint as retriable, with the network error', async () => {
-    const down = (async () => {
-      throw new TypeError('fetch failed', { cause: Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }) });
-    }) as unknown as typeof fetch;
+    const down: HttpPost = async () => {
+      throw new PostFailure('ECONNREFUSED', false);
+    };
     await expect(clientCredentials(cfg, down)()).rejects.toMatchObject({
       message: 'SASL OAUTHBEARER token fetch from https://idp.example/oauth2/token failed: ECONNREFUSED',
       retriable: true,
