@@ -71,13 +71,21 @@ export const httpPost: HttpPost = (url, o) =>
     req.end(o.body);
   });
 
-/** OpenSSL's certificate verification codes and Node's TLS errors. */
-const TLS_CODE = /^(ERR_TLS_|ERR_SSL_|UNABLE_TO_|CERT_|SELF_SIGNED_|DEPTH_ZERO_|HOSTNAME_MISMATCH|INVALID_CA|INVALID_PURPOSE|PATH_LENGTH_)/;
+/** OpenSSL's certificate verification codes, Node's TLS errors, and a handshake that failed (EPROTO). */
+const TLS_CODE =
+  /^(ERR_TLS_|ERR_SSL_|EPROTO$|UNABLE_TO_|CERT_|SELF_SIGNED_|DEPTH_ZERO_|HOSTNAME_MISMATCH|INVALID_CA|INVALID_PURPOSE|PATH_LENGTH_)/;
 
 function failure(err: unknown): PostFailure {
   if (err instanceof PostFailure) return err;
   const e = err as NodeJS.ErrnoException;
   if (e.name === 'AbortError' || e.code === 'ABORT_ERR') return new PostFailure('no answer in time', false);
-  if (e.code !== undefined && TLS_CODE.test(e.code)) return new PostFailure(`TLS: ${e.message} (${e.code})`, true);
+  if (e.code !== undefined && TLS_CODE.test(e.code)) {
+    // An OpenSSL error stack ("write EPROTO 80…:error:0A00010B:SSL routines:…:wrong version
+    // number:file:line:") says it in its reason field. Node 24 appends advice about its
+    // --use-system-ca flag to a refused certificate; the caller names the config key instead.
+    const reason =
+      /error:[0-9A-F]+:[^:]*:[^:]*:([^:\n]+)/.exec(e.message)?.[1] ?? e.message.replace(/; if the root CA is installed locally.*$/s, '');
+    return new PostFailure(`TLS: ${reason} (${e.code})`, true);
+  }
   return new PostFailure(e.code ?? e.message ?? String(err), false);
 }

@@ -1,14 +1,16 @@
 /**
  * Kafka authentication against a real broker of this file's own (Kafka 4.1 KRaft): SASL
- * OAUTHBEARER with tokens from a client credentials endpoint served here (unsecured JWTs, which
- * the broker's default validator checks: alg none, sub, exp, iat, scope), re-authentication
+ * OAUTHBEARER with tokens from a client credentials endpoint served here over HTTPS, its
+ * certificate from a throwaway CA the config names (unsecured JWTs, which the broker's default
+ * validator checks: alg none, sub, exp, iat, scope), re-authentication
  * with short-lived tokens (the listener's connections.max.reauth.ms), mutual TLS with an
  * encrypted client key, and `validate --connect` naming the step that failed: token fetch,
  * SASL handshake or authorisation (KRaft's StandardAuthorizer, no ACLs, a few super users).
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -31,9 +33,10 @@ interface TokenRequest {
 }
 
 /**
- * An OAuth 2.0 token endpoint on loopback for the client credentials grant: checks HTTP Basic
- * client authentication, answers 401 invalid_client otherwise, and issues an unsecured JWT
- * (alg none) with the subject, scope and lifetime the test sets.
+ * An OAuth 2.0 token endpoint on loopback for the client credentials grant, over HTTPS when given
+ * a certificate and key: checks HTTP Basic client authentication, answers 401 invalid_client
+ * otherwise, and issues an unsecured JWT (alg none) with the subject, scope and lifetime the
+ * test sets.
  */
 class TokenEndpoint {
   readonly requests: TokenRequest[] = [];
@@ -43,19 +46,21 @@ class TokenEndpoint {
   private server: Server;
   url = '';
 
-  constructor() {
-    this.server = createServer((req, res) => {
+  constructor(private readonly tls?: { cert: Buffer; key: Buffer }) {
+    const answer = (req: IncomingMessage, res: ServerResponse) => {
       void this.answer(req).then(({ status, body }) => {
         res.writeHead(status, { 'content-type': 'application/json' });
         res.end(JSON.stringify(body));
       });
-    });
+    };
+    this.server = tls ? createHttpsServer(tls, answer) : createHttpServer(answer);
   }
 
   async start(): Promise<this> {
     await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
     const address = this.server.address();
-    this.url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}/oauth2/token`;
+    const scheme = this.tls ? 'https' : 'http';
+    this.url = `${scheme}://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}/oauth2/token`;
     return this;
   }
 
@@ -82,7 +87,10 @@ class TokenEndpoint {
 }
 
 let kafka: KafkaServer;
+/** HTTPS, its certificate signed by pki's CA. */
 let endpoint: TokenEndpoint;
+/** Plain HTTP, for allowPlainHttp. */
+let plainEndpoint: TokenEndpoint;
 let pki: TestPki;
 let dir: string;
 
@@ -92,7 +100,8 @@ beforeAll(async () => {
   writeFileSync(join(dir, 'client-secret'), `${CLIENT_SECRET}\n`);
   writeFileSync(join(dir, 'passphrase'), `${PASSPHRASE}\n`);
   writeFileSync(join(dir, 'wrong-passphrase'), 'not-the-passphrase\n');
-  endpoint = await new TokenEndpoint().start();
+  endpoint = await new TokenEndpoint({ cert: readFileSync(pki.serverCertFile), key: readFileSync(pki.serverKeyFile) }).start();
+  plainEndpoint = await new TokenEndpoint().start();
   kafka = await startKafka({
     auth: {
       // Sessions end with the token (20 s in the refresh test): the client must re-authenticate.
@@ -106,18 +115,21 @@ beforeAll(async () => {
 afterAll(async () => {
   await kafka?.destroy();
   await endpoint?.stop();
+  await plainEndpoint?.stop();
   if (dir) removeDir(dir);
 });
 
-function oauthSasl(secretFile: string): string {
+/** sink.kafka.sasl for the HTTPS endpoint, trusting its CA (or, with `ca: false`, Node's bundle only). */
+function oauthSasl(secretFile: string, opts: { ca?: boolean; plain?: boolean } = {}): string {
+  const trust = opts.plain ? '        allowPlainHttp: true\n' : opts.ca === false ? '' : `        tls: { caFile: ${pki.caFile} }\n`;
   return `    sasl:
       mechanism: oauthbearer
       oauthbearer:
-        tokenEndpoint: ${endpoint.url}
+        tokenEndpoint: ${(opts.plain ? plainEndpoint : endpoint).url}
         clientId: ${CLIENT_ID}
         clientSecretFile: ${secretFile}
         scope: ${SCOPE}
-`;
+${trust}`;
 }
 
 function config(db: TestDb, brokers: string[], kafkaExtra: string, workers = 0): (port: number) => string {
@@ -206,6 +218,21 @@ describe('Kafka SASL OAUTHBEARER', () => {
     secretFree(relay.stderr);
   }, 60_000);
 
+  it("stops at start with one line naming the endpoint and the TLS reason when the config lacks the endpoint's CA", async () => {
+    await using db = await new TestDb(await pgUrl(17)).create();
+    await using cfg = await writeConfig(config(db, kafka.oauthBrokers, oauthSasl(join(dir, 'client-secret'), { ca: false })));
+    const before = endpoint.requests.length;
+    await using relay = new RelayProcess(cfg.file, cfg.port);
+    expect(await relay.exited).toBe(1);
+    const fatal = relay.stderr.split('\n').find((l) => l.includes('"level":"fatal"')) ?? '';
+    expect(fatal).toContain(
+      `SASL OAUTHBEARER token fetch from ${endpoint.url} failed: TLS: unable to verify the first certificate (UNABLE_TO_VERIFY_LEAF_SIGNATURE); is the CA that signed its certificate in sink.kafka.sasl.oauthbearer.tls.caFile?`,
+    );
+    // Refused in the handshake: the client secret never reached the endpoint.
+    expect(endpoint.requests.length).toBe(before);
+    secretFree(relay.stderr);
+  }, 60_000);
+
   it('stops at start with one line naming the broker when it refuses the token', async () => {
     endpoint.scope = 'other';
     try {
@@ -239,6 +266,19 @@ describe('validate --connect with Kafka authentication', () => {
     expect(lineOf(r.stdout, 'kafka SASL handshake'), r.stdout).toMatch(/ok.*OAUTHBEARER accepted/);
     expect(lineOf(r.stdout, 'kafka authorisation'), r.stdout).toMatch(/ok/);
     expect(r.code, r.stdout + r.stderr).toBe(0);
+  }, 60_000);
+
+  it('fetches from an http:// endpoint only with allowPlainHttp', async () => {
+    const r = await validate(oauthSasl(join(dir, 'client-secret'), { plain: true }));
+    expect(lineOf(r.stdout, 'kafka token fetch'), r.stdout).toMatch(/ok/);
+    expect(lineOf(r.stdout, 'kafka SASL handshake'), r.stdout).toMatch(/ok.*OAUTHBEARER accepted/);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const refused = await validate(oauthSasl(join(dir, 'client-secret'), { plain: true }).replace('        allowPlainHttp: true\n', ''));
+    expect(refused.code).toBe(3);
+    // (The harness's Postgres password is "secret": registered for redaction, the word is masked.)
+    expect(refused.stderr.trim()).toBe(
+      'outboxd: config sink.kafka.sasl.oauthbearer.tokenEndpoint: is http://, which sends the client *** in clear text: use https:// (sink.kafka.sasl.oauthbearer.allowPlainHttp: true allows http:// for a loopback test endpoint)',
+    );
   }, 60_000);
 
   it('names the token fetch when the endpoint refuses the client', async () => {

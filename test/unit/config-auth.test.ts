@@ -121,29 +121,23 @@ describe('sink.kafka.sasl', () => {
     expect(errorOf(kafka(plain))).toBe(
       'config sink.kafka.sasl.oauthbearer.tokenEndpoint: is http://, which sends the client secret in clear text: use https:// (sink.kafka.sasl.oauthbearer.allowPlainHttp: true allows http:// for a loopback test endpoint)',
     );
-    const cfg = parseConfig(kafka(`${plain}
-    allowPlainHttp: true`), {});
+    const cfg = parseConfig(kafka(`${plain}\n    allowPlainHttp: true`), {});
     if (cfg.sink.type !== 'kafka' || cfg.sink.kafka.sasl?.mechanism !== 'oauthbearer') throw new Error('oauthbearer');
     expect(cfg.sink.kafka.sasl.oauthbearer.tokenEndpoint).toBe('http://127.0.0.1:8080/token');
     const ca = file('idp-ca.pem', '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
-    expect(errorOf(kafka(`${plain}
-    allowPlainHttp: true
-    tls: { caFile: ${ca} }`))).toBe(
+    expect(errorOf(kafka(`${plain}\n    allowPlainHttp: true\n    tls: { caFile: ${ca} }`))).toBe(
       'config sink.kafka.sasl.oauthbearer.tls: applies to an https:// tokenEndpoint only; remove it',
     );
   });
 
   it("reads the token endpoint's CA from tls.caFile", () => {
     const ca = file('idp-ca.pem', '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
-    const cfg = parseConfig(kafka(`${oauth}
-    tls:
-      caFile: ${ca}`), {});
+    const cfg = parseConfig(kafka(`${oauth}\n    tls: { caFile: ${ca} }`), {});
     if (cfg.sink.type !== 'kafka' || cfg.sink.kafka.sasl?.mechanism !== 'oauthbearer') throw new Error('oauthbearer');
     expect(cfg.sink.kafka.sasl.oauthbearer.ca).toBe('-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----');
-    expect(errorOf(kafka(`${oauth}
-    tls:
-      caFile: ${join(dir, 'no-such-ca.pem')}`))).toBe(
-      `config sink.kafka.sasl.oauthbearer.tls.caFile: cannot read ${join(dir, 'no-such-ca.pem')}: ENOENT`,
+    const missing = join(dir, 'no-such-ca.pem');
+    expect(errorOf(kafka(`${oauth}\n    tls: { caFile: ${missing} }`))).toBe(
+      `config sink.kafka.sasl.oauthbearer.tls.caFile: cannot read ${missing}: ENOENT`,
     );
   });
 

@@ -173,6 +173,25 @@ describe('client credentials', () => {
     });
   });
 
+  it('passes the CA on, and stops on a refused certificate or a redirect: neither is retried', async () => {
+    const f = fakeFetch(200, { access_token: 'abc', expires_in: 60 });
+    await clientCredentials({ ...cfg, ca: 'PEM' }, f.impl)();
+    expect(f.requests[0]?.init.ca).toBe('PEM');
+    const refused: HttpPost = async () => {
+      throw new PostFailure('TLS: unable to verify the first certificate (UNABLE_TO_VERIFY_LEAF_SIGNATURE)', true);
+    };
+    await expect(clientCredentials(cfg, refused)()).rejects.toMatchObject({
+      message:
+        'SASL OAUTHBEARER token fetch from https://idp.example/oauth2/token failed: TLS: unable to verify the first certificate (UNABLE_TO_VERIFY_LEAF_SIGNATURE); is the CA that signed its certificate in sink.kafka.sasl.oauthbearer.tls.caFile?',
+      retriable: false,
+    });
+    await expect(clientCredentials(cfg, fakeFetch(302, '').impl)()).rejects.toMatchObject({
+      message:
+        'SASL OAUTHBEARER token fetch from https://idp.example/oauth2/token failed: HTTP 302, a redirect, which is not followed: configure the endpoint it names',
+      retriable: false,
+    });
+  });
+
   it('refuses an answer without an access token or of another token type', async () => {
     await expect(clientCredentials(cfg, fakeFetch(200, { expires_in: 60 }).impl)()).rejects.toThrow('the answer has no access_token');
     await expect(clientCredentials(cfg, fakeFetch(200, { access_token: 'a', token_type: 'mac', expires_in: 60 }).impl)()).rejects.toThrow(
