@@ -1,5 +1,5 @@
 import type { SinkConfig } from '../config/config.js';
-import { MissingDestinationError, type OutboxdError, type SinkError } from '../errors.js';
+import { type ErrorCode, MissingDestinationError, type OutboxdError, PoisonError, SinkError } from '../errors.js';
 import type { RelayState } from '../interfaces.js';
 import type { Liveness } from './liveness.js';
 import type { Logger } from './logger.js';
@@ -11,11 +11,17 @@ const STATES: readonly RelayState[] = ['starting', 'standby', 'streaming', 'reco
  * The relay's health as `/livez`, `/readyz` and the state metrics report it: the lifecycle state
  * and the sink's condition, each fed by the component that knows it. Ready means streaming from
  * the slot with a sink that is up, not blocked by the broker and not stalled.
+ *
+ * The probe bodies are for anyone who can reach the port: they carry no row data (ids, keys,
+ * header names, payload bytes, a topic or routing key rendered from a row). An error from the
+ * data path is named by its reason, with where to read the rest: the log and the metrics.
  */
 export class Health {
   private current: RelayState = 'starting';
   private sinkUp = false;
   private sinkError: SinkError | null = null;
+  /** Where sinkError came from: a connect error names only configured things and is shown whole. */
+  private sinkErrorDuring: 'connect' | 'publish' = 'connect';
   private sinkBlocked = false;
   private stalledMs: number | null = null;
   private stuckDetail: string | null = null;
@@ -60,9 +66,14 @@ export class Health {
     this.setState('failed');
   }
 
-  /** The sink connected or published (up), or failed to (down, with why). */
-  sinkHealth(up: boolean, error?: SinkError): void {
+  /**
+   * The sink connected or published (up), or failed to (down, with why). `during`: an error
+   * while connecting names only what the config holds (brokers, vhost, credentials) and shows
+   * whole; one while publishing may quote row data and shows by its reason.
+   */
+  sinkHealth(up: boolean, error?: SinkError, during: 'connect' | 'publish' = 'publish'): void {
     this.sinkUp = up;
+    if (error !== undefined) this.sinkErrorDuring = during;
     this.sinkError = up ? null : (error ?? this.sinkError);
     this.metrics.connectionState.set({ target: this.sink.type }, up ? 1 : 0);
     const missing = error instanceof MissingDestinationError ? error.destinations : up ? [] : this.missing;
@@ -101,20 +112,20 @@ export class Health {
   }
 
   live(): { ok: boolean; detail: string } {
-    if (this.current === 'failed') return { ok: false, detail: `failed: ${this.fatal?.message ?? ''}` };
+    if (this.current === 'failed') return { ok: false, detail: `failed: ${this.fatal ? this.errorText(this.fatal) : ''}` };
     const l = this.liveness.check();
     return { ok: l.ok, detail: l.detail ?? this.current };
   }
 
   ready(): { ok: boolean; detail: string } {
     const sink = this.sink.type;
-    if (this.current === 'halted') return { ok: false, detail: `halted: ${this.haltedBy?.message ?? ''}` };
+    if (this.current === 'halted') return { ok: false, detail: `halted: ${this.haltedBy ? probeText(this.haltedBy) : ''}` };
+    const unavailable = this.sinkError ? `${sink} unavailable: ${this.errorText(this.sinkError)}` : `${sink} unavailable`;
     if (this.current !== 'streaming') {
-      const waiting =
-        this.waitingFor ?? (this.current === 'starting' && this.sinkError ? `${sink} unavailable: ${this.sinkError.message}` : null);
+      const waiting = this.waitingFor ?? (this.current === 'starting' && this.sinkError ? unavailable : null);
       return { ok: false, detail: waiting ? `${this.current}: ${waiting}` : this.current };
     }
-    if (!this.sinkUp) return { ok: false, detail: `${sink} unavailable${this.sinkError ? `: ${this.sinkError.message}` : ''}` };
+    if (!this.sinkUp) return { ok: false, detail: unavailable };
     if (this.sinkBlocked) return { ok: false, detail: `${sink} blocked the connection (resource alarm)` };
     if (this.stalledMs !== null) {
       return {
@@ -125,4 +136,44 @@ export class Health {
     if (this.stuckDetail !== null) return { ok: false, detail: `no progress: ${this.stuckDetail}` };
     return { ok: true, detail: 'streaming' };
   }
+
+  /** An error as the bodies show it: see probeText; the sink's last connect error shows whole. */
+  private errorText(err: OutboxdError): string {
+    if (err instanceof MissingDestinationError) {
+      const n = err.destinations.length;
+      return `${n} destination${n === 1 ? '' : 's'} that do${n === 1 ? 'es' : ''} not exist and ${n === 1 ? 'is' : 'are'} not created (${err.reason}); the log and outboxd_destination_missing name ${n === 1 ? 'it' : 'them'}; publishing waits and retries`;
+    }
+    return err === this.sinkError && this.sinkErrorDuring === 'connect' ? err.message : probeText(err);
+  }
+}
+
+/** Errors about the setup, not the data: their messages name only the config, the slot and the servers. */
+const SHOWN_WHOLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'CONFIG_INVALID',
+  'USAGE',
+  'SLOT_LOST',
+  'SLOT_INVALIDATED',
+  'SLOT_MISSING',
+  'SLOT_ACTIVE',
+  'PG_NOT_LOGICAL',
+  'PG_CONNECTION',
+]);
+
+/**
+ * An error as a probe body may show it. Errors about the setup show whole. Any other (a poison
+ * message, a publish failure, a crash on the data path) may quote row data in its message: the
+ * body names its reason and where the message is.
+ */
+export function probeText(err: OutboxdError): string {
+  if (SHOWN_WHOLE.has(err.code)) return err.message;
+  if (err instanceof PoisonError) {
+    return `a poison message (reason ${err.reason}) under outbox.onPoison: halt; the log ("poison message: halting") has its id, key and position, outboxd_poison_messages_total{reason="${err.reason}"} counts it (docs/runbook.md#poison-messages)`;
+  }
+  if (err instanceof SinkError) {
+    return `publishing failed (reason ${err.reason}); the log has the error, outboxd_publish_errors_total counts it`;
+  }
+  if (err.code === 'RECOVERY_HALTED') {
+    return 'lost-slot recovery stopped at a poison row under outbox.onPoison: halt; the log has the row (docs/runbook.md#poison-messages)';
+  }
+  return `${err.code}: the log has the error`;
 }

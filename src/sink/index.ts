@@ -82,15 +82,21 @@ export function destinationLabel(cfg: SinkConfig, log: Logger): (destination: st
  * from Postgres before it can be published. Rejects on an error retrying cannot fix.
  */
 export async function connectSink(sink: Sink, backoff: BackoffConfig, signal: AbortSignal, health: Health, log: Logger): Promise<void> {
-  await retry(() => sink.connect(), {
-    backoff,
-    signal,
-    isRetriable: (err) => !(err instanceof SinkError) || err.retriable,
-    onRetry: (err, attempt, waitMs) => {
-      if (err instanceof SinkError) health.sinkHealth(false, err);
-      if (worthLogging(attempt)) log.warn({ err, attempt, retryInMs: waitMs }, `${sink.type} unavailable, retrying`);
-    },
-  });
+  try {
+    await retry(() => sink.connect(), {
+      backoff,
+      signal,
+      isRetriable: (err) => !(err instanceof SinkError) || err.retriable,
+      onRetry: (err, attempt, waitMs) => {
+        if (err instanceof SinkError) health.sinkHealth(false, err, 'connect');
+        if (worthLogging(attempt)) log.warn({ err, attempt, retryInMs: waitMs }, `${sink.type} unavailable, retrying`);
+      },
+    });
+  } catch (err) {
+    // The error the relay stops with: /livez shows it whole, as a connect error.
+    if (err instanceof SinkError) health.sinkHealth(false, err, 'connect');
+    throw err;
+  }
   health.sinkHealth(true);
 }
 

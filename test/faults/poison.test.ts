@@ -68,9 +68,13 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
         await waitDelivered(b.reader, [good]);
         await sleep(300);
         const before = await b.db.walLsn();
-        await c.insert(b, uuid());
+        const bad = uuid();
+        await c.insert(b, bad);
         await until('halted', async () => (await relay.http('/readyz')).body.startsWith('not ok: halted'), 30_000);
         expect(await relay.metric('outboxd_poison_messages_total', { reason: c.reason })).toBe(1);
+        // The probes name the reason; the row's id is in the log only, never in an unauthenticated body.
+        expect((await relay.http('/readyz')).body).toContain(`a poison message (reason ${c.reason})`);
+        for (const path of ['/readyz', '/livez', '/metrics']) expect((await relay.http(path)).body).not.toContain(bad);
         expect(relay.stderr).toMatch(/poison message: halting/);
         expect(relay.logLines().some((l) => l.level === 'error' && l.reason === c.reason)).toBe(true);
         // Heartbeats keep committing, but nothing at or after the poison transaction is confirmed.
@@ -126,7 +130,8 @@ describe('poison rows: text that is not UTF-8', () => {
     await insertBad(b);
     await until('halted', async () => (await relay.http('/readyz')).body.startsWith('not ok: halted'), 30_000);
     expect(await relay.metric('outboxd_poison_messages_total', { reason: 'bad_encoding' })).toBe(1);
-    expect((await relay.http('/readyz')).body).toMatch(/column payload holds bytes that are not valid UTF-8/);
+    expect((await relay.http('/readyz')).body).toMatch(/a poison message \(reason bad_encoding\)/);
+    expect(relay.stderr).toMatch(/column payload holds bytes that are not valid UTF-8/);
     await relay.heartbeatsPass(2);
     expect((await b.db.slotInfo())?.confirmed ?? 0n).toBeLessThanOrEqual(before);
     expect(b.reader.delivered()).toEqual([]);

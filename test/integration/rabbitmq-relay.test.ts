@@ -273,6 +273,8 @@ describe('Postgres → RabbitMQ', () => {
     );
     await until('halted', async () => (await relay.http('/readyz')).body.startsWith('not ok: halted'));
     expect(await relay.metric('outboxd_poison_messages_total', { reason: 'unroutable' })).toBe(1);
+    // The routing key is rendered from the row: the log has it, the unauthenticated body does not.
+    expect((await relay.http('/readyz')).body).not.toContain('nowhere');
     expect(relay.stderr).toMatch(/poison message: halting/);
     await relay.heartbeatsPass(2);
     // Nothing at or after the poison message's transaction was confirmed to Postgres.
