@@ -167,7 +167,7 @@ const SHOWN_WHOLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
 export function probeText(err: OutboxdError): string {
   if (SHOWN_WHOLE.has(err.code)) return err.message;
   if (err instanceof PoisonError) {
-    return `a poison message (reason ${err.reason}) under outbox.onPoison: halt; the log ("poison message: halting") has its id, key and position, outboxd_poison_messages_total{reason="${err.reason}"} counts it (docs/runbook.md#poison-messages)`;
+    return `a poison message (reason ${err.reason}); the log ("poison message: halting") has its id, key and position, outboxd_poison_messages_total{reason="${err.reason}"} counts it (docs/runbook.md#poison-messages)`;
   }
   if (err instanceof SinkError) {
     return `publishing failed (reason ${err.reason}); the log has the error, outboxd_publish_errors_total counts it`;

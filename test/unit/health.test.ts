@@ -54,7 +54,7 @@ describe('probe bodies', () => {
       const r = h.ready();
       expect(r.ok).toBe(false);
       expect(r.detail).toBe(
-        `halted: a poison message (reason ${p.reason}) under outbox.onPoison: halt; the log ("poison message: halting") has its id, key and position, outboxd_poison_messages_total{reason="${p.reason}"} counts it (docs/runbook.md#poison-messages)`,
+        `halted: a poison message (reason ${p.reason}); the log ("poison message: halting") has its id, key and position, outboxd_poison_messages_total{reason="${p.reason}"} counts it (docs/runbook.md#poison-messages)`,
       );
       noRowData(r.detail);
     }
