@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { Config, TableConfig } from '../config/config.js';
+import { type Config, type TableConfig, quoteIdent } from '../config/config.js';
 import { COLUMN_FIELDS, REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { oneLine } from '../errors.js';
 import { createLogger } from '../observability/logger.js';
@@ -96,13 +96,13 @@ export async function runChecks(cfg: Config): Promise<Check[]> {
         missing.length === 0 ? 'ok' : 'fail',
         missing.length === 0
           ? `${pub} covers the outbox tables`
-          : `${pub} lacks ${missing.map((t) => t.qualified).join(', ')} — ALTER PUBLICATION ${pub} ADD TABLE ${missing.map((t) => t.qualified).join(', ')}`,
+          : `${pub} lacks ${missing.map((t) => t.qualified).join(', ')} — ALTER PUBLICATION ${quoteIdent(pub)} ADD TABLE ${missing.map((t) => t.qualified).join(', ')}`,
       );
       if (!pubRow.rows[0]?.owner) {
         add(
           'publication owner',
           'fail',
-          `the role does not own ${pub}, so outboxd cannot record its slot on it — ALTER PUBLICATION ${pub} OWNER TO <role>`,
+          `the role does not own ${pub}, so outboxd cannot record its slot on it — ALTER PUBLICATION ${quoteIdent(pub)} OWNER TO <role>`,
         );
       }
     }
@@ -180,7 +180,7 @@ async function tableChecks(
     add(name, 'fail', `lacks ${missing.map((f) => `${t.columns[f]} (${f})`).join(', ')} — map them with outbox.tables[${index}].columns`);
     return;
   }
-  const select = await client.query<{ ok: boolean }>("SELECT has_table_privilege($1, 'SELECT') AS ok", [`${t.schema}.${t.table}`]);
+  const select = await client.query<{ ok: boolean }>("SELECT has_table_privilege($1, 'SELECT') AS ok", [t.qualified]);
   const optional = COLUMN_FIELDS.filter((f) => !REQUIRED.has(f) && have.has(t.columns[f]));
   add(
     name,

@@ -65,8 +65,8 @@ export function setupSql(cfg: Config): string {
   const pub = cfg.postgres.publication;
   const tables = cfg.outbox.tables.map((t) => t.qualified).join(', ');
   return [
-    `CREATE PUBLICATION ${pub}${tables ? ` FOR TABLE ${tables}` : ''} WITH (publish = 'insert', publish_via_partition_root = true);`,
-    `COMMENT ON PUBLICATION ${pub} IS 'outboxd:{"slots":["${cfg.postgres.slot}"]}';  -- lets outboxd tell a lost slot from a first start`,
+    `CREATE PUBLICATION ${quoteIdent(pub)}${tables ? ` FOR TABLE ${tables}` : ''} WITH (publish = 'insert', publish_via_partition_root = true);`,
+    `COMMENT ON PUBLICATION ${quoteIdent(pub)} IS 'outboxd:{"slots":["${cfg.postgres.slot}"]}';  -- lets outboxd tell a lost slot from a first start`,
     // (slot, plugin, temporary, two-phase, failover): a failover slot when postgres.failover is set.
     `SELECT pg_create_logical_replication_slot('${cfg.postgres.slot}', 'pgoutput'${cfg.postgres.failover ? ', false, false, true' : ''});`,
   ].join('\n');

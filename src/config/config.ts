@@ -109,7 +109,7 @@ function compileOutbox(o: ConfigInput['outbox']) {
   const tables = o.tables.map((t, i) => compileTable(`outbox.tables[${i}]`, t));
   const seen = new Set<string>();
   tables.forEach((t, i) => {
-    if (seen.has(t.qualified)) throw new ConfigError(`outbox.tables[${i}].name`, `table ${t.qualified} is listed twice`);
+    if (seen.has(t.qualified)) throw new ConfigError(`outbox.tables[${i}].name`, `table ${t.name} is listed twice`);
     seen.add(t.qualified);
   });
   if (tables.length === 0 && !o.messages.enabled) {
@@ -138,12 +138,23 @@ function compileTable(path: string, t: ConfigInput['outbox']['tables'][number]) 
     throw new ConfigError(`${path}.name`, `must be "table" or "schema.table", got "${t.name}"`);
   const [schema, table] = parts.length === 2 ? (parts as [string, string]) : ['public', parts[0] as string];
   const columns = Object.fromEntries(COLUMN_FIELDS.map((f) => [f, t.columns[f]])) as ColumnMap;
-  return { schema, table, qualified: `${quoteIdent(schema)}.${quoteIdent(table)}`, columns, createdAt: t.columns.created_at };
+  // name: `schema.table` as written, for messages and metric labels; qualified: for SQL.
+  return {
+    schema,
+    table,
+    name: `${schema}.${table}`,
+    qualified: `${quoteIdent(schema)}.${quoteIdent(table)}`,
+    columns,
+    createdAt: t.columns.created_at,
+  };
 }
 
-/** Quotes an identifier for SQL only when Postgres would need it. */
+/**
+ * An identifier as SQL text: always quoted, `"` doubled. Left bare, a key word such as `user` or
+ * `current_date` is read as the SQL function of that name: a value changed silently.
+ */
 export function quoteIdent(name: string): string {
-  return /^[a-z_][a-z0-9_$]*$/.test(name) ? name : `"${name.replace(/"/g, '""')}"`;
+  return `"${name.replaceAll('"', '""')}"`;
 }
 
 function compilePipeline(p: ConfigInput['pipeline']) {

@@ -1,11 +1,13 @@
 import { isUtf8 } from 'node:buffer';
 import { PoisonError } from '../errors.js';
 import type { OutboxMessage, TxnRef } from '../interfaces.js';
+import { setOwn } from '../own.js';
 import type { TableConfig } from '../config/config.js';
 import { COLUMN_FIELDS } from '../config/schema.js';
 import type { Relation } from '../source/pgoutput.js';
 import type { CloudEventsEncoder } from './cloudevents.js';
-import { type JsonSpan, JsonSyntaxError, LoneSurrogateError, scanObject, unescapeString } from './json.js';
+import { type JsonSpan, JsonSyntaxError, scanObject } from './json.js';
+import { headersFromSpan, parseHeadersColumn, scalarField, stringValue } from './members.js';
 import { type Template, renderTemplate } from './template.js';
 
 /**
@@ -131,7 +133,7 @@ export class OutboxMapper {
     let raw: Record<string, string | null> | null = null;
     if (binding.rawFields.length > 0) {
       raw = {};
-      for (const [name, i] of binding.rawFields) raw[name] = values[i] ?? null;
+      for (const [name, i] of binding.rawFields) setOwn(raw, name, values[i] ?? null);
     }
     return this.build(
       fields,
@@ -183,7 +185,7 @@ export class OutboxMapper {
     for (const f of this.templateFields) {
       if (TEMPLATE_FIELDS.has(f) || !members.has(f)) continue;
       raw ??= {};
-      raw[f] = field(f);
+      setOwn(raw, f, field(f));
     }
     return this.build(fields, payload, contentType, headers, txn, raw, index);
   }
@@ -293,58 +295,6 @@ interface Fields {
   causation_id: string | null;
   reply_to: string | null;
   traceparent: string | null;
-}
-
-/**
- * A scalar member as text: a string's value, or a number's or boolean's JSON text with every
- * digit. null and absent are null. An object or array is not a scalar: poison.
- */
-function scalarField(text: string, members: ReadonlyMap<string, JsonSpan>, name: string, what: string): string | null {
-  const span = members.get(name);
-  if (span === undefined || span.kind === 'null') return null;
-  if (span.kind === 'string') return stringValue(text, span, name);
-  if (span.kind === 'object' || span.kind === 'array') {
-    throw new PoisonError('bad_message', `${what} ${name} must be a string or a number, not an ${span.kind}`);
-  }
-  return text.slice(span.start, span.end);
-}
-
-function stringValue(text: string, span: JsonSpan, name: string): string {
-  try {
-    return unescapeString(text, span.start, span.end);
-  } catch (err) {
-    if (err instanceof LoneSurrogateError) throw new PoisonError('bad_encoding', `${name}: ${err.message}; it has no UTF-8 form`);
-    throw err;
-  }
-}
-
-/** The `headers` column: a JSON object whose members become headers, each value its exact text. */
-function parseHeadersColumn(text: string | null, column: string): Record<string, string> | null {
-  if (text === null || text === '') return null;
-  return headersFromSpan(text, { kind: 'object', start: 0, end: text.length }, `column ${column} (headers)`);
-}
-
-/**
- * A headers object: a string member becomes its value, a number or boolean its JSON text with
- * every digit, a nested object or array its JSON text as written; a null member is left out.
- */
-function headersFromSpan(text: string, span: JsonSpan, what: string): Record<string, string> {
-  if (span.kind !== 'object') throw new PoisonError('bad_headers', `${what} must be a JSON object, not ${span.kind}`);
-  let members: Map<string, JsonSpan>;
-  try {
-    members = scanObject(text.slice(span.start, span.end));
-  } catch (err) {
-    if (err instanceof JsonSyntaxError) throw new PoisonError('bad_headers', `${what} is not a JSON object: ${err.message}`);
-    if (err instanceof LoneSurrogateError) throw new PoisonError('bad_encoding', `${what}: ${err.message}`);
-    throw err;
-  }
-  const inner = text.slice(span.start, span.end);
-  const out: Record<string, string> = {};
-  for (const [k, v] of members) {
-    if (v.kind === 'null') continue;
-    out[k] = v.kind === 'string' ? stringValue(inner, v, `header ${k}`) : inner.slice(v.start, v.end);
-  }
-  return out;
 }
 
 /** bytea's text output (`\x0a0b…`, the default `bytea_output = hex`) to bytes, every one of them. */

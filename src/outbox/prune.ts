@@ -148,7 +148,7 @@ export class Pruner {
       }
       const n = deleted.rowCount ?? 0;
       total += n;
-      if (n > 0) this.metrics.prunedRows.inc({ table: table.qualified }, n);
+      if (n > 0) this.metrics.prunedRows.inc({ table: table.name }, n);
       if (n < prune.batchSize) break;
       await sleep(prune.pauseMs);
     }
@@ -213,7 +213,7 @@ export class Pruner {
       this.log.warn({ table: table.qualified, partition: name }, 'creating a partition waited past prune.lockTimeout; retrying next round');
       return;
     }
-    this.metrics.partitionsCreated.inc({ table: table.qualified });
+    this.metrics.partitionsCreated.inc({ table: table.name });
     this.log.info({ table: table.qualified, partition: name, from, to }, 'created outbox partition');
   }
 
@@ -237,7 +237,7 @@ export class Pruner {
     } else if (outcome === 'unconfirmed') {
       this.log.info({ partition: part.qualified }, 'partition holds rows newer than the confirmed epoch; it is dropped in a later round');
     } else {
-      this.metrics.partitionsDropped.inc({ table: table.qualified });
+      this.metrics.partitionsDropped.inc({ table: table.name });
       this.log.info({ table: table.qualified, partition: part.qualified }, 'dropped a confirmed outbox partition');
     }
   }
@@ -248,7 +248,7 @@ export class Pruner {
       const { rows } = await client.query<{ age: number | null }>(
         `SELECT extract(epoch FROM now() - ${col})::float8 AS age FROM ${table.qualified} ORDER BY ${col} LIMIT 1`,
       );
-      this.metrics.oldestRowAge.set({ table: table.qualified }, rows[0]?.age ?? 0);
+      this.metrics.oldestRowAge.set({ table: table.name }, rows[0]?.age ?? 0);
     } catch (err) {
       this.log.debug({ err, table: table.qualified }, 'reading the oldest row failed');
     }

@@ -54,8 +54,11 @@ export function renderTemplate(
       continue;
     }
     const f = part.field;
-    const v = f in fields ? fields[f] : raw?.[f];
-    if (v === null || v === undefined || v === '') {
+    // A value is a string or null; anything else is not a member of that map but one that
+    // Object.prototype lends it (a column named constructor or toString): look further, or miss.
+    let v: unknown = fields[f];
+    if (v !== null && typeof v !== 'string') v = raw?.[f];
+    if (typeof v !== 'string' || v === '') {
       throw new PoisonError(use.reason, `${use.what} "${t.source}" needs {${part.field}}, which is ${v === '' ? 'empty' : 'null'}`);
     }
     out += use.escape === null ? v : use.escape(v);

@@ -9,6 +9,7 @@ import type { DeadLetter, OutboxMessage, Sink, TxnRef } from '../interfaces.js';
 import { ZERO_LSN } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import { type Metrics, createMetrics } from '../observability/metrics.js';
+import { setOwn } from '../own.js';
 import { cloudEventsFor } from '../outbox/cloudevents.js';
 import { type ColumnInfo, LSN_HEADER, OutboxMapper, type TableBinding, XID_HEADER } from '../outbox/mapper.js';
 import { valuePoison } from '../pipeline/ingest.js';
@@ -587,7 +588,7 @@ class ReplayRun {
   /** The mapper's message as a replay sends it: the source-position headers out, the replay header in. */
   private replayed(m: OutboxMessage): OutboxMessage {
     const headers: Record<string, string> = {};
-    for (const k in m.headers) if (k !== LSN_HEADER && k !== XID_HEADER) headers[k] = m.headers[k] as string;
+    for (const k in m.headers) if (k !== LSN_HEADER && k !== XID_HEADER) setOwn(headers, k, m.headers[k] as string);
     headers[REPLAY_HEADER] = this.runId;
     const sizeBytes = m.sizeBytes - LSN_HEADER.length - XID_HEADER.length + REPLAY_HEADER.length + this.runId.length;
     return { ...m, headers, sizeBytes };
@@ -598,7 +599,7 @@ class ReplayRun {
     const whole: Record<string, string | null> = {};
     read.columns.forEach((c, i) => {
       const v = row[KEY_COLUMNS + i] as string | Buffer | null;
-      whole[c.name] = v === null || (typeof v !== 'string' && !isUtf8(v)) ? null : v.toString();
+      setOwn(whole, c.name, v === null || (typeof v !== 'string' && !isUtf8(v)) ? null : v.toString());
     });
     const at = read.binding.at;
     const text = (i: number) => {

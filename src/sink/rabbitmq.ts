@@ -340,7 +340,8 @@ export class RabbitMqSink implements Sink {
   }
 }
 
-function properties(m: OutboxMessage): amqp.Options.Publish {
+/** The publish options of a message: its AMQP properties and header table. */
+export function properties(m: OutboxMessage): amqp.Options.Publish {
   return {
     persistent: true,
     mandatory: true,

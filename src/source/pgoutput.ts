@@ -1,6 +1,7 @@
 import { isUtf8 } from 'node:buffer';
 import { OutboxdError } from '../errors.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
+import { setOwn } from '../own.js';
 
 /**
  * A decoder for pgoutput, the logical replication protocol, version 1 (what outboxd asks for):
@@ -165,7 +166,7 @@ export class PgoutputDecoder<T extends TableInterest = TableInterest> implements
     this.rowProblem = problem;
     const row: Record<string, string | null> = {};
     rel.columns.forEach((c, i) => {
-      row[c.name] = values[i] ?? null;
+      setOwn(row, c.name, values[i] ?? null);
     });
     return row;
   }

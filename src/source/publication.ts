@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { Config, TableConfig } from '../config/config.js';
+import { type Config, type TableConfig, quoteIdent } from '../config/config.js';
 import { ConfigError, OutboxdError } from '../errors.js';
 import { classifyPgError } from './pg-errors.js';
 
@@ -31,7 +31,7 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
     if (!cfg.postgres.createPublication) {
       throw new ConfigError(
         'postgres.publication',
-        `publication ${pub} does not exist and postgres.createPublication is false; create it: CREATE PUBLICATION ${pub} FOR TABLE ${tables.map((t) => t.qualified).join(', ') || '...'}`,
+        `publication ${pub} does not exist and postgres.createPublication is false; create it: CREATE PUBLICATION ${quoteIdent(pub)} FOR TABLE ${tables.map((t) => t.qualified).join(', ') || '...'}`,
       );
     }
     for (const t of tables) await checkTableExists(client, t);
@@ -43,7 +43,7 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
       // on an outbox table without a replica identity, breaking cleanup jobs.
       // Via the partition root: a partitioned outbox's rows arrive under its own name, so its
       // mapping and destination apply (without it they would carry each partition's name).
-      await client.query(`CREATE PUBLICATION ${pub}${list} WITH (publish = 'insert', publish_via_partition_root = true)`);
+      await client.query(`CREATE PUBLICATION ${quoteIdent(pub)}${list} WITH (publish = 'insert', publish_via_partition_root = true)`);
     } catch (err) {
       if ((err as { code?: string }).code !== '42710') throw classifyPgError(err, `creating publication ${pub}`);
     }
@@ -54,7 +54,7 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
       if (await isPartitioned(client, t)) {
         throw new ConfigError(
           `outbox.tables[${i}].name`,
-          `table ${t.schema}.${t.table} is partitioned and publication ${pub} publishes its rows under each partition's name, which outboxd would not relay; run: ALTER PUBLICATION ${pub} SET (publish_via_partition_root = true)`,
+          `table ${t.schema}.${t.table} is partitioned and publication ${pub} publishes its rows under each partition's name, which outboxd would not relay; run: ALTER PUBLICATION ${quoteIdent(pub)} SET (publish_via_partition_root = true)`,
         );
       }
     }
@@ -69,7 +69,7 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
     if (!have.has(`${t.schema}.${t.table}`)) {
       throw new ConfigError(
         `outbox.tables[${i}].name`,
-        `table ${t.schema}.${t.table} is not in publication ${pub}; run: ALTER PUBLICATION ${pub} ADD TABLE ${t.qualified}`,
+        `table ${t.schema}.${t.table} is not in publication ${pub}; run: ALTER PUBLICATION ${quoteIdent(pub)} ADD TABLE ${t.qualified}`,
       );
     }
   });

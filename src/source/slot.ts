@@ -1,5 +1,5 @@
 import pg from 'pg';
-import type { PostgresConfig } from '../config/config.js';
+import { type PostgresConfig, quoteIdent } from '../config/config.js';
 import { ConfigError, PgConnectionError, SlotError } from '../errors.js';
 import { type Lsn, parseLsn } from '../lsn.js';
 import { connectAdmin, connectSameHost, hostOf, serverVersion } from './connect.js';
@@ -148,12 +148,12 @@ async function writeMarker(client: pg.Client, publication: string, slots: string
 async function writeMarkerDoc(client: pg.Client, publication: string, doc: Marker): Promise<void> {
   const text = `${MARKER_PREFIX}${JSON.stringify({ ...doc, slots: [...new Set(doc.slots)].sort() })}`;
   try {
-    await client.query(`COMMENT ON PUBLICATION ${publication} IS ${pg.escapeLiteral(text)}`);
+    await client.query(`COMMENT ON PUBLICATION ${quoteIdent(publication)} IS ${pg.escapeLiteral(text)}`);
   } catch (err) {
     if ((err as { code?: string }).code === '42501') {
       throw new ConfigError(
         'postgres.publication',
-        `the role must own publication ${publication} so outboxd can record its slot there (it is how a lost slot is told from a first start): ALTER PUBLICATION ${publication} OWNER TO <role>`,
+        `the role must own publication ${publication} so outboxd can record its slot there (it is how a lost slot is told from a first start): ALTER PUBLICATION ${quoteIdent(publication)} OWNER TO <role>`,
       );
     }
     throw classifyPgError(err, `recording the slot on publication ${publication}`);
@@ -328,7 +328,7 @@ async function lostSlot(client: pg.Client, cfg: PostgresConfig, existing: SlotIn
     slot: name,
     host,
     confirmedFlushLsn: null,
-    message: `replication slot ${name} is gone (it existed: publication ${cfg.publication} records it). Rows written while it was missing may never have been relayed, so outboxd will not recreate it. See docs/runbook.md#lost-slot; to start over from now, clear the marker: COMMENT ON PUBLICATION ${cfg.publication} IS NULL`,
+    message: `replication slot ${name} is gone (it existed: publication ${cfg.publication} records it). Rows written while it was missing may never have been relayed, so outboxd will not recreate it. See docs/runbook.md#lost-slot; to start over from now, clear the marker: COMMENT ON PUBLICATION ${quoteIdent(cfg.publication)} IS NULL`,
   };
 }
 

@@ -74,6 +74,8 @@ export interface BundleOptions {
   encoding?: 'UTF8' | 'SQL_ASCII';
   /** Outbox tables (default public.outbox). */
   tables?: string[];
+  /** outbox.tables[].columns, the same for every table (field: column). */
+  columns?: Record<string, string>;
   /** Kafka's request timeout and RabbitMQ's confirm timeout (default 5s and 3s: fault tests want them short). */
   brokerTimeout?: string;
   /** Kafka exactly-once delivery, with a checkpoint topic of the test's own (created compacted). */
@@ -147,7 +149,7 @@ ${o.sinkExtra ?? ''}`;
   reconnect: { initial: 100ms, max: 1s }
 ${o.postgresExtra ?? ''}outbox:
   tables:
-${(o.tables ?? ['public.outbox']).map((t) => `    - name: ${t}\n`).join('')}  onPoison: ${o.onPoison ?? 'halt'}
+${(o.tables ?? ['public.outbox']).map((t) => `    - name: ${t}\n${columnsYaml(o.columns)}`).join('')}  onPoison: ${o.onPoison ?? 'halt'}
 ${o.outboxExtra ?? ''}pipeline:
   maxInFlightMessages: 2000
   maxInFlightBytes: 4MiB
@@ -189,6 +191,13 @@ ${o.extra ?? ''}`,
     cleanup,
     [Symbol.asyncDispose]: cleanup,
   };
+}
+
+function columnsYaml(columns: Record<string, string> | undefined): string {
+  if (columns === undefined) return '';
+  return `      columns:\n${Object.entries(columns)
+    .map(([field, column]) => `        ${field}: ${JSON.stringify(column)}\n`)
+    .join('')}`;
 }
 
 function safeSeq(value: string): number {

@@ -213,7 +213,8 @@ describe('pruning: a publication without publish_via_partition_root', () => {
     });
     const relay = b.start();
     expect(await relay.exited).toBe(3);
-    expect(relay.stderr).toContain('ALTER PUBLICATION outboxd SET (publish_via_partition_root = true)');
+    // In the JSON log line, the quoted publication name's quotes are escaped.
+    expect(relay.stderr).toContain(String.raw`ALTER PUBLICATION \"outboxd\" SET (publish_via_partition_root = true)`);
   });
 });
 

@@ -92,9 +92,9 @@ describe('outboxd status and setup', () => {
     );
     const r = outboxd(['setup', '-c', cfg.file, '--print']);
     expect(r.code).toBe(0);
-    expect(r.stdout).toContain('CREATE TABLE IF NOT EXISTS public.outbox');
-    expect(r.stdout).toMatch(/account_id text NOT NULL/);
-    expect(r.stdout).toMatch(/body jsonb NOT NULL/);
+    expect(r.stdout).toContain('CREATE TABLE IF NOT EXISTS "public"."outbox"');
+    expect(r.stdout).toMatch(/"account_id" text NOT NULL/);
+    expect(r.stdout).toMatch(/"body" jsonb NOT NULL/);
     expect(r.stdout).toContain(`SELECT pg_create_logical_replication_slot('${d.slot}', 'pgoutput');`);
     // The printed SQL runs as is (the slot must be created outside a transaction that wrote).
     const [ddl, setupSql] = r.stdout.split('-- publication and slot:') as [string, string];

@@ -1,6 +1,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { quoteIdent } from '../../src/config/config.js';
 import { loadConfigFile, parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 
@@ -57,7 +58,8 @@ describe('config defaults', () => {
   it('follows the Debezium outbox event router conventions', () => {
     const cfg = parseConfig(base, {});
     expect(cfg.outbox.tables).toHaveLength(1);
-    expect(cfg.outbox.tables[0]?.qualified).toBe('public.outbox');
+    expect(cfg.outbox.tables[0]?.qualified).toBe('"public"."outbox"');
+    expect(cfg.outbox.tables[0]?.name).toBe('public.outbox');
     expect(cfg.outbox.tables[0]?.columns).toMatchObject({
       id: 'id',
       aggregatetype: 'aggregatetype',
@@ -79,6 +81,23 @@ describe('config defaults', () => {
   it('reads Kafka brokers from a list or a comma-separated env var', () => {
     const cfg = parseConfig(`${base}sink:\n  type: kafka\n  kafka:\n    brokers: \${BROKERS}\n`, { BROKERS: 'a:9092, b:9092' });
     expect(cfg.sink.type === 'kafka' && cfg.sink.kafka.brokers).toEqual(['a:9092', 'b:9092']);
+  });
+});
+
+describe('identifiers in SQL', () => {
+  it('quotes every identifier, so a key word names the column and not the SQL function', () => {
+    for (const word of ['user', 'current_date', 'current_user', 'session_user', 'current_timestamp', 'order', 'outbox', 'created_at'])
+      expect(quoteIdent(word)).toBe(`"${word}"`);
+    expect(quoteIdent('Mixed Case')).toBe('"Mixed Case"');
+    expect(quoteIdent('a"b""c')).toBe('"a""b""""c"');
+  });
+
+  it('names a table for SQL quoted, and as written for messages and labels', () => {
+    const cfg = parseConfig(`${base}outbox:\n  tables:\n    - name: Order.user\n    - name: current_date\n`, {});
+    expect(cfg.outbox.tables.map((t) => [t.qualified, t.name])).toEqual([
+      ['"Order"."user"', 'Order.user'],
+      ['"public"."current_date"', 'public.current_date'],
+    ]);
   });
 });
 

@@ -141,6 +141,24 @@ describe('PgoutputDecoder', () => {
     });
   });
 
+  it('keeps a column named __proto__ or constructor in the whole row, as an ordinary member', () => {
+    const r = new Recorder();
+    r.wanted = [true, false, false];
+    r.takeWhole = true;
+    const d = new PgoutputDecoder(r);
+    decode(
+      d,
+      relationMsg(16_386, 'public', 'outbox', [
+        ['id', 25],
+        ['__proto__', 25],
+        ['constructor', 25],
+      ]),
+    );
+    decode(d, new Wire().u8(ch('I')).u32(16_386).u8(ch('N')).u16(3).text('i-1').text('x').text('y').build());
+    expect(Object.keys(r.whole ?? {})).toEqual(['id', '__proto__', 'constructor']);
+    expect(JSON.stringify(r.whole)).toBe('{"id":"i-1","__proto__":"x","constructor":"y"}');
+  });
+
   it('names pg_catalog, which pgoutput sends as an empty namespace', () => {
     const r = new Recorder();
     new PgoutputDecoder(r).decode(relationMsg(1, '', 't', [['a', 25]]), 0, relationMsg(1, '', 't', [['a', 25]]).length);
