@@ -195,6 +195,12 @@ function defaults(kind: SinkKind): Promise<Bundle> {
   return bundle({ kind, ddl: DDL, onPoison: 'dead-letter', deadLetterRoutingKey: null, mainBinding: '*.T' });
 }
 
+/** The relay's error and fatal log lines, each cut to 400 characters (a 1 MiB key would drown the rest). */
+function lastWords(relay: RelayProcess): string {
+  const lines = relay.stderr.split('\n').filter((l) => /"level":"(?:error|fatal)"/.test(l));
+  return lines.length > 0 ? lines.map((l) => l.slice(0, 400)).join('\n') : relay.stderr.slice(-400);
+}
+
 /** Waits until every id arrived, failing at once (with its last words) if the relay exits meanwhile. */
 async function deliveredWhileRunning(relay: RelayProcess, reader: Reader, ids: readonly string[]): Promise<void> {
   const want = new Set(ids);
@@ -208,13 +214,12 @@ async function deliveredWhileRunning(relay: RelayProcess, reader: Reader, ids: r
       120_000,
       250,
       {
-        abortReason: () =>
-          relay.child.exitCode !== null ? `outboxd exited with ${relay.child.exitCode}: ${relay.stderr.slice(-1500)}` : undefined,
+        abortReason: () => (relay.child.exitCode !== null ? `outboxd exited with ${relay.child.exitCode}: ${lastWords(relay)}` : undefined),
       },
     );
   } catch (err) {
     const missing = [...want].map((id) => id.slice(0, 60)).join(', ');
-    throw new Error(`${(err as Error).message}; missing: ${missing}; outboxd said: ${relay.stderr.slice(-3000)}`);
+    throw new Error(`${(err as Error).message}; missing: ${missing}; outboxd said: ${lastWords(relay)}`);
   }
 }
 
@@ -244,7 +249,10 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
         async () => b.reader.delivered().filter(isLetter).length >= poisoned.length,
         60_000,
         250,
-        { abortReason: () => (relay.child.exitCode !== null ? `outboxd exited: ${relay.stderr.slice(-1500)}` : undefined) },
+        {
+          abortReason: () =>
+            relay.child.exitCode !== null ? `outboxd exited with ${relay.child.exitCode}: ${lastWords(relay)}` : undefined,
+        },
       );
 
       const all = b.reader.delivered();
