@@ -39,8 +39,11 @@ export function clearSecrets(): void {
 }
 
 // scheme://user:password@host — the userinfo runs to the last '@' before the host, so a raw '@'
-// in the password is covered; a '/', whitespace or a quote ends the authority.
-const URL_PASSWORD = /([a-z][a-z0-9+.-]*:\/\/[^\s:/@"'`]*:)[^\s/"'`]*@/gi;
+// in the password is covered; a '/', whitespace or a quote ends the authority. The scheme is a
+// lookbehind, checked only where `://` is found: as the match's start it was tried at every
+// letter, each time across the whole run of letters after it, and a 1 MiB key in a log line
+// took minutes (quadratic) with the event loop blocked.
+const URL_PASSWORD = /(:\/\/(?<=[a-z][a-z0-9+.-]*:\/\/)[^\s:/@"'`]*:)[^\s/"'`]*@/gi;
 const KEY_VALUE = /(\bpass(?:word|wd)?\s*=\s*)(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s&;,'"]+)/gi;
 const JSON_FIELD = /("pass(?:word|wd)?"\s*:\s*)"(?:[^"\\]|\\.)*"/gi;
 

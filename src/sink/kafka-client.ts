@@ -144,13 +144,13 @@ export function refusedMessage(m: OutboxMessage, err: unknown): PoisonError {
 
 /**
  * The forms of a dead letter to try, largest first, without those over `maxMessageBytes` (the
- * last always stays): dead-letter.ts.
+ * last always stays: its values are bounded, so it is a few KiB whatever the message held, its
+ * key included): dead-letter.ts. The dead-letter topic is fixed and has a legal name (the broker
+ * refuses one that has not), and Kafka limits headers only by the record's size.
  */
 export function deadLetterCandidates(letter: DeadLetter, maxMessageBytes: number): DeadLetterForm[] {
   const forms = deadLetterForms(letter);
-  return forms.filter(
-    (f, i) => i === forms.length - 1 || formBytes(f) + (letter.key?.length ?? 0) + RECORD_OVERHEAD_BYTES <= maxMessageBytes,
-  );
+  return forms.filter((f, i) => i === forms.length - 1 || formBytes(f) + RECORD_OVERHEAD_BYTES <= maxMessageBytes);
 }
 
 /**
@@ -236,7 +236,8 @@ export async function connectProducer(
 /**
  * Sends the largest form of a dead letter that fits (dead-letter.ts): a form over
  * `maxMessageBytes` is skipped, and one the broker refuses as too large gives way to the next.
- * `send` publishes one form; `failure` turns its other errors into the sink's.
+ * `send` publishes one form, with the form's key (`form.key`, not the letter's: the smallest
+ * form leaves out a key too large to carry); `failure` turns its other errors into the sink's.
  */
 export async function sendDeadLetter(
   cfg: KafkaSinkConfig,

@@ -101,7 +101,7 @@ export class KafkaSink implements Sink {
     await client.sendDeadLetter(this.cfg, letter, this.topics, async (form) => {
       await producer.sendBatch({
         acks: -1,
-        topicMessages: [{ topic: this.cfg.deadLetterTopic, messages: [{ key: letter.key, value: form.body, headers: form.headers }] }],
+        topicMessages: [{ topic: this.cfg.deadLetterTopic, messages: [{ key: form.key, value: form.body, headers: form.headers }] }],
       });
     });
   }

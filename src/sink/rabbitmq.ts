@@ -3,11 +3,10 @@ import type { RabbitMqSinkConfig } from '../config/config.js';
 import { PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
-import { amqpLimitProblem, SHORTSTR_MAX_BYTES } from './amqp-limits.js';
+import { amqpLimitProblem } from './amqp-limits.js';
+import { amqpDeadLetter } from './amqp-dead-letter.js';
 import { CLOSE_TIMEOUT_MS, ConfirmWaiter, closeWithin } from './amqp-confirms.js';
 import { classifyAmqpError } from './amqp-errors.js';
-import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
-import { LSN_HEADER } from '../outbox/mapper.js';
 import type { SinkStatus } from './index.js';
 
 /**
@@ -264,64 +263,26 @@ export class RabbitMqSink implements Sink {
   }
 
   /**
-   * Sends the largest form of the dead letter that fits (dead-letter.ts): within
-   * `maxMessageBytes` and every AMQP limit. The last form (the id, the error and the position)
-   * always fits.
+   * Sends the dead letter in the largest form that fits, under a routing key that fits
+   * (amqp-dead-letter.ts: publishable by construction); resolves once the broker confirmed it.
+   * Unroutable (no queue bound for its routing key) is retried: the poison message waits.
    */
   async publishDeadLetter(letter: DeadLetter): Promise<void> {
     if (this.blocked) await this.blocked.until;
     const ch = await this.getChannel();
-    const routingKey = this.cfg.deadLetterRoutingKey ?? letter.destination ?? 'poison';
-    const forms = deadLetterForms(letter);
-    const fits = (f: DeadLetterForm, props: amqp.Options.Publish) =>
-      formBytes(f) <= this.cfg.maxMessageBytes && amqpLimitProblem(routingKey, props) === null;
-    const propsOf = (f: DeadLetterForm): amqp.Options.Publish => ({
-      persistent: true,
-      mandatory: true,
-      // An id too long for AMQP (perhaps why it is poison) stays in the id header only.
-      messageId:
-        letter.id !== null && Buffer.byteLength(letter.id) <= SHORTSTR_MAX_BYTES
-          ? letter.id
-          : `poison-${letter.txn.xid}-${f.headers[LSN_HEADER]}`,
-      contentType: letter.contentType,
-      timestamp: Math.floor(letter.txn.commitTimeMs / 1000),
-      appId: 'outboxd',
-      headers: { ...f.headers, ...(letter.key !== null && Buffer.byteLength(letter.key) <= 65_000 ? { aggregateid: letter.key } : {}) },
-    });
-    let form = forms.at(-1) as DeadLetterForm;
-    let props = propsOf(form);
-    for (const f of forms) {
-      const p = propsOf(f);
-      if (fits(f, p)) {
-        form = f;
-        props = p;
-        break;
-      }
-    }
-    if (amqpLimitProblem(routingKey, props) !== null) {
-      throw new SinkError('dead_letter_refused', `the dead-letter routing key "${routingKey.slice(0, 100)}…" is over AMQP's 255 bytes`, {
-        retriable: false,
-      });
-    }
+    const { routingKey, body, props } = amqpDeadLetter(letter, this.cfg);
     this.returned = new Set();
     const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
-    const messageId = props.messageId as string;
-    ch.publish(
-      this.cfg.deadLetterExchange,
-      routingKey,
-      typeof form.body === 'string' ? Buffer.from(form.body) : form.body,
-      props,
-      confirms.callback(),
-    );
+    ch.publish(this.cfg.deadLetterExchange, routingKey, body, props, confirms.callback());
     try {
       await confirms.wait(() => this.blocked?.until);
     } catch (err) {
       throw classifyAmqpError(err, `publishing to dead-letter exchange ${this.cfg.deadLetterExchange}`);
     }
-    if (this.returned.has(messageId)) {
+    if (this.returned.has(props.messageId)) {
       throw new SinkError(
         'dead_letter_unroutable',
-        `no queue is bound to dead-letter exchange "${this.cfg.deadLetterExchange}" for routing key "${routingKey}"; bind one, the poison message waits`,
+        `no queue is bound to dead-letter exchange "${this.cfg.deadLetterExchange}" for routing key "${routingKey}"; bind one (or bind "#"), the poison message waits`,
         { retriable: true },
       );
     }

@@ -30,6 +30,8 @@ export interface Delivered extends Ordered {
   value: Buffer;
   /** RabbitMQ: the content-type property (Kafka has none; its content-type, if any, is a header). */
   contentType?: string;
+  /** RabbitMQ: the routing key it was published with. */
+  routingKey?: string;
 }
 
 export interface Reader {
@@ -82,6 +84,14 @@ export interface BundleOptions {
   exactlyOnce?: boolean;
   /** Kafka: read read_uncommitted (sees aborted transactions' records); default read_committed. */
   readUncommitted?: boolean;
+  /**
+   * RabbitMQ: `sink.rabbitmq.deadLetterRoutingKey`, and the dead-letter queue bound to it (default
+   * `poison`). null leaves it unset, as a new user has it: a dead letter then takes its message's
+   * own routing key, and the dead-letter queue is bound with `#`.
+   */
+  deadLetterRoutingKey?: string | null;
+  /** RabbitMQ: the pattern binding the main queue (default `#`: every message routes). */
+  mainBinding?: string;
 }
 
 export async function bundle(o: BundleOptions): Promise<Bundle> {
@@ -121,7 +131,11 @@ export async function bundle(o: BundleOptions): Promise<Bundle> {
 ${o.exactlyOnce ? `    delivery: \${OUTBOXD_TEST_DELIVERY:-exactly-once}\n    checkpointTopic: \${OUTBOXD_TEST_CHECKPOINT_TOPIC:-ckpt_${tag}}\n` : ''}${o.sinkExtra ?? ''}`;
   } else {
     const url = o.amqpUrl ?? (await rabbitmqUrl());
-    const q = await AmqpReader.open(url, `ex_${tag}`, `q_${tag}`, `dlx_${tag}`, `dlq_${tag}`);
+    const deadLetterKey = o.deadLetterRoutingKey === undefined ? 'poison' : o.deadLetterRoutingKey;
+    const q = await AmqpReader.open(url, [
+      [`ex_${tag}`, `q_${tag}`, o.mainBinding ?? '#'],
+      [`dlx_${tag}`, `dlq_${tag}`, deadLetterKey ?? '#'],
+    ]);
     reader = q;
     sinkYaml = `  type: rabbitmq
   rabbitmq:
@@ -129,8 +143,7 @@ ${o.exactlyOnce ? `    delivery: \${OUTBOXD_TEST_DELIVERY:-exactly-once}\n    ch
     exchange: ex_${tag}
     declare: true
     deadLetterExchange: dlx_${tag}
-    deadLetterRoutingKey: poison
-    confirmTimeout: ${o.brokerTimeout ?? '3s'}
+${deadLetterKey === null ? '' : `    deadLetterRoutingKey: ${deadLetterKey}\n`}    confirmTimeout: ${o.brokerTimeout ?? '3s'}
     heartbeat: 2s
     connectionTimeout: 2s
 ${o.sinkExtra ?? ''}`;
@@ -208,9 +221,12 @@ function safeSeq(value: string): number {
   }
 }
 
+/** A topic exchange, a durable queue and the pattern that binds them. */
+type Binding = readonly [exchange: string, queue: string, pattern: string];
+
 /**
- * Consumes the main queue (bound with '#') and the dead-letter queue. Reconnects by itself when
- * the broker goes away (outage tests); durable queues keep what arrives meanwhile.
+ * Consumes the main queue and the dead-letter queue, each bound to its exchange. Reconnects by
+ * itself when the broker goes away (outage tests); durable queues keep what arrives meanwhile.
  */
 class AmqpReader implements Reader {
   private readonly got: Delivered[] = [];
@@ -219,11 +235,11 @@ class AmqpReader implements Reader {
   private readonly counters = new Map<string, number>();
   private constructor(
     private readonly url: string,
-    private readonly names: [string, string, string, string],
+    private readonly bindings: readonly Binding[],
   ) {}
 
-  static async open(url: string, exchange: string, queue: string, dlx: string, dlq: string): Promise<AmqpReader> {
-    const r = new AmqpReader(url, [exchange, queue, dlx, dlq]);
+  static async open(url: string, bindings: readonly Binding[]): Promise<AmqpReader> {
+    const r = new AmqpReader(url, bindings);
     await r.connect();
     return r;
   }
@@ -236,7 +252,6 @@ class AmqpReader implements Reader {
   }
 
   private async connect(): Promise<void> {
-    const [exchange, queue, dlx, dlq] = this.names;
     const model = await amqp.connect(this.url);
     this.model = model;
     model.on('error', () => undefined);
@@ -248,12 +263,8 @@ class AmqpReader implements Reader {
     });
     const ch = await model.createChannel();
     ch.on('error', () => undefined);
-    await ch.assertExchange(exchange, 'topic', { durable: true });
-    await ch.assertExchange(dlx, 'topic', { durable: true });
-    for (const [q, ex, pattern] of [
-      [queue, exchange, '#'],
-      [dlq, dlx, 'poison'],
-    ] as const) {
+    for (const [ex, q, pattern] of this.bindings) {
+      await ch.assertExchange(ex, 'topic', { durable: true });
       await ch.assertQueue(q, { durable: true });
       await ch.bindQueue(q, ex, pattern);
       await ch.consume(q, (msg) => {
@@ -271,6 +282,7 @@ class AmqpReader implements Reader {
           headers,
           value: msg.content,
           contentType: msg.properties.contentType,
+          routingKey: msg.fields.routingKey,
         });
         ch.ack(msg);
       });

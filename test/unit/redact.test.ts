@@ -11,6 +11,15 @@ describe('redact', () => {
     expect(redact('postgres://u@db/x (no password)')).toBe('postgres://u@db/x (no password)');
   });
 
+  it('takes linear time on a long run of letters: a 1 MiB key in a log line once blocked the relay for minutes', () => {
+    // The URL pattern started its match at every letter and ran across the rest of the run: 32 KB
+    // took a second, 1 MiB would take about 17 minutes. Now well under one.
+    const started = performance.now();
+    for (const s of ['k'.repeat(1024 * 1024), `k://${'k'.repeat(1024 * 1024)}`, 'k1+.-'.repeat(200_000)]) redact(s);
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect(redact('1http://a:b@h and HTTPS://u:p@h')).toBe('1http://a:***@h and HTTPS://u:***@h');
+  });
+
   it('masks password=… in a URL query, a key/value string and JSON', () => {
     expect(redact('postgres://u@db/x?sslmode=require&password=hunter22&x=1')).toBe('postgres://u@db/x?sslmode=require&password=***&x=1');
     expect(redact("host=db user=u password='a b' dbname=x")).toBe('host=db user=u password=*** dbname=x');
