@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { makePki } from '../harness/certs.js';
 import { startPostgres } from '../harness/postgres.js';
-import { OUTBOX_DDL, until } from '../integration/support.js';
+import { OUTBOX_DDL, until, writeOutbox } from '../integration/support.js';
 import { type Bundle, type SinkKind, bundle, waitDelivered } from './fixtures.js';
 
 /**
@@ -115,4 +115,27 @@ describe('huge values', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 600_000);
+
+  it('over TLS with sslnegotiation=direct (Postgres 17): no SSLRequest, TLS at once, rows flow', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'outboxd-pg-tls-'));
+    try {
+      const pki = makePki(dir, { clientCn: 'outboxd' });
+      await using server = await startPostgres(17, { tls: { certFile: pki.serverCertFile, keyFile: pki.serverKeyFile } });
+      const url = `${server.url}?sslmode=verify-full&sslnegotiation=direct&sslrootcert=${encodeURIComponent(pki.caFile)}`;
+      await using b = await bundle({ kind: 'kafka', pgUrl: url });
+      const relay = b.start();
+      await relay.ready();
+      const rows = await writeOutbox(b.db.client, { total: 200, keys: 10, types: b.types });
+      await waitDelivered(
+        b.reader,
+        rows.map((r) => r.id),
+      );
+      const { rows: ssl } = await b.db.client.query<{ ssl: boolean }>(
+        `SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE r.application_name = 'outboxd'`,
+      );
+      expect(ssl).toEqual([{ ssl: true }]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 300_000);
 });
