@@ -48,3 +48,54 @@ function hash(data: Uint8Array, length: number): number {
   h ^= h >>> 15;
   return h;
 }
+
+/** How many topics' partition counts a Kafka sink keeps: about 2 MB at most. */
+export const MAX_KNOWN_TOPICS = 10_000;
+
+/**
+ * Each topic's partition count, for at most `maxTopics` topics: the one used least recently is
+ * forgotten first, and only looked up again when next needed. A destination template over the
+ * rows' columns can name any number of topics; this stays bounded. A count is trusted for
+ * `maxAgeMs` (a topic can gain partitions).
+ */
+export class PartitionCounts {
+  /** In order of use, the least recent first (a Map iterates in insertion order). */
+  private readonly counts = new Map<string, { count: number; at: number }>();
+
+  constructor(
+    private readonly maxAgeMs: number,
+    private readonly maxTopics = MAX_KNOWN_TOPICS,
+  ) {}
+
+  get size(): number {
+    return this.counts.size;
+  }
+
+  /** The topic's count if known within `maxAgeMs` of `now`; a use, that keeps it. */
+  get(topic: string, now = Date.now()): number | undefined {
+    const known = this.counts.get(topic);
+    if (known === undefined) return undefined;
+    this.counts.delete(topic);
+    if (now - known.at >= this.maxAgeMs) return undefined;
+    this.counts.set(topic, known);
+    return known.count;
+  }
+
+  /** The topic's count as last known, however old; not a use (for a trace span's attribute). */
+  peek(topic: string): number | undefined {
+    return this.counts.get(topic)?.count;
+  }
+
+  set(topic: string, count: number, now = Date.now()): void {
+    this.counts.delete(topic);
+    this.counts.set(topic, { count, at: now });
+    if (this.counts.size > this.maxTopics) {
+      const oldest = this.counts.keys().next();
+      if (!oldest.done) this.counts.delete(oldest.value);
+    }
+  }
+
+  clear(): void {
+    this.counts.clear();
+  }
+}

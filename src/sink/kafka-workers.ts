@@ -15,8 +15,8 @@ import {
   isMessageError,
   missingTopics,
 } from './kafka-client.js';
+import { TopicPartitions } from './kafka-metadata.js';
 import { partitionOf } from './kafka-partition.js';
-import { internalCluster } from './kafkajs-speedups.js';
 import { encodeRecords } from './kafka-produce.js';
 import type { FromWorker, ToWorker, UnitMessage, WireError, WorkerInit } from './kafka-worker-thread.js';
 
@@ -40,8 +40,7 @@ export class KafkaWorkerSink implements Sink {
   private readonly pending = new Map<number, { resolve: () => void; reject: (e: WireError, skipped: boolean) => void }>();
   private nextId = 1;
   private nextBatch = 1;
-  private readonly partitions = new Map<string, { count: number; at: number }>();
-  private cluster: ReturnType<typeof internalCluster> | null = null;
+  private readonly partitions: TopicPartitions;
   /** Single sends (isolating a refused message) and dead letters, on the main thread. */
   private readonly direct: KafkaSink;
   private admin: kafkajs.Admin | null = null;
@@ -54,6 +53,7 @@ export class KafkaWorkerSink implements Sink {
   ) {
     this.kafka = createKafka(cfg, log);
     this.direct = new KafkaSink(cfg, log);
+    this.partitions = new TopicPartitions(this.kafka, cfg, () => this.adminClient());
   }
 
   async connect(): Promise<void> {
@@ -127,13 +127,13 @@ export class KafkaWorkerSink implements Sink {
   }
 
   partitionOf(m: OutboxMessage): number | null {
-    const known = this.partitions.get(m.destination);
-    return known === undefined ? null : partitionOf(m.key, known.count);
+    const count = this.partitions.peek(m.destination);
+    return count === undefined ? null : partitionOf(m.key, count);
   }
 
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     if (this.workers.length === 0) await this.start();
-    const counts = await this.partitionCounts(batch);
+    const counts = await this.partitions.of(batch);
     const units = this.units(batch, counts);
     const batchId = this.nextBatch++;
     const failures: Array<{ unit: Unit; error: WireError }> = [];
@@ -153,8 +153,12 @@ export class KafkaWorkerSink implements Sink {
     const first = failures[0] as { unit: Unit; error: WireError };
     const error = asError(first.error);
     if (failures.some((f) => f.error.type === MISSING_TOPIC)) {
-      this.admin ??= this.kafka.admin();
-      throw await missingTopics(this.admin, this.cfg, [...new Set(unconfirmed.map((i) => (batch[i] as OutboxMessage).destination))], error);
+      throw await missingTopics(
+        this.adminClient(),
+        this.cfg,
+        [...new Set(unconfirmed.map((i) => (batch[i] as OutboxMessage).destination))],
+        error,
+      );
     }
     if (!failures.some((f) => isMessageError(asError(f.error)))) throw classify(error, 'publishing to Kafka');
     // A message error: send what was not confirmed one message at a time, in batch order.
@@ -244,39 +248,9 @@ export class KafkaWorkerSink implements Sink {
     return out;
   }
 
-  /** Partitions per topic of the batch, from the metadata (refreshed every 5 minutes). */
-  private async partitionCounts(batch: readonly OutboxMessage[]): Promise<Map<string, number>> {
-    const now = Date.now();
-    const out = new Map<string, number>();
-    const missing: string[] = [];
-    for (const m of batch) {
-      if (out.has(m.destination)) continue;
-      const known = this.partitions.get(m.destination);
-      if (known && now - known.at < METADATA_MAX_AGE_MS) out.set(m.destination, known.count);
-      else if (!missing.includes(m.destination)) missing.push(m.destination);
-    }
-    if (missing.length === 0) return out;
-    this.cluster ??= internalCluster(this.kafka, { allowAutoTopicCreation: this.cfg.autoCreateTopics });
-    const cluster = this.cluster;
-    try {
-      await cluster.connect();
-      await cluster.addMultipleTargetTopics(missing);
-      for (const topic of missing) {
-        const count = cluster.findTopicPartitionMetadata(topic).length;
-        if (count === 0) throw Object.assign(new Error(`no partitions for topic ${topic}`), { type: MISSING_TOPIC });
-        this.partitions.set(topic, { count, at: now });
-        out.set(topic, count);
-      }
-    } catch (err) {
-      this.cluster = null;
-      await cluster.disconnect().catch(() => undefined);
-      if ((err as { type?: string }).type === MISSING_TOPIC || /UNKNOWN_TOPIC_OR_PARTITION/.test(String((err as Error).message))) {
-        this.admin ??= this.kafka.admin();
-        throw await missingTopics(this.admin, this.cfg, missing, err);
-      }
-      throw classify(err, 'reading Kafka topic metadata');
-    }
-    return out;
+  private adminClient(): kafkajs.Admin {
+    this.admin ??= this.kafka.admin();
+    return this.admin;
   }
 
   publishDeadLetter(letter: DeadLetter): Promise<void> {
@@ -299,9 +273,7 @@ export class KafkaWorkerSink implements Sink {
 
   async close(): Promise<void> {
     await this.stopWorkers();
-    const cluster = this.cluster;
-    this.cluster = null;
-    if (cluster) await cluster.disconnect().catch(() => undefined);
+    await this.partitions.disconnect();
     const admin = this.admin;
     this.admin = null;
     if (admin) await admin.disconnect().catch(() => undefined);
@@ -329,8 +301,6 @@ interface Building {
   next: Map<number, number>;
   bytes: number;
 }
-
-const METADATA_MAX_AGE_MS = 300_000;
 
 /** Spreads the topics' partitions over the workers: partition 0 of each topic on another worker. */
 function topicHash(topic: string): number {

@@ -16,7 +16,7 @@
 import { Module, createRequire } from 'node:module';
 import type kafkajs from 'kafkajs';
 import { SinkError } from '../errors.js';
-import { partitionOf } from './kafka-partition.js';
+import { PartitionCounts, partitionOf } from './kafka-partition.js';
 import { PRODUCE_API_KEY, type ProduceFactory, encodeProduce, ours } from './kafka-produce.js';
 
 type Grouper = (args: {
@@ -28,27 +28,24 @@ type Grouper = (args: {
 
 /**
  * Each topic's partition count as kafkajs last grouped a send for it: the count its partitioner
- * (murmur2 of the key, modulo the count) used. Set once per topic per send, for trace spans.
+ * (murmur2 of the key, modulo the count) used. Set once per topic per send, for trace spans; the
+ * topics sent to last.
  */
-const partitionCounts = new Map<string, number>();
+const partitionCounts = new PartitionCounts(Number.POSITIVE_INFINITY);
 
 /**
  * The partition kafkajs's default partitioner sent a message with this topic and key to (the
  * same murmur2 as kafka-partition.ts), from the count of its last send to the topic; null before.
  */
 export function kafkajsPartitionOf(topic: string, key: string): number | null {
-  const count = partitionCounts.get(topic);
+  const count = partitionCounts.peek(topic);
   return count === undefined ? null : partitionOf(key, count);
 }
 
 const grouper: Grouper = ({ topic, partitionMetadata, messages, partitioner }) => {
   const result: Record<number, unknown[]> = {};
   if (partitionMetadata.length === 0) return result;
-  const known = partitionCounts.get(topic);
-  // A topic already known keeps its count current; new ones stop at 10,000 topics.
-  if (known === undefined ? partitionCounts.size < 10_000 : known !== partitionMetadata.length) {
-    partitionCounts.set(topic, partitionMetadata.length);
-  }
+  if (partitionCounts.get(topic) !== partitionMetadata.length) partitionCounts.set(topic, partitionMetadata.length);
   for (const message of messages) {
     const partition = partitioner({ topic, partitionMetadata, message });
     let list = result[partition];

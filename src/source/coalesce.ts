@@ -15,7 +15,8 @@ export const READ_COALESCE_BYTES = 16 * 1024;
 
 /** What coalescing needs of the socket: its reads, and how much it still holds unread. */
 export interface CoalescedSocket {
-  readonly readableLength: number;
+  /** Bytes received and not yet handed over (replication-socket.ts counts its own and the TCP socket's). */
+  readonly unreadBytes: number;
   on(event: 'data', listener: (chunk: Buffer) => void): unknown;
 }
 
@@ -29,7 +30,7 @@ export function coalesceReads(socket: CoalescedSocket, waitMs: number, setWaitin
   socket.on('data', (chunk: Buffer) => {
     // Only when nothing else is buffered: a paused stream stops handing over the chunks it
     // already holds, so a pause with more waiting would deliver them one per wait.
-    if (waiting || chunk.length >= READ_COALESCE_BYTES || socket.readableLength > 0) return;
+    if (waiting || chunk.length >= READ_COALESCE_BYTES || socket.unreadBytes > 0) return;
     waiting = true;
     setWaiting(true);
     setTimeout(() => {

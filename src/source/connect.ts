@@ -3,6 +3,7 @@ import type { PostgresConfig } from '../config/config.js';
 import type { PgHost, TargetSessionAttrs } from '../config/pg-url.js';
 import { OutboxdError, PgConnectionError } from '../errors.js';
 import { classifyPgError } from './pg-errors.js';
+import { withOwnSocket } from './replication-socket.js';
 
 /**
  * Connections to Postgres: their options, the choice of host when postgres.url lists several,
@@ -45,7 +46,7 @@ export function hostOf(client: pg.Client): string {
  * Rejects with a PgConnectionError (retriable: a failover may be under way) naming every host
  * and why it was not taken, unless every host refused for a reason retrying cannot fix.
  */
-export async function connectClient(cfg: PostgresConfig, options: Partial<pg.ClientConfig> = {}): Promise<pg.Client> {
+export async function connectClient(cfg: PostgresConfig, options: Options = {}): Promise<pg.Client> {
   const want = cfg.targetSessionAttrs;
   if (want === 'any' && cfg.hosts.length === 1) return connectHost(cfg, cfg.hosts[0] as PgHost, options);
   const passes: TargetSessionAttrs[] = want === 'prefer-standby' ? ['standby', 'any'] : [want];
@@ -78,13 +79,25 @@ export async function connectClient(cfg: PostgresConfig, options: Partial<pg.Cli
   throw new OutboxdError(first?.code ?? 'PG_CONNECTION', message, { cause: first });
 }
 
+/**
+ * The replication connection (`replication: 'database'`), to a host chosen as connectClient
+ * chooses, on a socket of outboxd's own that never holds a value over `maxValueBytes`
+ * (replication-socket.ts, docs/adr/0015).
+ */
+export function connectReplication(cfg: PostgresConfig, maxValueBytes: number): Promise<pg.Client> {
+  return connectClient(cfg, { replication: 'database', maxValueBytes } as Options);
+}
+
+/** pg's options, and `maxValueBytes` for a replication connection on outboxd's own socket. */
+type Options = Partial<pg.ClientConfig> & { maxValueBytes?: number };
+
 /** Opens a second connection to the host `client` went to, whatever that host's role is now. */
 export function connectSameHost(cfg: PostgresConfig, client: pg.Client, options: Partial<pg.ClientConfig> = {}): Promise<pg.Client> {
   return connectHost(cfg, hosts.get(client) ?? (cfg.hosts[0] as PgHost), options);
 }
 
 /** Opens a connection to `host` whatever its role (validate looks at every host of the URL). */
-export async function connectHost(cfg: PostgresConfig, host: PgHost, options: Partial<pg.ClientConfig> = {}): Promise<pg.Client> {
+export async function connectHost(cfg: PostgresConfig, host: PgHost, options: Options = {}): Promise<pg.Client> {
   try {
     return await open(cfg, host, options);
   } catch (err) {
@@ -92,8 +105,9 @@ export async function connectHost(cfg: PostgresConfig, host: PgHost, options: Pa
   }
 }
 
-async function open(cfg: PostgresConfig, host: PgHost, options: Partial<pg.ClientConfig>): Promise<pg.Client> {
-  const client = new pg.Client({ ...clientConfig(cfg, host), ...options } as pg.ClientConfig);
+async function open(cfg: PostgresConfig, host: PgHost, { maxValueBytes, ...options }: Options): Promise<pg.Client> {
+  const config = { ...clientConfig(cfg, host), ...options } as pg.ClientConfig;
+  const client = new pg.Client(maxValueBytes === undefined ? config : withOwnSocket(config, maxValueBytes));
   // An idle connection that breaks must not crash the process; its owner notices on next use
   // (the replication stream adds listeners of its own).
   client.on('error', () => undefined);

@@ -88,6 +88,14 @@ export interface PgoutputHandler<T extends TableInterest = TableInterest> {
   commit(endLsn: Lsn): void;
 }
 
+/**
+ * Not pgoutput: written by the replication socket (backend-frames.ts) in place of a value it did
+ * not keep, being over `maxValueBytes`. A column kind followed by Int32 the value's length, and
+ * no bytes; and a logical message flag: the content's length is there, the content is not.
+ */
+export const WITHHELD_VALUE = 0x3f; // '?'
+export const WITHHELD_CONTENT = 0x80;
+
 /** The replication protocol's epoch, 2000-01-01, in Unix milliseconds. */
 export const PG_EPOCH_MS = 946_684_800_000;
 
@@ -199,7 +207,8 @@ export class PgoutputDecoder<T extends TableInterest = TableInterest> implements
   }
 
   /**
-   * TupleData: Int16 count, then per column 'n' | 'u' | 't' Int32 len, bytes (| 'b' in v2+).
+   * TupleData: Int16 count, then per column 'n' | 'u' | 't' Int32 len, bytes (| 'b' in v2+), or
+   * WITHHELD_VALUE Int32 len (the socket dropped the bytes: over `maxValueBytes`).
    * A value is checked before it is decoded: over `maxValueBytes` it stays undecoded; bytes that
    * are not UTF-8 are never decoded into replacement characters. Either is recorded as the row's
    * problem and the value left undefined.
@@ -235,6 +244,10 @@ export class PgoutputDecoder<T extends TableInterest = TableInterest> implements
         values[i] = null;
       } else if (kind === 0x75 /* u: unchanged TOAST, never in an INSERT */) {
         values[i] = undefined;
+      } else if (kind === WITHHELD_VALUE) {
+        if (p + 4 > end) throw truncated();
+        if (wanted === null || wanted[i] === true) this.problemAt(rel, i, 'oversized', buf.readUInt32BE(p));
+        p += 4;
       } else {
         throw protocol(`unknown column kind 0x${(kind as number).toString(16)}`);
       }
@@ -271,15 +284,16 @@ export class PgoutputDecoder<T extends TableInterest = TableInterest> implements
   /** Int8 flags, Int64 LSN, String prefix, Int32 length, bytes (protocol v1: no xid). */
   private message(): Promise<void> | undefined {
     this.need(1);
-    const transactional = ((this.buf[this.pos++] as number) & 1) === 1;
+    const flags = this.buf[this.pos++] as number;
     const lsn = this.lsn();
     const prefix = this.string();
     const len = this.uint32();
+    if (flags & WITHHELD_CONTENT) return this.handler.message(prefix, null, len, (flags & 1) === 1, lsn);
     this.need(len);
     // A copy: the handler may keep it (a dead letter), and the socket buffer is reused.
     const content = len > this.handler.maxValueBytes ? null : Buffer.from(this.buf.subarray(this.pos, this.pos + len));
     this.pos += len;
-    return this.handler.message(prefix, content, len, transactional, lsn);
+    return this.handler.message(prefix, content, len, (flags & 1) === 1, lsn);
   }
 
   private need(n: number): void {

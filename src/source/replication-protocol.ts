@@ -11,7 +11,7 @@ import { PG_EPOCH_MS } from './pgoutput.js';
 /**
  * What outboxd uses of pg's Connection: the copy-both surface of a Submittable (the one
  * pg-copy-streams uses): write CopyData, pause and resume the socket, and hear that the server
- * started replication.
+ * started replication. The socket is the one outboxd gave pg (replication-socket.ts).
  */
 export interface CopyConnection {
   stream: CoalescedSocket & { pause(): void; resume(): void };

@@ -6,7 +6,7 @@ import type { SourceIdentity } from '../interfaces.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import { coalesceReads } from './coalesce.js';
-import { connectClient, hostOf } from './connect.js';
+import { connectReplication, hostOf } from './connect.js';
 import { classifyPgError } from './pg-errors.js';
 import { PgoutputDecoder, type PgoutputHandler, type TableInterest } from './pgoutput.js';
 import { type CopyConnection, StartReplication, standbyStatusUpdate } from './replication-protocol.js';
@@ -81,8 +81,9 @@ export class ReplicationStream {
     let client: pg.Client;
     try {
       // The host is chosen as the admin connection's was (postgres.url's order and
-      // target_session_attrs), so after a promotion both go to the new primary.
-      client = await connectClient(this.cfg, { replication: 'database' } as Partial<pg.ClientConfig>);
+      // target_session_attrs), so after a promotion both go to the new primary. Its socket never
+      // holds a value too large to publish (docs/adr/0015).
+      client = await connectReplication(this.cfg, this.handler.maxValueBytes);
     } catch (err) {
       this.end(classifyPgError(err, 'starting replication'));
       return this.ended;

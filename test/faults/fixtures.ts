@@ -92,7 +92,15 @@ export interface BundleOptions {
   deadLetterRoutingKey?: string | null;
   /** RabbitMQ: the pattern binding the main queue (default `#`: every message routes). */
   mainBinding?: string;
+  /** The `pipeline:` keys, indented two spaces; default the fault suite's small bounds ('' keeps outboxd's defaults). */
+  pipeline?: string;
 }
+
+/** Small in-flight bounds, so that fault tests reach them quickly. */
+const FAULT_PIPELINE = `  maxInFlightMessages: 2000
+  maxInFlightBytes: 4MiB
+  batchMaxMessages: 500
+`;
 
 export async function bundle(o: BundleOptions): Promise<Bundle> {
   const stack = new AsyncDisposableStack();
@@ -164,10 +172,7 @@ ${o.postgresExtra ?? ''}outbox:
   tables:
 ${(o.tables ?? ['public.outbox']).map((t) => `    - name: ${t}\n${columnsYaml(o.columns)}`).join('')}  onPoison: ${o.onPoison ?? 'halt'}
 ${o.outboxExtra ?? ''}pipeline:
-  maxInFlightMessages: 2000
-  maxInFlightBytes: 4MiB
-  batchMaxMessages: 500
-  retry: { initial: 100ms, max: 1s }
+${o.pipeline ?? FAULT_PIPELINE}  retry: { initial: 100ms, max: 1s }
 sink:
 ${sinkYaml}
 http:

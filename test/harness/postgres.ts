@@ -5,7 +5,7 @@
  * stop(fast|immediate)/start behave identically.
  */
 import { execFile } from 'node:child_process';
-import { cp, access, appendFile, chown, writeFile } from 'node:fs/promises';
+import { cp, access, appendFile, chmod, chown, copyFile, writeFile } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { arch, homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -138,6 +138,8 @@ export interface PgStartOptions {
    * The harness then appends its own settings for this server's port and socket dir, and `conf`.
    */
   seed?: (dataDir: string, owner: Owner | undefined) => Promise<void>;
+  /** TLS on (`ssl = on`) with this certificate and key (PEM; the harness copies them where the server may read them). */
+  tls?: { certFile: string; keyFile: string };
 }
 
 class PgServerImpl implements PgServer {
@@ -225,10 +227,24 @@ class PgServerImpl implements PgServer {
         'shared_buffers = 64MB',
         "timezone = 'UTC'",
         "log_line_prefix = '%m [%p] %q%u@%d '",
+        ...(await this.tlsConf()),
         ...(this.options.conf ?? []),
         '',
       ].join('\n'),
     );
+  }
+
+  /** With options.tls: the certificate and key copied into the service dir (the key 0600, as Postgres wants it), and TLS on. */
+  private async tlsConf(): Promise<string[]> {
+    const tls = this.options.tls;
+    if (!tls) return [];
+    const cert = join(this.sd.dir, 'server.crt');
+    const key = join(this.sd.dir, 'server.key');
+    await copyFile(tls.certFile, cert);
+    await copyFile(tls.keyFile, key);
+    await chmod(key, 0o600);
+    if (this.owner) for (const f of [cert, key]) await chown(f, this.owner.uid, this.owner.gid);
+    return ['ssl = on', `ssl_cert_file = '${cert}'`, `ssl_key_file = '${key}'`];
   }
 
   async start(): Promise<void> {

@@ -1,10 +1,14 @@
 import { PassThrough } from 'node:stream';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { READ_COALESCE_BYTES, coalesceReads } from '../../src/source/coalesce.js';
+import { type CoalescedSocket, READ_COALESCE_BYTES, coalesceReads } from '../../src/source/coalesce.js';
 
-/** A real Node stream standing in for the replication socket, paused and resumed as the relay does. */
+/**
+ * A real Node stream standing in for the replication socket, paused and resumed as the relay
+ * does; what it holds unread is its own buffer.
+ */
 function socketWithCoalescing(waitMs: number) {
-  const socket = new PassThrough();
+  const stream = new PassThrough();
+  const socket = Object.defineProperty(stream, 'unreadBytes', { get: () => stream.readableLength }) as PassThrough & CoalescedSocket;
   const received: number[] = [];
   socket.on('data', (chunk: Buffer) => received.push(chunk.length));
   const waits: boolean[] = [];

@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
-import { murmur2, partitionOf } from '../../src/sink/kafka-partition.js';
+import { MAX_KNOWN_TOPICS, PartitionCounts, murmur2, partitionOf } from '../../src/sink/kafka-partition.js';
 
 const require = createRequire(import.meta.url);
 const kafkajsMurmur2 = require('kafkajs/src/producer/partitioners/default/murmur2.js') as (key: string | Buffer) => number;
@@ -45,5 +45,45 @@ describe('groupMessagesPerPartition, in one pass', () => {
     };
     expect(GROUPER(args)).toEqual(theirs(args));
     expect(GROUPER({ ...args, partitionMetadata: [] })).toEqual({});
+  });
+});
+
+describe('the partition counts a Kafka sink keeps', () => {
+  /** A topic's partition count, as the metadata would give it. */
+  const countOf = (topic: string) => 1 + (murmur2(topic) & 0xff);
+
+  it('stay bounded over many distinct destinations, keeping those used last, and give the right partitions', () => {
+    const counts = new PartitionCounts(300_000);
+    const t0 = 1_000_000;
+    counts.set('orders', countOf('orders'), t0);
+    let largest = 0;
+    let ordersLost = 0;
+    for (let i = 0; i < 5 * MAX_KNOWN_TOPICS; i++) {
+      const topic = `outbox.event.tenant-${i}`;
+      if (counts.get(topic, t0) === undefined) counts.set(topic, countOf(topic), t0);
+      // One topic in steady use is never the least recently used one.
+      if (counts.get('orders', t0) !== countOf('orders')) ordersLost++;
+      largest = Math.max(largest, counts.size);
+    }
+    expect(largest).toBe(MAX_KNOWN_TOPICS);
+    expect(ordersLost).toBe(0);
+    expect(counts.get('outbox.event.tenant-0', t0)).toBeUndefined();
+    const last = `outbox.event.tenant-${5 * MAX_KNOWN_TOPICS - 1}`;
+    for (const key of ['k', 'order-42', 'ключ']) {
+      expect(partitionOf(key, counts.get(last, t0) as number)).toBe(partitionOf(key, countOf(last)));
+      expect(partitionOf(key, counts.get('orders', t0) as number)).toBe(partitionOf(key, countOf('orders')));
+    }
+  });
+
+  it('forget a count once it is too old (a topic can gain partitions), and peek without a use', () => {
+    const counts = new PartitionCounts(1000, 2);
+    counts.set('a', 3, 0);
+    counts.set('b', 5, 0);
+    expect(counts.peek('a')).toBe(3); // not a use: 'a' stays the least recently used
+    counts.set('c', 7, 10);
+    expect([counts.peek('a'), counts.peek('b'), counts.peek('c')]).toEqual([undefined, 5, 7]);
+    expect(counts.get('b', 999)).toBe(5);
+    expect(counts.get('b', 1000)).toBeUndefined();
+    expect(counts.size).toBe(1);
   });
 });

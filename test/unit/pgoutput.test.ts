@@ -1,56 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { OutboxdError } from '../../src/errors.js';
 import type { ColumnValues, IgnoredKind, PgoutputHandler, Relation, TableInterest, WholeRow } from '../../src/source/pgoutput.js';
-import { PgoutputDecoder } from '../../src/source/pgoutput.js';
+import { PgoutputDecoder, WITHHELD_CONTENT, WITHHELD_VALUE } from '../../src/source/pgoutput.js';
+import { Wire, ch, relationMsg } from './pgoutput-wire.js';
 
-/** Builds pgoutput (protocol v1) messages the way the server encodes them. */
-class Wire {
-  private parts: Buffer[] = [];
-  u8(v: number): this {
-    this.parts.push(Buffer.from([v]));
-    return this;
-  }
-  u16(v: number): this {
-    return this.fixed(2, (b) => b.writeUInt16BE(v));
-  }
-  u32(v: number): this {
-    return this.fixed(4, (b) => b.writeUInt32BE(v));
-  }
-  u64(v: bigint): this {
-    return this.fixed(8, (b) => b.writeBigUInt64BE(v));
-  }
-  private fixed(size: number, write: (b: Buffer) => void): this {
-    const b = Buffer.alloc(size);
-    write(b);
-    this.parts.push(b);
-    return this;
-  }
-  str(s: string): this {
-    this.parts.push(Buffer.from(`${s}\0`, 'utf8'));
-    return this;
-  }
-  text(s: string): this {
-    const b = Buffer.from(s, 'utf8');
-    return this.u8(0x74).u32(b.length).bytes(b);
-  }
-  bytes(b: Buffer): this {
-    this.parts.push(b);
-    return this;
-  }
-  build(): Buffer {
-    return Buffer.concat(this.parts);
-  }
-}
-
-const ch = (c: string): number => c.charCodeAt(0);
 /** 2026-01-01T00:00:00.123Z in microseconds since 2000-01-01. */
 const COMMIT_US = (BigInt(Date.UTC(2026, 0, 1, 0, 0, 0, 123)) - 946_684_800_000n) * 1000n + 456n;
-
-const relationMsg = (oid: number, schema: string, name: string, cols: Array<[string, number]>): Buffer => {
-  const w = new Wire().u8(ch('R')).u32(oid).str(schema).str(name).u8(ch('d')).u16(cols.length);
-  for (const [col, type] of cols) w.u8(0).str(col).u32(type).u32(0xffffffff);
-  return w.build();
-};
 
 class Recorder implements PgoutputHandler {
   maxValueBytes = 1024;
@@ -208,6 +163,38 @@ describe('PgoutputDecoder', () => {
     expect(r.whole).toMatchObject({ id: 'i-1', payload: null, created_at: 'ts' });
     decode(d, new Wire().u8(ch('M')).u8(1).u64(0x5000n).str('outbox').u32(17).bytes(Buffer.alloc(17, 0x61)).build());
     expect(r.calls.at(-1)).toEqual(['message', 'outbox', null, 17, true, 0x5000n]);
+  });
+
+  it('reports a value the socket withheld as oversized with its length, and a withheld content as null with its', () => {
+    const r = new Recorder();
+    r.wanted = [true, true, true, true, false];
+    r.takeWhole = true;
+    const d = new PgoutputDecoder(r);
+    decode(d, relationMsg(16_385, 'public', 'outbox', cols));
+    const huge = 128 * 1024 * 1024;
+    const row = new Wire().u8(ch('I')).u32(16_385).u8(ch('N')).u16(5).text('i-1').text('t').text('k').u8(WITHHELD_VALUE).u32(huge);
+    decode(
+      d,
+      row
+        .u8(WITHHELD_VALUE)
+        .u32(huge + 1)
+        .build(),
+    );
+    expect(r.calls.at(-1)).toEqual(['insert', 'outbox', ['i-1', 't', 'k', undefined, undefined]]);
+    // The column it reads is reported; the one it does not read (created_at) is not.
+    expect(r.problems).toEqual([{ reason: 'oversized', column: 'payload', bytes: huge }]);
+    expect(r.whole).toEqual({ id: 'i-1', aggregatetype: 't', aggregateid: 'k', payload: null, created_at: null });
+    decode(
+      d,
+      new Wire()
+        .u8(ch('M'))
+        .u8(1 | WITHHELD_CONTENT)
+        .u64(0x5000n)
+        .str('outbox')
+        .u32(huge)
+        .build(),
+    );
+    expect(r.calls.at(-1)).toEqual(['message', 'outbox', null, huge, true, 0x5000n]);
   });
 
   it('never turns bytes that are not UTF-8 into replacement characters; real U+FFFD passes', () => {
