@@ -3,6 +3,7 @@ import { Relay } from './app.js';
 import { runChecks } from './commands/doctor.js';
 import { replayArgs, replayCommand } from './commands/replay.js';
 import { setupCommand } from './commands/setup.js';
+import { retireCommand } from './commands/retire.js';
 import { statusCommand } from './commands/status.js';
 import { loadConfigFile } from './config/load.js';
 import { ExitCode, UsageError, exitCodeFor, oneLine } from './errors.js';
@@ -24,6 +25,8 @@ usage:
                                         outboxd-replay); TIME: any timestamptz, --from inclusive, --to exclusive;
                                         EXPR: col = 'v' [AND col IN ('a','b') AND col IS [NOT] NULL ...];
                                         --checkpoint: resume an interrupted replay; --dry-run: count, publish nothing
+  outboxd retire -c FILE [--slot NAME]  forget a relay for good: drop its slot and its confirmed epoch, so that
+                                        pruning no longer waits for it (default: the config's own slot)
   outboxd --version | --help
 
 exit codes: 0 ok, 1 runtime failure, a failed check or a replay halted by a poison row, 2 usage, 3 invalid config,
@@ -44,6 +47,7 @@ const FLAGS: Record<string, Readonly<Record<string, 'boolean' | 'string'>>> = {
   status: { json: 'boolean' },
   setup: { print: 'boolean', partitioned: 'boolean' },
   run: {},
+  retire: { slot: 'string' },
   replay: { from: 'string', to: 'string', where: 'string', checkpoint: 'string', 'dry-run': 'boolean' },
 };
 
@@ -126,8 +130,10 @@ export async function cli(argv: readonly string[], env: NodeJS.ProcessEnv = proc
         return await run(configFile, env);
       case 'replay':
         return await replay(configFile, env, replayArgs(args.values, args.flags));
+      case 'retire':
+        return await retireCommand(loadConfigFile(configFile, env), args.values.slot, process.stdout);
       default:
-        throw new UsageError(`unknown command "${args.command}"; try run, validate, status, setup or replay`);
+        throw new UsageError(`unknown command "${args.command}"; try run, validate, status, setup, replay or retire`);
     }
   } catch (err) {
     process.stderr.write(`outboxd: ${oneLine(err)}\n`);

@@ -6,7 +6,9 @@ import { createLogger } from '../observability/logger.js';
 import { loadSink } from '../sink/index.js';
 import { connectAdmin, hostOf, scalar } from '../source/connect.js';
 import { failoverChecks } from './failover-checks.js';
-import { checkSlotUsable, inspectSlot, readMarker } from '../source/slot.js';
+import { readMarker } from '../source/marker.js';
+import { checkPublishes } from '../source/publication-checks.js';
+import { checkSlotUsable, inspectSlot } from '../source/slot.js';
 
 /** One line of `validate --connect`: what was checked, whether it holds, and how to fix it. */
 export interface Check {
@@ -98,6 +100,14 @@ export async function runChecks(cfg: Config): Promise<Check[]> {
           ? `${pub} covers the outbox tables`
           : `${pub} lacks ${missing.map((t) => t.qualified).join(', ')} — ALTER PUBLICATION ${quoteIdent(pub)} ADD TABLE ${missing.map((t) => t.qualified).join(', ')}`,
       );
+      if (missing.length === 0) {
+        try {
+          await checkPublishes(client, cfg);
+          add('publication content', 'ok', `${pub} sends every outbox row with every mapped column`);
+        } catch (err) {
+          add('publication content', 'fail', oneLine(err));
+        }
+      }
       if (!pubRow.rows[0]?.owner) {
         add(
           'publication owner',
@@ -108,7 +118,7 @@ export async function runChecks(cfg: Config): Promise<Check[]> {
     }
 
     const slot = await inspectSlot(client, cfg.postgres.slot);
-    const marker = pubRow.rows.length > 0 ? await readMarker(client, pub) : [];
+    const marker = pubRow.rows.length > 0 ? (await readMarker(client, pub)).slots : [];
     if (slot) {
       try {
         checkSlotUsable(slot, await scalar(client, 'SELECT current_database()'));

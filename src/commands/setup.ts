@@ -3,9 +3,9 @@ import { ExitCode, exitCodeFor, oneLine } from '../errors.js';
 import { connectAdmin } from '../source/connect.js';
 import { createLogger } from '../observability/logger.js';
 import { ensurePublication } from '../source/publication.js';
-import { ensureSlot } from '../source/slot.js';
+import { ensureSlot } from '../source/ensure-slot.js';
 import { quoteIdent } from '../config/config.js';
-import { partitionName } from '../outbox/prune.js';
+import { partitionName } from '../outbox/prune-partitions.js';
 
 /**
  * The outbox table DDL for a table's column mapping (Debezium outbox event router layout), with
@@ -85,8 +85,13 @@ export async function setupCommand(cfg: Config, print: boolean, out: NodeJS.Writ
   try {
     const pub = await ensurePublication(client, { ...cfg, postgres: { ...cfg.postgres, createPublication: true } });
     out.write(`-- publication ${cfg.postgres.publication}: ${pub}\n`);
-    const { slot, created } = await ensureSlot(client, { ...cfg.postgres, createSlot: true });
-    out.write(`-- replication slot ${slot.name}: ${created ? 'created' : 'exists'}\n`);
+    // A lost slot is for `run` to recover (onLostSlot), not for setup: `exit` makes it an error here.
+    const { slot, created, recovery } = await ensureSlot(client, { ...cfg.postgres, createSlot: true, onLostSlot: 'exit' });
+    // A recovery a crash interrupted is recorded: setup made its slot again; `run` publishes its rows.
+    await recovery?.snapshot.release();
+    out.write(
+      `-- replication slot ${slot.name}: ${created ? 'created' : 'exists'}${recovery ? ' (a lost-slot recovery is recorded: outboxd run finishes it before streaming)' : ''}\n`,
+    );
     if (cfg.sink.type === 'kafka' && cfg.sink.kafka.delivery === 'exactly-once') {
       const { ensureCheckpointTopic } = await import('../sink/kafka-setup.js');
       const topic = await ensureCheckpointTopic(cfg.sink.kafka, createLogger('silent'));

@@ -2,7 +2,9 @@ import type { Config } from '../config/config.js';
 import { ExitCode, oneLine } from '../errors.js';
 import { formatLsn } from '../lsn.js';
 import { connectAdmin } from '../source/connect.js';
-import { type Marker, inspectSlot, readMarkerDoc } from '../source/slot.js';
+import { readFloor } from '../outbox/prune-floor.js';
+import { EMPTY_MARKER, readMarker } from '../source/marker.js';
+import { inspectSlot } from '../source/slot.js';
 
 export interface SlotStatus {
   slot: string;
@@ -20,6 +22,10 @@ export interface SlotStatus {
   confirmedEpoch: { xid: string; since: string | null } | null;
   /** A lost-slot recovery that has not finished (postgres.onLostSlot: recover-from-outbox). */
   recovering: boolean;
+  /** Every slot the publication's marker records, with its confirmed epoch xid (null: none yet). */
+  recorded: Array<{ slot: string; epochXid: string | null }>;
+  /** Per outbox table: the slot that sets its prune floor, and the floor (null: held, nothing pruned). */
+  pruneFloor: Array<{ table: string; slot: string | null; xid: string | null }>;
   problem: string | null;
 }
 
@@ -36,7 +42,13 @@ export async function slotStatus(cfg: Config): Promise<SlotStatus> {
       [cfg.postgres.slot],
     );
     const r = rows[0];
-    const doc = await readMarkerDoc(client, cfg.postgres.publication).catch((): Marker => ({ slots: [] }));
+    const doc = await readMarker(client, cfg.postgres.publication).catch(() => EMPTY_MARKER);
+    const own = doc.epochs.get(cfg.postgres.slot);
+    const pruneFloor: SlotStatus['pruneFloor'] = [];
+    for (const t of cfg.outbox.tables) {
+      const f = await readFloor(client, t).catch(() => null);
+      pruneFloor.push({ table: t.name, slot: f?.slot ?? null, xid: f?.kind === 'epoch' ? f.xid.toString() : null });
+    }
     let problem: string | null = null;
     if (!slot) {
       problem = doc.slots.includes(cfg.postgres.slot)
@@ -57,8 +69,10 @@ export async function slotStatus(cfg: Config): Promise<SlotStatus> {
       retainedWalBytes: r?.retained != null ? Number(r.retained) : null,
       walStatus: slot?.walStatus ?? null,
       safeWalSizeBytes: r?.safe != null ? Number(r.safe) : null,
-      confirmedEpoch: doc.confirmedXid ? { xid: doc.confirmedXid, since: doc.confirmedSince ?? null } : null,
-      recovering: doc.recovering?.slot === cfg.postgres.slot,
+      confirmedEpoch: own ? { xid: own.xid, since: own.since || null } : null,
+      recovering: doc.recoveries.has(cfg.postgres.slot),
+      recorded: doc.slots.map((slot) => ({ slot, epochXid: doc.epochs.get(slot)?.xid ?? null })),
+      pruneFloor,
       problem,
     };
   } finally {
@@ -80,6 +94,14 @@ export function formatStatus(s: SlotStatus): string {
   if (s.confirmedEpoch)
     lines.push(`  confirmed epoch xid ${s.confirmedEpoch.xid}${s.confirmedEpoch.since ? ` (began ${s.confirmedEpoch.since})` : ''}`);
   if (s.recovering) lines.push('  recovering      a lost-slot recovery has not finished (outboxd run finishes it)');
+  const others = s.recorded.filter((r) => r.slot !== s.slot);
+  if (others.length > 0)
+    lines.push(`  other slots     ${others.map((r) => `${r.slot} (epoch ${r.epochXid ?? 'none yet'})`).join(', ')} on this publication`);
+  for (const f of s.pruneFloor)
+    if (f.slot !== null)
+      lines.push(
+        `  prune floor     ${f.table}: ${f.xid === null ? `held by slot ${f.slot} (no confirmed epoch yet)` : `transaction ${f.xid}, set by slot ${f.slot}`}`,
+      );
   if (s.problem) lines.push(`  problem         ${s.problem}`);
   return `${lines.join('\n')}\n`;
 }

@@ -249,7 +249,19 @@ export function createMetrics(registry = new Registry()) {
     }),
     confirmedEpochXid: new Gauge({
       name: 'outboxd_confirmed_epoch_xid',
-      help: 'The last passed pruning epoch: every outbox row from a transaction below this id is confirmed (recorded in the lost-slot marker).',
+      help: "This relay's slot's last passed epoch: every outbox row from a transaction below this id is confirmed for this slot (recorded in the lost-slot marker).",
+      registers: r,
+    }),
+    pruneFloorXid: new Gauge({
+      name: 'outboxd_prune_floor_xid',
+      help: 'Pruning deletes rows from transactions below this id, per table: the oldest confirmed epoch of every slot recorded for the table.',
+      labelNames: ['table'],
+      registers: r,
+    }),
+    pruneHeldBy: new Gauge({
+      name: 'outboxd_prune_held_by',
+      help: "1 for the slot that sets a table's prune floor (the oldest epoch, or one that recorded none), 0 for a slot that did before.",
+      labelNames: ['table', 'slot'],
       registers: r,
     }),
     recoveredMessages: new Counter({

@@ -3,7 +3,9 @@ import type { Config } from '../config/config.js';
 import { OutboxdError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import { type Recovering, finishRecovery } from '../source/slot.js';
+import type { EnsuredSlot } from '../source/ensure-slot.js';
+import { finishRecovery } from '../source/ensure-slot.js';
+import { xminBelow } from '../source/xid-sql.js';
 import { replayRows } from './replay.js';
 
 /**
@@ -14,12 +16,12 @@ import { replayRows } from './replay.js';
  * if pruning kept them, and pruning keeps every row at or after the last epoch it recorded in
  * the lost-slot marker (`confirmedXid`, outbox/prune.ts). So:
  *
- * 1. ensureSlot (source/slot.ts) records the recovery in the marker, then creates a new slot:
- *    it streams every transaction that commits after its consistent point.
+ * 1. ensureSlot (source/ensure-slot.ts) records the recovery in the marker, then creates a new
+ *    slot that exports the snapshot of its consistent point: it streams every transaction that
+ *    commits after that point, and the snapshot sees every one that committed before it.
  * 2. This publishes again, through an at-least-once sink of the config's broker, every retained
- *    row from a transaction at or after `confirmedXid`, read in one snapshot taken after the
- *    slot was created: that covers every row committed before the consistent point, and some
- *    after it (duplicates the stream will send again).
+ *    row from a transaction at or after the lost slot's own confirmed epoch, read in exactly that
+ *    snapshot: nothing falls between the two, and nothing is read twice by them.
  * 3. The marker forgets the recovery, and the relay streams from the new slot.
  *
  * A crash in between redoes step 2 on the next start (the marker still says so). Every message
@@ -30,24 +32,32 @@ import { replayRows } from './replay.js';
 export async function recoverFromOutbox(
   cfg: Config,
   admin: pg.Client,
-  recovering: Recovering,
+  { recovery, snapshot }: NonNullable<EnsuredSlot['recovery']>,
   metrics: Metrics,
   log: Logger,
   signal: AbortSignal,
 ): Promise<'done' | 'interrupted'> {
   const runId = `recover-${cfg.postgres.slot}-${new Date().toISOString().replace(/[-:.]/g, '')}`;
   log.warn(
-    { slot: recovering.slot, reason: recovering.reason, fromXid: recovering.fromXid, since: recovering.since, runId },
+    { slot: cfg.postgres.slot, reason: recovery.reason, fromXid: recovery.fromXid, since: recovery.since, runId },
     'replication slot was lost: publishing again from the outbox every row the last confirmed epoch does not cover, then streaming from the new slot',
   );
-  const summary = await replayRows({
-    cfg,
-    log,
-    runId,
-    metrics,
-    signal,
-    condition: { sql: UNCONFIRMED, params: [recovering.fromXid] },
-  });
+  let summary: Awaited<ReturnType<typeof replayRows>>;
+  try {
+    summary = await replayRows({
+      cfg,
+      log,
+      runId,
+      metrics,
+      signal,
+      snapshot: snapshot.id,
+      // Imported: the replication connection that exported it may go.
+      onStart: () => void snapshot.release(),
+      condition: { sql: `NOT ${xminBelow('$1::bigint')}`, params: [recovery.fromXid] },
+    });
+  } finally {
+    await snapshot.release();
+  }
   metrics.recoveredMessages.inc(summary.published);
   if (summary.outcome === 'interrupted') return 'interrupted';
   if (summary.outcome === 'halted') {
@@ -57,18 +67,10 @@ export async function recoverFromOutbox(
       `lost-slot recovery stopped at poison row ${p?.id ?? '(no id)'} of ${p?.table ?? '?'} (${p?.reason ?? '?'}: ${p?.message ?? ''}) under outbox.onPoison: halt; fix or remove the row and restart, and recovery resumes (see docs/runbook.md#poison-messages)`,
     );
   }
-  await finishRecovery(admin, cfg.postgres.publication);
+  await finishRecovery(admin, cfg.postgres);
   log.info(
     { runId, read: summary.read, published: summary.published, deadLettered: summary.deadLettered, elapsedMs: summary.elapsedMs },
     'lost-slot recovery done: every retained row the lost slot may not have delivered was published again',
   );
   return 'done';
 }
-
-/**
- * The rows recovery publishes again: from a transaction at or after `$1` (an xid8), in 32-bit
- * distance from it, which a read-only snapshot can compute without an xid of its own: every row
- * it sees is below the snapshot's xmax. (Freezing keeps the raw xid in `xmin`.)
- */
-const UNCONFIRMED = `((xmin::text::bigint - $1::bigint % 4294967296 + 4294967296) % 4294967296)
-    < pg_snapshot_xmax(pg_current_snapshot())::text::bigint - $1::bigint`;

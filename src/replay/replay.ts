@@ -1,6 +1,6 @@
 import { isUtf8 } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
-import type pg from 'pg';
+import pg from 'pg';
 import { type Config, type SinkConfig, type TableConfig, quoteIdent } from '../config/config.js';
 import { COLUMN_FIELDS, REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { ConfigError, OutboxdError, PoisonError, type PoisonReason, UsageError } from '../errors.js';
@@ -62,6 +62,11 @@ export interface ReplayOptions {
    * It is part of the filter a checkpoint must match.
    */
   readonly condition?: { readonly sql: string; readonly params: readonly unknown[] };
+  /**
+   * Read in this exported snapshot (SET TRANSACTION SNAPSHOT) instead of a fresh one: lost-slot
+   * recovery reads exactly what its new slot's consistent point covers (source/slot-create.ts).
+   */
+  readonly snapshot?: string;
   /** Count per table and destination what would be published; publish nothing, connect no broker. */
   readonly dryRun?: boolean;
   /** Resume from and record progress in this file (see checkpoint.ts). Never written by a dry run. */
@@ -200,6 +205,7 @@ export async function replayRows(opts: ReplayOptions): Promise<ReplaySummary> {
   try {
     await client.query(`SET application_name = 'outboxd-replay'`);
     await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+    if (opts.snapshot !== undefined) await client.query(`SET TRANSACTION SNAPSHOT ${pg.escapeLiteral(opts.snapshot)}`);
     // A cursor's first FETCH may sort millions of rows: longer than the admin connection's bound.
     await client.query('SET LOCAL statement_timeout = 0');
     const resolved = previous?.resolved ?? (await resolveBounds(client, filter));

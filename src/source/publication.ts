@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { type Config, type TableConfig, quoteIdent } from '../config/config.js';
 import { ConfigError, OutboxdError } from '../errors.js';
 import { classifyPgError } from './pg-errors.js';
+import { checkPublishes } from './publication-checks.js';
 
 /** The server's logical decoding setting and the publication of the outbox tables. */
 
@@ -18,7 +19,8 @@ export async function checkWalLevel(client: pg.Client): Promise<void> {
 
 /**
  * Makes sure the publication exists and covers every outbox table. Creates it when missing and
- * allowed. An existing publication that lacks a table is a config error, never altered silently.
+ * allowed. An existing publication that lacks a table, or sends only some of its rows or columns
+ * (publication-checks.ts), is a config error, never altered silently.
  */
 export async function ensurePublication(client: pg.Client, cfg: Config): Promise<'created' | 'exists'> {
   const pub = cfg.postgres.publication;
@@ -47,6 +49,7 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
     } catch (err) {
       if ((err as { code?: string }).code !== '42710') throw classifyPgError(err, `creating publication ${pub}`);
     }
+    await checkPublishes(client, cfg);
     return 'created';
   }
   if (!rows[0]?.pubviaroot) {
@@ -59,6 +62,7 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
       }
     }
   }
+  await checkPublishes(client, cfg);
   if (rows[0]?.puballtables) return 'exists';
   const covered = await client.query<{ schemaname: string; tablename: string }>(
     'SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1',

@@ -16,7 +16,7 @@ import { awaitLeaderLock, tryLeaderLock } from './leader.js';
 import { SlotMonitor } from './monitor.js';
 import { classifyPgError } from './pg-errors.js';
 import { checkWalLevel, ensurePublication } from './publication.js';
-import { ensureSlot } from './slot.js';
+import { ensureSlot } from './ensure-slot.js';
 import { ReplicationStream } from './stream.js';
 
 /** What the source tells the relay about itself. */
@@ -133,7 +133,7 @@ export class Source {
       await checkWalLevel(admin);
       await ensurePublication(admin, this.cfg);
     });
-    const { slot, created, recovering } = await this.liveness.step(
+    const { slot, created, recovery } = await this.liveness.step(
       'creating or checking the replication slot',
       pgc.slotCreateTimeoutMs + 3 * pgc.statementTimeoutMs,
       () =>
@@ -146,15 +146,16 @@ export class Source {
         }).finally(() => this.events.onWaiting(null)),
     );
     if (created) this.log.info({ slot: slot.name, lsn: formatLsn(slot.confirmedFlushLsn ?? 0n) }, 'created replication slot');
-    if (recovering) {
+    if (recovery) {
       // postgres.onLostSlot: recover-from-outbox. Before the new slot streams, what the lost one
-      // may not have delivered is published again from the table (replay/recover.ts).
+      // may not have delivered is published again from the table, in the snapshot the new slot
+      // exported (replay/recover.ts).
       this.events.onWaiting(
-        `recovering from a lost replication slot: publishing again the retained rows from transaction ${recovering.fromXid} on`,
+        `recovering from a lost replication slot: publishing again the retained rows from transaction ${recovery.recovery.fromXid} on`,
       );
       try {
-        if ((await recoverFromOutbox(this.cfg, admin, recovering, this.metrics, this.log.child({ module: 'recovery' }), signal)) !== 'done')
-          return;
+        const outcome = await recoverFromOutbox(this.cfg, admin, recovery, this.metrics, this.log.child({ module: 'recovery' }), signal);
+        if (outcome !== 'done') return;
       } finally {
         this.events.onWaiting(null);
       }
