@@ -31,7 +31,7 @@ export async function retireCommand(
   try {
     // Held until this connection ends: no instance of the retired relay can start meanwhile.
     if (!(await tryLeaderLock(client, slot))) {
-      out.write(
+      err.write(
         `outboxd: a relay of slot ${slot} is running or waiting as a standby (it holds the slot's leader lock): stop every instance of it first\n`,
       );
       return ExitCode.failure;

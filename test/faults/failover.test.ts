@@ -261,7 +261,7 @@ describe('failover (PostgreSQL 17, failover slots) → rabbitmq', () => {
         const { rows } = await b.db.client.query<{ c: string | null }>(
           `SELECT obj_description(oid, 'pg_publication') AS c FROM pg_publication WHERE pubname = 'outboxd'`,
         );
-        return b.reader.delivered().length >= 20 && (rows[0]?.c ?? '').includes('confirmedXid');
+        return b.reader.delivered().length >= 20 && (rows[0]?.c ?? '').includes('"epochs"');
       },
       30_000,
     );

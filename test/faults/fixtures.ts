@@ -4,6 +4,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { type Marker, parseMarker } from '../../src/source/marker.js';
 import amqp from 'amqplib';
 import {
   KAFKA_TEST_WORKERS,
@@ -389,6 +390,15 @@ export async function waitDelivered(reader: Reader, ids: Iterable<string>, timeo
 }
 
 export const uuid = randomUUID;
+
+/** The lost-slot marker of a publication (default the bundle's, outboxd), as outboxd reads it. */
+export async function markerOf(b: Bundle, publication = 'outboxd'): Promise<Marker> {
+  const { rows } = await b.db.client.query<{ c: string | null }>(
+    `SELECT obj_description(oid, 'pg_publication') AS c FROM pg_publication WHERE pubname = $1`,
+    [publication],
+  );
+  return parseMarker(rows[0]?.c).marker;
+}
 
 /** RSS of a process in bytes, from /proc. */
 export function rssBytes(pid: number): number {

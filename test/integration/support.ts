@@ -16,7 +16,8 @@ import type { TableConfig } from '../../src/config/config.js';
 import { getFreePort } from '../harness/ports.js';
 
 export const ROOT = join(import.meta.dirname, '../..');
-export const MAIN = join(ROOT, 'dist/main.js');
+/** The relay under test; OUTBOXD_TEST_MAIN points a run at another build (to show a test fails on an older one). */
+export const MAIN = process.env.OUTBOXD_TEST_MAIN ?? join(ROOT, 'dist/main.js');
 
 /** The outbox table the tests use: exactly what `outboxd setup --print` prints for the defaults. */
 export const OUTBOX_DDL = outboxDdl(parseConfig('postgres:\n  url: postgres://u@h/db\n', {}).outbox.tables[0] as TableConfig);

@@ -1,6 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import { floorOf } from '../../src/outbox/prune-floor.js';
-import { EMPTY_MARKER, type Marker, formatMarker, parseMarker, withEpoch, withRecovery, withSlot, withoutSlot } from '../../src/source/marker.js';
+import {
+  EMPTY_MARKER,
+  type Marker,
+  formatMarker,
+  parseMarker,
+  withEpoch,
+  withRecovery,
+  withSlot,
+  withoutSlot,
+} from '../../src/source/marker.js';
 
 const epoch = (xid: string) => ({ xid, since: '2026-12-01 00:00:00+00', at: '2026-12-01T00:00:01.000Z' });
 
@@ -42,7 +51,9 @@ describe('the lost-slot marker', () => {
   });
 
   it('keeps fields it does not know, and drops none of another slot’s when one slot is removed', () => {
-    const { marker, rest } = parseMarker(`outboxd:${JSON.stringify({ v: 3, slots: ['a', 'b'], future: { x: 1 }, epochs: { a: epoch('1'), b: epoch('2') } })}`);
+    const { marker, rest } = parseMarker(
+      `outboxd:${JSON.stringify({ v: 3, slots: ['a', 'b'], future: { x: 1 }, epochs: { a: epoch('1'), b: epoch('2') } })}`,
+    );
     const out = parseMarker(formatMarker(withoutSlot(marker, 'a'), rest));
     expect(out.rest).toEqual({ future: { x: 1 } });
     expect(out.marker.slots).toEqual(['b']);
