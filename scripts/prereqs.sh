@@ -9,7 +9,8 @@
 #   Apache Kafka broker jars      Maven Central (mvn)                        $OUTBOXD_CACHE/kafka-*
 #   helm                          Go module proxy (go install)                $OUTBOXD_CACHE/bin/helm
 #   OpenTelemetry Collector       Go module proxy (go build, scripts/otelcol)  $OUTBOXD_CACHE/bin/outboxd-otelcol
-#   rabbitmq-server, postgresql-client-15 (pg_recvlogical, the bench's baseline), time (GNU time,
+#   rabbitmq-server, postgresql-client-15 (pg_recvlogical, the bench's baseline), postgresql-15
+#   (pg_resetwal, for the xid wraparound test), time (GNU time,
 #   the bench's CPU and RSS of child processes), Java 17 and Maven (the Kafka broker):
 #                                 Debian packages (apt-get, as root)         the system
 #
@@ -42,6 +43,8 @@ outboxd_prereqs() {
   # System packages first: they are the ones a user may have to install by hand.
   apt_need "${OUTBOXD_RABBITMQ_HOME:-/usr/lib/rabbitmq}/bin/rabbitmq-server" rabbitmq-server
   apt_need "${BENCH_PG_BINDIR:-/usr/lib/postgresql/15/bin}/pg_recvlogical" postgresql-client-15
+  # pg_resetwal: the pruning test that moves a cluster's transaction ids past 2^31 (test/faults/xid-wraparound.test.ts).
+  apt_need /usr/lib/postgresql/15/bin/pg_resetwal postgresql-15
   apt_need /usr/bin/time time
   if [ -z "${JAVA_HOME:-}" ]; then apt_need "$(command -v java || echo /usr/bin/java)" openjdk-17-jre-headless; fi
   ensure_node
