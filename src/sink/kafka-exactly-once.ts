@@ -305,7 +305,8 @@ export class KafkaExactlyOnceSink implements Sink {
       try {
         txn = await producer.transaction();
         this.txnStartedAt = Date.now();
-        const message = { key: letter.key, value: form.body, headers: form.headers };
+        // The form's key, not the letter's: the smallest form leaves out a key too large to carry.
+        const message = { key: form.key, value: form.body, headers: form.headers };
         await txn.sendBatch({
           acks: -1,
           topicMessages: [
