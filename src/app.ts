@@ -1,10 +1,11 @@
 import type { Server } from 'node:http';
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
+import { PublishedUpTo } from './checkpoint/published.js';
 import { Watermark } from './checkpoint/watermark.js';
 import type { Config } from './config/config.js';
 import { ExitCode, OutboxdError, exitCodeFor } from './errors.js';
 import type { RelayState, Sink } from './interfaces.js';
-import { type Lsn, ZERO_LSN, formatLsn } from './lsn.js';
+import { ZERO_LSN, formatLsn } from './lsn.js';
 import { Health } from './observability/health.js';
 import { startHttp } from './observability/http.js';
 import { Liveness } from './observability/liveness.js';
@@ -30,6 +31,8 @@ export class Relay {
   private readonly health: Health;
   private readonly liveness = new Liveness();
   private readonly watermark = new Watermark(ZERO_LSN);
+  /** Exactly-once: what the broker holds already. The sink sets it, the ingest asks it (docs/adr/0009). */
+  private readonly published = new PublishedUpTo();
   private readonly sink: Sink;
   private readonly pipeline: Pipeline;
   private readonly ingest: Ingest;
@@ -39,8 +42,6 @@ export class Relay {
   /** Aborted when the relay stops: ends the sink's connect retries and the source's sessions. */
   private readonly stopping = new AbortController();
   private http: Server | null = null;
-  /** Exactly-once: the commit LSN of the checkpoint Kafka holds (for outboxd_checkpoint_lag_bytes). */
-  private checkpointLsn: Lsn | null = null;
   private finished!: (code: number) => void;
   /** Resolves with the process exit code when the relay has stopped. */
   readonly done: Promise<number>;
@@ -74,15 +75,15 @@ export class Relay {
     this.health = health;
     this.sink =
       typeof options.sink === 'function'
-        ? options.sink({
-            connection: (up) => health.sinkHealth(up),
-            blocked: (on) => health.blocked(on),
-            transaction: (result) => this.metrics.kafkaTransactions.inc({ result }),
-            fenced: () => this.metrics.fenced.set(1),
-            checkpoint: (p) => {
-              this.checkpointLsn = p.commitLsn;
+        ? options.sink(
+            {
+              connection: (up) => health.sinkHealth(up),
+              blocked: (on) => health.blocked(on),
+              transaction: (result) => this.metrics.kafkaTransactions.inc({ result }),
+              fenced: () => this.metrics.fenced.set(1),
             },
-          })
+            this.published,
+          )
         : options.sink;
     this.tracer = options.tracing ? options.tracing(this.sink) : null;
     this.pipeline = new Pipeline(
@@ -103,16 +104,16 @@ export class Relay {
       this.tracer,
     );
     const mapper = new OutboxMapper(destinationTemplate(cfg.sink), cloudEventsFor(cfg.sink));
-    this.ingest = new Ingest(cfg, mapper, this.watermark, this.pipeline, this.metrics, log.child({ module: 'ingest' }));
+    this.ingest = new Ingest(cfg, mapper, this.watermark, this.pipeline, this.metrics, log.child({ module: 'ingest' }), this.published);
     this.source = new Source(cfg, this.watermark, this.ingest, this.pipeline, this.liveness, this.metrics, log, {
       onState: (s) => health.setState(s),
       onWaiting: (what) => health.waiting(what),
       onHalt: (err) => health.halted(err),
       onStuck: (on, ms, detail) => health.stuck(on, ms, detail),
-      resumePoint: this.sink.readCheckpoint && ((source) => (this.sink.readCheckpoint as NonNullable<Sink['readCheckpoint']>)(source)),
+      resumePoint: this.sink.readCheckpoint && ((session) => (this.sink.readCheckpoint as NonNullable<Sink['readCheckpoint']>)(session)),
     });
     this.metrics.probes.confirmedLsn = () => this.watermark.lsn;
-    this.metrics.probes.checkpointLsn = () => this.checkpointLsn;
+    this.metrics.probes.checkpointLsn = () => this.published.lsnOnThisTimeline;
   }
 
   get relayState(): RelayState {

@@ -30,10 +30,44 @@ export interface Position {
   readonly index: number;
 }
 
-/** The database a stream comes from, as IDENTIFY_SYSTEM names it. */
-export interface SourceIdentity {
+/**
+ * Where a WAL position was read: the server's system identifier and its timeline. A position is
+ * comparable only with positions of the same origin, or of the shared part of a timeline's
+ * history: after a promotion the new timeline reuses LSNs the old one had already passed, for
+ * other records (docs/adr/0009). A physical standby shares its primary's system identifier, so
+ * only the timeline tells the two apart.
+ */
+export interface Origin {
   readonly systemId: string;
+  readonly timeline: number;
+}
+
+/**
+ * One ancestor in a timeline's history (a line of TIMELINE_HISTORY): `timeline`'s WAL below
+ * `switchLsn` is shared by it and every descendant; at and above it, the same LSNs hold other
+ * records on the two lines.
+ */
+export interface TimelineSwitch {
+  readonly timeline: number;
+  readonly switchLsn: Lsn;
+}
+
+/** The database a replication session reads, as IDENTIFY_SYSTEM and TIMELINE_HISTORY name it. */
+export interface SourceIdentity extends Origin {
   readonly database: string;
+  /**
+   * The ancestors of `timeline`, oldest first; empty on timeline 1. Null when the server could
+   * not give the history: then no position of another timeline compares with this one.
+   */
+  readonly history: readonly TimelineSwitch[] | null;
+}
+
+/**
+ * A position as the exactly-once checkpoint stores it: with the timeline it was read on, or null
+ * for a record written before checkpoints carried one (version 1).
+ */
+export interface StoredPosition extends Position {
+  readonly timeline: number | null;
 }
 
 /** The message a sink publishes. Built by the mapper from an outbox row or a logical message. */
@@ -109,12 +143,13 @@ export interface Sink {
   /** Called after a failed publish, before the retry: drop and rebuild broker state if needed. */
   reset(): Promise<void>;
   /**
-   * Exactly-once sinks only: the position of the last event the broker holds for this source
-   * (its last committed checkpoint), or null when it holds none. Read before each replication
-   * session; every event at or before it is skipped. Rejects when the checkpoint cannot be read
-   * or belongs to another database.
+   * Exactly-once sinks only: takes the broker's side of a new replication session (fencing any
+   * other holder) and reads the last event the broker holds for this source (its last committed
+   * checkpoint) into the relay's PublishedUpTo, which decides what the session skips. Called
+   * before each session streams, by the leader. Rejects when the checkpoint cannot be read or
+   * belongs to another database.
    */
-  readCheckpoint?(source: SourceIdentity): Promise<Position | null>;
+  readCheckpoint?(session: SinkSession): Promise<void>;
   /**
    * Kafka: the partition a message went to, as the sink's last metadata has it, or null when it
    * cannot tell. Asked (for the message's trace span) only after `publish` confirmed the
@@ -123,6 +158,17 @@ export interface Sink {
   partitionOf?(message: OutboxMessage): number | null;
   /** Flushes nothing, loses nothing: only closes connections. Idempotent. */
   close(): Promise<void>;
+}
+
+/** What an exactly-once sink learns of the replication session it publishes for. */
+export interface SinkSession {
+  readonly source: SourceIdentity;
+  /**
+   * Whether this relay holds the slot's leader lock right now. False when it cannot tell (its
+   * lock's connection is gone, or it waits for the lock). A sink that another producer fenced
+   * asks this before it fences back (docs/adr/0009).
+   */
+  stillLeader(): Promise<boolean>;
 }
 
 /** A poison message on its way to the dead-letter destination. */

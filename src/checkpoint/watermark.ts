@@ -1,5 +1,6 @@
-import type { TxnRef } from '../interfaces.js';
+import type { Origin, TxnRef } from '../interfaces.js';
 import { type Lsn, formatLsn } from '../lsn.js';
+import { sameOrigin } from './origin.js';
 
 /**
  * THE INVARIANT. The watermark is the end LSN of the newest transaction such that it, and every
@@ -11,6 +12,11 @@ import { type Lsn, formatLsn } from '../lsn.js';
  * travels: the replication stream subscribes and reads `lsn` when it writes a status update.
  * Nothing else keeps or passes a confirmed LSN around (docs/adr/0001).
  *
+ * The position belongs to one replication session's origin (the server's system identifier and
+ * timeline, `origin`): each session starts it from the slot's own position on its server
+ * (`reset`), and whoever compares another position with it asks `hasPassed` with that position's
+ * origin, never `lsn` alone (docs/adr/0001).
+ *
  * Transactions enter in commit order (the order pgoutput sends them). Pure bookkeeping, no I/O;
  * O(1) amortised per transaction.
  */
@@ -18,15 +24,30 @@ export class Watermark {
   private queue: Txn[] = [];
   private head = 0;
   private confirmed: Lsn;
+  private from: Origin | null = null;
   private listener: (() => void) | null = null;
 
   constructor(start: Lsn) {
     this.confirmed = start;
   }
 
-  /** The highest LSN that is safe to confirm. */
+  /** The highest LSN that is safe to confirm, on `origin`'s WAL. */
   get lsn(): Lsn {
     return this.confirmed;
+  }
+
+  /** The server and timeline whose WAL `lsn` is a position of: the current session's; null before the first. */
+  get origin(): Origin | null {
+    return this.from;
+  }
+
+  /**
+   * Whether everything up to `lsn` of `origin`'s WAL is confirmed. False for a position of another
+   * origin, whatever the numbers say: after a promotion the new timeline reuses LSNs of the old one
+   * for other records, so a confirmed LSN of one proves nothing about the other.
+   */
+  hasPassed(origin: Origin, lsn: Lsn): boolean {
+    return sameOrigin(this.from, origin) && this.confirmed >= lsn;
   }
 
   /**
@@ -122,11 +143,23 @@ export class Watermark {
     if (this.openTxns === 0) this.moveTo(lsn);
   }
 
-  /** Forgets every open transaction (after the stream restarts from the slot). */
-  reset(start: Lsn): void {
+  /**
+   * A new session on `origin` streams from the slot's confirmed position there, `slotLsn`: every
+   * open transaction is forgotten (it will be sent again), and the watermark becomes exactly
+   * `slotLsn`, lower than before or not.
+   *
+   * Why not keep the higher of the two: the old position may be of another server or timeline.
+   * After a failover to a standby that was behind, the new primary reuses LSNs the old one had
+   * passed; reporting the old position there would confirm WAL the new server never sent us, and
+   * a reconnect would skip it (silent loss), as would a pruning epoch that compared with it.
+   * Lowering is safe: the slot's position is what the server resumes from anyway, and status
+   * updates never report less than it, so confirmed_flush_lsn does not move back.
+   */
+  reset(slotLsn: Lsn, origin: Origin): void {
     this.queue = [];
     this.head = 0;
-    if (start > this.confirmed) this.confirmed = start;
+    this.confirmed = slotLsn;
+    this.from = { systemId: origin.systemId, timeline: origin.timeline };
   }
 
   private moveTo(lsn: Lsn): void {

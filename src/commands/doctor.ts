@@ -217,7 +217,6 @@ async function brokerCheck(cfg: Config, add: (n: string, s: Check['status'], d: 
     blocked: () => undefined,
     transaction: () => undefined,
     fenced: () => undefined,
-    checkpoint: () => undefined,
   });
   try {
     await withTimeout(sink.connect(), 20_000);

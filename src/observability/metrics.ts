@@ -179,6 +179,14 @@ export function createMetrics(registry = new Registry()) {
         probes.flushSkipped?.();
       },
     }),
+    checkpointUnproven: new Counter({
+      name: 'outboxd_checkpoint_unproven_total',
+      help: 'Exactly-once: events the checkpoint covers by LSN but cannot prove published, because it was written on another timeline (a failover) on WAL this server does not share with it; published again, never skipped.',
+      registers: r,
+      collect() {
+        probes.flushSkipped?.();
+      },
+    }),
     kafkaTransactions: new Counter({
       name: 'outboxd_kafka_transactions_total',
       help: 'Exactly-once: Kafka transactions, by result (committed, aborted).',
@@ -293,7 +301,7 @@ export interface Probes {
   flushIgnored?: () => void;
   flushTransactions?: () => void;
   flushSkipped?: () => void;
-  /** Exactly-once: the commit LSN of the last checkpoint committed to Kafka. */
+  /** Exactly-once: the commit LSN of the last checkpoint committed to Kafka, when it is a position of the current timeline. */
   checkpointLsn?: () => bigint | null;
 }
 

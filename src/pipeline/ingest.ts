@@ -1,8 +1,9 @@
+import type { PublishedUpTo } from '../checkpoint/published.js';
 import type { Txn, Watermark } from '../checkpoint/watermark.js';
 import type { Config, TableConfig } from '../config/config.js';
 import { REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { ConfigError, OutboxdError, PoisonError } from '../errors.js';
-import type { DeadLetter, Position } from '../interfaces.js';
+import type { DeadLetter } from '../interfaces.js';
 import type { Lsn } from '../lsn.js';
 import type { OutboxMapper, RowValues, TableBinding } from '../outbox/mapper.js';
 import type { Logger } from '../observability/logger.js';
@@ -19,12 +20,11 @@ import { maxMessageBytes } from '../sink/limits.js';
 export class Ingest implements ChangeHandler<TableBinding> {
   /** The transaction between BEGIN and COMMIT, if any; `events` counts its outbox events so far. */
   private open: { xid: number; commitLsn: Lsn; commitTimeMs: number; events: number } | null = null;
-  /**
-   * Exactly-once: the last event the broker already holds (its checkpoint), set before each
-   * session. Every event at or before it is skipped: it counts as confirmed, publishes nothing.
-   */
-  resumeAfter: Position | null = null;
+  /** Exactly-once: events the checkpoint proved published (skipped), and those it covered but could not prove (published again). */
   private skipped = 0;
+  private unproven = 0;
+  /** An unproven event was reported this session (one warning per session). */
+  private warnedUnproven = false;
   /**
    * Its watermark entry, made at its first message. A transaction without one (another table's,
    * a heartbeat, an empty one: Postgres 14 sends those) never gets an entry of its own: at COMMIT
@@ -54,6 +54,8 @@ export class Ingest implements ChangeHandler<TableBinding> {
     private readonly pipeline: Pipeline,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    /** Exactly-once: what the broker holds already (set by the sink; never restarted for other sinks, so it skips nothing). */
+    private readonly published: PublishedUpTo,
   ) {
     this.maxValueBytes = maxMessageBytes(cfg);
     cfg.outbox.tables.forEach((t, index) => {
@@ -65,7 +67,9 @@ export class Ingest implements ChangeHandler<TableBinding> {
     };
     metrics.probes.flushSkipped = () => {
       metrics.checkpointSkipped.inc(this.skipped);
+      metrics.checkpointUnproven.inc(this.unproven);
       this.skipped = 0;
+      this.unproven = 0;
     };
     metrics.probes.flushIgnored = () => {
       for (const [kind, n] of this.ignoredCounts) metrics.changesIgnored.inc({ kind }, n);
@@ -77,6 +81,7 @@ export class Ingest implements ChangeHandler<TableBinding> {
   resetSession(): void {
     this.open = null;
     this.txn = null;
+    this.warnedUnproven = false;
     this.releaseCommitWaiters();
   }
 
@@ -195,19 +200,33 @@ export class Ingest implements ChangeHandler<TableBinding> {
   }
 
   /**
-   * The index of the open transaction's next outbox event, or null when the checkpoint already
-   * covers it (exactly-once restart): such an event is skipped, and never joins the watermark.
+   * The index of the open transaction's next outbox event, or null when the broker holds it
+   * already (exactly-once restart): such an event is skipped, and never joins the watermark. An
+   * event the checkpoint covers only by number, from WAL this session does not share with it (a
+   * failover), is published again, never skipped (PublishedUpTo).
    */
   private nextEvent(): number | null {
     const open = this.open;
     if (!open) throw new OutboxdError('PG_PROTOCOL', 'replication stream sent a change outside a transaction');
     const index = open.events++;
-    const r = this.resumeAfter;
-    if (r !== null && (open.commitLsn < r.commitLsn || (open.commitLsn === r.commitLsn && index <= r.index))) {
+    const verdict = this.published.judge(open.commitLsn, index);
+    if (verdict === 'published') {
       this.skipped++;
       return null;
     }
+    if (verdict === 'unproven') this.noteUnproven();
     return index;
+  }
+
+  private noteUnproven(): void {
+    this.unproven++;
+    if (this.warnedUnproven) return;
+    this.warnedUnproven = true;
+    const detail = this.published.unprovenDetail();
+    this.log.warn(
+      detail,
+      `exactly-once: ${detail.reason}, so the checkpoint proves nothing from ${detail.provableBelow} on; the events it covers there are published again (outboxd_checkpoint_unproven_total)`,
+    );
   }
 
   private requireTxn(): Txn {

@@ -155,7 +155,6 @@ async function createReplaySink(cfg: Config, log: Logger): Promise<Sink> {
     },
     transaction: () => undefined,
     fenced: () => undefined,
-    checkpoint: () => undefined,
   });
 }
 

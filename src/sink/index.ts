@@ -2,7 +2,8 @@ import type { BackoffConfig, SinkConfig } from '../config/config.js';
 import { SinkError } from '../errors.js';
 import type { Health } from '../observability/health.js';
 import { retry, worthLogging } from '../retry.js';
-import type { Position, Sink } from '../interfaces.js';
+import { PublishedUpTo } from '../checkpoint/published.js';
+import type { Sink } from '../interfaces.js';
 import { LabelLimiter, MAX_DESTINATION_LABELS, OTHER } from '../observability/labels.js';
 import type { Logger } from '../observability/logger.js';
 
@@ -15,12 +16,14 @@ export interface SinkStatus {
   transaction(result: 'committed' | 'aborted'): void;
   /** Exactly-once: another producer took our transactional id. */
   fenced(): void;
-  /** Exactly-once: the checkpoint Kafka holds now. */
-  checkpoint(position: Position): void;
 }
 
-/** Builds the configured sink once its owner can receive its status. */
-export type SinkFactory = (status: SinkStatus) => Sink;
+/**
+ * Builds the configured sink once its owner can receive its status. `published` is the relay's
+ * one holder of the exactly-once position: the exactly-once sink keeps it, the ingest reads it.
+ * A command that only connects the sink (doctor) passes none.
+ */
+export type SinkFactory = (status: SinkStatus, published?: PublishedUpTo) => Sink;
 
 /**
  * Loads the configured sink's module, and with it only that broker's client library: kafkajs and
@@ -38,7 +41,8 @@ export async function loadSink(cfg: SinkConfig, slot: string, needDeadLetter: bo
             'exactly-once publishes on the main thread; sink.kafka.workers applies to at-least-once',
           );
         const { KafkaExactlyOnceSink } = await import('./kafka-exactly-once.js');
-        return (status) => new KafkaExactlyOnceSink(cfg.kafka, slot, log, (up) => status.connection(up), status);
+        return (status, published = new PublishedUpTo()) =>
+          new KafkaExactlyOnceSink(cfg.kafka, slot, published, log, (up) => status.connection(up), status);
       }
       if (cfg.kafka.workers > 0 && cfg.kafka.compression === 'none') {
         const { KafkaWorkerSink } = await import('./kafka-workers.js');

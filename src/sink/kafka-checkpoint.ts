@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import type kafkajs from 'kafkajs';
 import { SinkError } from '../errors.js';
-import type { OutboxMessage, Position, SourceIdentity } from '../interfaces.js';
+import type { OutboxMessage, Position, SourceIdentity, StoredPosition } from '../interfaces.js';
 import { formatLsn, parseLsn } from '../lsn.js';
 import { classify, protocolErrorType } from './kafka-client.js';
 import { internalCluster } from './kafkajs-speedups.js';
@@ -9,8 +9,8 @@ import { internalCluster } from './kafkajs-speedups.js';
 /**
  * The exactly-once checkpoint (docs/adr/0009): one record per committed Kafka transaction, in a
  * compacted topic, partition 0, written inside the transaction it describes. Its key names the
- * slot and the database; its value the position of the transaction's last event and the
- * transactional id that wrote it.
+ * slot and the database; its value the position of the transaction's last event, the timeline
+ * that position is on, and the transactional id that wrote it.
  *
  * Reading it back needs an exact end: every record of ours that is committed, none that is not.
  * kafkajs's consumer cannot say where a read_committed partition ends (its batches report the
@@ -21,56 +21,68 @@ import { internalCluster } from './kafkajs-speedups.js';
  * check below fails loudly should that change.
  */
 
+/** The database a checkpoint belongs to: the cluster's system identifier and the database's name. */
+export type DatabaseRef = Pick<SourceIdentity, 'systemId' | 'database'>;
+
 export interface CheckpointRecord {
   readonly key: string;
   readonly transactionalId: string;
   readonly slot: string;
-  readonly source: SourceIdentity;
-  readonly position: Position;
+  readonly source: DatabaseRef;
+  /** With its timeline: null in a version 1 record, written before records carried one. */
+  readonly position: StoredPosition;
 }
 
-/** The record's key: the slot and the database it reads, `<slot>@<system id>/<database>`. */
-export function checkpointKey(slot: string, source: SourceIdentity): string {
+/**
+ * The record's key: the slot and the database it reads, `<slot>@<system id>/<database>`. Not the
+ * timeline: compaction keeps one record per key, and the last one must be found after a failover.
+ */
+export function checkpointKey(slot: string, source: DatabaseRef): string {
   return `${slot}@${source.systemId}/${source.database}`;
 }
 
-export function encodeCheckpoint(r: Omit<CheckpointRecord, 'key'>): string {
+/**
+ * Version 2: version 1's fields and `timeline`, the timeline the position is on. Without it a
+ * position cannot be compared safely after a promotion (docs/adr/0009). A relay of an earlier
+ * release reads a version 2 record as no checkpoint, and publishes again from its slot.
+ */
+export function encodeCheckpoint(
+  r: Omit<CheckpointRecord, 'key' | 'source' | 'position'> & { source: DatabaseRef & { timeline: number }; position: Position },
+): string {
   return JSON.stringify({
-    v: 1,
+    v: 2,
     transactionalId: r.transactionalId,
     slot: r.slot,
     systemId: r.source.systemId,
     database: r.source.database,
+    timeline: r.source.timeline,
     lsn: formatLsn(r.position.commitLsn),
     index: r.position.index,
   });
 }
 
-/** A checkpoint record, or null for anything else (a tombstone, a record not ours to read). */
+/**
+ * A checkpoint record, or null for anything else (a tombstone, a record not ours to read). A
+ * version 1 record (no timeline) reads with timeline null: its position compares only where every
+ * timeline of the current history shares the WAL (checkpoint/origin.ts).
+ */
 export function decodeCheckpoint(key: string, value: Buffer | null): CheckpointRecord | null {
   if (value === null) return null;
   try {
     const v = JSON.parse(value.toString('utf8')) as Record<string, unknown>;
-    if (v.v !== 1 || typeof v.lsn !== 'string' || !Number.isSafeInteger(v.index)) return null;
+    if ((v.v !== 1 && v.v !== 2) || typeof v.lsn !== 'string' || !Number.isSafeInteger(v.index)) return null;
+    const timeline = v.v === 2 ? v.timeline : null;
+    if (timeline !== null && !(Number.isSafeInteger(timeline) && (timeline as number) >= 1)) return null;
     return {
       key,
       transactionalId: String(v.transactionalId),
       slot: String(v.slot),
       source: { systemId: String(v.systemId), database: String(v.database) },
-      position: { commitLsn: parseLsn(v.lsn), index: v.index as number },
+      position: { commitLsn: parseLsn(v.lsn), index: v.index as number, timeline: timeline as number | null },
     };
   } catch {
     return null;
   }
-}
-
-/** a after b (a later event)? A null position is before everything. */
-export function isAfter(a: Position, b: Position | null): boolean {
-  return b === null || a.commitLsn > b.commitLsn || (a.commitLsn === b.commitLsn && a.index > b.index);
-}
-
-export function describePosition(p: Position | null): string {
-  return p === null ? 'none' : `${formatLsn(p.commitLsn)}#${p.index}`;
 }
 
 const READ_UNCOMMITTED = 0;
@@ -244,7 +256,7 @@ export function positionOf(m: OutboxMessage): Position {
   return { commitLsn: m.txn.commitLsn, index: m.index };
 }
 
-/** The checkpoint record for `p`, as one more topic of a transaction's send. */
+/** The checkpoint record for `p`, a position on `source`'s timeline, as one more topic of a transaction's send. */
 export function checkpointMessage(
   topic: string,
   transactionalId: string,
@@ -264,7 +276,7 @@ export function checkpointMessage(
  */
 export function foreignCheckpoint(
   found: { mine: CheckpointRecord | null; sameTransactionalId: CheckpointRecord[] },
-  source: SourceIdentity,
+  source: DatabaseRef,
   topic: string,
   transactionalId: string,
 ): SinkError | null {

@@ -1,21 +1,15 @@
 import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
 import type kafkajs from 'kafkajs';
+import { type PublishedUpTo, describePosition } from '../checkpoint/published.js';
 import type { KafkaSinkConfig } from '../config/config.js';
-import { FencedError, type PoisonError, SinkError } from '../errors.js';
-import type { DeadLetter, OutboxMessage, Position, PublishOutcome, Sink, SourceIdentity } from '../interfaces.js';
+import { type PoisonError, SinkError } from '../errors.js';
+import type { DeadLetter, OutboxMessage, Position, PublishOutcome, Sink, SinkSession } from '../interfaces.js';
 import type { Logger } from '../observability/logger.js';
 import type { DeadLetterForm } from './dead-letter.js';
 import type { SinkStatus } from './index.js';
-import {
-  checkpointKey,
-  checkpointMessage,
-  describePosition,
-  foreignCheckpoint,
-  isAfter,
-  positionOf,
-  readCheckpoints,
-} from './kafka-checkpoint.js';
+import { checkpointKey, checkpointMessage, foreignCheckpoint, positionOf, readCheckpoints } from './kafka-checkpoint.js';
 import * as client from './kafka-client.js';
+import { TransactionalId } from './kafka-transactional-id.js';
 import { kafkajsPartitionOf } from './kafkajs-speedups.js';
 
 /**
@@ -28,18 +22,21 @@ const PAUSE_AFTER_COMMIT_MS = Number(process.env.OUTBOXD_TEST_PAUSE_AFTER_COMMIT
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** What the exactly-once sink reports besides the connection (metrics). */
-export type TransactionEvents = Pick<SinkStatus, 'transaction' | 'fenced' | 'checkpoint'>;
+export type TransactionEvents = Pick<SinkStatus, 'transaction' | 'fenced'>;
 
 /**
  * Kafka exactly once (docs/adr/0009). Each pipeline batch is one Kafka transaction: its messages
- * and a checkpoint record, the position (commit LSN, index) of its last event, in the compacted
- * checkpoint topic. A read_committed consumer sees a batch whole, with its checkpoint, or not at
- * all; on every start the relay reads the checkpoint and skips every event at or before it, so a
- * crash anywhere (also between the Kafka commit and the slot confirm) publishes nothing twice.
+ * and a checkpoint record, the position (commit LSN, index, timeline) of its last event, in the
+ * compacted checkpoint topic. A read_committed consumer sees a batch whole, with its checkpoint,
+ * or not at all; on every start the relay reads the checkpoint and skips every event it proves
+ * published (PublishedUpTo), so a crash anywhere (also between the Kafka commit and the slot
+ * confirm) publishes nothing twice, and a failover to a standby that was behind skips nothing new.
  *
  * - Fencing: the producer's InitProducerId (at the start of every replication session, after the
  *   relay took the leader lock) bumps the epoch of `transactionalId`; a relay still holding the
- *   old epoch gets a fenced error on its next request and stops (FencedError, exit code 5).
+ *   old epoch gets a fenced error on its next request. Before it publishes or fences anything
+ *   again it must prove it still holds the leader lock (kafka-transactional-id.ts); a relay that
+ *   cannot stops (FencedError, exit code 5).
  * - Failures: any error inside a transaction aborts it; the pipeline retries the batch whole. A
  *   commit whose answer was lost may or may not have committed: the next attempt re-fences
  *   (which settles it) and re-reads the checkpoint before publishing anything.
@@ -51,88 +48,78 @@ export class KafkaExactlyOnceSink implements Sink {
   readonly type = 'kafka' as const;
   private readonly kafka: kafkajs.Kafka;
   private readonly transactionalId: string;
-  private producer: kafkajs.Producer | null = null;
-  /** The producer has fenced every earlier holder of the id (InitProducerId), this session. */
-  private initialized = false;
+  private readonly id: TransactionalId;
   private readonly topics: client.TopicCheck;
-  private source: SourceIdentity | null = null;
-  /** The last checkpoint known committed: events at or before it are in Kafka already. */
-  private committed: Position | null = null;
-  /** A commit's outcome is unknown: fence and re-read the checkpoint before the next publish. */
-  private unsure = false;
-  private fencedBy: FencedError | null = null;
-  private stopReporting: () => void = () => undefined;
-  /** When the current transaction began (a fenced answer after transactionTimeout is our own timeout). */
-  private txnStartedAt: number | null = null;
+  /** The replication session this sink publishes for, from its readCheckpoint on. */
+  private session: SinkSession | null = null;
 
   constructor(
     private readonly cfg: KafkaSinkConfig,
     private readonly slot: string,
+    /** The relay's one holder of the exactly-once position: read into at each session, advanced at each commit. */
+    private readonly published: PublishedUpTo,
     private readonly log: Logger,
     private readonly onConnection: (up: boolean) => void = () => undefined,
-    private readonly events: TransactionEvents = { transaction: () => undefined, fenced: () => undefined, checkpoint: () => undefined },
+    private readonly events: TransactionEvents = { transaction: () => undefined, fenced: () => undefined },
   ) {
     this.kafka = client.createKafka(cfg, log);
     this.topics = new client.TopicCheck(this.kafka, cfg);
     this.transactionalId = cfg.transactionalId;
+    this.id = new TransactionalId(cfg.transactionalId, cfg.transactionTimeoutMs, {
+      connect: async () => {
+        const producer = await client.connectProducer(this.kafka, cfg, onConnection, {
+          // Quick retries inside a transaction. The next transaction's first request often meets
+          // CONCURRENT_TRANSACTIONS while the broker writes the previous one's markers (a
+          // millisecond or two); kafkajs's default wait (200 ms) would cost that much per batch,
+          // and even 10 ms was most of a transaction's time at 2,000 tx/s (bench latency). Waits
+          // of 2, 3, 4.5, … ms, about 0.5 s in all: a transaction must not outlive
+          // transactionTimeout in kafkajs's retries, the pipeline retries it whole.
+          retry: { retries: 12, initialRetryTime: 2, multiplier: 1.5, maxRetryTime: 2_000 },
+          transactionalId: cfg.transactionalId,
+          transactionTimeout: cfg.transactionTimeoutMs,
+        });
+        onConnection(true);
+        return producer;
+      },
+      disconnected: () => onConnection(false),
+      fenced: () => events.fenced(),
+    });
   }
 
   /** Connects a producer, without InitProducerId: a standby must not fence the leader. */
   async connect(): Promise<void> {
-    await this.getProducer();
+    await this.id.get();
     this.onConnection(true);
-  }
-
-  private async getProducer(): Promise<kafkajs.Producer> {
-    if (this.fencedBy) throw this.fencedBy;
-    if (this.producer) return this.producer;
-    const producer = await client.connectProducer(this.kafka, this.cfg, this.onConnection, {
-      // Quick retries inside a transaction. The next transaction's first request often meets
-      // CONCURRENT_TRANSACTIONS while the broker writes the previous one's markers (a millisecond
-      // or two); kafkajs's default wait (200 ms) would cost that much per batch, and even 10 ms
-      // was most of a transaction's time at 2,000 tx/s (bench latency). Waits of 2, 3, 4.5, …
-      // ms, about 0.5 s in all: a transaction must not outlive transactionTimeout in kafkajs's
-      // retries, the pipeline retries it whole.
-      retry: { retries: 12, initialRetryTime: 2, multiplier: 1.5, maxRetryTime: 2_000 },
-      transactionalId: this.transactionalId,
-      transactionTimeout: this.cfg.transactionTimeoutMs,
-    });
-    // A producer we drop on purpose (drop()) stops reporting first: only the broker's doing counts.
-    this.stopReporting = producer.on(producer.events.DISCONNECT, () => this.onConnection(false));
-    this.producer = producer;
-    this.initialized = false;
-    this.onConnection(true);
-    return producer;
   }
 
   /**
-   * Takes the transactional id (fencing any other holder) and reads this source's checkpoint.
-   * The fence comes first: it settles the previous holder's last transaction (committed or
-   * aborted), so the read that follows is final.
+   * Takes the transactional id (fencing any other holder) and reads this source's checkpoint into
+   * `published`. The fence comes first: it settles the previous holder's last transaction
+   * (committed or aborted), so the read that follows is final. The session's relay holds the
+   * leader lock here (the session calls this after taking it).
    */
-  async readCheckpoint(source: SourceIdentity): Promise<Position | null> {
-    this.source = source;
+  async readCheckpoint(session: SinkSession): Promise<void> {
+    const source = session.source;
+    this.session = session;
     const key = checkpointKey(this.slot, source);
     // Before fencing anyone: is this id another database's? Then fencing would stop that relay.
     // (Up to the stable offset only: the previous holder's open transaction ends with our fence.)
     const foreign = foreignCheckpoint(await this.read(key, 'stable'), source, this.cfg.checkpointTopic, this.transactionalId);
     if (foreign) throw foreign;
-    await this.reset();
-    await this.fence();
+    await this.id.takeOver();
     const { mine } = await this.read(key);
-    this.committed = mine?.position ?? null;
-    this.unsure = false;
-    if (this.committed) this.events.checkpoint(this.committed);
+    this.published.restart(source, mine?.position ?? null);
+    this.id.settled();
     this.log.info(
       {
         checkpointTopic: this.cfg.checkpointTopic,
         key,
-        checkpoint: describePosition(this.committed),
+        checkpoint: describePosition(mine?.position ?? null),
+        timeline: source.timeline,
         transactionalId: this.transactionalId,
       },
       mine ? 'exactly-once: resuming after the checkpoint' : 'exactly-once: no checkpoint yet; every event from the slot on is published',
     );
-    return this.committed;
   }
 
   private read(key: string, to: 'log-end' | 'stable' = 'log-end') {
@@ -146,31 +133,18 @@ export class KafkaExactlyOnceSink implements Sink {
     );
   }
 
-  /** InitProducerId: from here on this producer holds the id; the previous holder is fenced. */
-  private async fence(): Promise<kafkajs.Producer> {
-    const producer = await this.getProducer();
-    if (this.initialized) return producer;
-    try {
-      // kafkajs sends InitProducerId with a producer's first transaction. Nothing is added to
-      // this one, so its abort sends nothing.
-      const txn = await producer.transaction();
-      await txn.abort();
-    } catch (err) {
-      throw this.failure(err, `taking transactional id "${this.transactionalId}"`);
-    }
-    this.initialized = true;
-    return producer;
-  }
-
   check(m: OutboxMessage): PoisonError | null {
     return client.checkMessage(this.cfg, m);
   }
 
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     await this.settleDoubt();
-    // After a commit whose answer was lost: what the re-read checkpoint covers is in Kafka already.
+    // After a re-read, part of the batch may be in Kafka already: what the checkpoint proves is.
     const pending: number[] = [];
-    for (let i = 0; i < batch.length; i++) if (isAfter(positionOf(batch[i] as OutboxMessage), this.committed)) pending.push(i);
+    for (let i = 0; i < batch.length; i++) {
+      const m = batch[i] as OutboxMessage;
+      if (this.published.judge(m.txn.commitLsn, m.index) !== 'published') pending.push(i);
+    }
     if (pending.length === 0) return { poisoned: [] };
     const messages = pending.length === batch.length ? batch : pending.map((i) => batch[i] as OutboxMessage);
     const failedAt = await this.transact(messages);
@@ -208,24 +182,27 @@ export class KafkaExactlyOnceSink implements Sink {
    * transaction is aborted). Rejects with a SinkError for anything else (aborted too).
    */
   private async transact(messages: readonly OutboxMessage[], single = false): Promise<number | null> {
-    const producer = await this.fence();
+    // After a failure inside this publish (isolate), the id is taken again only by the proven
+    // leader, and the checkpoint re-read: should it now cover part of these, the batch is retried
+    // whole, and publish() leaves out what it covers.
+    if ((await this.settleDoubt()) && messages.some((m) => this.published.judge(m.txn.commitLsn, m.index) === 'published')) {
+      throw new SinkError('checkpoint_moved', 'publishing to Kafka: the checkpoint, re-read, covers part of the batch; retrying it', {
+        retriable: true,
+      });
+    }
     const last = messages[messages.length - 1] as OutboxMessage;
     const checkpoint = positionOf(last);
     const parts = single ? [messages.map((m, index) => ({ index, m }))] : client.chunks(messages, this.cfg.maxMessageBytes);
     let txn: kafkajs.Transaction | null = null;
     try {
-      txn = await producer.transaction();
-      this.txnStartedAt = Date.now();
+      txn = await this.id.begin();
       for (let p = 0; p < parts.length; p++) {
         const part = parts[p] as Array<{ index: number; m: OutboxMessage }>;
         const topics = client.topicMessages(part.map((c) => c.m));
         // The checkpoint goes with the first send: its partition joins the transaction in the
         // same AddPartitionsToTxn as the first messages' (one round trip, not two). Where in the
         // transaction it sits does not matter; that it commits with the messages does.
-        if (p === 0)
-          topics.push(
-            checkpointMessage(this.cfg.checkpointTopic, this.transactionalId, this.slot, this.source as SourceIdentity, checkpoint),
-          );
+        if (p === 0) topics.push(this.checkpointRecord(checkpoint));
         try {
           await txn.sendBatch({ acks: -1, compression: client.compressionOf(this.cfg), topicMessages: topics });
         } catch (err) {
@@ -242,10 +219,16 @@ export class KafkaExactlyOnceSink implements Sink {
       }
     } catch (err) {
       if (txn) await this.abort(txn);
-      throw this.failure(err, 'publishing to Kafka');
+      throw this.id.failure(err, 'publishing to Kafka');
     }
     await this.commit(txn, checkpoint);
     return null;
+  }
+
+  /** The checkpoint record of `p`, an event of this session: on its server's timeline. */
+  private checkpointRecord(p: Position): kafkajs.TopicMessages {
+    const session = this.session as SinkSession;
+    return checkpointMessage(this.cfg.checkpointTopic, this.transactionalId, this.slot, session.source, p);
   }
 
   private async commit(txn: kafkajs.Transaction, checkpoint: Position): Promise<void> {
@@ -254,13 +237,13 @@ export class KafkaExactlyOnceSink implements Sink {
       await txn.commit();
     } catch (err) {
       // The broker may have committed before the answer was lost: settle it before going on.
-      this.unsure = true;
-      await this.drop();
-      throw this.failure(err, 'committing the Kafka transaction');
+      this.id.doubtCommit();
+      const failure = this.id.failure(err, 'committing the Kafka transaction');
+      await this.id.drop();
+      throw failure;
     }
-    this.committed = checkpoint;
+    this.published.advance(checkpoint);
     this.events.transaction('committed');
-    this.events.checkpoint(checkpoint);
     if (PAUSE_AFTER_COMMIT_MS > 0) await pause(PAUSE_AFTER_COMMIT_MS);
   }
 
@@ -268,26 +251,38 @@ export class KafkaExactlyOnceSink implements Sink {
   private async abort(txn: kafkajs.Transaction): Promise<void> {
     this.events.transaction('aborted');
     if (txn.isActive()) await txn.abort().catch(() => undefined);
-    await this.drop();
+    await this.id.drop();
   }
 
-  /** Before publishing after an unknown commit outcome: fence (which settles it), re-read. */
-  private async settleDoubt(): Promise<void> {
-    if (this.source === null) {
+  /**
+   * Before publishing after a failure (a dropped producer, an unknown commit outcome, a fenced
+   * error): prove the lead, fence (which settles an unknown commit), re-read the checkpoint
+   * (TransactionalId.settle). Resolves true when it re-read.
+   */
+  private async settleDoubt(): Promise<boolean> {
+    const session = this.session;
+    if (session === null) {
       throw new SinkError('client_error', 'exactly-once sink: publish before the checkpoint was read', { retriable: false });
     }
-    if (!this.unsure) return;
-    await this.fence();
-    const { mine } = await this.read(checkpointKey(this.slot, this.source)).catch((err: unknown) => {
-      // The topic was there when the session started: missing now is the broker's moment.
-      if (err instanceof SinkError && !err.retriable && err.reason === 'checkpoint_topic_missing') {
-        throw new SinkError(err.reason, err.message, { retriable: true, cause: err });
+    const doubt = this.id.inDoubt;
+    if (doubt === 'none') return false;
+    return this.id.settle(session.stillLeader, async () => {
+      const { mine } = await this.read(checkpointKey(this.slot, session.source)).catch((err: unknown) => {
+        // The topic was there when the session started: missing now is the broker's moment.
+        if (err instanceof SinkError && !err.retriable && err.reason === 'checkpoint_topic_missing') {
+          throw new SinkError(err.reason, err.message, { retriable: true, cause: err });
+        }
+        throw err;
+      });
+      this.published.restart(session.source, mine?.position ?? null);
+      // Quiet after a plain failure (the pipeline already warned of it); said after a doubt.
+      if (doubt !== 'dropped') {
+        this.log.info(
+          { checkpoint: describePosition(mine?.position ?? null) },
+          `exactly-once: checkpoint re-read as the leader after ${doubt === 'fenced' ? 'a fenced error' : 'an uncertain commit'}`,
+        );
       }
-      throw err;
     });
-    this.log.info({ checkpoint: describePosition(mine?.position ?? null) }, 'exactly-once: checkpoint re-read after an uncertain commit');
-    this.committed = mine?.position ?? null;
-    this.unsure = false;
   }
 
   /**
@@ -297,21 +292,19 @@ export class KafkaExactlyOnceSink implements Sink {
   async publishDeadLetter(letter: DeadLetter): Promise<void> {
     await this.settleDoubt();
     const at: Position = { commitLsn: letter.txn.commitLsn, index: letter.index };
-    if (!isAfter(at, this.committed)) return;
+    if (this.published.judge(at.commitLsn, at.index) === 'published') return;
     const sent: { txn: kafkajs.Transaction | null } = { txn: null };
     const send = async (form: DeadLetterForm): Promise<void> => {
-      const producer = await this.fence();
+      // A form the broker refused dropped the producer: take the id again as the proven leader.
+      if ((await this.settleDoubt()) && this.published.judge(at.commitLsn, at.index) === 'published') return;
       let txn: kafkajs.Transaction | null = null;
       try {
-        txn = await producer.transaction();
-        this.txnStartedAt = Date.now();
-        const message = { key: letter.key, value: form.body, headers: form.headers };
+        txn = await this.id.begin();
+        // The form's key, not the letter's: the smallest form leaves out a key too large to carry.
+        const message = { key: form.key, value: form.body, headers: form.headers };
         await txn.sendBatch({
           acks: -1,
-          topicMessages: [
-            { topic: this.cfg.deadLetterTopic, messages: [message] },
-            checkpointMessage(this.cfg.checkpointTopic, this.transactionalId, this.slot, this.source as SourceIdentity, at),
-          ],
+          topicMessages: [{ topic: this.cfg.deadLetterTopic, messages: [message] }, this.checkpointRecord(at)],
         });
         sent.txn = txn;
       } catch (err) {
@@ -319,44 +312,13 @@ export class KafkaExactlyOnceSink implements Sink {
         throw err;
       }
     };
-    await client.sendDeadLetter(this.cfg, letter, this.topics, send, (err, doing) => this.failure(err, doing));
+    await client.sendDeadLetter(this.cfg, letter, this.topics, send, (err, doing) => this.id.failure(err, doing));
     if (sent.txn) await this.commit(sent.txn, at);
-  }
-
-  /** kafkajs error → SinkError; a fenced producer → FencedError, remembered: nothing more goes out. */
-  private failure(err: unknown, doing: string): SinkError {
-    if (err instanceof FencedError) return err;
-    if (client.isFenced(err) && this.txnStartedAt !== null && Date.now() - this.txnStartedAt >= this.cfg.transactionTimeoutMs) {
-      // The broker aborts a transaction open longer than transactionTimeout and bumps the epoch
-      // itself: the same answer as a fence, but our own doing. Retry on a fresh producer.
-      return new SinkError(
-        'transaction_timeout',
-        `${doing}: the broker aborted the transaction, open for longer than sink.kafka.transactionTimeout (${this.cfg.transactionTimeoutMs} ms)`,
-        { retriable: true, cause: err },
-      );
-    }
-    if (client.isFenced(err)) {
-      this.fencedBy ??= new FencedError(
-        `${doing}: fenced: another producer took transactional id "${this.transactionalId}" (a second relay, or a standby that took over); stopping without publishing more`,
-        err,
-      );
-      this.events.fenced();
-      return this.fencedBy;
-    }
-    return client.classify(err, doing);
   }
 
   /** After a failed publish: a fresh producer (fenced again before use). */
   async reset(): Promise<void> {
-    await this.drop();
-  }
-
-  private async drop(): Promise<void> {
-    const p = this.producer;
-    this.producer = null;
-    this.initialized = false;
-    this.stopReporting();
-    if (p) await p.disconnect().catch(() => undefined);
+    await this.id.drop();
   }
 
   partitionOf(m: OutboxMessage): number | null {
@@ -364,7 +326,7 @@ export class KafkaExactlyOnceSink implements Sink {
   }
 
   async close(): Promise<void> {
-    await this.drop();
+    await this.id.close();
     await this.topics.close();
   }
 }

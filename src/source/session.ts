@@ -1,6 +1,6 @@
 import type { Watermark } from '../checkpoint/watermark.js';
 import type { Config } from '../config/config.js';
-import type { Position, SourceIdentity } from '../interfaces.js';
+import type { SinkSession } from '../interfaces.js';
 import { ConfigError, type OutboxdError, PoisonError, SlotBusyError, SlotError } from '../errors.js';
 import { ZERO_LSN, formatLsn } from '../lsn.js';
 import { Pruner } from '../outbox/prune.js';
@@ -12,7 +12,7 @@ import type { Ingest } from '../pipeline/ingest.js';
 import type { Pipeline } from '../pipeline/pipeline.js';
 import { retry, worthLogging } from '../retry.js';
 import { AdminConnection } from './admin.js';
-import { awaitLeaderLock, tryLeaderLock } from './leader.js';
+import { LeaderLock } from './leader.js';
 import { SlotMonitor } from './monitor.js';
 import { classifyPgError } from './pg-errors.js';
 import { checkWalLevel, ensurePublication } from './publication.js';
@@ -30,10 +30,11 @@ export interface SourceEvents {
   /** The progress watchdog (monitor.ts): the slot's confirmed position stands still, or moves again. */
   onStuck?(stuck: boolean, unchangedMs: number, detail: string): void;
   /**
-   * Exactly-once: where the broker's copy of this source ends (its checkpoint), asked before each
-   * session streams; every event at or before it is skipped. Absent for at-least-once sinks.
+   * Exactly-once: the sink takes each session before it streams, and reads where the broker's
+   * copy of this source ends (its checkpoint) into the relay's PublishedUpTo, which decides what
+   * the session skips. Absent for at-least-once sinks.
    */
-  resumePoint?: ((source: SourceIdentity) => Promise<Position | null>) | undefined;
+  resumePoint?: ((session: SinkSession) => Promise<void>) | undefined;
 }
 
 /**
@@ -44,6 +45,8 @@ export interface SourceEvents {
  */
 export class Source {
   private readonly admin: AdminConnection;
+  /** The leader lock, on the admin connection: exactly-once asks it before fencing back (SinkSession.stillLeader). */
+  private readonly lock: LeaderLock;
   private readonly monitor: SlotMonitor;
   /** Pruning and the confirmed epoch (outbox/prune.ts), when configured: on the leader, while it streams. */
   private readonly pruner: Pruner | null;
@@ -60,10 +63,11 @@ export class Source {
     private readonly events: SourceEvents,
   ) {
     this.admin = new AdminConnection(cfg.postgres, log.child({ module: 'admin' }));
+    this.lock = new LeaderLock(cfg.postgres.slot, () => this.admin.get(), cfg.postgres.statementTimeoutMs);
     // The lock lives on the admin connection. If that one ends while we stream, the slot stays
     // ours (Postgres refuses a second consumer of an active slot); take the lock back anyway.
     this.admin.onReopen = async (client) => {
-      if (!(await tryLeaderLock(client, cfg.postgres.slot))) {
+      if (!(await this.lock.tryTake(client))) {
         this.log.warn('leader lock is held elsewhere after an admin reconnect; the slot stays ours while the stream lives');
       }
     };
@@ -121,10 +125,10 @@ export class Source {
   private async session(signal: AbortSignal, progress: () => void): Promise<void> {
     const pgc = this.cfg.postgres;
     const admin = await this.admin.get();
-    if (!(await tryLeaderLock(admin, pgc.slot))) {
+    if (!(await this.lock.tryTake(admin))) {
       this.events.onState('standby');
       this.log.info({ slot: pgc.slot }, 'another instance leads this slot; waiting as standby');
-      await awaitLeaderLock(admin, pgc.slot, pgc.statementTimeoutMs, signal);
+      await this.lock.await(admin, pgc.statementTimeoutMs, signal);
       this.log.info({ slot: pgc.slot }, 'took over as leader');
     }
     // Each step's own timeouts (statement, lock, slot creation) end it well within its bound:
@@ -164,7 +168,6 @@ export class Source {
     // published first, so the watermark's bookkeeping can start over cleanly.
     if (!(await this.pipeline.whenIdle(signal))) return;
     const start = slot.confirmedFlushLsn ?? ZERO_LSN;
-    this.watermark.reset(start);
     this.ingest.resetSession();
     const resumePoint = this.events.resumePoint;
     const stream = new ReplicationStream(
@@ -174,10 +177,13 @@ export class Source {
       this.ingest,
       this.watermark,
       this.log.child({ module: 'source' }),
-      resumePoint &&
-        (async (source) => {
-          this.ingest.resumeAfter = await resumePoint(source);
-        }),
+      async (source, slotLsn) => {
+        // Every position of this session is of the server the stream reached: the watermark starts
+        // from the slot's position there, never from an earlier session's (Watermark.reset), and
+        // the exactly-once checkpoint is judged against this server's timeline (PublishedUpTo).
+        this.watermark.reset(slotLsn ?? start, source);
+        await resumePoint?.({ source, stillLeader: () => this.lock.held() });
+      },
     );
     this.stream = stream;
     try {
@@ -185,7 +191,7 @@ export class Source {
         stream.start(),
       );
       this.metrics.connectionState.set({ target: 'postgres' }, 1);
-      this.log.info({ slot: pgc.slot, from: formatLsn(start) }, 'streaming');
+      this.log.info({ slot: pgc.slot, from: formatLsn(this.watermark.lsn), timeline: this.watermark.origin?.timeline }, 'streaming');
       progress();
       this.events.onState('streaming');
       this.monitor.start();

@@ -7,6 +7,7 @@ import { type Lsn, lsnFromWords } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import { coalesceReads } from './coalesce.js';
 import { connectReplication, hostOf } from './connect.js';
+import { identifySource, slotPosition } from './identity.js';
 import { classifyPgError } from './pg-errors.js';
 import { PgoutputDecoder, type PgoutputHandler, type TableInterest } from './pgoutput.js';
 import { type CopyConnection, StartReplication, standbyStatusUpdate } from './replication-protocol.js';
@@ -65,8 +66,12 @@ export class ReplicationStream {
     private readonly handler: ChangeHandler,
     private readonly watermark: Watermark,
     private readonly log: Logger,
-    /** Runs once connected, before START_REPLICATION, with the database IDENTIFY_SYSTEM names. */
-    private readonly beforeStart?: (source: SourceIdentity) => Promise<void>,
+    /**
+     * Runs once connected, before START_REPLICATION, with what this connection reaches: the
+     * database, its server's timeline and history (identity.ts), and the slot's confirmed position
+     * there (null for none). The session starts its positions from these.
+     */
+    private readonly beforeStart?: (source: SourceIdentity, slotLsn: Lsn | null) => Promise<void>,
   ) {
     this.decoder = new PgoutputDecoder(handler);
     this.ended = new Promise<void>((resolve, reject) => {
@@ -98,7 +103,10 @@ export class ReplicationStream {
     client.on('end', () => this.end(this.stopped ? null : new PgConnectionError('replication stream: connection terminated')));
     try {
       await rawTextInSqlAscii(client);
-      if (this.beforeStart) await this.beforeStart(await identifySystem(client));
+      if (this.beforeStart) {
+        const source = await identifySource(client, this.log);
+        await this.beforeStart(source, await slotPosition(client, this.cfg.slot));
+      }
     } catch (err) {
       this.end(err instanceof SinkError ? err : classifyPgError(err, 'starting replication'));
       await this.ended;
@@ -305,12 +313,4 @@ export class ReplicationStream {
 async function rawTextInSqlAscii(client: pg.Client): Promise<void> {
   const { rows } = await client.query<{ server_encoding: string }>('SHOW server_encoding');
   if (rows[0]?.server_encoding === 'SQL_ASCII') await client.query("SET client_encoding = 'SQL_ASCII'");
-}
-
-/** The cluster's system identifier and the database, as the replication connection sees them. */
-async function identifySystem(client: pg.Client): Promise<SourceIdentity> {
-  const { rows } = await client.query<{ systemid: string; dbname: string | null }>('IDENTIFY_SYSTEM');
-  const row = rows[0];
-  if (!row?.dbname) throw new OutboxdError('PG_PROTOCOL', 'IDENTIFY_SYSTEM named no database');
-  return { systemId: String(row.systemid), database: row.dbname };
 }

@@ -179,6 +179,91 @@ describe('exactly-once → kafka', () => {
     expect(r.violations).toEqual([]);
   }, 240_000);
 
+  it('a zombie leader (issue 21, finding 7): paused mid-transaction past transactionTimeout while a standby took over, it exits 5 without fencing back or publishing; the new leader runs on; each event once', async () => {
+    // A short transactionTimeout, so that the pause outlives it: the paused leader's fenced
+    // answer then looks like its own timeout (the broker aborts a transaction open that long).
+    await using b = await eos({ sinkExtra: '    transactionTimeout: 3s\n' });
+    const leader = b.startOn(await getFreePort(), { OUTBOXD_TEST_PAUSE_BEFORE_COMMIT_MS: '500' });
+    await leader.ready();
+    const standby = b.startOn(await getFreePort());
+    await until('the standby', async () => (await standby.http('/readyz').catch(() => ({ body: '' }))).body.includes('standby'), 20_000);
+    const first = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types, batch: 100 });
+    await until('the leader mid-transaction', async () => (await leader.metric('outboxd_inflight_messages')) > 0, 30_000, 20);
+    leader.kill('SIGSTOP');
+    const pausedAt = Date.now();
+    // The paused leader's sessions hold the slot and the leader lock; end them, as a hung pod's
+    // would end on their own (wal_sender_timeout, TCP keepalives).
+    const holders = await slotHolders(b);
+    expect(holders.length).toBeGreaterThan(0);
+    await b.db.client.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [holders]);
+    await standby.ready(60_000);
+    const second = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types, batch: 100, keyPrefix: 'second-' });
+    // The new leader has published the paused leader's batch again, and more, in its own transactions.
+    await waitDelivered(
+      b.reader,
+      [...first, ...second].map((r) => r.id),
+      120_000,
+    );
+    // Well past transactionTimeout since the paused transaction began.
+    await sleep(Math.max(0, pausedAt + 5_000 - Date.now()));
+    const committedBefore = await standby.metric('outboxd_kafka_transactions_total', { result: 'committed' });
+    leader.kill('SIGCONT');
+    const code = await Promise.race([leader.exited, sleep(60_000).then(() => 'still running')]);
+    const fatal = leader.logLines().find((l) => l.level === 'fatal');
+    const newLeader = standby.child.exitCode === null ? 'running' : `exited ${standby.child.exitCode}`;
+    expect(code, `old leader: ${String(fatal?.msg ?? leader.stderr.slice(-1500))}; new leader ${newLeader}`).toBe(5);
+    expect(String(fatal?.msg)).toMatch(/fenced: another producer took transactional id .* no longer holds the slot's leader lock/);
+    // It fenced no one: it never took the id again, nor re-read the checkpoint as a leader.
+    expect(leader.stderr).not.toMatch(/checkpoint re-read after a fenced error/);
+    // The new leader goes on publishing, in new transactions, and is never fenced.
+    const third = await writeOutbox(b.db.client, { total: 1_000, keys: 100, types: b.types, keyPrefix: 'third-' });
+    const r = await deliveredExactlyOnce(b, [...first, ...second, ...third]);
+    expect(await standby.metric('outboxd_kafka_transactions_total', { result: 'committed' })).toBeGreaterThan(committedBefore);
+    expect(await standby.metric('outboxd_fenced')).toBe(0);
+    expect(standby.child.exitCode).toBeNull();
+    process.stdout.write(`[zombie leader] old leader exit ${code}; new leader running; lost=${r.lost} duplicates=${r.duplicates}\n`);
+    expect(r.lost).toBe(0);
+    expect(r.duplicates).toBe(0);
+    expect(r.violations).toEqual([]);
+  }, 240_000);
+
+  it('a dead letter whose key is too large to carry goes out in its smallest form, without the key, in a transaction of its own', async () => {
+    await using b = await eos({ onPoison: 'dead-letter' });
+    const relay = b.start();
+    await relay.ready();
+    const id = `huge-key-${b.db.slot}`;
+    // The column fits the 1 MiB value limit, the message does not: poison, and every form of its
+    // dead letter that carries the key is too large as well.
+    await b.db.client.query(
+      `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES (gen_random_uuid(), $1, $2, 'T', $3::jsonb)`,
+      [b.types[0], 'k'.repeat(1024 * 1024 - 64), JSON.stringify({ id })],
+    );
+    const after = await writeOutbox(b.db.client, { total: 10, keys: 2, types: b.types, keyPrefix: 'after-' });
+    const lastError = () =>
+      relay
+        .logLines()
+        .filter((l) => l.level === 'error' || l.level === 'fatal' || l.level === 'warn')
+        .map((l) => String(l.msg).slice(0, 300))
+        .at(-1);
+    await until(
+      'the dead letter and the rows after it',
+      async () => {
+        const got = b.reader.delivered();
+        return got.some((d) => d.headers['outboxd.error_reason'] === 'oversized') && after.every((r) => got.some((d) => d.id === r.id));
+      },
+      60_000,
+      250,
+      { abortReason: () => (relay.child.exitCode !== null ? `outboxd exited with ${relay.child.exitCode}: ${lastError()}` : undefined) },
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}; outboxd said: ${lastError()}`);
+    });
+    const letter = b.reader.delivered().find((d) => d.headers['outboxd.error_reason'] === 'oversized');
+    expect(letter?.headers['outboxd.dead_letter_shrunk']).toBe('payload,headers,key');
+    expect(letter?.key, 'no record key').toBe('');
+    expect(await relay.metric('outboxd_dead_lettered_total')).toBe(1);
+    expect(relay.child.exitCode).toBeNull();
+  }, 120_000);
+
   it('outage: the broker restarts in the middle of transactions: zero lost, zero duplicates', async () => {
     await using k = { server: await startKafka(), [Symbol.asyncDispose]: async () => k.server.destroy() };
     await using b = await eos({ kafkaBrokers: k.server.brokers.join(',') });

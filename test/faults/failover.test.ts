@@ -1,9 +1,12 @@
 import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
+import pg from 'pg';
 import { describe, expect, it } from 'vitest';
+import { createLogger } from '../../src/observability/logger.js';
+import { identifySource, walInsertPoint } from '../../src/source/identity.js';
 import { type PrimaryWithStandby, FrontDoor, startPrimaryWithStandby } from '../harness/standby.js';
-import { MAIN, sleep, until } from '../integration/support.js';
+import { MAIN, type OutboxRow, sleep, until, writeOutbox } from '../integration/support.js';
 import { type Bundle, bundle, orderAndDuplicates, uuid, waitDelivered } from './fixtures.js';
 
 /**
@@ -12,6 +15,11 @@ import { type Bundle, bundle, orderAndDuplicates, uuid, waitDelivered } from './
  * postgres.failover, rows written all along; the primary is stopped hard and the standby
  * promoted. With the slot synchronised to the standby the relay carries on from it and every
  * id arrives; without, it must not start over from "now".
+ *
+ * Then a standby that was behind (issue 21, finding 3): asynchronous, cut off from the primary's
+ * WAL while the relay goes on publishing, then promoted. Its timeline reuses LSNs the relay had
+ * already passed on the old one; rows written there must all arrive, exactly once into Kafka and
+ * at least once into RabbitMQ, on PostgreSQL 17 (failover slots) and 15 (lost-slot recovery).
  */
 
 interface Scene {
@@ -20,19 +28,41 @@ interface Scene {
   b: Bundle;
 }
 
+interface SceneOptions {
+  syncSlots: boolean;
+  onLostSlot: 'exit' | 'recover-from-outbox';
+  /** Default 17. Before 17 there are no failover slots: postgres.failover stays off. */
+  version?: 15 | 17;
+  /** Default rabbitmq; kafka publishes exactly once. */
+  kind?: 'rabbitmq' | 'kafka';
+  /**
+   * An asynchronous standby and no synchronized_standby_slots: the test can cut it off from the
+   * primary's WAL (cluster.cutOff) while the relay goes on, so that it is promoted behind.
+   */
+  behind?: boolean;
+}
+
 /**
  * A primary and standby, a front door the test's own clients go through (moved to the new
- * primary at the failover, as an HA manager moves a service address), and a RabbitMQ bundle whose
- * relay uses the multi-host URL. `await using` tears it all down, relay first.
+ * primary at the failover, as an HA manager moves a service address), and a RabbitMQ (or Kafka
+ * exactly-once) bundle whose relay uses the multi-host URL. `await using` tears it all down,
+ * relay first.
  */
-async function scene(o: { syncSlots: boolean; onLostSlot: 'exit' | 'recover-from-outbox' }): Promise<Scene & AsyncDisposable> {
+async function scene(o: SceneOptions): Promise<Scene & AsyncDisposable> {
   const stack = new AsyncDisposableStack();
+  const version = o.version ?? 17;
   try {
-    const cluster = stack.use(await startPrimaryWithStandby(17, { syncSlots: o.syncSlots }));
+    const cluster = stack.use(
+      await startPrimaryWithStandby(version, {
+        syncSlots: o.syncSlots,
+        ...(o.behind ? { synchronous: false, standbySlots: false } : {}),
+      }),
+    );
     const door = stack.use(await new FrontDoor(cluster.primary).start());
     const b = stack.use(
       await bundle({
-        kind: 'rabbitmq',
+        kind: o.kind ?? 'rabbitmq',
+        exactlyOnce: o.kind === 'kafka',
         pgUrl: door.urlFor(cluster.primary.url),
         // Recovery needs a confirmed epoch in the marker: record one every 300 ms (no pruning).
         outboxExtra: o.onLostSlot === 'recover-from-outbox' ? '  prune:\n    mode: off\n    interval: 300ms\n' : '',
@@ -42,7 +72,7 @@ async function scene(o: { syncSlots: boolean; onLostSlot: 'exit' | 'recover-from
         },
       }),
     );
-    addPostgresKeys(b, `failover: true\n  onLostSlot: ${o.onLostSlot}`);
+    addPostgresKeys(b, `failover: ${version >= 17}\n  onLostSlot: ${o.onLostSlot}`);
     const owned = stack.move();
     return { cluster, door, b, [Symbol.asyncDispose]: () => owned.disposeAsync() };
   } catch (err) {
@@ -300,5 +330,244 @@ describe('failover (PostgreSQL 17, failover slots) → rabbitmq', () => {
     expect(String(relay.logLines().find((l) => l.level === 'fatal')?.msg)).toMatch(
       /^config postgres\.failover: needs PostgreSQL 17 or later \(failover slots\); 127\.0\.0\.1:\d+ runs 15\.\d+: set postgres\.failover: false$/,
     );
+  });
+});
+
+/** The test's own client, through the front door, on the new primary. */
+async function reconnectWriter(b: Bundle): Promise<void> {
+  await until('the test client to reach the new primary', () => b.db.reconnect().then(() => true), 60_000, 100, { tolerateErrors: true });
+}
+
+/**
+ * Issue 21, finding 3, up to the promotion: 200 rows delivered while the standby follows, then
+ * `standbyHasIt` (what the standby must hold before the cut: a synchronised slot, a recorded
+ * epoch), then the standby cut off from the WAL, and 1,000 more rows written on the primary alone
+ * and delivered. Resolves with where the standby's WAL ends and the rows it never received.
+ */
+async function cutOffBehind(s: Scene, standbyHasIt: () => Promise<unknown>): Promise<{ cutAt: bigint; gone: OutboxRow[] }> {
+  const { b, cluster } = s;
+  const before = await writeOutbox(b.db.client, { total: 200, keys: 10, types: b.types, keyPrefix: 'before-' });
+  await waitDelivered(
+    b.reader,
+    before.map((r) => r.id),
+    60_000,
+  );
+  await standbyHasIt();
+  const cutAt = await cluster.cutOff();
+  const gone = await writeOutbox(b.db.client, { total: 1_000, keys: 10, types: b.types, keyPrefix: 'gone-' });
+  await waitDelivered(
+    b.reader,
+    gone.map((r) => r.id),
+    60_000,
+  );
+  return { cutAt, gone };
+}
+
+/** Waits until the standby holds a persistent synchronised copy of the slot (PG17). */
+function syncedToStandby(s: Scene): () => Promise<unknown> {
+  return () =>
+    until(
+      'the slot synchronised to the standby',
+      async () => {
+        await s.b.db.client.query('SELECT pg_log_standby_snapshot()');
+        return (await syncedCopy(s.cluster, s.b.db.slot)) !== null;
+      },
+      45_000,
+      200,
+    );
+}
+
+/** The highest `outboxd.lsn` (commit LSN) among the delivered messages of `rows`: where the exactly-once checkpoint is. */
+function lastCommitLsn(b: Bundle, rows: readonly OutboxRow[]): bigint {
+  const ids = new Set(rows.map((r) => r.id));
+  let max = 0n;
+  for (const d of b.reader.delivered()) {
+    const at = d.headers['outboxd.lsn'];
+    if (ids.has(d.id) && at !== undefined && lsn(at) > max) max = lsn(at);
+  }
+  return max;
+}
+
+/** IDENTIFY_SYSTEM and TIMELINE_HISTORY on a replication connection to the new primary, and its WAL insert point with its origin. */
+async function newPrimaryOrigin(b: Bundle, cluster: PrimaryWithStandby) {
+  const url = new URL(cluster.standby.url);
+  url.pathname = `/${b.db.name}`;
+  const replication = new pg.Client({ connectionString: url.toString(), replication: 'database' } as pg.ClientConfig);
+  replication.on('error', () => undefined);
+  await replication.connect();
+  try {
+    const source = await identifySource(replication, createLogger('silent'));
+    return { source, insert: await walInsertPoint(b.db.client) };
+  } finally {
+    await replication.end().catch(() => undefined);
+  }
+}
+
+/** 50 rows on the new primary, one transaction each; resolves with them and the WAL position after the last. */
+async function writeOnNewPrimary(b: Bundle): Promise<{ fresh: OutboxRow[]; end: bigint }> {
+  const fresh = await writeOutbox(b.db.client, { total: 50, keys: 5, types: b.types, batch: 1, singles: 1, keyPrefix: 'fresh-' });
+  return { fresh, end: await b.db.walLsn() };
+}
+
+/** Waits for every row of `rows`, failing at once should the relay exit; resolves with how often each arrived. */
+async function arrivals(b: Bundle, relay: { child: { exitCode: number | null }; stderr: string }, rows: readonly OutboxRow[]) {
+  const ids = new Set(rows.map((r) => r.id));
+  const seen = () =>
+    new Set(
+      b.reader
+        .delivered()
+        .filter((d) => ids.has(d.id))
+        .map((d) => d.id),
+    );
+  await until(`${ids.size} rows written on the new primary to arrive`, async () => seen().size === ids.size, 60_000, 250, {
+    abortReason: () =>
+      relay.child.exitCode !== null ? `outboxd exited with ${relay.child.exitCode}: ${relay.stderr.slice(-800)}` : undefined,
+  }).catch((err: Error) => {
+    throw new Error(`${err.message}: ${seen().size} of ${ids.size} arrived (issue 21, finding 3: the rest were skipped or lost)`);
+  });
+  const counts = new Map<string, number>();
+  for (const d of b.reader.delivered()) if (ids.has(d.id)) counts.set(d.id, (counts.get(d.id) ?? 0) + 1);
+  return counts;
+}
+
+describe('failover to a standby that was behind (issue 21, finding 3)', () => {
+  it('PostgreSQL 17, exactly-once, failover slots without synchronized_standby_slots: every row written on the new primary arrives once, though its LSN is below the old timeline’s checkpoint', async () => {
+    await using s = await scene({ syncSlots: true, onLostSlot: 'exit', kind: 'kafka', behind: true });
+    const { b } = s;
+    const relay = b.start();
+    await relay.ready();
+    const { cutAt, gone } = await cutOffBehind(s, syncedToStandby(s));
+    const checkpoint = lastCommitLsn(b, gone);
+    expect(checkpoint).toBeGreaterThan(cutAt);
+    await failover(s);
+    await reconnectWriter(b);
+    // What the relay learns of the new primary: timeline 2, which left timeline 1 where the
+    // standby's WAL ended; and the origin a pruning epoch taken there carries.
+    const origin = await newPrimaryOrigin(b, s.cluster);
+    expect(origin.source).toMatchObject({ timeline: 2, history: [{ timeline: 1 }] });
+    expect(origin.source.history?.[0]?.switchLsn).toBeLessThanOrEqual(cutAt);
+    expect(origin.insert.origin).toEqual({ systemId: origin.source.systemId, timeline: 2 });
+    const { fresh, end } = await writeOnNewPrimary(b);
+    // By number, the old checkpoint covers every one of them.
+    expect(end).toBeLessThan(checkpoint);
+    const counts = await arrivals(b, relay, fresh);
+    await b.reader.caughtUp?.();
+    const all = b.reader.delivered();
+    const { duplicates, violations } = orderAndDuplicates(all);
+    const unproven = await relay.metric('outboxd_checkpoint_unproven_total');
+    const warning = relay.logLines().find((l) => String(l.msg).includes('the checkpoint proves nothing'));
+    console.log(
+      `[failover behind, exactly-once, PG17] standby cut at ${cutAt.toString(16)}, checkpoint ${checkpoint.toString(16)} on timeline 1, new primary's WAL after the rows ${end.toString(16)}; fresh rows arrived ${counts.size}/${fresh.length}; duplicates ${duplicates}; unproven ${unproven}; ${String(warning?.msg)}`,
+    );
+    expect([...counts.values()].every((n) => n === 1)).toBe(true);
+    // What the standby had shared with the old primary was skipped (the checkpoint proves it), so
+    // nothing at all came twice.
+    expect(duplicates).toBe(0);
+    expect(violations).toEqual([]);
+    expect(unproven).toBe(fresh.length);
+    expect(warning).toMatchObject({ level: 'warn', checkpointTimeline: 1, timeline: 2 });
+    expect(lsn(String(warning?.provableBelow))).toBeLessThanOrEqual(cutAt);
+    expect(relay.child.exitCode).toBeNull();
+  });
+
+  it('PostgreSQL 15, exactly-once, lost-slot recovery: rows written on the new primary after its new slot, below the old checkpoint, all arrive once', async () => {
+    await using s = await scene({ version: 15, syncSlots: false, onLostSlot: 'recover-from-outbox', kind: 'kafka', behind: true });
+    const { b, cluster } = s;
+    const relay = b.start();
+    await relay.ready();
+    const { cutAt, gone } = await cutOffBehind(s, () =>
+      until(
+        'an epoch recorded in the marker, on the standby',
+        async () => {
+          const rows = await cluster.queryStandby<{ c: string | null }>(
+            `SELECT obj_description(oid, 'pg_publication') AS c FROM pg_publication WHERE pubname = 'outboxd'`,
+            [],
+            b.db.name,
+          );
+          return (rows[0]?.c ?? '').includes('confirmedXid');
+        },
+        30_000,
+      ),
+    );
+    const checkpoint = lastCommitLsn(b, gone);
+    expect(checkpoint).toBeGreaterThan(cutAt);
+    await failover(s);
+    await until('recovered on the new primary', async () => relay.stderr.includes('lost-slot recovery done'), 60_000, 50);
+    await reconnectWriter(b);
+    const { fresh, end } = await writeOnNewPrimary(b);
+    expect(end).toBeLessThan(checkpoint);
+    const counts = await arrivals(b, relay, fresh);
+    await b.reader.caughtUp?.();
+    const unproven = await relay.metric('outboxd_checkpoint_unproven_total');
+    console.log(
+      `[failover behind, exactly-once, PG15 recover-from-outbox] standby cut at ${cutAt.toString(16)}, checkpoint ${checkpoint.toString(16)}, new primary's WAL after the rows ${end.toString(16)}; fresh rows arrived ${counts.size}/${fresh.length}; unproven ${unproven}; recovered ${await relay.metric('outboxd_recovered_messages_total')}`,
+    );
+    expect([...counts.values()].every((n) => n === 1)).toBe(true);
+    expect(unproven).toBe(fresh.length);
+    expect(relay.child.exitCode).toBeNull();
+  });
+
+  it('PostgreSQL 17, at least once: no status update to the new primary confirms more than it streamed, and no row written there is lost across a restart', async () => {
+    await using s = await scene({ syncSlots: true, onLostSlot: 'exit', behind: true });
+    const { b, cluster } = s;
+    let relay = b.start();
+    await relay.ready();
+    const { cutAt } = await cutOffBehind(s, syncedToStandby(s));
+    const walEnd = await b.db.walLsn();
+    await until(
+      'the old primary’s slot confirmed past the last row',
+      async () => ((await b.db.slotInfo())?.confirmed ?? 0n) >= walEnd,
+      30_000,
+    );
+    const oldConfirmed = (await b.db.slotInfo())?.confirmed ?? 0n;
+    expect(oldConfirmed).toBeGreaterThan(cutAt);
+    const { stoppedAt } = await failover(s);
+    // Watch the slot on the new primary: its confirmed position, then (read after it, so never
+    // behind it by a race) the WAL its walsender has sent us, or all the WAL it has.
+    const over: string[] = [];
+    let samples = 0;
+    let watching = true;
+    const watcher = (async () => {
+      while (watching) {
+        try {
+          const [slot] = await cluster.queryStandby<{ c: string | null }>(
+            'SELECT confirmed_flush_lsn::text AS c FROM pg_replication_slots WHERE slot_name = $1',
+            [b.db.slot],
+          );
+          const [sent] = await cluster.queryStandby<{ s: string }>(
+            `SELECT COALESCE((SELECT r.sent_lsn FROM pg_replication_slots p JOIN pg_stat_replication r ON r.pid = p.active_pid
+                               WHERE p.slot_name = $1 AND r.sent_lsn > '0/0'), pg_current_wal_lsn())::text AS s`,
+            [b.db.slot],
+          );
+          samples++;
+          if (slot?.c && sent && lsn(slot.c) > lsn(sent.s)) over.push(`confirmed ${slot.c} > streamed ${sent.s}`);
+        } catch {
+          // the server is busy promoting; the next sample tells
+        }
+        await sleep(20);
+      }
+    })();
+    const streamingAgain = () => relay.logLines().some((l) => l.msg === 'streaming' && Date.parse(String(l.time)) > stoppedAt);
+    await until('the relay streaming on the new primary', async () => streamingAgain(), 60_000, 50);
+    // Three status intervals: the first status update, and the pings after it.
+    await sleep(3_000);
+    watching = false;
+    await watcher;
+    console.log(
+      `[failover behind, at least once, PG17] standby cut at ${cutAt.toString(16)}, old primary confirmed ${oldConfirmed.toString(16)}; ${samples} samples on the new primary, ${over.length} above what it streamed${over.length > 0 ? ` (first: ${over[0]})` : ''}`,
+    );
+    expect(samples).toBeGreaterThan(10);
+    expect.soft(over.length, `status updates above what the new primary streamed, e.g. ${over.slice(0, 2).join('; ')}`).toBe(0);
+    // A restart while rows the old timeline's position covers by number wait: the slot resumes
+    // from its own position, so they come.
+    relay.kill('SIGTERM');
+    expect(await relay.exited).toBe(0);
+    await reconnectWriter(b);
+    const { fresh, end } = await writeOnNewPrimary(b);
+    expect(end).toBeLessThan(oldConfirmed);
+    relay = b.start();
+    await relay.ready();
+    const counts = await arrivals(b, relay, fresh);
+    expect(counts.size).toBe(fresh.length);
   });
 });

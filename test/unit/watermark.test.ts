@@ -109,4 +109,37 @@ describe('Watermark', () => {
     w.commitEmpty(20n);
     expect(heard).toEqual(['b', 'b']);
   });
+
+  it('a new session starts exactly at the slot’s position on its server, lower than before or not, and forgets open transactions', () => {
+    const { w, moves } = watched(0n);
+    const tl1 = { systemId: '7', timeline: 1 };
+    const tl2 = { systemId: '7', timeline: 2 };
+    w.reset(0x100n, tl1);
+    const open = w.begin(1, 0x9000n, 0);
+    w.track(open);
+    w.commitEmpty(0x3096930n);
+    expect(w.lsn).toBe(0x100n);
+    w.release(open);
+    w.commit(open, 0x9100n);
+    w.commitEmpty(0x3096930n);
+    expect(w.lsn).toBe(0x3096930n);
+    // The standby was promoted behind the old primary: its slot is at 0/3005698, on timeline 2.
+    w.reset(0x3005698n, tl2);
+    expect(w.lsn).toBe(0x3005698n);
+    expect(w.origin).toEqual(tl2);
+    expect(w.openTxns).toBe(0);
+    w.commitEmpty(0x3005800n);
+    expect(moves.at(-1)).toBe(0x3005800n);
+  });
+
+  it('has passed an LSN only on its own origin: a position of another timeline or server proves nothing', () => {
+    const w = new Watermark(0n);
+    const tl2 = { systemId: '7', timeline: 2 };
+    expect(w.hasPassed(tl2, 0n)).toBe(false);
+    w.reset(0x500n, tl2);
+    expect(w.hasPassed(tl2, 0x500n)).toBe(true);
+    expect(w.hasPassed(tl2, 0x501n)).toBe(false);
+    expect(w.hasPassed({ systemId: '7', timeline: 1 }, 0x100n)).toBe(false);
+    expect(w.hasPassed({ systemId: '8', timeline: 2 }, 0x100n)).toBe(false);
+  });
 });
