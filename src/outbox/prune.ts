@@ -1,10 +1,13 @@
 import type pg from 'pg';
+import { sameOrigin } from '../checkpoint/origin.js';
 import type { Config, TableConfig } from '../config/config.js';
+import type { Origin } from '../interfaces.js';
 import { quoteIdent } from '../config/config.js';
-import { type Lsn, formatLsn, parseLsn } from '../lsn.js';
+import { type Lsn, formatLsn } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { connectAdmin } from '../source/connect.js';
+import { walInsertPoint } from '../source/identity.js';
 import { updateMarker, withEpoch } from '../source/marker.js';
 import { type Floor, describeFloor, readFloor } from './prune-floor.js';
 import { PartitionKeeper } from './prune-partitions.js';
@@ -36,7 +39,8 @@ export class Pruner {
   private client: pg.Client | null = null;
   private epoch: Epoch | null = null;
   private running: Promise<void> | null = null;
-  private stopped = true;
+  /** stop() was called: the round in progress ends after its statement. */
+  private stopped = false;
   private readonly partitions: PartitionKeeper;
   /** What the log last said holds each table's pruning, to say it again only when it changes. */
   private readonly said = new Map<string, string>();
@@ -45,8 +49,8 @@ export class Pruner {
 
   constructor(
     private readonly cfg: Config,
-    /** The confirmed position (the watermark's `lsn`). */
-    private readonly confirmed: () => Lsn,
+    /** The confirmed position: the watermark, asked only with a position and its origin. */
+    private readonly confirmed: Confirmed,
     private readonly metrics: Metrics,
     private readonly log: Logger,
   ) {
@@ -59,7 +63,7 @@ export class Pruner {
   }
 
   start(): void {
-    if (!this.stopped) return;
+    if (this.timer) return;
     this.stopped = false;
     this.timer = setInterval(() => this.tick(), this.cfg.outbox.prune.intervalMs);
     this.timer.unref();
@@ -99,10 +103,21 @@ export class Pruner {
       this.epoch = await startEpoch(client);
       return;
     }
-    const confirmed = this.confirmed();
-    if (confirmed < this.epoch.walLsn) {
+    const { origin, walLsn } = this.epoch;
+    if (!this.confirmed.hasPassed(origin, walLsn)) {
+      const now = this.confirmed.origin;
+      if (now !== null && !sameOrigin(now, origin)) {
+        // The relay streams from another server or timeline than the epoch's WAL position
+        // belongs to (a failover): that position proves nothing there, so start again.
+        this.log.info(
+          { epochTimeline: origin.timeline, timeline: now.timeline },
+          'pruning starts a new epoch: the confirmed position is on another timeline',
+        );
+        this.epoch = await startEpoch(client);
+        return;
+      }
       this.log.debug(
-        { confirmed: formatLsn(confirmed), epochLsn: formatLsn(this.epoch.walLsn) },
+        { confirmed: formatLsn(this.confirmed.lsn), epochLsn: formatLsn(walLsn) },
         'pruning waits for the watermark to pass the epoch',
       );
       return;
@@ -207,16 +222,28 @@ export class Pruner {
 interface Epoch {
   xmin: bigint;
   walLsn: Lsn;
+  /** The server and timeline whose WAL `walLsn` is a position of. */
+  origin: Origin;
   since: string;
 }
 
-/** Starts an epoch: the snapshot's xmin first, then (a later statement) the WAL insert position. */
+/** What the pruner asks of the watermark (checkpoint/watermark.ts). */
+export interface Confirmed {
+  readonly lsn: Lsn;
+  readonly origin: Origin | null;
+  hasPassed(origin: Origin, lsn: Lsn): boolean;
+}
+
+/**
+ * Starts an epoch: the snapshot's xmin first, then (a later statement) the WAL insert position,
+ * with the server and timeline it belongs to.
+ */
 async function startEpoch(client: pg.Client): Promise<Epoch> {
   const x = await client.query<{ x: string; t: string }>(
     `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x, clock_timestamp()::text AS t`,
   );
-  const w = await client.query<{ w: string }>(`SELECT pg_current_wal_insert_lsn()::text AS w`);
-  return { xmin: BigInt(x.rows[0]?.x ?? '0'), walLsn: parseLsn(w.rows[0]?.w ?? '0/0'), since: x.rows[0]?.t ?? '' };
+  const w = await walInsertPoint(client);
+  return { xmin: BigInt(x.rows[0]?.x ?? '0'), walLsn: w.lsn, origin: w.origin, since: x.rows[0]?.t ?? '' };
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -74,7 +74,7 @@ export class Source {
     this.monitor = new SlotMonitor(cfg.postgres, this.admin, metrics, log.child({ module: 'monitor' }), (stuck, ms, detail) =>
       this.events.onStuck?.(stuck, ms, detail),
     );
-    this.pruner = Pruner.wanted(cfg) ? new Pruner(cfg, () => watermark.lsn, metrics, log.child({ module: 'prune' })) : null;
+    this.pruner = Pruner.wanted(cfg) ? new Pruner(cfg, watermark, metrics, log.child({ module: 'prune' })) : null;
   }
 
   /**

@@ -194,9 +194,11 @@ export class RelayProcess {
     readonly configFile: string,
     readonly httpPort: number,
     env: NodeJS.ProcessEnv = {},
+    /** The build to run (the upgrade test runs the previous release's). */
+    main: string = MAIN,
   ) {
-    if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: run npm run build first`);
-    this.child = spawn(process.execPath, [MAIN, 'run', '-c', configFile], {
+    if (!existsSync(main)) throw new Error(`${main} is missing: run npm run build first`);
+    this.child = spawn(process.execPath, [main, 'run', '-c', configFile], {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
