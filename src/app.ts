@@ -1,7 +1,7 @@
 import type { Server } from 'node:http';
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
-import { PublishedUpTo } from './checkpoint/published.js';
-import { Watermark } from './checkpoint/watermark.js';
+import { PublishedUpTo } from './positions/published.js';
+import { Watermark } from './positions/watermark.js';
 import type { Config } from './config/config.js';
 import { ExitCode, OutboxdError, exitCodeFor } from './errors.js';
 import type { RelayState, Sink } from './interfaces.js';
@@ -18,7 +18,7 @@ import { Ingest } from './pipeline/ingest.js';
 import { Pipeline } from './pipeline/pipeline.js';
 import { type SinkFactory, connectSink, destinationLabel, destinationTemplate, loadSink } from './sink/index.js';
 import { within } from './retry.js';
-import { Source } from './source/session.js';
+import { Source } from './lifecycle/session.js';
 
 /**
  * Wires the components and runs them. Start order: HTTP (so probes answer), the sink (so nothing

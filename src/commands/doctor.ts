@@ -4,10 +4,11 @@ import { COLUMN_FIELDS, REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { oneLine } from '../errors.js';
 import { createLogger } from '../observability/logger.js';
 import { loadSink } from '../sink/index.js';
-import { connectAdmin, hostOf, scalar } from '../source/connect.js';
+import { scalar } from '../postgres/sql.js';
+import { connectAdmin, hostOf } from '../source/connect.js';
 import { failoverChecks } from './failover-checks.js';
-import { readMarker } from '../source/marker.js';
-import { checkPublishes } from '../source/publication-checks.js';
+import { readMarker } from '../postgres/marker.js';
+import { checkPublishes } from '../postgres/publication-checks.js';
 import { checkSlotUsable, inspectSlot } from '../source/slot.js';
 
 /** One line of `validate --connect`: what was checked, whether it holds, and how to fix it. */

@@ -2,7 +2,8 @@ import type pg from 'pg';
 import type { Config } from '../config/config.js';
 import type { PgHost } from '../config/pg-url.js';
 import { oneLine } from '../errors.js';
-import { connectHost, hostOf, scalar, serverVersion } from '../source/connect.js';
+import { scalar, serverVersion } from '../postgres/sql.js';
+import { connectHost, hostOf } from '../source/connect.js';
 import { inspectSlot } from '../source/slot.js';
 import type { Check } from './doctor.js';
 

@@ -2,8 +2,8 @@ import type { Config } from '../config/config.js';
 import { IDENTIFIER_PATTERN } from '../config/schema-kit.js';
 import { ExitCode, UsageError, oneLine } from '../errors.js';
 import { connectAdmin } from '../source/connect.js';
-import { tryLeaderLock } from '../source/leader.js';
-import { readMarker, updateMarker, withoutSlot } from '../source/marker.js';
+import { tryLeaderLock } from '../postgres/leader.js';
+import { readMarker, updateMarker, withoutSlot } from '../postgres/marker.js';
 import { inspectSlot } from '../source/slot.js';
 
 /**

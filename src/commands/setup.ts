@@ -2,10 +2,10 @@ import type { Config, TableConfig } from '../config/config.js';
 import { ExitCode, exitCodeFor, oneLine } from '../errors.js';
 import { connectAdmin } from '../source/connect.js';
 import { createLogger } from '../observability/logger.js';
-import { ensurePublication } from '../source/publication.js';
+import { ensurePublication } from '../postgres/publication.js';
 import { ensureSlot } from '../source/ensure-slot.js';
 import { quoteIdent } from '../config/config.js';
-import { partitionName } from '../outbox/prune-partitions.js';
+import { partitionName } from '../postgres/prune-partitions.js';
 
 /**
  * The outbox table DDL for a table's column mapping (Debezium outbox event router layout), with

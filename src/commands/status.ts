@@ -2,8 +2,8 @@ import type { Config } from '../config/config.js';
 import { ExitCode, oneLine } from '../errors.js';
 import { formatLsn } from '../lsn.js';
 import { connectAdmin } from '../source/connect.js';
-import { readFloor } from '../outbox/prune-floor.js';
-import { EMPTY_MARKER, readMarker } from '../source/marker.js';
+import { readFloor } from '../postgres/prune-floor.js';
+import { EMPTY_MARKER, readMarker } from '../postgres/marker.js';
 import { inspectSlot } from '../source/slot.js';
 
 export interface SlotStatus {

@@ -1,4 +1,4 @@
-import type { Txn } from '../checkpoint/watermark.js';
+import type { Txn } from '../positions/watermark.js';
 import type { PipelineConfig } from '../config/config.js';
 import type { DeadLetter, OutboxMessage } from '../interfaces.js';
 

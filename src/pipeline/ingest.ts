@@ -1,5 +1,5 @@
-import type { PublishedUpTo } from '../checkpoint/published.js';
-import type { Txn, Watermark } from '../checkpoint/watermark.js';
+import type { PublishedUpTo } from '../positions/published.js';
+import type { Txn, Watermark } from '../positions/watermark.js';
 import type { Config, TableConfig } from '../config/config.js';
 import { REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { ConfigError, OutboxdError, PoisonError } from '../errors.js';

@@ -2,7 +2,7 @@ import type { PipelineConfig, PoisonPolicy } from '../config/config.js';
 import { FencedError, OutboxdError, type PoisonError, type SinkError } from '../errors.js';
 import { letterFor } from '../sink/dead-letter.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
-import type { Txn, Watermark } from '../checkpoint/watermark.js';
+import type { Txn, Watermark } from '../positions/watermark.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { MessageTracer } from '../observability/tracing.js';
@@ -33,7 +33,7 @@ export interface PipelineEvents {
  * - What is in flight (pushed, not yet confirmed) is bounded in messages and bytes. `push`
  *   returns a promise when the bound is full; the source awaits it, which pauses WAL reading.
  * - A message's transaction is released to the watermark only after the broker confirmed it
- *   (the watermark then tells the stream; see checkpoint/watermark.ts).
+ *   (the watermark then tells the stream; see positions/watermark.ts).
  */
 export class Pipeline {
   private readonly batches: Batches;

@@ -5,7 +5,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { EnsuredSlot } from '../source/ensure-slot.js';
 import { finishRecovery } from '../source/ensure-slot.js';
-import { xminBelow } from '../source/xid-sql.js';
+import { xminBelow } from '../postgres/xid-sql.js';
 import { replayRows } from './replay.js';
 
 /**
@@ -14,7 +14,7 @@ import { replayRows } from './replay.js';
  * The slot is gone (dropped, invalidated, or not synchronised before a failover), and with it
  * the position of every row the broker had not confirmed. The outbox table still holds them,
  * if pruning kept them, and pruning keeps every row at or after the last epoch it recorded in
- * the lost-slot marker (`confirmedXid`, outbox/prune.ts). So:
+ * the lost-slot marker (`confirmedXid`, lifecycle/pruner.ts). So:
  *
  * 1. ensureSlot (source/ensure-slot.ts) records the recovery in the marker, then creates a new
  *    slot that exports the snapshot of its consistent point: it streams every transaction that

@@ -16,8 +16,9 @@ import { valuePoison } from '../pipeline/ingest.js';
 import { Publisher } from '../pipeline/publisher.js';
 import { destinationTemplate, loadSink } from '../sink/index.js';
 import { maxMessageBytes } from '../sink/limits.js';
-import { connectAdmin, serverVersion } from '../source/connect.js';
-import { classifyPgError } from '../source/pg-errors.js';
+import { serverVersion } from '../postgres/sql.js';
+import { connectAdmin } from '../source/connect.js';
+import { classifyPgError } from '../postgres/pg-errors.js';
 import { type ReplayFilter, type RowKey, type TableProgress, filterDifference, readCheckpoint, writeCheckpoint } from './checkpoint.js';
 import { type WhereCondition, parseWhere, whereSql } from './where.js';
 

@@ -2,7 +2,7 @@ import type { BackoffConfig, SinkConfig } from '../config/config.js';
 import { SinkError } from '../errors.js';
 import type { Health } from '../observability/health.js';
 import { retry, worthLogging } from '../retry.js';
-import { PublishedUpTo } from '../checkpoint/published.js';
+import { PublishedUpTo } from '../positions/published.js';
 import type { Sink } from '../interfaces.js';
 import { LabelLimiter, MAX_DESTINATION_LABELS, OTHER } from '../observability/labels.js';
 import type { Logger } from '../observability/logger.js';

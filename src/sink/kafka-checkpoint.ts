@@ -64,7 +64,7 @@ export function encodeCheckpoint(
 /**
  * A checkpoint record, or null for anything else (a tombstone, a record not ours to read). A
  * version 1 record (no timeline) reads with timeline null: its position compares only where every
- * timeline of the current history shares the WAL (checkpoint/origin.ts).
+ * timeline of the current history shares the WAL (positions/origin.ts).
  */
 export function decodeCheckpoint(key: string, value: Buffer | null): CheckpointRecord | null {
   if (value === null) return null;

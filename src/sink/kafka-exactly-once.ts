@@ -1,6 +1,6 @@
 import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
 import type kafkajs from 'kafkajs';
-import { type PublishedUpTo, describePosition } from '../checkpoint/published.js';
+import { type PublishedUpTo, describePosition } from '../positions/published.js';
 import type { KafkaSinkConfig } from '../config/config.js';
 import { type PoisonError, SinkError } from '../errors.js';
 import type { DeadLetter, OutboxMessage, Position, PublishOutcome, Sink, SinkSession } from '../interfaces.js';

@@ -2,7 +2,7 @@ import pg from 'pg';
 import type { PostgresConfig } from '../config/config.js';
 import type { PgHost, TargetSessionAttrs } from '../config/pg-url.js';
 import { OutboxdError, PgConnectionError } from '../errors.js';
-import { classifyPgError } from './pg-errors.js';
+import { classifyPgError } from '../postgres/pg-errors.js';
 import { withOwnSocket } from './replication-socket.js';
 
 /**
@@ -148,21 +148,4 @@ async function unfit(client: pg.Client, want: TargetSessionAttrs): Promise<strin
  */
 export function connectAdmin(cfg: PostgresConfig): Promise<pg.Client> {
   return connectClient(cfg, { statement_timeout: cfg.statementTimeoutMs, lock_timeout: cfg.lockTimeoutMs });
-}
-
-const versions = new WeakMap<pg.Client, number>();
-export async function serverVersion(client: pg.Client): Promise<number> {
-  const known = versions.get(client);
-  if (known !== undefined) return known;
-  const { rows } = await client.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`);
-  const v = Number(rows[0]?.v ?? 0);
-  versions.set(client, v);
-  return v;
-}
-
-/** The first column of the first row, as text ('' when there is no row). */
-export async function scalar(client: pg.Client, sql: string): Promise<string> {
-  const { rows } = await client.query<Record<string, unknown>>(sql);
-  const first = rows[0];
-  return first ? String(Object.values(first)[0]) : '';
 }

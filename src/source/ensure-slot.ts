@@ -1,8 +1,8 @@
 import type pg from 'pg';
 import type { PostgresConfig } from '../config/config.js';
 import { SlotError } from '../errors.js';
-import { type Marker, type Recovery, readMarker, updateMarker, withRecovery, withSlot, withoutSlot } from './marker.js';
-import { classifyPgError } from './pg-errors.js';
+import { type Marker, type Recovery, readMarker, updateMarker, withRecovery, withSlot, withoutSlot } from '../postgres/marker.js';
+import { classifyPgError } from '../postgres/pg-errors.js';
 import {
   type ExportedSnapshot,
   type OnWait,

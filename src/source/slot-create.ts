@@ -1,8 +1,9 @@
 import type pg from 'pg';
 import type { PostgresConfig } from '../config/config.js';
 import { ConfigError, PgConnectionError } from '../errors.js';
-import { connectAdmin, connectSameHost, hostOf, serverVersion } from './connect.js';
-import { classifyPgError } from './pg-errors.js';
+import { serverVersion } from '../postgres/sql.js';
+import { connectAdmin, connectSameHost, hostOf } from './connect.js';
+import { classifyPgError } from '../postgres/pg-errors.js';
 
 /**
  * Creating a replication slot: as a failover slot when asked, bounded by

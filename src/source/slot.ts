@@ -2,7 +2,8 @@ import type pg from 'pg';
 import { type PostgresConfig, quoteIdent } from '../config/config.js';
 import { PgConnectionError, SlotError } from '../errors.js';
 import { type Lsn, parseLsn } from '../lsn.js';
-import { hostOf, serverVersion } from './connect.js';
+import { serverVersion } from '../postgres/sql.js';
+import { hostOf } from './connect.js';
 
 /**
  * The replication slot as the server sees it: its state, whether a recorded one is lost, whether

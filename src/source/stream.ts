@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { Watermark } from '../checkpoint/watermark.js';
+import type { Watermark } from '../positions/watermark.js';
 import type { PostgresConfig } from '../config/config.js';
 import { OutboxdError, PgConnectionError, SinkError } from '../errors.js';
 import type { SourceIdentity } from '../interfaces.js';
@@ -8,7 +8,7 @@ import type { Logger } from '../observability/logger.js';
 import { coalesceReads } from './coalesce.js';
 import { connectReplication, hostOf } from './connect.js';
 import { identifySource, slotPosition } from './identity.js';
-import { classifyPgError } from './pg-errors.js';
+import { classifyPgError } from '../postgres/pg-errors.js';
 import { PgoutputDecoder, type PgoutputHandler, type TableInterest } from './pgoutput.js';
 import { type CopyConnection, StartReplication, standbyStatusUpdate } from './replication-protocol.js';
 

@@ -4,7 +4,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { type Marker, parseMarker } from '../../src/source/marker.js';
+import { type Marker, parseMarker } from '../../src/postgres/marker.js';
 import amqp from 'amqplib';
 import {
   KAFKA_TEST_WORKERS,

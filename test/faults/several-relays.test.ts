@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { EMPTY_MARKER, parseMarker, updateMarker, withEpoch, withSlot } from '../../src/source/marker.js';
+import { EMPTY_MARKER, parseMarker, updateMarker, withEpoch, withSlot } from '../../src/postgres/marker.js';
 import { MAIN, RelayProcess, type TestDb, until, writeConfig, writeOutbox } from '../integration/support.js';
 import { type Bundle, bundle, markerOf, waitDelivered } from './fixtures.js';
 

@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { pgUrl } from '../harness/services.js';
-import { LeaderLock, holdsLeaderLock, tryLeaderLock } from '../../src/source/leader.js';
+import { LeaderLock, holdsLeaderLock, tryLeaderLock } from '../../src/postgres/leader.js';
 
 /** A connection of its own to the PostgreSQL 15 test server; `await using` ends it. */
 async function connect(): Promise<pg.Client & AsyncDisposable> {

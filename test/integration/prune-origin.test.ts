@@ -4,9 +4,9 @@ import type { Origin } from '../../src/interfaces.js';
 import type { Lsn } from '../../src/lsn.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
-import { type Confirmed, Pruner } from '../../src/outbox/prune.js';
+import { type Confirmed, Pruner } from '../../src/lifecycle/pruner.js';
 import { walInsertPoint } from '../../src/source/identity.js';
-import { readMarker, updateMarker, withSlot } from '../../src/source/marker.js';
+import { readMarker, updateMarker, withSlot } from '../../src/postgres/marker.js';
 import { pgUrl } from '../harness/services.js';
 import { TestDb, writeOutbox } from './support.js';
 

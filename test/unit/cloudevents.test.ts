@@ -2,7 +2,7 @@ import { CloudEvent, Kafka, type KafkaMessage } from 'cloudevents';
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { poison } from './expect-poison.js';
-import { Txn } from '../../src/checkpoint/watermark.js';
+import { Txn } from '../../src/positions/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 import {

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { poison } from './expect-poison.js';
-import { Txn } from '../../src/checkpoint/watermark.js';
+import { Txn } from '../../src/positions/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
 import { PoisonError } from '../../src/errors.js';
 import type { OutboxMessage } from '../../src/interfaces.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { PublishedUpTo } from '../../src/checkpoint/published.js';
-import { Watermark } from '../../src/checkpoint/watermark.js';
+import { PublishedUpTo } from '../../src/positions/published.js';
+import { Watermark } from '../../src/positions/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { poison } from './expect-poison.js';
-import { Txn } from '../../src/checkpoint/watermark.js';
+import { Txn } from '../../src/positions/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
 import { OutboxMapper, type PayloadKind, decodeByteaHex, payloadKindOf } from '../../src/outbox/mapper.js';
 import { parseTemplate } from '../../src/outbox/template.js';

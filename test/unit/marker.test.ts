@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { floorOf } from '../../src/outbox/prune-floor.js';
+import { floorOf } from '../../src/postgres/prune-floor.js';
 import {
   EMPTY_MARKER,
   type Marker,
@@ -9,7 +9,7 @@ import {
   withRecovery,
   withSlot,
   withoutSlot,
-} from '../../src/source/marker.js';
+} from '../../src/postgres/marker.js';
 
 const epoch = (xid: string) => ({ xid, since: '2026-12-01 00:00:00+00', at: '2026-12-01T00:00:01.000Z' });
 

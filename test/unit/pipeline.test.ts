@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
-import { type Txn, Watermark } from '../../src/checkpoint/watermark.js';
+import { type Txn, Watermark } from '../../src/positions/watermark.js';
 import type { PipelineConfig, PoisonPolicy } from '../../src/config/config.js';
 import { type OutboxdError, PoisonError, SinkError } from '../../src/errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { EVERY_LSN, comparableBelow, sameOrigin } from '../../src/checkpoint/origin.js';
-import { PublishedUpTo, describePosition } from '../../src/checkpoint/published.js';
+import { EVERY_LSN, comparableBelow, sameOrigin } from '../../src/positions/origin.js';
+import { PublishedUpTo, describePosition } from '../../src/positions/published.js';
 import type { SourceIdentity, TimelineSwitch } from '../../src/interfaces.js';
 import { parseTimelineHistory } from '../../src/source/identity.js';
 

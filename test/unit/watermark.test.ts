@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Watermark } from '../../src/checkpoint/watermark.js';
+import { Watermark } from '../../src/positions/watermark.js';
 
 /** A watermark and every position its one subscriber heard, in order. */
 function watched(start: bigint) {

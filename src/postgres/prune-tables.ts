@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { TableConfig } from '../config/config.js';
 import { quoteIdent } from '../config/config.js';
-import { tableFrozen, xminBelow } from '../source/xid-sql.js';
+import { tableFrozen, xminBelow } from './xid-sql.js';
 
 /**
  * The SQL of pruning: the relations rows are deleted from, the batched DELETE, and the
@@ -45,7 +45,7 @@ export async function leavesOf(client: pg.Client, relation: string): Promise<str
 /**
  * Inheritance children (not partitions) of an outbox table, by name. Their rows are published
  * under each child's own name, which outboxd neither relays nor may prune: such a table is
- * refused at start (source/publication.ts).
+ * refused at start (postgres/publication.ts).
  */
 export async function inheritanceChildren(client: pg.Client, table: TableConfig): Promise<string[]> {
   const { rows } = await client.query<{ name: string }>(

@@ -1,9 +1,9 @@
-import type { Watermark } from '../checkpoint/watermark.js';
+import type { Watermark } from '../positions/watermark.js';
 import type { Config } from '../config/config.js';
 import type { SinkSession } from '../interfaces.js';
 import { ConfigError, type OutboxdError, PoisonError, SlotBusyError, SlotError } from '../errors.js';
 import { ZERO_LSN, formatLsn } from '../lsn.js';
-import { Pruner } from '../outbox/prune.js';
+import { Pruner } from './pruner.js';
 import { recoverFromOutbox } from '../replay/recover.js';
 import type { Liveness } from '../observability/liveness.js';
 import type { Logger } from '../observability/logger.js';
@@ -11,13 +11,13 @@ import type { Metrics } from '../observability/metrics.js';
 import type { Ingest } from '../pipeline/ingest.js';
 import type { Pipeline } from '../pipeline/pipeline.js';
 import { retry, worthLogging } from '../retry.js';
-import { AdminConnection } from './admin.js';
-import { LeaderLock } from './leader.js';
-import { SlotMonitor } from './monitor.js';
-import { classifyPgError } from './pg-errors.js';
-import { checkWalLevel, ensurePublication } from './publication.js';
-import { ensureSlot } from './ensure-slot.js';
-import { ReplicationStream } from './stream.js';
+import { AdminConnection } from '../source/admin.js';
+import { LeaderLock } from '../postgres/leader.js';
+import { SlotMonitor } from '../source/monitor.js';
+import { classifyPgError } from '../postgres/pg-errors.js';
+import { checkWalLevel, ensurePublication } from '../postgres/publication.js';
+import { ensureSlot } from '../source/ensure-slot.js';
+import { ReplicationStream } from '../source/stream.js';
 
 /** What the source tells the relay about itself. */
 export interface SourceEvents {
@@ -48,7 +48,7 @@ export class Source {
   /** The leader lock, on the admin connection: exactly-once asks it before fencing back (SinkSession.stillLeader). */
   private readonly lock: LeaderLock;
   private readonly monitor: SlotMonitor;
-  /** Pruning and the confirmed epoch (outbox/prune.ts), when configured: on the leader, while it streams. */
+  /** Pruning and the confirmed epoch (lifecycle/pruner.ts), when configured: on the leader, while it streams. */
   private readonly pruner: Pruner | null;
   private stream: ReplicationStream | null = null;
 

@@ -3,7 +3,7 @@ import type { Config, TableConfig } from '../config/config.js';
 import { quoteIdent } from '../config/config.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import { isPartitioned } from '../source/publication.js';
+import { isPartitioned } from './publication.js';
 import { bounded, unconfirmedCountSql } from './prune-tables.js';
 
 /**

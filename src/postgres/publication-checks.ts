@@ -2,8 +2,8 @@ import type pg from 'pg';
 import type { Config, TableConfig } from '../config/config.js';
 import { quoteIdent } from '../config/config.js';
 import { ConfigError } from '../errors.js';
-import { inheritanceChildren } from '../outbox/prune-tables.js';
-import { serverVersion } from './connect.js';
+import { inheritanceChildren } from './prune-tables.js';
+import { serverVersion } from './sql.js';
 
 /**
  * What an existing publication must do for outboxd to relay every outbox row: publish inserts,

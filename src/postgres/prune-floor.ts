@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { TableConfig } from '../config/config.js';
-import { type Marker, markersOf } from '../source/marker.js';
+import { type Marker, markersOf } from './marker.js';
 
 /**
  * How far pruning may go in one outbox table: below the smallest confirmed epoch of every slot

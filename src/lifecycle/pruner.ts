@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { sameOrigin } from '../checkpoint/origin.js';
+import { sameOrigin } from '../positions/origin.js';
 import type { Config, TableConfig } from '../config/config.js';
 import type { Origin } from '../interfaces.js';
 import { quoteIdent } from '../config/config.js';
@@ -8,10 +8,10 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { connectAdmin } from '../source/connect.js';
 import { walInsertPoint } from '../source/identity.js';
-import { updateMarker, withEpoch } from '../source/marker.js';
-import { type Floor, describeFloor, readFloor } from './prune-floor.js';
-import { PartitionKeeper } from './prune-partitions.js';
-import { bounded, deleteBatchSql, leavesOf } from './prune-tables.js';
+import { updateMarker, withEpoch } from '../postgres/marker.js';
+import { type Floor, describeFloor, readFloor } from '../postgres/prune-floor.js';
+import { PartitionKeeper } from '../postgres/prune-partitions.js';
+import { bounded, deleteBatchSql, leavesOf } from '../postgres/prune-tables.js';
 
 /**
  * PRUNING, AND THE CONFIRMED EPOCH (docs/adr/0011). Deletes outbox rows that the broker has
@@ -227,7 +227,7 @@ interface Epoch {
   since: string;
 }
 
-/** What the pruner asks of the watermark (checkpoint/watermark.ts). */
+/** What the pruner asks of the watermark (positions/watermark.ts). */
 export interface Confirmed {
   readonly lsn: Lsn;
   readonly origin: Origin | null;
