@@ -17,8 +17,8 @@ import { OutboxMapper } from './outbox/mapper.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Pipeline } from './pipeline/pipeline.js';
 import { type SinkFactory, connectSink, destinationLabel, destinationTemplate, loadSink } from './sink/index.js';
-import { within } from './retry.js';
-import { Source } from './lifecycle/session.js';
+import { drainInFlight } from './lifecycle/drain.js';
+import { Sessions } from './lifecycle/session.js';
 
 /**
  * Wires the components and runs them. Start order: HTTP (so probes answer), the sink (so nothing
@@ -36,7 +36,7 @@ export class Relay {
   private readonly sink: Sink;
   private readonly pipeline: Pipeline;
   private readonly ingest: Ingest;
-  private readonly source: Source;
+  private readonly sessions: Sessions;
   /** Spans for traced messages (telemetry.traces); null when tracing is off. */
   private readonly tracer: MessageTracer | null;
   /** Aborted when the relay stops: ends the sink's connect retries and the source's sessions. */
@@ -86,26 +86,26 @@ export class Relay {
           )
         : options.sink;
     this.tracer = options.tracing ? options.tracing(this.sink) : null;
-    this.pipeline = new Pipeline(
-      cfg.pipeline,
-      cfg.outbox.onPoison,
-      this.sink,
-      this.watermark,
-      {
+    this.pipeline = new Pipeline({
+      cfg: cfg.pipeline,
+      policy: cfg.outbox.onPoison,
+      sink: this.sink,
+      watermark: this.watermark,
+      events: {
         onHalt: (err) => health.halted(err),
         onFatal: (err) => this.die(err),
         onSinkHealth: (up, err) => health.sinkHealth(up, err),
         onStall: (on, waitedMs) => health.stalled(on, waitedMs),
       },
-      this.metrics,
-      log.child({ module: 'pipeline' }),
-      cfg.sink.stallTimeoutMs,
+      metrics: this.metrics,
+      log: log.child({ module: 'pipeline' }),
+      stallTimeoutMs: cfg.sink.stallTimeoutMs,
       label,
-      this.tracer,
-    );
+      tracer: this.tracer,
+    });
     const mapper = new OutboxMapper(destinationTemplate(cfg.sink), cloudEventsFor(cfg.sink));
     this.ingest = new Ingest(cfg, mapper, this.watermark, this.pipeline, this.metrics, log.child({ module: 'ingest' }), this.published);
-    this.source = new Source(cfg, this.watermark, this.ingest, this.pipeline, this.liveness, this.metrics, log, {
+    this.sessions = new Sessions(cfg, this.watermark, this.ingest, this.pipeline, this.liveness, this.metrics, log, {
       onState: (s) => health.setState(s),
       onWaiting: (what) => health.waiting(what),
       onHalt: (err) => health.halted(err),
@@ -135,7 +135,7 @@ export class Relay {
     const signal = this.stopping.signal;
     const run = async () => {
       await connectSink(this.sink, postgres.reconnect, signal, this.health, this.log);
-      await this.source.run(signal);
+      await this.sessions.run(signal);
     };
     void run().catch((err: unknown) => {
       if (signal.aborted) return;
@@ -168,7 +168,7 @@ export class Relay {
     this.health.setState('stopping');
     this.ingest.paused = true;
     let drained = this.pipeline.idle;
-    if (drain && !halted) drained = await this.drain();
+    if (drain && !halted) drained = await drainInFlight(this.pipeline, this.ingest, this.cfg.shutdown.graceMs, this.log);
     else if (halted)
       this.log.info(
         { inFlight: this.pipeline.inFlightMessages },
@@ -178,9 +178,9 @@ export class Relay {
     if (!this.pipeline.idle) await this.sink.close().catch(() => undefined);
     await this.pipeline.stop();
     // Fenced: another relay owns the slot's events now; this one confirms nothing more.
-    if (code !== ExitCode.fenced) await this.source.flush();
+    if (code !== ExitCode.fenced) await this.sessions.flush();
     this.stopping.abort(new Error('outboxd is stopping'));
-    await this.source.close();
+    await this.sessions.close();
     await this.sink.close().catch(() => undefined);
     // The spans ended so far are exported (within telemetry.traces.exportTimeout); open ones are dropped.
     await this.tracer?.close().catch((err: unknown) => this.log.warn({ err }, 'closing the trace exporter failed'));
@@ -190,27 +190,5 @@ export class Relay {
     this.health.setState('stopped');
     this.log.info({ confirmedLsn: formatLsn(this.watermark.lsn), drained }, 'outboxd stopped');
     this.finished(code);
-  }
-
-  /**
-   * Publishes what is in flight, and finishes the transaction in progress too: its published
-   * messages are then confirmed, and a clean stop leaves nothing to publish twice.
-   */
-  private async drain(): Promise<boolean> {
-    const deadline = Date.now() + this.cfg.shutdown.graceMs;
-    const left = () => Math.max(0, deadline - Date.now());
-    for (;;) {
-      const drained = await this.pipeline.drain(left());
-      if (this.pipeline.haltedBy) return false;
-      if (!drained) break;
-      if (!this.ingest.inTransaction) return true;
-      // The transaction in progress: wait for its COMMIT; then its messages need publishing too.
-      if (!(await within(this.ingest.transactionEnd(), left()))) break;
-    }
-    this.log.warn(
-      { inFlight: this.pipeline.inFlightMessages },
-      'shutdown grace expired with messages in flight; they will be published again on the next start',
-    );
-    return false;
   }
 }

@@ -21,12 +21,35 @@ export function isProgrammingError(err: unknown): boolean {
   return err instanceof TypeError || err instanceof RangeError;
 }
 
-/** True if `p` settles within `ms`. */
-export async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+/**
+ * The one timeout race: `p`'s value (or its rejection) if it settles within `ms`, else
+ * `onTimeout()`'s. The timer is cleared either way; `p` itself is not cancelled.
+ */
+export async function withTimeout<T, U>(p: Promise<T>, ms: number, onTimeout: () => U): Promise<T | U> {
   let timer: NodeJS.Timeout | undefined;
-  const inTime = await Promise.race([p.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)))]);
-  clearTimeout(timer);
-  return inTime;
+  const late = new Promise<U>((resolve, reject) => {
+    timer = setTimeout(() => {
+      try {
+        resolve(onTimeout());
+      } catch (err) {
+        reject(err);
+      }
+    }, ms);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** True if `p` settles within `ms`. */
+export function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  return withTimeout(
+    p.then(() => true),
+    ms,
+    () => false,
+  );
 }
 
 /** Whether a failure is worth a log line: the first one and every 10th, so an outage does not flood the log. */

@@ -43,7 +43,7 @@ export interface SourceEvents {
  * backoff when it fails. Everything a session reads goes to the Ingest; the watermark tells the
  * stream what to confirm.
  */
-export class Source {
+export class Sessions {
   private readonly admin: AdminConnection;
   /** The leader lock, on the admin connection: exactly-once asks it before fencing back (SinkSession.stillLeader). */
   private readonly lock: LeaderLock;
@@ -169,7 +169,6 @@ export class Source {
     if (!(await this.pipeline.whenIdle(signal))) return;
     const start = slot.confirmedFlushLsn ?? ZERO_LSN;
     this.ingest.resetSession();
-    const resumePoint = this.events.resumePoint;
     const stream = new ReplicationStream(
       pgc,
       pgc.publication,
@@ -177,18 +176,23 @@ export class Source {
       this.ingest,
       this.watermark,
       this.log.child({ module: 'source' }),
-      async (source, slotLsn) => {
-        // Every position of this session is of the server the stream reached: the watermark starts
-        // from the slot's position there, never from an earlier session's (Watermark.reset), and
-        // the exactly-once checkpoint is judged against this server's timeline (PublishedUpTo).
-        this.watermark.reset(slotLsn ?? start, source);
-        await resumePoint?.({ source, stillLeader: () => this.lock.held() });
-      },
     );
     this.stream = stream;
     try {
-      await this.liveness.step('starting replication', 2 * pgc.connectTimeoutMs + pgc.statementTimeoutMs + this.resumeBoundMs(), () =>
-        stream.start(),
+      await this.liveness.step(
+        'starting replication',
+        2 * pgc.connectTimeoutMs + pgc.statementTimeoutMs + this.resumeBoundMs(),
+        async () => {
+          const reached = await stream.open();
+          if (reached === null) return;
+          // Every position of this session is of the server the stream reached: the watermark
+          // starts from the slot's position there, never from an earlier session's
+          // (Watermark.reset), and the exactly-once checkpoint is judged against this server's
+          // timeline (PublishedUpTo).
+          this.watermark.reset(reached.slotLsn ?? start, reached.source);
+          await this.events.resumePoint?.({ source: reached.source, stillLeader: () => this.lock.held() });
+          await stream.start();
+        },
       );
       this.metrics.connectionState.set({ target: 'postgres' }, 1);
       this.log.info({ slot: pgc.slot, from: formatLsn(this.watermark.lsn), timeline: this.watermark.origin?.timeline }, 'streaming');
@@ -204,6 +208,8 @@ export class Source {
         signal.removeEventListener('abort', stop);
       }
     } catch (err) {
+      // The resume point may have failed with the connection still open.
+      await stream.stop();
       throw classifyPgError(err, 'replication stream') as OutboxdError;
     } finally {
       this.monitor.stop();

@@ -1,5 +1,6 @@
 import type { PipelineConfig, PoisonPolicy } from '../config/config.js';
 import { FencedError, OutboxdError, type PoisonError, type SinkError } from '../errors.js';
+import { withTimeout } from '../retry.js';
 import { letterFor } from '../sink/dead-letter.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import type { Txn, Watermark } from '../positions/watermark.js';
@@ -22,6 +23,24 @@ export interface PipelineEvents {
    * paused process, a black-holed network) shows here long before the client's own timeout.
    */
   onStall(stalled: boolean, waitedMs: number): void;
+}
+
+/** What a pipeline is built from. */
+export interface PipelineParts {
+  cfg: PipelineConfig;
+  /** outbox.onPoison. */
+  policy: PoisonPolicy;
+  sink: Sink;
+  watermark: Watermark;
+  events: PipelineEvents;
+  metrics: Metrics;
+  log: Logger;
+  /** How long one call to the sink may wait for the broker before the sink is reported stalled. */
+  stallTimeoutMs: number;
+  /** The bounded metric label for a destination (default: the destination itself). */
+  label?: (destination: string) => string;
+  /** Spans for traced messages (telemetry.traces); absent or null when tracing is off. */
+  tracer?: MessageTracer | null;
 }
 
 /**
@@ -55,25 +74,29 @@ export class Pipeline {
   private readonly stopped: Promise<void>;
   private markStopped!: () => void;
 
-  /**
-   * `stallTimeoutMs`: how long one call to the sink may wait for the broker before the sink is
-   * reported stalled. `label`: the bounded metric label for a destination. `tracer`: spans for
-   * traced messages (telemetry.traces), or null when tracing is off.
-   */
-  constructor(
-    private readonly cfg: PipelineConfig,
-    private readonly policy: PoisonPolicy,
-    private readonly sink: Sink,
-    private readonly watermark: Watermark,
-    private readonly events: PipelineEvents,
-    private readonly metrics: Metrics,
-    private readonly log: Logger,
-    stallTimeoutMs: number,
-    private readonly label: (destination: string) => string = (d) => d,
-    private readonly tracer: MessageTracer | null = null,
-  ) {
+  private readonly cfg: PipelineConfig;
+  private readonly policy: PoisonPolicy;
+  private readonly sink: Sink;
+  private readonly watermark: Watermark;
+  private readonly events: PipelineEvents;
+  private readonly metrics: Metrics;
+  private readonly log: Logger;
+  private readonly label: (destination: string) => string;
+  private readonly tracer: MessageTracer | null;
+
+  constructor(parts: PipelineParts) {
+    const { cfg, sink, events, metrics, log } = parts;
+    this.cfg = cfg;
+    this.policy = parts.policy;
+    this.sink = sink;
+    this.watermark = parts.watermark;
+    this.events = events;
+    this.metrics = metrics;
+    this.log = log;
+    this.label = parts.label ?? ((d) => d);
+    this.tracer = parts.tracer ?? null;
     this.batches = new Batches(cfg, () => this.kick());
-    this.publisher = new Publisher(sink, cfg.retry, stallTimeoutMs, events, metrics, log, this.stopSignal.signal);
+    this.publisher = new Publisher(sink, cfg.retry, parts.stallTimeoutMs, events, metrics, log, this.stopSignal.signal);
     this.stopped = new Promise((resolve) => {
       this.markStopped = resolve;
     });
@@ -157,15 +180,8 @@ export class Pipeline {
     this.kick();
     if (this.inFlightCount === 0) return true;
     if (this.halted || this.failed) return false;
-    let timer: NodeJS.Timeout | undefined;
-    const done = await Promise.race([
-      new Promise<boolean>((resolve) => this.idleWaiters.push(() => resolve(this.inFlightCount === 0))),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(false), timeoutMs);
-      }),
-    ]);
-    clearTimeout(timer);
-    return done;
+    const idle = new Promise<boolean>((resolve) => this.idleWaiters.push(() => resolve(this.inFlightCount === 0)));
+    return withTimeout(idle, timeoutMs, () => false);
   }
 
   /**

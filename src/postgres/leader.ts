@@ -1,3 +1,4 @@
+import { withTimeout } from '../retry.js';
 import type pg from 'pg';
 
 /**
@@ -101,14 +102,6 @@ export class LeaderLock {
       const client = await this.connection();
       return client === this.holder && (await holdsLeaderLock(client, this.slot));
     })().catch(() => false);
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<false>((resolve) => {
-      timer = setTimeout(() => resolve(false), this.answerWithinMs);
-    });
-    try {
-      return await Promise.race([answer, late]);
-    } finally {
-      clearTimeout(timer);
-    }
+    return withTimeout(answer, this.answerWithinMs, () => false);
   }
 }

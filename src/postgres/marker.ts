@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { quoteIdent } from '../config/config.js';
 import { ConfigError } from '../errors.js';
-import { classifyPgError } from './pg-errors.js';
+import { classifyPgError, notAllowed } from './pg-errors.js';
 
 /**
  * THE LOST-SLOT MARKER (docs/adr/0003, 0011, 0012): a comment on the publication, `outboxd:` and
@@ -190,7 +190,7 @@ export async function updateMarker(client: pg.Client, publication: string, chang
     return next ?? marker;
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);
-    if ((err as { code?: string }).code === '42501') {
+    if (notAllowed(err)) {
       throw new ConfigError(
         'postgres.publication',
         `the role must own publication ${publication} so outboxd can record its slot there (it is how a lost slot is told from a first start): ALTER PUBLICATION ${quoteIdent(publication)} OWNER TO <role>`,

@@ -42,3 +42,29 @@ export function classifyPgError(err: unknown, doing: string): OutboxdError {
   if (code && AUTH.has(code)) return new OutboxdError('PG_CONNECTION', `${message} (check postgres.url credentials)`, { cause: err });
   return new OutboxdError('PG_PROTOCOL', message, { cause: err });
 }
+
+/** The SQLSTATE of a driver error, or undefined. */
+function sqlstate(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/** 42710 duplicate_object: the slot or publication exists already (created by a concurrent relay). */
+export function alreadyExists(err: unknown): boolean {
+  return sqlstate(err) === '42710';
+}
+
+/** 57014 query_canceled: statement_timeout, or a cancel (pg_cancel_backend) ended the statement. */
+export function wasCanceled(err: unknown): boolean {
+  return sqlstate(err) === CANCELED;
+}
+
+/** 55P03 lock_not_available: a statement waited past lock_timeout. */
+export function lockTimedOut(err: unknown): boolean {
+  return sqlstate(err) === '55P03';
+}
+
+/** 42501 insufficient_privilege. */
+export function notAllowed(err: unknown): boolean {
+  return sqlstate(err) === '42501';
+}

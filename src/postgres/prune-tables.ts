@@ -1,3 +1,4 @@
+import { lockTimedOut } from './pg-errors.js';
 import type pg from 'pg';
 import type { TableConfig } from '../config/config.js';
 import { quoteIdent } from '../config/config.js';
@@ -21,7 +22,7 @@ export async function bounded<T>(client: pg.Client, lockTimeoutMs: number, fn: (
     return out;
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined);
-    if ((err as { code?: string }).code === '55P03') return null;
+    if (lockTimedOut(err)) return null;
     throw err;
   }
 }

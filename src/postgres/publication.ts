@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { type Config, type TableConfig, quoteIdent } from '../config/config.js';
 import { ConfigError, OutboxdError } from '../errors.js';
-import { classifyPgError } from './pg-errors.js';
+import { alreadyExists, classifyPgError } from './pg-errors.js';
 import { checkPublishes } from './publication-checks.js';
 
 /** The server's logical decoding setting and the publication of the outbox tables. */
@@ -47,7 +47,7 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
       // mapping and destination apply (without it they would carry each partition's name).
       await client.query(`CREATE PUBLICATION ${quoteIdent(pub)}${list} WITH (publish = 'insert', publish_via_partition_root = true)`);
     } catch (err) {
-      if ((err as { code?: string }).code !== '42710') throw classifyPgError(err, `creating publication ${pub}`);
+      if (!alreadyExists(err)) throw classifyPgError(err, `creating publication ${pub}`);
     }
     await checkPublishes(client, cfg);
     return 'created';

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import type { PostgresConfig } from '../config/config.js';
 import { SlotError } from '../errors.js';
 import { type Marker, type Recovery, readMarker, updateMarker, withRecovery, withSlot, withoutSlot } from '../postgres/marker.js';
-import { classifyPgError } from '../postgres/pg-errors.js';
+import { alreadyExists, classifyPgError } from '../postgres/pg-errors.js';
 import {
   type ExportedSnapshot,
   type OnWait,
@@ -67,7 +67,7 @@ export async function ensureSlot(client: pg.Client, cfg: PostgresConfig, onWait:
     await createSlot(client, cfg, onWait);
   } catch (err) {
     // 42710: another instance created it a moment ago; use theirs.
-    if ((err as { code?: string }).code !== '42710') {
+    if (!alreadyExists(err)) {
       await unrecordSlot(client, cfg, before);
       throw classifyPgError(err, `creating replication slot ${name}`);
     }

@@ -3,7 +3,7 @@ import type { PostgresConfig } from '../config/config.js';
 import { ConfigError, PgConnectionError } from '../errors.js';
 import { serverVersion } from '../postgres/sql.js';
 import { connectAdmin, connectSameHost, hostOf } from './connect.js';
-import { classifyPgError } from '../postgres/pg-errors.js';
+import { classifyPgError, wasCanceled } from '../postgres/pg-errors.js';
 
 /**
  * Creating a replication slot: as a failover slot when asked, bounded by
@@ -63,7 +63,7 @@ export async function createSlot(client: pg.Client, cfg: PostgresConfig, onWait:
       if (cfg.failover) await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)`, [cfg.slot]);
       else await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [cfg.slot]);
     } catch (err) {
-      if ((err as { code?: string }).code === '57014') throw timedOut(cfg, err);
+      if (wasCanceled(err)) throw timedOut(cfg, err);
       throw err;
     } finally {
       await client.query(`SELECT set_config('statement_timeout', $1, false)`, [String(cfg.statementTimeoutMs)]).catch(() => undefined);

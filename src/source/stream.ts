@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { Watermark } from '../positions/watermark.js';
 import type { PostgresConfig } from '../config/config.js';
-import { OutboxdError, PgConnectionError, SinkError } from '../errors.js';
+import { OutboxdError, PgConnectionError } from '../errors.js';
 import type { SourceIdentity } from '../interfaces.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
@@ -9,6 +9,7 @@ import { coalesceReads } from './coalesce.js';
 import { connectReplication, hostOf } from './connect.js';
 import { identifySource, slotPosition } from './identity.js';
 import { classifyPgError } from '../postgres/pg-errors.js';
+import { withTimeout } from '../retry.js';
 import { PgoutputDecoder, type PgoutputHandler, type TableInterest } from './pgoutput.js';
 import { type CopyConnection, StartReplication, standbyStatusUpdate } from './replication-protocol.js';
 
@@ -21,6 +22,13 @@ export interface ChangeHandler<T extends TableInterest = TableInterest> extends 
    * before it has been handed to this handler. The handler moves the watermark if it may.
    */
   keepalive(lsn: Lsn): void;
+}
+
+/** What a replication connection reaches (ReplicationStream.open). */
+export interface Reached {
+  readonly source: SourceIdentity;
+  /** The slot's confirmed position on that server, or null when it has none. */
+  readonly slotLsn: Lsn | null;
 }
 
 /**
@@ -66,12 +74,6 @@ export class ReplicationStream {
     private readonly handler: ChangeHandler,
     private readonly watermark: Watermark,
     private readonly log: Logger,
-    /**
-     * Runs once connected, before START_REPLICATION, with what this connection reaches: the
-     * database, its server's timeline and history (identity.ts), and the slot's confirmed position
-     * there (null for none). The session starts its positions from these.
-     */
-    private readonly beforeStart?: (source: SourceIdentity, slotLsn: Lsn | null) => Promise<void>,
   ) {
     this.decoder = new PgoutputDecoder(handler);
     this.ended = new Promise<void>((resolve, reject) => {
@@ -81,8 +83,13 @@ export class ReplicationStream {
     this.ended.catch(() => undefined);
   }
 
-  /** Starts streaming. Resolves once the server has started replication; rejects on failure. */
-  async start(): Promise<void> {
+  /**
+   * Connects, and says what this connection reaches: the database, its server's timeline and
+   * history (identity.ts), and the slot's confirmed position there (null for none). The session
+   * starts its positions from these before it calls start(). Null when stopped meanwhile; rejects
+   * on failure.
+   */
+  async open(): Promise<Reached | null> {
     let client: pg.Client;
     try {
       // The host is chosen as the admin connection's was (postgres.url's order and
@@ -91,11 +98,12 @@ export class ReplicationStream {
       client = await connectReplication(this.cfg, this.handler.maxValueBytes);
     } catch (err) {
       this.end(classifyPgError(err, 'starting replication'));
-      return this.ended;
+      await this.ended;
+      return null;
     }
     if (this.stopped) {
       await client.end().catch(() => undefined);
-      return;
+      return null;
     }
     this.client = client;
     if (this.cfg.hosts.length > 1) this.log.info({ host: hostOf(client) }, 'replication connection opened');
@@ -103,14 +111,19 @@ export class ReplicationStream {
     client.on('end', () => this.end(this.stopped ? null : new PgConnectionError('replication stream: connection terminated')));
     try {
       await rawTextInSqlAscii(client);
-      if (this.beforeStart) {
-        const source = await identifySource(client, this.log);
-        await this.beforeStart(source, await slotPosition(client, this.cfg.slot));
-      }
+      const source = await identifySource(client, this.log);
+      return { source, slotLsn: await slotPosition(client, this.cfg.slot) };
     } catch (err) {
-      this.end(err instanceof SinkError ? err : classifyPgError(err, 'starting replication'));
+      this.end(classifyPgError(err, 'starting replication'));
       await this.ended;
+      return null;
     }
+  }
+
+  /** Starts streaming on the connection open() made. Resolves once the server has started replication; rejects on failure. */
+  async start(): Promise<void> {
+    const client = this.client;
+    if (client === null || this.stopped) return this.ended;
     const started = new Promise<void>((resolve) => {
       const query = new StartReplication(this.command(), {
         started: (connection) => {
@@ -184,14 +197,11 @@ export class ReplicationStream {
    */
   async flush(timeoutMs = 2_000): Promise<void> {
     if (this.stopped || this.connection === null) return;
-    let timer: NodeJS.Timeout | undefined;
     const answered = new Promise<void>((resolve) => {
       this.replied = resolve;
-      timer = setTimeout(resolve, timeoutMs);
     });
     this.sendStatus({ force: true, ping: true });
-    await answered;
-    clearTimeout(timer);
+    await withTimeout(answered, timeoutMs, () => undefined);
     this.replied = null;
   }
 

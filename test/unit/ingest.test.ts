@@ -43,12 +43,12 @@ function setup() {
   watermark.onMove(() => advanced.push(watermark.lsn));
   const metrics = createMetrics();
   const log = createLogger('silent');
-  const pipeline = new Pipeline(
-    cfg.pipeline,
-    cfg.outbox.onPoison,
+  const pipeline = new Pipeline({
+    cfg: cfg.pipeline,
+    policy: cfg.outbox.onPoison,
     sink,
     watermark,
-    {
+    events: {
       onHalt: () => undefined,
       onFatal: () => undefined,
       onSinkHealth: () => undefined,
@@ -56,8 +56,8 @@ function setup() {
     },
     metrics,
     log,
-    5_000,
-  );
+    stallTimeoutMs: 5_000,
+  });
   pipeline.start();
   const published = new PublishedUpTo();
   const ingest = new Ingest(

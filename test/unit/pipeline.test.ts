@@ -62,12 +62,12 @@ function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}
     stalls: [] as boolean[],
   };
   watermark.onMove(() => events.advanced.push(watermark.lsn));
-  const pipeline = new Pipeline(
-    { ...cfg, ...over },
+  const pipeline = new Pipeline({
+    cfg: { ...cfg, ...over },
     policy,
     sink,
     watermark,
-    {
+    events: {
       onHalt: (e) => {
         events.halted = e;
       },
@@ -77,10 +77,10 @@ function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}
       onSinkHealth: (up) => events.health.push(up),
       onStall: (stalled) => events.stalls.push(stalled),
     },
-    createMetrics(),
-    createLogger('silent'),
-    over.lingerMs === 0 ? 20 : 5_000,
-  );
+    metrics: createMetrics(),
+    log: createLogger('silent'),
+    stallTimeoutMs: over.lingerMs === 0 ? 20 : 5_000,
+  });
   pipeline.start();
   let xid = 0;
   /** Writes one committed transaction with the given message ids. */
