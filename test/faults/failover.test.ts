@@ -484,7 +484,10 @@ describe('failover to a standby that was behind (issue 21, finding 3)', () => {
             [],
             b.db.name,
           );
-          return (rows[0]?.c ?? '').includes('confirmedXid');
+          const comment = rows[0]?.c ?? '';
+          if (!comment.startsWith('outboxd:')) return false;
+          // This slot's own epoch (marker v2: `epochs[slot]`).
+          return JSON.parse(comment.slice('outboxd:'.length)).epochs?.[b.db.slot]?.xid !== undefined;
         },
         30_000,
       ),
