@@ -1,4 +1,4 @@
-import { redact } from './observability/redact.js';
+import { redact } from './redact.js';
 
 /**
  * Typed errors. Every error outboxd raises on purpose carries a stable `code`, a `retriable`

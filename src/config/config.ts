@@ -1,7 +1,7 @@
 import { ConfigError } from '../errors.js';
 import { defaultKafkaWorkers } from './cores.js';
-import { sourceTemplateProblem } from '../outbox/cloudevents.js';
-import { parseTemplate, type Template } from '../outbox/template.js';
+import { sourceTemplateProblem } from './template.js';
+import { parseTemplate, type Template } from './template.js';
 import { compileSasl, compileTls } from './auth.js';
 import { type PgUrl, parsePgUrl } from './pg-url.js';
 import { COLUMN_FIELDS, type ColumnField, ConfigSchema, type ConfigInput } from './schema.js';

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { LineCounter, parseDocument } from 'yaml';
 import { ConfigError } from '../errors.js';
 import { interpolate } from './interpolate.js';
-import { registerSecrets } from '../observability/redact.js';
+import { registerSecrets } from '../redact.js';
 import { type Config, compileConfig } from './config.js';
 import { ConfigSchema } from './schema.js';
 import { secretsIn } from './secrets.js';

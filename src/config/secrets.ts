@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { TSchema } from '@sinclair/typebox';
 import { ConfigError } from '../errors.js';
-import { registerSecrets } from '../observability/redact.js';
+import { registerSecrets } from '../redact.js';
 import type { SecretKind } from './schema-kit.js';
 
 /**

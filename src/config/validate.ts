@@ -1,7 +1,7 @@
 import { type TSchema, OptionalKind } from '@sinclair/typebox';
 import { ConfigError } from '../errors.js';
-import { redact } from '../observability/redact.js';
-import { parseTemplate } from '../outbox/template.js';
+import { redact } from '../redact.js';
+import { parseTemplate } from './template.js';
 import type { SecretKind } from './schema-kit.js';
 import { parseDurationMs, parseSizeBytes } from './units.js';
 

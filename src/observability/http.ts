@@ -1,7 +1,7 @@
 import { type Server, createServer } from 'node:http';
 import type { Registry } from 'prom-client';
 import type { Logger } from './logger.js';
-import { redact } from './redact.js';
+import { redact } from '../redact.js';
 
 export interface Health {
   /** The process is making progress (its loops are turning). */

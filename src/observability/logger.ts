@@ -1,7 +1,7 @@
 import { pino, destination as pinoDestination, stdTimeFunctions } from 'pino';
 import type { Logger } from 'pino';
 import type { LogLevel } from '../config/config.js';
-import { redact, redactDeep } from './redact.js';
+import { redact, redactDeep } from '../redact.js';
 
 export type { Logger } from 'pino';
 

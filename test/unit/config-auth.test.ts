@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
-import { clearSecrets, redact } from '../../src/observability/redact.js';
+import { clearSecrets, redact } from '../../src/redact.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'outboxd-config-auth-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -6,7 +6,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { ConfigSchema } from '../../src/config/schema.js';
 import { ConfigError, oneLine } from '../../src/errors.js';
-import { clearSecrets } from '../../src/observability/redact.js';
+import { clearSecrets } from '../../src/redact.js';
 
 /**
  * A config error prints the value it refused. The value may be a secret: written where a secret

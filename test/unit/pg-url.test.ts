@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { parsePgUrl } from '../../src/config/pg-url.js';
 import { ConfigError } from '../../src/errors.js';
-import { clearSecrets, redact } from '../../src/observability/redact.js';
+import { clearSecrets, redact } from '../../src/redact.js';
 import { clientConfig } from '../../src/source/connect.js';
 
 afterEach(() => clearSecrets());

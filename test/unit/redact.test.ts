@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
-import { clearSecrets, redact, redactDeep, registerSecrets } from '../../src/observability/redact.js';
+import { clearSecrets, redact, redactDeep, registerSecrets } from '../../src/redact.js';
 
 afterEach(() => clearSecrets());
 

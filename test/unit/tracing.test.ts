@@ -7,7 +7,7 @@ import { parseConfig } from '../../src/config/load.js';
 import { PoisonError } from '../../src/errors.js';
 import type { OutboxMessage, Sink, TxnRef } from '../../src/interfaces.js';
 import { createLogger } from '../../src/observability/logger.js';
-import { clearSecrets, redact } from '../../src/observability/redact.js';
+import { clearSecrets, redact } from '../../src/redact.js';
 import { SdkTracer } from '../../src/observability/tracing-sdk.js';
 import { loadTracing } from '../../src/observability/tracing.js';
 
