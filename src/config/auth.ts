@@ -1,72 +1,70 @@
 import { createPrivateKey } from 'node:crypto';
 import { ConfigError } from '../errors.js';
-import type { ConfigInput } from './schema.js';
-import { readConfigFile, readSecret } from './secrets.js';
-import { parseDurationMs } from './units.js';
 
 /**
- * The authentication part of the config (see config.ts): TLS files and keys, and Kafka's SASL
- * mechanisms, each with exactly its own keys.
+ * The rules of the authentication sections (schema-auth.ts): TLS files and keys, and Kafka's
+ * SASL mechanisms, each with exactly its own keys.
  */
 
-/** A validated duration (validate.ts checked it parses). */
-const ms = (d: string): number => parseDurationMs(d) as number;
-
-type SaslInput = NonNullable<ConfigInput['sink']['kafka']>['sasl'];
+/** The SASL mechanisms of sink.kafka.sasl. */
+export const SASL_MECHANISMS = ['plain', 'scram-sha-256', 'scram-sha-512', 'oauthbearer', 'aws-msk-iam'] as const;
+type SaslMechanism = (typeof SASL_MECHANISMS)[number];
 
 /**
  * sink.kafka.sasl: each mechanism with exactly its own keys. Plain data only: the worker threads
  * get this by structured clone and build their token providers from it (sink/kafka-auth.ts).
+ * `s` is the section compiled (a passwordFile read into password), `written` as written.
  */
-export function compileSasl(s: SaslInput, tls: boolean) {
-  if (s === undefined) return undefined;
-  const at = 'sink.kafka.sasl';
+export function saslOf<O, A extends { region: string }>(
+  at: string,
+  s: {
+    mechanism: SaslMechanism;
+    username: string | undefined;
+    password: string | undefined;
+    oauthbearer: O | undefined;
+    awsMskIam: A | undefined;
+  },
+  written: { password?: string | undefined },
+) {
   const mechanism = s.mechanism;
   const own = { oauthbearer: 'oauthbearer', 'aws-msk-iam': 'awsMskIam' } as const;
-  const keys = { username: s.username, password: s.password ?? s.passwordFile, oauthbearer: s.oauthbearer, awsMskIam: s.awsMskIam };
+  const keys = { username: s.username, password: s.password, oauthbearer: s.oauthbearer, awsMskIam: s.awsMskIam };
   const allowed: readonly string[] =
     mechanism === 'oauthbearer' || mechanism === 'aws-msk-iam' ? [own[mechanism]] : ['username', 'password'];
   for (const [key, value] of Object.entries(keys)) {
     if (value !== undefined && !allowed.includes(key)) {
       throw new ConfigError(
-        `${at}.${key === 'password' && s.password === undefined ? 'passwordFile' : key}`,
+        `${at}.${key === 'password' && written.password === undefined ? 'passwordFile' : key}`,
         `is not used by mechanism ${mechanism}; remove it`,
       );
     }
   }
   if (mechanism === 'oauthbearer') {
-    const o = s.oauthbearer;
-    if (o === undefined)
+    if (s.oauthbearer === undefined)
       throw new ConfigError(`${at}.oauthbearer`, 'is required for mechanism oauthbearer (tokenEndpoint, clientId, clientSecret)');
-    return { mechanism, oauthbearer: compileOAuthBearer(`${at}.oauthbearer`, o) };
+    return { mechanism, oauthbearer: s.oauthbearer };
   }
   if (mechanism === 'aws-msk-iam') {
     const a = s.awsMskIam;
     if (a === undefined) throw new ConfigError(`${at}.awsMskIam`, 'is required for mechanism aws-msk-iam (region)');
     if (!/^[a-z]{2}(-[a-z]+)+-\d+$/.test(a.region))
       throw new ConfigError(`${at}.awsMskIam.region`, `must be an AWS region like eu-west-1, got "${a.region}"`);
-    // MSK's IAM listeners (port 9098, 9198 public) speak TLS only.
-    if (!tls)
-      throw new ConfigError('sink.kafka.ssl', 'is required with sasl mechanism aws-msk-iam: MSK IAM listeners accept TLS only (ssl: true)');
-    return { mechanism, awsMskIam: { region: a.region, profile: a.profile, roleArn: a.roleArn, roleSessionName: a.roleSessionName } };
+    return { mechanism, awsMskIam: a };
   }
   if (s.username === undefined) throw new ConfigError(`${at}.username`, `is required for mechanism ${mechanism}`);
-  if (s.password === undefined && s.passwordFile === undefined) throw new ConfigError(`${at}.password`, 'is required (or passwordFile)');
-  return {
-    mechanism,
-    username: s.username,
-    password: s.passwordFile !== undefined ? readSecret(`${at}.passwordFile`, s.passwordFile) : (s.password as string),
-  };
+  if (s.password === undefined) throw new ConfigError(`${at}.password`, 'is required (or passwordFile)');
+  return { mechanism, username: s.username, password: s.password };
 }
 
 /** RFC 7628 extension keys as Kafka accepts them (OAuthBearerClientInitialResponse), and values. */
 const EXTENSION_NAME = /^[A-Za-z]+$/;
 const EXTENSION_VALUE = /^[\x21-\x7E \t\r\n]+$/;
 
-function compileOAuthBearer(at: string, o: NonNullable<NonNullable<SaslInput>['oauthbearer']>) {
+/** sasl.oauthbearer: the token endpoint checked (https://, unless allowed), the extensions as a record. */
+export function oauthEndpoint(at: string, tokenEndpoint: string, allowPlainHttp: boolean, tls: boolean): string {
   let endpoint: URL;
   try {
-    endpoint = new URL(o.tokenEndpoint);
+    endpoint = new URL(tokenEndpoint);
   } catch {
     // Not the value: it may hold a password (https://user:password@idp/…).
     throw new ConfigError(`${at}.tokenEndpoint`, 'is not a valid URL');
@@ -75,17 +73,19 @@ function compileOAuthBearer(at: string, o: NonNullable<NonNullable<SaslInput>['o
     throw new ConfigError(`${at}.tokenEndpoint`, `must be an https:// URL, got ${endpoint.protocol}//`);
   }
   // The client secret goes in every request, and the token that comes back is a credential too.
-  if (endpoint.protocol === 'http:' && !o.allowPlainHttp) {
+  if (endpoint.protocol === 'http:' && !allowPlainHttp) {
     throw new ConfigError(
       `${at}.tokenEndpoint`,
       `is http://, which sends the client secret in clear text: use https:// (${at}.allowPlainHttp: true allows http:// for a loopback test endpoint)`,
     );
   }
-  if (endpoint.protocol === 'http:' && o.tls !== undefined) {
-    throw new ConfigError(`${at}.tls`, 'applies to an https:// tokenEndpoint only; remove it');
-  }
+  if (endpoint.protocol === 'http:' && tls) throw new ConfigError(`${at}.tls`, 'applies to an https:// tokenEndpoint only; remove it');
+  return endpoint.toString();
+}
+
+export function oauthExtensions(at: string, list: ReadonlyArray<{ name: string; value: string }>): Record<string, string> {
   const extensions: Record<string, string> = {};
-  o.extensions.forEach((e, i) => {
+  list.forEach((e, i) => {
     if (!EXTENSION_NAME.test(e.name) || e.name === 'auth') {
       throw new ConfigError(`${at}.extensions[${i}].name`, `"${e.name}" is not a SASL extension name (letters only, not auth)`);
     }
@@ -93,40 +93,38 @@ function compileOAuthBearer(at: string, o: NonNullable<NonNullable<SaslInput>['o
     if (!EXTENSION_VALUE.test(e.value)) throw new ConfigError(`${at}.extensions[${i}].value`, 'must be printable ASCII');
     extensions[e.name] = e.value;
   });
-  return {
-    tokenEndpoint: endpoint.toString(),
-    clientId: o.clientId,
-    clientSecret: o.clientSecretFile !== undefined ? readSecret(`${at}.clientSecretFile`, o.clientSecretFile) : (o.clientSecret as string),
-    clientAuth: o.clientAuth,
-    scope: o.scope,
-    extensions,
-    timeoutMs: ms(o.timeout),
-    /** PEM: the CAs that may sign the endpoint's certificate, in place of Node's bundle. */
-    ca: o.tls?.caFile === undefined ? undefined : readConfigFile(`${at}.tls.caFile`, o.tls.caFile),
-  };
+  return extensions;
 }
 
-type TlsInput = NonNullable<ConfigInput['sink']['kafka']>['ssl'];
-
-export function compileTls(path: string, t: TlsInput) {
-  if (t === undefined || t === false) return undefined;
+/**
+ * TLS: `true` (Node's defaults) or the files, read (compile.ts); an encrypted key must open with
+ * the passphrase given. `written` is the section as written: which of keyPassphrase and
+ * keyPassphraseFile it names.
+ */
+export function tlsOf(
+  path: string,
+  t:
+    | true
+    | {
+        ca: string | undefined;
+        cert: string | undefined;
+        key: string | undefined;
+        keyPassphrase: string | undefined;
+        rejectUnauthorized: boolean;
+        servername: string | undefined;
+      },
+  written: unknown,
+) {
   if (t === true) {
     return { ca: undefined, cert: undefined, key: undefined, passphrase: undefined, rejectUnauthorized: true, servername: undefined };
   }
-  const key = t.keyFile === undefined ? undefined : readSecret(`${path}.keyFile`, t.keyFile);
-  const passphrase = t.keyPassphraseFile !== undefined ? readSecret(`${path}.keyPassphraseFile`, t.keyPassphraseFile) : t.keyPassphrase;
-  const passphraseKey = t.keyPassphraseFile !== undefined ? `${path}.keyPassphraseFile` : `${path}.keyPassphrase`;
-  if (passphrase !== undefined && key === undefined) throw new ConfigError(passphraseKey, 'is set but keyFile is not');
-  if (key !== undefined) checkPrivateKey(path, t.keyFile as string, key, passphrase, passphraseKey);
-  return {
-    ca: t.caFile === undefined ? undefined : readConfigFile(`${path}.caFile`, t.caFile),
-    cert: t.certFile === undefined ? undefined : readConfigFile(`${path}.certFile`, t.certFile),
-    key,
-    /** Decrypts an encrypted `key` (Node's TLS `passphrase`). */
-    passphrase,
-    rejectUnauthorized: t.rejectUnauthorized ?? true,
-    servername: t.servername,
-  };
+  const { keyFile, keyPassphraseFile } = written as { keyFile?: string; keyPassphraseFile?: string };
+  const { keyPassphrase: passphrase, ...files } = t;
+  const passphraseKey = keyPassphraseFile !== undefined ? `${path}.keyPassphraseFile` : `${path}.keyPassphrase`;
+  if (passphrase !== undefined && t.key === undefined) throw new ConfigError(passphraseKey, 'is set but keyFile is not');
+  if (t.key !== undefined) checkPrivateKey(path, keyFile as string, t.key, passphrase, passphraseKey);
+  /** passphrase: decrypts an encrypted `key` (Node's TLS `passphrase`). */
+  return { ...files, passphrase };
 }
 
 /**

@@ -1,24 +1,24 @@
-import { type Static, type TArray, type TObject, type TOptional, type TSchema, Type as T } from '@sinclair/typebox';
-import { kafkaSasl, tlsFiles } from './schema-auth.js';
+import { type TSchema, Type as T } from '@sinclair/typebox';
+import { ConfigError } from '../errors.js';
+import { checkTables, exportHeaders, pgHosts, tableOf } from './rules.js';
+import { sink } from './schema-sink.js';
 import {
   backoff,
   bool,
-  type Defaulted,
+  defaulted,
   duration,
+  type Filled,
   identifier,
   int,
-  maybeSection,
   oneOf,
   optSecret,
   optSection,
-  optStr,
-  optTemplate,
   required,
+  ruled,
   secretFile,
   section,
   size,
   str,
-  template,
   withDefault,
 } from './schema-kit.js';
 
@@ -29,17 +29,23 @@ import {
  * - the validation, with its errors (validate.ts: unknown keys, types, ranges, one line that
  *   names the YAML path);
  * - the JSON Schema editors use (`config/outboxd.schema.json`, `npm run schema`, schema-json.ts);
- * - the check that docs/config.md documents exactly these keys and defaults (a test).
- * compile.ts turns the validated file into the `Config` the code uses (durations in ms, sizes in
- * bytes, secrets read), and the code's types derive from it.
+ * - the check that docs/config.md documents exactly these keys and defaults (a test);
+ * - the Config the code uses, and its type: compile.ts walks this declaration (durations in
+ *   ms, sizes in bytes, templates parsed, files read) and applies each section's rule
+ *   (`ruled`: the checks that span keys, in rules.ts and auth.ts); config.ts names the types.
  *
  * outboxd's own annotations ride along as `x-` keywords, which JSON Schema ignores:
  * - `x-kind`: duration (`500ms`, `10s`), size (`64MiB`), identifier, template, tls;
+ * - `x-unit`: `s` for a duration the code takes in whole seconds;
  * - `x-min`/`x-max`: a range in ms (durations) or bytes (sizes);
  * - `x-exclusive`: sibling keys that may not be set together (a secret and its file);
+ * - `x-one-of`: sibling keys of which one must be set;
  * - `x-split`: a string that holds a comma-separated list (`"k1:9092,k2:9092"`);
- * - `x-secret`: the key holds a secret (value), a URL with one (url) or the file of one (file).
- * The builders are in schema-kit.ts, the TLS and SASL sections in schema-auth.ts.
+ * - `x-secret`: the key holds a secret (value), a URL with one (url) or the file of one (file);
+ * - `x-file`: the key names a file whose text the code takes (a CA, a certificate);
+ * - `x-compile`: a section's rule (a function, so absent from the JSON Schema).
+ * The builders are in schema-kit.ts, the sink section in schema-sink.ts, the TLS and SASL
+ * sections in schema-auth.ts.
  */
 
 /** The outbox fields a table maps to columns, in the order the docs list them. */
@@ -76,7 +82,7 @@ const columns = optSection(
 
 export const ConfigSchema = section(
   {
-    postgres: section(
+    postgres: ruled(
       {
         url: required('The connection URL (postgres:// or postgresql://), for the admin and the replication connection.', {
           'x-secret': 'url',
@@ -120,140 +126,77 @@ export const ConfigSchema = section(
         ),
         reconnect: backoff('500ms', '30s', 'after a failed replication session (and between broker connection attempts at start)'),
       },
+      ({ url, heartbeat, ...p }) => ({
+        url,
+        ...pgHosts(url),
+        ...p,
+        heartbeatIntervalMs: heartbeat.intervalMs,
+        heartbeatPrefix: heartbeat.prefix,
+      }),
       'The database and the replication slot.',
       { 'x-exclusive': [['password', 'passwordFile']] },
     ),
-    outbox: optSection({
-      tables: withDefault(
-        T.Array(section({ name: required('`table` or `schema.table`.'), columns }), {
-          description: 'The outbox tables (default: public.outbox).',
-          default: [{ name: 'public.outbox' }],
-        }),
-      ),
-      messages: optSection({
-        enabled: bool(true, 'Relay transactional pg_logical_emit_message events with the prefix.'),
-        prefix: str('outbox', 'Their prefix.'),
-      }),
-      onPoison: oneOf(['halt', 'dead-letter'], 'halt', 'What to do with a message that cannot be mapped or published.'),
-      prune: optSection(
+    outbox: defaulted(
+      ruled(
         {
-          mode: oneOf(
-            ['off', 'delete', 'partitions'],
-            'off',
-            'Delete confirmed rows older than retain: off, delete (batched DELETEs) or partitions (drop whole daily partitions).',
+          tables: withDefault(
+            T.Array(
+              ruled({ name: required('`table` or `schema.table`.'), columns }, (t, _, at) => tableOf(at, t.name, t.columns)),
+              {
+                description: 'The outbox tables (default: public.outbox).',
+                default: [{ name: 'public.outbox' }],
+              },
+            ),
           ),
-          retain: duration('24h', 'Keep every row at least this long after its created_at, for replay.', { min: 0 }),
-          interval: duration('1m', 'How often a pruning round starts (each needs the watermark to pass its start).', { min: 100 }),
-          batchSize: int(5_000, 'delete: the most rows one DELETE removes.', { min: 1, max: 1_000_000 }),
-          pause: duration('100ms', 'delete: the pause between two DELETEs.', { min: 0, max: 60_000 }),
-          lockTimeout: duration('1s', 'A DELETE, DETACH or DROP that waits for a lock this long gives up this round.', { min: 10 }),
-          premake: int(3, 'partitions: how many daily partitions to keep created ahead of today.', { min: 1, max: 366 }),
-        },
-        'Pruning confirmed rows (on the leader).',
-      ),
-    }),
-    pipeline: optSection({
-      maxInFlightMessages: int(5_000, 'The most messages read from the WAL and not yet confirmed; reading pauses at the bound.', {
-        min: 1,
-      }),
-      maxInFlightBytes: size('64MiB', 'The same bound in bytes.', { min: 1024 }),
-      batchMaxMessages: int(2_000, 'The most messages handed to the broker at once.', { min: 1, max: 100_000 }),
-      batchMaxBytes: size('4MiB', 'The most bytes per batch.', { min: 1024 }),
-      linger: duration('5ms', 'How long a partial batch waits for more messages.', { min: 0, max: 10_000 }),
-      retry: backoff('200ms', '30s', 'after a retriable publish or dead-letter failure'),
-    }),
-    sink: optSection({
-      type: oneOf(['kafka', 'rabbitmq', 'stdout'], 'stdout', 'The broker.'),
-      stallTimeout: duration('5s', 'A call to the broker unanswered this long makes the sink stalled (not ready) until it answers.', {
-        min: 100,
-      }),
-      kafka: maybeSection(
-        {
-          brokers: T.Array(T.String({ minLength: 1 }), {
-            description: 'The bootstrap brokers, host:port (a string may hold a comma-separated list).',
-            minItems: 1,
-            'x-split': ',',
+          messages: optSection({
+            enabled: bool(true, 'Relay transactional pg_logical_emit_message events with the prefix.'),
+            prefix: str('outbox', 'Their prefix.'),
           }),
-          clientId: str('outboxd', 'The Kafka client id.'),
-          topic: template('outbox.event.{aggregatetype}', 'The topic per message (a template).'),
-          deadLetterTopic: str('outbox.deadletter', 'The topic for dead letters.'),
-          compression: oneOf(['none', 'gzip'], 'none', 'Batch compression.'),
-          maxMessageBytes: size('1MiB', "The broker's or topic's max.message.bytes: a bigger message is poison.", { min: 1024 }),
-          connectionTimeout: duration('10s', 'The kafkajs connection timeout.', { min: 100 }),
-          requestTimeout: duration('30s', 'The kafkajs request timeout.', { min: 100 }),
-          autoCreateTopics: bool(true, 'Ask the broker to create a topic that does not exist (the broker decides).'),
-          delivery: oneOf(
-            ['at-least-once', 'exactly-once'],
-            'at-least-once',
-            'exactly-once: each batch is one Kafka transaction with a checkpoint record; read_committed consumers see every event once.',
+          onPoison: oneOf(['halt', 'dead-letter'], 'halt', 'What to do with a message that cannot be mapped or published.'),
+          prune: optSection(
+            {
+              mode: oneOf(
+                ['off', 'delete', 'partitions'],
+                'off',
+                'Delete confirmed rows older than retain: off, delete (batched DELETEs) or partitions (drop whole daily partitions).',
+              ),
+              retain: duration('24h', 'Keep every row at least this long after its created_at, for replay.', { min: 0 }),
+              interval: duration('1m', 'How often a pruning round starts (each needs the watermark to pass its start).', { min: 100 }),
+              batchSize: int(5_000, 'delete: the most rows one DELETE removes.', { min: 1, max: 1_000_000 }),
+              pause: duration('100ms', 'delete: the pause between two DELETEs.', { min: 0, max: 60_000 }),
+              lockTimeout: duration('1s', 'A DELETE, DETACH or DROP that waits for a lock this long gives up this round.', { min: 10 }),
+              premake: int(3, 'partitions: how many daily partitions to keep created ahead of today.', { min: 1, max: 366 }),
+            },
+            'Pruning confirmed rows (on the leader).',
           ),
-          checkpointTopic: str('outboxd.checkpoints', 'exactly-once: the compacted topic of checkpoints (outboxd setup creates it).'),
-          transactionalId: optStr(
-            'exactly-once: the producer transactional.id (default outboxd-<slot>); a second relay with it fences the first.',
-          ),
-          transactionTimeout: duration('60s', 'exactly-once: the broker aborts a transaction left open this long.', { min: 1000 }),
-          workers: T.Optional(
-            T.Integer({
-              description:
-                'at-least-once: worker threads that publish, each owning a share of the partitions; default: the usable cores (CPU quota included) minus 2, at least 0; 0 publishes on the main thread.',
-              minimum: 0,
-              maximum: 64,
-            }),
-          ),
-          ssl: tlsFiles('the brokers'),
-          sasl: kafkaSasl,
         },
-        'Kafka (sink.type: kafka).',
+        (o) => {
+          checkTables(o.tables, o.messages.enabled);
+          return o;
+        },
       ),
-      rabbitmq: maybeSection(
+    ),
+    pipeline: defaulted(
+      ruled(
         {
-          url: required('The broker URL (amqp:// or amqps://); its path is the vhost.', { 'x-secret': 'url' }),
-          authMechanism: oneOf(
-            ['plain', 'external'],
-            'plain',
-            "plain: the URL's user and password; external: the TLS client certificate (amqps:// with tls.certFile and tls.keyFile; the broker needs rabbitmq_auth_mechanism_ssl).",
-          ),
-          password: optSecret("Overrides the URL's password."),
-          passwordFile: secretFile("Overrides the URL's password, read from this file."),
-          exchange: required('The exchange outboxd publishes to.'),
-          exchangeType: oneOf(['topic', 'direct', 'fanout', 'x-consistent-hash'], 'topic', 'The exchange type.'),
-          declare: bool(false, 'Declare the exchange (and the dead-letter exchange) at connect time.'),
-          routingKey: optTemplate(
-            'The routing key per message (a template). Default {aggregatetype}.{type}; {aggregateid} for x-consistent-hash.',
-          ),
-          deadLetterExchange: str('outbox.deadletter', 'The exchange for dead letters.'),
-          deadLetterRoutingKey: optStr("The routing key for dead letters (default: the message's own, or poison)."),
-          confirmTimeout: duration('30s', 'A batch whose publisher confirms do not all arrive by then fails and is retried.', { min: 100 }),
-          heartbeat: duration('10s', 'The AMQP heartbeat, in whole seconds; 0 disables it.', { min: 0, max: 3_600_000 }),
-          connectionTimeout: duration('10s', 'The connection timeout.', { min: 100 }),
-          maxMessageBytes: size('16MiB', "The broker's max_message_size: a bigger message is poison.", { min: 1024 }),
-          tls: tlsFiles('amqps:// URLs'),
+          maxInFlightMessages: int(5_000, 'The most messages read from the WAL and not yet confirmed; reading pauses at the bound.', {
+            min: 1,
+          }),
+          maxInFlightBytes: size('64MiB', 'The same bound in bytes.', { min: 1024 }),
+          batchMaxMessages: int(2_000, 'The most messages handed to the broker at once.', { min: 1, max: 100_000 }),
+          batchMaxBytes: size('4MiB', 'The most bytes per batch.', { min: 1024 }),
+          linger: duration('5ms', 'How long a partial batch waits for more messages.', { min: 0, max: 10_000 }),
+          retry: backoff('200ms', '30s', 'after a retriable publish or dead-letter failure'),
         },
-        'RabbitMQ (sink.type: rabbitmq).',
-        { 'x-exclusive': [['password', 'passwordFile']] },
-      ),
-      stdout: maybeSection(
-        {
-          destination: template('outbox.event.{aggregatetype}', 'The destination field of each JSON line (a template).'),
-          deadLetterDestination: str('outbox.deadletter', 'The destination of dead-letter lines.'),
+        (p) => {
+          if (p.maxInFlightMessages < p.batchMaxMessages) {
+            throw new ConfigError('pipeline.maxInFlightMessages', `must be at least pipeline.batchMaxMessages (${p.batchMaxMessages})`);
+          }
+          return p;
         },
-        'stdout (sink.type: stdout).',
       ),
-      cloudevents: optSection(
-        {
-          mode: oneOf(
-            ['off', 'binary', 'structured'],
-            'off',
-            "Send each event as a CloudEvent 1.0: binary (attributes in the broker binding's headers, the payload as it is) or structured (application/cloudevents+json, the payload embedded as written).",
-          ),
-          source: template(
-            '/outboxd/{aggregatetype}',
-            'The CloudEvents source attribute (a template; field values are percent-encoded; the result must be a URI-reference).',
-          ),
-        },
-        'CloudEvents (docs/config.md#sinkcloudevents).',
-      ),
-    }),
+    ),
+    sink,
     http: optSection({
       host: str('0.0.0.0', 'The listen address for /metrics, /livez and /readyz.'),
       port: int(9187, 'The listen port; 0 picks a free one.', { min: 0, max: 65535 }),
@@ -265,31 +208,34 @@ export const ConfigSchema = section(
       grace: duration('30s', 'On SIGTERM, how long to wait for in-flight messages to be confirmed.', { min: 0 }),
     }),
     telemetry: optSection({
-      traces: optSection(
-        {
-          enabled: bool(
-            false,
-            "A producer span per message that carries a traceparent, child of it, from commit to the broker's confirm, exported over OTLP/HTTP; the message goes out with the span's traceparent.",
-          ),
-          endpoint: str('http://localhost:4318/v1/traces', 'The OTLP/HTTP traces URL (protobuf), http:// or https://.'),
-          serviceName: str('outboxd', 'The service.name of the spans.'),
-          headers: withDefault(
-            T.Array(
-              section({
-                name: required('An HTTP header name.'),
-                value: required('Its value; a secret as ${VAR} or ${file:/path}.', { 'x-secret': 'value' }),
-              }),
-              { default: [], description: 'HTTP headers sent with every export (authentication). Their values are redacted from logs.' },
+      traces: defaulted(
+        ruled(
+          {
+            enabled: bool(
+              false,
+              "A producer span per message that carries a traceparent, child of it, from commit to the broker's confirm, exported over OTLP/HTTP; the message goes out with the span's traceparent.",
             ),
-          ),
-          batchDelay: duration('5s', 'How long a finished span may wait before its batch is exported.', { min: 10, max: 600_000 }),
-          exportTimeout: duration('10s', 'How long one export request may take.', { min: 100, max: 600_000 }),
-          maxQueueSize: int(2_048, 'The most finished spans waiting for export; past it new spans are dropped, never the messages.', {
-            min: 1,
-            max: 1_000_000,
-          }),
-        },
-        'OpenTelemetry traces through the relay (docs/tracing.md).',
+            endpoint: str('http://localhost:4318/v1/traces', 'The OTLP/HTTP traces URL (protobuf), http:// or https://.'),
+            serviceName: str('outboxd', 'The service.name of the spans.'),
+            headers: withDefault(
+              T.Array(
+                section({
+                  name: required('An HTTP header name.'),
+                  value: required('Its value; a secret as ${VAR} or ${file:/path}.', { 'x-secret': 'value' }),
+                }),
+                { default: [], description: 'HTTP headers sent with every export (authentication). Their values are redacted from logs.' },
+              ),
+            ),
+            batchDelay: duration('5s', 'How long a finished span may wait before its batch is exported.', { min: 10, max: 600_000 }),
+            exportTimeout: duration('10s', 'How long one export request may take.', { min: 100, max: 600_000 }),
+            maxQueueSize: int(2_048, 'The most finished spans waiting for export; past it new spans are dropped, never the messages.', {
+              min: 1,
+              max: 1_000_000,
+            }),
+          },
+          (t) => ({ ...t, headers: exportHeaders(t.endpoint, t.headers) }),
+          'OpenTelemetry traces through the relay (docs/tracing.md).',
+        ),
       ),
     }),
   },
@@ -298,22 +244,6 @@ export const ConfigSchema = section(
 
 /** The config file as written, after interpolation and validation, with every default filled in. */
 export type ConfigInput = Filled<typeof ConfigSchema>;
-
-/**
- * The value type of a validated schema: a defaulted key is always present, an optional one may
- * be undefined, a mapping's keys are resolved the same way.
- */
-type Filled<S> =
-  S extends TObject<infer P>
-    ? {
-        [K in keyof P]: P[K] extends Defaulted<TSchema>
-          ? Value<P[K]>
-          : P[K] extends TOptional<TSchema>
-            ? Value<P[K]> | undefined
-            : Value<P[K]>;
-      }
-    : Value<S>;
-type Value<S> = S extends TObject ? Filled<S> : S extends TArray<infer I> ? Value<I>[] : S extends TSchema ? Static<S> : never;
 
 /** The default of a key by its YAML path (`http.port`), as the schema declares it. */
 export function defaultOf(path: string): unknown {

@@ -1,7 +1,7 @@
 import { type TSchema, OptionalKind } from '@sinclair/typebox';
 import { ConfigError } from '../errors.js';
 import { redact } from '../redact.js';
-import { parseTemplate } from '../outbox/template.js';
+import { parseTemplate } from './template.js';
 import type { SecretKind } from './schema-kit.js';
 import { parseDurationMs, parseSizeBytes } from './units.js';
 
@@ -10,8 +10,10 @@ import { parseDurationMs, parseSizeBytes } from './units.js';
  * defaults. Every error is one ConfigError that names the YAML path, what was wrong and what is
  * allowed: unknown keys (with "did you mean"), types, ranges, units. Values are coerced where a
  * YAML or `${VAR}` author would expect it: `"9187"` is an integer, `"true"` a boolean, `5` a
- * string, a single string a one-item list. A secret (`x-secret`) is never shown, and must be
- * written as text: YAML reads `password: 0123` as the number 123, not the password.
+ * string, a single string a one-item list. A boolean is not text: a YAML 1.1 reader (Helm)
+ * makes one of a bare off, on, no or yes, so an enum with off (on) takes false (true) as that
+ * word, and any other text key refuses it, naming the type. A secret (`x-secret`) is never
+ * shown, and must be written as text: YAML reads `password: 0123` as the number 123.
  */
 export function validate(schema: TSchema, value: unknown, path = ''): unknown {
   const kind = schema['x-kind'] as string | undefined;
@@ -78,11 +80,31 @@ function list(schema: TSchema, value: unknown, path: string): unknown[] {
 
 function literal(schema: TSchema, value: unknown, path: string): string {
   const allowed = (schema.anyOf as TSchema[]).map((s) => s.const as string);
-  const v = typeof value === 'number' || typeof value === 'boolean' ? String(value) : value;
+  // YAML 1.1 (Helm's values, PyYAML) reads a bare off as false and on as true: where the enum
+  // has that word, the boolean can only have been it (docs/config.md#yaml-11-and-helm).
+  const word = yaml11Word(value);
+  if (word !== null && allowed.includes(word)) return word;
+  if (typeof value === 'boolean') throw new ConfigError(path, `must be one of ${allowed.join(', ')}, got ${describeBoolean(value)}`);
+  const v = typeof value === 'number' ? String(value) : value;
   if (typeof v !== 'string' || !allowed.includes(v)) {
     throw new ConfigError(path, `must be one of ${allowed.join(', ')}, got ${typeof v === 'string' ? `"${v}"` : describe(v)}`);
   }
   return v;
+}
+
+/** The word a YAML 1.1 reader turned into this boolean, if the enum has it: off for false, on for true. */
+function yaml11Word(value: unknown): 'off' | 'on' | null {
+  return value === false ? 'off' : value === true ? 'on' : null;
+}
+
+/**
+ * A boolean where text was wanted, as an error shows it: most often a YAML 1.1 reader (Helm)
+ * took a bare off/on, no/yes for one, and quoting the value is the fix.
+ */
+export function describeBoolean(value: boolean): string {
+  return value
+    ? 'the boolean true (YAML 1.1 reads a bare on as true; quote it)'
+    : 'the boolean false (YAML 1.1 reads a bare off as false; quote it)';
 }
 
 function integer(schema: TSchema, value: unknown, path: string): number {
@@ -108,7 +130,8 @@ function text(schema: TSchema, value: unknown, path: string): string {
     const as = typeof value === 'number' ? 'a number' : typeof value === 'boolean' ? 'true or false' : describe(value);
     throw new ConfigError(path, `must be text; YAML read this secret as ${as}, which may not be what was written: quote it`);
   }
-  if (typeof value === 'number' || typeof value === 'boolean') value = String(value);
+  if (typeof value === 'boolean') throw new ConfigError(path, `${textWanted(kind)}, got ${describeBoolean(value)}`);
+  if (typeof value === 'number') value = String(value);
   if (typeof value !== 'string') throw new ConfigError(path, `must be a string, got ${describe(value)}`);
   if (kind === 'duration') {
     const ms = parseDurationMs(value);
@@ -130,6 +153,13 @@ function text(schema: TSchema, value: unknown, path: string): string {
     }
   }
   return value;
+}
+
+/** What a text key wants, as its type error says it. */
+function textWanted(kind: string | undefined): string {
+  if (kind === 'duration') return 'must be a duration like 500ms, 10s or 5m';
+  if (kind === 'size') return 'must be a size like 64MiB, 1MB or 4096';
+  return 'must be a string';
 }
 
 /** TLS: `true` (the defaults), off (`false`, `"false"`, `""`), or a mapping of files and options. */

@@ -1,7 +1,8 @@
 import type { SinkConfig } from '../config/config.js';
+import type { Template } from '../config/template.js';
 import { PoisonError } from '../errors.js';
 import type { TxnRef } from '../interfaces.js';
-import { type Template, type TemplateUse, renderTemplate } from './template.js';
+import { type TemplateUse, renderTemplate } from './template.js';
 
 /**
  * CloudEvents 1.0 (`sink.cloudevents`): the outbox event as a CloudEvent, in binary or structured
@@ -227,33 +228,4 @@ export function envelope(
   out += `,"time":"${time}","datacontenttype":${JSON.stringify(contentType)}`;
   if (typeof payload !== 'string') return `${out},"data_base64":"${payload.toString('base64')}"}`;
   return `${out},"data":${declaresJson(contentType) ? payload : JSON.stringify(payload)}}`;
-}
-
-// RFC 3986 URI-reference, for the check of a source template at config time.
-const PCT = '%[0-9A-Fa-f]{2}';
-const UNRESERVED = 'A-Za-z0-9\\-._~';
-const SUB_DELIMS = "!$&'()*+,;=";
-const PCHAR = `(?:[${UNRESERVED}${SUB_DELIMS}:@]|${PCT})`;
-const SEGMENT = `${PCHAR}*`;
-const SEGMENT_NZ = `${PCHAR}+`;
-const SEGMENT_NZ_NC = `(?:[${UNRESERVED}${SUB_DELIMS}@]|${PCT})+`;
-const AUTHORITY = `(?:(?:[${UNRESERVED}${SUB_DELIMS}:]|${PCT})*@)?(?:\\[[0-9A-Fa-f:.vV]+\\]|(?:[${UNRESERVED}${SUB_DELIMS}]|${PCT})*)(?::[0-9]*)?`;
-const QUERY_FRAGMENT = `(?:\\?(?:${PCHAR}|[/?])*)?(?:#(?:${PCHAR}|[/?])*)?`;
-const ABSOLUTE_PATH = `/(?:${SEGMENT_NZ}(?:/${SEGMENT})*)?`;
-const URI = `[A-Za-z][A-Za-z0-9+.\\-]*:(?://${AUTHORITY}(?:/${SEGMENT})*|${ABSOLUTE_PATH}|${SEGMENT_NZ}(?:/${SEGMENT})*|)${QUERY_FRAGMENT}`;
-const RELATIVE_REF = `(?://${AUTHORITY}(?:/${SEGMENT})*|${ABSOLUTE_PATH}|${SEGMENT_NZ_NC}(?:/${SEGMENT})*|)${QUERY_FRAGMENT}`;
-const URI_REFERENCE = new RegExp(`^(?:${URI}|${RELATIVE_REF})$`);
-
-export function isUriReference(text: string): boolean {
-  return URI_REFERENCE.test(text);
-}
-
-/**
- * Why a source template cannot make a CloudEvents source, or null. Field values are
- * percent-encoded, so the template's literal text decides: it is checked with every field as `x`.
- */
-export function sourceTemplateProblem(t: Template): string | null {
-  const sample = t.parts.map((p) => ('literal' in p ? p.literal : 'x')).join('');
-  if (!isUriReference(sample)) return `"${t.source}" does not make a URI-reference (RFC 3986), e.g. "${sample}"`;
-  return null;
 }

@@ -4,11 +4,12 @@ import type { OutboxMessage, TxnRef } from '../interfaces.js';
 import { setOwn } from '../own.js';
 import type { TableConfig } from '../config/config.js';
 import { COLUMN_FIELDS } from '../config/schema.js';
+import type { Template } from '../config/template.js';
 import type { Relation } from '../source/pgoutput.js';
 import type { CloudEventsEncoder } from './cloudevents.js';
 import { type JsonSpan, JsonSyntaxError, scanObject } from './json.js';
 import { headersFromSpan, parseHeadersColumn, scalarField, stringValue } from './members.js';
-import { type Template, renderTemplate } from './template.js';
+import { renderTemplate } from './template.js';
 
 /**
  * Pure mapping from an outbox row, or a logical decoding message, to an OutboxMessage.

@@ -1,30 +1,5 @@
+import type { Template } from '../config/template.js';
 import { PoisonError, type PoisonReason } from '../errors.js';
-
-/**
- * A destination template such as `outbox.event.{aggregatetype}`: literal text and `{field}`
- * references, parsed once at config time so rendering on the hot path is a join.
- */
-export interface Template {
-  readonly source: string;
-  readonly parts: ReadonlyArray<{ readonly literal: string } | { readonly field: string }>;
-  readonly fields: readonly string[];
-}
-
-export function parseTemplate(source: string): Template {
-  const parts: Array<{ literal: string } | { field: string }> = [];
-  const re = /\{([^{}]*)\}|([^{}]+)|([{}])/g;
-  for (let m = re.exec(source); m !== null; m = re.exec(source)) {
-    if (m[3] !== undefined) throw new Error(`unbalanced "${m[3]}" in template "${source}"`);
-    if (m[2] !== undefined) parts.push({ literal: m[2] });
-    else {
-      const field = (m[1] ?? '').trim();
-      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(field)) throw new Error(`bad field "{${m[1]}}" in template "${source}"`);
-      parts.push({ field });
-    }
-  }
-  if (parts.length === 0) throw new Error('template is empty');
-  return { source, parts, fields: parts.flatMap((p) => ('field' in p ? [p.field] : [])) };
-}
 
 /** What a template renders and how: its name in errors, the poison reason of a missing field, the escaping of values. */
 export interface TemplateUse {

@@ -13,11 +13,10 @@ import {
   cloudEventsFor,
   declaresJson,
   envelope,
-  isUriReference,
   rfc3339,
 } from '../../src/outbox/cloudevents.js';
 import { OutboxMapper } from '../../src/outbox/mapper.js';
-import { parseTemplate } from '../../src/outbox/template.js';
+import { isUriReference, parseTemplate } from '../../src/config/template.js';
 import type { OutboxMessage } from '../../src/interfaces.js';
 import { StdoutSink } from '../../src/sink/stdout.js';
 

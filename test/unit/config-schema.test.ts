@@ -5,7 +5,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { COLUMN_FIELDS, ConfigSchema } from '../../src/config/schema.js';
-import { toJsonSchema } from '../../src/config/schema-json.js';
+import { configValuesSchema, toJsonSchema } from '../../src/config/schema-json.js';
 
 /**
  * The config is declared once (src/config/schema.ts). These tests keep what derives from it in
@@ -47,6 +47,35 @@ describe('config/outboxd.schema.json', () => {
     expect(check({ postgres: { url: 'postgres://h/db', statusInterval: '10 sec' } })).toBe(false);
     expect(check({ postgres: { url: 'postgres://h/db', password: 'a', passwordFile: '/f' } })).toBe(false);
     expect(check({ postgres: { url: 'postgres://h/db', statusInterval: '${STATUS:-10s}' } })).toBe(true);
+  });
+});
+
+describe('helm/outboxd/values.schema.json: config', () => {
+  const values = () => JSON.parse(read('helm/outboxd/values.schema.json')) as { properties: { config: unknown } };
+
+  it('is what `npm run schema` writes from the declaration', () => {
+    expect(values().properties.config).toEqual(configValuesSchema());
+  });
+
+  it('accepts every example config as Helm reads it (YAML 1.1: a bare off is false)', () => {
+    const check = new Ajv2020({ strict: false, allErrors: true }).compile(configValuesSchema());
+    let booleans = 0;
+    for (const f of EXAMPLES) {
+      const doc = parse(read(f), { version: '1.1' });
+      if (JSON.stringify(doc).includes('"mode":false')) booleans++;
+      expect(check(doc), `${f}: ${JSON.stringify(check.errors)}`).toBe(true);
+    }
+    expect(booleans, 'an example writes a bare off').toBeGreaterThan(0);
+  });
+
+  it('refuses a boolean where outboxd would: in an enum without off, and in a string', () => {
+    const check = new Ajv2020({ strict: false }).compile(configValuesSchema());
+    const url = 'postgres://h/db';
+    expect(check({ postgres: { url }, outbox: { prune: { mode: false } } })).toBe(true);
+    expect(check({ postgres: { url }, outbox: { onPoison: false } })).toBe(false);
+    expect(check({ postgres: { url }, outbox: { prune: { mode: true } } })).toBe(false);
+    expect(check({ postgres: { url, heartbeat: { prefix: true } } })).toBe(false);
+    expect(check({ postgres: { url }, pipeline: { linger: 0 } })).toBe(true);
   });
 });
 

@@ -1,6 +1,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { parse, stringify } from 'yaml';
 import { quoteIdent } from '../../src/config/config.js';
 import { loadConfigFile, parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
@@ -188,5 +189,52 @@ describe('config errors name the YAML path', () => {
   it('reports YAML syntax errors with a line number', () => {
     const e = errorOf('postgres:\n  url: [unclosed\n');
     expect(e.message).toMatch(/YAML syntax error at line \d+/);
+  });
+});
+
+describe('config as a YAML 1.1 reader (Helm) hands it over', () => {
+  it('takes false for off in an enum that has off, and true for on nowhere else', () => {
+    const cfg = parseConfig(`${base}outbox:\n  prune:\n    mode: false\nsink:\n  cloudevents:\n    mode: false\n`);
+    expect(cfg.outbox.prune.mode).toBe('off');
+    expect(cfg.sink.cloudevents.mode).toBe('off');
+    const e = errorOf(`${base}outbox:\n  prune:\n    mode: true\n`);
+    expect(e.message).toBe(
+      'config outbox.prune.mode: must be one of off, delete, partitions, got the boolean true (YAML 1.1 reads a bare on as true; quote it)',
+    );
+  });
+
+  it('names the type of a boolean given where text is wanted', () => {
+    const cases: Array<[string, string]> = [
+      [
+        `${base}outbox:\n  onPoison: false\n`,
+        'config outbox.onPoison: must be one of halt, dead-letter, got the boolean false (YAML 1.1 reads a bare off as false; quote it)',
+      ],
+      [
+        `${base}  heartbeat:\n    prefix: true\n`,
+        'config postgres.heartbeat.prefix: must be a string, got the boolean true (YAML 1.1 reads a bare on as true; quote it)',
+      ],
+      [
+        `${base}pipeline:\n  linger: false\n`,
+        'config pipeline.linger: must be a duration like 500ms, 10s or 5m, got the boolean false (YAML 1.1 reads a bare off as false; quote it)',
+      ],
+      [
+        `${base}sink:\n  type: kafka\n  kafka:\n    brokers: [a:1]\n    maxMessageBytes: false\n`,
+        'config sink.kafka.maxMessageBytes: must be a size like 64MiB, 1MB or 4096, got the boolean false (YAML 1.1 reads a bare off as false; quote it)',
+      ],
+    ];
+    for (const [yaml, message] of cases) expect(errorOf(yaml).message).toBe(message);
+  });
+
+  it('compiles every config/ example read as YAML 1.1 as it compiles read as YAML 1.2', () => {
+    const dir = join(import.meta.dirname, '../../config');
+    let booleans = 0;
+    for (const file of readdirSync(dir).filter((f) => f.endsWith('.yaml'))) {
+      const text = readFileSync(join(dir, file), 'utf8').replace(/\/(run\/secrets|etc\/outboxd\/tls)\/[\w.-]+/g, join(dir, file));
+      // What Helm's toYaml writes: the values as YAML 1.1 read them (mode: off became mode: false).
+      const as11 = stringify(parse(text, { version: '1.1' }));
+      if (/mode: false/.test(as11)) booleans++;
+      expect(parseConfig(as11, env), file).toEqual(parseConfig(text, env));
+    }
+    expect(booleans, 'an example writes a bare off').toBeGreaterThan(0);
   });
 });

@@ -8,7 +8,7 @@ import { PoisonError } from '../../src/errors.js';
 import type { OutboxMessage } from '../../src/interfaces.js';
 import { CloudEventsEncoder, KAFKA_BINDING } from '../../src/outbox/cloudevents.js';
 import { OutboxMapper } from '../../src/outbox/mapper.js';
-import { parseTemplate } from '../../src/outbox/template.js';
+import { parseTemplate } from '../../src/config/template.js';
 import { deadLetterForms, letterFor } from '../../src/sink/dead-letter.js';
 import { topicMessages } from '../../src/sink/kafka-client.js';
 import { encodeRecords } from '../../src/sink/kafka-produce.js';

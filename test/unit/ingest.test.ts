@@ -7,7 +7,7 @@ import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { OutboxMapper, type TableBinding } from '../../src/outbox/mapper.js';
-import { parseTemplate } from '../../src/outbox/template.js';
+import { parseTemplate } from '../../src/config/template.js';
 import { Ingest } from '../../src/pipeline/ingest.js';
 import { Pipeline } from '../../src/pipeline/pipeline.js';
 import type { Relation } from '../../src/source/pgoutput.js';

@@ -3,7 +3,7 @@ import { poison } from './expect-poison.js';
 import { Txn } from '../../src/positions/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
 import { OutboxMapper, type PayloadKind, decodeByteaHex, payloadKindOf } from '../../src/outbox/mapper.js';
-import { parseTemplate } from '../../src/outbox/template.js';
+import { parseTemplate } from '../../src/config/template.js';
 
 const cfg = parseConfig(
   'postgres:\n  url: postgres://u@h/db\noutbox:\n  tables:\n    - name: public.outbox\n    - name: s.events\n      columns:\n        aggregateid: account_id\n        payload: body\n',

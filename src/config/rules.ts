@@ -1,0 +1,120 @@
+import { ConfigError } from '../errors.js';
+import { parsePgUrl } from './pg-url.js';
+
+/**
+ * The rules of the config that span keys, which the sections of the declaration (schema.ts,
+ * schema-sink.ts) call from their `ruled` rule: each takes plain values and a YAML path, and
+ * throws a ConfigError naming the key that is wrong.
+ */
+
+/** postgres.url: the hosts in the order they are tried (single-host URLs), and libpq's rule for which to keep. */
+export function pgHosts(url: string) {
+  try {
+    const { hosts, targetSessionAttrs } = parsePgUrl(url);
+    return { hosts, targetSessionAttrs };
+  } catch (err) {
+    throw new ConfigError('postgres.url', (err as Error).message);
+  }
+}
+
+/**
+ * An identifier as SQL text: always quoted, `"` doubled. Left bare, a key word such as `user` or
+ * `current_date` is read as the SQL function of that name: a value changed silently.
+ */
+export function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+/** An outbox table: `name` is `schema.table` as written, for messages and metric labels; `qualified` for SQL. */
+export function tableOf<C extends { created_at: string }>(at: string, name: string, { created_at, ...columns }: C) {
+  const parts = name.split('.');
+  if (parts.length > 2 || parts.some((p) => p === ''))
+    throw new ConfigError(`${at}.name`, `must be "table" or "schema.table", got "${name}"`);
+  const [schema, table] = parts.length === 2 ? (parts as [string, string]) : ['public', parts[0] as string];
+  return {
+    schema,
+    table,
+    name: `${schema}.${table}`,
+    qualified: `${quoteIdent(schema)}.${quoteIdent(table)}`,
+    columns,
+    createdAt: created_at,
+  };
+}
+
+/** outbox.tables: each table once, and something to relay. */
+export function checkTables(tables: ReadonlyArray<{ qualified: string; name: string }>, messages: boolean): void {
+  const seen = new Set<string>();
+  tables.forEach((t, i) => {
+    if (seen.has(t.qualified)) throw new ConfigError(`outbox.tables[${i}].name`, `table ${t.name} is listed twice`);
+    seen.add(t.qualified);
+  });
+  if (tables.length === 0 && !messages) {
+    throw new ConfigError('outbox.tables', 'is empty and outbox.messages is disabled: nothing to relay');
+  }
+}
+
+/** An HTTP header name (RFC 9110 token). */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/**
+ * telemetry.traces: the endpoint an http(s) URL, and the export headers as a record, each name
+ * once; sent with every export request (authentication, mostly: their values are secrets).
+ */
+export function exportHeaders(endpoint: string, list: ReadonlyArray<{ name: string; value: string }>): Record<string, string> {
+  let url: URL;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    throw new ConfigError('telemetry.traces.endpoint', `is not a valid URL: "${endpoint}"`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError('telemetry.traces.endpoint', `must be an http:// or https:// URL, got ${url.protocol}//`);
+  }
+  const headers: Record<string, string> = {};
+  const seen = new Set<string>();
+  list.forEach((h, i) => {
+    if (!HEADER_NAME.test(h.name)) throw new ConfigError(`telemetry.traces.headers[${i}].name`, `"${h.name}" is not an HTTP header name`);
+    if (seen.has(h.name.toLowerCase())) throw new ConfigError(`telemetry.traces.headers[${i}].name`, `header ${h.name} is listed twice`);
+    if (/[\r\n]/.test(h.value)) throw new ConfigError(`telemetry.traces.headers[${i}].value`, 'must not contain a line break');
+    seen.add(h.name.toLowerCase());
+    headers[h.name] = h.value;
+  });
+  return headers;
+}
+
+/**
+ * sink.rabbitmq.url: an amqp:// or amqps:// URL, with the password (`password` or
+ * `passwordFile`) put in it. EXTERNAL logs in as the client certificate's identity: it needs
+ * amqps://, the certificate and key, and no password.
+ */
+export function amqpUrl(
+  at: string,
+  url: string,
+  password: string | undefined,
+  authMechanism: 'plain' | 'external',
+  tls: { cert: string | undefined; key: string | undefined } | undefined,
+  written: { password?: string | undefined; passwordFile?: string | undefined },
+): string {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new ConfigError(`${at}.url`, 'is not a valid URL');
+  }
+  if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
+    throw new ConfigError(`${at}.url`, `must be an amqp:// or amqps:// URL, got ${parsed.protocol}//`);
+  }
+  if (authMechanism === 'external') {
+    if (parsed.protocol !== 'amqps:') throw new ConfigError(`${at}.url`, 'must be amqps:// with authMechanism external');
+    if (tls?.cert === undefined || tls.key === undefined) {
+      throw new ConfigError(`${at}.tls`, 'needs certFile and keyFile with authMechanism external (the certificate is the login)');
+    }
+    if (password !== undefined || parsed.password !== '') {
+      const key = written.password !== undefined ? 'password' : written.passwordFile !== undefined ? 'passwordFile' : 'url';
+      throw new ConfigError(`${at}.${key}`, 'a password is not used with authMechanism external; remove it');
+    }
+  }
+  if (password === undefined) return url;
+  parsed.password = encodeURIComponent(password);
+  return parsed.toString();
+}
