@@ -16,7 +16,7 @@ type SaslInput = NonNullable<ConfigInput['sink']['kafka']>['sasl'];
 
 /**
  * sink.kafka.sasl: each mechanism with exactly its own keys. Plain data only: the worker threads
- * get this by structured clone and build their token providers from it (sink/kafka-auth.ts).
+ * get this by structured clone and build their token providers from it (sink/kafka/auth.ts).
  */
 export function compileSasl(s: SaslInput, tls: boolean) {
   if (s === undefined) return undefined;

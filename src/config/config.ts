@@ -225,7 +225,7 @@ function compileKafka(k: NonNullable<ConfigInput['sink']['kafka']>, slot: string
     checkpointTopic: k.checkpointTopic,
     transactionalId: k.transactionalId ?? `outboxd-${slot}`,
     transactionTimeoutMs: ms(k.transactionTimeout),
-    /** Publishing worker threads (sink/kafka-workers.ts); 0: on the main thread. */
+    /** Publishing worker threads (sink/kafka/workers.ts); 0: on the main thread. */
     workers: k.workers ?? defaultKafkaWorkers(),
     ssl: compileTls('sink.kafka.ssl', k.ssl),
     sasl: compileSasl(k.sasl, k.ssl !== undefined),

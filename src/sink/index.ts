@@ -40,19 +40,19 @@ export async function loadSink(cfg: SinkConfig, slot: string, needDeadLetter: bo
             { workers: cfg.kafka.workers },
             'exactly-once publishes on the main thread; sink.kafka.workers applies to at-least-once',
           );
-        const { KafkaExactlyOnceSink } = await import('./kafka-exactly-once.js');
+        const { KafkaExactlyOnceSink } = await import('./kafka/exactly-once.js');
         return (status, published = new PublishedUpTo()) =>
           new KafkaExactlyOnceSink(cfg.kafka, slot, published, log, (up) => status.connection(up), status);
       }
       if (cfg.kafka.workers > 0 && cfg.kafka.compression === 'none') {
-        const { KafkaWorkerSink } = await import('./kafka-workers.js');
+        const { KafkaWorkerSink } = await import('./kafka/workers.js');
         return (status) => new KafkaWorkerSink(cfg.kafka, cfg.kafka.workers, log, (up) => status.connection(up));
       }
-      const { KafkaSink } = await import('./kafka.js');
+      const { KafkaSink } = await import('./kafka/at-least-once.js');
       return (status) => new KafkaSink(cfg.kafka, log, (up) => status.connection(up));
     }
     case 'rabbitmq': {
-      const { RabbitMqSink } = await import('./rabbitmq.js');
+      const { RabbitMqSink } = await import('./rabbitmq/sink.js');
       return (status) => new RabbitMqSink(cfg.rabbitmq, needDeadLetter, log, status);
     }
     case 'stdout': {

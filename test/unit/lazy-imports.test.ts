@@ -25,7 +25,7 @@ function valueImports(file: string): string[] {
 
 describe('imports', () => {
   it('every module that loads kafkajs imports kafkajs-speedups first', () => {
-    const speedups = join(SRC, 'sink/kafkajs-speedups.ts');
+    const speedups = join(SRC, 'sink/kafka/kafkajs-internals.ts');
     const offenders: string[] = [];
     const seen = new Set<string>();
     const walk = (file: string) => {
@@ -38,9 +38,9 @@ describe('imports', () => {
     };
     for (const entry of [
       'main.ts',
-      'sink/kafka.ts',
-      'sink/kafka-exactly-once.ts',
-      'sink/kafka-worker-thread.ts',
+      'sink/kafka/at-least-once.ts',
+      'sink/kafka/exactly-once.ts',
+      'sink/kafka/worker-thread.ts',
       'commands/kafka-auth-checks.ts',
     ])
       walk(join(SRC, entry));

@@ -1,8 +1,8 @@
-import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
+import './kafkajs-internals.js'; // first: it must run before kafkajs loads
 import kafkajs from 'kafkajs';
-import type { AwsMskIamConfig, OAuthBearerConfig, SaslConfig } from '../config/config.js';
-import { SinkError } from '../errors.js';
-import type { Logger } from '../observability/logger.js';
+import type { AwsMskIamConfig, OAuthBearerConfig, SaslConfig } from '../../config/config.js';
+import { SinkError } from '../../errors.js';
+import type { Logger } from '../../observability/logger.js';
 import { type HttpAnswer, type HttpPost, httpPost, PostFailure } from './http-post.js';
 
 /**

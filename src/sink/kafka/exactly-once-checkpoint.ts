@@ -1,10 +1,10 @@
 import { createRequire } from 'node:module';
 import type kafkajs from 'kafkajs';
-import { SinkError } from '../errors.js';
-import type { OutboxMessage, Position, SourceIdentity, StoredPosition } from '../interfaces.js';
-import { formatLsn, parseLsn } from '../lsn.js';
-import { classify, protocolErrorType } from './kafka-client.js';
-import { internalCluster } from './kafkajs-speedups.js';
+import { SinkError } from '../../errors.js';
+import type { OutboxMessage, Position, SourceIdentity, StoredPosition } from '../../interfaces.js';
+import { formatLsn, parseLsn } from '../../lsn.js';
+import { classify, protocolErrorType } from './client.js';
+import { internalCluster } from './kafkajs-internals.js';
 
 /**
  * The exactly-once checkpoint (docs/adr/0009): one record per committed Kafka transaction, in a

@@ -1,12 +1,12 @@
-import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
+import './kafkajs-internals.js'; // first: it must run before kafkajs loads
 import kafkajs from 'kafkajs';
-import type { KafkaSinkConfig } from '../config/config.js';
-import { MissingDestinationError, PoisonError, SinkError } from '../errors.js';
-import type { DeadLetter, OutboxMessage } from '../interfaces.js';
-import type { Logger } from '../observability/logger.js';
-import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
-import { saslOptions } from './kafka-auth.js';
-import { install as installProduceEncoder } from './kafkajs-speedups.js';
+import type { KafkaSinkConfig } from '../../config/config.js';
+import { MissingDestinationError, PoisonError, SinkError } from '../../errors.js';
+import type { DeadLetter, OutboxMessage } from '../../interfaces.js';
+import type { Logger } from '../../observability/logger.js';
+import { type DeadLetterForm, deadLetterForms, formBytes } from '../dead-letter.js';
+import { saslOptions } from './auth.js';
+import { install as installProduceEncoder } from './kafkajs-internals.js';
 
 /**
  * What both Kafka sinks (at-least-once and exactly-once) share: the client, how a batch is cut
@@ -33,7 +33,7 @@ export const MISSING_TOPIC = 'UNKNOWN_TOPIC_OR_PARTITION';
 /**
  * Messages per send. kafkajs grouped a send's messages by partition by copying the partition's
  * array once per message, so its garbage grew with the square of the messages per send; with
- * that replaced (kafkajs-speedups.ts) a send may hold a whole batch, and the broker handles a
+ * that replaced (kafkajs-internals.ts) a send may hold a whole batch, and the broker handles a
  * quarter of the requests. The byte bound (90% of maxMessageBytes) usually cuts first.
  */
 export const SEND_MAX_MESSAGES = 2_000;

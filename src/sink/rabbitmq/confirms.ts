@@ -1,5 +1,5 @@
 import type amqp from 'amqplib';
-import { SinkError } from '../errors.js';
+import { SinkError } from '../../errors.js';
 
 /** How long a connection may take to close before its socket is dropped. */
 export const CLOSE_TIMEOUT_MS = 1_000;

@@ -1,9 +1,9 @@
-import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
+import './kafkajs-internals.js'; // first: it must run before kafkajs loads
 import kafkajs from 'kafkajs';
-import type { KafkaSinkConfig } from '../config/config.js';
-import type { Logger } from '../observability/logger.js';
-import { readCheckpoints } from './kafka-checkpoint.js';
-import { classify, createKafka } from './kafka-client.js';
+import type { KafkaSinkConfig } from '../../config/config.js';
+import type { Logger } from '../../observability/logger.js';
+import { readCheckpoints } from './exactly-once-checkpoint.js';
+import { classify, createKafka } from './client.js';
 
 /**
  * The exactly-once checkpoint topic's setup (`outboxd setup`) and checks (`validate --connect`):

@@ -1,7 +1,7 @@
 /**
  * Where outboxd changes kafkajs 2.2 (its last release) from inside, for speed, with the same
  * bytes and results:
- * - the Produce request's encoder (kafka-produce.ts), installed by install();
+ * - the Produce request's encoder (produce-encoder.ts), installed by install();
  * - `groupMessagesPerPartition`, replaced when this module loads (below);
  * and where it reaches kafkajs's internal Cluster (internalCluster), for what the public API lacks.
  *
@@ -15,9 +15,9 @@
  */
 import { Module, createRequire } from 'node:module';
 import type kafkajs from 'kafkajs';
-import { SinkError } from '../errors.js';
-import { PartitionCounts, partitionOf } from './kafka-partition.js';
-import { PRODUCE_API_KEY, type ProduceFactory, encodeProduce, ours } from './kafka-produce.js';
+import { SinkError } from '../../errors.js';
+import { PartitionCounts, partitionOf } from './partition.js';
+import { PRODUCE_API_KEY, type ProduceFactory, encodeProduce, ours } from './produce-encoder.js';
 
 type Grouper = (args: {
   topic: string;
@@ -35,7 +35,7 @@ const partitionCounts = new PartitionCounts(Number.POSITIVE_INFINITY);
 
 /**
  * The partition kafkajs's default partitioner sent a message with this topic and key to (the
- * same murmur2 as kafka-partition.ts), from the count of its last send to the topic; null before.
+ * same murmur2 as partition.ts), from the count of its last send to the topic; null before.
  */
 export function kafkajsPartitionOf(topic: string, key: string): number | null {
   const count = partitionCounts.peek(topic);
