@@ -1,4 +1,3 @@
-import './kafkajs-internals.js'; // first: it must run before kafkajs loads
 import type kafkajs from 'kafkajs';
 import type { KafkaSinkConfig } from '../../config/config.js';
 import { type PoisonError, SinkError } from '../../errors.js';

@@ -1,4 +1,3 @@
-import './kafkajs-internals.js'; // first: it must run before kafkajs loads
 import type kafkajs from 'kafkajs';
 import { type PublishedUpTo, describePosition } from '../../checkpoint/published.js';
 import type { KafkaSinkConfig } from '../../config/config.js';
@@ -6,7 +5,7 @@ import { type PoisonError, SinkError } from '../../errors.js';
 import type { DeadLetter, OutboxMessage, Position, PublishOutcome, Sink, SinkSession } from '../../interfaces.js';
 import type { Logger } from '../../observability/logger.js';
 import type { DeadLetterForm } from '../dead-letter.js';
-import type { SinkStatus } from '../index.js';
+import type { SinkStatus } from '../status.js';
 import { checkpointKey, checkpointMessage, foreignCheckpoint, positionOf, readCheckpoints } from './exactly-once-checkpoint.js';
 import * as client from './client.js';
 import { TransactionalId } from './transactional-id.js';

@@ -5,7 +5,6 @@
  * After a failure it sends nothing more of that batch: the main thread retries the batch whole,
  * so no message of a partition overtakes an earlier one that failed.
  */
-import './kafkajs-internals.js'; // first: it must run before kafkajs loads
 import { parentPort, workerData } from 'node:worker_threads';
 import type kafkajs from 'kafkajs';
 import type { KafkaSinkConfig } from '../../config/config.js';

@@ -7,7 +7,7 @@ import { amqpLimitProblem } from './limits.js';
 import { amqpDeadLetter } from './dead-letter.js';
 import { CLOSE_TIMEOUT_MS, ConfirmWaiter, closeWithin } from './confirms.js';
 import { classifyAmqpError } from './errors.js';
-import type { SinkStatus } from '../index.js';
+import type { SinkStatus } from '../status.js';
 
 /**
  * RabbitMQ through an amqplib ConfirmChannel.
