@@ -113,7 +113,7 @@ export interface PublishOutcome {
 export type SinkType = 'kafka' | 'rabbitmq' | 'stdout';
 
 /**
- * A broker. Implementations: `sink/kafka.ts`, `sink/stdout.ts`.
+ * A broker. Implementations: `sink/kafka/at-least-once.ts`, `sink/stdout.ts`.
  *
  * Contract:
  * - `publish` is never called concurrently with itself; batches arrive in commit order.

@@ -209,7 +209,7 @@ async function brokerCheck(cfg: Config, add: (n: string, s: Check['status'], d: 
   }
   if (cfg.sink.type === 'kafka') {
     // Loaded here, not at the top: it loads kafkajs, which every command would otherwise pay for
-    // (and before kafkajs-speedups could patch it).
+    // (kafkajs loads only through sink/kafka/kafkajs-internals.ts).
     const { kafkaAuthChecks } = await import('./kafka-auth-checks.js');
     if (!(await kafkaAuthChecks(cfg.sink.kafka, add))) return;
   }
@@ -229,7 +229,7 @@ async function brokerCheck(cfg: Config, add: (n: string, s: Check['status'], d: 
     await sink.close().catch(() => undefined);
   }
   if (cfg.sink.type === 'kafka' && cfg.sink.kafka.delivery === 'exactly-once') {
-    const { checkCheckpointTopic } = await import('../sink/kafka-setup.js');
+    const { checkCheckpointTopic } = await import('../sink/kafka/setup.js');
     for (const c of await withTimeout(checkCheckpointTopic(cfg.sink.kafka, createLogger('silent')), 60_000)) {
       add(c.name, c.ok ? 'ok' : 'fail', c.detail);
     }

@@ -1,8 +1,8 @@
 import type { KafkaSinkConfig } from '../config/config.js';
 import { oneLine } from '../errors.js';
 import { createLogger } from '../observability/logger.js';
-import { tokenSource } from '../sink/kafka-auth.js';
-import { createKafka, protocolErrorType } from '../sink/kafka-client.js';
+import { tokenSource } from '../sink/kafka/auth.js';
+import { createKafka, protocolErrorType } from '../sink/kafka/client.js';
 import type { Check } from './doctor.js';
 
 type Add = (name: string, status: Check['status'], detail: string) => void;

@@ -93,7 +93,7 @@ export async function setupCommand(cfg: Config, print: boolean, out: NodeJS.Writ
       `-- replication slot ${slot.name}: ${created ? 'created' : 'exists'}${recovery ? ' (a lost-slot recovery is recorded: outboxd run finishes it before streaming)' : ''}\n`,
     );
     if (cfg.sink.type === 'kafka' && cfg.sink.kafka.delivery === 'exactly-once') {
-      const { ensureCheckpointTopic } = await import('../sink/kafka-setup.js');
+      const { ensureCheckpointTopic } = await import('../sink/kafka/setup.js');
       const topic = await ensureCheckpointTopic(cfg.sink.kafka, createLogger('silent'));
       out.write(`-- checkpoint topic ${cfg.sink.kafka.checkpointTopic}: ${topic}\n`);
     }

@@ -12,7 +12,7 @@ type SaslMechanism = (typeof SASL_MECHANISMS)[number];
 
 /**
  * sink.kafka.sasl: each mechanism with exactly its own keys. Plain data only: the worker threads
- * get this by structured clone and build their token providers from it (sink/kafka-auth.ts).
+ * get this by structured clone and build their token providers from it (sink/kafka/auth.ts).
  * `s` is the section compiled (a passwordFile read into password), `written` as written.
  */
 export function saslOf<O, A extends { region: string }>(

@@ -93,7 +93,7 @@ export const sink = defaulted(
             return {
               ...k,
               transactionalId: k.transactionalId ?? `outboxd-${root.postgres.slot}`,
-              /** Publishing worker threads (sink/kafka-workers.ts); 0: on the main thread. */
+              /** Publishing worker threads (sink/kafka/workers.ts); 0: on the main thread. */
               workers: k.workers ?? defaultKafkaWorkers(),
             };
           },

@@ -6,17 +6,9 @@ import { PublishedUpTo } from '../positions/published.js';
 import type { Sink } from '../interfaces.js';
 import { LabelLimiter, MAX_DESTINATION_LABELS, OTHER } from '../observability/labels.js';
 import type { Logger } from '../observability/logger.js';
+import type { SinkStatus } from './status.js';
 
-/** How a sink reports its broker's health to the relay (metrics and `/readyz`). */
-export interface SinkStatus {
-  connection(up: boolean): void;
-  /** The broker asked us to stop publishing (RabbitMQ resource alarm). */
-  blocked(blocked: boolean): void;
-  /** Exactly-once: a Kafka transaction ended. */
-  transaction(result: 'committed' | 'aborted'): void;
-  /** Exactly-once: another producer took our transactional id. */
-  fenced(): void;
-}
+export type { SinkStatus } from './status.js';
 
 /**
  * Builds the configured sink once its owner can receive its status. `published` is the relay's
@@ -32,6 +24,10 @@ export type SinkFactory = (status: SinkStatus, published?: PublishedUpTo) => Sin
 export async function loadSink(cfg: SinkConfig, slot: string, needDeadLetter: boolean, log: Logger): Promise<SinkFactory> {
   switch (cfg.type) {
     case 'kafka': {
+      // kafkajs's internals behind one door, checked and installed before any Kafka module
+      // builds a client: a kafkajs other than the one it was written for stops the relay here.
+      const { installKafkajs } = await import('./kafka/kafkajs-internals.js');
+      installKafkajs();
       if (cfg.kafka.delivery === 'exactly-once') {
         // One transactional producer, on the main thread: a batch and its checkpoint commit
         // together only from one producer (docs/adr/0009, 0010).
@@ -40,19 +36,19 @@ export async function loadSink(cfg: SinkConfig, slot: string, needDeadLetter: bo
             { workers: cfg.kafka.workers },
             'exactly-once publishes on the main thread; sink.kafka.workers applies to at-least-once',
           );
-        const { KafkaExactlyOnceSink } = await import('./kafka-exactly-once.js');
+        const { KafkaExactlyOnceSink } = await import('./kafka/exactly-once.js');
         return (status, published = new PublishedUpTo()) =>
           new KafkaExactlyOnceSink(cfg.kafka, slot, published, log, (up) => status.connection(up), status);
       }
       if (cfg.kafka.workers > 0 && cfg.kafka.compression === 'none') {
-        const { KafkaWorkerSink } = await import('./kafka-workers.js');
+        const { KafkaWorkerSink } = await import('./kafka/workers.js');
         return (status) => new KafkaWorkerSink(cfg.kafka, cfg.kafka.workers, log, (up) => status.connection(up));
       }
-      const { KafkaSink } = await import('./kafka.js');
+      const { KafkaSink } = await import('./kafka/at-least-once.js');
       return (status) => new KafkaSink(cfg.kafka, log, (up) => status.connection(up));
     }
     case 'rabbitmq': {
-      const { RabbitMqSink } = await import('./rabbitmq.js');
+      const { RabbitMqSink } = await import('./rabbitmq/sink.js');
       return (status) => new RabbitMqSink(cfg.rabbitmq, needDeadLetter, log, status);
     }
     case 'stdout': {

@@ -1,6 +1,6 @@
-// First, as in the relay's own Kafka sink: kafkajs must load after it (its per-send partition
-// counts give the span its partition).
-import '../../src/sink/kafkajs-speedups.js';
+// First: the harness loads kafkajs too, and the grouper's per-send partition counts give the
+// span its partition.
+import './kafkajs-first.js';
 import { randomUUID } from 'node:crypto';
 import { SpanKind } from '@opentelemetry/api';
 import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trace';

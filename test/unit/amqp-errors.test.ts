@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { classifyAmqpError } from '../../src/sink/amqp-errors.js';
+import { classifyAmqpError } from '../../src/sink/rabbitmq/errors.js';
 
 /** The shapes amqplib gives its errors, as it builds them (lib/connection.js, lib/channel.js). */
 function sys(code: string, message: string): Error {

@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { PoisonError, type PoisonReason } from '../../src/errors.js';
 import type { DeadLetter } from '../../src/interfaces.js';
-import { DEAD_LETTER_FALLBACK_ROUTING_KEY, ROUTING_KEY_FALLBACK_HEADER, amqpDeadLetter } from '../../src/sink/amqp-dead-letter.js';
-import { amqpLimitProblem } from '../../src/sink/amqp-limits.js';
+import { DEAD_LETTER_FALLBACK_ROUTING_KEY, ROUTING_KEY_FALLBACK_HEADER, amqpDeadLetter } from '../../src/sink/rabbitmq/dead-letter.js';
+import { amqpLimitProblem } from '../../src/sink/rabbitmq/limits.js';
 import { DEAD_LETTER_VALUE_MAX_BYTES, deadLetterForms, formBytes } from '../../src/sink/dead-letter.js';
-import { deadLetterCandidates, RECORD_OVERHEAD_BYTES } from '../../src/sink/kafka-client.js';
+import { deadLetterCandidates, RECORD_OVERHEAD_BYTES } from '../../src/sink/kafka/client.js';
 
 /**
  * A dead letter must always be publishable: whatever the poison message held (an id, key,

@@ -10,9 +10,9 @@ import { CloudEventsEncoder, KAFKA_BINDING } from '../../src/outbox/cloudevents.
 import { OutboxMapper } from '../../src/outbox/mapper.js';
 import { parseTemplate } from '../../src/config/template.js';
 import { deadLetterForms, letterFor } from '../../src/sink/dead-letter.js';
-import { topicMessages } from '../../src/sink/kafka-client.js';
-import { encodeRecords } from '../../src/sink/kafka-produce.js';
-import { properties } from '../../src/sink/rabbitmq.js';
+import { topicMessages } from '../../src/sink/kafka/client.js';
+import { encodeRecords } from '../../src/sink/kafka/produce-encoder.js';
+import { properties } from '../../src/sink/rabbitmq/sink.js';
 import { StdoutSink } from '../../src/sink/stdout.js';
 
 /**

@@ -5,7 +5,7 @@ import type { AddressInfo, Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { httpPost, MAX_ANSWER_BYTES, PostFailure } from '../../src/sink/http-post.js';
+import { httpPost, MAX_ANSWER_BYTES, PostFailure } from '../../src/sink/kafka/http-post.js';
 import { makePki, type TestPki } from '../harness/certs.js';
 
 /**

@@ -13,8 +13,8 @@ import {
   type Token,
   TokenCache,
   TokenFetchError,
-} from '../../src/sink/kafka-auth.js';
-import { type HttpPost, type PostOptions, PostFailure } from '../../src/sink/http-post.js';
+} from '../../src/sink/kafka/auth.js';
+import { type HttpPost, type PostOptions, PostFailure } from '../../src/sink/kafka/http-post.js';
 
 const silent = createLogger('silent');
 

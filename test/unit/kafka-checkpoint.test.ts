@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { checkpointKey, decodeCheckpoint, encodeCheckpoint } from '../../src/sink/kafka-checkpoint.js';
+import { checkpointKey, decodeCheckpoint, encodeCheckpoint } from '../../src/sink/kafka/exactly-once-checkpoint.js';
 import kafkajs from 'kafkajs';
-import { classify, isFenced } from '../../src/sink/kafka-client.js';
+import { classify, isFenced } from '../../src/sink/kafka/client.js';
 
 describe('exactly-once checkpoint record', () => {
   const source = { systemId: '7713936839546435828', database: 'shop' };

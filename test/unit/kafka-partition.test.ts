@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
-import { MAX_KNOWN_TOPICS, PartitionCounts, murmur2, partitionOf } from '../../src/sink/kafka-partition.js';
+import { MAX_KNOWN_TOPICS, PartitionCounts, murmur2, partitionOf } from '../../src/sink/kafka/partition.js';
 
 const require = createRequire(import.meta.url);
 const kafkajsMurmur2 = require('kafkajs/src/producer/partitioners/default/murmur2.js') as (key: string | Buffer) => number;
@@ -26,7 +26,7 @@ describe('the partitioner', () => {
 
 describe('groupMessagesPerPartition, in one pass', () => {
   it('returns what kafkajs’s returns', async () => {
-    const { GROUPER } = await import('../../src/sink/kafkajs-speedups.js');
+    const { GROUPER } = await import('../../src/sink/kafka/kafkajs-internals.js');
     // kafkajs 2.2.4's own, as written there.
     const theirs = ({ topic, partitionMetadata, messages, partitioner }: Parameters<typeof GROUPER>[0]) => {
       if (partitionMetadata.length === 0) return {};

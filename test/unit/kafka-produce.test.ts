@@ -1,8 +1,8 @@
 import { createRequire } from 'node:module';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { crc32c } from '../../src/sink/crc32c.js';
-import { type ProduceArgs, encodeProduce } from '../../src/sink/kafka-produce.js';
-import { kafkajsProduce } from '../../src/sink/kafkajs-speedups.js';
+import { crc32c } from '../../src/sink/kafka/crc32c.js';
+import { type ProduceArgs, encodeProduce } from '../../src/sink/kafka/produce-encoder.js';
+import { kafkajsProduce } from '../../src/sink/kafka/kafkajs-internals.js';
 
 const require = createRequire(import.meta.url);
 const kafkajsCrc = require('kafkajs/src/protocol/recordBatch/crc32C/index.js') as (b: Buffer) => number;

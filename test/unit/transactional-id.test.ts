@@ -1,7 +1,7 @@
 import type kafkajs from 'kafkajs';
 import { describe, expect, it } from 'vitest';
 import { FencedError, SinkError } from '../../src/errors.js';
-import { TransactionalId } from '../../src/sink/kafka-transactional-id.js';
+import { TransactionalId } from '../../src/sink/kafka/transactional-id.js';
 
 /**
  * The exactly-once sink's hold on its transactional id, with a fake producer that records every

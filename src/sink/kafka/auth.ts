@@ -1,8 +1,8 @@
-import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
-import kafkajs from 'kafkajs';
-import type { AwsMskIamConfig, OAuthBearerConfig, SaslConfig } from '../config/config.js';
-import { SinkError } from '../errors.js';
-import type { Logger } from '../observability/logger.js';
+import type kafkajs from 'kafkajs';
+import type { AwsMskIamConfig, OAuthBearerConfig, SaslConfig } from '../../config/config.js';
+import { SinkError } from '../../errors.js';
+import type { Logger } from '../../observability/logger.js';
+import { installKafkajs } from './kafkajs-internals.js';
 import { type HttpAnswer, type HttpPost, httpPost, PostFailure } from './http-post.js';
 
 /**
@@ -118,7 +118,10 @@ export function saslOptions(sasl: SaslConfig, log: Logger): kafkajs.SASLOptions 
 
 const SOH = '\x01';
 /** kafkajs's own (not retriable), so kafkajs and classify() treat it like a refused SCRAM login; its types omit the message argument. */
-const SaslAuthenticationError = kafkajs.KafkaJSSASLAuthenticationError as unknown as new (message: string) => Error;
+function saslAuthenticationError(message: string): Error {
+  const SaslAuthenticationError = installKafkajs().KafkaJSSASLAuthenticationError as unknown as new (message: string) => Error;
+  return new SaslAuthenticationError(message);
+}
 
 /** The RFC 7628 client initial response: the GS2 header, the bearer token, the extensions. */
 export function initialResponse(token: string, extensions: Readonly<Record<string, string>>): Buffer {
@@ -156,7 +159,7 @@ function oauthBearerAuthenticator(
       try {
         challenge = (await exchange(initialResponse(value, extensions))) ?? undefined;
       } catch (err) {
-        throw new SaslAuthenticationError(`SASL OAUTHBEARER authentication failed: ${(err as Error).message}`);
+        throw saslAuthenticationError(`SASL OAUTHBEARER authentication failed: ${(err as Error).message}`);
       }
       if (challenge === undefined || challenge.length === 0) return;
       // RFC 7628 §3.2.3: answer the error challenge with %x01; the broker then fails the exchange.
@@ -168,7 +171,7 @@ function oauthBearerAuthenticator(
         const message = (err as Error).message;
         if (!message.includes(status)) reason = `: ${message}`;
       }
-      throw new SaslAuthenticationError(
+      throw saslAuthenticationError(
         `SASL OAUTHBEARER authentication failed: broker ${host}:${port} refused the token (${status})${reason}`,
       );
     },

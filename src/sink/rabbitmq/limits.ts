@@ -1,5 +1,5 @@
 import type amqp from 'amqplib';
-import { PoisonError } from '../errors.js';
+import { PoisonError } from '../../errors.js';
 
 /**
  * The limits of AMQP 0-9-1 as amqplib encodes a publish, checked before publishing. Past one of

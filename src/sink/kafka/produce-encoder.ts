@@ -13,7 +13,7 @@ import { crc32c } from './crc32c.js';
  * The bytes are kafkajs's own, byte for byte (test/unit/kafka-produce.test.ts compares them on
  * every shape of message the relay sends and a few it does not). Compressed batches and
  * messages with explicit timestamps go to kafkajs's encoder unchanged. kafkajs 2.2.4 is its last
- * release; install() checks the version and leaves kafkajs alone on any other.
+ * release; kafkajs-internals.ts installs this encoder, after checking that kafkajs is 2.2.4.
  */
 
 type Value = string | Buffer | null | undefined;

@@ -1,4 +1,4 @@
-import { SinkError } from '../errors.js';
+import { SinkError } from '../../errors.js';
 
 /** AMQP reply codes after which retrying cannot help (the channel was closed by the broker). */
 const FATAL_REPLY_CODES = new Set([403, 404, 406, 530, 540]);

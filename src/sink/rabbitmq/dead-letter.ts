@@ -1,10 +1,10 @@
 import type amqp from 'amqplib';
-import type { RabbitMqSinkConfig } from '../config/config.js';
-import { SinkError } from '../errors.js';
-import type { DeadLetter } from '../interfaces.js';
-import { LSN_HEADER } from '../outbox/mapper.js';
-import { amqpLimitProblem, SHORTSTR_MAX_BYTES } from './amqp-limits.js';
-import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
+import type { RabbitMqSinkConfig } from '../../config/config.js';
+import { SinkError } from '../../errors.js';
+import type { DeadLetter } from '../../interfaces.js';
+import { LSN_HEADER } from '../../outbox/mapper.js';
+import { amqpLimitProblem, SHORTSTR_MAX_BYTES } from './limits.js';
+import { type DeadLetterForm, deadLetterForms, formBytes } from '../dead-letter.js';
 
 /**
  * The routing key of a dead letter whose own cannot be used: one without a destination (a row

@@ -1,20 +1,17 @@
-import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
-import kafkajs from 'kafkajs';
-import type { KafkaSinkConfig } from '../config/config.js';
-import { MissingDestinationError, PoisonError, SinkError } from '../errors.js';
-import type { DeadLetter, OutboxMessage } from '../interfaces.js';
-import type { Logger } from '../observability/logger.js';
-import { type DeadLetterForm, deadLetterForms, formBytes } from './dead-letter.js';
-import { saslOptions } from './kafka-auth.js';
-import { install as installProduceEncoder } from './kafkajs-speedups.js';
+import type kafkajs from 'kafkajs';
+import type { KafkaSinkConfig } from '../../config/config.js';
+import { MissingDestinationError, PoisonError, SinkError } from '../../errors.js';
+import type { DeadLetter, OutboxMessage } from '../../interfaces.js';
+import type { Logger } from '../../observability/logger.js';
+import { type DeadLetterForm, deadLetterForms, formBytes } from '../dead-letter.js';
+import { saslOptions } from './auth.js';
+import { installKafkajs } from './kafkajs-internals.js';
 
 /**
  * What both Kafka sinks (at-least-once and exactly-once) share: the client, how a batch is cut
  * into sends, what a message looks like to kafkajs, what is checked before sending, and how
  * kafkajs's errors are read.
  */
-
-const { Kafka, CompressionTypes, Partitioners, logLevel } = kafkajs;
 
 /**
  * Broker answers that concern one message, not the connection: the send is repeated one message
@@ -33,7 +30,7 @@ export const MISSING_TOPIC = 'UNKNOWN_TOPIC_OR_PARTITION';
 /**
  * Messages per send. kafkajs grouped a send's messages by partition by copying the partition's
  * array once per message, so its garbage grew with the square of the messages per send; with
- * that replaced (kafkajs-speedups.ts) a send may hold a whole batch, and the broker handles a
+ * that replaced (kafkajs-internals.ts) a send may hold a whole batch, and the broker handles a
  * quarter of the requests. The byte bound (90% of maxMessageBytes) usually cuts first.
  */
 export const SEND_MAX_MESSAGES = 2_000;
@@ -42,8 +39,8 @@ export const RECORD_OVERHEAD_BYTES = 128;
 const TOPIC_NAME = /^[a-zA-Z0-9._-]{1,249}$/;
 
 export function createKafka(cfg: KafkaSinkConfig, log: Logger): kafkajs.Kafka {
+  const { Kafka, logLevel } = installKafkajs();
   const kLog = log.child({ module: 'kafkajs' });
-  if (!installProduceEncoder()) kLog.warn('kafkajs is not 2.2.x: its own Produce encoder is used (slower)');
   return new Kafka({
     clientId: cfg.clientId,
     brokers: cfg.brokers,
@@ -113,6 +110,7 @@ export function topicMessages(messages: readonly OutboxMessage[]): kafkajs.Topic
 }
 
 export function compressionOf(cfg: KafkaSinkConfig): kafkajs.CompressionTypes {
+  const { CompressionTypes } = installKafkajs();
   return cfg.compression === 'gzip' ? CompressionTypes.GZIP : CompressionTypes.None;
 }
 
@@ -220,7 +218,7 @@ export async function connectProducer(
     idempotent: true,
     maxInFlightRequests: 1,
     allowAutoTopicCreation: cfg.autoCreateTopics,
-    createPartitioner: Partitioners.DefaultPartitioner,
+    createPartitioner: installKafkajs().Partitioners.DefaultPartitioner,
     ...extra,
   });
   try {

@@ -1,6 +1,6 @@
 import type kafkajs from 'kafkajs';
-import { FencedError, SinkError } from '../errors.js';
-import { classify, isFenced } from './kafka-client.js';
+import { FencedError, SinkError } from '../../errors.js';
+import { classify, isFenced } from './client.js';
 
 /**
  * Why the exactly-once sink must take its transactional id again before it publishes, in rising

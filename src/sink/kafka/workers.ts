@@ -1,10 +1,10 @@
 import { Worker } from 'node:worker_threads';
 import type kafkajs from 'kafkajs';
-import type { KafkaSinkConfig } from '../config/config.js';
-import { type PoisonError, SinkError } from '../errors.js';
-import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
-import type { Logger } from '../observability/logger.js';
-import { KafkaSink } from './kafka.js';
+import type { KafkaSinkConfig } from '../../config/config.js';
+import { type PoisonError, SinkError } from '../../errors.js';
+import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../interfaces.js';
+import type { Logger } from '../../observability/logger.js';
+import { KafkaSink } from './at-least-once.js';
 import {
   MISSING_TOPIC,
   RECORD_OVERHEAD_BYTES,
@@ -14,11 +14,11 @@ import {
   createKafka,
   isMessageError,
   missingTopics,
-} from './kafka-client.js';
-import { TopicPartitions } from './kafka-metadata.js';
-import { partitionOf } from './kafka-partition.js';
-import { encodeRecords } from './kafka-produce.js';
-import type { FromWorker, ToWorker, UnitMessage, WireError, WorkerInit } from './kafka-worker-thread.js';
+} from './client.js';
+import { TopicPartitions } from './metadata.js';
+import { partitionOf } from './partition.js';
+import { encodeRecords } from './produce-encoder.js';
+import type { FromWorker, ToWorker, UnitMessage, WireError, WorkerInit } from './worker-thread.js';
 
 /**
  * Kafka at least once, published from worker threads (docs/adr/0010). The main thread reads,
@@ -76,7 +76,7 @@ export class KafkaWorkerSink implements Sink {
     };
     const started: Array<Promise<void>> = [];
     for (let i = 0; i < this.count; i++) {
-      const worker = new Worker(new URL('./kafka-worker-thread.js', import.meta.url), { workerData: init, name: `outboxd-kafka-${i}` });
+      const worker = new Worker(new URL('./worker-thread.js', import.meta.url), { workerData: init, name: `outboxd-kafka-${i}` });
       const slot = { worker, up: false };
       this.workers.push(slot);
       started.push(

@@ -1,17 +1,14 @@
-import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
-import kafkajs from 'kafkajs';
-import type { KafkaSinkConfig } from '../config/config.js';
-import type { Logger } from '../observability/logger.js';
-import { readCheckpoints } from './kafka-checkpoint.js';
-import { classify, createKafka } from './kafka-client.js';
+import type { KafkaSinkConfig } from '../../config/config.js';
+import type { Logger } from '../../observability/logger.js';
+import { readCheckpoints } from './exactly-once-checkpoint.js';
+import { classify, createKafka } from './client.js';
+import { installKafkajs } from './kafkajs-internals.js';
 
 /**
  * The exactly-once checkpoint topic's setup (`outboxd setup`) and checks (`validate --connect`):
  * compacted and nothing else (a delete policy would one day remove the only checkpoint, and the
  * next start would publish everything again), one partition, replicated like the data.
  */
-
-const { ConfigResourceTypes } = kafkajs;
 
 export interface TopicCheck {
   readonly name: string;
@@ -66,7 +63,7 @@ export async function checkCheckpointTopic(cfg: KafkaSinkConfig, log: Logger): P
     }
     const described = await admin.describeConfigs({
       includeSynonyms: false,
-      resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ['cleanup.policy'] }],
+      resources: [{ type: installKafkajs().ConfigResourceTypes.TOPIC, name: topic, configNames: ['cleanup.policy'] }],
     });
     const policy = described.resources[0]?.configEntries.find((e) => e.configName === 'cleanup.policy')?.configValue ?? '';
     const policies = policy.split(',').map((p) => p.trim());

@@ -5,13 +5,12 @@
  * After a failure it sends nothing more of that batch: the main thread retries the batch whole,
  * so no message of a partition overtakes an earlier one that failed.
  */
-import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
 import { parentPort, workerData } from 'node:worker_threads';
 import type kafkajs from 'kafkajs';
-import type { KafkaSinkConfig } from '../config/config.js';
-import { createLogger } from '../observability/logger.js';
-import { createKafka } from './kafka-client.js';
-import { RAW } from './kafka-produce.js';
+import type { KafkaSinkConfig } from '../../config/config.js';
+import { createLogger } from '../../observability/logger.js';
+import { createKafka } from './client.js';
+import { RAW } from './produce-encoder.js';
 
 /** A unit: records of one or more partitions, for one sendBatch. */
 export interface UnitMessage {

@@ -1,5 +1,6 @@
 import type amqp from 'amqplib';
-import { SinkError } from '../errors.js';
+import { SinkError } from '../../errors.js';
+import { within } from '../../retry.js';
 
 /** How long a connection may take to close before its socket is dropped. */
 export const CLOSE_TIMEOUT_MS = 1_000;
@@ -10,18 +11,8 @@ export const CLOSE_TIMEOUT_MS = 1_000;
  * After `ms` the socket is destroyed instead.
  */
 export async function closeWithin(model: amqp.ChannelModel, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = await Promise.race([
-    model.close().then(
-      () => false,
-      () => false,
-    ),
-    new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(true), ms);
-    }),
-  ]);
-  clearTimeout(timer);
-  if (late) (model as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+  const closed = model.close().catch(() => undefined);
+  if (!(await within(closed, ms))) (model as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
 }
 
 /**
@@ -56,13 +47,8 @@ export class ConfirmWaiter {
    */
   async wait(blockedUntil: () => Promise<void> | undefined = () => undefined): Promise<void> {
     while (this.pending > 0 && !this.abandoned) {
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = await new Promise<boolean>((resolve) => {
-        this.done = () => resolve(false);
-        timer = setTimeout(() => resolve(true), this.timeoutMs);
-      });
-      clearTimeout(timer);
-      if (!timedOut) break;
+      const allConfirmed = new Promise<void>((resolve) => (this.done = resolve));
+      if (await within(allConfirmed, this.timeoutMs)) break;
       const blocked = blockedUntil();
       if (blocked && this.pending > 0) {
         await Promise.race([blocked, new Promise<void>((resolve) => (this.done = resolve))]);

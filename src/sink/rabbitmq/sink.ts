@@ -1,13 +1,13 @@
 import amqp from 'amqplib';
-import type { RabbitMqSinkConfig } from '../config/config.js';
-import { PoisonError, SinkError } from '../errors.js';
-import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
-import type { Logger } from '../observability/logger.js';
-import { amqpLimitProblem } from './amqp-limits.js';
-import { amqpDeadLetter } from './amqp-dead-letter.js';
-import { CLOSE_TIMEOUT_MS, ConfirmWaiter, closeWithin } from './amqp-confirms.js';
-import { classifyAmqpError } from './amqp-errors.js';
-import type { SinkStatus } from './index.js';
+import type { RabbitMqSinkConfig } from '../../config/config.js';
+import { PoisonError, SinkError } from '../../errors.js';
+import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../interfaces.js';
+import type { Logger } from '../../observability/logger.js';
+import { amqpLimitProblem } from './limits.js';
+import { amqpDeadLetter } from './dead-letter.js';
+import { CLOSE_TIMEOUT_MS, ConfirmWaiter, closeWithin } from './confirms.js';
+import { classifyAmqpError } from './errors.js';
+import type { SinkStatus } from '../status.js';
 
 /**
  * RabbitMQ through an amqplib ConfirmChannel.
@@ -264,7 +264,7 @@ export class RabbitMqSink implements Sink {
 
   /**
    * Sends the dead letter in the largest form that fits, under a routing key that fits
-   * (amqp-dead-letter.ts: publishable by construction); resolves once the broker confirmed it.
+   * (rabbitmq/dead-letter.ts: publishable by construction); resolves once the broker confirmed it.
    * Unroutable (no queue bound for its routing key) is retried: the poison message waits.
    */
   async publishDeadLetter(letter: DeadLetter): Promise<void> {

@@ -1,17 +1,16 @@
-import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
 import type kafkajs from 'kafkajs';
-import type { KafkaSinkConfig } from '../config/config.js';
-import { type PoisonError, SinkError } from '../errors.js';
-import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
-import type { Logger } from '../observability/logger.js';
-import * as client from './kafka-client.js';
-import { kafkajsPartitionOf } from './kafkajs-speedups.js';
+import type { KafkaSinkConfig } from '../../config/config.js';
+import { type PoisonError, SinkError } from '../../errors.js';
+import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../interfaces.js';
+import type { Logger } from '../../observability/logger.js';
+import * as client from './client.js';
+import { kafkajsPartitionOf } from './kafkajs-internals.js';
 
 /**
  * Kafka at least once, through kafkajs: an idempotent producer with acks=all and one request in
  * flight, so per-partition order survives the client's internal retries. kafkajs's default
  * partitioner is Java-compatible murmur2, so a key lands on the same partition as from a Java
- * producer. A batch goes out as sequential sends (kafka-client.ts: chunks).
+ * producer. A batch goes out as sequential sends (client.ts: chunks).
  */
 export class KafkaSink implements Sink {
   readonly type = 'kafka' as const;

@@ -1,16 +1,15 @@
-import './kafkajs-speedups.js'; // first: it must run before kafkajs loads
 import type kafkajs from 'kafkajs';
-import { type PublishedUpTo, describePosition } from '../positions/published.js';
-import type { KafkaSinkConfig } from '../config/config.js';
-import { type PoisonError, SinkError } from '../errors.js';
-import type { DeadLetter, OutboxMessage, Position, PublishOutcome, Sink, SinkSession } from '../interfaces.js';
-import type { Logger } from '../observability/logger.js';
-import type { DeadLetterForm } from './dead-letter.js';
-import type { SinkStatus } from './index.js';
-import { checkpointKey, checkpointMessage, foreignCheckpoint, positionOf, readCheckpoints } from './kafka-checkpoint.js';
-import * as client from './kafka-client.js';
-import { TransactionalId } from './kafka-transactional-id.js';
-import { kafkajsPartitionOf } from './kafkajs-speedups.js';
+import { type PublishedUpTo, describePosition } from '../../positions/published.js';
+import type { KafkaSinkConfig } from '../../config/config.js';
+import { type PoisonError, SinkError } from '../../errors.js';
+import type { DeadLetter, OutboxMessage, Position, PublishOutcome, Sink, SinkSession } from '../../interfaces.js';
+import type { Logger } from '../../observability/logger.js';
+import type { DeadLetterForm } from '../dead-letter.js';
+import type { SinkStatus } from '../status.js';
+import { checkpointKey, checkpointMessage, foreignCheckpoint, positionOf, readCheckpoints } from './exactly-once-checkpoint.js';
+import * as client from './client.js';
+import { TransactionalId } from './transactional-id.js';
+import { kafkajsPartitionOf } from './kafkajs-internals.js';
 
 /**
  * Tests only (test/faults/exactly-once.test.ts): a pause before every Kafka commit, so a kill
@@ -35,7 +34,7 @@ export type TransactionEvents = Pick<SinkStatus, 'transaction' | 'fenced'>;
  * - Fencing: the producer's InitProducerId (at the start of every replication session, after the
  *   relay took the leader lock) bumps the epoch of `transactionalId`; a relay still holding the
  *   old epoch gets a fenced error on its next request. Before it publishes or fences anything
- *   again it must prove it still holds the leader lock (kafka-transactional-id.ts); a relay that
+ *   again it must prove it still holds the leader lock (transactional-id.ts); a relay that
  *   cannot stops (FencedError, exit code 5).
  * - Failures: any error inside a transaction aborts it; the pipeline retries the batch whole. A
  *   commit whose answer was lost may or may not have committed: the next attempt re-fences

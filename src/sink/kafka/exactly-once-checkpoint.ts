@@ -1,10 +1,11 @@
-import { createRequire } from 'node:module';
 import type kafkajs from 'kafkajs';
-import { SinkError } from '../errors.js';
-import type { OutboxMessage, Position, SourceIdentity, StoredPosition } from '../interfaces.js';
-import { formatLsn, parseLsn } from '../lsn.js';
-import { classify, protocolErrorType } from './kafka-client.js';
-import { internalCluster } from './kafkajs-speedups.js';
+import type { BackoffConfig } from '../../config/config.js';
+import { SinkError } from '../../errors.js';
+import type { OutboxMessage, Position, SourceIdentity, StoredPosition } from '../../interfaces.js';
+import { formatLsn, parseLsn } from '../../lsn.js';
+import { classify, protocolErrorType } from './client.js';
+import { type KafkaBroker, type KafkaCluster, fetchCommitted, internalCluster, latestOffset } from './kafkajs-internals.js';
+import { retry } from '../../retry.js';
 
 /**
  * The exactly-once checkpoint (docs/adr/0009): one record per committed Kafka transaction, in a
@@ -16,9 +17,8 @@ import { internalCluster } from './kafkajs-speedups.js';
  * kafkajs's consumer cannot say where a read_committed partition ends (its batches report the
  * high watermark, not the last stable offset) and joins a consumer group, which costs a broker's
  * group.initial.rebalance.delay.ms (3 s by default) on every start. So the read goes through
- * kafkajs's own cluster and broker objects: ListOffsets for the log end, then read_committed
- * Fetch requests until the position passes it. kafkajs 2.2.4 is the last release; the version
- * check below fails loudly should that change.
+ * kafkajs's own cluster and broker objects (kafkajs-internals.ts, which checks kafkajs's version):
+ * ListOffsets for the log end, then read_committed Fetch requests until the position passes it.
  */
 
 /** The database a checkpoint belongs to: the cluster's system identifier and the database's name. */
@@ -87,41 +87,7 @@ export function decodeCheckpoint(key: string, value: Buffer | null): CheckpointR
 
 const READ_UNCOMMITTED = 0;
 const READ_COMMITTED = 1;
-const LATEST = -1;
 const PARTITION = 0;
-
-interface FetchedMessage {
-  offset: string;
-  key: Buffer | null;
-  value: Buffer | null;
-  isControlRecord?: boolean;
-}
-interface KafkaBroker {
-  listOffsets(r: object): Promise<{ responses: Array<{ partitions: Array<{ partition: number; errorCode: number; offset: string }> }> }>;
-  fetch(r: object): Promise<{
-    responses: Array<{ partitions: Array<{ partition: number; errorCode: number; lastStableOffset: string; messages: FetchedMessage[] }> }>;
-  }>;
-}
-interface KafkaCluster {
-  connect(): Promise<void>;
-  disconnect(): Promise<void>;
-  addTargetTopic(topic: string): Promise<void>;
-  findLeaderForPartitions(topic: string, partitions: number[]): Record<string, number[]>;
-  findBroker(r: { nodeId: string }): Promise<KafkaBroker>;
-}
-type BatchClass = new (
-  topic: string,
-  fetchedOffset: string,
-  data: object,
-) => { messages: FetchedMessage[]; messagesWithinOffset: FetchedMessage[] };
-
-const require = createRequire(import.meta.url);
-let Batch: BatchClass | null = null;
-
-function clusterOf(kafka: kafkajs.Kafka): KafkaCluster {
-  Batch ??= require('kafkajs/src/consumer/batch.js') as BatchClass;
-  return internalCluster(kafka, { allowAutoTopicCreation: false, isolationLevel: READ_COMMITTED }) as unknown as KafkaCluster;
-}
 
 export interface ReadResult {
   /** The last committed checkpoint of `key`, or null. */
@@ -150,7 +116,7 @@ export async function readCheckpoints(
   timeoutMs: number,
   to: 'log-end' | 'stable' = 'log-end',
 ): Promise<ReadResult> {
-  const cluster = clusterOf(kafka);
+  const cluster = internalCluster(kafka, { allowAutoTopicCreation: false, isolationLevel: READ_COMMITTED });
   const deadline = Date.now() + timeoutMs;
   try {
     await cluster.connect();
@@ -165,27 +131,18 @@ export async function readCheckpoints(
     let position = '0';
     while (BigInt(position) < end) {
       const waitMs = Math.min(500, Math.max(0, deadline - Date.now()));
-      const res = await broker.fetch({
-        isolationLevel: READ_COMMITTED,
-        maxWaitTime: waitMs,
-        minBytes: 1,
-        maxBytes: 8 << 20,
-        topics: [{ topic, partitions: [{ partition: PARTITION, fetchOffset: position, maxBytes: 8 << 20 }] }],
-      });
-      const data = res.responses[0]?.partitions[0];
+      const data = await fetchCommitted(broker, topic, PARTITION, position, waitMs);
       if (data === undefined)
         throw new SinkError('checkpoint_unavailable', `checkpoint topic ${topic}: empty fetch response`, { retriable: true });
       if (data.errorCode !== 0)
         throw new SinkError('checkpoint_unavailable', `checkpoint topic ${topic}: fetch error code ${data.errorCode}`, { retriable: true });
-      const batch = new (Batch as BatchClass)(topic, position, data);
-      const raw = batch.messagesWithinOffset;
-      if (raw.length > 0) {
-        for (const m of batch.messages) {
+      if (data.next !== null) {
+        for (const m of data.records) {
           if (m.key === null) continue;
           const k = m.key.toString('utf8');
           latest.set(k, decodeCheckpoint(k, m.value));
         }
-        position = (BigInt((raw[raw.length - 1] as FetchedMessage).offset) + 1n).toString();
+        position = data.next;
         continue;
       }
       // Nothing visible from here: done once the stable offset reached the end we look for
@@ -212,35 +169,35 @@ export async function readCheckpoints(
   }
 }
 
-/** The log end offset (READ_UNCOMMITTED) or the last stable offset (READ_COMMITTED) of partition 0. */
 /**
  * A broker that just started may not know its topics yet for a moment: a topic counts as missing
  * only when the metadata still lacks it after MISSING_CONFIRM_MS.
  */
 const MISSING_CONFIRM_MS = 5_000;
+/** How often the metadata is asked again meanwhile. */
+const MISSING_RETRY: BackoffConfig = { initialMs: 500, maxMs: 500 };
 
 async function knownTopic(cluster: KafkaCluster, topic: string, until: number): Promise<void> {
-  for (;;) {
-    try {
-      await cluster.addTargetTopic(topic);
-      return;
-    } catch (err) {
-      if (protocolErrorType(err) !== 'UNKNOWN_TOPIC_OR_PARTITION') throw err;
-      if (Date.now() >= until) throw missingCheckpointTopic(topic, err);
-      await new Promise((resolve) => setTimeout(resolve, 500));
-    }
+  try {
+    await retry(() => cluster.addTargetTopic(topic), {
+      backoff: MISSING_RETRY,
+      // Bounded by `until`, not by a signal: the read's own deadline ends it.
+      signal: new AbortController().signal,
+      isRetriable: (err) => protocolErrorType(err) === 'UNKNOWN_TOPIC_OR_PARTITION' && Date.now() < until,
+      random: () => 1, // every 500 ms: no fleet to spread, one relay waiting for its broker
+    });
+  } catch (err) {
+    if (protocolErrorType(err) === 'UNKNOWN_TOPIC_OR_PARTITION') throw missingCheckpointTopic(topic, err);
+    throw err;
   }
 }
 
+/** The log end offset (READ_UNCOMMITTED) or the last stable offset (READ_COMMITTED) of partition 0. */
 async function logEnd(broker: KafkaBroker, topic: string, isolationLevel: number): Promise<bigint> {
-  const res = await broker.listOffsets({
-    isolationLevel,
-    topics: [{ topic, partitions: [{ partition: PARTITION, timestamp: LATEST }] }],
-  });
-  const p = res.responses[0]?.partitions[0];
-  if (p === undefined)
+  const offset = await latestOffset(broker, topic, PARTITION, isolationLevel);
+  if (offset === undefined)
     throw new SinkError('checkpoint_unavailable', `checkpoint topic ${topic}: no offsets for partition 0`, { retriable: true });
-  return BigInt(p.offset);
+  return BigInt(offset);
 }
 
 export function missingCheckpointTopic(topic: string, cause?: unknown): SinkError {

@@ -1,9 +1,9 @@
 import type kafkajs from 'kafkajs';
-import type { KafkaSinkConfig } from '../config/config.js';
-import type { OutboxMessage } from '../interfaces.js';
-import { MISSING_TOPIC, classify, missingTopics } from './kafka-client.js';
-import { MAX_KNOWN_TOPICS, PartitionCounts } from './kafka-partition.js';
-import { type KafkaCluster, internalCluster } from './kafkajs-speedups.js';
+import type { KafkaSinkConfig } from '../../config/config.js';
+import type { OutboxMessage } from '../../interfaces.js';
+import { MISSING_TOPIC, classify, missingTopics } from './client.js';
+import { MAX_KNOWN_TOPICS, PartitionCounts } from './partition.js';
+import { type KafkaCluster, internalCluster } from './kafkajs-internals.js';
 
 /** How long a topic's partition count is trusted (a topic can gain partitions). */
 const METADATA_MAX_AGE_MS = 300_000;

@@ -1,0 +1,296 @@
+/**
+ * The one door to kafkajs's internals. kafkajs 2.2.4 (February 2023) is its last release; outboxd
+ * changes it from inside, for speed, with the same bytes and results, and reaches past its public
+ * API where that lacks something (docs/adr/0010, 0016):
+ * - `groupMessagesPerPartition`, which copies a partition's array once per message (1.3 s per
+ *   million messages at 500 per send, docs/benchmarks.md), is replaced by a one-pass grouper;
+ * - the Produce v3 request factory is replaced by our encoder (produce-encoder.ts);
+ * - kafkajs's internal Cluster (a private symbol of `Kafka`) gives metadata without a producer,
+ *   and its brokers' raw ListOffsets and Fetch, with its internal `Batch`, give an exact
+ *   read_committed read of a partition (exactly-once-checkpoint.ts).
+ *
+ * No other module loads kafkajs for its values (test/unit/kafkajs-door.test.ts reads every file
+ * under src/): they get it from installKafkajs(), which the Kafka sink calls at start (loadSink)
+ * and createKafka calls before it builds a client. So the grouper is always in place before
+ * kafkajs's producer module loads, whatever imports what first (commit d4c6c78: one static import
+ * of kafkajs ahead of the old side-effect import made the Kafka drain 0.81x as fast).
+ *
+ * installKafkajs() first checks that kafkajs is the version and shape this module was written
+ * for, and stops the relay with one line if not.
+ */
+import { Module, createRequire } from 'node:module';
+import type kafkajs from 'kafkajs';
+import { SinkError } from '../../errors.js';
+import { PartitionCounts, partitionOf } from './partition.js';
+import { PRODUCE_API_KEY, type ProduceFactory, encodeProduce, ours } from './produce-encoder.js';
+
+type Kafkajs = typeof kafkajs;
+
+/** The kafkajs release this module was written for (package.json pins it). */
+export const KAFKAJS_VERSION = '2.2.4';
+
+const require = createRequire(import.meta.url);
+const GROUPER_PATH = 'kafkajs/src/producer/groupMessagesPerPartition.js';
+const SEND_MESSAGES = 'kafkajs/src/producer/sendMessages.js';
+const PRODUCE_V3 = 'kafkajs/src/protocol/requests/produce/v3/request.js';
+const BATCH = 'kafkajs/src/consumer/batch.js';
+const CREATE_CLUSTER = 'private:Kafka:createCluster';
+
+/** What the version check reads of the installed kafkajs (a parameter, for the tests). */
+export interface KafkajsProbe {
+  version(): string;
+  /** Whether kafkajs has this internal file. */
+  has(path: string): boolean;
+}
+
+const installed: KafkajsProbe = {
+  version: () => (require('kafkajs/package.json') as { version: string }).version,
+  has: (path) => {
+    try {
+      require.resolve(path);
+      return true;
+    } catch {
+      return false;
+    }
+  },
+};
+
+function unsupported(version: string, what: string): SinkError {
+  return new SinkError(
+    'kafkajs_unsupported',
+    `kafkajs ${version} is installed, but outboxd's Kafka sink is written for kafkajs ${KAFKAJS_VERSION} (${what}): install kafkajs ${KAFKAJS_VERSION}, as outboxd's package.json pins it`,
+    { retriable: false },
+  );
+}
+
+/** Throws the one-line SinkError (code SINK_FATAL) when kafkajs is not the one this module was written for. */
+export function checkKafkajs(probe: KafkajsProbe = installed): void {
+  const version = probe.version();
+  if (version !== KAFKAJS_VERSION) throw unsupported(version, 'its internals differ between releases');
+  for (const path of [GROUPER_PATH, SEND_MESSAGES, PRODUCE_V3, BATCH]) {
+    if (!probe.has(path)) throw unsupported(version, `${path} is missing`);
+  }
+}
+
+// --- groupMessagesPerPartition -----------------------------------------------------------------
+
+type Grouper = (args: {
+  topic: string;
+  partitionMetadata: unknown[];
+  messages: unknown[];
+  partitioner: (a: { topic: string; partitionMetadata: unknown[]; message: unknown }) => number;
+}) => Record<number, unknown[]>;
+
+/**
+ * Each topic's partition count as kafkajs last grouped a send for it: the count its partitioner
+ * (murmur2 of the key, modulo the count) used. Set once per topic per send, for trace spans; the
+ * topics sent to last.
+ */
+const partitionCounts = new PartitionCounts(Number.POSITIVE_INFINITY);
+
+/**
+ * The partition kafkajs's default partitioner sent a message with this topic and key to (the
+ * same murmur2 as partition.ts), from the count of its last send to the topic; null before.
+ */
+export function kafkajsPartitionOf(topic: string, key: string): number | null {
+  const count = partitionCounts.peek(topic);
+  return count === undefined ? null : partitionOf(key, count);
+}
+
+/** kafkajs's groupMessagesPerPartition, in one pass: the same object. */
+export const GROUPER: Grouper = ({ topic, partitionMetadata, messages, partitioner }) => {
+  const result: Record<number, unknown[]> = {};
+  if (partitionMetadata.length === 0) return result;
+  if (partitionCounts.get(topic) !== partitionMetadata.length) partitionCounts.set(topic, partitionMetadata.length);
+  for (const message of messages) {
+    const partition = partitioner({ topic, partitionMetadata, message });
+    let list = result[partition];
+    if (list === undefined) {
+      list = [];
+      result[partition] = list;
+    }
+    list.push(message);
+  }
+  return result;
+};
+
+/**
+ * Puts GROUPER where kafkajs's sendMessages will require it. kafkajs's sendMessages keeps the
+ * function it required when it loaded: a kafkajs loaded before this door (only a test does that,
+ * importing kafkajs itself first) keeps its own grouper, and is slower but the same.
+ */
+function installGrouper(): boolean {
+  const path = require.resolve(GROUPER_PATH);
+  if (require.cache[require.resolve(SEND_MESSAGES)] === undefined && require.cache[path] === undefined) {
+    const m = new Module(path);
+    m.filename = path;
+    m.loaded = true;
+    m.exports = GROUPER;
+    require.cache[path] = m;
+  }
+  return require.cache[path]?.exports === GROUPER;
+}
+
+// --- the Produce encoder -----------------------------------------------------------------------
+
+/** kafkajs's own Produce v3 request factory (for the tests' byte comparison, and fallbacks). */
+export function kafkajsProduce(): ProduceFactory {
+  return state?.originalProduce ?? (require(PRODUCE_V3) as ProduceFactory);
+}
+
+/**
+ * Makes kafkajs's Produce requests use encodeProduce. kafkajs requires its v3 request module
+ * when it builds each request (v4 to v7 wrap v3), so replacing the module's exports suffices.
+ */
+function installProduceEncoder(): ProduceFactory {
+  const original = require(PRODUCE_V3) as ProduceFactory;
+  const mod = require.cache[require.resolve(PRODUCE_V3)] as NodeJS.Module;
+  const faster: ProduceFactory = (args) => {
+    if (!ours(args)) return original(args);
+    return {
+      apiKey: PRODUCE_API_KEY,
+      apiVersion: 3,
+      apiName: 'Produce',
+      expectResponse: () => args.acks !== 0,
+      encode: async () => {
+        const buf = encodeProduce(args);
+        // What kafkajs's request framing reads of an Encoder: `buf`, `buffer` and `size()`.
+        return { buf, buffer: buf, size: () => buf.length };
+      },
+    };
+  };
+  mod.exports = faster;
+  return original;
+}
+
+// --- installation ------------------------------------------------------------------------------
+
+interface Installed {
+  readonly kafkajs: Kafkajs;
+  readonly originalProduce: ProduceFactory;
+  readonly grouper: boolean;
+  readonly Batch: BatchClass;
+}
+let state: Installed | null = null;
+
+/**
+ * Checks kafkajs (checkKafkajs), installs outboxd's changes, loads kafkajs and returns it.
+ * Idempotent: later calls return the same module. Throws a one-line SinkError (not retriable) if
+ * kafkajs is not the version and shape this module was written for.
+ */
+export function installKafkajs(): Kafkajs {
+  if (state) return state.kafkajs;
+  checkKafkajs();
+  const grouper = installGrouper();
+  const loaded = require('kafkajs') as Kafkajs;
+  const probe = new loaded.Kafka({ brokers: ['127.0.0.1:9092'], logLevel: loaded.logLevel.NOTHING });
+  const create = Object.getOwnPropertySymbols(probe).find((s) => s.description === CREATE_CLUSTER);
+  if (create === undefined || typeof (probe as unknown as Record<symbol, unknown>)[create] !== 'function') {
+    throw unsupported(KAFKAJS_VERSION, `Kafka has no ${CREATE_CLUSTER}`);
+  }
+  const Batch = require(BATCH) as BatchClass;
+  const originalProduce = installProduceEncoder();
+  state = { kafkajs: loaded, originalProduce, grouper, Batch };
+  return loaded;
+}
+
+/** What installKafkajs() put in place; null before it ran. */
+export function kafkajsInstalled(): { grouper: boolean } | null {
+  return state && { grouper: state.grouper };
+}
+
+// --- kafkajs's internal Cluster and brokers ----------------------------------------------------
+
+export interface FetchedRecord {
+  offset: string;
+  key: Buffer | null;
+  value: Buffer | null;
+  isControlRecord?: boolean;
+}
+type BatchClass = new (
+  topic: string,
+  fetchedOffset: string,
+  data: object,
+) => { messages: FetchedRecord[]; messagesWithinOffset: FetchedRecord[] };
+
+/** The parts of a kafkajs (internal) Broker that outboxd uses. */
+export interface KafkaBroker {
+  listOffsets(r: object): Promise<{ responses: Array<{ partitions: Array<{ partition: number; errorCode: number; offset: string }> }> }>;
+  fetch(r: object): Promise<{
+    responses: Array<{ partitions: Array<{ partition: number; errorCode: number; lastStableOffset: string; messages: FetchedRecord[] }> }>;
+  }>;
+}
+
+/** The parts of kafkajs's (internal) Cluster that outboxd uses. */
+export interface KafkaCluster {
+  connect(): Promise<void>;
+  disconnect(): Promise<void>;
+  addTargetTopic(topic: string): Promise<void>;
+  addMultipleTargetTopics(topics: string[]): Promise<void>;
+  findTopicPartitionMetadata(topic: string): Array<{ partitionId: number; leader: number }>;
+  findLeaderForPartitions(topic: string, partitions: number[]): Record<string, number[]>;
+  findBroker(r: { nodeId: string }): Promise<KafkaBroker>;
+}
+
+/**
+ * A kafkajs Cluster built as `kafka` builds its own (the same brokers, TLS, SASL and logger), for
+ * what kafkajs's public API lacks: metadata without a producer, exact reads of a partition.
+ */
+export function internalCluster(kafka: kafkajs.Kafka, opts: { allowAutoTopicCreation: boolean; isolationLevel?: number }): KafkaCluster {
+  installKafkajs();
+  const symbol = Object.getOwnPropertySymbols(kafka).find((s) => s.description === CREATE_CLUSTER) as symbol;
+  const create = (kafka as unknown as Record<symbol, (o: object) => KafkaCluster>)[symbol] as (o: object) => KafkaCluster;
+  return create(opts);
+}
+
+/** The offset ListOffsets answers for the latest position of one partition, or undefined. */
+export async function latestOffset(
+  broker: KafkaBroker,
+  topic: string,
+  partition: number,
+  isolationLevel: number,
+): Promise<string | undefined> {
+  const res = await broker.listOffsets({ isolationLevel, topics: [{ topic, partitions: [{ partition, timestamp: -1 }] }] });
+  return res.responses[0]?.partitions[0]?.offset;
+}
+
+/** One read_committed Fetch of one partition, as kafkajs's consumer would read it. */
+export interface CommittedFetch {
+  readonly errorCode: number;
+  readonly lastStableOffset: string;
+  /** Committed data records at or after the offset asked for: no control records, no aborted ones. */
+  readonly records: readonly FetchedRecord[];
+  /** The offset after the last record at or after the offset asked for (control records count), or null if none. */
+  readonly next: string | null;
+}
+
+/** Fetches one partition from `offset`, committed records only, waiting at most `maxWaitMs` for any. */
+export async function fetchCommitted(
+  broker: KafkaBroker,
+  topic: string,
+  partition: number,
+  offset: string,
+  maxWaitMs: number,
+): Promise<CommittedFetch | undefined> {
+  installKafkajs();
+  const Batch = (state as Installed).Batch;
+  const res = await broker.fetch({
+    isolationLevel: 1,
+    maxWaitTime: maxWaitMs,
+    minBytes: 1,
+    maxBytes: 8 << 20,
+    topics: [{ topic, partitions: [{ partition, fetchOffset: offset, maxBytes: 8 << 20 }] }],
+  });
+  const data = res.responses[0]?.partitions[0];
+  if (data === undefined) return undefined;
+  if (data.errorCode !== 0) return { errorCode: data.errorCode, lastStableOffset: data.lastStableOffset, records: [], next: null };
+  const batch = new Batch(topic, offset, data);
+  const within = batch.messagesWithinOffset;
+  const last = within[within.length - 1];
+  return {
+    errorCode: 0,
+    lastStableOffset: data.lastStableOffset,
+    records: batch.messages,
+    next: last === undefined ? null : (BigInt(last.offset) + 1n).toString(),
+  };
+}

@@ -1,0 +1,84 @@
+import { readFileSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { SinkError } from '../../src/errors.js';
+import { createLogger } from '../../src/observability/logger.js';
+
+/**
+ * kafkajs's internals behind one door (src/sink/kafka/kafkajs-internals.ts). The door must be in
+ * place before kafkajs's producer module loads, or kafkajs keeps its own grouper and the relay
+ * is slower with no test of behaviour noticing (commit d4c6c78: a Kafka drain 0.81x as fast).
+ * That holds if nothing but the door loads kafkajs, which the first test checks of every file
+ * under src/ (no list of entry files to keep), and the door installs itself before it loads it.
+ */
+const SRC = resolve(import.meta.dirname, '../../src');
+const DOOR = 'sink/kafka/kafkajs-internals.ts';
+const require = createRequire(import.meta.url);
+
+/** Every .ts file under src/, relative to it. */
+function sources(dir = SRC): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? sources(join(dir, e.name)) : e.name.endsWith('.ts') ? [join(dir, e.name).slice(SRC.length + 1)] : [],
+  );
+}
+
+/** Whether a file loads kafkajs other than in an `import type` (an import, a require), or names a file of it. */
+function loadsKafkajs(file: string): boolean {
+  const text = readFileSync(join(SRC, file), 'utf8')
+    .split('\n')
+    .filter((line) => !/^\s*import\s+type\b/.test(line) && !/^\s*(\*|\/\/)/.test(line))
+    .join('\n');
+  return /(\bfrom\s+|\bimport\s*\(\s*|\brequire\s*\(\s*|^\s*import\s+)['"`]kafkajs['"`]|['"`]kafkajs\/[^'"`]*['"`]/m.test(text);
+}
+
+describe('the kafkajs door', () => {
+  it('is the only module under src/ that loads kafkajs or names a file of it', () => {
+    const all = sources();
+    expect(all).toContain(DOOR);
+    expect(all.filter(loadsKafkajs)).toEqual([DOOR]);
+  });
+
+  it('is installed by the Kafka sink at start, before any Kafka client is built', async () => {
+    const { kafkajsInstalled, GROUPER, kafkajsProduce } = await import('../../src/sink/kafka/kafkajs-internals.js');
+    expect(require.cache[require.resolve('kafkajs/src/producer/sendMessages.js')]).toBeUndefined();
+    expect(kafkajsInstalled()).toBeNull();
+    const { loadSink } = await import('../../src/sink/index.js');
+    const cfg = parseConfig('postgres:\n  url: postgres://u@h/db\nsink:\n  type: kafka\n  kafka:\n    brokers: [127.0.0.1:1]\n', {});
+    await loadSink(cfg.sink, 'slot', false, createLogger('silent'));
+    expect(kafkajsInstalled()).toEqual({ grouper: true });
+    // What kafkajs's producer will call: outboxd's grouper and Produce encoder.
+    expect(require('kafkajs/src/producer/groupMessagesPerPartition.js')).toBe(GROUPER);
+    expect(require('kafkajs/src/protocol/requests/produce/v3/request.js')).not.toBe(kafkajsProduce());
+  });
+
+  it('stops the relay with one line when kafkajs is another version', async () => {
+    const { checkKafkajs } = await import('../../src/sink/kafka/kafkajs-internals.js');
+    const err = (() => {
+      try {
+        checkKafkajs({ version: () => '2.3.0', has: () => true });
+      } catch (e) {
+        return e;
+      }
+    })() as SinkError;
+    expect(err).toBeInstanceOf(SinkError);
+    expect(err.code).toBe('SINK_FATAL');
+    expect(err.retriable).toBe(false);
+    expect(err.message).not.toContain('\n');
+    expect(err.message).toMatch(
+      /^kafkajs 2\.3\.0 is installed, but outboxd's Kafka sink is written for kafkajs 2\.2\.4 .*: install kafkajs 2\.2\.4/,
+    );
+  });
+
+  it('stops the relay when kafkajs lacks an internal file the door replaces', async () => {
+    const { checkKafkajs } = await import('../../src/sink/kafka/kafkajs-internals.js');
+    const probe = { version: () => '2.2.4', has: (p: string) => !p.endsWith('sendMessages.js') };
+    expect(() => checkKafkajs(probe)).toThrow(/kafkajs\/src\/producer\/sendMessages\.js is missing/);
+  });
+
+  it('accepts the kafkajs installed here', async () => {
+    const { checkKafkajs } = await import('../../src/sink/kafka/kafkajs-internals.js');
+    expect(() => checkKafkajs()).not.toThrow();
+  });
+});
