@@ -41,7 +41,7 @@ describe('imports', () => {
       'sink/kafka.ts',
       'sink/kafka-exactly-once.ts',
       'sink/kafka-worker-thread.ts',
-      'commands/kafka-auth-checks.ts',
+      'commands/validate-kafka-auth.ts',
     ])
       walk(join(SRC, entry));
     expect(offenders).toEqual([]);
