@@ -1,7 +1,8 @@
 import type { Config } from '../config/config.js';
 import { ExitCode, UsageError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
-import { type ReplayProgress, type ReplayStart, type ReplaySummary, replayRows } from '../replay/replay.js';
+import type { ReplayProgress, ReplayStart, ReplaySummary } from '../replay/options.js';
+import { replayRows } from '../replay/replay.js';
 
 /**
  * `outboxd replay`: the command line around the replay engine (src/replay/replay.ts). It reports
@@ -52,7 +53,7 @@ export async function replayCommand(
       to: args.to,
       where: args.where,
       dryRun: args.dryRun,
-      checkpointFile: args.checkpoint,
+      resumeFile: args.checkpoint,
       signal,
       onStart: (s) => report.start(s),
       onProgress: (p) => report.update(p),

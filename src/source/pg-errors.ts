@@ -42,3 +42,12 @@ export function classifyPgError(err: unknown, doing: string): OutboxdError {
   if (code && AUTH.has(code)) return new OutboxdError('PG_CONNECTION', `${message} (check postgres.url credentials)`, { cause: err });
   return new OutboxdError('PG_PROTOCOL', message, { cause: err });
 }
+
+/**
+ * Class 22, data exception: a value the statement was given cannot be read as its type (a time
+ * that is not a timestamptz). The input is wrong, not the server or the connection.
+ */
+export function isDataException(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && code.startsWith('22');
+}
