@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { Relay } from './app.js';
-import { runChecks } from './commands/doctor.js';
+import { runChecks } from './commands/validate.js';
 import { replayArgs, replayCommand } from './commands/replay.js';
 import { setupCommand } from './commands/setup.js';
 import { retireCommand } from './commands/retire.js';

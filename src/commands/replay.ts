@@ -1,13 +1,14 @@
 import type { Config } from '../config/config.js';
 import { ExitCode, UsageError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
-import { type ReplayProgress, type ReplayStart, type ReplaySummary, replayRows } from '../replay/replay.js';
+import type { ReplayProgress, ReplayStart, ReplaySummary } from '../replay/options.js';
+import { replayRows } from '../replay/replay.js';
 
 /**
  * `outboxd replay`: the command line around the replay engine (src/replay/replay.ts). It reports
  * on stderr (stdout may be the stdout sink's), with a progress bar on a terminal and progress
  * lines in the log otherwise. The caller's signal (the first SIGINT or SIGTERM) stops it after the
- * batch in progress is confirmed and checkpointed: exit 130.
+ * batch in progress is confirmed and its resume point written: exit 130.
  */
 
 export interface ReplayArgs {
@@ -33,7 +34,7 @@ export function replayArgs(values: Readonly<Record<string, string>>, flags: Read
 
 /**
  * Runs the replay and reports it. Returns the exit code: 0 done, 1 halted by a poison row (the
- * one-line error names it), 130 interrupted by `signal` (after checkpointing).
+ * one-line error names it), 130 interrupted by `signal` (after writing the resume point).
  */
 export async function replayCommand(
   cfg: Config,
@@ -52,7 +53,7 @@ export async function replayCommand(
       to: args.to,
       where: args.where,
       dryRun: args.dryRun,
-      checkpointFile: args.checkpoint,
+      resumeFile: args.checkpoint,
       signal,
       onStart: (s) => report.start(s),
       onProgress: (p) => report.update(p),

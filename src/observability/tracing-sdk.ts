@@ -25,10 +25,10 @@ import type { SinkConfig, TracesConfig } from '../config/config.js';
 import type { OutboxMessage, PublishOutcome, Sink } from '../interfaces.js';
 import { VERSION } from '../version.js';
 import type { Logger } from './logger.js';
-import type { BatchTrace, MessageTracer } from './tracing.js';
+import type { BatchTrace, MessageTracer } from './tracer.js';
 
 /**
- * The OpenTelemetry SDK behind MessageTracer (tracing.ts); imported only when tracing is enabled.
+ * The OpenTelemetry SDK behind MessageTracer (tracer.ts); imported only when tracing is enabled.
  *
  * The span tree follows the messaging semantic conventions (semconv 1.45, where `publish` became
  * `send`) for a producer that sends in batches:

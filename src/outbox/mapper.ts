@@ -1,9 +1,9 @@
 import { isUtf8 } from 'node:buffer';
-import { PoisonError } from '../errors.js';
+import { ConfigError, PoisonError } from '../errors.js';
 import type { OutboxMessage, TxnRef } from '../interfaces.js';
 import { setOwn } from '../own.js';
 import type { TableConfig } from '../config/config.js';
-import { COLUMN_FIELDS } from '../config/schema.js';
+import { COLUMN_FIELDS, REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import type { Template } from '../config/template.js';
 import type { Relation } from '../source/pgoutput.js';
 import type { CloudEventsEncoder } from './cloudevents.js';
@@ -19,6 +19,8 @@ import { renderTemplate } from './template.js';
 /** Header names for the source position. Stable: consumers may trace or dedupe on them. */
 export const LSN_HEADER = 'outboxd.lsn';
 export const XID_HEADER = 'outboxd.xid';
+/** The header that marks a replayed message (src/replay/replay.ts), with the run's id as its value. */
+export const REPLAY_HEADER = 'outboxd-replay';
 
 /** How a payload column's text becomes body bytes, decided once per relation from its type. */
 export type PayloadKind = 'json' | 'text' | 'bytea';
@@ -78,10 +80,16 @@ export class OutboxMapper {
   /** The fields the templates read: the destination's, and CloudEvents' source's. */
   private readonly templateFields: readonly string[];
 
-  /** `cloudEvents`: null when sink.cloudevents.mode is off, and then the mapping pays nothing for it. */
+  /**
+   * `cloudEvents`: null when sink.cloudevents.mode is off, and then the mapping pays nothing for it.
+   * `replayRun`: a replay's run id, or null for the relay. A replayed row is read from its table,
+   * not from the WAL, so no source position is known: its message carries `outboxd-replay: <run
+   * id>` in place of the position headers.
+   */
   constructor(
     private readonly destination: Template,
     private readonly cloudEvents: CloudEventsEncoder | null = null,
+    private readonly replayRun: string | null = null,
   ) {
     this.templateFields = [...new Set([...destination.fields, ...(cloudEvents?.fields ?? [])])];
   }
@@ -252,9 +260,11 @@ export class OutboxMapper {
     const replyTo = f.reply_to;
     if (replyTo !== null) headers.reply_to = replyTo;
     if (f.traceparent !== null) headers.traceparent = f.traceparent;
-    // Formatted once per transaction, not per message.
-    headers[LSN_HEADER] = txn.lsnText;
-    headers[XID_HEADER] = txn.xidText;
+    if (this.replayRun === null) {
+      // Formatted once per transaction, not per message.
+      headers[LSN_HEADER] = txn.lsnText;
+      headers[XID_HEADER] = txn.xidText;
+    } else headers[REPLAY_HEADER] = this.replayRun;
     if (this.cloudEvents !== null)
       ({ payload, contentType } = this.asCloudEvent(this.cloudEvents, f, id, type, key, txn, payload, contentType, raw, headers));
     let headerBytes = 0;
@@ -279,6 +289,24 @@ export class OutboxMapper {
 }
 
 const INTERN_MAX = 10_000;
+
+/**
+ * Refuses a binding whose table lacks a column for a required outbox field (REQUIRED_COLUMN_FIELDS),
+ * with the ConfigError naming the field's YAML path. `tableIndex` is the table's place in
+ * outbox.tables; `tableName` is schema.table.
+ */
+export function requireColumns(binding: TableBinding, tableIndex: number, tableName: string): void {
+  const { at, columns, config } = binding;
+  for (const field of REQUIRED_COLUMN_FIELDS) {
+    // bind() gives a field the table has no column for the column count (see TableBinding.at).
+    if (at[field] === columns.length) {
+      throw new ConfigError(
+        `outbox.tables[${tableIndex}].columns.${field}`,
+        `table ${tableName} has no column "${config.columns[field]}" (columns: ${columns.map((c) => c.name).join(', ')})`,
+      );
+    }
+  }
+}
 
 /** Records on a poison error the id and key that could be read, for its dead letter. */
 function subject(err: PoisonError, f: Fields): PoisonError {

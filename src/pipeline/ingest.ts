@@ -1,17 +1,16 @@
 import type { PublishedUpTo } from '../positions/published.js';
 import type { Txn, Watermark } from '../positions/watermark.js';
 import type { Config, TableConfig } from '../config/config.js';
-import { REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
-import { ConfigError, OutboxdError, PoisonError } from '../errors.js';
-import type { DeadLetter } from '../interfaces.js';
+import { OutboxdError, PoisonError } from '../errors.js';
 import type { Lsn } from '../lsn.js';
-import type { OutboxMapper, RowValues, TableBinding } from '../outbox/mapper.js';
+import { type OutboxMapper, type RowValues, type TableBinding, requireColumns } from '../outbox/mapper.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { IgnoredKind, Relation, WholeRow } from '../source/pgoutput.js';
 import type { ChangeHandler } from '../source/stream.js';
 import type { Pipeline } from './pipeline.js';
 import { maxMessageBytes } from '../sink/limits.js';
+import { poisonLetter, valuePoison } from './poison.js';
 
 /**
  * The glue between the source and the pipeline: turns decoded changes into tracked
@@ -120,15 +119,7 @@ export class Ingest implements ChangeHandler<TableBinding> {
     const entry = this.byName.get(`${rel.schema}.${rel.name}`);
     if (!entry) return null;
     const binding = this.mapper.bind(entry.config, rel.columns);
-    for (const field of REQUIRED_COLUMN_FIELDS) {
-      // bind() gives a field the table has no column for the column count (see TableBinding.at).
-      if (binding.at[field] === rel.columns.length) {
-        throw new ConfigError(
-          `outbox.tables[${entry.index}].columns.${field}`,
-          `table ${rel.schema}.${rel.name} has no column "${entry.config.columns[field]}" (columns: ${rel.columns.map((c) => c.name).join(', ')})`,
-        );
-      }
-    }
+    requireColumns(binding, entry.index, `${rel.schema}.${rel.name}`);
     return binding;
   }
 
@@ -143,7 +134,7 @@ export class Ingest implements ChangeHandler<TableBinding> {
       const error = valuePoison(problem.reason, problem.column, problem.bytes, this.maxValueBytes);
       // The dead letter carries the other columns; the one with the problem is null.
       const whole = JSON.stringify(row.wholeRow());
-      return this.pipeline.pushPoison(letter(error, txn, index, values[at.id] ?? null, values[at.aggregateid] ?? null, whole), txn);
+      return this.pipeline.pushPoison(poisonLetter(error, txn, index, values[at.id] ?? null, values[at.aggregateid] ?? null, whole), txn);
     }
     try {
       return this.pipeline.push(this.mapper.fromRow(binding, values, txn, index), txn);
@@ -152,7 +143,7 @@ export class Ingest implements ChangeHandler<TableBinding> {
       const at = binding.at;
       // The dead letter carries the whole row, every column, as the table holds it.
       const whole = JSON.stringify(row.wholeRow());
-      return this.pipeline.pushPoison(letter(err, txn, index, values[at.id] ?? null, values[at.aggregateid] ?? null, whole), txn);
+      return this.pipeline.pushPoison(poisonLetter(err, txn, index, values[at.id] ?? null, values[at.aggregateid] ?? null, whole), txn);
     }
   }
 
@@ -180,13 +171,13 @@ export class Ingest implements ChangeHandler<TableBinding> {
         'oversized',
         `logical message of ${length} bytes is over the sink's message limit of ${this.maxValueBytes} bytes`,
       );
-      return this.pipeline.pushPoison(letter(error, txn, index, null, null, ''), txn);
+      return this.pipeline.pushPoison(poisonLetter(error, txn, index, null, null, ''), txn);
     }
     try {
       return this.pipeline.push(this.mapper.fromLogicalMessage(content, txn, index), txn);
     } catch (err) {
       if (!(err instanceof PoisonError)) throw err;
-      return this.pipeline.pushPoison(letter(err, txn, index, err.subject?.id ?? null, err.subject?.key ?? null, content), txn);
+      return this.pipeline.pushPoison(poisonLetter(err, txn, index, err.subject?.id ?? null, err.subject?.key ?? null, content), txn);
     }
   }
 
@@ -235,25 +226,4 @@ export class Ingest implements ChangeHandler<TableBinding> {
     this.txn ??= this.watermark.begin(open.xid, open.commitLsn, open.commitTimeMs);
     return this.txn;
   }
-}
-
-function letter(error: PoisonError, txn: Txn, index: number, id: string | null, key: string | null, payload: string | Buffer): DeadLetter {
-  return {
-    index,
-    id,
-    key,
-    destination: null,
-    payload,
-    contentType: typeof payload === 'string' ? 'application/json' : 'application/octet-stream',
-    headers: id ? { id } : {},
-    error,
-    txn,
-  };
-}
-
-/** A column value the relay cannot carry: over the sink's message limit, or not UTF-8. Replay says it the same way. */
-export function valuePoison(reason: 'oversized' | 'bad_encoding', column: string, bytes: number, maxValueBytes: number): PoisonError {
-  return reason === 'oversized'
-    ? new PoisonError('oversized', `column ${column} holds ${bytes} bytes, over the sink's message limit of ${maxValueBytes} bytes`)
-    : new PoisonError('bad_encoding', `column ${column} holds bytes that are not valid UTF-8`);
 }

@@ -8,6 +8,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { MessageTracer } from '../observability/tracing.js';
 import { Batches, type Item, type MessageItem } from './batches.js';
+import { disposePoison } from './poison.js';
 import { Publisher } from './publisher.js';
 
 export interface PipelineEvents {
@@ -287,27 +288,22 @@ export class Pipeline {
   /** Applies the poison policy to one message. Under `dead-letter` it is confirmed only after the DLQ confirmed. */
   private async disposePoison(letter: DeadLetter, txn: Txn, size: number): Promise<void> {
     this.metrics.poisonMessages.inc({ reason: letter.error.reason });
-    if (this.policy === 'halt') {
-      this.halted = letter.error;
-      this.log.error(
-        { err: letter.error, id: letter.id, key: letter.key, xid: txn.xid, reason: letter.error.reason },
-        'poison message: halting (outbox.onPoison is halt); the slot will not advance past it',
-      );
-      this.events.onHalt(letter.error);
-      this.releaseWaiters();
-      return;
-    }
+    let deadLettered: boolean;
     try {
-      await this.publisher.deadLetter(letter);
+      deadLettered = await disposePoison(this.policy, letter, this.publisher, this.log, 'the slot will not advance past it', {
+        xid: txn.xid,
+      });
     } catch (err) {
       this.failUnlessStopping(err as SinkError);
       return;
     }
+    if (!deadLettered) {
+      this.halted = letter.error;
+      this.events.onHalt(letter.error);
+      this.releaseWaiters();
+      return;
+    }
     this.metrics.deadLettered.inc();
-    this.log.warn(
-      { id: letter.id, key: letter.key, xid: txn.xid, reason: letter.error.reason, error: letter.error.message },
-      'poison message dead-lettered',
-    );
     // Its transaction may now be complete: the watermark moves at once, as for a published batch.
     this.settle(txn, size);
   }

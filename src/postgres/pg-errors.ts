@@ -68,3 +68,11 @@ export function lockTimedOut(err: unknown): boolean {
 export function notAllowed(err: unknown): boolean {
   return sqlstate(err) === '42501';
 }
+
+/**
+ * Class 22, data exception: a value the statement was given cannot be read as its type (a time
+ * that is not a timestamptz). The input is wrong, not the server or the connection.
+ */
+export function isDataException(err: unknown): boolean {
+  return sqlstate(err)?.startsWith('22') === true;
+}

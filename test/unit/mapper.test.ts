@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { poison } from './expect-poison.js';
 import { Txn } from '../../src/positions/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
-import { OutboxMapper, type PayloadKind, decodeByteaHex, payloadKindOf } from '../../src/outbox/mapper.js';
+import { OutboxMapper, type PayloadKind, decodeByteaHex, payloadKindOf, requireColumns } from '../../src/outbox/mapper.js';
 import { parseTemplate } from '../../src/config/template.js';
 
 const cfg = parseConfig(
@@ -133,6 +133,26 @@ describe('OutboxMapper.bind', () => {
     expect(msg.type).toBeNull();
     expect(msg.correlationId).toBeNull();
     expect(msg.headers).toEqual({ id: 'i-1', 'outboxd.lsn': '0/1507EC0', 'outboxd.xid': '742' });
+  });
+
+  it('refuses a table without a column for a required field, naming its YAML path and the columns it has', () => {
+    const m = new OutboxMapper(parseTemplate('{aggregatetype}'));
+    const lacking = columns.filter((c) => c.name !== 'aggregateid');
+    expect(() => requireColumns(m.bind(cfg.outbox.tables[0]!, lacking), 0, 'public.outbox')).toThrow(
+      'config outbox.tables[0].columns.aggregateid: table public.outbox has no column "aggregateid" (columns: id, aggregatetype, payload, created_at, region, note)',
+    );
+    expect(() => requireColumns(m.bind(cfg.outbox.tables[0]!, columns), 0, 'public.outbox')).not.toThrow();
+  });
+});
+
+describe('OutboxMapper for a replay', () => {
+  it('puts the run header where the position headers go, and counts it in sizeBytes', () => {
+    const relayed = fromRow(mapper, 0, row, txn);
+    const replayed = fromRow(new OutboxMapper(parseTemplate('outbox.event.{aggregatetype}'), null, 'run-1'), 0, row, txn);
+    expect(replayed.headers).toEqual({ id: row.id, type: 'OrderPlaced', 'outboxd-replay': 'run-1' });
+    const position = 'outboxd.lsn'.length + '0/1507EC0'.length + 'outboxd.xid'.length + '742'.length;
+    expect(replayed.sizeBytes).toBe(relayed.sizeBytes - position + 'outboxd-replay'.length + 'run-1'.length);
+    expect(replayed.payload).toBe(relayed.payload);
   });
 });
 

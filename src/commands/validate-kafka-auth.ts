@@ -3,9 +3,7 @@ import { oneLine } from '../errors.js';
 import { createLogger } from '../observability/logger.js';
 import { tokenSource } from '../sink/kafka/auth.js';
 import { createKafka, protocolErrorType } from '../sink/kafka/client.js';
-import type { Check } from './doctor.js';
-
-type Add = (name: string, status: Check['status'], detail: string) => void;
+import type { AddCheck } from './validate-check.js';
 
 /** kafkajs errors that mean the SASL exchange itself failed, not the connection under it. */
 const SASL_FAILURES = new Set(['KafkaJSSASLAuthenticationError']);
@@ -30,7 +28,7 @@ function isSaslFailure(err: unknown): boolean {
  * Resolves true when every step passed (the broker check may follow), false after the first
  * failure, reported through `add`.
  */
-export async function kafkaAuthChecks(cfg: KafkaSinkConfig, add: Add): Promise<boolean> {
+export async function kafkaAuthChecks(cfg: KafkaSinkConfig, add: AddCheck): Promise<boolean> {
   const sasl = cfg.sasl;
   if (sasl === undefined) return true;
   const mechanism = sasl.mechanism.toUpperCase();

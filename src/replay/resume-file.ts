@@ -2,16 +2,18 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } f
 import { OutboxdError, UsageError } from '../errors.js';
 
 /**
- * The replay checkpoint file: what an interrupted replay needs to resume. It is rewritten after
- * every confirmed batch, atomically (a temp file, fsync, rename), so a crash at any moment leaves
- * either the previous checkpoint or the new one, never half of one.
+ * A replay's resume file (`outboxd replay --checkpoint FILE`): the resume point an interrupted
+ * replay needs to go on. It is rewritten after every confirmed batch, atomically (a temp file,
+ * fsync, rename), so a crash at any moment leaves either the previous resume point or the new
+ * one, never half of one. (Neither the relay's watermark nor Kafka's exactly-once checkpoint:
+ * the command line calls this file a checkpoint, the code a resume point.)
  *
  * The resume key of a table is the (created_at, tableoid, ctid) of the last row whose message the
  * broker confirmed. A ctid is stable only while the row is not moved: outbox rows are insert-only,
  * but VACUUM FULL, CLUSTER or pg_repack between two runs rewrite the table and break the key.
  */
 
-/** What selects the rows of a run. A checkpoint resumes only the run with the same filter. */
+/** What selects the rows of a run. A resume point resumes only the run with the same filter. */
 export interface ReplayFilter {
   /** As given (`--from`), and as Postgres read it then (a `now`-relative bound stays put). */
   readonly from: string | null;
@@ -39,7 +41,8 @@ export interface TableProgress {
   readonly done: boolean;
 }
 
-export interface ReplayCheckpoint {
+/** The resume point of one replay run: where each table stands, under which filter. */
+export interface ResumePoint {
   readonly version: 1;
   readonly runId: string;
   readonly filter: ReplayFilter;
@@ -50,8 +53,8 @@ export interface ReplayCheckpoint {
   readonly updatedAt: string;
 }
 
-/** Reads a checkpoint file; null when it does not exist. A file that is not a checkpoint is an error. */
-export function readCheckpoint(file: string): ReplayCheckpoint | null {
+/** Reads a resume file; null when it does not exist. A file that is not one is a usage error. */
+export function readResumePoint(file: string): ResumePoint | null {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -59,9 +62,9 @@ export function readCheckpoint(file: string): ReplayCheckpoint | null {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw new UsageError(`--checkpoint: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
   }
-  let doc: ReplayCheckpoint;
+  let doc: ResumePoint;
   try {
-    doc = JSON.parse(text) as ReplayCheckpoint;
+    doc = JSON.parse(text) as ResumePoint;
   } catch {
     throw new UsageError(`--checkpoint: ${file} is not a replay checkpoint (not JSON)`);
   }
@@ -71,13 +74,13 @@ export function readCheckpoint(file: string): ReplayCheckpoint | null {
   return doc;
 }
 
-/** Replaces the checkpoint file atomically: write a temp file, flush it to disk, rename it over. */
-export function writeCheckpoint(file: string, checkpoint: ReplayCheckpoint): void {
+/** Replaces the resume file atomically: write a temp file, flush it to disk, rename it over. */
+export function writeResumePoint(file: string, point: ResumePoint): void {
   const tmp = `${file}.tmp-${process.pid}`;
   try {
     const fd = openSync(tmp, 'w', 0o600);
     try {
-      writeSync(fd, `${JSON.stringify(checkpoint, null, 2)}\n`);
+      writeSync(fd, `${JSON.stringify(point, null, 2)}\n`);
       fsyncSync(fd);
     } finally {
       closeSync(fd);

@@ -5,9 +5,7 @@ import { oneLine } from '../errors.js';
 import { scalar, serverVersion } from '../postgres/sql.js';
 import { connectHost, hostOf } from '../source/connect.js';
 import { inspectSlot } from '../source/slot.js';
-import type { Check } from './doctor.js';
-
-type Add = (name: string, status: Check['status'], detail: string) => void;
+import type { AddCheck } from './validate-check.js';
 
 /**
  * `validate --connect` with postgres.failover: what slot synchronisation needs (PostgreSQL 17),
@@ -17,7 +15,7 @@ type Add = (name: string, status: Check['status'], detail: string) => void;
  * needs and its copy of our slot. A standby not listed in the URL is seen only through the
  * primary's views. `client` is the admin connection to the host target_session_attrs chose.
  */
-export async function failoverChecks(cfg: Config, client: pg.Client, add: Add): Promise<void> {
+export async function failoverChecks(cfg: Config, client: pg.Client, add: AddCheck): Promise<void> {
   const pgc = cfg.postgres;
   const version = await serverVersion(client);
   if (version < 170000) {
@@ -58,7 +56,7 @@ export async function failoverChecks(cfg: Config, client: pg.Client, add: Add): 
   }
 }
 
-async function primaryChecks(client: pg.Client, cfg: Config, add: Add): Promise<void> {
+async function primaryChecks(client: pg.Client, cfg: Config, add: AddCheck): Promise<void> {
   const host = hostOf(client);
   const names = (await scalar(client, "SELECT current_setting('synchronized_standby_slots')"))
     .split(',')
@@ -117,7 +115,7 @@ async function primaryChecks(client: pg.Client, cfg: Config, add: Add): Promise<
   );
 }
 
-async function otherHostCheck(host: PgHost, cfg: Config, add: Add): Promise<void> {
+async function otherHostCheck(host: PgHost, cfg: Config, add: AddCheck): Promise<void> {
   let other: pg.Client;
   try {
     other = await connectHost(cfg.postgres, host, { statement_timeout: cfg.postgres.statementTimeoutMs });
@@ -136,7 +134,7 @@ async function otherHostCheck(host: PgHost, cfg: Config, add: Add): Promise<void
 }
 
 /** One line for a standby: the settings the slot sync worker needs, and its copy of our slot. */
-async function standbyCheck(client: pg.Client, cfg: Config, add: Add): Promise<void> {
+async function standbyCheck(client: pg.Client, cfg: Config, add: AddCheck): Promise<void> {
   const name = `standby ${hostOf(client)}`;
   const { rows } = await client.query<{ sync: string; feedback: string; slot: string; wal_level: string }>(
     `SELECT current_setting('sync_replication_slots') AS sync, current_setting('hot_standby_feedback') AS feedback,

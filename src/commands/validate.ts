@@ -6,17 +6,11 @@ import { createLogger } from '../observability/logger.js';
 import { loadSink } from '../sink/index.js';
 import { scalar } from '../postgres/sql.js';
 import { connectAdmin, hostOf } from '../source/connect.js';
-import { failoverChecks } from './failover-checks.js';
 import { readMarker } from '../postgres/marker.js';
 import { checkPublishes } from '../postgres/publication-checks.js';
 import { checkSlotUsable, inspectSlot } from '../source/slot.js';
-
-/** One line of `validate --connect`: what was checked, whether it holds, and how to fix it. */
-export interface Check {
-  name: string;
-  status: 'ok' | 'warn' | 'fail';
-  detail: string;
-}
+import type { AddCheck, Check } from './validate-check.js';
+import { failoverChecks } from './validate-failover.js';
 
 const REQUIRED: ReadonlySet<string> = new Set(REQUIRED_COLUMN_FIELDS);
 
@@ -27,7 +21,7 @@ const REQUIRED: ReadonlySet<string> = new Set(REQUIRED_COLUMN_FIELDS);
  */
 export async function runChecks(cfg: Config): Promise<Check[]> {
   const checks: Check[] = [];
-  const add = (name: string, status: Check['status'], detail: string) => checks.push({ name, status, detail });
+  const add: AddCheck = (name, status, detail) => checks.push({ name, status, detail });
   let client: pg.Client;
   try {
     client = await connectAdmin(cfg.postgres);
@@ -168,12 +162,7 @@ export async function runChecks(cfg: Config): Promise<Check[]> {
   return checks;
 }
 
-async function tableChecks(
-  client: pg.Client,
-  t: TableConfig,
-  index: number,
-  add: (n: string, s: Check['status'], d: string) => void,
-): Promise<void> {
+async function tableChecks(client: pg.Client, t: TableConfig, index: number, add: AddCheck): Promise<void> {
   const name = `table ${t.schema}.${t.table}`;
   // pg_attribute, not information_schema: the latter hides tables the role may not read.
   const cols = await client.query<{ column_name: string; data_type: string }>(
@@ -202,7 +191,7 @@ async function tableChecks(
   );
 }
 
-async function brokerCheck(cfg: Config, add: (n: string, s: Check['status'], d: string) => void): Promise<void> {
+async function brokerCheck(cfg: Config, add: AddCheck): Promise<void> {
   if (cfg.sink.type === 'stdout') {
     add('sink', 'ok', 'stdout needs no connection');
     return;
@@ -210,7 +199,7 @@ async function brokerCheck(cfg: Config, add: (n: string, s: Check['status'], d: 
   if (cfg.sink.type === 'kafka') {
     // Loaded here, not at the top: it loads kafkajs, which every command would otherwise pay for
     // (kafkajs loads only through sink/kafka/kafkajs-internals.ts).
-    const { kafkaAuthChecks } = await import('./kafka-auth-checks.js');
+    const { kafkaAuthChecks } = await import('./validate-kafka-auth.js');
     if (!(await kafkaAuthChecks(cfg.sink.kafka, add))) return;
   }
   const sink = (await loadSink(cfg.sink, cfg.postgres.slot, cfg.outbox.onPoison === 'dead-letter', createLogger('silent')))({
