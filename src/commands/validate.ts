@@ -3,6 +3,7 @@ import { type Config, type TableConfig, quoteIdent } from '../config/config.js';
 import { COLUMN_FIELDS, REQUIRED_COLUMN_FIELDS } from '../config/schema.js';
 import { oneLine } from '../errors.js';
 import { createLogger } from '../observability/logger.js';
+import { withTimeout } from '../retry.js';
 import { loadSink } from '../sink/index.js';
 import { scalar } from '../postgres/sql.js';
 import { connectAdmin, hostOf } from '../source/connect.js';
@@ -209,7 +210,7 @@ async function brokerCheck(cfg: Config, add: AddCheck): Promise<void> {
     fenced: () => undefined,
   });
   try {
-    await withTimeout(sink.connect(), 20_000);
+    await answerWithin(sink.connect(), 20_000);
     add(`${cfg.sink.type} broker`, 'ok', 'reachable and ready to publish');
   } catch (err) {
     add(`${cfg.sink.type} broker`, 'fail', oneLine(err));
@@ -219,22 +220,15 @@ async function brokerCheck(cfg: Config, add: AddCheck): Promise<void> {
   }
   if (cfg.sink.type === 'kafka' && cfg.sink.kafka.delivery === 'exactly-once') {
     const { checkCheckpointTopic } = await import('../sink/kafka/setup.js');
-    for (const c of await withTimeout(checkCheckpointTopic(cfg.sink.kafka, createLogger('silent')), 60_000)) {
+    for (const c of await answerWithin(checkCheckpointTopic(cfg.sink.kafka, createLogger('silent')), 60_000)) {
       add(c.name, c.ok ? 'ok' : 'fail', c.detail);
     }
   }
 }
 
-async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
+/** `p`, or an error saying there was no answer within `ms`. */
+function answerWithin<T>(p: Promise<T>, ms: number): Promise<T> {
+  return withTimeout(p, ms, () => {
+    throw new Error(`no answer within ${ms} ms`);
+  });
 }

@@ -12,7 +12,6 @@ import type { TracerFactory } from './tracer.js';
  * tracing is enabled and never otherwise, so a relay without tracing neither loads it nor pays
  * more than one branch per message.
  */
-export type { BatchTrace, MessageTracer, TracerFactory } from './tracer.js';
 
 /**
  * Loads the OpenTelemetry SDK when `cfg.enabled`, and returns the factory of the tracer; null

@@ -6,7 +6,7 @@ import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../interfa
 import type { Txn, Watermark } from '../positions/watermark.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { MessageTracer } from '../observability/tracing.js';
+import type { MessageTracer } from '../observability/tracer.js';
 import { Batches, type Item, type MessageItem } from './batches.js';
 import { disposePoison } from './poison.js';
 import { Publisher } from './publisher.js';

@@ -42,7 +42,9 @@ function files(dir: string): string[] {
 function importsOf(file: string): string[] {
   const text = readFileSync(file, 'utf8');
   const out: string[] = [];
-  for (const m of text.matchAll(/(?:^|\s)(?:import|export)\s[^'"]*?from\s*['"](\.{1,2}\/[^'"]+)['"]|import\(\s*['"](\.{1,2}\/[^'"]+)['"]\s*\)/g)) {
+  for (const m of text.matchAll(
+    /(?:^|\s)(?:import|export)\s[^'"]*?from\s*['"](\.{1,2}\/[^'"]+)['"]|import\(\s*['"](\.{1,2}\/[^'"]+)['"]\s*\)/g,
+  )) {
     const spec = (m[1] ?? m[2]) as string;
     out.push(normalize(join(dirname(file), spec.replace(/\.js$/, '.ts'))));
   }
@@ -61,8 +63,7 @@ describe('the house (src/)', () => {
   it('no import runs upward: a room imports only from its own floor or those below', () => {
     const upward: string[] = [];
     for (const f of all)
-      for (const t of importsOf(f))
-        if (floorOf(room(t)) > floorOf(room(f))) upward.push(`${relative(SRC, f)} -> ${relative(SRC, t)}`);
+      for (const t of importsOf(f)) if (floorOf(room(t)) > floorOf(room(f))) upward.push(`${relative(SRC, f)} -> ${relative(SRC, t)}`);
     expect(upward).toEqual([]);
   });
 
