@@ -36,10 +36,21 @@ function read(path: string): string | null {
 }
 
 /**
+ * The most workers the default gives, whatever the machine (docs/adr/0010, decision 6). One main
+ * thread decodes, maps and encodes for every worker, and it is the ceiling: measured with one
+ * worker, the main thread spent 4.4 s of CPU on a 1M-row drain and the worker 2.5-3.2 s, so one
+ * worker already sends faster than the main thread encodes. A second one overlaps round trips to
+ * another broker; more add about 80 MB each and no speed. Set `sink.kafka.workers` to go higher.
+ */
+export const MAX_DEFAULT_KAFKA_WORKERS = 2;
+
+/**
  * Kafka publishing workers by default (docs/adr/0010): one core for the main thread (decoding,
  * mapping, encoding) and one for what runs beside it on the database host (the walsender serving
- * it); the rest publish. On 2 cores that is 0: measured, a worker there adds memory and no speed.
+ * it); the rest publish, up to MAX_DEFAULT_KAFKA_WORKERS. On 2 cores that is 0: measured, a worker
+ * there adds memory and no speed. A worker starts only once a partition it owns gets a message, so
+ * no more workers run than partitions written to (sink/kafka/workers.ts).
  */
 export function defaultKafkaWorkers(cores = usableCores()): number {
-  return Math.max(0, cores - 2);
+  return Math.min(MAX_DEFAULT_KAFKA_WORKERS, Math.max(0, cores - 2));
 }

@@ -507,7 +507,13 @@ export function ordered(m: Consumed): Ordered {
  */
 export const KAFKA_TEST_WORKERS = Number(process.env.OUTBOXD_TEST_KAFKA_WORKERS ?? 1);
 
-export function kafkaConfig(opts: { pgUrl: string; slot: string; brokers: string[]; extra?: string }): (port: number) => string {
+export function kafkaConfig(opts: {
+  pgUrl: string;
+  slot: string;
+  brokers: string[];
+  extra?: string;
+  workers?: number;
+}): (port: number) => string {
   return (port) => `postgres:
   url: ${opts.pgUrl}
   slot: ${opts.slot}
@@ -523,7 +529,7 @@ sink:
   type: kafka
   kafka:
     brokers: [${opts.brokers.join(', ')}]
-    workers: ${KAFKA_TEST_WORKERS}
+    workers: ${opts.workers ?? KAFKA_TEST_WORKERS}
 http:
   host: 127.0.0.1
   port: ${port}

@@ -30,9 +30,9 @@ describe('units', () => {
 });
 
 describe('default Kafka workers', () => {
-  it('leave a core to the main thread and one to the walsender', async () => {
+  it('leave a core to the main thread and one to the walsender, and stay bounded on a big machine', async () => {
     const { defaultKafkaWorkers, usableCores } = await import('../../src/config/cores.js');
-    expect([1, 2, 3, 4, 16].map((c) => defaultKafkaWorkers(c))).toEqual([0, 0, 1, 2, 14]);
+    expect([1, 2, 3, 4, 16, 64].map((c) => defaultKafkaWorkers(c))).toEqual([0, 0, 1, 2, 2, 2]);
     expect(usableCores()).toBeGreaterThanOrEqual(1);
   });
 });

@@ -36,7 +36,13 @@ import type { FromWorker, ToWorker, UnitMessage, WireError, WorkerInit } from '.
 export class KafkaWorkerSink implements Sink {
   readonly type = 'kafka' as const;
   private readonly kafka: kafkajs.Kafka;
-  private workers: Array<{ worker: Worker; up: boolean }> = [];
+  /**
+   * Worker i once started. A worker starts when a partition it owns first gets a message, so no
+   * more run than partitions written to, whatever `sink.kafka.workers` says; one that exits is
+   * started again by the next batch that needs it.
+   */
+  private workers: Array<Promise<Slot> | null>;
+  private readonly live = new Set<Slot>();
   private readonly pending = new Map<number, { resolve: () => void; reject: (e: WireError, skipped: boolean) => void }>();
   private nextId = 1;
   private nextBatch = 1;
@@ -54,15 +60,17 @@ export class KafkaWorkerSink implements Sink {
     this.kafka = createKafka(cfg, log);
     this.direct = new KafkaSink(cfg, log);
     this.partitions = new TopicPartitions(this.kafka, cfg, () => this.adminClient());
+    this.workers = new Array<Promise<Slot> | null>(count).fill(null);
   }
 
   async connect(): Promise<void> {
     await this.direct.connect();
-    if (this.workers.length === 0) await this.start();
     this.onConnection(true);
   }
 
-  private async start(): Promise<void> {
+  private worker(i: number): Promise<Slot> {
+    const started = this.workers[i];
+    if (started) return started;
     const init: WorkerInit = {
       cfg: {
         clientId: this.cfg.clientId,
@@ -74,40 +82,39 @@ export class KafkaWorkerSink implements Sink {
         autoCreateTopics: this.cfg.autoCreateTopics,
       },
     };
-    const started: Array<Promise<void>> = [];
-    for (let i = 0; i < this.count; i++) {
-      const worker = new Worker(new URL('./worker-thread.js', import.meta.url), { workerData: init, name: `outboxd-kafka-${i}` });
-      const slot = { worker, up: false };
-      this.workers.push(slot);
-      started.push(
-        new Promise<void>((resolve, reject) => {
-          worker.on('message', (m: FromWorker) => {
-            if (m.type === 'ready') resolve();
-            else if (m.type === 'connection') this.connection(slot, m.up);
-            else if (m.type === 'done') this.settle(m.id, null, false);
-            else if (m.id === -1) reject(classify(asError(m.error), 'connecting to Kafka'));
-            else this.settle(m.id, m.error, m.skipped);
-          });
-          worker.on('error', (err) => {
-            this.log.error({ err, worker: i }, 'Kafka worker thread crashed');
-            reject(err);
-            this.failAll({ name: 'WorkerError', message: `Kafka worker ${i} crashed: ${err.message}`, retriable: false });
-          });
-          worker.on('exit', () => this.connection(slot, false));
-        }),
-      );
-    }
-    try {
-      await Promise.all(started);
-    } catch (err) {
-      await this.stopWorkers();
-      throw err;
-    }
+    const worker = new Worker(new URL('./worker-thread.js', import.meta.url), { workerData: init, name: `outboxd-kafka-${i}` });
+    const slot: Slot = { worker, up: false };
+    this.live.add(slot);
+    const ready = new Promise<Slot>((resolve, reject) => {
+      worker.on('message', (m: FromWorker) => {
+        if (m.type === 'ready') resolve(slot);
+        else if (m.type === 'connection') this.connection(slot, m.up);
+        else if (m.type === 'done') this.settle(m.id, null, false);
+        else if (m.id === -1) reject(classify(asError(m.error), 'connecting to Kafka'));
+        else this.settle(m.id, m.error, m.skipped);
+      });
+      worker.on('error', (err) => {
+        this.log.error({ err, worker: i }, 'Kafka worker thread crashed');
+        reject(err);
+        this.failAll({ name: 'WorkerError', message: `Kafka worker ${i} crashed: ${err.message}`, retriable: false });
+      });
+      worker.on('exit', () => {
+        this.live.delete(slot);
+        if (this.workers[i] === ready) this.workers[i] = null;
+        this.onConnection(false);
+      });
+    });
+    ready.then(
+      () => this.log.info({ worker: i, of: this.count }, 'Kafka worker thread started'),
+      () => worker.terminate().catch(() => undefined),
+    );
+    this.workers[i] = ready;
+    return ready;
   }
 
-  private connection(slot: { up: boolean }, up: boolean): void {
+  private connection(slot: Slot, up: boolean): void {
     slot.up = up;
-    this.onConnection(this.workers.every((w) => w.up));
+    this.onConnection([...this.live].every((w) => w.up));
   }
 
   private settle(id: number, error: WireError | null, skipped: boolean): void {
@@ -132,15 +139,16 @@ export class KafkaWorkerSink implements Sink {
   }
 
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
-    if (this.workers.length === 0) await this.start();
     const counts = await this.partitions.of(batch);
     const units = this.units(batch, counts);
+    const used = [...new Set(units.map((u) => u.worker))];
+    const slots = new Map((await Promise.all(used.map((w) => this.worker(w)))).map((slot, j) => [used[j] as number, slot]));
     const batchId = this.nextBatch++;
     const failures: Array<{ unit: Unit; error: WireError }> = [];
     let unconfirmed: number[] = [];
     await Promise.all(
       units.map((u) =>
-        this.send(u, batchId).catch((err: { error: WireError; skipped: boolean }) => {
+        this.send(slots.get(u.worker) as Slot, u, batchId).catch((err: { error: WireError; skipped: boolean }) => {
           if (!err.skipped) failures.push({ unit: u, error: err.error });
           unconfirmed = unconfirmed.concat(u.items);
         }),
@@ -174,13 +182,13 @@ export class KafkaWorkerSink implements Sink {
     return { poisoned };
   }
 
-  private send(u: Unit, batch: number): Promise<void> {
+  private send(slot: Slot, u: Unit, batch: number): Promise<void> {
     const id = this.nextId++;
     const msg: UnitMessage = { type: 'send', id, batch, topics: u.topics, bytes: u.bytes, index: u.index };
     const done = new Promise<void>((resolve, reject) => {
       this.pending.set(id, { resolve, reject: (error, skipped) => reject({ error, skipped }) });
     });
-    (this.workers[u.worker] as { worker: Worker }).worker.postMessage(msg satisfies ToWorker, [u.bytes]);
+    slot.worker.postMessage(msg satisfies ToWorker, [u.bytes]);
     return done;
   }
 
@@ -190,7 +198,7 @@ export class KafkaWorkerSink implements Sink {
    */
   private units(batch: readonly OutboxMessage[], counts: Map<string, number>): Unit[] {
     const limit = Math.max(1024, Math.floor(this.cfg.maxMessageBytes * 0.9));
-    const open: Array<Building | null> = this.workers.map(() => null);
+    const open = new Array<Building | null>(this.count).fill(null);
     const out: Unit[] = [];
     const close = (w: number) => {
       const b = open[w];
@@ -209,7 +217,7 @@ export class KafkaWorkerSink implements Sink {
       const m = batch[i] as OutboxMessage;
       const n = counts.get(m.destination) as number;
       const partition = partitionOf(m.key, n);
-      const w = (topicHash(m.destination) + partition) % this.workers.length;
+      const w = (topicHash(m.destination) + partition) % this.count;
       const size = m.sizeBytes + RECORD_OVERHEAD_BYTES;
       let b = open[w];
       if (b && (b.items.length >= SEND_MAX_MESSAGES || b.bytes + size > limit)) {
@@ -259,16 +267,16 @@ export class KafkaWorkerSink implements Sink {
 
   /** After a failed publish: fresh producers everywhere, and fresh metadata. */
   async reset(): Promise<void> {
-    for (const { worker } of this.workers) worker.postMessage({ type: 'reset' } satisfies ToWorker);
+    for (const { worker } of this.live) worker.postMessage({ type: 'reset' } satisfies ToWorker);
     this.partitions.clear();
     await this.direct.reset();
   }
 
   private async stopWorkers(): Promise<void> {
-    const workers = this.workers;
-    this.workers = [];
+    const live = [...this.live];
+    this.workers.fill(null);
     this.failAll({ name: 'Closed', message: 'the Kafka sink was closed', retriable: true });
-    await Promise.all(workers.map(({ worker }) => worker.terminate().catch(() => undefined)));
+    await Promise.all(live.map(({ worker }) => worker.terminate().catch(() => undefined)));
   }
 
   async close(): Promise<void> {
@@ -279,6 +287,12 @@ export class KafkaWorkerSink implements Sink {
     if (admin) await admin.disconnect().catch(() => undefined);
     await this.direct.close();
   }
+}
+
+/** A started worker thread, and whether its producer is connected. */
+interface Slot {
+  readonly worker: Worker;
+  up: boolean;
 }
 
 /** What a worker sends as one sendBatch. `items`: the batch indexes of its records, in order. */
@@ -316,9 +330,4 @@ function asError(e: WireError): Error {
   if (err.constructor === Error) err.name = e.name;
   Object.assign(err, e.type === undefined ? {} : { type: e.type }, e.retriable === undefined ? {} : { retriable: e.retriable });
   return err;
-}
-
-/** The default worker count: the cores this process may use, minus one for the main thread. */
-export function defaultWorkers(available: number): number {
-  return Math.max(1, available - 1);
 }
