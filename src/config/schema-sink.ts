@@ -71,7 +71,7 @@ export const sink = defaulted(
             workers: T.Optional(
               T.Integer({
                 description:
-                  'at-least-once: worker threads that publish, each owning a share of the partitions; default: the usable cores (CPU quota included) minus 2, at least 0; 0 publishes on the main thread.',
+                  'at-least-once: worker threads that publish, each owning a share of the partitions; default: the usable cores (CPU quota included) minus 2, from 0 to 2; each started only for the partitions written to, about 80 MB each; 0 publishes on the main thread.',
                 minimum: 0,
                 maximum: 64,
               }),
