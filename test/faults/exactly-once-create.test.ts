@@ -4,7 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import type { KafkaSinkConfig } from '../../src/config/config.js';
 import { createLogger } from '../../src/observability/logger.js';
-import { ensureCheckpointTopic } from '../../src/sink/kafka/setup.js';
+import { missingCheckpointTopic } from '../../src/sink/kafka/exactly-once-checkpoint.js';
+import { ensureCheckpointTopic, readCreatingCheckpointTopic } from '../../src/sink/kafka/setup.js';
 import { kafkaBrokers } from '../harness/services.js';
 import { MAIN, type OutboxRow, sleep, writeOutbox } from '../integration/support.js';
 import { type Bundle, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
@@ -196,6 +197,19 @@ describe('exactly-once with no manual step: the checkpoint topic', () => {
         `^checkpoint topic "ckpt_delete_${tag}" exists but its cleanup.policy is "delete"; it must be "compact" alone .*--add-config cleanup.policy=compact$`,
       ),
     );
+
+    // A topic the broker will not create (a replication factor above its one broker): the start's
+    // error says so in one line, and names outboxd setup.
+    const tooWide = await kafkaConfig(`ckpt_rf3_${tag}`, '    checkpointTopicReplicationFactor: 3\n');
+    const refused = await readCreatingCheckpointTopic(tooWide, log, () =>
+      Promise.reject(missingCheckpointTopic(tooWide.checkpointTopic)),
+    ).catch((e: Error) => e);
+    expect(String((refused as Error).message)).toMatch(
+      new RegExp(
+        `^checkpoint topic "ckpt_rf3_${tag}" does not exist and could not be created \\(.*INVALID_REPLICATION_FACTOR.*\\); create it with \`outboxd setup\` \\(compacted, one partition\\)$`,
+      ),
+    );
+    expect(await exists(`ckpt_rf3_${tag}`)).toBe(false);
     await withAdmin((admin) => admin.deleteTopics({ topics: [topic, `ckpt_wide_${tag}`, `ckpt_delete_${tag}`] }));
   }, 120_000);
 });

@@ -3,7 +3,7 @@ import type { KafkaSinkConfig } from '../../config/config.js';
 import { SinkError } from '../../errors.js';
 import type { Logger } from '../../observability/logger.js';
 import { readCheckpoints } from './exactly-once-checkpoint.js';
-import { classify, createKafka } from './client.js';
+import { classify, createKafka, protocolErrorType } from './client.js';
 import { installKafkajs } from './kafkajs-internals.js';
 
 /**
@@ -113,7 +113,10 @@ export async function ensureCheckpointTopic(cfg: KafkaSinkConfig, log: Logger): 
     }
     return { created: false, detail: 'exists' };
   } catch (err) {
-    throw classify(err, `creating checkpoint topic ${topic}`);
+    // createTopics rejects with "Topic creation errors" and the broker's answer inside.
+    const inner =
+      (err as { name?: string; errors?: unknown[] }).name === 'KafkaJSAggregateError' ? (err as { errors: unknown[] }).errors[0] : err;
+    throw classify(inner ?? err, `creating checkpoint topic ${topic}`);
   } finally {
     await admin.disconnect().catch(() => undefined);
   }
@@ -143,27 +146,40 @@ export async function readCreatingCheckpointTopic<T>(cfg: KafkaSinkConfig, log: 
       if (failed.reason === 'checkpoint_topic_unfit') throw failed;
       throw new SinkError(
         failed.reason,
-        `checkpoint topic "${topic}" does not exist and could not be created (${failed.message}); ${setup}`,
+        `checkpoint topic "${topic}" does not exist and could not be created (${failed.message.replace(`creating checkpoint topic ${topic}: `, '')}); ${setup}`,
         {
           retriable: failed.retriable,
           cause: e,
         },
       );
     });
-    log.info({ checkpointTopic: topic }, `exactly-once: checkpoint topic ${topic} ${made.detail}`);
+    const detail = made.created ? made.detail : 'created by another client at the same moment: compacted, one partition';
+    log.info({ checkpointTopic: topic }, `exactly-once: checkpoint topic ${topic} ${detail}`);
     return read();
   }
 }
 
-/** The topic's cleanup.policy and partition count. */
+/**
+ * The topic's cleanup.policy, partition count and replication factor. A topic another client is
+ * creating this moment may not show its partitions (or be known) yet: asked again for up to 5 s.
+ */
 async function describeTopic(admin: kafkajs.Admin, topic: string): Promise<{ policy: string; partitions: number; rf: number }> {
-  const described = await admin.describeConfigs({
-    includeSynonyms: false,
-    resources: [{ type: installKafkajs().ConfigResourceTypes.TOPIC, name: topic, configNames: ['cleanup.policy'] }],
-  });
-  const policy = described.resources[0]?.configEntries.find((e) => e.configName === 'cleanup.policy')?.configValue ?? '';
-  const [meta] = (await admin.fetchTopicMetadata({ topics: [topic] })).topics;
-  return { policy, partitions: meta?.partitions.length ?? 0, rf: meta?.partitions[0]?.replicas.length ?? 0 };
+  const until = Date.now() + 5_000;
+  for (;;) {
+    try {
+      const described = await admin.describeConfigs({
+        includeSynonyms: false,
+        resources: [{ type: installKafkajs().ConfigResourceTypes.TOPIC, name: topic, configNames: ['cleanup.policy'] }],
+      });
+      const policy = described.resources[0]?.configEntries.find((e) => e.configName === 'cleanup.policy')?.configValue ?? '';
+      const [meta] = (await admin.fetchTopicMetadata({ topics: [topic] })).topics;
+      const partitions = meta?.partitions.length ?? 0;
+      if (partitions > 0 || Date.now() >= until) return { policy, partitions, rf: meta?.partitions[0]?.replicas.length ?? 0 };
+    } catch (err) {
+      if (Date.now() >= until || !/UNKNOWN_TOPIC_OR_PARTITION|LEADER_NOT_AVAILABLE/.test(String(protocolErrorType(err)))) throw err;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
 }
 
 /** Whether a cleanup.policy is "compact" alone. */
