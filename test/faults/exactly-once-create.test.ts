@@ -1,13 +1,18 @@
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import kafkajs from 'kafkajs';
+import { parseAllDocuments } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import type { KafkaSinkConfig } from '../../src/config/config.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { missingCheckpointTopic } from '../../src/sink/kafka/exactly-once-checkpoint.js';
 import { ensureCheckpointTopic, readCreatingCheckpointTopic } from '../../src/sink/kafka/setup.js';
+import { getFreePort } from '../harness/ports.js';
 import { kafkaBrokers } from '../harness/services.js';
-import { MAIN, type OutboxRow, sleep, writeOutbox } from '../integration/support.js';
+import { MAIN, type OutboxRow, ROOT, RelayProcess, helmBinary, sleep, writeOutbox } from '../integration/support.js';
 import { type Bundle, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
 
 /**
@@ -212,4 +217,58 @@ describe('exactly-once with no manual step: the checkpoint topic', () => {
     expect(await exists(`ckpt_rf3_${tag}`)).toBe(false);
     await withAdmin((admin) => admin.deleteTopics({ topics: [topic, `ckpt_wide_${tag}`, `ckpt_delete_${tag}`] }));
   }, 120_000);
+  it('the Helm chart with delivery: exactly-once turned on (no setup job): the config it renders runs, creates the topic and delivers each event once', async () => {
+    await using b = await eos();
+    const topic = `ckpt_helm_${b.db.slot}`;
+    const port = await getFreePort();
+    const dir = mkdtempSync(join(tmpdir(), 'outboxd-eos-helm-'));
+    try {
+      // The chart's own defaults (publication, tables, log, shutdown) and a Kafka sink with
+      // exactly-once on; the checkpoint topic named only to keep this test's own.
+      const values = {
+        http: { port },
+        config: {
+          postgres: { url: b.db.url, slot: b.db.slot },
+          sink: { type: 'kafka', kafka: { brokers: await kafkaBrokers(), delivery: 'exactly-once', checkpointTopic: topic } },
+        },
+      };
+      writeFileSync(join(dir, 'values.json'), JSON.stringify(values));
+      const r = spawnSync(helmBinary(), ['template', 'rel', join(ROOT, 'helm/outboxd'), '-f', join(dir, 'values.json')], {
+        encoding: 'utf8',
+        env: { PATH: process.env.PATH, HOME: dir, HELM_CACHE_HOME: join(dir, 'cache'), HELM_CONFIG_HOME: join(dir, 'config') },
+      });
+      expect(r.status, r.stderr).toBe(0);
+      const objects = parseAllDocuments(r.stdout).map((d) => d.toJS() as { kind?: string; data?: Record<string, string> } | null);
+      // No setup Job or hook: the relay alone makes the topic.
+      expect(objects.filter((o) => o?.kind === 'Job')).toEqual([]);
+      const configText = Object.values(objects.find((o) => o?.kind === 'ConfigMap')?.data ?? {})[0] as string;
+      expect(configText).toMatch(/delivery: exactly-once/);
+      writeFileSync(join(dir, 'outboxd.yaml'), configText);
+      expect(await exists(topic)).toBe(false);
+
+      const relay = new RelayProcess(join(dir, 'outboxd.yaml'), port);
+      try {
+        await relay.ready();
+        const rows = await writeOutbox(b.db.client, { total: 500, keys: 20, types: b.types, batch: 50 });
+        await waitDelivered(
+          b.reader,
+          rows.map((x) => x.id),
+          120_000,
+        );
+        await b.reader.caughtUp?.();
+        const { duplicates, violations } = orderAndDuplicates(b.reader.delivered());
+        expect(duplicates).toBe(0);
+        expect(violations).toEqual([]);
+        expect(b.reader.delivered().length).toBe(rows.length);
+        expect(relay.stderr).toContain(`exactly-once: checkpoint topic ${topic} created: 1 partition, cleanup.policy=compact`);
+        relay.kill('SIGTERM');
+        expect(await relay.exited).toBe(0);
+      } finally {
+        await relay[Symbol.asyncDispose]();
+      }
+      expect(await describeTopic(topic)).toMatchObject({ policy: 'compact', partitions: 1 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 240_000);
 });
