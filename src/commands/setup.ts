@@ -94,8 +94,8 @@ export async function setupCommand(cfg: Config, print: boolean, out: NodeJS.Writ
     );
     if (cfg.sink.type === 'kafka' && cfg.sink.kafka.delivery === 'exactly-once') {
       const { ensureCheckpointTopic } = await import('../sink/kafka/setup.js');
-      const topic = await ensureCheckpointTopic(cfg.sink.kafka, createLogger('silent'));
-      out.write(`-- checkpoint topic ${cfg.sink.kafka.checkpointTopic}: ${topic}\n`);
+      const { detail } = await ensureCheckpointTopic(cfg.sink.kafka, createLogger('silent'));
+      out.write(`-- checkpoint topic ${cfg.sink.kafka.checkpointTopic}: ${detail}\n`);
     }
     return ExitCode.ok;
   } catch (err) {

@@ -63,7 +63,26 @@ export const sink = defaulted(
               'at-least-once',
               'exactly-once: each batch is one Kafka transaction with a checkpoint record; read_committed consumers see every event once.',
             ),
-            checkpointTopic: str('outboxd.checkpoints', 'exactly-once: the compacted topic of checkpoints (outboxd setup creates it).'),
+            checkpointTopic: str(
+              'outboxd.checkpoints',
+              'exactly-once: the compacted topic of checkpoints; created at start when missing and autoCreateTopics is true, or by outboxd setup.',
+            ),
+            checkpointTopicReplicationFactor: T.Optional(
+              T.Integer({
+                description:
+                  "exactly-once: the checkpoint topic's replication factor when outboxd creates it; default: the cluster's default.replication.factor.",
+                minimum: 1,
+                maximum: 32767,
+              }),
+            ),
+            checkpointTopicMinInsyncReplicas: T.Optional(
+              T.Integer({
+                description:
+                  "exactly-once: the checkpoint topic's min.insync.replicas when outboxd creates it; default: not set, the cluster's min.insync.replicas applies.",
+                minimum: 1,
+                maximum: 32767,
+              }),
+            ),
             transactionalId: optStr(
               'exactly-once: the producer transactional.id (default outboxd-<slot>); a second relay with it fences the first.',
             ),

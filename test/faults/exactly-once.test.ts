@@ -420,12 +420,15 @@ describe('exactly-once → kafka', () => {
     expect(await relay.metric('outboxd_kafka_transactions_total', { result: 'aborted' })).toBeGreaterThanOrEqual(1);
   }, 120_000);
 
-  it('a missing checkpoint topic, or one whose checkpoint of this transactional id is another database’s: a one-line error, no restart from zero', async () => {
-    await using b = await eos();
+  it('a missing checkpoint topic (autoCreateTopics false), or one whose checkpoint of this transactional id is another database’s: a one-line error, no restart from zero', async () => {
+    // With autoCreateTopics true the relay creates a missing checkpoint topic (exactly-once-create.test.ts).
+    await using b = await eos({ sinkExtra: '    autoCreateTopics: false\n' });
     const missing = b.start({ OUTBOXD_TEST_CHECKPOINT_TOPIC: `absent_${b.db.slot}` });
     expect(await missing.exited).toBe(1);
     const fatal = missing.logLines().find((l) => l.level === 'fatal');
-    expect(String(fatal?.msg)).toMatch(new RegExp(`checkpoint topic "absent_${b.db.slot}" does not exist.*outboxd setup`));
+    expect(String(fatal?.msg)).toMatch(
+      new RegExp(`checkpoint topic "absent_${b.db.slot}" does not exist and sink.kafka.autoCreateTopics is false.*outboxd setup`),
+    );
     expect(String(fatal?.msg)).not.toContain('\n');
 
     // Another database's checkpoint under this relay's transactional id.

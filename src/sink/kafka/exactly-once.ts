@@ -8,6 +8,7 @@ import type { DeadLetterForm } from '../dead-letter.js';
 import type { SinkStatus } from '../status.js';
 import { checkpointKey, checkpointMessage, foreignCheckpoint, positionOf, readCheckpoints } from './exactly-once-checkpoint.js';
 import * as client from './client.js';
+import { readCreatingCheckpointTopic } from './setup.js';
 import { TransactionalId } from './transactional-id.js';
 import { kafkajsPartitionOf } from './kafkajs-internals.js';
 
@@ -103,7 +104,9 @@ export class KafkaExactlyOnceSink implements Sink {
     const key = checkpointKey(this.slot, source);
     // Before fencing anyone: is this id another database's? Then fencing would stop that relay.
     // (Up to the stable offset only: the previous holder's open transaction ends with our fence.)
-    const foreign = foreignCheckpoint(await this.read(key, 'stable'), source, this.cfg.checkpointTopic, this.transactionalId);
+    // A missing topic is created here when sink.kafka.autoCreateTopics allows (setup.ts).
+    const stable = await readCreatingCheckpointTopic(this.cfg, this.log, () => this.read(key, 'stable'));
+    const foreign = foreignCheckpoint(stable, source, this.cfg.checkpointTopic, this.transactionalId);
     if (foreign) throw foreign;
     await this.id.takeOver();
     const { mine } = await this.read(key);
