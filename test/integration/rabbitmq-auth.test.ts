@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makePki, type TestPki } from '../harness/certs.js';
 import { RABBIT_USER, type RabbitServer, startRabbitMQ } from '../harness/rabbitmq.js';
 import { pgUrl } from '../harness/services.js';
-import { CliProcess, RelayProcess, removeDir, TestDb, until, writeConfig } from './support.js';
+import { CliProcess, RelayProcess, rabbitmqConfig, removeDir, TestDb, until, writeConfig } from './support.js';
 
 const PASSPHRASE = 'Rabb1t-Key-Passphrase';
 
@@ -34,15 +34,9 @@ afterAll(async () => {
 });
 
 function config(db: TestDb, exchange: string, passphraseFile: string): (port: number) => string {
-  return (port) => `postgres:
-  url: ${db.url}
-  slot: ${db.slot}
-pipeline:
-  retry: { initial: 100ms, max: 1s }
-sink:
-  type: rabbitmq
-  rabbitmq:
-    url: ${rabbit.tlsUrl}
+  return rabbitmqConfig(
+    db,
+    `    url: ${rabbit.tlsUrl}
     authMechanism: external
     exchange: ${exchange}
     declare: true
@@ -51,12 +45,9 @@ sink:
       certFile: ${pki.clientCertFile}
       keyFile: ${pki.clientKeyFile}
       keyPassphraseFile: ${passphraseFile}
-http:
-  host: 127.0.0.1
-  port: ${port}
-log:
-  level: debug
-`;
+`,
+    'log:\n  level: debug\n',
+  );
 }
 
 describe('RabbitMQ EXTERNAL over TLS with an encrypted client key', () => {

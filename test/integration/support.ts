@@ -507,6 +507,25 @@ export function ordered(m: Consumed): Ordered {
  */
 export const KAFKA_TEST_WORKERS = Number(process.env.OUTBOXD_TEST_KAFKA_WORKERS ?? 1);
 
+/**
+ * A relay config for `db` publishing to RabbitMQ, retrying fast: `rabbitmq` is the lines under
+ * sink.rabbitmq (four spaces in, each ending in a newline), `extra` top-level sections after http.
+ */
+export function rabbitmqConfig(db: { url: string; slot: string }, rabbitmq: string, extra = ''): (port: number) => string {
+  return (port) => `postgres:
+  url: ${db.url}
+  slot: ${db.slot}
+pipeline:
+  retry: { initial: 100ms, max: 1s }
+sink:
+  type: rabbitmq
+  rabbitmq:
+${rabbitmq}http:
+  host: 127.0.0.1
+  port: ${port}
+${extra}`;
+}
+
 export function kafkaConfig(opts: { pgUrl: string; slot: string; brokers: string[]; extra?: string }): (port: number) => string {
   return (port) => `postgres:
   url: ${opts.pgUrl}
