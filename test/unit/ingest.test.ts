@@ -81,6 +81,16 @@ const relation = (names: string[], name = 'outbox'): Relation => ({
 const COLUMNS = ['id', 'aggregatetype', 'aggregateid', 'payload', 'created_at'];
 const TIMELINE_1 = { systemId: '7', database: 'db', timeline: 1, history: [] };
 
+/** setup() with the outbox relation bound, and what an insert of a plain row takes: `row(id)`, `whole`. */
+function boundOutbox() {
+  const s = setup();
+  const rel = relation(COLUMNS);
+  const binding = s.ingest.relation(rel) as TableBinding;
+  const row = (id: string) => [id, 'order', 'k', '{}', undefined];
+  const whole = { wholeRow: () => ({}), problem: () => null };
+  return { ...s, rel, binding, row, whole };
+}
+
 describe('Ingest', () => {
   it('refuses a mapped table without a required column, naming the config path', () => {
     const { ingest } = setup();
@@ -146,11 +156,7 @@ describe('Ingest', () => {
   });
 
   it('exactly-once restart: skips every event at or before the checkpoint, also inside a transaction, and confirms past them', async () => {
-    const { ingest, pipeline, sink, advanced, published } = setup();
-    const rel = relation(COLUMNS);
-    const binding = ingest.relation(rel) as TableBinding;
-    const row = (id: string) => [id, 'order', 'k', '{}', undefined];
-    const whole = { wholeRow: () => ({}), problem: () => null };
+    const { ingest, pipeline, sink, advanced, published, rel, binding, row, whole } = boundOutbox();
     // Kafka holds everything of 0x100, and the first two events of 0x200.
     published.restart(TIMELINE_1, { commitLsn: 0x200n, index: 1, timeline: 1 });
     ingest.begin(1, 0x100n, 0);
@@ -173,11 +179,7 @@ describe('Ingest', () => {
   });
 
   it('exactly-once after a promotion: skips what the old timeline’s checkpoint proves (shared WAL), publishes and counts the rest it covers', async () => {
-    const { ingest, pipeline, sink, published, metrics } = setup();
-    const rel = relation(COLUMNS);
-    const binding = ingest.relation(rel) as TableBinding;
-    const row = (id: string) => [id, 'order', 'k', '{}', undefined];
-    const whole = { wholeRow: () => ({}), problem: () => null };
+    const { ingest, pipeline, sink, published, metrics, rel, binding, row, whole } = boundOutbox();
     // Timeline 1 went on to 0x900 (Kafka holds it all); this server left it at 0x300.
     published.restart(
       { systemId: '7', database: 'db', timeline: 2, history: [{ timeline: 1, switchLsn: 0x300n }] },
