@@ -1,64 +1,25 @@
 import { describe, expect, it } from 'vitest';
 import { PublishedUpTo } from '../../src/positions/published.js';
-import { Watermark } from '../../src/positions/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
-import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';
 import { createLogger } from '../../src/observability/logger.js';
-import { createMetrics } from '../../src/observability/metrics.js';
 import { OutboxMapper, type TableBinding } from '../../src/outbox/mapper.js';
 import { parseTemplate } from '../../src/config/template.js';
 import { Ingest } from '../../src/pipeline/ingest.js';
-import { Pipeline } from '../../src/pipeline/pipeline.js';
 import type { Relation } from '../../src/source/pgoutput.js';
-
-/** Records what is published and dead-lettered; confirms at once. */
-class RecordingSink implements Sink {
-  readonly type = 'stdout' as const;
-  published: OutboxMessage[] = [];
-  letters: DeadLetter[] = [];
-  async connect() {}
-  check() {
-    return null;
-  }
-  async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
-    this.published.push(...batch);
-    return { poisoned: [] };
-  }
-  async publishDeadLetter(letter: DeadLetter) {
-    this.letters.push(letter);
-  }
-  async reset() {}
-  async close() {}
-}
+import { FakeSink, startPipeline } from './fake-sink.js';
 
 function setup() {
   const cfg = parseConfig(
     'postgres:\n  url: postgres://u@h/db\noutbox:\n  tables:\n    - name: public.outbox\n  onPoison: dead-letter\npipeline:\n  linger: 1ms\n',
     {},
   );
-  const sink = new RecordingSink();
-  const watermark = new Watermark(0n);
-  const advanced: bigint[] = [];
-  watermark.onMove(() => advanced.push(watermark.lsn));
-  const metrics = createMetrics();
-  const log = createLogger('silent');
-  const pipeline = new Pipeline({
+  const sink = new FakeSink();
+  const { pipeline, watermark, events, metrics } = startPipeline(sink, {
     cfg: cfg.pipeline,
     policy: cfg.outbox.onPoison,
-    sink,
-    watermark,
-    events: {
-      onHalt: () => undefined,
-      onFatal: () => undefined,
-      onSinkHealth: () => undefined,
-      onStall: () => undefined,
-    },
-    metrics,
-    log,
     stallTimeoutMs: 5_000,
   });
-  pipeline.start();
   const published = new PublishedUpTo();
   const ingest = new Ingest(
     cfg,
@@ -66,10 +27,10 @@ function setup() {
     watermark,
     pipeline,
     metrics,
-    log,
+    createLogger('silent'),
     published,
   );
-  return { ingest, pipeline, sink, advanced, published, metrics };
+  return { ingest, pipeline, sink, advanced: events.advanced, published, metrics };
 }
 
 const relation = (names: string[], name = 'outbox'): Relation => ({
@@ -123,9 +84,9 @@ describe('Ingest', () => {
     ingest.commit(0x180n);
     expect(await pipeline.drain(5_000)).toBe(true);
     expect(sink.published.map((m) => [m.id, m.key, m.destination, m.payload])).toEqual([['i-1', 'k-1', 'outbox.event.order', '{"a":1}']]);
-    expect(sink.letters).toHaveLength(1);
-    expect(sink.letters[0]?.error.reason).toBe('null_key');
-    expect(JSON.parse(sink.letters[0]?.payload as string)).toEqual(whole);
+    expect(sink.deadLetters).toHaveLength(1);
+    expect(sink.deadLetters[0]?.error.reason).toBe('null_key');
+    expect(JSON.parse(sink.deadLetters[0]?.payload as string)).toEqual(whole);
     // Both messages settled: the transaction's end is the watermark.
     expect(advanced.at(-1)).toBe(0x180n);
     await pipeline.stop();
@@ -148,7 +109,7 @@ describe('Ingest', () => {
     ingest.commit(0x280n);
     expect(await pipeline.drain(5_000)).toBe(true);
     expect(sink.published).toEqual([]);
-    expect(sink.letters.map((l) => [l.id, l.error.reason, l.error.message])).toEqual([
+    expect(sink.deadLetters.map((l) => [l.id, l.error.reason, l.error.message])).toEqual([
       ['i-3', 'oversized', `column payload holds 300000000 bytes, over the sink's message limit of ${ingest.maxValueBytes} bytes`],
       ['i-4', 'bad_encoding', 'column payload holds bytes that are not valid UTF-8'],
     ]);
