@@ -49,6 +49,29 @@ async function slotHolders(b: Bundle): Promise<number[]> {
   return rows.map((r) => r.pid);
 }
 
+/**
+ * A leader SIGSTOPped mid-transaction (it holds each one open 500 ms before its commit) and a
+ * standby that took over once the paused leader's sessions were ended, as a hung pod's would end
+ * on their own (wal_sender_timeout, TCP keepalives). Resolves, the leader still stopped, with the
+ * rows written before the pause (`first`) and after the takeover (`second`), and when it paused.
+ */
+async function standbyTookOver(b: Bundle) {
+  const leader = b.startOn(await getFreePort(), { OUTBOXD_TEST_PAUSE_BEFORE_COMMIT_MS: '500' });
+  await leader.ready();
+  const standby = b.startOn(await getFreePort());
+  await until('the standby', async () => (await standby.http('/readyz').catch(() => ({ body: '' }))).body.includes('standby'), 20_000);
+  const first = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types, batch: 100 });
+  await until('the leader mid-transaction', async () => (await leader.metric('outboxd_inflight_messages')) > 0, 30_000, 20);
+  leader.kill('SIGSTOP');
+  const pausedAt = Date.now();
+  const holders = await slotHolders(b);
+  expect(holders.length).toBeGreaterThan(0);
+  await b.db.client.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [holders]);
+  await standby.ready(60_000);
+  const second = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types, batch: 100, keyPrefix: 'second-' });
+  return { leader, standby, first, second, pausedAt };
+}
+
 describe('exactly-once → kafka', () => {
   it('chaos: 10 SIGKILLs during 50,000 rows over 500 keys: zero lost, zero duplicates, per-key order without dedupe', async () => {
     await using b = await eos();
@@ -150,21 +173,7 @@ describe('exactly-once → kafka', () => {
 
   it('fencing: a SIGSTOPped leader, a standby that takes over, SIGCONT: the old leader exits 5 and publishes nothing more', async () => {
     await using b = await eos();
-    // The leader holds each transaction open 500 ms before its commit: stopped, it is mid-transaction.
-    const leader = b.startOn(await getFreePort(), { OUTBOXD_TEST_PAUSE_BEFORE_COMMIT_MS: '500' });
-    await leader.ready();
-    const standby = b.startOn(await getFreePort());
-    await until('the standby', async () => (await standby.http('/readyz').catch(() => ({ body: '' }))).body.includes('standby'), 20_000);
-    const first = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types, batch: 100 });
-    await until('the leader mid-transaction', async () => (await leader.metric('outboxd_inflight_messages')) > 0, 30_000, 20);
-    leader.kill('SIGSTOP');
-    // The paused leader's sessions hold the slot and the leader lock; end them, as a hung pod's
-    // would end on their own (wal_sender_timeout, TCP keepalives).
-    const holders = await slotHolders(b);
-    expect(holders.length).toBeGreaterThan(0);
-    await b.db.client.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [holders]);
-    await standby.ready(60_000);
-    const second = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types, batch: 100, keyPrefix: 'second-' });
+    const { leader, first, second } = await standbyTookOver(b);
     leader.kill('SIGCONT');
     const code = await Promise.race([leader.exited, sleep(60_000).then(() => 'still running')]);
     const fatal = leader.logLines().find((l) => l.level === 'fatal');
@@ -183,21 +192,7 @@ describe('exactly-once → kafka', () => {
     // A short transactionTimeout, so that the pause outlives it: the paused leader's fenced
     // answer then looks like its own timeout (the broker aborts a transaction open that long).
     await using b = await eos({ sinkExtra: '    transactionTimeout: 3s\n' });
-    const leader = b.startOn(await getFreePort(), { OUTBOXD_TEST_PAUSE_BEFORE_COMMIT_MS: '500' });
-    await leader.ready();
-    const standby = b.startOn(await getFreePort());
-    await until('the standby', async () => (await standby.http('/readyz').catch(() => ({ body: '' }))).body.includes('standby'), 20_000);
-    const first = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types, batch: 100 });
-    await until('the leader mid-transaction', async () => (await leader.metric('outboxd_inflight_messages')) > 0, 30_000, 20);
-    leader.kill('SIGSTOP');
-    const pausedAt = Date.now();
-    // The paused leader's sessions hold the slot and the leader lock; end them, as a hung pod's
-    // would end on their own (wal_sender_timeout, TCP keepalives).
-    const holders = await slotHolders(b);
-    expect(holders.length).toBeGreaterThan(0);
-    await b.db.client.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [holders]);
-    await standby.ready(60_000);
-    const second = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types, batch: 100, keyPrefix: 'second-' });
+    const { leader, standby, first, second, pausedAt } = await standbyTookOver(b);
     // The new leader has published the paused leader's batch again, and more, in its own transactions.
     await waitDelivered(
       b.reader,

@@ -391,6 +391,17 @@ export async function waitDelivered(reader: Reader, ids: Iterable<string>, timeo
 
 export const uuid = randomUUID;
 
+/** The statements of a DDL text (e.g. `outboxd setup --print`'s), one by one, comments dropped. */
+export function sqlStatements(ddl: string): string[] {
+  return ddl
+    .split('\n')
+    .map((l) => l.replace(/--.*$/, ''))
+    .join('\n')
+    .split(';')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
+}
+
 /** The lost-slot marker of a publication (default the bundle's, outboxd), as outboxd reads it. */
 export async function markerOf(b: Bundle, publication = 'outboxd'): Promise<Marker> {
   const { rows } = await b.db.client.query<{ c: string | null }>(

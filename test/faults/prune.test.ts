@@ -5,7 +5,7 @@ import type { TableConfig } from '../../src/config/config.js';
 import { outboxDdl } from '../../src/commands/setup.js';
 import { pgUrl } from '../harness/services.js';
 import { sleep, until } from '../integration/support.js';
-import { type Bundle, bundle, uuid, waitDelivered } from './fixtures.js';
+import { type Bundle, bundle, sqlStatements, uuid, waitDelivered } from './fixtures.js';
 
 /**
  * Pruning (outbox.prune, docs/adr/0011): only rows the broker confirmed and older than `retain`
@@ -160,7 +160,7 @@ for (const major of [15, 17] as const) {
         kind: 'kafka',
         pgUrl: await pgUrl(major),
         ddl: [
-          ...splitSql(outboxDdl(table, { premake: 1 })),
+          ...sqlStatements(outboxDdl(table, { premake: 1 })),
           // An old day's partition, three days back.
           `CREATE TABLE public.outbox_pold PARTITION OF public.outbox FOR VALUES FROM ('${iso(today - 3 * day)}') TO ('${iso(today - 2 * day)}')`,
         ],
@@ -207,7 +207,10 @@ describe('pruning: a publication without publish_via_partition_root', () => {
     const table = parseConfig('postgres:\n  url: postgres://u@h/db\n', {}).outbox.tables[0] as TableConfig;
     await using b = await bundle({
       kind: 'rabbitmq',
-      ddl: [...splitSql(outboxDdl(table, { premake: 0 })), `CREATE PUBLICATION outboxd FOR TABLE public.outbox WITH (publish = 'insert')`],
+      ddl: [
+        ...sqlStatements(outboxDdl(table, { premake: 0 })),
+        `CREATE PUBLICATION outboxd FOR TABLE public.outbox WITH (publish = 'insert')`,
+      ],
     });
     const relay = b.start();
     expect(await relay.exited).toBe(3);
@@ -215,14 +218,3 @@ describe('pruning: a publication without publish_via_partition_root', () => {
     expect(relay.stderr).toContain(String.raw`ALTER PUBLICATION \"outboxd\" SET (publish_via_partition_root = true)`);
   });
 });
-
-/** The DDL's statements, one by one (comments dropped). */
-function splitSql(ddl: string): string[] {
-  return ddl
-    .split('\n')
-    .map((l) => l.replace(/--.*$/, ''))
-    .join('\n')
-    .split(';')
-    .map((s) => s.trim())
-    .filter((s) => s !== '');
-}

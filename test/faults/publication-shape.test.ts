@@ -4,7 +4,7 @@ import { outboxDdl } from '../../src/commands/setup.js';
 import type { TableConfig } from '../../src/config/config.js';
 import { parseConfig } from '../../src/config/load.js';
 import { MAIN, until } from '../integration/support.js';
-import { bundle, markerOf, waitDelivered } from './fixtures.js';
+import { bundle, markerOf, sqlStatements, waitDelivered } from './fixtures.js';
 
 /**
  * Issue 21, findings 5 and 8: a publication or table shape under which some outbox rows are never
@@ -15,17 +15,6 @@ import { bundle, markerOf, waitDelivered } from './fixtures.js';
  */
 
 const TABLE = parseConfig('postgres:\n  url: postgres://u@h/db\n', {}).outbox.tables[0] as TableConfig;
-
-/** The statements of a DDL text, comments dropped. */
-function statements(ddl: string): string[] {
-  return ddl
-    .split('\n')
-    .map((l) => l.replace(/--.*$/, ''))
-    .join('\n')
-    .split(';')
-    .map((s) => s.trim())
-    .filter((s) => s !== '');
-}
 
 const SHAPES: Array<{ name: string; ddl: string[]; says: RegExp }> = [
   {
@@ -55,7 +44,7 @@ const SHAPES: Array<{ name: string; ddl: string[]; says: RegExp }> = [
 describe('an outbox publication or table that would send only some rows', () => {
   for (const shape of SHAPES) {
     it(`${shape.name}: run exits 3 naming the fix, validate --connect fails, nothing streams`, async () => {
-      await using b = await bundle({ kind: 'kafka', ddl: [...statements(outboxDdl(TABLE)), ...shape.ddl] });
+      await using b = await bundle({ kind: 'kafka', ddl: [...sqlStatements(outboxDdl(TABLE)), ...shape.ddl] });
       const relay = b.start();
       expect(await relay.exited).toBe(3);
       expect(relay.stderr).toMatch(shape.says);

@@ -23,28 +23,42 @@ async function stopped(relay: RelayProcess, signal: NodeJS.Signals): Promise<voi
   expect(await relay.exited).toBe(signal === 'SIGKILL' ? -1 : 0);
 }
 
+/**
+ * The previous release publishes `total` rows over `keys` keys (in batches of `keys`) and is
+ * stopped by `signal` once more than `stopAfter` arrived; then this build takes over. Resolves,
+ * this build running, once every row arrived (within `timeoutMs`).
+ */
+async function takeOverMidStream(
+  b: Bundle,
+  signal: NodeJS.Signals,
+  o: { total: number; keys: number; stopAfter: number; timeoutMs: number },
+): Promise<RelayProcess> {
+  const old = previous(b);
+  let writer: ReturnType<typeof writeOutbox>;
+  try {
+    await old.ready();
+    writer = writeOutbox(b.db.client, { total: o.total, keys: o.keys, types: b.types, batch: o.keys });
+    await until('the old relay publishing', async () => b.reader.delivered().length > o.stopAfter, 60_000, 50);
+    await stopped(old, signal);
+  } finally {
+    old.kill('SIGKILL');
+  }
+  const relay = b.start();
+  await relay.ready();
+  const rows = await writer;
+  await waitDelivered(
+    b.reader,
+    rows.map((r) => r.id),
+    o.timeoutMs,
+  );
+  return relay;
+}
+
 describe('upgrade from the previous release on the same slot', () => {
   for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
     it(`at least once, the old relay stopped by ${signal} mid-stream: every row arrives, per-key order holds`, async () => {
       await using b = await bundle({ kind: 'kafka' });
-      const old = previous(b);
-      let writer: ReturnType<typeof writeOutbox>;
-      try {
-        await old.ready();
-        writer = writeOutbox(b.db.client, { total: 6_000, keys: 50, types: b.types, batch: 50 });
-        await until('the old relay publishing', async () => b.reader.delivered().length > 500, 60_000, 50);
-        await stopped(old, signal);
-      } finally {
-        old.kill('SIGKILL');
-      }
-      const relay = b.start();
-      await relay.ready();
-      const rows = await writer;
-      await waitDelivered(
-        b.reader,
-        rows.map((r) => r.id),
-        120_000,
-      );
+      const relay = await takeOverMidStream(b, signal, { total: 6_000, keys: 50, stopAfter: 500, timeoutMs: 120_000 });
       const { violations } = orderAndDuplicates(b.reader.delivered());
       expect(violations).toEqual([]);
       relay.kill('SIGTERM');
@@ -54,24 +68,7 @@ describe('upgrade from the previous release on the same slot', () => {
 
   it('exactly once, the old relay SIGKILLed mid-stream: this build resumes after its version 1 checkpoint, every row once', async () => {
     await using b = await bundle({ kind: 'kafka', exactlyOnce: true });
-    const old = previous(b);
-    let writer: ReturnType<typeof writeOutbox>;
-    try {
-      await old.ready();
-      writer = writeOutbox(b.db.client, { total: 8_000, keys: 100, types: b.types, batch: 100 });
-      await until('the old relay committing', async () => b.reader.delivered().length > 1_000, 60_000, 50);
-      await stopped(old, 'SIGKILL');
-    } finally {
-      old.kill('SIGKILL');
-    }
-    const relay = b.start();
-    await relay.ready();
-    const rows = await writer;
-    await waitDelivered(
-      b.reader,
-      rows.map((r) => r.id),
-      180_000,
-    );
+    const relay = await takeOverMidStream(b, 'SIGKILL', { total: 8_000, keys: 100, stopAfter: 1_000, timeoutMs: 180_000 });
     await b.reader.caughtUp?.();
     const { duplicates, violations } = orderAndDuplicates(b.reader.delivered());
     expect(duplicates).toBe(0);

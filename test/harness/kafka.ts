@@ -4,14 +4,14 @@
  * cached in ~/.cache/outboxd); needs a Java 17+ `java` (JAVA_HOME honoured).
  */
 import { execFile } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Kafka, logLevel } from 'kafkajs';
 import { pins, REPO_ROOT } from './pins.js';
 import { getFreePort, isListening, retryOnPortClash } from './ports.js';
-import { exited, ServiceDir } from './proc.js';
+import { ServiceDir } from './proc.js';
+import { type AbortReason, bringUp, ServiceServer } from './server.js';
 import { until } from './wait.js';
 
 export interface KafkaServer {
@@ -111,19 +111,19 @@ export interface KafkaAuthOptions {
   superUsers?: string[];
 }
 
-class KafkaServerImpl implements KafkaServer {
+class KafkaServerImpl extends ServiceServer implements KafkaServer {
   readonly brokers: string[];
   readonly oauthBrokers: string[];
   readonly mtlsBrokers: string[];
-  private child: ChildProcess | undefined;
 
   constructor(
     private readonly libs: string,
     private readonly brokerPort: number,
-    private readonly sd: ServiceDir,
+    sd: ServiceDir,
     private readonly jvmFlavour: 'test' | 'kafka-defaults' = 'test',
     private readonly auth: KafkaAuthOptions & { oauthPort?: number; mtlsPort?: number } = {},
   ) {
+    super(sd, 'kafka');
     this.brokers = [`${HOST}:${brokerPort}`];
     this.oauthBrokers = auth.oauthPort === undefined ? [] : [`${HOST}:${auth.oauthPort}`];
     this.mtlsBrokers = auth.mtlsPort === undefined ? [] : [`${HOST}:${auth.mtlsPort}`];
@@ -258,22 +258,22 @@ class KafkaServerImpl implements KafkaServer {
   }
 
   async start(): Promise<void> {
-    if (this.child && !exited(this.child)) return;
-    const child = this.sd.spawn(javaBinary(), [...this.jvm('kafka.Kafka', '512m'), this.propsFile], { env: this.env() });
-    this.child = child;
-    child.once('exit', () => {
-      if (this.child === child) this.child = undefined;
-    });
-    const abortReason = (): string | undefined => (exited(child) ? `kafka exited (${child.exitCode ?? child.signalCode})` : undefined);
-    try {
-      await until('kafka listener', () => isListening(HOST, this.brokerPort), START_TIMEOUT_MS, 50, { tolerateErrors: true, abortReason });
-      this.sd.note('harness: broker port accepts connections');
-      await this.waitUsable(abortReason);
-      this.sd.note('harness: ready');
-    } catch (err) {
-      await this.sd.terminate(child, 'SIGKILL', 0);
-      throw this.sd.failure((err as Error).message);
-    }
+    if (this.running) return;
+    await this.launch(
+      javaBinary(),
+      [...this.jvm('kafka.Kafka', '512m'), this.propsFile],
+      { env: this.env() },
+      async (abortReason) => {
+        await until('kafka listener', () => isListening(HOST, this.brokerPort), START_TIMEOUT_MS, 50, {
+          tolerateErrors: true,
+          abortReason,
+        });
+        this.sd.note('harness: broker port accepts connections');
+        await this.waitUsable(abortReason);
+        this.sd.note('harness: ready');
+      },
+      (child) => this.sd.terminate(child, 'SIGKILL', 0),
+    );
   }
 
   /**
@@ -282,7 +282,7 @@ class KafkaServerImpl implements KafkaServer {
    * creating/loading __consumer_offsets (group coordinator) and __transaction_state plus the
    * broker's first producer-id block (InitProducerId, used by idempotent producers too).
    */
-  private async waitUsable(abortReason: () => string | undefined): Promise<void> {
+  private async waitUsable(abortReason: AbortReason): Promise<void> {
     const probe = new Kafka({
       clientId: 'outboxd-harness-probe',
       brokers: this.brokers,
@@ -325,35 +325,18 @@ class KafkaServerImpl implements KafkaServer {
     }
   }
 
-  pause(): void {
-    if (this.child) this.sd.killGroup(this.child, 'SIGSTOP');
-  }
-
-  resume(): void {
-    if (this.child) this.sd.killGroup(this.child, 'SIGCONT');
-  }
-
-  async stop(mode: 'graceful' | 'kill' = 'graceful'): Promise<void> {
-    const child = this.child;
-    if (!child) return;
+  stop(mode: 'graceful' | 'kill' = 'graceful'): Promise<void> {
     // SIGTERM = controlled shutdown (~2 s); 'kill' simulates a crash.
-    await this.sd.terminate(child, mode === 'graceful' ? 'SIGTERM' : 'SIGKILL', 30_000);
-    this.child = undefined;
+    return this.halt((child) => this.sd.terminate(child, mode === 'graceful' ? 'SIGTERM' : 'SIGKILL', 30_000));
   }
 
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.destroy();
-  }
-
-  async destroy(): Promise<void> {
-    await this.stop('kill');
-    await this.sd.dispose();
+  protected stopForGood(): Promise<void> {
+    return this.stop('kill');
   }
 }
 
-/** Starts a fresh single-node Kafka; resolves once a kafkajs admin can use it. */
 /**
- * A single-node KRaft broker. `jvm: 'test'` (the default) tunes the JVM for short test runs on two
+ * Starts a fresh single-node KRaft broker; resolves once a kafkajs admin can use it. `jvm: 'test'` (the default) tunes the JVM for short test runs on two
  * cores; 'kafka-defaults' runs it with the settings of Kafka's own start script (benchmarks).
  */
 export async function startKafka(opts: { jvm?: 'test' | 'kafka-defaults'; auth?: KafkaAuthOptions } = {}): Promise<KafkaServer> {
@@ -367,13 +350,6 @@ export async function startKafka(opts: { jvm?: 'test' | 'kafka-defaults'; auth?:
     };
     const sd = await ServiceDir.create('kafka', 'SIGKILL');
     const server = new KafkaServerImpl(libs, brokerPort, sd, opts.jvm ?? 'test', auth);
-    try {
-      await server.init(controllerPort);
-      await server.start();
-      return server;
-    } catch (err) {
-      await server.destroy().catch(() => undefined);
-      throw err;
-    }
+    return bringUp(server, () => server.init(controllerPort));
   });
 }

@@ -10,11 +10,11 @@ import { constants } from 'node:fs';
 import { arch, homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import type { ChildProcess } from 'node:child_process';
 import pg from 'pg';
 import { pins } from './pins.js';
 import { getFreePort, retryOnPortClash } from './ports.js';
-import { exited, type Owner, ServiceDir, waitExit } from './proc.js';
+import { type Owner, ServiceDir, waitExit } from './proc.js';
+import { bringUp, ServiceServer } from './server.js';
 import { until } from './wait.js';
 
 const run = promisify(execFile);
@@ -142,20 +142,20 @@ export interface PgStartOptions {
   tls?: { certFile: string; keyFile: string };
 }
 
-class PgServerImpl implements PgServer {
+class PgServerImpl extends ServiceServer implements PgServer {
   readonly host = HOST;
   readonly url: string;
   readonly dataDir: string;
-  private child: ChildProcess | undefined;
 
   constructor(
     readonly version: PgMajor,
     readonly port: number,
     private readonly binDir: string,
     private readonly owner: Owner | undefined,
-    private readonly sd: ServiceDir,
+    sd: ServiceDir,
     private readonly options: PgStartOptions = {},
   ) {
+    super(sd, 'postgres');
     this.url = `postgres://${PG_USER}:${PG_PASSWORD}@${HOST}:${port}/postgres`;
     this.dataDir = join(sd.dir, 'data');
   }
@@ -248,48 +248,40 @@ class PgServerImpl implements PgServer {
   }
 
   async start(): Promise<void> {
-    if (this.child && !exited(this.child)) return;
-    const child = this.sd.spawn(join(this.binDir, 'postgres'), ['-D', this.dataDir], { env: this.env(), owner: this.owner });
-    this.child = child;
-    child.once('exit', () => {
-      if (this.child === child) this.child = undefined;
+    if (this.running) return;
+    await this.launch(
+      join(this.binDir, 'postgres'),
+      ['-D', this.dataDir],
+      { env: this.env(), owner: this.owner },
+      async (abortReason) => {
+        await until(`postgres ${this.version} on port ${this.port}`, () => canQuery(this.url), START_TIMEOUT_MS, 50, {
+          tolerateErrors: true,
+          abortReason,
+        });
+      },
+      (child) => this.sd.terminate(child, 'SIGQUIT', 2000),
+    );
+  }
+
+  stop(mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
+    return this.halt(async (child) => {
+      // SIGINT = fast shutdown, SIGQUIT = immediate (crash-like: recovery runs on next start).
+      if (mode === 'fast') {
+        try {
+          process.kill(child.pid ?? 0, 'SIGINT');
+        } catch {
+          // already gone
+        }
+        if (!(await waitExit(child, FAST_STOP_GRACE_MS))) {
+          process.stderr.write(`[harness] postgres ${this.version}: fast shutdown took over ${FAST_STOP_GRACE_MS} ms, using immediate\n`);
+        }
+      }
+      await this.sd.terminate(child, 'SIGQUIT', 10_000);
     });
-    try {
-      await until(`postgres ${this.version} on port ${this.port}`, () => canQuery(this.url), START_TIMEOUT_MS, 50, {
-        tolerateErrors: true,
-        abortReason: () => (exited(child) ? `postgres exited (${child.exitCode ?? child.signalCode})` : undefined),
-      });
-    } catch (err) {
-      await this.sd.terminate(child, 'SIGQUIT', 2000);
-      throw this.sd.failure((err as Error).message);
-    }
   }
 
-  async stop(mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
-    const child = this.child;
-    if (!child) return;
-    // SIGINT = fast shutdown, SIGQUIT = immediate (crash-like: recovery runs on next start).
-    if (mode === 'fast') {
-      try {
-        process.kill(child.pid ?? 0, 'SIGINT');
-      } catch {
-        // already gone
-      }
-      if (!(await waitExit(child, FAST_STOP_GRACE_MS))) {
-        process.stderr.write(`[harness] postgres ${this.version}: fast shutdown took over ${FAST_STOP_GRACE_MS} ms, using immediate\n`);
-      }
-    }
-    await this.sd.terminate(child, 'SIGQUIT', 10_000);
-    this.child = undefined;
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.destroy();
-  }
-
-  async destroy(): Promise<void> {
-    await this.stop('immediate');
-    await this.sd.dispose();
+  protected stopForGood(): Promise<void> {
+    return this.stop('immediate');
   }
 }
 
@@ -301,13 +293,6 @@ export async function startPostgres(version: PgMajor, options: PgStartOptions = 
     const port = await getFreePort(HOST);
     const sd = await ServiceDir.create(`pg${version}`, 'SIGQUIT', owner);
     const server = new PgServerImpl(version, port, binDir, owner, sd, options);
-    try {
-      await server.init();
-      await server.start();
-      return server;
-    } catch (err) {
-      await server.destroy().catch(() => undefined);
-      throw err;
-    }
+    return bringUp(server, () => server.init());
   });
 }

@@ -314,8 +314,3 @@ export class ServiceDir {
     if (!keepDirs) await rm(this.dir, { recursive: true, force: true });
   }
 }
-
-/**
- * Polls `check` every `intervalMs` until it returns true. Fails early with the reason
- * `abortReason` returns (e.g. "process exited"), or after `timeoutMs`.
- */

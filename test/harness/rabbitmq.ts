@@ -24,6 +24,7 @@ import { join } from 'node:path';
 import amqp from 'amqplib';
 import { getFreePort, isListening, retryOnPortClash } from './ports.js';
 import { exited, ServiceDir } from './proc.js';
+import { bringUp, ServiceServer } from './server.js';
 import { sleep, until } from './wait.js';
 
 export interface RabbitServer {
@@ -211,14 +212,13 @@ async function canConnect(url: string): Promise<boolean> {
   return true;
 }
 
-class RabbitServerImpl implements RabbitServer {
+class RabbitServerImpl extends ServiceServer implements RabbitServer {
   readonly url: string;
   readonly vhostUrl: string;
   readonly tlsUrl: string | undefined;
   readonly nodeName: string;
   readonly dataDir: string;
   private readonly home: string;
-  private child: ChildProcess | undefined;
   private epmd: ChildProcess | undefined;
 
   constructor(
@@ -226,9 +226,10 @@ class RabbitServerImpl implements RabbitServer {
     readonly port: number,
     private readonly distPort: number,
     private readonly epmdPort: number,
-    private readonly sd: ServiceDir,
+    sd: ServiceDir,
     private readonly tls: (RabbitTlsOptions & { port: number }) | undefined = undefined,
   ) {
+    super(sd, 'rabbitmq-server');
     const auth = `${RABBIT_USER}:${RABBIT_PASSWORD}@${HOST}:${port}`;
     this.url = `amqp://${auth}/%2F`;
     this.vhostUrl = `amqp://${auth}/${RABBIT_VHOST}`;
@@ -356,61 +357,46 @@ class RabbitServerImpl implements RabbitServer {
   }
 
   async start(): Promise<void> {
-    if (this.child && !exited(this.child)) return;
+    if (this.running) return;
     const t0 = performance.now();
     try {
       await this.ensureEpmd();
     } catch (err) {
       throw this.sd.failure((err as Error).message);
     }
-    const child = this.sd.spawn(join(this.home, 'sbin', 'rabbitmq-server'), [], { env: this.env() });
-    this.child = child;
-    child.once('exit', () => {
-      if (this.child === child) this.child = undefined;
-    });
-    try {
-      await until(
-        `rabbitmq ${this.nodeName} on port ${this.port}`,
-        async () => (await Promise.all([canConnect(this.url), canConnect(this.vhostUrl)])).every(Boolean),
-        START_TIMEOUT_MS,
-        100,
-        {
-          tolerateErrors: true,
-          abortReason: () => (exited(child) ? `rabbitmq-server exited (${child.exitCode ?? child.signalCode})` : undefined),
-        },
-      );
-      this.sd.note(`harness: AMQP logins work, ${Math.round(performance.now() - t0)} ms after spawn`);
-    } catch (err) {
-      await this.kill(child);
-      let message = (err as Error).message;
+    await this.launch(
+      join(this.home, 'sbin', 'rabbitmq-server'),
+      [],
+      { env: this.env() },
+      async (abortReason) => {
+        await until(
+          `rabbitmq ${this.nodeName} on port ${this.port}`,
+          async () => (await Promise.all([canConnect(this.url), canConnect(this.vhostUrl)])).every(Boolean),
+          START_TIMEOUT_MS,
+          100,
+          { tolerateErrors: true, abortReason },
+        );
+        this.sd.note(`harness: AMQP logins work, ${Math.round(performance.now() - t0)} ms after spawn`);
+      },
+      (child) => this.kill(child),
       // retryOnPortClash looks for this text; RabbitMQ says eaddrinuse.
-      if (/eaddrinuse/i.test(this.sd.tail(300))) message += ' (Address already in use)';
-      throw this.sd.failure(message);
-    }
+      (message) => (/eaddrinuse/i.test(this.sd.tail(300)) ? `${message} (Address already in use)` : message),
+    );
   }
 
-  pause(): void {
-    if (this.child) this.sd.killGroup(this.child, 'SIGSTOP');
-  }
-
-  resume(): void {
-    if (this.child) this.sd.killGroup(this.child, 'SIGCONT');
-  }
-
-  async stop(mode: 'graceful' | 'kill' = 'graceful'): Promise<void> {
-    const child = this.child;
-    if (!child) return;
-    const t0 = performance.now();
-    if (mode === 'kill') {
-      await this.kill(child);
-    } else {
-      const ports = child.pid === undefined ? [] : descendants(child.pid);
-      // The script traps SIGTERM and passes it on to beam, which stops RabbitMQ in order.
-      await this.sd.terminate(child, 'SIGTERM', STOP_GRACE_MS);
-      await this.reap(ports);
-    }
-    this.child = undefined;
-    this.sd.note(`harness: stopped (${mode}) in ${Math.round(performance.now() - t0)} ms`);
+  stop(mode: 'graceful' | 'kill' = 'graceful'): Promise<void> {
+    return this.halt(async (child) => {
+      const t0 = performance.now();
+      if (mode === 'kill') {
+        await this.kill(child);
+      } else {
+        const ports = child.pid === undefined ? [] : descendants(child.pid);
+        // The script traps SIGTERM and passes it on to beam, which stops RabbitMQ in order.
+        await this.sd.terminate(child, 'SIGTERM', STOP_GRACE_MS);
+        await this.reap(ports);
+      }
+      this.sd.note(`harness: stopped (${mode}) in ${Math.round(performance.now() - t0)} ms`);
+    });
   }
 
   /** SIGKILLs the node's group, then waits for the port programs outside it. */
@@ -451,14 +437,9 @@ class RabbitServerImpl implements RabbitServer {
     });
   }
 
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.destroy();
-  }
-
-  async destroy(): Promise<void> {
+  protected async stopForGood(): Promise<void> {
     await this.stop('kill');
     if (this.epmd) await this.sd.terminate(this.epmd, 'SIGKILL', 2_000);
-    await this.sd.dispose();
   }
 }
 
@@ -471,13 +452,6 @@ export async function startRabbitMQ(opts: { tls?: RabbitTlsOptions } = {}): Prom
     // SIGKILL when the runner dies: the data is thrown away anyway.
     const sd = await ServiceDir.create('rabbitmq', 'SIGKILL');
     const server = new RabbitServerImpl(install, port, distPort, epmdPort, sd, tls);
-    try {
-      await server.init();
-      await server.start();
-      return server;
-    } catch (err) {
-      await server.destroy().catch(() => undefined);
-      throw err;
-    }
+    return bringUp(server, () => server.init());
   });
 }

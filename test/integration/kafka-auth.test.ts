@@ -8,16 +8,15 @@
  * SASL handshake or authorisation (KRaft's StandardAuthorizer, no ACLs, a few super users).
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makePki, type TestPki } from '../harness/certs.js';
+import type { TestPki } from '../harness/certs.js';
 import { type KafkaServer, startKafka } from '../harness/kafka.js';
 import { pgUrl } from '../harness/services.js';
-import { CliProcess, RelayProcess, removeDir, TestDb, TopicReader, writeConfig } from './support.js';
+import { CliProcess, pkiWithEncryptedKey, RelayProcess, removeDir, TestDb, TopicReader, writeConfig } from './support.js';
 
 const CLIENT_ID = 'outboxd-relay';
 const CLIENT_SECRET = 'Oauth-Cl1ent-S3cret';
@@ -95,10 +94,8 @@ let pki: TestPki;
 let dir: string;
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'outboxd-kafka-auth-'));
-  pki = makePki(dir, { clientCn: SUPER, clientKeyPassphrase: PASSPHRASE });
+  ({ dir, pki } = pkiWithEncryptedKey('outboxd-kafka-auth-', SUPER, PASSPHRASE));
   writeFileSync(join(dir, 'client-secret'), `${CLIENT_SECRET}\n`);
-  writeFileSync(join(dir, 'passphrase'), `${PASSPHRASE}\n`);
   writeFileSync(join(dir, 'wrong-passphrase'), 'not-the-passphrase\n');
   endpoint = await new TokenEndpoint({ cert: readFileSync(pki.serverCertFile), key: readFileSync(pki.serverKeyFile) }).start();
   plainEndpoint = await new TokenEndpoint().start();

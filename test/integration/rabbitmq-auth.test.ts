@@ -4,15 +4,14 @@
  * user = the certificate's CN). The client key is encrypted and opened with its passphrase.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import amqp from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makePki, type TestPki } from '../harness/certs.js';
+import type { TestPki } from '../harness/certs.js';
 import { RABBIT_USER, type RabbitServer, startRabbitMQ } from '../harness/rabbitmq.js';
 import { pgUrl } from '../harness/services.js';
-import { CliProcess, RelayProcess, removeDir, TestDb, until, writeConfig } from './support.js';
+import { CliProcess, pkiWithEncryptedKey, RelayProcess, rabbitmqConfig, removeDir, TestDb, until, writeConfig } from './support.js';
 
 const PASSPHRASE = 'Rabb1t-Key-Passphrase';
 
@@ -21,10 +20,8 @@ let pki: TestPki;
 let dir: string;
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'outboxd-rabbit-auth-'));
   // The client certificate's CN is the harness's user, who has every permission on /.
-  pki = makePki(dir, { clientCn: RABBIT_USER, clientKeyPassphrase: PASSPHRASE });
-  writeFileSync(join(dir, 'passphrase'), `${PASSPHRASE}\n`);
+  ({ dir, pki } = pkiWithEncryptedKey('outboxd-rabbit-auth-', RABBIT_USER, PASSPHRASE));
   rabbit = await startRabbitMQ({ tls: { caFile: pki.caFile, certFile: pki.serverCertFile, keyFile: pki.serverKeyFile, external: true } });
 }, 120_000);
 
@@ -34,15 +31,9 @@ afterAll(async () => {
 });
 
 function config(db: TestDb, exchange: string, passphraseFile: string): (port: number) => string {
-  return (port) => `postgres:
-  url: ${db.url}
-  slot: ${db.slot}
-pipeline:
-  retry: { initial: 100ms, max: 1s }
-sink:
-  type: rabbitmq
-  rabbitmq:
-    url: ${rabbit.tlsUrl}
+  return rabbitmqConfig(
+    db,
+    `    url: ${rabbit.tlsUrl}
     authMechanism: external
     exchange: ${exchange}
     declare: true
@@ -51,12 +42,9 @@ sink:
       certFile: ${pki.clientCertFile}
       keyFile: ${pki.clientKeyFile}
       keyPassphraseFile: ${passphraseFile}
-http:
-  host: 127.0.0.1
-  port: ${port}
-log:
-  level: debug
-`;
+`,
+    'log:\n  level: debug\n',
+  );
 }
 
 describe('RabbitMQ EXTERNAL over TLS with an encrypted client key', () => {

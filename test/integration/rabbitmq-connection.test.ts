@@ -3,7 +3,7 @@ import amqp from 'amqplib';
 import { describe, expect, it } from 'vitest';
 import { isListening } from '../harness/ports.js';
 import { startRabbitMQ } from '../harness/rabbitmq.js';
-import { RelayProcess, TestDb, until, writeConfig } from './support.js';
+import { RelayProcess, rabbitmqConfig, TestDb, until, writeConfig } from './support.js';
 import { pgUrl, rabbitmqUrl } from '../harness/services.js';
 
 /**
@@ -15,22 +15,14 @@ async function relayFor(amqpUrl: string, exchange: string, declare: boolean) {
   const stack = new AsyncDisposableStack();
   const db = stack.use(await new TestDb(await pgUrl(15)).create());
   const cfg = await writeConfig(
-    (port) => `postgres:
-  url: ${db.url}
-  slot: ${db.slot}
-pipeline:
-  retry: { initial: 100ms, max: 1s }
-sink:
-  type: rabbitmq
-  rabbitmq:
-    url: ${amqpUrl}
+    rabbitmqConfig(
+      db,
+      `    url: ${amqpUrl}
     exchange: ${exchange}
     declare: ${declare}
     confirmTimeout: 5s
-http:
-  host: 127.0.0.1
-  port: ${port}
 `,
+    ),
   );
   stack.use(cfg);
   const relay = stack.use(new RelayProcess(cfg.file, cfg.port));

@@ -13,6 +13,7 @@ import pg from 'pg';
 import { outboxDdl } from '../../src/commands/setup.js';
 import { parseConfig } from '../../src/config/load.js';
 import type { TableConfig } from '../../src/config/config.js';
+import { makePki, type TestPki } from '../harness/certs.js';
 import { getFreePort } from '../harness/ports.js';
 
 export const ROOT = join(import.meta.dirname, '../..');
@@ -506,6 +507,37 @@ export function ordered(m: Consumed): Ordered {
  * the default (usable cores − 2) is 0; OUTBOXD_TEST_KAFKA_WORKERS=0 runs it on the main thread.
  */
 export const KAFKA_TEST_WORKERS = Number(process.env.OUTBOXD_TEST_KAFKA_WORKERS ?? 1);
+
+/**
+ * For the authentication tests: a new temp dir (`prefix` names it; removeDir it afterwards) with
+ * a throwaway PKI whose client certificate is for `clientCn` and whose client key is encrypted
+ * with `passphrase`, which also stands in `dir/passphrase` for a keyPassphraseFile setting.
+ */
+export function pkiWithEncryptedKey(prefix: string, clientCn: string, passphrase: string): { dir: string; pki: TestPki } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const pki = makePki(dir, { clientCn, clientKeyPassphrase: passphrase });
+  writeFileSync(join(dir, 'passphrase'), `${passphrase}\n`);
+  return { dir, pki };
+}
+
+/**
+ * A relay config for `db` publishing to RabbitMQ, retrying fast: `rabbitmq` is the lines under
+ * sink.rabbitmq (four spaces in, each ending in a newline), `extra` top-level sections after http.
+ */
+export function rabbitmqConfig(db: { url: string; slot: string }, rabbitmq: string, extra = ''): (port: number) => string {
+  return (port) => `postgres:
+  url: ${db.url}
+  slot: ${db.slot}
+pipeline:
+  retry: { initial: 100ms, max: 1s }
+sink:
+  type: rabbitmq
+  rabbitmq:
+${rabbitmq}http:
+  host: 127.0.0.1
+  port: ${port}
+${extra}`;
+}
 
 export function kafkaConfig(opts: {
   pgUrl: string;

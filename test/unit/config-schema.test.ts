@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { COLUMN_FIELDS, ConfigSchema } from '../../src/config/schema.js';
 import { configValuesSchema, toJsonSchema } from '../../src/config/schema-json.js';
+import { expectDocumentsExactly } from './docs-sources.js';
 
 /**
  * The config is declared once (src/config/schema.ts). These tests keep what derives from it in
@@ -122,16 +123,7 @@ function declared(): Map<string, unknown> {
 
 describe('docs/config.md', () => {
   it('documents exactly the keys the schema declares', () => {
-    const docs = [...documented().keys()].sort();
-    const schema = [...declared().keys()].sort();
-    expect(
-      docs.filter((k) => !schema.includes(k)),
-      'documented but not declared',
-    ).toEqual([]);
-    expect(
-      schema.filter((k) => !docs.includes(k)),
-      'declared but not documented',
-    ).toEqual([]);
+    expectDocumentsExactly([...documented().keys()].sort(), [...declared().keys()].sort());
   });
 
   it('gives the defaults the schema declares', () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ExitCode } from '../../src/errors.js';
-import { exportedStringUnion, tableUnder } from './docs-sources.js';
+import { expectDocumentsExactly, exportedStringUnion, tableUnder } from './docs-sources.js';
 
 /**
  * The error codes and exit codes are declared once, in src/errors.ts (`ErrorCode`, `ExitCode`).
@@ -21,18 +21,7 @@ describe('docs/errors.md', () => {
 
   it('catalogues exactly the error codes src/errors.ts declares, each once', () => {
     const documented = tableUnder('docs/errors.md', '## Error codes').map((r) => code(r[0]));
-    expect(
-      documented.filter((c) => !declaredCodes.includes(c)),
-      'documented but not declared',
-    ).toEqual([]);
-    expect(
-      declaredCodes.filter((c) => !documented.includes(c)),
-      'declared but not documented',
-    ).toEqual([]);
-    expect(
-      documented.filter((c, i) => documented.indexOf(c) !== i),
-      'documented twice',
-    ).toEqual([]);
+    expectDocumentsExactly(documented, declaredCodes);
   });
 
   it('gives every error code a meaning and an action', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { exportedStringUnion, tableUnder } from './docs-sources.js';
+import { expectDocumentsExactly, exportedStringUnion, tableUnder } from './docs-sources.js';
 
 /**
  * The poison reasons are declared once, as the `PoisonReason` union in src/errors.ts. The
@@ -17,18 +17,7 @@ describe('docs/runbook.md poison reasons', () => {
   });
 
   it('explains exactly the reasons PoisonReason declares, each once', () => {
-    expect(
-      documented.filter((r) => !declared.includes(r)),
-      'documented but not declared',
-    ).toEqual([]);
-    expect(
-      declared.filter((r) => !documented.includes(r)),
-      'declared but not documented',
-    ).toEqual([]);
-    expect(
-      documented.filter((r, i) => documented.indexOf(r) !== i),
-      'documented twice',
-    ).toEqual([]);
+    expectDocumentsExactly(documented, declared);
   });
 
   it('gives every reason a cause', () => {

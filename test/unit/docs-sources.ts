@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import ts from 'typescript';
+import { expect } from 'vitest';
 
 /** Helpers for the tests that keep docs in step with the one declaration they derive from. */
 export const ROOT = join(import.meta.dirname, '../..');
@@ -60,4 +61,23 @@ export function tableUnder(file: string, heading: string): string[][] {
     rows.push(cells);
   }
   return rows.slice(1); // the header row
+}
+
+/**
+ * Expects a doc to list exactly what the code declares: nothing documented but not declared,
+ * nothing declared but not documented, nothing documented twice.
+ */
+export function expectDocumentsExactly(documented: readonly string[], declared: readonly string[]): void {
+  expect(
+    documented.filter((d) => !declared.includes(d)),
+    'documented but not declared',
+  ).toEqual([]);
+  expect(
+    declared.filter((d) => !documented.includes(d)),
+    'declared but not documented',
+  ).toEqual([]);
+  expect(
+    documented.filter((d, i) => documented.indexOf(d) !== i),
+    'documented twice',
+  ).toEqual([]);
 }

@@ -1,64 +1,25 @@
 import { describe, expect, it } from 'vitest';
 import { PublishedUpTo } from '../../src/positions/published.js';
-import { Watermark } from '../../src/positions/watermark.js';
 import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
-import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';
 import { createLogger } from '../../src/observability/logger.js';
-import { createMetrics } from '../../src/observability/metrics.js';
 import { OutboxMapper, type TableBinding } from '../../src/outbox/mapper.js';
 import { parseTemplate } from '../../src/config/template.js';
 import { Ingest } from '../../src/pipeline/ingest.js';
-import { Pipeline } from '../../src/pipeline/pipeline.js';
 import type { Relation } from '../../src/source/pgoutput.js';
-
-/** Records what is published and dead-lettered; confirms at once. */
-class RecordingSink implements Sink {
-  readonly type = 'stdout' as const;
-  published: OutboxMessage[] = [];
-  letters: DeadLetter[] = [];
-  async connect() {}
-  check() {
-    return null;
-  }
-  async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
-    this.published.push(...batch);
-    return { poisoned: [] };
-  }
-  async publishDeadLetter(letter: DeadLetter) {
-    this.letters.push(letter);
-  }
-  async reset() {}
-  async close() {}
-}
+import { FakeSink, startPipeline } from './fake-sink.js';
 
 function setup() {
   const cfg = parseConfig(
     'postgres:\n  url: postgres://u@h/db\noutbox:\n  tables:\n    - name: public.outbox\n  onPoison: dead-letter\npipeline:\n  linger: 1ms\n',
     {},
   );
-  const sink = new RecordingSink();
-  const watermark = new Watermark(0n);
-  const advanced: bigint[] = [];
-  watermark.onMove(() => advanced.push(watermark.lsn));
-  const metrics = createMetrics();
-  const log = createLogger('silent');
-  const pipeline = new Pipeline({
+  const sink = new FakeSink();
+  const { pipeline, watermark, events, metrics } = startPipeline(sink, {
     cfg: cfg.pipeline,
     policy: cfg.outbox.onPoison,
-    sink,
-    watermark,
-    events: {
-      onHalt: () => undefined,
-      onFatal: () => undefined,
-      onSinkHealth: () => undefined,
-      onStall: () => undefined,
-    },
-    metrics,
-    log,
     stallTimeoutMs: 5_000,
   });
-  pipeline.start();
   const published = new PublishedUpTo();
   const ingest = new Ingest(
     cfg,
@@ -66,10 +27,10 @@ function setup() {
     watermark,
     pipeline,
     metrics,
-    log,
+    createLogger('silent'),
     published,
   );
-  return { ingest, pipeline, sink, advanced, published, metrics };
+  return { ingest, pipeline, sink, advanced: events.advanced, published, metrics };
 }
 
 const relation = (names: string[], name = 'outbox'): Relation => ({
@@ -80,6 +41,16 @@ const relation = (names: string[], name = 'outbox'): Relation => ({
 });
 const COLUMNS = ['id', 'aggregatetype', 'aggregateid', 'payload', 'created_at'];
 const TIMELINE_1 = { systemId: '7', database: 'db', timeline: 1, history: [] };
+
+/** setup() with the outbox relation bound, and what an insert of a plain row takes: `row(id)`, `whole`. */
+function boundOutbox() {
+  const s = setup();
+  const rel = relation(COLUMNS);
+  const binding = s.ingest.relation(rel) as TableBinding;
+  const row = (id: string) => [id, 'order', 'k', '{}', undefined];
+  const whole = { wholeRow: () => ({}), problem: () => null };
+  return { ...s, rel, binding, row, whole };
+}
 
 describe('Ingest', () => {
   it('refuses a mapped table without a required column, naming the config path', () => {
@@ -113,9 +84,9 @@ describe('Ingest', () => {
     ingest.commit(0x180n);
     expect(await pipeline.drain(5_000)).toBe(true);
     expect(sink.published.map((m) => [m.id, m.key, m.destination, m.payload])).toEqual([['i-1', 'k-1', 'outbox.event.order', '{"a":1}']]);
-    expect(sink.letters).toHaveLength(1);
-    expect(sink.letters[0]?.error.reason).toBe('null_key');
-    expect(JSON.parse(sink.letters[0]?.payload as string)).toEqual(whole);
+    expect(sink.deadLetters).toHaveLength(1);
+    expect(sink.deadLetters[0]?.error.reason).toBe('null_key');
+    expect(JSON.parse(sink.deadLetters[0]?.payload as string)).toEqual(whole);
     // Both messages settled: the transaction's end is the watermark.
     expect(advanced.at(-1)).toBe(0x180n);
     await pipeline.stop();
@@ -138,7 +109,7 @@ describe('Ingest', () => {
     ingest.commit(0x280n);
     expect(await pipeline.drain(5_000)).toBe(true);
     expect(sink.published).toEqual([]);
-    expect(sink.letters.map((l) => [l.id, l.error.reason, l.error.message])).toEqual([
+    expect(sink.deadLetters.map((l) => [l.id, l.error.reason, l.error.message])).toEqual([
       ['i-3', 'oversized', `column payload holds 300000000 bytes, over the sink's message limit of ${ingest.maxValueBytes} bytes`],
       ['i-4', 'bad_encoding', 'column payload holds bytes that are not valid UTF-8'],
     ]);
@@ -146,11 +117,7 @@ describe('Ingest', () => {
   });
 
   it('exactly-once restart: skips every event at or before the checkpoint, also inside a transaction, and confirms past them', async () => {
-    const { ingest, pipeline, sink, advanced, published } = setup();
-    const rel = relation(COLUMNS);
-    const binding = ingest.relation(rel) as TableBinding;
-    const row = (id: string) => [id, 'order', 'k', '{}', undefined];
-    const whole = { wholeRow: () => ({}), problem: () => null };
+    const { ingest, pipeline, sink, advanced, published, rel, binding, row, whole } = boundOutbox();
     // Kafka holds everything of 0x100, and the first two events of 0x200.
     published.restart(TIMELINE_1, { commitLsn: 0x200n, index: 1, timeline: 1 });
     ingest.begin(1, 0x100n, 0);
@@ -173,11 +140,7 @@ describe('Ingest', () => {
   });
 
   it('exactly-once after a promotion: skips what the old timeline’s checkpoint proves (shared WAL), publishes and counts the rest it covers', async () => {
-    const { ingest, pipeline, sink, published, metrics } = setup();
-    const rel = relation(COLUMNS);
-    const binding = ingest.relation(rel) as TableBinding;
-    const row = (id: string) => [id, 'order', 'k', '{}', undefined];
-    const whole = { wholeRow: () => ({}), problem: () => null };
+    const { ingest, pipeline, sink, published, metrics, rel, binding, row, whole } = boundOutbox();
     // Timeline 1 went on to 0x900 (Kafka holds it all); this server left it at 0x300.
     published.restart(
       { systemId: '7', database: 'db', timeline: 2, history: [{ timeline: 1, switchLsn: 0x300n }] },

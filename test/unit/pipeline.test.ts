@@ -1,46 +1,9 @@
 import { describe, expect, it, vi } from 'vitest';
-import { type Txn, Watermark } from '../../src/positions/watermark.js';
+import type { Txn } from '../../src/positions/watermark.js';
 import type { PipelineConfig, PoisonPolicy } from '../../src/config/config.js';
-import { type OutboxdError, PoisonError, SinkError } from '../../src/errors.js';
-import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';
-import { createLogger } from '../../src/observability/logger.js';
-import { createMetrics } from '../../src/observability/metrics.js';
-import { Pipeline } from '../../src/pipeline/pipeline.js';
-
-/** A sink fake for pure pipeline logic: records batches, can fail or refuse on demand. */
-class FakeSink implements Sink {
-  readonly type = 'stdout' as const;
-  batches: string[][] = [];
-  deadLetters: DeadLetter[] = [];
-  failNext: Error[] = [];
-  refuse = new Set<string>();
-  gate: Promise<void> | null = null;
-  resets = 0;
-  async connect() {}
-  /** Ids whose problem shows before sending (size, a protocol limit). */
-  refuseEarly = new Set<string>();
-  check(m: OutboxMessage) {
-    return this.refuseEarly.has(m.id) ? new PoisonError('field_too_long', `too long: ${m.id}`) : null;
-  }
-  async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
-    if (this.gate) await this.gate;
-    const f = this.failNext.shift();
-    if (f) throw f;
-    this.batches.push(batch.map((m) => m.id));
-    return {
-      poisoned: batch.flatMap((m, index) =>
-        this.refuse.has(m.id) ? [{ index, error: new PoisonError('oversized', `too big: ${m.id}`) }] : [],
-      ),
-    };
-  }
-  async publishDeadLetter(letter: DeadLetter) {
-    this.deadLetters.push(letter);
-  }
-  async reset() {
-    this.resets++;
-  }
-  async close() {}
-}
+import { PoisonError, SinkError } from '../../src/errors.js';
+import type { OutboxMessage } from '../../src/interfaces.js';
+import { FakeSink, startPipeline } from './fake-sink.js';
 
 const cfg: PipelineConfig = {
   maxInFlightMessages: 10,
@@ -53,35 +16,11 @@ const cfg: PipelineConfig = {
 
 function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}) {
   const sink = new FakeSink();
-  const watermark = new Watermark(0n);
-  const events = {
-    advanced: [] as bigint[],
-    halted: null as PoisonError | null,
-    fatal: null as OutboxdError | null,
-    health: [] as boolean[],
-    stalls: [] as boolean[],
-  };
-  watermark.onMove(() => events.advanced.push(watermark.lsn));
-  const pipeline = new Pipeline({
+  const { pipeline, watermark, events } = startPipeline(sink, {
     cfg: { ...cfg, ...over },
     policy,
-    sink,
-    watermark,
-    events: {
-      onHalt: (e) => {
-        events.halted = e;
-      },
-      onFatal: (e) => {
-        events.fatal = e;
-      },
-      onSinkHealth: (up) => events.health.push(up),
-      onStall: (stalled) => events.stalls.push(stalled),
-    },
-    metrics: createMetrics(),
-    log: createLogger('silent'),
     stallTimeoutMs: over.lingerMs === 0 ? 20 : 5_000,
   });
-  pipeline.start();
   let xid = 0;
   /** Writes one committed transaction with the given message ids. */
   const txn = (...ids: string[]): { txn: Txn; waits: Array<Promise<void> | undefined> } => {
