@@ -374,11 +374,27 @@ export class TopicReader {
   async createTopics(topics: string[], partitions = 3, configEntries: Array<{ name: string; value: string }> = []): Promise<void> {
     const admin = this.kafka.admin();
     await admin.connect();
-    await admin.createTopics({
-      topics: topics.map((topic) => ({ topic, numPartitions: partitions, replicationFactor: 1, configEntries })),
-      waitForLeaders: true,
-    });
-    await admin.disconnect();
+    try {
+      // A broker under load answers a fresh topic's metadata late ("This server does not host
+      // this topic-partition"), past kafkajs's own retries: create (a topic already there is
+      // fine), then wait until every partition of every topic has a leader that answers.
+      await until(
+        `topics ${topics.join(', ')} created with leaders`,
+        async () => {
+          await admin.createTopics({
+            topics: topics.map((topic) => ({ topic, numPartitions: partitions, replicationFactor: 1, configEntries })),
+            waitForLeaders: true,
+          });
+          for (const topic of topics) if ((await admin.fetchTopicOffsets(topic)).length === 0) return false;
+          return true;
+        },
+        60_000,
+        250,
+        { tolerateErrors: true },
+      );
+    } finally {
+      await admin.disconnect();
+    }
   }
 
   async start(topics: string[]): Promise<void> {
