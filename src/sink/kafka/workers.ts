@@ -72,6 +72,7 @@ export class KafkaWorkerSink implements Sink {
         ssl: this.cfg.ssl,
         sasl: this.cfg.sasl,
         autoCreateTopics: this.cfg.autoCreateTopics,
+        compression: this.cfg.compression,
       },
     };
     const started: Array<Promise<void>> = [];
