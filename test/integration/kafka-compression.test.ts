@@ -110,6 +110,26 @@ describe('sink.kafka.compression against a real broker', () => {
     await kafka?.destroy();
   });
 
+  it('outboxd validate --connect accepts every codec and says it loads', async () => {
+    await using db = await new TestDb(await pgUrl(15)).create();
+    for (const compression of ['none', 'gzip', 'snappy', 'lz4', 'zstd']) {
+      await using cfg = await writeConfig(
+        (port) =>
+          `postgres:\n  url: ${db.url}\n  slot: ${db.slot}\noutbox:\n  tables:\n    - name: public.outbox\nsink:\n  type: kafka\n  kafka:\n    brokers: [${kafka.brokers.join(', ')}]\n    compression: ${compression}\nhttp:\n  host: 127.0.0.1\n  port: ${port}\n`,
+      );
+      const r = await CliProcess.run(['validate', '-c', cfg.file, '--connect']);
+      expect(r.stdout).toMatch(new RegExp(`^ok\\s+kafka compression: ${compression}`, 'm'));
+      expect(r.stdout).toMatch(/^ok\s+kafka broker: /m);
+    }
+    await using bad = await writeConfig(
+      (port) =>
+        `postgres:\n  url: ${db.url}\n  slot: ${db.slot}\nsink:\n  type: kafka\n  kafka:\n    brokers: [${kafka.brokers.join(', ')}]\n    compression: brotli\nhttp:\n  port: ${port}\n`,
+    );
+    const r = await CliProcess.run(['validate', '-c', bad.file]);
+    expect(r.code).not.toBe(0);
+    expect(`${r.stdout}${r.stderr}`).toMatch(/compression.*none, gzip, snappy, lz4, zstd/);
+  }, 120_000);
+
   it.each(CASES)(
     '$compression, $path: librdkafka reads every key and value back byte for byte; the broker stores $compression batches',
     async (c) => {
