@@ -17,7 +17,16 @@ command -v python3 >/dev/null || die "python3 is missing: install it (Debian: su
 rm -rf "$venv"
 mkdir -p "$OUTBOXD_CACHE"
 note "installing confluent-kafka $version into $venv"
-python3 -m venv "$venv" >&2 || die "python3 -m venv failed: install python3-venv"
+if ! python3 -m venv "$venv" >&2; then
+  # Debian's python3 needs python3-venv for ensurepip; root can install it.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    rm -rf "$venv"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null 2>&1 &&
+      python3 -m venv "$venv" >&2
+  fi
+  [ -x "$python" ] || die "python3 -m venv failed: install python3-venv (sudo apt-get install -y python3-venv)"
+fi
 "$venv/bin/pip" install -q --disable-pip-version-check "confluent-kafka==$version" >&2 || die "pip install confluent-kafka==$version failed"
 "$python" -c 'import confluent_kafka' || die "confluent-kafka is installed but does not import"
 echo "$python"
