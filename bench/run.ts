@@ -26,8 +26,14 @@
  *   BENCH_OUTBOXD_NODE_OPTIONS='--max-old-space-size=64'   NODE_OPTIONS of every outboxd process
  *   BENCH_OUTBOXD_NODE_FLAGS='--max-semi-space-size=16'   node flags of every outboxd process,
  *                               instead of the Dockerfile ENTRYPOINT's ('' for V8's defaults)
+ *   BENCH_COMPRESSION=none      sink.kafka.compression of every outboxd Kafka consumer (none, gzip,
+ *                               snappy, lz4, zstd); the drain table then shows the MiB the broker stores
  *   BENCH_PROFILE=1             outboxd-discard and outboxd-kafka under node --cpu-prof
  *   OUTBOXD_BENCH_PG_URL, OUTBOXD_BENCH_KAFKA, OUTBOXD_BENCH_AMQP   use running services
+ *
+ * Flags set the same knobs: --scenario drain (BENCH_SCENARIOS), --consumers outboxd-kafka
+ * (BENCH_CONSUMERS), --rows N (BENCH_ROWS), --runs N (BENCH_RUNS), --compression lz4
+ * (BENCH_COMPRESSION); e.g. `npm run bench -- --scenario drain --consumers outboxd-kafka --compression lz4`.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -62,6 +68,26 @@ const SCENARIOS = ['drain', 'small-tx', 'memory', 'shape', 'latency'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 const smoke = process.argv.includes('--smoke');
+
+/** `--name value` or `--name=value` flags, as the environment knobs they stand for. */
+const FLAGS: Record<string, string> = {
+  scenario: 'BENCH_SCENARIOS',
+  scenarios: 'BENCH_SCENARIOS',
+  consumers: 'BENCH_CONSUMERS',
+  rows: 'BENCH_ROWS',
+  runs: 'BENCH_RUNS',
+  compression: 'BENCH_COMPRESSION',
+};
+for (let i = 2; i < process.argv.length; i++) {
+  const m = /^--([a-z]+)(?:=(.*))?$/.exec(process.argv[i] as string);
+  if (!m || m[1] === 'smoke') continue;
+  const env = FLAGS[m[1] as string];
+  const value = m[2] ?? process.argv[++i];
+  if (env === undefined || value === undefined)
+    throw new Error(`unknown flag or missing value: ${process.argv[i]}; flags: --${Object.keys(FLAGS).join(', --')}`);
+  process.env[env] = value;
+}
+const COMPRESSIONS = ['none', 'gzip', 'snappy', 'lz4', 'zstd'] as const;
 
 function envInt(name: string, full: number, smokeValue: number): number {
   const raw = process.env[name];
@@ -159,6 +185,7 @@ const config = {
   profile: process.env.BENCH_PROFILE === '1',
   profileConsumers: envList<ConsumerName>('BENCH_PROFILE_CONSUMERS', CONSUMERS, ['outboxd-discard', 'outboxd-kafka']),
   recvlogical: join(process.env.BENCH_PG_BINDIR ?? '/usr/lib/postgresql/15/bin', 'pg_recvlogical'),
+  compression: (envList('BENCH_COMPRESSION', COMPRESSIONS, ['none'])[0] ?? 'none') as (typeof COMPRESSIONS)[number],
 };
 
 function has(s: Scenario): boolean {
@@ -231,6 +258,7 @@ async function main(): Promise<number> {
       outboxdNodeOptions: config.outboxdNodeOptions,
       outboxdNodeFlags: config.outboxdNodeFlags,
       baselineMain: config.baselineRef ? buildBaseline(config.baselineRef) : null,
+      compression: config.compression,
     };
     const spec = (name: string, rows: number, rowsPerTxn: number, payloadBytes = config.payloadBytes): BacklogSpec => ({
       name,

@@ -9,6 +9,7 @@
 #   Apache Kafka broker jars      Maven Central (mvn)                        $OUTBOXD_CACHE/kafka-*
 #   helm                          Go module proxy (go install)                $OUTBOXD_CACHE/bin/helm
 #   OpenTelemetry Collector       Go module proxy (go build, scripts/otelcol)  $OUTBOXD_CACHE/bin/outboxd-otelcol
+#   confluent-kafka (librdkafka)  PyPI (pip, in a venv)                      $OUTBOXD_CACHE/venv-confluent-kafka-*
 #   the previous outboxd release  this repository's history (git archive, tsc)  $OUTBOXD_CACHE/outboxd-<commit>
 #   rabbitmq-server, postgresql-client-15 (pg_recvlogical, the bench's baseline), postgresql-15
 #   (pg_resetwal, for the xid wraparound test), time (GNU time,
@@ -57,6 +58,8 @@ outboxd_prereqs() {
   bash "$OUTBOXD_ROOT/scripts/fetch-postgres.sh" >/dev/null
   bash "$OUTBOXD_ROOT/scripts/install-helm.sh" >/dev/null
   bash "$OUTBOXD_ROOT/scripts/install-otelcol.sh" >/dev/null
+  OUTBOXD_CONFLUENT_PYTHON="$(bash "$OUTBOXD_ROOT/scripts/install-confluent-kafka.sh")" || die "installing confluent-kafka failed (see above)"
+  export OUTBOXD_CONFLUENT_PYTHON
   OUTBOXD_PREVIOUS_MAIN="$(bash "$OUTBOXD_ROOT/scripts/build-previous.sh")" || die "building the previous release failed (see above)"
   export OUTBOXD_PREVIOUS_MAIN
 }

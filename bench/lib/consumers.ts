@@ -1,5 +1,5 @@
 import { type ChildProcess, fork } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type pg from 'pg';
@@ -53,6 +53,8 @@ export interface BenchContext {
   outboxdNodeFlags: readonly string[];
   /** dist/main.js of BENCH_BASELINE_REF, built for the outboxd-kafka-baseline consumer; or null. */
   baselineMain: string | null;
+  /** sink.kafka.compression of every outboxd Kafka consumer (--compression, BENCH_COMPRESSION). */
+  compression: string;
 }
 
 /** The environment of an outboxd child. */
@@ -93,6 +95,8 @@ export interface ConsumerResult {
    * each written chunk of the backlog (rows confirmed so far, RSS and peak RSS in MiB).
    */
   rssCurve: Array<{ rows: number; rssMiB: number; peakMiB: number }> | null;
+  /** Bytes the broker's log segments hold for the topic when drained (null: not a harness broker, or not Kafka). */
+  brokerBytes?: number | null;
   /** outboxd's V8 heap and off-heap memory when drained (its own metrics), MiB. */
   heap: { usedMiB: number; totalMiB: number; externalMiB: number } | null;
 }
@@ -433,7 +437,7 @@ async function prepareTarget(ctx: BenchContext, consumer: ConsumerName, name: st
     return {
       topic,
       queue,
-      yaml: `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n    delivery: exactly-once\n    checkpointTopic: ${checkpoints}\n`,
+      yaml: `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n${compressionYaml(ctx)}    delivery: exactly-once\n    checkpointTopic: ${checkpoints}\n`,
       // The partitions' offsets count the transaction markers too: count what outboxd confirmed.
       count: async () => null,
       cleanup: async () => {
@@ -448,7 +452,7 @@ async function prepareTarget(ctx: BenchContext, consumer: ConsumerName, name: st
     return {
       topic,
       queue,
-      yaml: `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n${workers === undefined ? '' : `    workers: ${workers}\n`}`,
+      yaml: `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n${compressionYaml(ctx)}${workers === undefined ? '' : `    workers: ${workers}\n`}`,
       count: () => ctx.brokers.topicCount(topic),
       cleanup: () => ctx.brokers.deleteTopic(topic),
     };
@@ -582,6 +586,7 @@ async function runOutboxd(
     if (child.exitCode !== 0)
       throw new Error(`outboxd exited ${child.exitCode ?? child.signal} on SIGTERM\n${child.stderrTail().slice(-2000)}`);
     const onBroker = await target.count();
+    const stored = onKafka(consumer) ? topicBytes(ctx, target.topic) : null;
     const r = complete(ctx, consumer, b, span, run, {
       seconds: (w.doneAt - child.spawnedAt) / 1000,
       streamSeconds: w.activeAt ? (w.doneAt - w.activeAt) / 1000 : null,
@@ -596,6 +601,9 @@ async function runOutboxd(
       wal: true,
       heap,
     });
+    r.brokerBytes = stored;
+    if (stored !== null)
+      note(`  ${consumer.padEnd(16)} broker holds ${(stored / 2 ** 20).toFixed(1)} MiB (compression ${ctx.compression})`);
     if (r.ok && (span.rows === b.rows ? published !== span.rows : published < span.rows)) {
       r.ok = false;
       r.error = `outboxd_messages_published_total is ${published}, expected ${span.rows}`;
@@ -607,6 +615,23 @@ async function runOutboxd(
     await target.cleanup();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** The sink.kafka.compression line ('' for none: a baseline build before codecs reads no other value). */
+function compressionYaml(ctx: BenchContext): string {
+  return ctx.compression === 'none' ? '' : `    compression: ${ctx.compression}\n`;
+}
+
+/** Bytes of the topic's log segments on the harness broker (every partition), or null. */
+function topicBytes(ctx: BenchContext, topic: string): number | null {
+  const data = ctx.services.kafkaDataDir;
+  if (data === null) return null;
+  let n = 0;
+  for (const dir of readdirSync(data)) {
+    if (!dir.startsWith(`${topic}-`) || !/^\d+$/.test(dir.slice(topic.length + 1))) continue;
+    for (const f of readdirSync(join(data, dir))) if (f.endsWith('.log')) n += statSync(join(data, dir, f)).size;
+  }
+  return n;
 }
 
 // --- bare clients --------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ export interface Services {
   amqpUrl: string | null;
   /** Processes serving the brokers on this host (for their CPU time); empty when remote. */
   kafkaPids: number[];
+  /** The harness broker's log.dirs (bytes stored per topic); null for OUTBOXD_BENCH_KAFKA. */
+  kafkaDataDir: string | null;
   rabbitPids: number[];
   origin: { postgres: 'harness' | 'env'; kafka: 'harness' | 'env' | 'none'; rabbitmq: 'harness' | 'env' | 'none' };
   versions: { kafka: string | null; rabbitmq: string | null };
@@ -95,6 +97,7 @@ export async function startServices(need: { kafka: boolean; rabbitmq: boolean })
     kafka: need.kafka ? kafka : null,
     amqpUrl: need.rabbitmq ? amqpUrl : null,
     kafkaPids: kafka?.[0] ? listenerPids(portOf(kafka[0])) : [],
+    kafkaDataDir: envKafka ? null : (kafkaServer?.dataDir ?? null),
     rabbitPids: amqpUrl ? listenerPids(Number(new URL(amqpUrl).port || 5672)) : [],
     origin: {
       postgres: envPg ? 'env' : 'harness',

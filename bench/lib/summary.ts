@@ -30,6 +30,8 @@ export interface ConsumerSummary {
   streamCpuPerMRows: number | null;
   peakRssMiB: Spread | null;
   hostBusyPct: number;
+  /** MiB the broker's segments held for the topic when drained (median); null when not measured. */
+  brokerMiB?: number | null;
 }
 
 export interface BacklogInfo {
@@ -113,6 +115,7 @@ export function summarize(b: Backlog, results: readonly ConsumerResult[]): Scena
       streamCpuPerMRows: ((v) => (v === null ? null : (v / rows) * 1e6))(nullable(ok.map((r) => r.streamCpu))),
       peakRssMiB: rss.length > 0 ? spread(rss) : null,
       hostBusyPct: median(ok.map((r) => r.hostBusyPct)),
+      brokerMiB: ((v) => (v === null ? null : v / 2 ** 20))(nullable(ok.map((r) => r.brokerBytes ?? null))),
     };
   }
   const ratios: ScenarioSummary['ratios'] = {};
@@ -358,6 +361,8 @@ export function scenarioTable(title: string, s: ScenarioSummary): string {
       f2(c.cpuSeconds.other),
       c.peakRssMiB ? f1(c.peakRssMiB.median) : '–',
       f1(c.hostBusyPct),
+      f2(c.consumerCpuPerMRows),
+      f1(c.brokerMiB),
     ]);
   }
   const ratioLines = Object.entries(s.ratios).map(
@@ -381,6 +386,8 @@ export function scenarioTable(title: string, s: ScenarioSummary): string {
         'other s',
         'peak RSS MiB',
         'host %',
+        'cpu µs/msg',
+        'broker MiB',
       ],
       rows,
     ),

@@ -202,6 +202,19 @@ async function brokerCheck(cfg: Config, add: AddCheck): Promise<void> {
     // (kafkajs loads only through sink/kafka/kafkajs-internals.ts).
     const { kafkaAuthChecks } = await import('./validate-kafka-auth.js');
     if (!(await kafkaAuthChecks(cfg.sink.kafka, add))) return;
+    // The codec's library loads and round-trips here, as the relay checks it at start.
+    const { checkCodec } = await import('../sink/kafka/codecs.js');
+    try {
+      checkCodec(cfg.sink.kafka.compression);
+      add(
+        'kafka compression',
+        'ok',
+        cfg.sink.kafka.compression === 'none' ? 'none' : `${cfg.sink.kafka.compression} loads and round-trips`,
+      );
+    } catch (err) {
+      add('kafka compression', 'fail', oneLine(err));
+      return;
+    }
   }
   const sink = (await loadSink(cfg.sink, cfg.postgres.slot, cfg.outbox.onPoison === 'dead-letter', createLogger('silent')))({
     connection: () => undefined,

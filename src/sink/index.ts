@@ -28,6 +28,9 @@ export async function loadSink(cfg: SinkConfig, slot: string, needDeadLetter: bo
       // builds a client: a kafkajs other than the one it was written for stops the relay here.
       const { installKafkajs } = await import('./kafka/kafkajs-internals.js');
       installKafkajs();
+      // The codec's library loads (and round-trips) now: a missing native binary stops the relay at start.
+      const { checkCodec } = await import('./kafka/codecs.js');
+      checkCodec(cfg.kafka.compression);
       if (cfg.kafka.delivery === 'exactly-once') {
         // One transactional producer, on the main thread: a batch and its checkpoint commit
         // together only from one producer (docs/adr/0009, 0010).
@@ -40,7 +43,7 @@ export async function loadSink(cfg: SinkConfig, slot: string, needDeadLetter: bo
         return (status, published = new PublishedUpTo()) =>
           new KafkaExactlyOnceSink(cfg.kafka, slot, published, log, (up) => status.connection(up), status);
       }
-      if (cfg.kafka.workers > 0 && cfg.kafka.compression === 'none') {
+      if (cfg.kafka.workers > 0) {
         const { KafkaWorkerSink } = await import('./kafka/workers.js');
         return (status) => new KafkaWorkerSink(cfg.kafka, cfg.kafka.workers, log, (up) => status.connection(up));
       }

@@ -22,6 +22,8 @@ export interface KafkaServer {
   oauthBrokers: string[];
   /** With `auth.mtls`: the SSL listener's broker list (client certificate required). */
   mtlsBrokers: string[];
+  /** The broker's log.dirs: `<topic>-<partition>/<base offset>.log` segments (for DumpLogSegments). */
+  readonly dataDir: string;
   /** 'graceful' (default): SIGTERM, controlled shutdown; 'kill': SIGKILL, like a crash. */
   stop(mode?: 'graceful' | 'kill'): Promise<void>;
   start(): Promise<void>;
@@ -115,6 +117,9 @@ class KafkaServerImpl extends ServiceServer implements KafkaServer {
   readonly brokers: string[];
   readonly oauthBrokers: string[];
   readonly mtlsBrokers: string[];
+  get dataDir(): string {
+    return join(this.sd.dir, 'data');
+  }
 
   constructor(
     private readonly libs: string,

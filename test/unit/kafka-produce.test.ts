@@ -2,7 +2,8 @@ import { createRequire } from 'node:module';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { crc32c } from '../../src/sink/kafka/crc32c.js';
 import { type ProduceArgs, encodeProduce } from '../../src/sink/kafka/produce-encoder.js';
-import { kafkajsProduce } from '../../src/sink/kafka/kafkajs-internals.js';
+import { CODEC_ID, COMPRESSIONS, codecById } from '../../src/sink/kafka/codecs.js';
+import { installKafkajs, kafkajsProduce } from '../../src/sink/kafka/kafkajs-internals.js';
 
 const require = createRequire(import.meta.url);
 const kafkajsCrc = require('kafkajs/src/protocol/recordBatch/crc32C/index.js') as (b: Buffer) => number;
@@ -74,6 +75,36 @@ describe('the Produce request encoder', () => {
     const small = Array.from({ length: 300 }, (_, i) => ({ key: `k${i}`, value: `${i}`, headers: headers(i) }));
     expect(encodeProduce(request(small)).equals(await theirs(request(small)))).toBe(true);
   });
+
+  it.each(COMPRESSIONS.filter((c) => c !== 'none'))(
+    'writes kafkajs’s bytes for a %s batch, whose records decompress back',
+    async (name) => {
+      installKafkajs(); // kafkajs's codec table gets snappy, lz4 and zstd
+      vi.spyOn(Date, 'now').mockReturnValue(1_796_040_000_123);
+      const messages = Array.from({ length: 200 }, (_, i) => ({
+        key: `key-${i % 7}`,
+        value: JSON.stringify({ seq: i, name: 'ünïcode ✓ 東京', pad: 'x'.repeat(i * 3) }),
+        headers: headers(i),
+      }));
+      const compression = CODEC_ID[name];
+      for (const args of [request(messages, { compression }), request(messages, { compression, transactionalId: 'outboxd-slot' })]) {
+        const ours = encodeProduce(args);
+        expect(ours.equals(await theirs(args))).toBe(true);
+        // The first batch's attributes carry the codec, and its records decompress to the plain batch's.
+        const plain = encodeProduce({ ...args, compression: 0 });
+        // transactional id, acks, timeout, topic count, topic, partition count, partition, record set size
+        const at = 2 + (args.transactionalId?.length ?? 0) + 2 + 4 + 4 + 2 + 'outbox.event.order'.length + 4 + 4 + 4;
+        const attributes = ours.readInt16BE(at + 8 + 4 + 4 + 1 + 4);
+        expect(attributes & 7).toBe(compression);
+        const recordsAt = at + 8 + 4 + 4 + 1 + 4 + 2 + 4 + 8 + 8 + 8 + 2 + 4 + 4;
+        const batchEnd = at + 8 + 4 + ours.readInt32BE(at + 8);
+        const plainEnd = at + 8 + 4 + plain.readInt32BE(at + 8);
+        const codec = codecById(compression) as NonNullable<ReturnType<typeof codecById>>;
+        expect(codec.decompress(ours.subarray(recordsAt, batchEnd)).equals(plain.subarray(recordsAt, plainEnd))).toBe(true);
+        expect(batchEnd - recordsAt).toBeLessThan((plainEnd - recordsAt) / 2);
+      }
+    },
+  );
 
   it('computes CRC-32C as kafkajs does, at any alignment', () => {
     const b = Buffer.from(Array.from({ length: 1000 }, (_, i) => (i * 7919) & 0xff));

@@ -100,6 +100,7 @@ export class KafkaSink implements Sink {
     await client.sendDeadLetter(this.cfg, letter, this.topics, async (form) => {
       await producer.sendBatch({
         acks: -1,
+        compression: client.compressionOf(this.cfg),
         topicMessages: [{ topic: this.cfg.deadLetterTopic, messages: [{ key: form.key, value: form.body, headers: form.headers }] }],
       });
     });

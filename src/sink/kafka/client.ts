@@ -5,6 +5,7 @@ import type { DeadLetter, OutboxMessage } from '../../interfaces.js';
 import type { Logger } from '../../observability/logger.js';
 import { type DeadLetterForm, deadLetterForms, formBytes } from '../dead-letter.js';
 import { saslOptions } from './auth.js';
+import { CODEC_ID } from './codecs.js';
 import { installKafkajs } from './kafkajs-internals.js';
 
 /**
@@ -109,9 +110,9 @@ export function topicMessages(messages: readonly OutboxMessage[]): kafkajs.Topic
   return [...byTopic].map(([topic, msgs]) => ({ topic, messages: msgs }));
 }
 
-export function compressionOf(cfg: KafkaSinkConfig): kafkajs.CompressionTypes {
-  const { CompressionTypes } = installKafkajs();
-  return cfg.compression === 'gzip' ? CompressionTypes.GZIP : CompressionTypes.None;
+/** kafkajs's compression type for sink.kafka.compression (Kafka's codec id, which kafkajs uses too). */
+export function compressionOf(cfg: Pick<KafkaSinkConfig, 'compression'>): kafkajs.CompressionTypes {
+  return CODEC_ID[cfg.compression] as kafkajs.CompressionTypes;
 }
 
 /** Topic names seen legal (a Set lookup is cheaper than the regular expression, per message). */

@@ -306,6 +306,7 @@ export class KafkaExactlyOnceSink implements Sink {
         const message = { key: form.key, value: form.body, headers: form.headers };
         await txn.sendBatch({
           acks: -1,
+          compression: client.compressionOf(this.cfg),
           topicMessages: [{ topic: this.cfg.deadLetterTopic, messages: [message] }, this.checkpointRecord(at)],
         });
         sent.txn = txn;

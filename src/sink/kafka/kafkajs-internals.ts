@@ -5,6 +5,8 @@
  * - `groupMessagesPerPartition`, which copies a partition's array once per message (1.3 s per
  *   million messages at 500 per send, docs/benchmarks.md), is replaced by a one-pass grouper;
  * - the Produce v3 request factory is replaced by our encoder (produce-encoder.ts);
+ * - kafkajs's codec table gets snappy, lz4 and zstd (codecs.ts), for what kafkajs encodes or
+ *   decodes itself: messages with a timestamp, and fetched batches (docs/adr/0017);
  * - kafkajs's internal Cluster (a private symbol of `Kafka`) gives metadata without a producer,
  *   and its brokers' raw ListOffsets and Fetch, with its internal `Batch`, give an exact
  *   read_committed read of a partition (exactly-once-checkpoint.ts).
@@ -21,6 +23,7 @@
 import { Module, createRequire } from 'node:module';
 import type kafkajs from 'kafkajs';
 import { SinkError } from '../../errors.js';
+import { CODEC_ID, codecOf } from './codecs.js';
 import { PartitionCounts, partitionOf } from './partition.js';
 import { PRODUCE_API_KEY, type ProduceFactory, encodeProduce, ours } from './produce-encoder.js';
 
@@ -163,6 +166,23 @@ function installProduceEncoder(): ProduceFactory {
   return original;
 }
 
+// --- codecs -----------------------------------------------------------------------------------
+
+/**
+ * Registers outboxd's snappy, lz4 and zstd in kafkajs's codec table (kafkajs 2.2.4 throws "not
+ * implemented" for them); gzip stays kafkajs's own. kafkajs hands `compress` an Encoder and
+ * `decompress` a Buffer.
+ */
+function installCodecs(k: Kafkajs): void {
+  for (const name of ['snappy', 'lz4', 'zstd'] as const) {
+    const codec = codecOf(name) as NonNullable<ReturnType<typeof codecOf>>;
+    (k.CompressionCodecs as Record<number, unknown>)[CODEC_ID[name]] = () => ({
+      compress: async (encoder: { buffer: Buffer }) => codec.compress(encoder.buffer),
+      decompress: async (data: Buffer) => codec.decompress(data),
+    });
+  }
+}
+
 // --- installation ------------------------------------------------------------------------------
 
 interface Installed {
@@ -190,6 +210,7 @@ export function installKafkajs(): Kafkajs {
   }
   const Batch = require(BATCH) as BatchClass;
   const originalProduce = installProduceEncoder();
+  installCodecs(loaded);
   state = { kafkajs: loaded, originalProduce, grouper, Batch };
   return loaded;
 }

@@ -1,3 +1,4 @@
+import { codecById } from './codecs.js';
 import { crc32c } from './crc32c.js';
 
 /**
@@ -11,8 +12,9 @@ import { crc32c } from './crc32c.js';
  * numbers, transactions, retries, connections and authentication.
  *
  * The bytes are kafkajs's own, byte for byte (test/unit/kafka-produce.test.ts compares them on
- * every shape of message the relay sends and a few it does not). Compressed batches and
- * messages with explicit timestamps go to kafkajs's encoder unchanged. kafkajs 2.2.4 is its last
+ * every shape of message the relay sends and a few it does not). It compresses batches itself,
+ * synchronously, with codecs.ts (docs/adr/0017); messages with explicit timestamps go to
+ * kafkajs's encoder unchanged. kafkajs 2.2.4 is its last
  * release; kafkajs-internals.ts installs this encoder, after checking that kafkajs is 2.2.4.
  */
 
@@ -232,8 +234,8 @@ function shift(pos: number, reserved: number, value: number): void {
   at = end;
 }
 
-/** kafkajs's record batch v2 for one partition, uncompressed. */
-function batch(p: PartitionData, transactional: boolean, producerId: LongLike, producerEpoch: number, now: number): void {
+/** kafkajs's record batch v2 for one partition; `codec`: the attributes' compression id (0: none). */
+function batch(p: PartitionData, transactional: boolean, producerId: LongLike, producerEpoch: number, now: number, codec: number): void {
   room(70);
   int32(p.partition);
   const sizeAt = at;
@@ -246,7 +248,7 @@ function batch(p: PartitionData, transactional: boolean, producerId: LongLike, p
   const crcAt = at;
   at += 4;
   const bodyAt = at;
-  int16(transactional ? TRANSACTIONAL : 0);
+  int16((transactional ? TRANSACTIONAL : 0) | codec);
   int32(p.messages.length - 1); // last offset delta
   int64(Math.floor(now / 4_294_967_296), now >>> 0); // first timestamp
   int64(Math.floor(now / 4_294_967_296), now >>> 0); // max timestamp
@@ -254,7 +256,16 @@ function batch(p: PartitionData, transactional: boolean, producerId: LongLike, p
   int16(producerEpoch);
   int32(p.firstSequence ?? 0);
   int32(p.messages.length);
+  const recordsAt = at;
   for (let i = 0; i < p.messages.length; i++) record(p.messages[i] as KafkaMessage, i);
+  if (codec !== 0) {
+    // The records, compressed as one block (the record count before them stays as it is).
+    const compressed = (codecById(codec) as { compress(d: Buffer): Buffer }).compress(scratch.subarray(recordsAt, at));
+    at = recordsAt;
+    room(compressed.length);
+    compressed.copy(scratch, at);
+    at += compressed.length;
+  }
   scratch.writeUInt32BE(crc32c(scratch, bodyAt, at), crcAt);
   scratch.writeInt32BE(at - lengthAt - 4, lengthAt);
   scratch.writeInt32BE(at - sizeAt - 4, sizeAt);
@@ -264,6 +275,8 @@ function batch(p: PartitionData, transactional: boolean, producerId: LongLike, p
 export function encodeProduce(args: ProduceArgs): Buffer {
   const producerId = toLong(args.producerId ?? -1);
   const transactional = args.transactionalId != null;
+  const codec = (args.compression ?? 0) & 7;
+  if (codec !== 0 && codecById(codec) === undefined) throw new TypeError(`unknown compression codec ${codec}`);
   at = 0;
   room(16);
   string(args.transactionalId ?? null);
@@ -275,7 +288,7 @@ export function encodeProduce(args: ProduceArgs): Buffer {
     room(4);
     int32(t.partitions.length);
     const now = Date.now();
-    for (const p of t.partitions) batch(p, transactional, producerId, args.producerEpoch ?? 0, now);
+    for (const p of t.partitions) batch(p, transactional, producerId, args.producerEpoch ?? 0, now, codec);
   }
   const out = Buffer.allocUnsafe(at);
   scratch.copy(out, 0, 0, at);
@@ -289,13 +302,12 @@ function toLong(v: KafkaLong | number | string): LongLike {
 }
 
 /**
- * What this encoder does not write itself: compressed batches, messages with a timestamp. A
- * message whose record is already encoded can go nowhere else: that is an error, never a
- * message sent empty.
+ * What this encoder does not write itself: messages with a timestamp. A message whose record is
+ * already encoded can go nowhere else: that is an error, never a message sent empty.
  */
 export function ours(args: ProduceArgs): boolean {
   let raw = false;
-  let other = (args.compression ?? 0) !== 0;
+  let other = false;
   for (const t of args.topicData) {
     for (const p of t.partitions) {
       for (const m of p.messages) {
@@ -304,7 +316,7 @@ export function ours(args: ProduceArgs): boolean {
       }
     }
   }
-  if (raw && other) throw new TypeError('an encoded record cannot be compressed or carry a timestamp');
+  if (raw && other) throw new TypeError('an encoded record cannot carry a timestamp');
   return !other;
 }
 

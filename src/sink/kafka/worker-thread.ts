@@ -9,7 +9,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type kafkajs from 'kafkajs';
 import type { KafkaSinkConfig } from '../../config/config.js';
 import { createLogger } from '../../observability/logger.js';
-import { createKafka } from './client.js';
+import { compressionOf, createKafka } from './client.js';
 import { RAW } from './produce-encoder.js';
 
 /** A unit: records of one or more partitions, for one sendBatch. */
@@ -45,7 +45,7 @@ export type FromWorker =
 export interface WorkerInit {
   readonly cfg: Pick<
     KafkaSinkConfig,
-    'clientId' | 'brokers' | 'connectionTimeoutMs' | 'requestTimeoutMs' | 'ssl' | 'sasl' | 'autoCreateTopics'
+    'clientId' | 'brokers' | 'connectionTimeoutMs' | 'requestTimeoutMs' | 'ssl' | 'sasl' | 'autoCreateTopics' | 'compression'
   >;
 }
 
@@ -53,6 +53,7 @@ const port = parentPort;
 if (port) {
   const init = workerData as WorkerInit;
   const kafka = createKafka(init.cfg as KafkaSinkConfig, createLogger('silent'));
+  const compression = compressionOf(init.cfg);
   let producer: kafkajs.Producer | null = null;
   let failedBatch = -1;
   let queue: Promise<void> = Promise.resolve();
@@ -93,7 +94,8 @@ if (port) {
         (byTopic[u.index[i] as number] as { messages: kafkajs.Message[] }).messages.push(m);
         start = end;
       }
-      await p.sendBatch({ acks: -1, topicMessages: byTopic });
+      // Our Produce encoder compresses each partition's records (codecs.ts), on this thread.
+      await p.sendBatch({ acks: -1, compression, topicMessages: byTopic });
       post({ type: 'done', id: u.id });
     } catch (err) {
       failedBatch = u.batch;

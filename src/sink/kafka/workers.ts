@@ -80,6 +80,7 @@ export class KafkaWorkerSink implements Sink {
         ssl: this.cfg.ssl,
         sasl: this.cfg.sasl,
         autoCreateTopics: this.cfg.autoCreateTopics,
+        compression: this.cfg.compression,
       },
     };
     const worker = new Worker(new URL('./worker-thread.js', import.meta.url), { workerData: init, name: `outboxd-kafka-${i}` });
