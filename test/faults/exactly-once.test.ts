@@ -32,7 +32,7 @@ async function deliveredExactlyOnce(b: Bundle, rows: readonly OutboxRow[]) {
     rows.map((r) => r.id),
     180_000,
   );
-  await b.reader.caughtUp?.();
+  await b.reader.caughtUp();
   const all = b.reader.delivered();
   const { violations, duplicates, unique } = orderAndDuplicates(all);
   const ids = new Set(all.map((d) => d.id));
@@ -408,7 +408,7 @@ describe('exactly-once → kafka', () => {
       [b.types[0], [1, 2, 3, 4].map(payload)],
     );
     await until('three delivered and one dead letter', async () => b.reader.delivered().length >= 4, 30_000);
-    await b.reader.caughtUp?.();
+    await b.reader.caughtUp();
     const got = b.reader.delivered().map((d) => [d.stream.split('/')[0], d.seq, d.headers['outboxd.error_reason'] ?? '']);
     expect(got.filter((g) => g[0] === topic)).toEqual([
       [topic, 1, ''],

@@ -451,7 +451,7 @@ describe('failover to a standby that was behind (issue 21, finding 3)', () => {
     // By number, the old checkpoint covers every one of them.
     expect(end).toBeLessThan(checkpoint);
     const counts = await arrivals(b, relay, fresh);
-    await b.reader.caughtUp?.();
+    await b.reader.caughtUp();
     const all = b.reader.delivered();
     const { duplicates, violations } = orderAndDuplicates(all);
     const unproven = await relay.metric('outboxd_checkpoint_unproven_total');
@@ -500,7 +500,7 @@ describe('failover to a standby that was behind (issue 21, finding 3)', () => {
     const { fresh, end } = await writeOnNewPrimary(b);
     expect(end).toBeLessThan(checkpoint);
     const counts = await arrivals(b, relay, fresh);
-    await b.reader.caughtUp?.();
+    await b.reader.caughtUp();
     const unproven = await relay.metric('outboxd_checkpoint_unproven_total');
     console.log(
       `[failover behind, exactly-once, PG15 recover-from-outbox] standby cut at ${cutAt.toString(16)}, checkpoint ${checkpoint.toString(16)}, new primary's WAL after the rows ${end.toString(16)}; fresh rows arrived ${counts.size}/${fresh.length}; unproven ${unproven}; recovered ${await relay.metric('outboxd_recovered_messages_total')}`,

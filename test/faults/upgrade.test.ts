@@ -72,7 +72,7 @@ describe('upgrade from the previous release on the same slot', () => {
       rows.map((r) => r.id),
       180_000,
     );
-    await b.reader.caughtUp?.();
+    await b.reader.caughtUp();
     const { duplicates, violations } = orderAndDuplicates(b.reader.delivered());
     expect(duplicates).toBe(0);
     expect(violations).toEqual([]);

@@ -33,9 +33,9 @@ export function helmBinary(): string {
   return bin;
 }
 
-import { sleep, until } from '../harness/wait.js';
+import { sleep, stays, until, within } from '../harness/wait.js';
 
-export { sleep, until };
+export { sleep, stays, until, within };
 
 /** A database of its own for one test, on the given server; dropped (with its slots) afterwards. */
 export class TestDb {
