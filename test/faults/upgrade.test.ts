@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { RelayProcess, sleep, until, writeOutbox } from '../integration/support.js';
+import { RelayProcess, until, writeOutbox } from '../integration/support.js';
 import { type Bundle, bundle, dropSlotUnderRelay, markerOf, orderAndDuplicates, waitDelivered } from './fixtures.js';
 
 /**
@@ -114,7 +114,6 @@ describe('upgrade from the previous release on the same slot', () => {
     }
     // Rows the old relay never delivered, then its slot is lost while no relay runs.
     const unseen = await writeOutbox(b.db.client, { total: 200, keys: 10, types: b.types });
-    await sleep(200);
     await dropSlotUnderRelay(b);
     const relay = b.start();
     await relay.ready();
