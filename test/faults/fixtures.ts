@@ -262,6 +262,7 @@ class AmqpReader implements Reader {
 
   private reconnectSoon(): void {
     if (this.closing) return;
+    // Pacing: the reader's reconnect backoff while the broker is away, not a wait.
     setTimeout(() => {
       this.connect().catch(() => this.reconnectSoon());
     }, 500);
@@ -383,7 +384,7 @@ export function steadyWriter(b: Bundle, everyMs = 50, keys = 1): { ids: string[]
         keys > 1 ? JSON.stringify({ seq }) : '{}',
       ]);
       ids.push(id);
-      await sleep(everyMs);
+      await sleep(everyMs); // pacing: the write rate
     }
   })();
   return {

@@ -106,7 +106,13 @@ export class TestDb {
         'SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL',
         [this.slot],
       );
-      await sleep(100);
+      await until(
+        'the terminated walsender to release the slot',
+        async () =>
+          (await admin.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active', [this.slot])).rows.length === 0,
+        10_000,
+        20,
+      );
       await admin.query('SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1', [this.name]);
       await admin.query(`DROP DATABASE IF EXISTS ${this.name} WITH (FORCE)`);
     } finally {
