@@ -6,6 +6,7 @@ import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import { Pipeline } from '../../src/pipeline/pipeline.js';
+import { until } from '../harness/wait.js';
 
 /** A sink fake for pure pipeline logic: records batches, can fail or refuse on demand. */
 class FakeSink implements Sink {
@@ -22,7 +23,10 @@ class FakeSink implements Sink {
   check(m: OutboxMessage) {
     return this.refuseEarly.has(m.id) ? new PoisonError('field_too_long', `too long: ${m.id}`) : null;
   }
+  /** publish() calls begun (a gated one is waiting for the gate). */
+  publishing = 0;
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
+    this.publishing++;
     if (this.gate) await this.gate;
     const f = this.failNext.shift();
     if (f) throw f;
@@ -140,7 +144,8 @@ describe('Pipeline', () => {
     void blocked?.then(() => {
       released = true;
     });
-    await new Promise((r) => setTimeout(r, 20));
+    // The first batch is with the sink, waiting for its confirm: the bound is full and stays so.
+    await until('the first batch at the sink', async () => sink.publishing > 0, 1_000, 1);
     expect(released).toBe(false);
     expect(pipeline.inFlightMessages).toBe(5);
     open();
@@ -271,11 +276,12 @@ describe('Pipeline', () => {
     void waits[0]?.then(() => {
       released = true;
     });
+    // Kept: no event marks "still waiting". 20 ms is many lingers (1 ms) and retries (≤ 2 ms):
+    // a timer that released the source would have run.
     await new Promise((r) => setTimeout(r, 20));
     expect(released).toBe(false);
     await pipeline.stop();
-    await new Promise((r) => setTimeout(r, 0));
-    expect(released).toBe(true);
+    await until('the source released by stop()', async () => released, 1_000, 1);
   });
 
   it('never batches a message the sink can see is poison: under halt nothing after it is published', async () => {
