@@ -430,9 +430,20 @@ export class TopicReader {
     await admin.connect();
     try {
       const ends = new Map<string, bigint>();
-      for (const topic of topics) {
-        for (const p of await admin.fetchTopicOffsets(topic)) ends.set(`${topic}/${p.partition}`, BigInt(p.high));
-      }
+      // A busy broker can answer a metadata request with a passing "does not host this
+      // topic-partition": ask again.
+      await until(
+        'the end of every partition',
+        async () => {
+          for (const topic of topics) {
+            for (const p of await admin.fetchTopicOffsets(topic)) ends.set(`${topic}/${p.partition}`, BigInt(p.high));
+          }
+          return true;
+        },
+        timeoutMs,
+        200,
+        { tolerateErrors: true },
+      );
       await until(
         'the reader at the end of every partition',
         async () => {
