@@ -21,7 +21,7 @@ describe.each(sinks)('kill -9 chaos → %s', (kind) => {
     const inflightAtKill: number[] = [];
     let kills = 0;
     while (kills < 10 || (writing && kills < 30)) {
-      await sleep(150 + Math.random() * 600);
+      await sleep(150 + Math.random() * 600); // pacing: a random kill interval, not a wait
       inflightAtKill.push(await relay.metric('outboxd_inflight_messages').catch(() => -1));
       relay.kill('SIGKILL');
       expect(await relay.exited).toBe(-1);

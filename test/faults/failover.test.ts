@@ -118,7 +118,7 @@ function writer(b: Bundle, everyMs = 20) {
         ]);
         acknowledged.push({ id, at: Date.now() });
         seqs.set(key, seq);
-        await sleep(everyMs);
+        await sleep(everyMs); // pacing: the write rate
       } catch {
         uncertain++;
         // The row may exist: the key's next row takes the next number either way.
@@ -191,7 +191,7 @@ describe('failover (PostgreSQL 17, failover slots) → rabbitmq', () => {
     // A transaction that ends past `wal0` commits after `deliveredAt0` was counted, and the
     // resumed slot starts at or past wal0 (the sync is waited for below): it can re-send only
     // messages delivered after that count. That bounds the duplicates.
-    await sleep(1_000);
+    await until('rows flowing before the failover', async () => b.reader.delivered().length >= 20, 30_000, 50);
     const deliveredAt0 = b.reader.delivered().length;
     const wal0 = await b.db.walLsn();
     await until(
@@ -218,8 +218,8 @@ describe('failover (PostgreSQL 17, failover slots) → rabbitmq', () => {
       60_000,
       25,
     );
-    // Writing goes on against the new primary for a while.
-    await sleep(3_000);
+    // Writing goes on against the new primary for a while: 100 more rows acknowledged there.
+    await until('100 rows acknowledged by the new primary', async () => afterPromotion().size >= 100, 60_000, 50);
     await w.stop();
     expect(relay.child.exitCode).toBeNull();
 
@@ -298,10 +298,18 @@ describe('failover (PostgreSQL 17, failover slots) → rabbitmq', () => {
     const { stoppedAt } = await failover(s);
     await until('recovered on the new primary', async () => relay.stderr.includes('lost-slot recovery done'), 60_000, 50);
     const recoveredAfterMs = Date.now() - stoppedAt;
-    await sleep(1_000);
+    // Writing goes on after the recovery: 30 more rows acknowledged.
+    const recoveredAt = Date.now();
+    await until(
+      'rows acknowledged after the recovery',
+      async () => w.acknowledged.filter((r) => r.at > recoveredAt).length >= 30,
+      30_000,
+      50,
+    );
     await w.stop();
     const ids = w.acknowledged.map((a) => a.id);
-    await waitDelivered(b.reader, ids, 60_000);
+    // A timeout leaves `lost` to say how many are missing (asserted below, after the report).
+    await waitDelivered(b.reader, ids, 60_000).catch(() => undefined);
     const delivered = b.reader.delivered();
     const got = new Set(delivered.map((d) => d.id));
     const lost = ids.filter((id) => !got.has(id)).length;
@@ -451,7 +459,7 @@ describe('failover to a standby that was behind (issue 21, finding 3)', () => {
     // By number, the old checkpoint covers every one of them.
     expect(end).toBeLessThan(checkpoint);
     const counts = await arrivals(b, relay, fresh);
-    await b.reader.caughtUp?.();
+    await b.reader.caughtUp();
     const all = b.reader.delivered();
     const { duplicates, violations } = orderAndDuplicates(all);
     const unproven = await relay.metric('outboxd_checkpoint_unproven_total');
@@ -500,7 +508,7 @@ describe('failover to a standby that was behind (issue 21, finding 3)', () => {
     const { fresh, end } = await writeOnNewPrimary(b);
     expect(end).toBeLessThan(checkpoint);
     const counts = await arrivals(b, relay, fresh);
-    await b.reader.caughtUp?.();
+    await b.reader.caughtUp();
     const unproven = await relay.metric('outboxd_checkpoint_unproven_total');
     console.log(
       `[failover behind, exactly-once, PG15 recover-from-outbox] standby cut at ${cutAt.toString(16)}, checkpoint ${checkpoint.toString(16)}, new primary's WAL after the rows ${end.toString(16)}; fresh rows arrived ${counts.size}/${fresh.length}; unproven ${unproven}; recovered ${await relay.metric('outboxd_recovered_messages_total')}`,
@@ -547,13 +555,20 @@ describe('failover to a standby that was behind (issue 21, finding 3)', () => {
         } catch {
           // the server is busy promoting; the next sample tells
         }
-        await sleep(20);
+        await sleep(20); // pacing: the sampling rate
       }
     })();
     const streamingAgain = () => relay.logLines().some((l) => l.msg === 'streaming' && Date.parse(String(l.time)) > stoppedAt);
     await until('the relay streaming on the new primary', async () => streamingAgain(), 60_000, 50);
-    // Three status intervals: the first status update, and the pings after it.
-    await sleep(3_000);
+    // Three status intervals (1 s each): the first status update, and the pings after it. A
+    // heartbeat received back from the new primary is one more status update sent after it.
+    const heartbeats = await relay.metric('outboxd_heartbeats_received_total');
+    await until(
+      'three heartbeats back from the new primary, sampled',
+      async () => (await relay.metric('outboxd_heartbeats_received_total')) >= heartbeats + 3 && samples > 10,
+      30_000,
+      100,
+    );
     watching = false;
     await watcher;
     console.log(

@@ -37,8 +37,13 @@ export interface Delivered extends Ordered {
 
 export interface Reader {
   delivered(): Delivered[];
-  /** Kafka: resolves once the reader reached the end of every partition (see TopicReader.waitCaughtUp). */
-  caughtUp?(): Promise<void>;
+  /**
+   * Resolves once the reader holds everything the broker held when it was called, dead letters
+   * included: the positive sign that nothing more is on its way. Kafka: the reader reached the
+   * end of every partition (TopicReader.waitCaughtUp). RabbitMQ: a sentinel sent to the tail of
+   * each queue came back, so every message queued before it was delivered first.
+   */
+  caughtUp(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -127,7 +132,7 @@ export async function bundle(o: BundleOptions): Promise<Bundle> {
           headers: m.headers,
           value: m.valueBytes,
         })),
-      caughtUp: () => r.waitCaughtUp(types.map((t) => `outbox.event.${t}`)),
+      caughtUp: () => r.waitCaughtUp([...types.map((t) => `outbox.event.${t}`), `dlq_${tag}`]),
       close: () => r.stop(),
     };
     sinkYaml = `  type: kafka
@@ -227,6 +232,9 @@ function safeSeq(value: string): number {
   }
 }
 
+/** The header that marks caughtUp()'s sentinel messages. */
+const SENTINEL = 'x-outboxd-test-sentinel';
+
 /** A topic exchange, a durable queue and the pattern that binds them. */
 type Binding = readonly [exchange: string, queue: string, pattern: string];
 
@@ -239,6 +247,8 @@ class AmqpReader implements Reader {
   private model: amqp.ChannelModel | null = null;
   private closing = false;
   private readonly counters = new Map<string, number>();
+  /** The sentinels caughtUp() sent that came back (never in `got`). */
+  private readonly sentinels = new Set<string>();
   private constructor(
     private readonly url: string,
     private readonly bindings: readonly Binding[],
@@ -252,6 +262,7 @@ class AmqpReader implements Reader {
 
   private reconnectSoon(): void {
     if (this.closing) return;
+    // Pacing: the reader's reconnect backoff while the broker is away, not a wait.
     setTimeout(() => {
       this.connect().catch(() => this.reconnectSoon());
     }, 500);
@@ -274,9 +285,15 @@ class AmqpReader implements Reader {
       await ch.assertQueue(q, { durable: true });
       await ch.bindQueue(q, ex, pattern);
       await ch.consume(q, (msg) => {
+        if (!msg) return;
+        const sentinel = msg.properties.headers?.[SENTINEL];
+        if (sentinel !== undefined) {
+          this.sentinels.add(String(sentinel));
+          ch.ack(msg);
+          return;
+        }
         const n = this.counters.get(q) ?? 0;
         this.counters.set(q, n + 1);
-        if (!msg) return;
         const headers: Record<string, string> = {};
         for (const [k, v] of Object.entries(msg.properties.headers ?? {})) headers[k] = String(v);
         this.got.push({
@@ -297,6 +314,32 @@ class AmqpReader implements Reader {
 
   delivered(): Delivered[] {
     return this.got;
+  }
+
+  /**
+   * Sends a sentinel straight to the tail of each queue and waits until every one has come back:
+   * a queue delivers in order to its one consumer, so all it held before is in `delivered()`.
+   */
+  async caughtUp(timeoutMs = 30_000): Promise<void> {
+    const id = randomUUID();
+    const queues = this.bindings.map(([, q]) => q);
+    await until(
+      'sentinels sent to every queue',
+      async () => {
+        const ch = await (this.model as amqp.ChannelModel).createConfirmChannel();
+        try {
+          for (const q of queues) ch.sendToQueue(q, Buffer.alloc(0), { persistent: true, headers: { [SENTINEL]: `${id}/${q}` } });
+          await ch.waitForConfirms();
+        } finally {
+          await ch.close().catch(() => undefined);
+        }
+        return true;
+      },
+      timeoutMs,
+      200,
+      { tolerateErrors: true },
+    );
+    await until('the sentinel back from every queue', async () => queues.every((q) => this.sentinels.has(`${id}/${q}`)), timeoutMs, 20);
   }
 
   async close(): Promise<void> {
@@ -341,7 +384,7 @@ export function steadyWriter(b: Bundle, everyMs = 50, keys = 1): { ids: string[]
         keys > 1 ? JSON.stringify({ seq }) : '{}',
       ]);
       ids.push(id);
-      await sleep(everyMs);
+      await sleep(everyMs); // pacing: the write rate
     }
   })();
   return {

@@ -44,7 +44,7 @@ describe('lifecycle', () => {
       await b.db.client.query('DELETE FROM churn');
       const slot = await b.db.slotInfo();
       maxRetained = Math.max(maxRetained, slot?.retained ?? 0);
-      await sleep(1_000);
+      await sleep(1_000); // pacing: the write rate (~1.7 MB/s), not a wait for anything
     }
     const written = Number((await b.db.walLsn()) - start);
     process.stdout.write(`[idle] wrote ${(written / 1e6).toFixed(0)} MB of WAL, max retained ${(maxRetained / 1e6).toFixed(1)} MB\n`);
@@ -95,7 +95,8 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
       const relay = b.start();
       await relay.ready();
       const writer = writeOutbox(b.db.client, { total: 20_000, keys: 200, types: b.types });
-      await sleep(800);
+      // Under load: the relay is publishing the stream when the signal comes.
+      await until('rows flowing', async () => b.reader.delivered().length >= 500, 60_000, 20);
       const t0 = Date.now();
       relay.kill('SIGTERM');
       expect(await relay.exited).toBe(0);

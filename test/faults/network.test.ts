@@ -59,7 +59,9 @@ describe('network faults: relay ↔ Postgres', () => {
     proxy.cutAll();
     proxy.latencyMs = 20;
     const second = await writeOutbox(b.db.client, { total: 3_000, keys: 100, types: b.types });
-    await sleep(500);
+    // Cut again once the relay streams the second batch (through the added latency).
+    const secondIds = new Set(second.map((r) => r.id));
+    await until('rows of the second batch delivered', async () => b.reader.delivered().some((d) => secondIds.has(d.id)), 60_000, 50);
     proxy.cutAll();
     await waitDelivered(
       b.reader,
@@ -111,6 +113,8 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
         );
         expect((await relay.http('/readyz')).status).toBe(503);
       } else {
+        // Pacing, not a wait: Kafka's publishes bypass the proxy (advertised address), so there
+        // is no timeout to wait for; the stall lasts a few seconds on the bootstrap connection.
         await sleep(3_000);
       }
       proxy.resume();
@@ -131,7 +135,7 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
       await relay.ready();
       const writer = writeOutbox(b.db.client, { total: 5_000, keys: 100, types: b.types });
       for (let i = 0; i < 3; i++) {
-        await sleep(400);
+        await sleep(400); // pacing: the interval between cuts, not a wait for anything
         proxy.cutAll();
       }
       const rows = await writer;

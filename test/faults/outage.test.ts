@@ -55,7 +55,7 @@ describe.each(['kafka', 'rabbitmq'] as SinkKind[])('broker outage → %s', (kind
       if ((await relay.http('/readyz')).status === 200 && round > 3) readyWhileDown = true;
       const slot = await b.db.slotInfo();
       if ((slot?.confirmed ?? 0n) > maxConfirmed) maxConfirmed = slot?.confirmed ?? 0n;
-      await sleep(1_000);
+      await sleep(1_000); // pacing: one sample (and every fifth round a write) a second for the outage's minute
     }
     expect(readyWhileDown).toBe(false);
     expect((await relay.http('/readyz')).body).toMatch(/not ok/);
@@ -113,7 +113,7 @@ describe.each(['kafka', 'rabbitmq'] as SinkKind[])('Postgres restarts → %s', (
       await server.stop(mode);
       const stopMs = Date.now() - t0;
       await until('not ready while Postgres is down', async () => (await relay.http('/readyz')).status === 503, 20_000);
-      await sleep(1_500);
+      await sleep(1_500); // pacing: the outage goes on while the relay retries, not a wait for anything
       await server.start();
       await b.db.reconnect();
       const after = await writeOutbox(b.db.client, { total: 2_000, keys: 100, types: b.types });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { sleep, until } from '../integration/support.js';
+import { until } from '../integration/support.js';
 import { type Bundle, type SinkKind, bundle, uuid, waitDelivered } from './fixtures.js';
 
 /**
@@ -66,7 +66,6 @@ for (const kind of ['kafka', 'rabbitmq'] as SinkKind[]) {
           [good, b.types[0]],
         );
         await waitDelivered(b.reader, [good]);
-        await sleep(300);
         const before = await b.db.walLsn();
         const bad = uuid();
         await c.insert(b, bad);

@@ -41,6 +41,7 @@ export class TcpProxy {
         const send = () => {
           if (!to.destroyed) to.write(chunk);
         };
+        // Pacing: the added latency the proxy simulates.
         const go = () => (this.latencyMs > 0 ? setTimeout(send, this.latencyMs) : send());
         // While stalled, bytes are held (not dropped): TCP stays open and nothing is answered.
         if (this.mode === 'stall') this.held.push(go);

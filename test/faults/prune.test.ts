@@ -4,8 +4,8 @@ import { parseConfig } from '../../src/config/load.js';
 import type { TableConfig } from '../../src/config/config.js';
 import { outboxDdl } from '../../src/commands/setup.js';
 import { pgUrl } from '../harness/services.js';
-import { sleep, until } from '../integration/support.js';
-import { type Bundle, bundle, sqlStatements, uuid, waitDelivered } from './fixtures.js';
+import { until } from '../integration/support.js';
+import { type Bundle, bundle, markerOf, sqlStatements, uuid, waitDelivered } from './fixtures.js';
 
 /**
  * Pruning (outbox.prune, docs/adr/0011): only rows the broker confirmed and older than `retain`
@@ -26,6 +26,29 @@ async function insertAged(client: pg.Client, types: string[], n: number, age: st
     [ids, types[0], key, typeof age === 'string' ? age : age.toISOString()],
   );
   return ids;
+}
+
+/**
+ * Waits until the marker's confirmed epoch has been written `n` more times. A round writes it,
+ * deletes, then begins the next epoch; so with n = 3 the second round ended an epoch begun after
+ * this call, and the third write shows that round's deletes done.
+ */
+async function roundsPass(b: Bundle, n: number): Promise<void> {
+  let last = (await markerOf(b)).epochs.get(b.db.slot)?.at;
+  let seen = 0;
+  await until(
+    `${n} pruning rounds`,
+    async () => {
+      const at = (await markerOf(b)).epochs.get(b.db.slot)?.at;
+      if (at !== undefined && at !== last) {
+        last = at;
+        seen++;
+      }
+      return seen >= n;
+    },
+    30_000,
+    50,
+  );
 }
 
 async function present(b: Bundle, ids: string[]): Promise<number> {
@@ -59,7 +82,8 @@ describe('pruning: delete mode', () => {
   });
 
   it('keeps every row at and after a halted poison row, and what a long transaction holds back', async () => {
-    await using b = await bundle({ kind: 'rabbitmq', onPoison: 'halt', outboxExtra: PRUNE('delete') });
+    // Debug logging: each pruning round that waits for the watermark says so.
+    await using b = await bundle({ kind: 'rabbitmq', onPoison: 'halt', outboxExtra: PRUNE('delete'), extra: 'log:\n  level: debug\n' });
     await b.db.client.query('ALTER TABLE public.outbox ALTER COLUMN aggregateid DROP NOT NULL');
     const relay = b.start();
     await relay.ready();
@@ -81,7 +105,9 @@ describe('pruning: delete mode', () => {
       );
       const during = await insertAged(b.db.client, b.types, 50, '2 hours');
       await waitDelivered(b.reader, during, 60_000);
-      await sleep(1_500);
+      // Three pruning rounds finish after they were confirmed: the second of them began an epoch
+      // after their commit and the third ended it, the one that would delete them if anything could.
+      await roundsPass(b, 3);
       expect(await present(b, during)).toBe(50);
 
       // A poison row (no key) halts the relay; everything committed after it waits behind it,
@@ -97,8 +123,11 @@ describe('pruning: delete mode', () => {
       const pruned = await relay.metric('outboxd_pruned_rows_total');
       expect(pruned).toBe(200);
       // Many rounds later nothing at or after the poison row is gone, nor the rows that the long
-      // transaction held back: it ended after the poison row, so no epoch can pass it.
-      await sleep(3_000);
+      // transaction held back: it ended after the poison row, so no epoch can pass it. Rounds
+      // go on: each waits for a watermark that cannot pass the poison row (a debug line).
+      const waited = () => relay.logLines().filter((l) => l.msg === 'pruning waits for the watermark to pass the epoch').length;
+      const waitedAtHalt = waited();
+      await until('five pruning rounds after the halt', async () => waited() >= waitedAtHalt + 5, 30_000, 100);
       expect(await present(b, during)).toBe(50);
       expect(await present(b, [poison])).toBe(1);
       expect(await present(b, after)).toBe(100);

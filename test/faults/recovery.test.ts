@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import type pg from 'pg';
-import { MAIN, sleep, until, writeOutbox } from '../integration/support.js';
+import { MAIN, until, writeOutbox } from '../integration/support.js';
 import { type Bundle, bundle, dropSlotUnderRelay, markerOf, orderAndDuplicates, steadyWriter, uuid, waitDelivered } from './fixtures.js';
 
 /**
@@ -45,14 +45,24 @@ describe('lost-slot recovery from the outbox', () => {
           b.types[0],
           JSON.stringify({ seq: i + 1 }),
         ]);
-      await sleep(500);
+      // Commit only once the relay's new slot waits for this transaction to end.
+      const gapPid = (await gapTx.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]?.pid;
+      await until(
+        'the new slot to wait for the open transaction',
+        async () =>
+          (await b.db.client.query('SELECT 1 FROM pg_stat_activity WHERE $1::int = ANY(pg_blocking_pids(pid))', [gapPid])).rows.length > 0,
+        30_000,
+        20,
+      );
       await gapTx.query('COMMIT');
     } finally {
       await gapTx.end();
     }
     await until('recovered', async () => relay.stderr.includes('lost-slot recovery done'), 60_000, 100);
     const recoveredS = (performance.now() - droppedAt) / 1000;
-    await sleep(1_000);
+    // Writing goes on after the recovery: 20 more rows.
+    const writtenAtRecovery = writer.ids.length;
+    await until('rows written after the recovery', async () => writer.ids.length >= writtenAtRecovery + 20, 30_000, 20);
     await writer.stop();
     await waitDelivered(b.reader, [...writer.ids, ...gap], 60_000);
 
@@ -97,7 +107,9 @@ describe('lost-slot recovery from the outbox', () => {
     await first.ready();
     const writer = steadyWriter(b, 5, 4);
     await until('a confirmed epoch in the marker', async () => (await epochOf(b)) !== undefined, 30_000, 100);
-    await sleep(500);
+    // Rows after the epoch, for the recovery to publish again.
+    const writtenAtEpoch = writer.ids.length;
+    await until('rows written after the epoch', async () => writer.ids.length >= writtenAtEpoch + 50, 30_000, 20);
     await writer.stop();
     // The relay stops; the slot goes while it is down; the marker keeps the epoch.
     first.kill('SIGKILL');

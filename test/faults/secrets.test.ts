@@ -124,12 +124,13 @@ http:
     noSecrets(body);
     noSecrets((await unready.http('/livez')).body);
 
-    // An error nothing catches ends in one redacted line, not Node's report.
+    // An error nothing catches ends in one redacted line, not Node's report. Thrown once outboxd
+    // has its handler (a poll, not a delay that a slow start would outlast).
     const crash = spawnSync(
       process.execPath,
       [
         '--import',
-        `data:text/javascript,setTimeout(() => { throw new Error('lost postgres://u:${PG_SECRET}@db/x?password=${KAFKA_SECRET}'); }, 300)`,
+        `data:text/javascript,const t = setInterval(() => { if (process.listenerCount('uncaughtException') > 0) { clearInterval(t); throw new Error('lost postgres://u:${PG_SECRET}@db/x?password=${KAFKA_SECRET}'); } }, 5)`,
         MAIN,
         'run',
         '-c',

@@ -37,3 +37,32 @@ export async function until<T>(
     await sleep(everyMs);
   }
 }
+
+/**
+ * The opposite of `until`: polls `fn` every `everyMs` for `forMs` and throws, naming `what`, the
+ * first time it returns false. For "stays so for a while" (a watchdog that must not fire while
+ * rows keep moving): every poll is a check that can fail, not one look after a sleep.
+ */
+export async function stays(what: string, fn: () => Promise<boolean>, forMs: number, everyMs = 100): Promise<void> {
+  const end = Date.now() + forMs;
+  let polls = 0;
+  for (;;) {
+    if (!(await fn())) throw new Error(`${what}: no longer so after ${polls} checks`);
+    polls++;
+    if (Date.now() >= end) return;
+    await sleep(everyMs);
+  }
+}
+
+/** `p`'s value, or `fallback` if it has not settled within `ms` (a bound on waiting for a process to exit). */
+export async function within<T, F>(p: Promise<T>, ms: number, fallback: F): Promise<T | F> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<F>((resolve) => {
+    timer = setTimeout(() => resolve(fallback), ms);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -181,7 +181,7 @@ describe('Kafka SASL OAUTHBEARER', () => {
     const started = Date.now();
     while (Date.now() - started < 45_000) {
       ids.push(...(await insert(db, type, 10)));
-      await new Promise((r) => setTimeout(r, 1_000));
+      await new Promise((r) => setTimeout(r, 1_000)); // pacing: 10 rows a second for 45 s
     }
     await reader.waitForIds(ids, 60_000);
     const mine = endpoint.requests.slice(before);

@@ -343,7 +343,7 @@ describe('RabbitMQ broker restart', () => {
     await rabbit.stop();
     await until('not ready while the broker is down', async () => (await relay.http('/readyz')).status === 503, 30_000);
     const more = await writeOutbox(db.client, { total: 1_000, keys: 100, types: [`t_${tag}`] });
-    await sleep(2_000);
+    await sleep(2_000); // pacing: the outage goes on while the relay retries, not a wait for anything
     await rabbit.start();
     await using again = await new QueueReader(rabbit.url).open();
     await again.consume(`q_${tag}`);

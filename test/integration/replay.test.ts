@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { type Bundle, type Delivered, bundle, steadyWriter, waitDelivered } from '../faults/fixtures.js';
-import { CliProcess, sleep, until } from './support.js';
+import { CliProcess, until } from './support.js';
 
 /**
  * `outboxd replay` end to end: the real CLI against a real Postgres 15 and a real Kafka or
@@ -35,6 +35,18 @@ async function insertRows(
 const replayed = (b: Bundle, runId: string): Delivered[] => b.reader.delivered().filter((d) => d.headers[REPLAY] === runId);
 /** A message on the dead-letter topic or queue (the fixture names them dlq_…). */
 const isLetter = (d: Delivered): boolean => d.stream.startsWith('dlq_');
+/** Waits until the replay `runId` delivered every id in `ids`. */
+async function waitReplayed(b: Bundle, runId: string, ids: readonly string[], timeoutMs = 30_000): Promise<void> {
+  await until(
+    `${ids.length} ids replayed`,
+    async () => {
+      const got = new Set(replayed(b, runId).map((d) => d.id));
+      return ids.every((id) => got.has(id));
+    },
+    timeoutMs,
+    100,
+  );
+}
 const live = (b: Bundle): Delivered[] => b.reader.delivered().filter((d) => d.headers[REPLAY] === undefined);
 
 /** The run id the replay printed when it started. */
@@ -92,9 +104,10 @@ describe.each(['kafka', 'rabbitmq'] as const)('outboxd replay → %s', (kind) =>
     expect(r.stderr).toMatch(
       new RegExp(`replay ${runId}: done in [\\d.]+s: 22 rows read, 21 published, 1 poison \\(1 dead-lettered\\), 0 skipped`),
     );
-    await waitDelivered(b.reader, window, 30_000);
-    await b.reader.caughtUp?.();
-    await sleep(kind === 'rabbitmq' ? 500 : 0); // AMQP: deliveries after the confirm arrive within ms
+    // The replay's own copies (the live relay's, delivered above, would satisfy a wait for the ids).
+    await waitReplayed(b, runId, window);
+    // Everything the broker holds is read (RabbitMQ: a sentinel behind it came back): no more can come.
+    await b.reader.caughtUp();
     const main = replayed(b, runId).filter((d) => !isLetter(d));
     expect(main.map((d) => d.id).sort()).toEqual([...window].sort());
 
@@ -115,7 +128,9 @@ describe.each(['kafka', 'rabbitmq'] as const)('outboxd replay → %s', (kind) =>
 
     // The poison row went to the dead-letter destination again, marked with the run.
     await until('the replayed dead letter', async () => replayed(b, runId).some(isLetter), 30_000);
-    await sleep(200); // a second letter (there must be none) would come with it
+    // A second letter (there must be none) would be on the dead-letter topic or queue by now:
+    // read it to its end before counting.
+    await b.reader.caughtUp();
     const letters = replayed(b, runId).filter(isLetter);
     expect(letters.map((d) => [d.id, d.headers['outboxd.error_reason']])).toEqual([[poison, 'bad_headers']]);
 
@@ -129,13 +144,12 @@ describe.each(['kafka', 'rabbitmq'] as const)('outboxd replay → %s', (kind) =>
       [t0],
     );
     expect(rows.rows.length).toBeGreaterThan(3);
-    await waitDelivered(
-      b.reader,
+    await waitReplayed(
+      b,
+      whereRun,
       rows.rows.map((x) => x.id),
-      30_000,
     );
-    await b.reader.caughtUp?.();
-    await sleep(kind === 'rabbitmq' ? 500 : 0);
+    await b.reader.caughtUp();
     expect(
       replayed(b, whereRun)
         .map((d) => d.id)
@@ -221,7 +235,7 @@ describe('outboxd replay → kafka', () => {
       all.map((r) => r.id),
       60_000,
     );
-    await b.reader.caughtUp?.();
+    await b.reader.caughtUp();
     const got = replayed(b, runId);
     expect(new Set(got.map((d) => d.id)).size).toBe(total);
     // Only the batch in flight at the kill -9 may come twice: rows killedAt+1 .. killedAt+500 in
@@ -255,13 +269,21 @@ describe('outboxd replay → kafka', () => {
     const r = await CliProcess.run(['replay', '-c', b.configFile, '--from', '2024-01-01', '--to', '2024-01-02']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/5000 rows read, 5000 published/);
-    await sleep(1_000); // the relay would be fenced at its next transaction
+    // The relay would be fenced at its next transaction: wait for two it committed after the replay.
+    const committed = await relay.metric('outboxd_kafka_transactions_total', { result: 'committed' });
+    await until(
+      'the relay to commit transactions after the replay',
+      async () => (await relay.metric('outboxd_kafka_transactions_total', { result: 'committed' })) >= committed + 2,
+      30_000,
+      100,
+      { abortReason: () => (relay.child.exitCode !== null ? `outboxd exited with ${relay.child.exitCode}` : undefined) },
+    );
     await writer.stop();
     await waitDelivered(b.reader, writer.ids, 30_000);
     expect((await relay.http('/readyz')).status).toBe(200);
     expect(await relay.metric('outboxd_fenced')).toBe(0);
     expect(relay.child.exitCode).toBeNull();
-    await b.reader.caughtUp?.();
+    await b.reader.caughtUp();
     // read_committed: the live rows once each (the relay's transactions), the replayed ones once more.
     const runId = runIdOf(r.stderr);
     expect(replayed(b, runId)).toHaveLength(5000);

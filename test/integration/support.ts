@@ -34,9 +34,9 @@ export function helmBinary(): string {
   return bin;
 }
 
-import { sleep, until } from '../harness/wait.js';
+import { sleep, stays, until, within } from '../harness/wait.js';
 
-export { sleep, until };
+export { sleep, stays, until, within };
 
 /** A database of its own for one test, on the given server; dropped (with its slots) afterwards. */
 export class TestDb {
@@ -107,7 +107,13 @@ export class TestDb {
         'SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL',
         [this.slot],
       );
-      await sleep(100);
+      await until(
+        'the terminated walsender to release the slot',
+        async () =>
+          (await admin.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active', [this.slot])).rows.length === 0,
+        10_000,
+        20,
+      );
       await admin.query('SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1', [this.name]);
       await admin.query(`DROP DATABASE IF EXISTS ${this.name} WITH (FORCE)`);
     } finally {
@@ -441,9 +447,20 @@ export class TopicReader {
     await admin.connect();
     try {
       const ends = new Map<string, bigint>();
-      for (const topic of topics) {
-        for (const p of await admin.fetchTopicOffsets(topic)) ends.set(`${topic}/${p.partition}`, BigInt(p.high));
-      }
+      // A busy broker can answer a metadata request with a passing "does not host this
+      // topic-partition": ask again.
+      await until(
+        'the end of every partition',
+        async () => {
+          for (const topic of topics) {
+            for (const p of await admin.fetchTopicOffsets(topic)) ends.set(`${topic}/${p.partition}`, BigInt(p.high));
+          }
+          return true;
+        },
+        timeoutMs,
+        200,
+        { tolerateErrors: true },
+      );
       await until(
         'the reader at the end of every partition',
         async () => {

@@ -31,7 +31,10 @@ export class FakeSink implements Sink {
   check(m: OutboxMessage) {
     return this.refuseEarly.has(m.id) ? new PoisonError('field_too_long', `too long: ${m.id}`) : null;
   }
+  /** publish() calls begun (a gated one is waiting for the gate). */
+  publishing = 0;
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
+    this.publishing++;
     if (this.gate) await this.gate;
     const f = this.failNext.shift();
     if (f) throw f;

@@ -26,7 +26,8 @@ function handler(req: IncomingMessage, res: ServerResponse): void {
   req.on('end', () => {
     seen.push({ method: req.method ?? '', body, type: req.headers['content-type'] });
     if (req.url === '/redirect') res.writeHead(302, { location: 'https://elsewhere.example/token' }).end();
-    else if (req.url === '/slow') setTimeout(() => res.end('{}'), 2_000).unref();
+    else if (req.url === '/slow')
+      setTimeout(() => res.end('{}'), 2_000).unref(); // pacing: a server slower than the client's timeout
     else if (req.url === '/huge') res.end('x'.repeat(MAX_ANSWER_BYTES + 1));
     else res.writeHead(200, { 'content-type': 'application/json' }).end('{"access_token":"t"}');
   });

@@ -4,6 +4,7 @@ import type { PipelineConfig, PoisonPolicy } from '../../src/config/config.js';
 import { PoisonError, SinkError } from '../../src/errors.js';
 import type { OutboxMessage } from '../../src/interfaces.js';
 import { FakeSink, startPipeline } from './fake-sink.js';
+import { until } from '../harness/wait.js';
 
 const cfg: PipelineConfig = {
   maxInFlightMessages: 10,
@@ -79,7 +80,8 @@ describe('Pipeline', () => {
     void blocked?.then(() => {
       released = true;
     });
-    await new Promise((r) => setTimeout(r, 20));
+    // The first batch is with the sink, waiting for its confirm: the bound is full and stays so.
+    await until('the first batch at the sink', async () => sink.publishing > 0, 1_000, 1);
     expect(released).toBe(false);
     expect(pipeline.inFlightMessages).toBe(5);
     open();
@@ -210,11 +212,12 @@ describe('Pipeline', () => {
     void waits[0]?.then(() => {
       released = true;
     });
+    // Kept: no event marks "still waiting". 20 ms is many lingers (1 ms) and retries (≤ 2 ms):
+    // a timer that released the source would have run.
     await new Promise((r) => setTimeout(r, 20));
     expect(released).toBe(false);
     await pipeline.stop();
-    await new Promise((r) => setTimeout(r, 0));
-    expect(released).toBe(true);
+    await until('the source released by stop()', async () => released, 1_000, 1);
   });
 
   it('never batches a message the sink can see is poison: under halt nothing after it is published', async () => {

@@ -24,7 +24,6 @@ afterEach(() => {
 });
 
 const MiB = 1024 * 1024;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('ReplicationSocket', () => {
   it('pausing it stops reading the TCP socket, even in the middle of a huge message; resuming finishes the message', async () => {
@@ -44,11 +43,21 @@ describe('ReplicationSocket', () => {
     const block = Buffer.alloc(value / 256, 0x78);
     for (let i = 0; i < 256; i++) peer.write(block);
     const taken = () => head.length + value - peer.writableLength;
-    await sleep(300);
-    const first = taken();
-    await sleep(300);
-    // Paused: the kernel's buffers fill and the server's writes wait; the relay holds little.
-    expect(taken()).toBe(first);
+    // Paused: the kernel's buffers fill and the server's writes wait. Wait until they do: no
+    // byte taken over 300 ms (a reading socket takes 64 MiB in far less).
+    let last = -1;
+    const first = await until(
+      'the server’s writes to stall',
+      async () => {
+        const now = taken();
+        const stalled = now === last;
+        last = now;
+        return stalled && now;
+      },
+      10_000,
+      300,
+    );
+    // The relay holds little of it.
     expect(first).toBeLessThan(value / 2);
     expect(socket.unreadBytes).toBeLessThanOrEqual(MiB);
     expect(got).toEqual([]);
