@@ -117,7 +117,7 @@ describe('exactly-once with no manual step: the checkpoint topic', () => {
       all.map((r) => r.id),
       180_000,
     );
-    await b.reader.caughtUp?.();
+    await b.reader.caughtUp();
     expect(relay.stderr).toMatch(/resuming after the checkpoint/);
     expect(relay.stderr).not.toContain(`checkpoint topic ${topic} created`);
     const got = b.reader.delivered();
@@ -255,7 +255,7 @@ describe('exactly-once with no manual step: the checkpoint topic', () => {
           rows.map((x) => x.id),
           120_000,
         );
-        await b.reader.caughtUp?.();
+        await b.reader.caughtUp();
         const { duplicates, violations } = orderAndDuplicates(b.reader.delivered());
         expect(duplicates).toBe(0);
         expect(violations).toEqual([]);
