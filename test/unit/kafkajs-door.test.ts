@@ -81,4 +81,43 @@ describe('the kafkajs door', () => {
     const { checkKafkajs } = await import('../../src/sink/kafka/kafkajs-internals.js');
     expect(() => checkKafkajs()).not.toThrow();
   });
+
+  it("keeps kafkajs's idle throttle check from a negative timer (Node 24's TimeoutNegativeWarning)", async () => {
+    const { installKafkajs } = await import('../../src/sink/kafka/kafkajs-internals.js');
+    installKafkajs();
+    const RequestQueue = require('kafkajs/src/network/requestQueue/index.js') as new (
+      o: object,
+    ) => {
+      scheduleCheckPendingRequests(): void;
+      checkPendingRequests(): void;
+      pending: unknown[];
+      throttledUntil: number;
+    };
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      const logger = { debug() {}, info() {}, warn() {}, error() {} };
+      const q = new RequestQueue({ maxInFlightRequests: 1, requestTimeout: 1000, clientId: 't', broker: 'b', logger });
+      const checked = new Promise<number>((resolve) => {
+        const start = Date.now();
+        q.checkPendingRequests = () => resolve(Date.now() - start);
+      });
+      q.scheduleCheckPendingRequests(); // idle, unthrottled: kafkajs's delay is -Date.now()
+      expect(await checked).toBeLessThan(500);
+      // Throttled for 50 ms with a request waiting: the check comes when the throttle ends.
+      q.throttledUntil = Date.now() + 50;
+      q.pending = [{}];
+      const later = new Promise<number>((resolve) => {
+        const start = Date.now();
+        q.checkPendingRequests = () => resolve(Date.now() - start);
+      });
+      q.scheduleCheckPendingRequests();
+      expect(await later).toBeGreaterThanOrEqual(40);
+      await new Promise((r) => setImmediate(r)); // a warning is emitted on the next tick
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings).toEqual([]);
+  });
 });

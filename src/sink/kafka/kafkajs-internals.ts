@@ -4,7 +4,8 @@
  * API where that lacks something (docs/adr/0010, 0016):
  * - `groupMessagesPerPartition`, which copies a partition's array once per message (1.3 s per
  *   million messages at 500 per send, docs/benchmarks.md), is replaced by a one-pass grouper;
- * - the Produce v3 request factory is replaced by our encoder (produce-encoder.ts);
+ * - the Produce v3 request factory is replaced by our encoder (produce-encoder.ts), and the
+ *   request queue's idle timer is kept from a negative delay (Node 24 warns of it);
  * - kafkajs's codec table gets snappy, lz4 and zstd (codecs.ts), for what kafkajs encodes or
  *   decodes itself: messages with a timestamp, and fetched batches (docs/adr/0017);
  * - kafkajs's internal Cluster (a private symbol of `Kafka`) gives metadata without a producer,
@@ -38,6 +39,7 @@ const SEND_MESSAGES = 'kafkajs/src/producer/sendMessages.js';
 const PRODUCE_V3 = 'kafkajs/src/protocol/requests/produce/v3/request.js';
 const BATCH = 'kafkajs/src/consumer/batch.js';
 const CREATE_CLUSTER = 'private:Kafka:createCluster';
+const REQUEST_QUEUE = 'kafkajs/src/network/requestQueue/index.js';
 
 /** What the version check reads of the installed kafkajs (a parameter, for the tests). */
 export interface KafkajsProbe {
@@ -70,7 +72,7 @@ function unsupported(version: string, what: string): SinkError {
 export function checkKafkajs(probe: KafkajsProbe = installed): void {
   const version = probe.version();
   if (version !== KAFKAJS_VERSION) throw unsupported(version, 'its internals differ between releases');
-  for (const path of [GROUPER_PATH, SEND_MESSAGES, PRODUCE_V3, BATCH]) {
+  for (const path of [GROUPER_PATH, SEND_MESSAGES, PRODUCE_V3, BATCH, REQUEST_QUEUE]) {
     if (!probe.has(path)) throw unsupported(version, `${path} is missing`);
   }
 }
@@ -166,6 +168,36 @@ function installProduceEncoder(): ProduceFactory {
   return original;
 }
 
+// --- the request queue's throttle timer -------------------------------------------------------
+
+/** The parts of kafkajs's RequestQueue that its throttle check reads. */
+type RequestQueueState = {
+  throttledUntil: number;
+  throttleCheckTimeoutId: NodeJS.Timeout | null;
+  pending: unknown[];
+  checkPendingRequests(): void;
+};
+
+/**
+ * kafkajs 2.2.4's scheduleCheckPendingRequests, its delay clamped to 1 ms or more. Unthrottled and
+ * idle, kafkajs sets the timer to `throttledUntil - Date.now()`, about minus the epoch: Node runs
+ * it after 1 ms, as kafkajs meant, but Node 24 also writes a TimeoutNegativeWarning to stderr for
+ * every client (kafkajs issue 1751). A prototype change: it holds whatever loaded the queue first.
+ */
+function installQueueTimer(): void {
+  const RequestQueue = require(REQUEST_QUEUE) as { prototype: { scheduleCheckPendingRequests(this: RequestQueueState): void } };
+  RequestQueue.prototype.scheduleCheckPendingRequests = function (this: RequestQueueState) {
+    if (this.throttleCheckTimeoutId) return;
+    let scheduleAt = this.throttledUntil - Date.now();
+    if (this.pending.length > 0) scheduleAt = scheduleAt > 0 ? scheduleAt : 10; // its CHECK_PENDING_REQUESTS_INTERVAL
+    const check = () => {
+      this.throttleCheckTimeoutId = null;
+      this.checkPendingRequests();
+    };
+    this.throttleCheckTimeoutId = setTimeout(check, Math.max(1, scheduleAt));
+  };
+}
+
 // --- codecs -----------------------------------------------------------------------------------
 
 /**
@@ -211,6 +243,7 @@ export function installKafkajs(): Kafkajs {
   const Batch = require(BATCH) as BatchClass;
   const originalProduce = installProduceEncoder();
   installCodecs(loaded);
+  installQueueTimer();
   state = { kafkajs: loaded, originalProduce, grouper, Batch };
   return loaded;
 }
