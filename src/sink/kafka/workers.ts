@@ -43,7 +43,8 @@ export class KafkaWorkerSink implements Sink {
    */
   private workers: Array<Promise<Slot> | null>;
   private readonly live = new Set<Slot>();
-  private readonly pending = new Map<number, { resolve: () => void; reject: (e: WireError, skipped: boolean) => void }>();
+  /** Sends not yet answered, each with the worker it went to (a worker that exits fails its own). */
+  private readonly pending = new Map<number, { slot: Slot; resolve: () => void; reject: (e: WireError, skipped: boolean) => void }>();
   private nextId = 1;
   private nextBatch = 1;
   private readonly partitions: TopicPartitions;
@@ -96,13 +97,17 @@ export class KafkaWorkerSink implements Sink {
       });
       worker.on('error', (err) => {
         this.log.error({ err, worker: i }, 'Kafka worker thread crashed');
+        this.forget(i, slot, ready);
         reject(err);
         this.failAll({ name: 'WorkerError', message: `Kafka worker ${i} crashed: ${err.message}`, retriable: false });
       });
+      // Terminated (close) or gone: whatever waits on it fails, retriable; the next batch starts it again.
       worker.on('exit', () => {
-        this.live.delete(slot);
-        if (this.workers[i] === ready) this.workers[i] = null;
-        this.onConnection(false);
+        this.forget(i, slot, ready);
+        const gone: WireError = { name: 'WorkerExited', message: `Kafka worker ${i} exited`, retriable: true };
+        reject(classify(asError(gone), 'starting a Kafka worker'));
+        for (const [id, p] of this.pending) if (p.slot === slot) this.settle(id, gone, false);
+        this.onConnection([...this.live].every((w) => w.up));
       });
     });
     ready.then(
@@ -111,6 +116,12 @@ export class KafkaWorkerSink implements Sink {
     );
     this.workers[i] = ready;
     return ready;
+  }
+
+  /** Worker i's thread is no longer one to send to. */
+  private forget(i: number, slot: Slot, ready: Promise<Slot>): void {
+    this.live.delete(slot);
+    if (this.workers[i] === ready) this.workers[i] = null;
   }
 
   private connection(slot: Slot, up: boolean): void {
@@ -187,9 +198,11 @@ export class KafkaWorkerSink implements Sink {
     const id = this.nextId++;
     const msg: UnitMessage = { type: 'send', id, batch, topics: u.topics, bytes: u.bytes, index: u.index };
     const done = new Promise<void>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject: (error, skipped) => reject({ error, skipped }) });
+      this.pending.set(id, { slot, resolve, reject: (error, skipped) => reject({ error, skipped }) });
     });
-    slot.worker.postMessage(msg satisfies ToWorker, [u.bytes]);
+    // Closed or crashed while this batch waited for its workers to start: fail it, retriable.
+    if (!this.live.has(slot)) this.settle(id, { name: 'WorkerExited', message: 'the Kafka worker exited', retriable: true }, false);
+    else slot.worker.postMessage(msg satisfies ToWorker, [u.bytes]);
     return done;
   }
 
@@ -275,6 +288,7 @@ export class KafkaWorkerSink implements Sink {
 
   private async stopWorkers(): Promise<void> {
     const live = [...this.live];
+    this.live.clear();
     this.workers.fill(null);
     this.failAll({ name: 'Closed', message: 'the Kafka sink was closed', retriable: true });
     await Promise.all(live.map(({ worker }) => worker.terminate().catch(() => undefined)));
