@@ -28,12 +28,14 @@ export interface CheckpointTopicPlan {
 }
 
 const COMPACT = 'cleanup.policy=compact';
+/** DescribeConfigs' config source of a key nobody set (Kafka's ConfigSource.DEFAULT_CONFIG). */
+const DEFAULT_CONFIG = 5;
 
 /**
  * The settings for a new checkpoint topic: the configured replication factor and
- * min.insync.replicas, else the cluster's defaults (default.replication.factor and
- * min.insync.replicas, as a broker describes them). A cluster that will not describe its brokers'
- * configs (no DescribeConfigs on the cluster) gets min(3, brokers), and the line says so.
+ * min.insync.replicas, else what the cluster's operator set (default.replication.factor and
+ * min.insync.replicas, as a broker describes them, not Kafka's built-in 1s), else min(3, brokers)
+ * and min(2, replication factor), which the line then says.
  */
 export async function planCheckpointTopic(admin: kafkajs.Admin, cfg: KafkaSinkConfig): Promise<CheckpointTopicPlan> {
   const { brokers } = await admin.describeCluster();
@@ -50,7 +52,10 @@ export async function planCheckpointTopic(admin: kafkajs.Admin, cfg: KafkaSinkCo
         },
       ],
     });
-    defaults = new Map(described.resources[0]?.configEntries.map((e) => [e.configName, e.configValue]) ?? []);
+    // Only what the cluster's operator set: a key left at Kafka's built-in default reads as its
+    // value too (default.replication.factor 1), which would make a one-replica checkpoint topic.
+    const set = (e: { isDefault?: boolean; configSource?: number }) => e.isDefault !== true && e.configSource !== DEFAULT_CONFIG;
+    defaults = new Map(described.resources[0]?.configEntries.filter(set).map((e) => [e.configName, e.configValue]) ?? []);
   } catch (err) {
     unread = classify(err, 'describing a broker').message;
   }
@@ -64,12 +69,16 @@ export async function planCheckpointTopic(admin: kafkajs.Admin, cfg: KafkaSinkCo
       ? 'sink.kafka.checkpointTopicReplicationFactor'
       : clusterRf !== null
         ? "the cluster's default.replication.factor"
-        : `min(3, ${brokers.length} brokers): the cluster's default.replication.factor is unknown${unread ? ` (${unread})` : ''}`;
-  const minInsyncReplicas = cfg.checkpointTopicMinInsyncReplicas ?? null;
+        : `min(3, ${brokers.length} brokers): the cluster's default.replication.factor is ${unread ? `unknown (${unread})` : "Kafka's built-in 1"}`;
+  // Configured, else the cluster's own setting (left off the topic, which follows it), else
+  // min(2, replication factor) on the topic, as `outboxd setup` always did.
+  const minInsyncReplicas = cfg.checkpointTopicMinInsyncReplicas ?? (clusterMisr === null ? Math.min(2, replicationFactor) : null);
   const misr =
-    minInsyncReplicas !== null
+    cfg.checkpointTopicMinInsyncReplicas !== undefined
       ? `min.insync.replicas ${minInsyncReplicas} (sink.kafka.checkpointTopicMinInsyncReplicas)`
-      : `min.insync.replicas ${clusterMisr ?? 'of the cluster'} (the cluster's default, not set on the topic)`;
+      : minInsyncReplicas !== null
+        ? `min.insync.replicas ${minInsyncReplicas} (min(2, replication factor): the cluster's is ${unread ? 'unknown' : "Kafka's built-in 1"})`
+        : `min.insync.replicas ${clusterMisr} (the cluster's default, not set on the topic)`;
   return {
     replicationFactor,
     minInsyncReplicas,
