@@ -12,7 +12,7 @@ import { missingCheckpointTopic } from '../../src/sink/kafka/exactly-once-checkp
 import { ensureCheckpointTopic, readCreatingCheckpointTopic } from '../../src/sink/kafka/setup.js';
 import { getFreePort } from '../harness/ports.js';
 import { kafkaBrokers } from '../harness/services.js';
-import { MAIN, type OutboxRow, ROOT, RelayProcess, helmBinary, sleep, writeOutbox } from '../integration/support.js';
+import { MAIN, type OutboxRow, ROOT, RelayProcess, helmBinary, until, writeOutbox } from '../integration/support.js';
 import { type Bundle, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
 
 /**
@@ -106,7 +106,7 @@ describe('exactly-once with no manual step: the checkpoint topic', () => {
     // A SIGKILL mid-stream: the next start reads the checkpoint in the topic it created and skips
     // what it proves published.
     const writer = writeOutbox(b.db.client, { total: 3_000, keys: 50, types: b.types, batch: 50, keyPrefix: 'second-' });
-    await sleep(500);
+    await until('the relay publishing the second write', async () => b.reader.delivered().length >= all.length + 100, 60_000, 20);
     relay.kill('SIGKILL');
     expect(await relay.exited).toBe(-1);
     relay = b.start(env);
