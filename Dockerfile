@@ -50,10 +50,7 @@ COPY --from=build /app/dist ./dist
 # Files stay owned by root and read-only to the app; it writes nothing (readOnlyRootFilesystem works).
 USER 10001:10001
 EXPOSE 9187
-# V8 flags for a small, steady footprint (docs/benchmarks.md#peak-rss-with-kafka): an 8 MiB
-# semi-space instead of 16, and an old generation that grows to 2x its live size before the next
-# mark-compact instead of up to 4x. Draining to Kafka this is 130 MiB peak RSS instead of 180,
-# for about 15% more CPU. Override the ENTRYPOINT to run with V8's defaults. npm run bench uses
-# these same flags.
-ENTRYPOINT ["/usr/bin/tini", "--", "node", "--max-semi-space-size=8", "--heap-growing-percent=100", "/app/dist/main.js"]
+# outboxd brings its own V8 flags and malloc setting however it is started (src/runtime.ts,
+# docs/benchmarks.md#peak-rss-with-kafka); OUTBOXD_RUNTIME=inherit runs it with V8's defaults.
+ENTRYPOINT ["/usr/bin/tini", "--", "node", "/app/dist/main.js"]
 CMD ["run", "-c", "/etc/outboxd/outboxd.yaml"]

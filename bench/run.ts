@@ -25,7 +25,7 @@
  *   BENCH_PIPELINE='batchMaxMessages: 2000, linger: 5ms'   extra outboxd pipeline settings
  *   BENCH_OUTBOXD_NODE_OPTIONS='--max-old-space-size=64'   NODE_OPTIONS of every outboxd process
  *   BENCH_OUTBOXD_NODE_FLAGS='--max-semi-space-size=16'   node flags of every outboxd process,
- *                               instead of the Dockerfile ENTRYPOINT's ('' for V8's defaults)
+ *                               run with exactly those, not outboxd's own ('' for V8's defaults)
  *   BENCH_COMPRESSION=none      sink.kafka.compression of every outboxd Kafka consumer (none, gzip,
  *                               snappy, lz4, zstd); the drain table then shows the MiB the broker stores
  *   BENCH_PROFILE=1             outboxd-discard and outboxd-kafka under node --cpu-prof
@@ -43,7 +43,7 @@ import { type Backlog, type BacklogSpec, createBacklog, dropBacklog, preparePool
 import { BrokerAdmin } from './lib/brokers.js';
 import { type BenchContext, CONSUMERS, type ConsumerName, type ConsumerResult, onKafka, runConsumer } from './lib/consumers.js';
 import { note } from './lib/log.js';
-import { MAIN, RESULTS_DIR, ROOT, shippedNodeFlags } from './lib/paths.js';
+import { MAIN, RESULTS_DIR, ROOT } from './lib/paths.js';
 import { connect } from './lib/pg.js';
 import { summarizeProfiles } from './lib/profile.js';
 import { type Services, startServices } from './lib/services.js';
@@ -179,9 +179,7 @@ const config = {
   pipeline: process.env.BENCH_PIPELINE ?? '',
   outboxdNodeOptions: process.env.BENCH_OUTBOXD_NODE_OPTIONS ?? '',
   outboxdNodeFlags:
-    process.env.BENCH_OUTBOXD_NODE_FLAGS === undefined
-      ? shippedNodeFlags()
-      : process.env.BENCH_OUTBOXD_NODE_FLAGS.split(/\s+/).filter(Boolean),
+    process.env.BENCH_OUTBOXD_NODE_FLAGS === undefined ? null : process.env.BENCH_OUTBOXD_NODE_FLAGS.split(/\s+/).filter(Boolean),
   profile: process.env.BENCH_PROFILE === '1',
   profileConsumers: envList<ConsumerName>('BENCH_PROFILE_CONSUMERS', CONSUMERS, ['outboxd-discard', 'outboxd-kafka']),
   recvlogical: join(process.env.BENCH_PG_BINDIR ?? '/usr/lib/postgresql/15/bin', 'pg_recvlogical'),
@@ -223,7 +221,7 @@ async function main(): Promise<number> {
   const profileDir = config.profile ? join(RESULTS_DIR, `${stamp}-profiles`) : null;
   if (profileDir) mkdirSync(profileDir, { recursive: true });
   note(
-    `outboxd bench${smoke ? ' (smoke)' : ''}: scenarios ${config.scenarios.join(', ')}; ${config.runs} run(s); outboxd node flags: ${config.outboxdNodeFlags.join(' ') || "none (V8's defaults)"}`,
+    `outboxd bench${smoke ? ' (smoke)' : ''}: scenarios ${config.scenarios.join(', ')}; ${config.runs} run(s); outboxd node flags: ${config.outboxdNodeFlags === null ? 'its own (src/runtime.ts)' : config.outboxdNodeFlags.join(' ') || "none (V8's defaults)"}`,
   );
 
   const services: Services = await startServices({ kafka: needKafka, rabbitmq: needRabbit });

@@ -1,7 +1,13 @@
 #!/usr/bin/env node
-import { cli } from './cli.js';
-import { oneLine } from './errors.js';
-import { routeWarnings } from './observability/warnings.js';
+import { bringOwnRuntime } from './runtime.js';
+
+// First, before the rest of outboxd is loaded: node started again with outboxd's V8 flags and
+// malloc setting when they are missing (runtime.ts). The process is replaced in place.
+bringOwnRuntime();
+
+const { cli } = await import('./cli.js');
+const { oneLine } = await import('./errors.js');
+const { routeWarnings } = await import('./observability/warnings.js');
 
 // A crash outside the relay's own handling still ends in one redacted line and exit code 1,
 // never in Node's default report (which prints the error, its stack and any secret it holds).

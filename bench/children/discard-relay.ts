@@ -10,6 +10,7 @@ import { pathToFileURL } from 'node:url';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';
 import { DIST } from '../lib/paths.js';
 
+type RuntimeModule = typeof import('../../src/runtime.js');
 type AppModule = typeof import('../../src/app.js');
 type LoadModule = typeof import('../../src/config/load.js');
 type LoggerModule = typeof import('../../src/observability/logger.js');
@@ -40,6 +41,8 @@ if (!file) {
   process.stderr.write('usage: discard-relay CONFIG.yaml\n');
   process.exit(2);
 }
+// As main.ts does: outboxd's own runtime, before the relay is loaded (unless the bench gave flags).
+(await load<RuntimeModule>('runtime.js')).bringOwnRuntime();
 const [{ Relay }, { loadConfigFile }, { createLogger }] = await Promise.all([
   load<AppModule>('app.js'),
   load<LoadModule>('config/load.js'),

@@ -8,6 +8,7 @@ import type { Backlog } from './backlog.js';
 import type { BrokerAdmin } from './brokers.js';
 import { type Child, startChild, stopChild } from './child.js';
 import { note, sleep } from './log.js';
+import { RUNTIME_ENV, RUNTIME_FLAGS } from '../../src/runtime.js';
 import { MAIN, benchFile } from './paths.js';
 import { type Lsn, copySlot, dropSlot, formatLsn, slotState } from './pg.js';
 import { cpuOf, cpuSeconds, hostCpu, memory } from './procfs.js';
@@ -49,17 +50,27 @@ export interface BenchContext {
   profileConsumers: ReadonlySet<ConsumerName>;
   /** NODE_OPTIONS for every outboxd process (BENCH_OUTBOXD_NODE_OPTIONS), or ''. */
   outboxdNodeOptions: string;
-  /** node flags of every outboxd process: the Dockerfile ENTRYPOINT's, or BENCH_OUTBOXD_NODE_FLAGS. */
-  outboxdNodeFlags: readonly string[];
+  /**
+   * node flags of every outboxd process (BENCH_OUTBOXD_NODE_FLAGS), run with exactly those; or
+   * null: started as `node dist/main.js`, outboxd brings its own (src/runtime.ts).
+   */
+  outboxdNodeFlags: readonly string[] | null;
   /** dist/main.js of BENCH_BASELINE_REF, built for the outboxd-kafka-baseline consumer; or null. */
   baselineMain: string | null;
   /** sink.kafka.compression of every outboxd Kafka consumer (--compression, BENCH_COMPRESSION). */
   compression: string;
 }
 
-/** The environment of an outboxd child. */
-export function outboxdEnv(ctx: BenchContext): NodeJS.ProcessEnv {
-  return ctx.outboxdNodeOptions ? { ...process.env, NODE_OPTIONS: ctx.outboxdNodeOptions } : process.env;
+/**
+ * The environment of an outboxd child. Flags given: exactly those (OUTBOXD_RUNTIME=inherit). None
+ * given: outboxd's own runtime, which a baseline built before it existed gets from here.
+ */
+export function outboxdEnv(ctx: BenchContext, baseline = false): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  if (ctx.outboxdNodeOptions) env.NODE_OPTIONS = ctx.outboxdNodeOptions;
+  if (ctx.outboxdNodeFlags !== null) env.OUTBOXD_RUNTIME = 'inherit';
+  else if (baseline) Object.assign(env, RUNTIME_ENV, { OUTBOXD_RUNTIME: 'inherit' });
+  return env;
 }
 
 export interface ConsumerResult {
@@ -521,10 +532,11 @@ export async function scrape(port: number): Promise<string> {
   return res.text();
 }
 
-/** Node flags for an outboxd child: --cpu-prof when profiling that consumer. */
-export function nodeArgs(ctx: BenchContext, consumer: ConsumerName | null, name: string): string[] {
-  if (!ctx.profileDir || consumer === null || !ctx.profileConsumers.has(consumer)) return [...ctx.outboxdNodeFlags];
-  return [...ctx.outboxdNodeFlags, '--cpu-prof', `--cpu-prof-dir=${ctx.profileDir}`, `--cpu-prof-name=${name}.cpuprofile`];
+/** Node flags for an outboxd child (a baseline's: outboxd's own runtime), --cpu-prof when profiling that consumer. */
+export function nodeArgs(ctx: BenchContext, consumer: ConsumerName | null, name: string, baseline = false): string[] {
+  const flags = ctx.outboxdNodeFlags ?? (baseline ? RUNTIME_FLAGS : []);
+  if (!ctx.profileDir || consumer === null || !ctx.profileConsumers.has(consumer)) return [...flags];
+  return [...flags, '--cpu-prof', `--cpu-prof-dir=${ctx.profileDir}`, `--cpu-prof-name=${name}.cpuprofile`];
 }
 
 async function runOutboxd(
@@ -560,7 +572,8 @@ async function runOutboxd(
     const entry = consumer === 'outboxd-discard' ? [benchFile('children/discard-relay.js'), cfg] : [main, 'run', '-c', cfg];
     const pids = brokerPidsFor(ctx, consumer);
     const before = counters(pids);
-    child = startChild(process.execPath, [...nodeArgs(ctx, consumer, name), ...entry], outboxdEnv(ctx));
+    const baseline = consumer === 'outboxd-kafka-baseline';
+    child = startChild(process.execPath, [...nodeArgs(ctx, consumer, name, baseline), ...entry], outboxdEnv(ctx, baseline));
     const w = await watchDrain(
       ctx.db,
       slot,

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -27,25 +27,4 @@ export const CHARTS_DIR = join(ROOT, 'bench', 'charts');
 /** A compiled bench entry point, e.g. child('children/discard-relay.js'). */
 export function benchFile(rel: string): string {
   return join(BENCH_BUILD, rel);
-}
-
-/**
- * The node flags the container image runs outboxd with: those between `node` and the script in
- * the Dockerfile's ENTRYPOINT. The bench runs outboxd the way it ships.
- */
-export function shippedNodeFlags(): string[] {
-  const line = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')
-    .split('\n')
-    .filter((l) => l.startsWith('ENTRYPOINT '))
-    .pop();
-  if (!line) throw new Error('Dockerfile: no ENTRYPOINT');
-  const argv = JSON.parse(line.slice('ENTRYPOINT '.length)) as string[];
-  const node = argv.indexOf('node');
-  if (node < 0) throw new Error(`Dockerfile: ENTRYPOINT does not run node: ${line}`);
-  const flags: string[] = [];
-  for (const a of argv.slice(node + 1)) {
-    if (!a.startsWith('--')) break;
-    flags.push(a);
-  }
-  return flags;
 }

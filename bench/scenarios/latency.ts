@@ -173,7 +173,8 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
     writeFileSync(cfg, relayYaml({ dbUrl: ctx.services.dbUrl, slot, publication, table, port, sinkYaml, pipelineYaml: ctx.pipelineYaml }));
     const main = sink === 'kafka-baseline' ? ctx.baselineMain : MAIN;
     if (main === null) throw new Error('latency kafka-baseline needs BENCH_BASELINE_REF');
-    relay = startChild(process.execPath, [...nodeArgs(ctx, null, 'latency'), main, 'run', '-c', cfg], outboxdEnv(ctx));
+    const baseline = sink === 'kafka-baseline';
+    relay = startChild(process.execPath, [...nodeArgs(ctx, null, 'latency', baseline), main, 'run', '-c', cfg], outboxdEnv(ctx, baseline));
     await waitReady(port, relay);
 
     for (let i = 0; i < WRITERS; i++) writers.push(await connect(ctx.services.dbUrl));

@@ -1,0 +1,77 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { RUNTIME_FLAGS, runtimePlan } from '../../src/runtime.js';
+
+const ROOT = join(import.meta.dirname, '../..');
+
+describe('outboxd brings its own runtime (src/runtime.ts)', () => {
+  it('adds every flag and variable that is missing', () => {
+    expect(runtimePlan([], {})).toEqual({ flags: [...RUNTIME_FLAGS], env: { MALLOC_ARENA_MAX: '2' } });
+  });
+
+  it("leaves what the operator set: a flag on node's command line or in NODE_OPTIONS, a variable", () => {
+    expect(runtimePlan(['--max-semi-space-size=32'], {})?.flags).toEqual(['--heap-growing-percent=100']);
+    expect(runtimePlan(['--max_semi_space_size=32', '--heap-growing-percent=50'], {})?.flags).toEqual([]);
+    expect(runtimePlan([], { NODE_OPTIONS: '--max-semi-space-size=4 --enable-source-maps' })?.flags).toEqual([
+      '--heap-growing-percent=100',
+    ]);
+    expect(runtimePlan([...RUNTIME_FLAGS], { MALLOC_ARENA_MAX: '8' })).toBeNull();
+    expect(runtimePlan([...RUNTIME_FLAGS], {})).toEqual({ flags: [], env: { MALLOC_ARENA_MAX: '2' } });
+  });
+
+  it('runs as started with OUTBOXD_RUNTIME=inherit, and never twice', () => {
+    expect(runtimePlan([], { OUTBOXD_RUNTIME: 'inherit' })).toBeNull();
+    expect(runtimePlan([], { OUTBOXD_RUNTIME: 'applied' })).toBeNull();
+  });
+
+  it('a script started with plain `node` runs again with them, in the same pid, with its arguments', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'outboxd-runtime-'));
+    try {
+      // Node 24 loads runtime.ts as it is (type stripping), as dist/main.js loads runtime.js.
+      const probe = join(dir, 'probe.mjs');
+      writeFileSync(
+        probe,
+        `import { bringOwnRuntime } from ${JSON.stringify(pathToFileURL(join(ROOT, 'src/runtime.ts')).href)};
+bringOwnRuntime();
+const v8 = await import('node:v8');
+// Short-lived garbage, so the young generation grows to what the flags allow.
+const keep = [];
+for (let i = 0; i < 3e6; i++) { const o = { i, s: 'x' + i }; if (i % 1000 === 0) keep[i % 7] = o; }
+const young = v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space');
+console.log(JSON.stringify({ pid: process.pid, execArgv: process.execArgv, args: process.argv.slice(2),
+  arena: process.env.MALLOC_ARENA_MAX ?? null, marker: process.env.OUTBOXD_RUNTIME ?? null, young: young.space_size }));
+`,
+      );
+      const env = { ...process.env };
+      delete env.MALLOC_ARENA_MAX;
+      delete env.OUTBOXD_RUNTIME;
+      delete env.NODE_OPTIONS;
+      const run = (more: NodeJS.ProcessEnv) => {
+        const r = spawnSync(process.execPath, ['--no-warnings', probe, 'run', '-c', 'x y.yaml'], {
+          encoding: 'utf8',
+          env: { ...env, ...more },
+        });
+        expect(r.status, r.stderr).toBe(0);
+        return { pid: r.pid, seen: JSON.parse(r.stdout) as Record<string, unknown> & { execArgv: string[]; young: number } };
+      };
+      const own = run({});
+      expect(own.seen.pid).toBe(own.pid);
+      expect(own.seen.execArgv).toEqual([...RUNTIME_FLAGS, '--no-warnings']);
+      expect(own.seen.args).toEqual(['run', '-c', 'x y.yaml']);
+      expect(own.seen.arena).toBe('2');
+      expect(own.seen.marker, 'the marker is not passed on').toBeNull();
+      // Inherited: V8's defaults, whose young generation grows far larger than 2 × 8 MiB.
+      const inherited = run({ OUTBOXD_RUNTIME: 'inherit' });
+      expect(inherited.seen.execArgv).toEqual(['--no-warnings']);
+      expect(inherited.seen.arena).toBeNull();
+      expect(own.seen.young).toBeLessThanOrEqual(16 * 2 ** 20);
+      expect(inherited.seen.young).toBeGreaterThan(16 * 2 ** 20);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
