@@ -14,7 +14,9 @@
  *   BENCH_LATENCY_SINKS=kafka,kafka-eos,rabbitmq   (and kafka-baseline with BENCH_BASELINE_REF)
  *   BENCH_SHAPE_ROWS=100:500000,1024:300000,10240:60000   rows per cell, by payload bytes
  *   BENCH_SHAPE_RUNS=1
- *   BENCH_SCENARIOS=drain,small-tx,memory,shape,latency
+ *   BENCH_SOAK_RATE=2000, BENCH_SOAK_SECONDS=3600, BENCH_SOAK_WARMUP_SECONDS=300   soak (asked for
+ *                               by name: --scenario soak; 20 s in the smoke run)
+ *   BENCH_SCENARIOS=drain,small-tx,memory,shape,latency   (and soak)
  *   BENCH_CONSUMERS=…           subset of pg_recvlogical,outboxd-discard,outboxd-stdout,
  *                               outboxd-kafka,outboxd-kafka-eos,outboxd-kafka-main (no worker
  *                               threads),outboxd-kafka-w1..w3 (1 to 3 workers),outboxd-kafka-baseline,
@@ -52,6 +54,7 @@ import {
   type ScenarioSummary,
   type ShapeCell,
   latencyTable,
+  soakTable,
   memorySummary,
   memoryTable,
   scenarioTable,
@@ -63,8 +66,9 @@ import {
 } from './lib/summary.js';
 import { shapeSvg } from './lib/svg.js';
 import { LATENCY_SINKS, type LatencyResult, type LatencySink, runLatency } from './scenarios/latency.js';
+import { type SoakResult, runSoak } from './scenarios/soak.js';
 
-const SCENARIOS = ['drain', 'small-tx', 'memory', 'shape', 'latency'] as const;
+const SCENARIOS = ['drain', 'small-tx', 'memory', 'shape', 'latency', 'soak'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 const smoke = process.argv.includes('--smoke');
@@ -157,6 +161,9 @@ const config = {
   memoryRows: envInt('BENCH_MEMORY_ROWS', 100_000, 1_000),
   latencyRate: envInt('BENCH_LATENCY_RATE', 2_000, 2_000),
   latencySeconds: envInt('BENCH_LATENCY_SECONDS', 60, 5),
+  soakRate: envInt('BENCH_SOAK_RATE', 2_000, 2_000),
+  soakSeconds: envInt('BENCH_SOAK_SECONDS', 3_600, 20),
+  soakWarmupSeconds: envInt('BENCH_SOAK_WARMUP_SECONDS', 300, 5),
   latencySinks: envList<LatencySink>(
     'BENCH_LATENCY_SINKS',
     LATENCY_SINKS,
@@ -166,7 +173,8 @@ const config = {
   shapeRows: Object.fromEntries(shapeRows()),
   shapeRowsPerTxn: [1, 10, 100, 1000],
   kafkaPartitions: envInt('BENCH_KAFKA_PARTITIONS', 3, 3),
-  scenarios: envList<Scenario>('BENCH_SCENARIOS', SCENARIOS),
+  // The soak takes an hour: asked for by name, except in the smoke run (20 s).
+  scenarios: envList<Scenario>('BENCH_SCENARIOS', SCENARIOS, smoke ? SCENARIOS : SCENARIOS.filter((s) => s !== 'soak')),
   consumers: envList<ConsumerName>(
     'BENCH_CONSUMERS',
     CONSUMERS,
@@ -213,7 +221,7 @@ async function main(): Promise<number> {
     ...(has('shape') ? config.shapeConsumers : []),
     ...(has('memory') ? config.memoryConsumers : []),
   ]);
-  const needKafka = has('latency') || [...allConsumers].some(onKafka);
+  const needKafka = has('latency') || has('soak') || [...allConsumers].some(onKafka);
   const needRabbit = has('latency') || [...allConsumers].some((c) => c.includes('rabbit') || c.includes('amqp'));
   const startedAt = new Date();
   const stamp = startedAt.toISOString().replace(/[:.]/g, '-');
@@ -235,6 +243,7 @@ async function main(): Promise<number> {
     memory?: MemorySummary[];
     latency?: LatencyResult[];
     shape?: ShapeCell[];
+    soak?: SoakResult;
   } = {};
   const tables: string[] = [];
   const t0 = performance.now();
@@ -320,6 +329,10 @@ async function main(): Promise<number> {
       }
       tables.push(latencyTable(sums.latency));
     }
+    if (has('soak')) {
+      sums.soak = await runSoak(ctx, config.soakRate, config.soakSeconds, config.soakWarmupSeconds);
+      tables.push(soakTable(sums.soak));
+    }
   } finally {
     await brokers.close();
     await db.end().catch(() => undefined);
@@ -348,6 +361,7 @@ async function main(): Promise<number> {
       memory: sums.memory,
       shape: sums.shape,
       latency: sums.latency,
+      soak: sums.soak,
       ...output,
     },
     results,
@@ -373,9 +387,11 @@ async function main(): Promise<number> {
     .flat()
     .filter((r) => !r.ok);
   const latencyFailures = (sums.latency ?? []).filter((l) => !l.ok);
-  if (failures.length > 0 || latencyFailures.length > 0) {
+  const soakFailed = sums.soak !== undefined && !sums.soak.ok;
+  if (failures.length > 0 || latencyFailures.length > 0 || soakFailed) {
     for (const f of failures) process.stderr.write(`FAILED ${f.backlog} ${f.consumer} run ${f.run}: ${f.error?.split('\n')[0]}\n`);
     for (const l of latencyFailures) process.stderr.write(`FAILED latency ${l.sink}: ${l.error?.split('\n')[0]}\n`);
+    if (soakFailed) process.stderr.write(`FAILED soak: ${sums.soak?.error?.split('\n')[0]}\n`);
     return 1;
   }
   if (smoke) process.stdout.write('smoke: every consumer drained every backlog\n');

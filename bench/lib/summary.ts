@@ -1,3 +1,4 @@
+import type { SoakResult } from '../scenarios/soak.js';
 import type { Backlog } from './backlog.js';
 import type { ConsumerName, ConsumerResult } from './consumers.js';
 import { max, median, min } from './stats.js';
@@ -461,6 +462,27 @@ export function latencyTable(ls: readonly LatencyResult[]): string {
         f2(l.relayCpuSeconds),
         f1(l.relayPeakRssMiB),
       ]),
+    ),
+  ].join('\n');
+}
+
+export function soakTable(s: SoakResult): string {
+  return [
+    `== soak: one-row transactions into Kafka at ${s.targetRate}/s for ${(s.seconds / 60).toFixed(1)} min; RSS after a ${s.warmupSeconds} s warm-up (target: grows < 5 MB)`,
+    table(
+      ['ok', 'achieved', 'RSS after warm-up MiB', 'RSS at end MiB', 'growth MiB', 'slope MiB/min', 'peak MiB', 'relay cpu s'],
+      [
+        [
+          s.ok ? 'yes' : 'NO',
+          int(s.achievedRate),
+          f1(s.rssAfterWarmupMiB),
+          f1(s.rssEndMiB),
+          s.growthMiB === null ? '–' : s.growthMiB.toFixed(2),
+          s.slopeMiBPerMinute === null ? '–' : s.slopeMiBPerMinute.toFixed(3),
+          f1(s.peakMiB),
+          f2(s.relayCpuSeconds),
+        ],
+      ],
     ),
   ].join('\n');
 }

@@ -267,7 +267,8 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
   return result;
 }
 
-async function waitReady(port: number, relay: Child): Promise<void> {
+/** Resolves once the relay answers /readyz 200; rejects if it exits or 60 s pass. */
+export async function waitReady(port: number, relay: Child): Promise<void> {
   const deadline = performance.now() + 60_000;
   for (;;) {
     if (relay.exitedAt !== null) throw new Error(`outboxd exited (${relay.exitCode}) before ready\n${relay.stderrTail().slice(-2000)}`);
