@@ -16,8 +16,8 @@
  *   as started: the settings save memory, they are not needed for correctness.
  */
 
-/** The V8 flags: an 8 MiB semi-space, and an old generation that grows to twice its live size before the next mark-compact. */
-export const RUNTIME_FLAGS: readonly string[] = ['--max-semi-space-size=8', '--heap-growing-percent=100'];
+/** The V8 flags: a 4 MiB semi-space, and an old generation that grows to twice its live size before the next mark-compact. */
+export const RUNTIME_FLAGS: readonly string[] = ['--max-semi-space-size=4', '--heap-growing-percent=100'];
 
 /** The environment: malloc's arenas bounded (one per thread by default, each holding freed memory). */
 export const RUNTIME_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '2' };
