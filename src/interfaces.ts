@@ -136,6 +136,13 @@ export interface Sink {
   /** Messages `check` passed. A broker may still refuse one (listed in `poisoned`). */
   publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome>;
   /**
+   * A sink whose every publish has a fixed cost, whatever its size (a Kafka transaction: its
+   * coordinator's round trips, its markers on every partition): the most one publish may take
+   * when more than a batch is queued. A batch is still due by the pipeline's own bounds
+   * (`batchMaxMessages`, `batchMaxBytes`, `linger`), so this never adds latency.
+   */
+  readonly batchLimits?: { readonly batchMaxMessages: number; readonly batchMaxBytes: number };
+  /**
    * Publishes one message to the dead-letter destination with the error in its headers.
    * Resolves once the broker confirmed it.
    */

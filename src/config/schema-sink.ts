@@ -8,6 +8,7 @@ import {
   bool,
   defaulted,
   duration,
+  int,
   maybe,
   oneOf,
   optSecret,
@@ -91,6 +92,12 @@ export const sink = defaulted(
               'exactly-once: the producer transactional.id (default outboxd-<slot>); a second relay with it fences the first.',
             ),
             transactionTimeout: duration('60s', 'exactly-once: the broker aborts a transaction left open this long.', { min: 1000 }),
+            transactionMaxMessages: int(
+              10_000,
+              'exactly-once: the most messages in one transaction. While the relay is busy a transaction takes every batch that is queued, up to this and to transactionMaxBytes; each transaction costs the broker a fixed amount, so fewer, larger ones cost it less per event.',
+              { min: 1, max: 1_000_000 },
+            ),
+            transactionMaxBytes: size('32MiB', 'exactly-once: the most bytes in one transaction (see transactionMaxMessages).', { min: 1024 }),
             workers: T.Optional(
               T.Integer({
                 description:

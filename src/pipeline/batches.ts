@@ -9,6 +9,9 @@ export type Item =
 
 export type MessageItem = Extract<Item, { kind: 'message' }>;
 
+/** How much one batch may take: the pipeline's bounds, or a sink's larger ones (Sink.batchLimits). */
+export type BatchTake = Pick<PipelineConfig, 'batchMaxMessages' | 'batchMaxBytes'>;
+
 /**
  * The items waiting to be published, in commit order, cut into batches: up to
  * `batchMaxMessages` and `batchMaxBytes`, due when full or when the oldest item has waited
@@ -36,8 +39,12 @@ export class Batches {
     else if (!busy) this.lingerFor(this.cfg.lingerMs);
   }
 
-  /** The next batch, or null if none is due yet. `now`: take what is queued without lingering. */
-  next(now: boolean): Item[] | null {
+  /**
+   * The next batch, or null if none is due yet. `now`: take what is queued without lingering.
+   * `take`: the most one batch may hold, when more than one batch is queued (a Kafka
+   * transaction: docs/adr/0009); a batch is due by the pipeline's own bounds either way.
+   */
+  next(now: boolean, take: BatchTake = this.cfg): Item[] | null {
     const queued = this.queue.length - this.head;
     if (queued === 0) return null;
     const waited = performance.now() - this.firstAt;
@@ -47,11 +54,11 @@ export class Batches {
     }
     const batch: Item[] = [];
     let bytes = 0;
-    while (this.head < this.queue.length && batch.length < this.cfg.batchMaxMessages) {
+    while (this.head < this.queue.length && batch.length < take.batchMaxMessages) {
       const item = this.queue[this.head] as Item;
       if (item.kind === 'poison' && batch.length > 0) break;
       const size = item.kind === 'message' ? item.message.sizeBytes : item.sizeBytes;
-      if (batch.length > 0 && bytes + size > this.cfg.batchMaxBytes) break;
+      if (batch.length > 0 && bytes + size > take.batchMaxBytes) break;
       batch.push(item);
       bytes += size;
       this.head++;

@@ -7,7 +7,7 @@ import type { Txn, Watermark } from '../positions/watermark.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { MessageTracer } from '../observability/tracer.js';
-import { Batches, type Item, type MessageItem } from './batches.js';
+import { type BatchTake, Batches, type Item, type MessageItem } from './batches.js';
 import { disposePoison } from './poison.js';
 import { Publisher } from './publisher.js';
 
@@ -57,6 +57,8 @@ export interface PipelineParts {
  */
 export class Pipeline {
   private readonly batches: Batches;
+  /** How much one publish may take (Sink.batchLimits). */
+  private readonly take: BatchTake;
   private readonly publisher: Publisher;
   private inFlightCount = 0;
   private inFlightByteCount = 0;
@@ -97,6 +99,10 @@ export class Pipeline {
     this.label = parts.label ?? ((d) => d);
     this.tracer = parts.tracer ?? null;
     this.batches = new Batches(cfg, () => this.kick());
+    const limits = sink.batchLimits;
+    this.take = limits
+      ? { batchMaxMessages: Math.max(cfg.batchMaxMessages, limits.batchMaxMessages), batchMaxBytes: Math.max(cfg.batchMaxBytes, limits.batchMaxBytes) }
+      : cfg;
     this.publisher = new Publisher(sink, cfg.retry, parts.stallTimeoutMs, events, metrics, log, this.stopSignal.signal);
     this.stopped = new Promise((resolve) => {
       this.markStopped = resolve;
@@ -229,7 +235,7 @@ export class Pipeline {
   private async run(): Promise<void> {
     while (!this.stopping && !this.halted && !this.failed) {
       // Take what is queued at once when someone waits for the drain, or when stopping.
-      const batch = this.batches.next(this.idleWaiters.length > 0 || this.stopping);
+      const batch = this.batches.next(this.idleWaiters.length > 0 || this.stopping, this.take);
       if (batch === null) {
         await new Promise<void>((resolve) => {
           this.wake = resolve;

@@ -13,6 +13,8 @@ import { Watermark } from '../../src/positions/watermark.js';
 /** Records what is published and dead-lettered; confirms at once unless told to fail, refuse or wait. */
 export class FakeSink implements Sink {
   readonly type = 'stdout' as const;
+  /** Sink.batchLimits, when a test sets it before the pipeline is built. */
+  readonly batchLimits?: Sink['batchLimits'];
   /** Every message published, in order. */
   published: OutboxMessage[] = [];
   /** The ids of each batch published. */

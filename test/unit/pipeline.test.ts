@@ -15,8 +15,9 @@ const cfg: PipelineConfig = {
   retry: { initialMs: 1, maxMs: 2 },
 };
 
-function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}) {
+function setup(policy: PoisonPolicy = 'halt', over: Partial<PipelineConfig> = {}, limits?: FakeSink['batchLimits']) {
   const sink = new FakeSink();
+  if (limits) Object.assign(sink, { batchLimits: limits });
   const { pipeline, watermark, events } = startPipeline(sink, {
     cfg: { ...cfg, ...over },
     policy,
@@ -63,6 +64,29 @@ describe('Pipeline', () => {
     expect(Math.max(...sink.batches.map((b) => b.length))).toBeLessThanOrEqual(4);
     expect(watermark.lsn).toBe(350n);
     expect(events.advanced.at(-1)).toBe(350n);
+    await pipeline.stop();
+  });
+
+  it("a sink with batchLimits takes every queued batch up to them, and never waits for more than the pipeline's own bounds", async () => {
+    const { sink, pipeline, txn } = setup('halt', { maxInFlightMessages: 20, batchMaxMessages: 4 }, { batchMaxMessages: 9, batchMaxBytes: 1_000_000 });
+    let open!: () => void;
+    sink.gate = new Promise((r) => {
+      open = r;
+    });
+    // The first batch goes alone (nothing queued behind it yet); while it waits, 13 more queue.
+    txn('a1', 'a2', 'a3', 'a4');
+    await until('the first batch at the sink', async () => sink.publishing > 0, 1_000, 1);
+    txn('b1', 'b2', 'b3', 'b4', 'b5', 'b6', 'b7', 'b8', 'b9', 'b10', 'b11', 'b12', 'b13');
+    open();
+    sink.gate = null;
+    expect(await pipeline.drain(1000)).toBe(true);
+    // Nine in one publish (more than batchMaxMessages, at most the sink's limit), then the rest.
+    expect(sink.batches.map((b) => b.length)).toEqual([4, 9, 4]);
+    expect(sink.batches.flat()).toEqual(['a1', 'a2', 'a3', 'a4', ...Array.from({ length: 13 }, (_, i) => `b${i + 1}`)]);
+    // A lone message is due after linger, as without limits: nothing waits to fill a transaction.
+    txn('c1');
+    expect(await pipeline.drain(1000)).toBe(true);
+    expect(sink.batches.at(-1)).toEqual(['c1']);
     await pipeline.stop();
   });
 

@@ -52,6 +52,8 @@ export class KafkaExactlyOnceSink implements Sink {
   private readonly topics: client.TopicCheck;
   /** The replication session this sink publishes for, from its readCheckpoint on. */
   private session: SinkSession | null = null;
+  /** A transaction takes every batch that is queued, up to these (fewer transactions: less broker work per event). */
+  readonly batchLimits: { readonly batchMaxMessages: number; readonly batchMaxBytes: number };
 
   constructor(
     private readonly cfg: KafkaSinkConfig,
@@ -65,6 +67,7 @@ export class KafkaExactlyOnceSink implements Sink {
     this.kafka = client.createKafka(cfg, log);
     this.topics = new client.TopicCheck(this.kafka, cfg);
     this.transactionalId = cfg.transactionalId;
+    this.batchLimits = { batchMaxMessages: cfg.transactionMaxMessages, batchMaxBytes: cfg.transactionMaxBytes };
     this.id = new TransactionalId(cfg.transactionalId, cfg.transactionTimeoutMs, {
       connect: async () => {
         const producer = await client.connectProducer(this.kafka, cfg, onConnection, {
