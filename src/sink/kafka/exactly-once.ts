@@ -25,8 +25,9 @@ const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 export type TransactionEvents = Pick<SinkStatus, 'transaction' | 'fenced'>;
 
 /**
- * Kafka exactly once (docs/adr/0009). Each pipeline batch is one Kafka transaction: its messages
- * and a checkpoint record, the position (commit LSN, index, timeline) of its last event, in the
+ * Kafka exactly once (docs/adr/0009). Each publish is one Kafka transaction (the batch that is
+ * due and, while the relay is busy, those queued behind it: batchLimits): its messages and a
+ * checkpoint record, the position (commit LSN, index, timeline) of its last event, in the
  * compacted checkpoint topic. A read_committed consumer sees a batch whole, with its checkpoint,
  * or not at all; on every start the relay reads the checkpoint and skips every event it proves
  * published (PublishedUpTo), so a crash anywhere (also between the Kafka commit and the slot
