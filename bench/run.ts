@@ -41,7 +41,15 @@ import { cpus, homedir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { type Backlog, type BacklogSpec, createBacklog, dropBacklog, preparePool, prefixOf } from './lib/backlog.js';
 import { BrokerAdmin } from './lib/brokers.js';
-import { type BenchContext, CONSUMERS, type ConsumerName, type ConsumerResult, onKafka, runConsumer } from './lib/consumers.js';
+import {
+  type BenchContext,
+  CONSUMERS,
+  type ConsumerName,
+  type ConsumerResult,
+  onKafka,
+  rabbitLayout,
+  runConsumer,
+} from './lib/consumers.js';
 import { note } from './lib/log.js';
 import { MAIN, RESULTS_DIR, ROOT, shippedNodeFlags } from './lib/paths.js';
 import { connect } from './lib/pg.js';
@@ -199,7 +207,7 @@ async function drainAll(ctx: BenchContext, b: Backlog, consumers: readonly Consu
     const order = consumers.map((_, i) => consumers[(i + run - 1) % consumers.length] as ConsumerName);
     note(`${b.name} run ${run}/${runs}: ${order.join(', ')}`);
     for (const c of order) {
-      const capped = (c === 'outboxd-rabbitmq' || c === 'bare-amqplib') && config.amqpRows < b.rows;
+      const capped = rabbitLayout(c) !== null && config.amqpRows < b.rows;
       results.push(await runConsumer(ctx, b, c, run, capped ? prefixOf(b, config.amqpRows) : undefined));
     }
   }
