@@ -124,7 +124,7 @@ const SHORT: Record<ConsumerName, string> = {
   'bare-amqplib-batch': 'bb',
   'outboxd-rabbitmq-ch4': 'r4',
   'outboxd-rabbitmq-hash4': 'rh',
-  'outboxd-rabbitmq-hash4-ch4': 'rH',
+  'outboxd-rabbitmq-hash4-ch4': 'rx',
   'outboxd-rabbitmq-quorum': 'rq',
 };
 
