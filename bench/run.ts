@@ -5,7 +5,7 @@
  *
  *   BENCH_RUNS=3                runs per consumer for drain, small-tx and memory (headline = median)
  *   BENCH_ROWS=1000000          rows of the reference backlog (drain)
- *   BENCH_AMQP_ROWS=250000      RabbitMQ pairs (outboxd-rabbitmq, bare-amqplib) are timed on the
+ *   BENCH_AMQP_ROWS=250000      RabbitMQ consumers (outboxd-rabbitmq*, bare-amqplib*) are timed on the
  *                               first N rows of a backlog: the broker takes ~9k msgs/s here
  *   BENCH_SMALLTX_ROWS=200000   one-row transactions (small-tx)
  *   BENCH_MEMORY_ROWS=100000    the small backlog compared with the reference one (memory)
@@ -20,7 +20,9 @@
  *   BENCH_CONSUMERS=…           subset of pg_recvlogical,outboxd-discard,outboxd-stdout,
  *                               outboxd-kafka,outboxd-kafka-eos,outboxd-kafka-main (no worker
  *                               threads),outboxd-kafka-w1..w3 (1 to 3 workers),outboxd-kafka-baseline,
- *                               bare-kafkajs,bare-platformatic,outboxd-rabbitmq,bare-amqplib (all by
+ *                               bare-kafkajs,bare-platformatic,outboxd-rabbitmq,bare-amqplib,
+ *                               bare-amqplib-batch, and the RabbitMQ layouts outboxd-rabbitmq-ch4,
+ *                               -hash4, -hash4-ch4, -quorum (docs/benchmarks.md; all by
  *                               default, the baseline only with BENCH_BASELINE_REF; outboxd-kafka
  *                               runs with the default worker count)
  *   BENCH_BASELINE_REF=<commit> also run that commit's outboxd as outboxd-kafka-baseline
@@ -43,7 +45,15 @@ import { cpus, homedir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { type Backlog, type BacklogSpec, createBacklog, dropBacklog, preparePool, prefixOf } from './lib/backlog.js';
 import { BrokerAdmin } from './lib/brokers.js';
-import { type BenchContext, CONSUMERS, type ConsumerName, type ConsumerResult, onKafka, runConsumer } from './lib/consumers.js';
+import {
+  type BenchContext,
+  CONSUMERS,
+  type ConsumerName,
+  type ConsumerResult,
+  onKafka,
+  rabbitLayout,
+  runConsumer,
+} from './lib/consumers.js';
 import { note } from './lib/log.js';
 import { MAIN, RESULTS_DIR, ROOT } from './lib/paths.js';
 import { connect } from './lib/pg.js';
@@ -205,7 +215,7 @@ async function drainAll(ctx: BenchContext, b: Backlog, consumers: readonly Consu
     const order = consumers.map((_, i) => consumers[(i + run - 1) % consumers.length] as ConsumerName);
     note(`${b.name} run ${run}/${runs}: ${order.join(', ')}`);
     for (const c of order) {
-      const capped = (c === 'outboxd-rabbitmq' || c === 'bare-amqplib') && config.amqpRows < b.rows;
+      const capped = rabbitLayout(c) !== null && config.amqpRows < b.rows;
       results.push(await runConsumer(ctx, b, c, run, capped ? prefixOf(b, config.amqpRows) : undefined));
     }
   }

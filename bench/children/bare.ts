@@ -10,7 +10,8 @@
  *   time, each awaited: the same work as the kafkajs pairing, by the other pure-JS client.
  * - amqplib: a ConfirmChannel, persistent + mandatory to a durable topic exchange bound to a
  *   durable queue, at most `batch` unconfirmed messages at a time (a sliding window), waiting
- *   for 'drain' when publish() says the buffer is full.
+ *   for 'drain' when publish() says the buffer is full. With window 'batch' (bare-amqplib-batch)
+ *   it waits for every confirm of a batch of `batch` before the next, as outboxd's pipeline does.
  *
  * Headers carry what outboxd sends (id, type, outboxd.lsn, outboxd.xid; AMQP messageId, type,
  * timestamp, contentType, appId, aggregate headers), so the bytes on the wire match.
@@ -173,7 +174,14 @@ async function rabbit(p: BareParams, rows: Row[]): Promise<number> {
   send({ type: 'start' });
   const t0 = performance.now();
   const c0 = process.cpuUsage();
+  let inBatch = 0;
   for (const m of built) {
+    if (p.window === 'batch' && inBatch === p.batch) {
+      // As a relay must: a batch is confirmed whole before the next one goes.
+      await waitBelow(1);
+      inBatch = 0;
+    }
+    inBatch++;
     if (outstanding >= p.batch) await waitBelow(p.batch);
     if (failure) throw failure;
     outstanding++;

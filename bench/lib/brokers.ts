@@ -77,6 +77,45 @@ export class BrokerAdmin {
     await ch.bindQueue(name, name, '#');
   }
 
+  /**
+   * A RabbitMQ layout under one name: `classic`, a durable topic exchange bound (`#`) to one
+   * classic queue (createQueue); `quorum`, the same with a quorum queue; `hash4`, a durable
+   * x-consistent-hash exchange over four classic queues NAME.0..3, each bound with weight 1.
+   */
+  async createLayout(name: string, layout: RabbitLayout): Promise<void> {
+    const ch = this.channel();
+    if (layout === 'classic') return this.createQueue(name);
+    if (layout === 'quorum') {
+      await ch.assertExchange(name, 'topic', { durable: true });
+      await ch.assertQueue(name, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+      await ch.bindQueue(name, name, '#');
+      return;
+    }
+    await ch.assertExchange(name, 'x-consistent-hash', { durable: true });
+    for (const q of hashQueues(name)) {
+      await ch.assertQueue(q, { durable: true });
+      await ch.bindQueue(q, name, '1');
+    }
+  }
+
+  async layoutCount(name: string, layout: RabbitLayout): Promise<number> {
+    if (layout !== 'hash4') return this.queueCount(name);
+    let n = 0;
+    for (const q of hashQueues(name)) n += await this.queueCount(q);
+    return n;
+  }
+
+  async deleteLayout(name: string, layout: RabbitLayout): Promise<void> {
+    if (layout !== 'hash4') return this.deleteQueue(name);
+    for (const q of hashQueues(name))
+      await this.channel()
+        .deleteQueue(q)
+        .catch(() => undefined);
+    await this.channel()
+      .deleteExchange(name)
+      .catch(() => undefined);
+  }
+
   async queueCount(name: string): Promise<number> {
     return (await this.channel().checkQueue(name)).messageCount;
   }
@@ -87,3 +126,7 @@ export class BrokerAdmin {
     await ch.deleteExchange(name).catch(() => undefined);
   }
 }
+
+export type RabbitLayout = 'classic' | 'quorum' | 'hash4';
+
+const hashQueues = (name: string): string[] => [0, 1, 2, 3].map((i) => `${name}.${i}`);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import type pg from 'pg';
 import { getFreePort } from '../../test/harness/ports.js';
 import type { Backlog } from './backlog.js';
-import type { BrokerAdmin } from './brokers.js';
+import type { BrokerAdmin, RabbitLayout } from './brokers.js';
 import { type Child, startChild, stopChild } from './child.js';
 import { note, sleep } from './log.js';
 import { RUNTIME_ENV, RUNTIME_FLAGS } from '../../src/runtime.js';
@@ -29,6 +29,11 @@ export const CONSUMERS = [
   'bare-platformatic',
   'outboxd-rabbitmq',
   'bare-amqplib',
+  'bare-amqplib-batch',
+  'outboxd-rabbitmq-ch4',
+  'outboxd-rabbitmq-hash4',
+  'outboxd-rabbitmq-hash4-ch4',
+  'outboxd-rabbitmq-quorum',
 ] as const;
 export type ConsumerName = (typeof CONSUMERS)[number];
 
@@ -127,7 +132,35 @@ const SHORT: Record<ConsumerName, string> = {
   'bare-platformatic': 'bp',
   'outboxd-rabbitmq': 'or',
   'bare-amqplib': 'ba',
+  'bare-amqplib-batch': 'bb',
+  'outboxd-rabbitmq-ch4': 'r4',
+  'outboxd-rabbitmq-hash4': 'rh',
+  'outboxd-rabbitmq-hash4-ch4': 'rx',
+  'outboxd-rabbitmq-quorum': 'rq',
 };
+
+/**
+ * How a RabbitMQ consumer's broker side is laid out (BrokerAdmin.createLayout), and how many
+ * channels outboxd publishes over (sink.rabbitmq.channels); null for the other consumers.
+ */
+export function rabbitLayout(consumer: ConsumerName): { layout: RabbitLayout; channels: number } | null {
+  switch (consumer) {
+    case 'outboxd-rabbitmq':
+    case 'bare-amqplib':
+    case 'bare-amqplib-batch':
+      return { layout: 'classic', channels: 1 };
+    case 'outboxd-rabbitmq-ch4':
+      return { layout: 'classic', channels: 4 };
+    case 'outboxd-rabbitmq-hash4':
+      return { layout: 'hash4', channels: 1 };
+    case 'outboxd-rabbitmq-hash4-ch4':
+      return { layout: 'hash4', channels: 4 };
+    case 'outboxd-rabbitmq-quorum':
+      return { layout: 'quorum', channels: 1 };
+    default:
+      return null;
+  }
+}
 
 /** Consumers that pin sink.kafka.workers (outboxd-kafka runs with the default). */
 const WORKERS: Partial<Record<ConsumerName, number>> = {
@@ -164,6 +197,7 @@ export async function runConsumer(
       case 'bare-kafkajs':
       case 'bare-platformatic':
       case 'bare-amqplib':
+      case 'bare-amqplib-batch':
         return await runBare(ctx, b, s, consumer, run, name);
       default:
         return await runOutboxd(ctx, b, s, consumer, run, name);
@@ -219,7 +253,7 @@ export function onKafka(consumer: ConsumerName): boolean {
 
 function brokerPidsFor(ctx: BenchContext, consumer: ConsumerName): number[] {
   if (onKafka(consumer)) return ctx.services.kafkaPids;
-  if (consumer === 'outboxd-rabbitmq' || consumer === 'bare-amqplib') return ctx.services.rabbitPids;
+  if (rabbitLayout(consumer) !== null) return ctx.services.rabbitPids;
   return [];
 }
 
@@ -468,14 +502,17 @@ async function prepareTarget(ctx: BenchContext, consumer: ConsumerName, name: st
       cleanup: () => ctx.brokers.deleteTopic(topic),
     };
   }
-  if (consumer === 'outboxd-rabbitmq' || consumer === 'bare-amqplib') {
-    await ctx.brokers.createQueue(queue);
+  const rabbit = rabbitLayout(consumer);
+  if (rabbit !== null) {
+    await ctx.brokers.createLayout(queue, rabbit.layout);
+    const hash = rabbit.layout === 'hash4' ? '    exchangeType: x-consistent-hash\n' : '';
+    const channels = rabbit.channels === 1 ? '' : `    channels: ${rabbit.channels}\n`;
     return {
       topic,
       queue,
-      yaml: `sink:\n  type: rabbitmq\n  rabbitmq:\n    url: ${ctx.services.amqpUrl}\n    exchange: ${queue}\n    declare: true\n`,
-      count: () => ctx.brokers.queueCount(queue),
-      cleanup: () => ctx.brokers.deleteQueue(queue),
+      yaml: `sink:\n  type: rabbitmq\n  rabbitmq:\n    url: ${ctx.services.amqpUrl}\n    exchange: ${queue}\n${hash}${channels}    declare: true\n`,
+      count: () => ctx.brokers.layoutCount(queue, rabbit.layout),
+      cleanup: () => ctx.brokers.deleteLayout(queue, rabbit.layout),
     };
   }
   return {
@@ -659,6 +696,8 @@ export interface BareParams {
   topic: string;
   amqpUrl: string;
   exchange: string;
+  /** amqplib: 'sliding' keeps `batch` unconfirmed at all times; 'batch' waits for each batch's confirms (as a relay must). */
+  window: 'sliding' | 'batch';
 }
 
 export type BareMessage =
@@ -686,6 +725,7 @@ async function runBare(
     topic: target.topic,
     amqpUrl: ctx.services.amqpUrl ?? '',
     exchange: target.queue,
+    window: consumer === 'bare-amqplib-batch' ? 'batch' : 'sliding',
   };
   const pids = brokerPidsFor(ctx, consumer);
   let child: ChildProcess | null = null;

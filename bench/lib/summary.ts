@@ -84,6 +84,12 @@ export const RATIOS: ReadonlyArray<[ConsumerName, ConsumerName]> = [
   ['outboxd-kafka-w2', 'outboxd-kafka-main'],
   ['outboxd-kafka-w3', 'outboxd-kafka-main'],
   ['outboxd-rabbitmq', 'bare-amqplib'],
+  ['outboxd-rabbitmq', 'bare-amqplib-batch'],
+  ['bare-amqplib-batch', 'bare-amqplib'],
+  ['outboxd-rabbitmq-ch4', 'bare-amqplib'],
+  ['outboxd-rabbitmq-hash4', 'bare-amqplib'],
+  ['outboxd-rabbitmq-hash4-ch4', 'bare-amqplib'],
+  ['outboxd-rabbitmq-quorum', 'bare-amqplib'],
   ['outboxd-kafka', 'pg_recvlogical'],
   ['outboxd-rabbitmq', 'pg_recvlogical'],
 ];
@@ -239,7 +245,14 @@ export function targets(s: {
   ratio(s.drain, 'outboxd-discard / pg_recvlogical', 'drain, discarding sink vs pg_recvlogical', 1.25);
   ratio(s.smallTx, 'outboxd-discard / pg_recvlogical', 'small-tx, discarding sink vs pg_recvlogical', 1.5);
   ratio(s.drain, 'outboxd-kafka / bare-kafkajs', 'drain to Kafka vs bare kafkajs', 0.8);
-  ratio(s.drain, 'outboxd-rabbitmq / bare-amqplib', 'drain to RabbitMQ vs bare amqplib', 0.8);
+  ratio(s.drain, 'outboxd-rabbitmq / bare-amqplib', 'drain to RabbitMQ vs bare amqplib', 1);
+  ratio(s.drain, 'outboxd-rabbitmq / bare-amqplib-batch', 'drain to RabbitMQ vs bare amqplib, batch by batch', 1);
+  ratio(
+    s.drain,
+    'outboxd-rabbitmq-hash4-ch4 / bare-amqplib',
+    'drain to RabbitMQ, x-consistent-hash over 4 queues, 4 channels, vs bare amqplib',
+    1,
+  );
   ratio(s.drain, 'outboxd-kafka-eos / outboxd-kafka', 'drain to Kafka, exactly-once vs at-least-once', 0.8);
   ratio(s.drain, 'outboxd-kafka / outboxd-kafka-baseline', 'drain to Kafka vs the baseline commit (BENCH_BASELINE_REF)', 2);
   const eos = s.latency?.find((l) => l.sink === 'kafka-eos')?.insertToReceiptMs;

@@ -149,6 +149,11 @@ export const sink = defaulted(
             ),
             deadLetterExchange: str('outbox.deadletter', 'The exchange for dead letters.'),
             deadLetterRoutingKey: optStr("The routing key for dead letters (default: the message's own, or poison)."),
+            channels: int(
+              1,
+              'Confirm channels on the one connection. A message takes the channel of its shard key (aggregateid), so per-key order holds; a batch is confirmed when every channel confirmed its part. With one queue more channels do not pay; they are for several queues (x-consistent-hash) on a broker with cores to spare.',
+              { min: 1, max: 64 },
+            ),
             confirmTimeout: duration('30s', 'A batch whose publisher confirms do not all arrive by then fails and is retried.', {
               min: 100,
             }),

@@ -1,0 +1,129 @@
+import { EventEmitter } from 'node:events';
+import { describe, expect, it, vi } from 'vitest';
+import type { RabbitMqSinkConfig } from '../../src/config/config.js';
+import type { OutboxMessage } from '../../src/interfaces.js';
+import { SinkError } from '../../src/errors.js';
+
+/**
+ * RabbitMqSink over several channels, against fake amqplib channels whose confirms the test
+ * answers: a key keeps its channel, in batch order; a batch resolves only once every channel
+ * confirmed its part; one channel's nack fails the whole batch.
+ */
+class FakeChannel extends EventEmitter {
+  readonly sent: Array<{ id: string; key: string; confirm: (err: unknown) => void }> = [];
+  publish(
+    _exchange: string,
+    _rk: string,
+    _body: Buffer,
+    props: { messageId: string; headers: { aggregateid: string } },
+    cb: (err: unknown) => void,
+  ) {
+    this.sent.push({ id: props.messageId, key: props.headers.aggregateid, confirm: cb });
+    return true;
+  }
+  confirmAll(err: unknown = null): void {
+    for (const s of this.sent.splice(0)) s.confirm(err);
+  }
+}
+
+const channels: FakeChannel[] = [];
+
+vi.mock('../../src/sink/rabbitmq/connection.js', async (importOriginal) => {
+  const real = await importOriginal<typeof import('../../src/sink/rabbitmq/connection.js')>();
+  return {
+    ...real,
+    checkExchange: async () => undefined,
+    connectAmqp: async () => {
+      const model = new EventEmitter() as EventEmitter & { createConfirmChannel(): Promise<FakeChannel>; close(): Promise<void> };
+      model.createConfirmChannel = async () => {
+        const ch = new FakeChannel();
+        channels.push(ch);
+        return ch;
+      };
+      model.close = async () => undefined;
+      return model;
+    },
+  };
+});
+
+const { RabbitMqSink } = await import('../../src/sink/rabbitmq/sink.js');
+const { laneOf } = await import('../../src/sink/rabbitmq/connection.js');
+
+function sinkWith(n: number) {
+  channels.length = 0;
+  const cfg = { exchange: 'ex', channels: n, confirmTimeoutMs: 5_000, maxMessageBytes: 1 << 20 } as unknown as RabbitMqSinkConfig;
+  const log = { debug() {}, info() {}, warn() {}, error() {} } as never;
+  const status = { connection() {}, blocked() {}, transaction() {}, fenced() {} };
+  return new RabbitMqSink(cfg, false, log, status);
+}
+
+function msg(i: number, key: string): OutboxMessage {
+  return {
+    id: `m${i}`,
+    destination: 'd',
+    key,
+    aggregateType: 'a',
+    type: 'T',
+    payload: 'x',
+    contentType: 'text/plain',
+    headers: { id: `m${i}` },
+    correlationId: null,
+    replyTo: null,
+    txn: { xid: 1, commitTimeMs: 0 } as never,
+    index: i,
+    sizeBytes: 10,
+  };
+}
+
+const batch = Array.from({ length: 600 }, (_, i) => msg(i, `k${i % 37}`));
+
+describe('RabbitMqSink over several channels', () => {
+  it('sends each key over one channel, in batch order', async () => {
+    const sink = sinkWith(4);
+    const done = sink.publish(batch);
+    await vi.waitFor(() => expect(channels.reduce((n, c) => n + c.sent.length, 0)).toBe(600));
+    expect(channels).toHaveLength(4);
+    for (const [lane, ch] of channels.entries()) {
+      expect(ch.sent.length).toBeGreaterThan(0);
+      for (const s of ch.sent) expect(laneOf(s.key, 4)).toBe(lane);
+      const seq = ch.sent.map((s) => Number(s.id.slice(1)));
+      expect(seq).toEqual([...seq].sort((a, b) => a - b));
+    }
+    for (const ch of channels) ch.confirmAll();
+    await expect(done).resolves.toEqual({ poisoned: [] });
+  });
+
+  it('resolves only when every channel confirmed its part', async () => {
+    const sink = sinkWith(4);
+    let settled = false;
+    const done = sink.publish(batch).finally(() => {
+      settled = true;
+    });
+    await vi.waitFor(() => expect(channels.reduce((n, c) => n + c.sent.length, 0)).toBe(600));
+    for (const ch of channels.slice(0, 3)) ch.confirmAll();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(settled).toBe(false);
+    channels[3]?.confirmAll();
+    await done;
+    expect(settled).toBe(true);
+  });
+
+  it("fails the whole batch on one channel's nack", async () => {
+    const sink = sinkWith(4);
+    const done = sink.publish(batch);
+    await vi.waitFor(() => expect(channels.reduce((n, c) => n + c.sent.length, 0)).toBe(600));
+    channels[0]?.confirmAll();
+    channels[1]?.confirmAll(new Error('nack'));
+    channels[2]?.confirmAll();
+    channels[3]?.confirmAll();
+    const err = await done.catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SinkError);
+    expect((err as SinkError).retriable).toBe(true);
+  });
+
+  it('spreads keys over every channel', () => {
+    const hits = new Set(Array.from({ length: 100 }, (_, i) => laneOf(`order-${i}`, 4)));
+    expect(hits).toEqual(new Set([0, 1, 2, 3]));
+    expect(laneOf('anything', 1)).toBe(0);
+  });
+});
