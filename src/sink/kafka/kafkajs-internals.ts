@@ -1,5 +1,5 @@
 /**
- * The one door to kafkajs's internals. kafkajs 2.2.4 (February 2023) is its last release; outboxd
+ * The door to kafkajs's internals. kafkajs 2.2.4 (February 2023) is its last release; outboxd
  * changes it from inside, for speed, with the same bytes and results, and reaches past its public
  * API where that lacks something (docs/adr/0010, 0016):
  * - `groupMessagesPerPartition`, which copies a partition's array once per message (1.3 s per
@@ -8,15 +8,17 @@
  *   request queue's throttle timer is armed only while requests wait (it spun at 1 ms idle);
  * - kafkajs's codec table gets snappy, lz4 and zstd (codecs.ts), for what kafkajs encodes or
  *   decodes itself: messages with a timestamp, and fetched batches (docs/adr/0017);
- * - kafkajs's internal Cluster (a private symbol of `Kafka`) gives metadata without a producer,
- *   and its brokers' raw ListOffsets and Fetch, with its internal `Batch`, give an exact
- *   read_committed read of a partition (exactly-once-checkpoint.ts).
+ * - kafkajs's internal Cluster and brokers give metadata without a producer and exact
+ *   read_committed reads (kafkajs-cluster.ts).
  *
- * No other module loads kafkajs for its values (test/unit/kafkajs-door.test.ts reads every file
- * under src/): they get it from installKafkajs(), which the Kafka sink calls at start (loadSink)
- * and createKafka calls before it builds a client. So the grouper is always in place before
- * kafkajs's producer module loads, whatever imports what first (commit d4c6c78: one static import
- * of kafkajs ahead of the old side-effect import made the Kafka drain 0.81x as fast).
+ * The door is two files: this one, the only module that loads kafkajs (it installs the rest
+ * before kafkajs loads), and kafkajs-cluster.ts, which reaches kafkajs's internals only through
+ * what this one hands it (kafkajsFile()). No other module loads kafkajs for its values
+ * (test/unit/kafkajs-door.test.ts reads every file under src/): they get it from
+ * installKafkajs(), which the Kafka sink calls at start (loadSink) and createKafka calls before
+ * it builds a client. So the grouper is always in place before kafkajs's producer module loads,
+ * whatever imports what first (commit d4c6c78: one static import of kafkajs ahead of the old
+ * side-effect import made the Kafka drain 0.81x as fast).
  *
  * installKafkajs() first checks that kafkajs is the version and shape this module was written
  * for, and stops the relay with one line if not.
@@ -37,8 +39,9 @@ const require = createRequire(import.meta.url);
 const GROUPER_PATH = 'kafkajs/src/producer/groupMessagesPerPartition.js';
 const SEND_MESSAGES = 'kafkajs/src/producer/sendMessages.js';
 const PRODUCE_V3 = 'kafkajs/src/protocol/requests/produce/v3/request.js';
-const BATCH = 'kafkajs/src/consumer/batch.js';
-const CREATE_CLUSTER = 'private:Kafka:createCluster';
+/** kafkajs's fetched-batch decoder and the private symbol of its Cluster factory (kafkajs-cluster.ts). */
+export const BATCH = 'kafkajs/src/consumer/batch.js';
+export const CREATE_CLUSTER = 'private:Kafka:createCluster';
 const REQUEST_QUEUE = 'kafkajs/src/network/requestQueue/index.js';
 
 /** What the version check reads of the installed kafkajs (a parameter, for the tests). */
@@ -221,7 +224,6 @@ interface Installed {
   readonly kafkajs: Kafkajs;
   readonly originalProduce: ProduceFactory;
   readonly grouper: boolean;
-  readonly Batch: BatchClass;
 }
 let state: Installed | null = null;
 
@@ -240,11 +242,10 @@ export function installKafkajs(): Kafkajs {
   if (create === undefined || typeof (probe as unknown as Record<symbol, unknown>)[create] !== 'function') {
     throw unsupported(KAFKAJS_VERSION, `Kafka has no ${CREATE_CLUSTER}`);
   }
-  const Batch = require(BATCH) as BatchClass;
   const originalProduce = installProduceEncoder();
   installCodecs(loaded);
   installQueueTimer();
-  state = { kafkajs: loaded, originalProduce, grouper, Batch };
+  state = { kafkajs: loaded, originalProduce, grouper };
   return loaded;
 }
 
@@ -253,98 +254,8 @@ export function kafkajsInstalled(): { grouper: boolean } | null {
   return state && { grouper: state.grouper };
 }
 
-// --- kafkajs's internal Cluster and brokers ----------------------------------------------------
-
-export interface FetchedRecord {
-  offset: string;
-  key: Buffer | null;
-  value: Buffer | null;
-  isControlRecord?: boolean;
-}
-type BatchClass = new (
-  topic: string,
-  fetchedOffset: string,
-  data: object,
-) => { messages: FetchedRecord[]; messagesWithinOffset: FetchedRecord[] };
-
-/** The parts of a kafkajs (internal) Broker that outboxd uses. */
-export interface KafkaBroker {
-  listOffsets(r: object): Promise<{ responses: Array<{ partitions: Array<{ partition: number; errorCode: number; offset: string }> }> }>;
-  fetch(r: object): Promise<{
-    responses: Array<{ partitions: Array<{ partition: number; errorCode: number; lastStableOffset: string; messages: FetchedRecord[] }> }>;
-  }>;
-}
-
-/** The parts of kafkajs's (internal) Cluster that outboxd uses. */
-export interface KafkaCluster {
-  connect(): Promise<void>;
-  disconnect(): Promise<void>;
-  addTargetTopic(topic: string): Promise<void>;
-  addMultipleTargetTopics(topics: string[]): Promise<void>;
-  findTopicPartitionMetadata(topic: string): Array<{ partitionId: number; leader: number }>;
-  findLeaderForPartitions(topic: string, partitions: number[]): Record<string, number[]>;
-  findBroker(r: { nodeId: string }): Promise<KafkaBroker>;
-}
-
-/**
- * A kafkajs Cluster built as `kafka` builds its own (the same brokers, TLS, SASL and logger), for
- * what kafkajs's public API lacks: metadata without a producer, exact reads of a partition.
- */
-export function internalCluster(kafka: kafkajs.Kafka, opts: { allowAutoTopicCreation: boolean; isolationLevel?: number }): KafkaCluster {
+/** A file of kafkajs, loaded once installKafkajs() ran: for the door's other files (kafkajs-cluster.ts). */
+export function kafkajsFile<T>(path: string): T {
   installKafkajs();
-  const symbol = Object.getOwnPropertySymbols(kafka).find((s) => s.description === CREATE_CLUSTER) as symbol;
-  const create = (kafka as unknown as Record<symbol, (o: object) => KafkaCluster>)[symbol] as (o: object) => KafkaCluster;
-  return create(opts);
-}
-
-/** The offset ListOffsets answers for the latest position of one partition, or undefined. */
-export async function latestOffset(
-  broker: KafkaBroker,
-  topic: string,
-  partition: number,
-  isolationLevel: number,
-): Promise<string | undefined> {
-  const res = await broker.listOffsets({ isolationLevel, topics: [{ topic, partitions: [{ partition, timestamp: -1 }] }] });
-  return res.responses[0]?.partitions[0]?.offset;
-}
-
-/** One read_committed Fetch of one partition, as kafkajs's consumer would read it. */
-export interface CommittedFetch {
-  readonly errorCode: number;
-  readonly lastStableOffset: string;
-  /** Committed data records at or after the offset asked for: no control records, no aborted ones. */
-  readonly records: readonly FetchedRecord[];
-  /** The offset after the last record at or after the offset asked for (control records count), or null if none. */
-  readonly next: string | null;
-}
-
-/** Fetches one partition from `offset`, committed records only, waiting at most `maxWaitMs` for any. */
-export async function fetchCommitted(
-  broker: KafkaBroker,
-  topic: string,
-  partition: number,
-  offset: string,
-  maxWaitMs: number,
-): Promise<CommittedFetch | undefined> {
-  installKafkajs();
-  const Batch = (state as Installed).Batch;
-  const res = await broker.fetch({
-    isolationLevel: 1,
-    maxWaitTime: maxWaitMs,
-    minBytes: 1,
-    maxBytes: 8 << 20,
-    topics: [{ topic, partitions: [{ partition, fetchOffset: offset, maxBytes: 8 << 20 }] }],
-  });
-  const data = res.responses[0]?.partitions[0];
-  if (data === undefined) return undefined;
-  if (data.errorCode !== 0) return { errorCode: data.errorCode, lastStableOffset: data.lastStableOffset, records: [], next: null };
-  const batch = new Batch(topic, offset, data);
-  const within = batch.messagesWithinOffset;
-  const last = within[within.length - 1];
-  return {
-    errorCode: 0,
-    lastStableOffset: data.lastStableOffset,
-    records: batch.messages,
-    next: last === undefined ? null : (BigInt(last.offset) + 1n).toString(),
-  };
+  return require(path) as T;
 }
