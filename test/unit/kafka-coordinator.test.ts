@@ -29,7 +29,12 @@ class FakeCluster implements EosCluster {
   lookups = 0;
   readonly sent: Sent[] = [];
   readonly gone = new Set<string>();
-  readonly fail = new Map<string, Error>();
+  private readonly fail = new Map<string, { err: Error; times: number }>();
+
+  /** The next `times` requests to `node` fail with `err`. */
+  failNext(node: string, err: Error, times = 1): void {
+    this.fail.set(node, { err, times });
+  }
 
   async refreshMetadataIfNecessary(): Promise<void> {}
   async findControllerBroker(): Promise<unknown> {
@@ -48,10 +53,10 @@ class FakeCluster implements EosCluster {
   private broker(node: string): CoordinatorBroker {
     const answer = (request: string) => async () => {
       this.sent.push({ node, request });
-      const err = this.fail.get(node);
-      if (err) {
-        this.fail.delete(node);
-        throw err;
+      const f = this.fail.get(node);
+      if (f) {
+        if (--f.times === 0) this.fail.delete(node);
+        throw f.err;
       }
       return request === 'initProducerId' ? { producerId: 7, producerEpoch: 0 } : {};
     };
@@ -113,9 +118,17 @@ describe('the remembered transaction coordinator', () => {
     expect(nodesOf('endTxn')).toEqual(['1', '1', '1', '1', '1']);
   });
 
-  it('is kept after CONCURRENT_TRANSACTIONS: the coordinator is right, and busy', async () => {
-    cluster.fail.set('1', createErrorFromCode(CONCURRENT_TRANSACTIONS));
+  it('is kept after CONCURRENT_TRANSACTIONS: the coordinator is right, and busy; AddPartitionsToTxn alone is asked again', async () => {
+    cluster.failNext('1', createErrorFromCode(CONCURRENT_TRANSACTIONS), 3);
+    await transaction();
+    expect(nodesOf('addPartitionsToTxn')).toEqual(['1', '1', '1', '1']);
+    expect(cluster.lookups).toBe(1);
+  });
+
+  it("hands CONCURRENT_TRANSACTIONS to kafkajs's own retry after 8 attempts, still remembered", async () => {
+    cluster.failNext('1', createErrorFromCode(CONCURRENT_TRANSACTIONS), 8);
     await expect(transaction()).rejects.toMatchObject({ type: 'CONCURRENT_TRANSACTIONS' });
+    expect(nodesOf('addPartitionsToTxn')).toHaveLength(8);
     await transaction();
     expect(cluster.lookups).toBe(1);
   });
@@ -127,7 +140,7 @@ describe('the remembered transaction coordinator', () => {
   ] as const) {
     it(`is forgotten on ${name}, and the next request goes to the coordinator FindCoordinator names then`, async () => {
       await transaction();
-      cluster.fail.set('1', createErrorFromCode(code));
+      cluster.failNext('1', createErrorFromCode(code));
       cluster.coordinator = '2';
       await expect(transaction()).rejects.toThrow();
       await transaction();
@@ -143,7 +156,7 @@ describe('the remembered transaction coordinator', () => {
       Object.assign(new Error('Request EndTxn timed out'), { name: 'KafkaJSRequestTimeoutError' }),
     ]) {
       const before = cluster.lookups;
-      cluster.fail.set(cluster.coordinator, err);
+      cluster.failNext(cluster.coordinator, err);
       cluster.coordinator = cluster.coordinator === '1' ? '2' : '1';
       await expect(transaction()).rejects.toThrow(err.message);
       await transaction();
