@@ -71,6 +71,8 @@ class FakeCluster implements EosCluster {
 }
 
 type Manager = {
+  acquireBrokerLock(b: { nodeId: number }): Promise<void>;
+  releaseBrokerLock(b: { nodeId: number }): Promise<void>;
   initProducerId(): Promise<void>;
   beginTransaction(): void;
   addPartitionsToTransaction(t: Array<{ topic: string; partitions: Array<{ partition: number }> }>): Promise<void>;
@@ -188,9 +190,47 @@ describe('the remembered transaction coordinator', () => {
     const made: unknown[] = [];
     const create = rememberingCoordinator((o) => {
       made.push(o.cluster);
-      return { initProducerId: async () => undefined };
+      return { initProducerId: async () => undefined, acquireBrokerLock: async () => undefined, releaseBrokerLock: () => undefined };
     });
     create({ cluster, transactional: false });
     expect(made).toEqual([cluster]);
+  });
+});
+
+describe("kafkajs's retry of a send while a request of its earlier attempt is in flight", () => {
+  // sendMessages: acquireBrokerLock, AddPartitionsToTxn, sequence numbers, Produce, releaseBrokerLock.
+  const request = async (node: number, work: () => Promise<unknown>) => {
+    await manager.acquireBrokerLock({ nodeId: node });
+    try {
+      await work();
+    } finally {
+      await manager.releaseBrokerLock({ nodeId: node });
+    }
+  };
+
+  it('does not send that request again: the retry waits for it, then fails as retriable, so the next attempt sees it answered', async () => {
+    let answer: () => void = () => undefined;
+    const first = request(1, () => new Promise<void>((r) => (answer = r)));
+    let sentAgain = false;
+    const retried = request(1, async () => {
+      sentAgain = true;
+    }).catch((err: unknown) => err);
+    await new Promise((r) => setTimeout(r, 10));
+    answer();
+    await first;
+    const err = (await retried) as { name: string; retriable: boolean };
+    expect(err).toMatchObject({ name: 'OutboxdOverlappingSend', retriable: true });
+    expect(sentAgain).toBe(false);
+    // The lock is free again, and a request after it goes out as usual.
+    await request(1, async () => undefined);
+  });
+
+  it('lets requests to the same broker one after another, and to other brokers at once, go out as usual', async () => {
+    const sent: number[] = [];
+    const send = (node: number, ms = 0) => request(node, () => new Promise((r) => setTimeout(() => r(sent.push(node)), ms)));
+    await send(1);
+    await send(1);
+    await Promise.all([send(1, 5), send(2), send(3)]);
+    expect(sent.sort()).toEqual([1, 1, 1, 2, 3]);
   });
 });
