@@ -141,12 +141,11 @@ async function moveCoordinator(k: KafkaCluster, b: Bundle, relay: RelayProcess, 
 }
 
 /**
- * Off unless OUTBOXD_TEST_COORDINATOR_MOVE=1: on 2026-12-06 it failed in about half its runs, on
- * main as on the commit that added it, by a fault older than the coordinator cache: rows from
- * the phase when the coordinator's broker stopped gracefully read twice by librdkafka
- * read_committed at distinct offsets (3, 72 and 1,343 rows), or a partition whose rows never
- * became readable (a transaction left open). Until that is found and fixed it would fail the
- * fault suite at random; it stays here to find it, and to be switched on with the fix.
+ * Off unless OUTBOXD_TEST_COORDINATOR_MOVE=1: three brokers cost a minute or two. It found
+ * records committed twice when kafkajs retried a send with a request still in flight (fixed in
+ * src/sink/kafka/kafkajs-coordinator.ts; before the fix 4 of 10 runs failed, on main 2 of 2),
+ * and once rows that did not arrive within 2 minutes after the first broker came back, cause not
+ * established; 5 of 5 runs passed with the fix. docs/adr/0018-transaction-coordinator-cache.md.
  */
 const ON = process.env.OUTBOXD_TEST_COORDINATOR_MOVE === '1';
 
