@@ -11,7 +11,7 @@
  *   BENCH_MEMORY_ROWS=100000    the small backlog compared with the reference one (memory)
  *   BENCH_LATENCY_RATE=2000     transactions per second (latency)
  *   BENCH_LATENCY_SECONDS=60
- *   BENCH_LATENCY_SINKS=kafka,kafka-eos,rabbitmq   (and kafka-baseline with BENCH_BASELINE_REF)
+ *   BENCH_LATENCY_SINKS=kafka,kafka-eos,rabbitmq   (and kafka-baseline, kafka-eos-baseline with BENCH_BASELINE_REF)
  *   BENCH_SHAPE_ROWS=100:500000,1024:300000,10240:60000   rows per cell, by payload bytes
  *   BENCH_SHAPE_RUNS=1
  *   BENCH_SOAK_RATE=2000, BENCH_SOAK_SECONDS=3600, BENCH_SOAK_WARMUP_SECONDS=300   soak (asked for
@@ -20,12 +20,13 @@
  *   BENCH_CONSUMERS=…           subset of pg_recvlogical,outboxd-discard,outboxd-stdout,
  *                               outboxd-kafka,outboxd-kafka-eos,outboxd-kafka-main (no worker
  *                               threads),outboxd-kafka-w1..w3 (1 to 3 workers),outboxd-kafka-baseline,
- *                               bare-kafkajs,bare-platformatic,outboxd-rabbitmq,bare-amqplib,
- *                               bare-amqplib-batch, and the RabbitMQ layouts outboxd-rabbitmq-ch4,
- *                               -hash4, -hash4-ch4, -quorum (docs/benchmarks.md; all by
- *                               default, the baseline only with BENCH_BASELINE_REF; outboxd-kafka
- *                               runs with the default worker count)
- *   BENCH_BASELINE_REF=<commit> also run that commit's outboxd as outboxd-kafka-baseline
+ *                               outboxd-kafka-eos-baseline, bare-kafkajs,bare-platformatic,
+ *                               outboxd-rabbitmq,bare-amqplib, bare-amqplib-batch, and the RabbitMQ
+ *                               layouts outboxd-rabbitmq-ch4, -hash4, -hash4-ch4, -quorum
+ *                               (docs/benchmarks.md; all by default, the baselines only with
+ *                               BENCH_BASELINE_REF; outboxd-kafka runs with the default worker count)
+ *   BENCH_BASELINE_REF=<commit> also run that commit's outboxd as outboxd-kafka-baseline and
+ *                               outboxd-kafka-eos-baseline (exactly-once)
  *   BENCH_PIPELINE='batchMaxMessages: 2000, linger: 5ms'   extra outboxd pipeline settings
  *   BENCH_OUTBOXD_NODE_OPTIONS='--max-old-space-size=64'   NODE_OPTIONS of every outboxd process
  *   BENCH_OUTBOXD_NODE_FLAGS='--max-semi-space-size=16'   node flags of every outboxd process,
@@ -177,7 +178,7 @@ const config = {
   latencySinks: envList<LatencySink>(
     'BENCH_LATENCY_SINKS',
     LATENCY_SINKS,
-    LATENCY_SINKS.filter((s) => s !== 'kafka-baseline' || process.env.BENCH_BASELINE_REF),
+    LATENCY_SINKS.filter((s) => !s.endsWith('-baseline') || process.env.BENCH_BASELINE_REF),
   ),
   shapeRuns: envInt('BENCH_SHAPE_RUNS', 1, 1),
   shapeRows: Object.fromEntries(shapeRows()),
@@ -188,7 +189,7 @@ const config = {
   consumers: envList<ConsumerName>(
     'BENCH_CONSUMERS',
     CONSUMERS,
-    CONSUMERS.filter((c) => c !== 'outboxd-kafka-baseline' || process.env.BENCH_BASELINE_REF),
+    CONSUMERS.filter((c) => !c.endsWith('-baseline') || process.env.BENCH_BASELINE_REF),
   ),
   /** A commit to build and run as the outboxd-kafka-baseline consumer (the code before a change). */
   baselineRef: process.env.BENCH_BASELINE_REF ?? null,

@@ -25,6 +25,7 @@ export const CONSUMERS = [
   'outboxd-kafka-w2',
   'outboxd-kafka-w3',
   'outboxd-kafka-baseline',
+  'outboxd-kafka-eos-baseline',
   'bare-kafkajs',
   'bare-platformatic',
   'outboxd-rabbitmq',
@@ -128,6 +129,7 @@ const SHORT: Record<ConsumerName, string> = {
   'outboxd-kafka-w2': 'o2',
   'outboxd-kafka-w3': 'o3',
   'outboxd-kafka-baseline': 'ob',
+  'outboxd-kafka-eos-baseline': 'of',
   'bare-kafkajs': 'bk',
   'bare-platformatic': 'bp',
   'outboxd-rabbitmq': 'or',
@@ -475,7 +477,7 @@ interface Target {
 async function prepareTarget(ctx: BenchContext, consumer: ConsumerName, name: string): Promise<Target & { topic: string; queue: string }> {
   const topic = `bench.${name}.order`;
   const queue = `bench.${name}`;
-  if (consumer === 'outboxd-kafka-eos') {
+  if (consumer === 'outboxd-kafka-eos' || consumer === 'outboxd-kafka-eos-baseline') {
     const checkpoints = `bench.${name}.checkpoints`;
     await ctx.brokers.createTopic(topic, ctx.kafkaPartitions);
     await ctx.brokers.createCheckpointTopic(checkpoints);
@@ -604,12 +606,12 @@ async function runOutboxd(
         pipelineYaml: ctx.pipelineYaml,
       }),
     );
-    const main = consumer === 'outboxd-kafka-baseline' ? ctx.baselineMain : MAIN;
-    if (main === null) throw new Error('outboxd-kafka-baseline needs BENCH_BASELINE_REF (a commit to build and compare with)');
+    const baseline = consumer === 'outboxd-kafka-baseline' || consumer === 'outboxd-kafka-eos-baseline';
+    const main = baseline ? ctx.baselineMain : MAIN;
+    if (main === null) throw new Error(`${consumer} needs BENCH_BASELINE_REF (a commit to build and compare with)`);
     const entry = consumer === 'outboxd-discard' ? [benchFile('children/discard-relay.js'), cfg] : [main, 'run', '-c', cfg];
     const pids = brokerPidsFor(ctx, consumer);
     const before = counters(pids);
-    const baseline = consumer === 'outboxd-kafka-baseline';
     child = startChild(process.execPath, [...nodeArgs(ctx, consumer, name, baseline), ...entry], outboxdEnv(ctx, baseline));
     const w = await watchDrain(
       ctx.db,

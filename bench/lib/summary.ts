@@ -80,6 +80,7 @@ export const RATIOS: ReadonlyArray<[ConsumerName, ConsumerName]> = [
   ['outboxd-kafka-w1', 'outboxd-kafka-main'],
   ['outboxd-kafka-eos', 'outboxd-kafka'],
   ['outboxd-kafka', 'outboxd-kafka-baseline'],
+  ['outboxd-kafka-eos', 'outboxd-kafka-eos-baseline'],
   ['outboxd-kafka', 'outboxd-kafka-main'],
   ['outboxd-kafka-w2', 'outboxd-kafka-main'],
   ['outboxd-kafka-w3', 'outboxd-kafka-main'],

@@ -48,13 +48,15 @@ export interface LatencyResult {
 
 const WRITERS = 6;
 
-/** kafka-baseline: the Kafka sink of BENCH_BASELINE_REF's build (only when that is set). */
-export const LATENCY_SINKS = ['kafka', 'kafka-eos', 'rabbitmq', 'kafka-baseline'] as const;
+/** kafka-baseline, kafka-eos-baseline: the Kafka sink of BENCH_BASELINE_REF's build (only when that is set). */
+export const LATENCY_SINKS = ['kafka', 'kafka-eos', 'rabbitmq', 'kafka-baseline', 'kafka-eos-baseline'] as const;
 export type LatencySink = (typeof LATENCY_SINKS)[number];
+const BASELINES: readonly LatencySink[] = ['kafka-baseline', 'kafka-eos-baseline'];
 
 export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: number, seconds: number): Promise<LatencyResult> {
-  const name = `lat_${{ kafka: 'k', 'kafka-eos': 'e', rabbitmq: 'r', 'kafka-baseline': 'b' }[sink]}_${ctx.tag}`;
+  const name = `lat_${{ kafka: 'k', 'kafka-eos': 'e', rabbitmq: 'r', 'kafka-baseline': 'b', 'kafka-eos-baseline': 'f' }[sink]}_${ctx.tag}`;
   const kafka = sink !== 'rabbitmq';
+  const eos = sink === 'kafka-eos' || sink === 'kafka-eos-baseline';
   const checkpoints = `bench.${name}.checkpoints`;
   const table = `outbox_${name}`;
   const publication = `pub_${name}`;
@@ -99,7 +101,7 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
     let sinkYaml: string;
     if (kafka) {
       await ctx.brokers.createTopic(topic, ctx.kafkaPartitions);
-      if (sink === 'kafka-eos') await ctx.brokers.createCheckpointTopic(checkpoints);
+      if (eos) await ctx.brokers.createCheckpointTopic(checkpoints);
       const python = rdkafkaPython();
       if (python) {
         // A librdkafka consumer in a process of its own (read_committed), as a user's would be.
@@ -152,7 +154,7 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
         await joined;
         stopConsumer = () => consumer.disconnect().catch(() => undefined);
       }
-      sinkYaml = `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n${sink === 'kafka-eos' ? `    delivery: exactly-once\n    checkpointTopic: ${checkpoints}\n` : ''}`;
+      sinkYaml = `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n${eos ? `    delivery: exactly-once\n    checkpointTopic: ${checkpoints}\n` : ''}`;
     } else {
       await ctx.brokers.createQueue(queue);
       const conn = await amqp.connect(ctx.services.amqpUrl ?? '');
@@ -171,9 +173,9 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
     const port = await getFreePort();
     const cfg = join(dir, 'outboxd.yaml');
     writeFileSync(cfg, relayYaml({ dbUrl: ctx.services.dbUrl, slot, publication, table, port, sinkYaml, pipelineYaml: ctx.pipelineYaml }));
-    const main = sink === 'kafka-baseline' ? ctx.baselineMain : MAIN;
-    if (main === null) throw new Error('latency kafka-baseline needs BENCH_BASELINE_REF');
-    const baseline = sink === 'kafka-baseline';
+    const baseline = BASELINES.includes(sink);
+    const main = baseline ? ctx.baselineMain : MAIN;
+    if (main === null) throw new Error(`latency ${sink} needs BENCH_BASELINE_REF`);
     relay = startChild(process.execPath, [...nodeArgs(ctx, null, 'latency', baseline), main, 'run', '-c', cfg], outboxdEnv(ctx, baseline));
     await waitReady(port, relay);
 
@@ -257,7 +259,7 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
     for (const w of writers) await w.end().catch(() => undefined);
     await dropSlot(ctx.db, slot).catch(() => undefined);
     if (kafka) await ctx.brokers.deleteTopic(topic);
-    if (sink === 'kafka-eos') await ctx.brokers.deleteTopic(checkpoints);
+    if (eos) await ctx.brokers.deleteTopic(checkpoints);
     if (sink === 'rabbitmq') await ctx.brokers.deleteQueue(queue);
     if (pgDurable) await durable(ctx.db, false);
     await ctx.db.query(`DROP PUBLICATION IF EXISTS ${publication}`).catch(() => undefined);

@@ -90,6 +90,8 @@ export interface BundleOptions {
   exactlyOnce?: boolean;
   /** Kafka: read read_uncommitted (sees aborted transactions' records); default read_committed. */
   readUncommitted?: boolean;
+  /** Kafka: the replication factor of the topics the bundle creates (default 1; 3 on a cluster). */
+  replicationFactor?: number;
   /**
    * RabbitMQ: `sink.rabbitmq.deadLetterRoutingKey`, and the dead-letter queue bound to it (default
    * `poison`). null leaves it unset, as a new user has it: a dead letter then takes its message's
@@ -117,7 +119,7 @@ export async function bundle(o: BundleOptions): Promise<Bundle> {
   let sinkYaml: string;
   if (o.kind === 'kafka') {
     const brokers = (o.kafkaBrokers ?? (await kafkaBrokers()).join(',')).split(',');
-    const r = new TopicReader(brokers, { readUncommitted: o.readUncommitted ?? false });
+    const r = new TopicReader(brokers, { readUncommitted: o.readUncommitted ?? false, replicationFactor: o.replicationFactor });
     await r.createTopics([...types.map((t) => `outbox.event.${t}`), `dlq_${tag}`]);
     if (o.exactlyOnce) await r.createTopics([`ckpt_${tag}`], 1, [{ name: 'cleanup.policy', value: 'compact' }]);
     await r.start([...types.map((t) => `outbox.event.${t}`), `dlq_${tag}`]);

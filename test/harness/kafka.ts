@@ -69,7 +69,7 @@ function javaBinary(): string {
 }
 
 /** A KRaft cluster id: 16 random bytes, url-safe base64 without padding (Kafka's Uuid format). */
-function clusterId(): string {
+export function clusterId(): string {
   for (;;) {
     const id = randomBytes(16).toString('base64url');
     // An id starting with '-' would be read as an option by StorageTool's argument parser.
@@ -113,7 +113,21 @@ export interface KafkaAuthOptions {
   superUsers?: string[];
 }
 
-class KafkaServerImpl extends ServiceServer implements KafkaServer {
+/** One node of a multi-node KRaft cluster (kafka-cluster.ts); a lone broker has none. */
+export interface ClusterNode {
+  /** node.id, 1 and up. */
+  id: number;
+  /** controller.quorum.voters: every node's `id@host:controllerPort`. */
+  voters: string;
+  /** The cluster id every node's storage is formatted with. */
+  clusterId: string;
+  /** Properties that replace the lone broker's (replication factors, min.insync.replicas). */
+  props: Record<string, string>;
+  /** The JVM's -Xmx. */
+  heap: string;
+}
+
+export class KafkaServerImpl extends ServiceServer implements KafkaServer {
   readonly brokers: string[];
   readonly oauthBrokers: string[];
   readonly mtlsBrokers: string[];
@@ -127,8 +141,9 @@ class KafkaServerImpl extends ServiceServer implements KafkaServer {
     sd: ServiceDir,
     private readonly jvmFlavour: 'test' | 'kafka-defaults' = 'test',
     private readonly auth: KafkaAuthOptions & { oauthPort?: number; mtlsPort?: number } = {},
+    private readonly node?: ClusterNode,
   ) {
-    super(sd, 'kafka');
+    super(sd, node ? `kafka node ${node.id}` : 'kafka');
     this.brokers = [`${HOST}:${brokerPort}`];
     this.oauthBrokers = auth.oauthPort === undefined ? [] : [`${HOST}:${auth.oauthPort}`];
     this.mtlsBrokers = auth.mtlsPort === undefined ? [] : [`${HOST}:${auth.mtlsPort}`];
@@ -216,8 +231,8 @@ class KafkaServerImpl extends ServiceServer implements KafkaServer {
     const auth = this.authProps();
     const props = {
       'process.roles': 'broker,controller',
-      'node.id': '1',
-      'controller.quorum.voters': `1@${HOST}:${controllerPort}`,
+      'node.id': String(this.node?.id ?? 1),
+      'controller.quorum.voters': this.node?.voters ?? `1@${HOST}:${controllerPort}`,
       listeners: [`PLAINTEXT://${HOST}:${this.brokerPort}`, `CONTROLLER://${HOST}:${controllerPort}`, ...auth.listeners].join(','),
       'advertised.listeners': [`PLAINTEXT://${HOST}:${this.brokerPort}`, ...auth.listeners].join(','),
       'controller.listener.names': 'CONTROLLER',
@@ -247,6 +262,7 @@ class KafkaServerImpl extends ServiceServer implements KafkaServer {
       'num.network.threads': '2',
       'num.io.threads': '2',
       'num.recovery.threads.per.data.dir': '1',
+      ...this.node?.props,
     };
     await writeFile(
       this.propsFile,
@@ -255,18 +271,22 @@ class KafkaServerImpl extends ServiceServer implements KafkaServer {
         .join('\n')}\n`,
     );
     await writeFile(join(this.sd.dir, 'log4j2.properties'), LOG4J2);
-    await this.sd.run(javaBinary(), [...this.jvm('kafka.tools.StorageTool', '256m'), 'format', '-t', clusterId(), '-c', this.propsFile], {
-      env: this.env(),
-      timeoutMs: 120_000,
-      label: 'kafka-storage format',
-    });
+    await this.sd.run(
+      javaBinary(),
+      [...this.jvm('kafka.tools.StorageTool', '256m'), 'format', '-t', this.node?.clusterId ?? clusterId(), '-c', this.propsFile],
+      {
+        env: this.env(),
+        timeoutMs: 120_000,
+        label: 'kafka-storage format',
+      },
+    );
   }
 
   async start(): Promise<void> {
     if (this.running) return;
     await this.launch(
       javaBinary(),
-      [...this.jvm('kafka.Kafka', '512m'), this.propsFile],
+      [...this.jvm('kafka.Kafka', this.node?.heap ?? '512m'), this.propsFile],
       { env: this.env() },
       async (abortReason) => {
         await until('kafka listener', () => isListening(HOST, this.brokerPort), START_TIMEOUT_MS, 50, {
@@ -274,10 +294,38 @@ class KafkaServerImpl extends ServiceServer implements KafkaServer {
           abortReason,
         });
         this.sd.note('harness: broker port accepts connections');
-        await this.waitUsable(abortReason);
+        // A cluster's node is usable once the cluster lists it; the cluster warms up as a whole.
+        if (this.node) await this.waitRegistered(this.node.id, abortReason);
+        else await this.waitUsable(abortReason);
         this.sd.note('harness: ready');
       },
       (child) => this.sd.terminate(child, 'SIGKILL', 0),
+    );
+  }
+
+  /** Until an admin connected to this broker sees node `id` among the cluster's live brokers. */
+  private async waitRegistered(id: number, abortReason: AbortReason): Promise<void> {
+    const probe = new Kafka({
+      clientId: 'outboxd-harness-probe',
+      brokers: this.brokers,
+      logLevel: logLevel.NOTHING,
+      connectionTimeout: 1000,
+      retry: { retries: 0 },
+    });
+    await until(
+      `kafka node ${id} registered`,
+      async () => {
+        const admin = probe.admin();
+        try {
+          await admin.connect();
+          return (await admin.describeCluster()).brokers.some((b) => b.nodeId === id);
+        } finally {
+          await admin.disconnect().catch(() => undefined);
+        }
+      },
+      START_TIMEOUT_MS,
+      100,
+      { tolerateErrors: true, abortReason },
     );
   }
 
@@ -312,22 +360,7 @@ class KafkaServerImpl extends ServiceServer implements KafkaServer {
       { tolerateErrors: true, abortReason },
     );
     this.sd.note('harness: kafkajs admin connected, warming up coordinators');
-    const warm = new Kafka({
-      clientId: 'outboxd-harness-warmup',
-      brokers: this.brokers,
-      logLevel: logLevel.NOTHING,
-      retry: { initialRetryTime: 50, maxRetryTime: 500, retries: 30 },
-    });
-    const admin = warm.admin();
-    const producer = warm.producer({ transactionalId: 'outboxd-harness-warmup', idempotent: true, maxInFlightRequests: 1 });
-    try {
-      await admin.connect();
-      await producer.connect();
-      await Promise.all([admin.describeGroups(['outboxd-harness-warmup']), producer.transaction().then((tx) => tx.abort())]);
-    } finally {
-      await producer.disconnect().catch(() => undefined);
-      await admin.disconnect().catch(() => undefined);
-    }
+    await warmUpKafka(this.brokers);
   }
 
   stop(mode: 'graceful' | 'kill' = 'graceful'): Promise<void> {
@@ -357,4 +390,28 @@ export async function startKafka(opts: { jvm?: 'test' | 'kafka-defaults'; auth?:
     const server = new KafkaServerImpl(libs, brokerPort, sd, opts.jvm ?? 'test', auth);
     return bringUp(server, () => server.init(controllerPort));
   });
+}
+
+/**
+ * Warms up what the first test would otherwise wait for (each step is retried by kafkajs):
+ * creating/loading __consumer_offsets (group coordinator) and __transaction_state plus the
+ * broker's first producer-id block (InitProducerId, used by idempotent producers too).
+ */
+export async function warmUpKafka(brokers: string[]): Promise<void> {
+  const warm = new Kafka({
+    clientId: 'outboxd-harness-warmup',
+    brokers,
+    logLevel: logLevel.NOTHING,
+    retry: { initialRetryTime: 50, maxRetryTime: 500, retries: 30 },
+  });
+  const admin = warm.admin();
+  const producer = warm.producer({ transactionalId: 'outboxd-harness-warmup', idempotent: true, maxInFlightRequests: 1 });
+  try {
+    await admin.connect();
+    await producer.connect();
+    await Promise.all([admin.describeGroups(['outboxd-harness-warmup']), producer.transaction().then((tx) => tx.abort())]);
+  } finally {
+    await producer.disconnect().catch(() => undefined);
+    await admin.disconnect().catch(() => undefined);
+  }
 }

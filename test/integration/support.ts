@@ -362,7 +362,10 @@ export class TopicReader {
    * under exactly-once a partition ends with a commit marker no message shows.
    */
   private readonly next = new Map<string, bigint>();
-  constructor(brokers: string[], opts: { readUncommitted?: boolean } = {}) {
+  private readonly replicationFactor: number;
+  /** `replicationFactor`: of the topics createTopics makes (default 1, the lone test broker's). */
+  constructor(brokers: string[], opts: { readUncommitted?: boolean; replicationFactor?: number } = {}) {
+    this.replicationFactor = opts.replicationFactor ?? 1;
     this.kafka = new kafkajs.Kafka({ clientId: 'outboxd-test-reader', brokers, logLevel: kafkajs.logLevel.NOTHING });
     this.consumer = this.kafka.consumer({
       groupId: `reader-${randomUUID()}`,
@@ -388,7 +391,7 @@ export class TopicReader {
         `topics ${topics.join(', ')} created with leaders`,
         async () => {
           await admin.createTopics({
-            topics: topics.map((topic) => ({ topic, numPartitions: partitions, replicationFactor: 1, configEntries })),
+            topics: topics.map((topic) => ({ topic, numPartitions: partitions, replicationFactor: this.replicationFactor, configEntries })),
             waitForLeaders: true,
           });
           for (const topic of topics) if ((await admin.fetchTopicOffsets(topic)).length === 0) return false;

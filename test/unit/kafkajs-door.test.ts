@@ -7,14 +7,18 @@ import { SinkError } from '../../src/errors.js';
 import { createLogger } from '../../src/observability/logger.js';
 
 /**
- * kafkajs's internals behind one door (src/sink/kafka/kafkajs-internals.ts). The door must be in
- * place before kafkajs's producer module loads, or kafkajs keeps its own grouper and the relay
- * is slower with no test of behaviour noticing (commit d4c6c78: a Kafka drain 0.81x as fast).
- * That holds if nothing but the door loads kafkajs, which the first test checks of every file
- * under src/ (no list of entry files to keep), and the door installs itself before it loads it.
+ * kafkajs's internals behind one door: the files named kafkajs-….ts in src/sink/kafka/, no
+ * more than DOOR lists: src/sink/kafka/kafkajs-internals.ts, the only module that loads kafkajs,
+ * and the two it hands what they reach (src/sink/kafka/kafkajs-cluster.ts,
+ * src/sink/kafka/kafkajs-coordinator.ts). The door must be in place before kafkajs's producer
+ * module loads, or kafkajs keeps its own grouper and eosManager and the relay is slower with no
+ * test of behaviour noticing (commit d4c6c78: a Kafka drain 0.81x as fast). That holds if
+ * nothing but the loader loads kafkajs, which the first test checks of every file under src/ (no
+ * list of entry files to keep), and the loader installs the door before it loads kafkajs.
  */
 const SRC = resolve(import.meta.dirname, '../../src');
-const DOOR = 'sink/kafka/kafkajs-internals.ts';
+const LOADER = 'sink/kafka/kafkajs-internals.ts';
+const DOOR = [LOADER, 'sink/kafka/kafkajs-cluster.ts', 'sink/kafka/kafkajs-coordinator.ts'];
 const require = createRequire(import.meta.url);
 
 /** Every .ts file under src/, relative to it. */
@@ -24,20 +28,32 @@ function sources(dir = SRC): string[] {
   );
 }
 
-/** Whether a file loads kafkajs other than in an `import type` (an import, a require), or names a file of it. */
-function loadsKafkajs(file: string): boolean {
-  const text = readFileSync(join(SRC, file), 'utf8')
+/** A file's code: no comments, no `import type`. */
+function code(file: string): string {
+  return readFileSync(join(SRC, file), 'utf8')
     .split('\n')
     .filter((line) => !/^\s*import\s+type\b/.test(line) && !/^\s*(\*|\/\/)/.test(line))
     .join('\n');
-  return /(\bfrom\s+|\bimport\s*\(\s*|\brequire\s*\(\s*|^\s*import\s+)['"`]kafkajs['"`]|['"`]kafkajs\/[^'"`]*['"`]/m.test(text);
+}
+
+/** Whether a file loads kafkajs, or a file of it, other than in an `import type` (an import, a require). */
+function loadsKafkajs(file: string): boolean {
+  return /(\bfrom\s+|\bimport\s*\(\s*|\brequire\s*\(\s*|^\s*import\s+)['"`]kafkajs(\/[^'"`]*)?['"`]/m.test(code(file));
+}
+
+/** Whether a file names a file of kafkajs (to load it, or to reach it through the loader), or kafkajs's private symbols. */
+function reachesKafkajs(file: string): boolean {
+  const text = code(file);
+  return loadsKafkajs(file) || /['"`]kafkajs\/[^'"`]*['"`]|['"`]private:/.test(text);
 }
 
 describe('the kafkajs door', () => {
-  it('is the only module under src/ that loads kafkajs or names a file of it', () => {
+  it('is the only place under src/ that loads kafkajs or names a file of it, and only its loader loads it', () => {
     const all = sources();
-    expect(all).toContain(DOOR);
-    expect(all.filter(loadsKafkajs)).toEqual([DOOR]);
+    // A new door file is a decision: it goes into DOOR and the loader's header, not in by its name alone.
+    expect(all.filter((f) => f.startsWith('sink/kafka/kafkajs-')).sort()).toEqual([...DOOR].sort());
+    expect(all.filter(loadsKafkajs)).toEqual([LOADER]);
+    expect(all.filter(reachesKafkajs).every((f) => DOOR.includes(f))).toBe(true);
   });
 
   it('is installed by the Kafka sink at start, before any Kafka client is built', async () => {
@@ -47,7 +63,7 @@ describe('the kafkajs door', () => {
     const { loadSink } = await import('../../src/sink/index.js');
     const cfg = parseConfig('postgres:\n  url: postgres://u@h/db\nsink:\n  type: kafka\n  kafka:\n    brokers: [127.0.0.1:1]\n', {});
     await loadSink(cfg.sink, 'slot', false, createLogger('silent'));
-    expect(kafkajsInstalled()).toEqual({ grouper: true });
+    expect(kafkajsInstalled()).toEqual({ grouper: true, coordinatorCache: true });
     // What kafkajs's producer will call: outboxd's grouper and Produce encoder.
     expect(require('kafkajs/src/producer/groupMessagesPerPartition.js')).toBe(GROUPER);
     expect(require('kafkajs/src/protocol/requests/produce/v3/request.js')).not.toBe(kafkajsProduce());
@@ -75,6 +91,14 @@ describe('the kafkajs door', () => {
     const { checkKafkajs } = await import('../../src/sink/kafka/kafkajs-internals.js');
     const probe = { version: () => '2.2.4', has: (p: string) => !p.endsWith('sendMessages.js') };
     expect(() => checkKafkajs(probe)).toThrow(/kafkajs\/src\/producer\/sendMessages\.js is missing/);
+  });
+
+  it("stops the relay when kafkajs's eosManager uses its cluster otherwise than the coordinator cache serves", async () => {
+    const { eosClusterMembers } = await import('../../src/sink/kafka/kafkajs-internals.js');
+    const { EOS_CLUSTER_MEMBERS } = await import('../../src/sink/kafka/kafkajs-coordinator.js');
+    const source = readFileSync(require.resolve('kafkajs/src/producer/eosManager/index.js'), 'utf8');
+    expect(eosClusterMembers(source)).toEqual([...EOS_CLUSTER_MEMBERS].sort());
+    expect(eosClusterMembers(`${source}\ncluster.findLeaderForPartitions()`)).not.toEqual([...EOS_CLUSTER_MEMBERS].sort());
   });
 
   it('accepts the kafkajs installed here', async () => {

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 /**
  * An import rule a refactor can break without any test of behaviour noticing: the CLI loads a
  * broker's client library only for the sink it runs, so nothing the CLI imports statically may
- * load kafkajs or amqplib (kafkajs loads only through its door, sink/kafka/kafkajs-internals.ts:
+ * load kafkajs or amqplib (kafkajs loads only through its door's loader, sink/kafka/kafkajs-internals.ts:
  * test/unit/kafkajs-door.test.ts).
  */
 const SRC = resolve(import.meta.dirname, '../../src');

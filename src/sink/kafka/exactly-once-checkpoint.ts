@@ -4,7 +4,7 @@ import { SinkError } from '../../errors.js';
 import type { OutboxMessage, Position, SourceIdentity, StoredPosition } from '../../interfaces.js';
 import { formatLsn, parseLsn } from '../../lsn.js';
 import { classify, protocolErrorType } from './client.js';
-import { type KafkaBroker, type KafkaCluster, fetchCommitted, internalCluster, latestOffset } from './kafkajs-internals.js';
+import { type KafkaBroker, type KafkaCluster, fetchCommitted, internalCluster, latestOffset } from './kafkajs-cluster.js';
 import { retry } from '../../retry.js';
 
 /**
@@ -17,7 +17,7 @@ import { retry } from '../../retry.js';
  * kafkajs's consumer cannot say where a read_committed partition ends (its batches report the
  * high watermark, not the last stable offset) and joins a consumer group, which costs a broker's
  * group.initial.rebalance.delay.ms (3 s by default) on every start. So the read goes through
- * kafkajs's own cluster and broker objects (kafkajs-internals.ts, which checks kafkajs's version):
+ * kafkajs's own cluster and broker objects (kafkajs-cluster.ts, behind the door that checks kafkajs's version):
  * ListOffsets for the log end, then read_committed Fetch requests until the position passes it.
  */
 

@@ -1,30 +1,36 @@
 /**
- * The one door to kafkajs's internals. kafkajs 2.2.4 (February 2023) is its last release; outboxd
+ * The door to kafkajs's internals. kafkajs 2.2.4 (February 2023) is its last release; outboxd
  * changes it from inside, for speed, with the same bytes and results, and reaches past its public
- * API where that lacks something (docs/adr/0010, 0016):
+ * API where that lacks something (docs/adr/0010, 0016, 0018):
  * - `groupMessagesPerPartition`, which copies a partition's array once per message (1.3 s per
  *   million messages at 500 per send, docs/benchmarks.md), is replaced by a one-pass grouper;
  * - the Produce v3 request factory is replaced by our encoder (produce-encoder.ts), and the
  *   request queue's throttle timer is armed only while requests wait (it spun at 1 ms idle);
  * - kafkajs's codec table gets snappy, lz4 and zstd (codecs.ts), for what kafkajs encodes or
  *   decodes itself: messages with a timestamp, and fetched batches (docs/adr/0017);
- * - kafkajs's internal Cluster (a private symbol of `Kafka`) gives metadata without a producer,
- *   and its brokers' raw ListOffsets and Fetch, with its internal `Batch`, give an exact
- *   read_committed read of a partition (exactly-once-checkpoint.ts).
+ * - the transactional producer remembers its transaction coordinator (kafkajs-coordinator.ts);
+ * - kafkajs's internal Cluster and brokers give metadata without a producer and exact
+ *   read_committed reads (kafkajs-cluster.ts).
  *
- * No other module loads kafkajs for its values (test/unit/kafkajs-door.test.ts reads every file
+ * The door is three files: this one, the only module that loads kafkajs (it installs the rest
+ * before kafkajs loads), kafkajs-cluster.ts and kafkajs-coordinator.ts, which reach kafkajs's
+ * internals only through what this one hands them (kafkajsFile(), the eosManager factory). No
+ * other module loads kafkajs for its values (test/unit/kafkajs-door.test.ts reads every file
  * under src/): they get it from installKafkajs(), which the Kafka sink calls at start (loadSink)
- * and createKafka calls before it builds a client. So the grouper is always in place before
- * kafkajs's producer module loads, whatever imports what first (commit d4c6c78: one static import
- * of kafkajs ahead of the old side-effect import made the Kafka drain 0.81x as fast).
+ * and createKafka calls before it builds a client. So the grouper and the coordinator cache are
+ * always in place before kafkajs's producer module loads, whatever imports what first (commit
+ * d4c6c78: one static import of kafkajs ahead of the old side-effect import made the Kafka drain
+ * 0.81x as fast).
  *
  * installKafkajs() first checks that kafkajs is the version and shape this module was written
  * for, and stops the relay with one line if not.
  */
+import { readFileSync } from 'node:fs';
 import { Module, createRequire } from 'node:module';
 import type kafkajs from 'kafkajs';
 import { SinkError } from '../../errors.js';
 import { CODEC_ID, codecOf } from './codecs.js';
+import { EOS_CLUSTER_MEMBERS, type EosFactory, rememberingCoordinator } from './kafkajs-coordinator.js';
 import { PartitionCounts, partitionOf } from './partition.js';
 import { PRODUCE_API_KEY, type ProduceFactory, encodeProduce, ours } from './produce-encoder.js';
 
@@ -37,9 +43,12 @@ const require = createRequire(import.meta.url);
 const GROUPER_PATH = 'kafkajs/src/producer/groupMessagesPerPartition.js';
 const SEND_MESSAGES = 'kafkajs/src/producer/sendMessages.js';
 const PRODUCE_V3 = 'kafkajs/src/protocol/requests/produce/v3/request.js';
-const BATCH = 'kafkajs/src/consumer/batch.js';
-const CREATE_CLUSTER = 'private:Kafka:createCluster';
+/** kafkajs's fetched-batch decoder and the private symbol of its Cluster factory (kafkajs-cluster.ts). */
+export const BATCH = 'kafkajs/src/consumer/batch.js';
+export const CREATE_CLUSTER = 'private:Kafka:createCluster';
 const REQUEST_QUEUE = 'kafkajs/src/network/requestQueue/index.js';
+const EOS_MANAGER = 'kafkajs/src/producer/eosManager/index.js';
+const PRODUCER = 'kafkajs/src/producer/index.js';
 
 /** What the version check reads of the installed kafkajs (a parameter, for the tests). */
 export interface KafkajsProbe {
@@ -72,7 +81,7 @@ function unsupported(version: string, what: string): SinkError {
 export function checkKafkajs(probe: KafkajsProbe = installed): void {
   const version = probe.version();
   if (version !== KAFKAJS_VERSION) throw unsupported(version, 'its internals differ between releases');
-  for (const path of [GROUPER_PATH, SEND_MESSAGES, PRODUCE_V3, BATCH, REQUEST_QUEUE]) {
+  for (const path of [GROUPER_PATH, SEND_MESSAGES, PRODUCE_V3, BATCH, REQUEST_QUEUE, EOS_MANAGER]) {
     if (!probe.has(path)) throw unsupported(version, `${path} is missing`);
   }
 }
@@ -198,6 +207,31 @@ function installQueueTimer(): void {
   };
 }
 
+// --- the transaction coordinator, remembered (kafkajs-coordinator.ts) ---------------------------
+
+/** The members of `cluster` that kafkajs's eosManager source uses (kafkajs-coordinator.ts's view serves these). */
+export function eosClusterMembers(source: string): string[] {
+  return [...new Set([...source.matchAll(/\bcluster\.(\w+)/g)].map((m) => m[1] as string))].sort();
+}
+
+/**
+ * Wraps kafkajs's eosManager factory (rememberingCoordinator) where kafkajs's producer module will
+ * require it. Like the grouper: a producer module loaded before this door keeps kafkajs's own, which
+ * looks the coordinator up for every request, slower but the same.
+ */
+function installCoordinatorCache(): boolean {
+  const path = require.resolve(EOS_MANAGER);
+  const members = eosClusterMembers(readFileSync(path, 'utf8'));
+  if (members.join() !== [...EOS_CLUSTER_MEMBERS].sort().join()) {
+    throw unsupported(KAFKAJS_VERSION, `its eosManager uses cluster.${members.join(', cluster.')}`);
+  }
+  const original = require(path) as EosFactory;
+  if (require.cache[require.resolve(PRODUCER)] !== undefined) return false;
+  const mod = require.cache[path] as NodeJS.Module;
+  mod.exports = rememberingCoordinator(original);
+  return true;
+}
+
 // --- codecs -----------------------------------------------------------------------------------
 
 /**
@@ -221,7 +255,7 @@ interface Installed {
   readonly kafkajs: Kafkajs;
   readonly originalProduce: ProduceFactory;
   readonly grouper: boolean;
-  readonly Batch: BatchClass;
+  readonly coordinatorCache: boolean;
 }
 let state: Installed | null = null;
 
@@ -234,117 +268,27 @@ export function installKafkajs(): Kafkajs {
   if (state) return state.kafkajs;
   checkKafkajs();
   const grouper = installGrouper();
+  const coordinatorCache = installCoordinatorCache();
   const loaded = require('kafkajs') as Kafkajs;
   const probe = new loaded.Kafka({ brokers: ['127.0.0.1:9092'], logLevel: loaded.logLevel.NOTHING });
   const create = Object.getOwnPropertySymbols(probe).find((s) => s.description === CREATE_CLUSTER);
   if (create === undefined || typeof (probe as unknown as Record<symbol, unknown>)[create] !== 'function') {
     throw unsupported(KAFKAJS_VERSION, `Kafka has no ${CREATE_CLUSTER}`);
   }
-  const Batch = require(BATCH) as BatchClass;
   const originalProduce = installProduceEncoder();
   installCodecs(loaded);
   installQueueTimer();
-  state = { kafkajs: loaded, originalProduce, grouper, Batch };
+  state = { kafkajs: loaded, originalProduce, grouper, coordinatorCache };
   return loaded;
 }
 
 /** What installKafkajs() put in place; null before it ran. */
-export function kafkajsInstalled(): { grouper: boolean } | null {
-  return state && { grouper: state.grouper };
+export function kafkajsInstalled(): { grouper: boolean; coordinatorCache: boolean } | null {
+  return state && { grouper: state.grouper, coordinatorCache: state.coordinatorCache };
 }
 
-// --- kafkajs's internal Cluster and brokers ----------------------------------------------------
-
-export interface FetchedRecord {
-  offset: string;
-  key: Buffer | null;
-  value: Buffer | null;
-  isControlRecord?: boolean;
-}
-type BatchClass = new (
-  topic: string,
-  fetchedOffset: string,
-  data: object,
-) => { messages: FetchedRecord[]; messagesWithinOffset: FetchedRecord[] };
-
-/** The parts of a kafkajs (internal) Broker that outboxd uses. */
-export interface KafkaBroker {
-  listOffsets(r: object): Promise<{ responses: Array<{ partitions: Array<{ partition: number; errorCode: number; offset: string }> }> }>;
-  fetch(r: object): Promise<{
-    responses: Array<{ partitions: Array<{ partition: number; errorCode: number; lastStableOffset: string; messages: FetchedRecord[] }> }>;
-  }>;
-}
-
-/** The parts of kafkajs's (internal) Cluster that outboxd uses. */
-export interface KafkaCluster {
-  connect(): Promise<void>;
-  disconnect(): Promise<void>;
-  addTargetTopic(topic: string): Promise<void>;
-  addMultipleTargetTopics(topics: string[]): Promise<void>;
-  findTopicPartitionMetadata(topic: string): Array<{ partitionId: number; leader: number }>;
-  findLeaderForPartitions(topic: string, partitions: number[]): Record<string, number[]>;
-  findBroker(r: { nodeId: string }): Promise<KafkaBroker>;
-}
-
-/**
- * A kafkajs Cluster built as `kafka` builds its own (the same brokers, TLS, SASL and logger), for
- * what kafkajs's public API lacks: metadata without a producer, exact reads of a partition.
- */
-export function internalCluster(kafka: kafkajs.Kafka, opts: { allowAutoTopicCreation: boolean; isolationLevel?: number }): KafkaCluster {
+/** A file of kafkajs, loaded once installKafkajs() ran: for the door's other files (kafkajs-cluster.ts). */
+export function kafkajsFile<T>(path: string): T {
   installKafkajs();
-  const symbol = Object.getOwnPropertySymbols(kafka).find((s) => s.description === CREATE_CLUSTER) as symbol;
-  const create = (kafka as unknown as Record<symbol, (o: object) => KafkaCluster>)[symbol] as (o: object) => KafkaCluster;
-  return create(opts);
-}
-
-/** The offset ListOffsets answers for the latest position of one partition, or undefined. */
-export async function latestOffset(
-  broker: KafkaBroker,
-  topic: string,
-  partition: number,
-  isolationLevel: number,
-): Promise<string | undefined> {
-  const res = await broker.listOffsets({ isolationLevel, topics: [{ topic, partitions: [{ partition, timestamp: -1 }] }] });
-  return res.responses[0]?.partitions[0]?.offset;
-}
-
-/** One read_committed Fetch of one partition, as kafkajs's consumer would read it. */
-export interface CommittedFetch {
-  readonly errorCode: number;
-  readonly lastStableOffset: string;
-  /** Committed data records at or after the offset asked for: no control records, no aborted ones. */
-  readonly records: readonly FetchedRecord[];
-  /** The offset after the last record at or after the offset asked for (control records count), or null if none. */
-  readonly next: string | null;
-}
-
-/** Fetches one partition from `offset`, committed records only, waiting at most `maxWaitMs` for any. */
-export async function fetchCommitted(
-  broker: KafkaBroker,
-  topic: string,
-  partition: number,
-  offset: string,
-  maxWaitMs: number,
-): Promise<CommittedFetch | undefined> {
-  installKafkajs();
-  const Batch = (state as Installed).Batch;
-  const res = await broker.fetch({
-    isolationLevel: 1,
-    maxWaitTime: maxWaitMs,
-    minBytes: 1,
-    maxBytes: 8 << 20,
-    topics: [{ topic, partitions: [{ partition, fetchOffset: offset, maxBytes: 8 << 20 }] }],
-  });
-  const data = res.responses[0]?.partitions[0];
-  if (data === undefined) return undefined;
-  if (data.errorCode !== 0) return { errorCode: data.errorCode, lastStableOffset: data.lastStableOffset, records: [], next: null };
-  const batch = new Batch(topic, offset, data);
-  const within = batch.messagesWithinOffset;
-  const last = within[within.length - 1];
-  return {
-    errorCode: 0,
-    lastStableOffset: data.lastStableOffset,
-    records: batch.messages,
-    next: last === undefined ? null : (BigInt(last.offset) + 1n).toString(),
-  };
+  return require(path) as T;
 }

@@ -3,7 +3,7 @@ import type { KafkaSinkConfig } from '../../config/config.js';
 import type { OutboxMessage } from '../../interfaces.js';
 import { MISSING_TOPIC, classify, missingTopics } from './client.js';
 import { MAX_KNOWN_TOPICS, PartitionCounts } from './partition.js';
-import { type KafkaCluster, internalCluster } from './kafkajs-internals.js';
+import { type KafkaCluster, internalCluster } from './kafkajs-cluster.js';
 
 /** How long a topic's partition count is trusted (a topic can gain partitions). */
 const METADATA_MAX_AGE_MS = 300_000;
