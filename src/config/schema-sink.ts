@@ -97,7 +97,9 @@ export const sink = defaulted(
               'exactly-once: the most messages in one transaction. While the relay is busy a transaction takes every batch that is queued, up to this and to transactionMaxBytes; each transaction costs the broker a fixed amount, so fewer, larger ones cost it less per event.',
               { min: 1, max: 1_000_000 },
             ),
-            transactionMaxBytes: size('32MiB', 'exactly-once: the most bytes in one transaction (see transactionMaxMessages).', { min: 1024 }),
+            transactionMaxBytes: size('32MiB', 'exactly-once: the most bytes in one transaction (see transactionMaxMessages).', {
+              min: 1024,
+            }),
             workers: T.Optional(
               T.Integer({
                 description:

@@ -101,7 +101,10 @@ export class Pipeline {
     this.batches = new Batches(cfg, () => this.kick());
     const limits = sink.batchLimits;
     this.take = limits
-      ? { batchMaxMessages: Math.max(cfg.batchMaxMessages, limits.batchMaxMessages), batchMaxBytes: Math.max(cfg.batchMaxBytes, limits.batchMaxBytes) }
+      ? {
+          batchMaxMessages: Math.max(cfg.batchMaxMessages, limits.batchMaxMessages),
+          batchMaxBytes: Math.max(cfg.batchMaxBytes, limits.batchMaxBytes),
+        }
       : cfg;
     this.publisher = new Publisher(sink, cfg.retry, parts.stallTimeoutMs, events, metrics, log, this.stopSignal.signal);
     this.stopped = new Promise((resolve) => {

@@ -68,7 +68,11 @@ describe('Pipeline', () => {
   });
 
   it("a sink with batchLimits takes every queued batch up to them, and never waits for more than the pipeline's own bounds", async () => {
-    const { sink, pipeline, txn } = setup('halt', { maxInFlightMessages: 20, batchMaxMessages: 4 }, { batchMaxMessages: 9, batchMaxBytes: 1_000_000 });
+    const { sink, pipeline, txn } = setup(
+      'halt',
+      { maxInFlightMessages: 20, batchMaxMessages: 4 },
+      { batchMaxMessages: 9, batchMaxBytes: 1_000_000 },
+    );
     let open!: () => void;
     sink.gate = new Promise((r) => {
       open = r;
