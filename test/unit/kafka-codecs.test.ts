@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import { COMPRESSIONS, checkCodec, codecOf, snappyCompress, snappyDecompress } from '../../src/sink/kafka/codecs.js';
@@ -51,5 +52,69 @@ describe('Kafka compression codecs', () => {
     });
     expect(snappyDecompress(Buffer.concat([header, ...chunks])).equals(data)).toBe(true);
     expect(() => snappyDecompress(Buffer.concat([header, ...chunks]).subarray(0, 40))).toThrow();
+  });
+});
+
+/** XXH32 with seed 0, for inputs under 16 bytes: what an LZ4 frame's header checksum is taken from. */
+function xxh32Short(bytes: number[]): number {
+  const P1 = 2654435761;
+  const P2 = 2246822519;
+  const P3 = 3266489917;
+  const P5 = 374761393;
+  const rotl = (x: number, r: number) => ((x << r) | (x >>> (32 - r))) >>> 0;
+  let h = (P5 + bytes.length) >>> 0;
+  for (const b of bytes) h = Math.imul(rotl((h + Math.imul(b, P5)) >>> 0, 11), P1) >>> 0;
+  h = Math.imul(h ^ (h >>> 15), P2) >>> 0;
+  h = Math.imul(h ^ (h >>> 13), P3) >>> 0;
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+/** The blocks of an LZ4 frame without checksums: [stored raw, stored length]. */
+function frameBlocks(frame: Buffer): Array<[boolean, number]> {
+  const blocks: Array<[boolean, number]> = [];
+  for (let at = 7; ; ) {
+    const size = frame.readUInt32LE(at);
+    if (size === 0) {
+      expect(at + 4).toBe(frame.length);
+      return blocks;
+    }
+    const length = size & 0x7fffffff;
+    blocks.push([size !== length, length]);
+    at += 4 + length;
+  }
+}
+
+describe('the lz4 frame (lz4-frame.ts)', () => {
+  const lz4 = require('lz4-napi') as { decompressFrameSync(b: Buffer): Buffer; compressFrameSync(b: Buffer): Buffer };
+  const compress = (b: Buffer) => (codecOf('lz4') as { compress(b: Buffer): Buffer }).compress(b);
+
+  it('carries a header Kafka’s reader checks: FLG 0x60, a 64 KiB or 4 MiB block size, the XXH32 header checksum', () => {
+    for (const [size, bd] of [
+      [0, 0x40],
+      [65_536, 0x40],
+      [65_537, 0x70],
+      [300_000, 0x70],
+    ] as const) {
+      const frame = compress(sample(size));
+      expect(frame.readUInt32LE(0)).toBe(0x184d2204);
+      expect(frame[4]).toBe(0x60);
+      expect(frame[5]).toBe(bd);
+      expect(frame[6]).toBe((xxh32Short([0x60, bd]) >>> 8) & 0xff);
+    }
+    // The same descriptors as lz4-napi's own frame encoder, which lz4-frame.ts replaces.
+    expect(lz4.compressFrameSync(sample(1000)).subarray(4, 7)).toEqual(compress(sample(1000)).subarray(4, 7));
+    expect(lz4.compressFrameSync(sample(300_000)).subarray(4, 7)).toEqual(compress(sample(300_000)).subarray(4, 7));
+  });
+
+  it('stores what does not shrink raw, splits past 4 MiB, and lz4_flex reads every byte back', () => {
+    const noise = randomBytes(50_000);
+    expect(frameBlocks(compress(noise))).toEqual([[true, 50_000]]);
+    expect(lz4.decompressFrameSync(compress(noise)).equals(noise)).toBe(true);
+    const big = Buffer.concat([sample(4 << 20), randomBytes(100_000), sample(10)]);
+    const blocks = frameBlocks(compress(big));
+    expect(blocks.map(([raw]) => raw)).toEqual([false, true]);
+    expect(blocks[1]?.[1]).toBe(big.length - (4 << 20));
+    expect(lz4.decompressFrameSync(compress(big)).equals(big)).toBe(true);
+    expect(frameBlocks(compress(Buffer.alloc(0)))).toEqual([]);
   });
 });
