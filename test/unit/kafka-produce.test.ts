@@ -63,6 +63,12 @@ describe('the Produce request encoder', () => {
       { key: 'long-header', value: 'v', headers: { h: 'y'.repeat(21), g: 'z'.repeat(22), big: 'w'.repeat(9000) } },
       { key: 'many', value: 'x'.repeat(70_000), headers: Object.fromEntries(Array.from({ length: 70 }, (_, i) => [`h${i}`, `v${i}`])) },
       { key: Buffer.from('buf-key'), value: '', headers: headers(2) },
+      // Each side of every length the encoder writes differently: 22, 64 and 2730 UTF-16 units,
+      // ASCII or not, and a string that turns non-ASCII late.
+      ...[21, 22, 63, 64, 2729, 2730].flatMap((n) => [
+        { key: 'a'.repeat(n), value: 'ü'.repeat(n), headers: { ['h'.repeat(n)]: '✓'.repeat(n), late: `${'x'.repeat(n - 1)}é` } },
+        { key: '🔑'.repeat(Math.ceil(n / 2)), value: `${'v'.repeat(n)}`, headers: { s: `${'s'.repeat(Math.max(0, n - 2))}東` } },
+      ]),
     ];
     for (const args of [
       request(messages),

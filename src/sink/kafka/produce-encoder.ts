@@ -120,13 +120,41 @@ function field(value: Value): void {
     return;
   }
   const v = typeof value === 'string' ? value : String(value);
-  // At most 3 bytes per UTF-16 unit: a string under 22 units has a length under 64, whose varint
-  // is one byte, so it is written straight after that byte.
-  if (v.length < 22) {
-    room(66);
-    const n = scratch.write(v, at + 1, 'utf8');
-    scratch[at] = n << 1;
-    at += 1 + n;
+  const units = v.length;
+  if (units < 64) {
+    // Most fields are short ASCII (header names, ids, positions): copied here, one store per
+    // character, without a native call (the varint is one byte: under 64).
+    room(units + 1);
+    let p = at + 1;
+    let i = 0;
+    for (; i < units; i++) {
+      const c = v.charCodeAt(i);
+      if (c >= 0x80) break;
+      scratch[p++] = c;
+    }
+    if (i === units) {
+      scratch[at] = units << 1;
+      at = p;
+      return;
+    }
+    // At most 3 bytes per UTF-16 unit: a string under 22 units has a length under 64, whose
+    // varint is one byte, so it is written straight after that byte.
+    if (units < 22) {
+      room(66);
+      const n = scratch.write(v, at + 1, 'utf8');
+      scratch[at] = n << 1;
+      at += 1 + n;
+      return;
+    }
+  } else if (units < 2730) {
+    // 64 to 2729 units are 64 to 8189 bytes: a 2-byte varint, written after the bytes, so the
+    // string is not scanned twice (once for its length, once to write it).
+    room(units * 3 + 2);
+    const n = scratch.write(v, at + 2, 'utf8');
+    const z = n << 1;
+    scratch[at] = (z & 0x7f) | 0x80;
+    scratch[at + 1] = z >>> 7;
+    at += 2 + n;
     return;
   }
   prefixed(v, 5, varint);
