@@ -123,5 +123,14 @@ describe('the Produce request encoder', () => {
       expect(crc32c(b, s, e)).toBe(kafkajsCrc(b.subarray(s, e)));
     }
     expect(crc32c(Buffer.from('123456789'), 0, 9)).toBe(0xe3069283);
+    // Every start and length around the 4-byte boundaries of the memory, in a view that starts at an odd address.
+    const big = Buffer.alloc(4096 + 3);
+    for (let i = 0; i < big.length; i++) big[i] = (i * 2654435761) >>> 11;
+    for (const view of [big, big.subarray(1), big.subarray(3)]) {
+      for (let s = 0; s < 9; s++) {
+        for (const n of [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 1000, 4000])
+          expect(crc32c(view, s, s + n)).toBe(kafkajsCrc(view.subarray(s, s + n)));
+      }
+    }
   });
 });
