@@ -73,12 +73,17 @@ export class OutboxMapper {
   /**
    * One string per distinct destination: each message's rendered destination is a new string,
    * whose hash every Set and Map on the way (metric labels, topic checks, partition metadata)
-   * would compute again; the interned one carries its hash. Bounded: past INTERN_MAX distinct
-   * destinations the rest stay uninterned.
+   * would compute again; the interned one carries its hash. Bounded (INTERN_MAX).
    */
   private readonly interned = new Map<string, string>();
   /** The fields the templates read: the destination's, and CloudEvents' source's. */
   private readonly templateFields: readonly string[];
+  /**
+   * The one outbox field the destination reads (the default's `{aggregatetype}`), or null. Rows
+   * with the value of the last row's get its destination, not a new string to render and hash.
+   */
+  private readonly soleField: keyof Fields | null;
+  private last: { value: string | null; destination: string } = { value: null, destination: '' };
 
   /**
    * `cloudEvents`: null when sink.cloudevents.mode is off, and then the mapping pays nothing for it.
@@ -92,6 +97,8 @@ export class OutboxMapper {
     private readonly replayRun: string | null = null,
   ) {
     this.templateFields = [...new Set([...destination.fields, ...(cloudEvents?.fields ?? [])])];
+    const only = destination.fields.length === 1 ? (destination.fields[0] as string) : null;
+    this.soleField = only !== null && TEMPLATE_FIELDS.has(only) ? (only as keyof Fields) : null;
   }
 
   private intern(d: string): string {
@@ -246,10 +253,15 @@ export class OutboxMapper {
     const type = f.type;
     // Template fields name outbox fields first (after column mapping), then raw columns.
     let destination: string;
-    try {
-      destination = this.intern(renderTemplate(this.destination, f as unknown as Record<string, string | null>, raw));
-    } catch (err) {
-      throw err instanceof PoisonError ? subject(err, f) : err;
+    const sole = this.soleField === null ? null : f[this.soleField];
+    if (sole !== null && sole === this.last.value) destination = this.last.destination;
+    else {
+      try {
+        destination = this.intern(renderTemplate(this.destination, f as unknown as Record<string, string | null>, raw));
+      } catch (err) {
+        throw err instanceof PoisonError ? subject(err, f) : err;
+      }
+      if (this.soleField !== null) this.last = { value: sole, destination };
     }
     const headers: Record<string, string> = extraHeaders ?? {};
     headers.id = id;

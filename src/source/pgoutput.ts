@@ -2,6 +2,7 @@ import { isUtf8 } from 'node:buffer';
 import { OutboxdError } from '../errors.js';
 import { type Lsn, lsnFromWords } from '../lsn.js';
 import { setOwn } from '../own.js';
+import { utf8 } from './utf8.js';
 
 /**
  * A decoder for pgoutput, the logical replication protocol, version 1 (what outboxd asks for):
@@ -233,7 +234,7 @@ export class PgoutputDecoder<T extends TableInterest = TableInterest> implements
           if (len > this.handler.maxValueBytes) {
             this.problemAt(rel, i, 'oversized', len);
           } else {
-            const text = buf.toString('utf8', p, p + len);
+            const text = utf8(buf, p, p + len);
             // U+FFFD is legal text; only then are the bytes checked, so valid rows pay one scan.
             if (text.includes('\uFFFD') && !isUtf8(buf.subarray(p, p + len))) this.problemAt(rel, i, 'bad_encoding', len);
             else values[i] = text;

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import kafkajs from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { installKafkajs } from '../../src/sink/kafka/kafkajs-internals.js';
 import { type KafkaServer, kafkaLibs, startKafka } from '../harness/kafka.js';
 import { pgUrl } from '../harness/services.js';
 import { CliProcess, ROOT, RelayProcess, TestDb, until, writeConfig } from './support.js';
@@ -67,6 +68,29 @@ async function readWithLibrdkafka(brokers: string[], topics: string[], count: nu
       const r = JSON.parse(l) as { topic: string; key: string | null; value: string | null; headers: Array<[string, string | null]> };
       return { topic: r.topic, key: b(r.key), value: b(r.value), headers: r.headers.map(([k, v]) => [k, b(v)] as [string, Buffer | null]) };
     });
+}
+
+/** kafkajs's consumer, with the codecs outboxd registers in kafkajs (installKafkajs): every record of `topic`. */
+async function readWithKafkajs(brokers: string[], topic: string, count: number): Promise<Read[]> {
+  const k = installKafkajs();
+  const consumer = new k.Kafka({ brokers, logLevel: k.logLevel.NOTHING }).consumer({ groupId: `read-${randomUUID()}` });
+  const out: Read[] = [];
+  await consumer.connect();
+  try {
+    await consumer.subscribe({ topic, fromBeginning: true });
+    await consumer.run({
+      eachMessage: async ({ message }) => {
+        const headers = Object.entries(message.headers ?? {}).map(
+          ([h, v]) => [h, (v as Buffer | undefined) ?? null] as [string, Buffer | null],
+        );
+        out.push({ topic, key: message.key, value: message.value, headers });
+      },
+    });
+    await until(`kafkajs to read ${count} records of ${topic}`, async () => out.length >= count || undefined, 90_000);
+  } finally {
+    await consumer.disconnect();
+  }
+  return out;
 }
 
 /** DumpLogSegments --deep-iteration of every segment of these topics: each batch's codec and count. */
@@ -238,6 +262,13 @@ ${c.path === 'exactly-once' ? `    delivery: exactly-once\n    checkpointTopic: 
       const pair = (k: Buffer | string | null, v: Buffer | string | null) =>
         `${Buffer.from(k ?? '').toString('hex')}:${Buffer.from(v ?? '').toString('hex')}`;
       expect(data.map((r) => pair(r.key, r.value)).sort()).toEqual(rows.map((r) => pair(r.aggregateid, r.payload)).sort());
+      if (c.compression === 'lz4') {
+        // A second reader of outboxd's own LZ4 frames: kafkajs's consumer (lz4_flex's frame decoder).
+        const viaKafkajs = await readWithKafkajs(kafka.brokers, topic, ROWS);
+        expect(viaKafkajs.map((r) => pair(r.key, r.value)).sort()).toEqual(rows.map((r) => pair(r.aggregateid, r.payload)).sort());
+        const headersOf = (rs: Read[]) => rs.map((r) => r.headers.map(([h, v]) => `${h}=${v?.toString('hex')}`).join('&')).sort();
+        expect(headersOf(viaKafkajs)).toEqual(headersOf(data));
+      }
       expect(letters).toHaveLength(1);
       const letterHeaders = Object.fromEntries((letters[0] as Read).headers.map(([k, v]) => [k, v?.toString() ?? null]));
       expect(letterHeaders.id).toBe(poisonId);

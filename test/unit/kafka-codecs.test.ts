@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import { COMPRESSIONS, checkCodec, codecOf, snappyCompress, snappyDecompress } from '../../src/sink/kafka/codecs.js';
@@ -51,5 +52,65 @@ describe('Kafka compression codecs', () => {
     });
     expect(snappyDecompress(Buffer.concat([header, ...chunks])).equals(data)).toBe(true);
     expect(() => snappyDecompress(Buffer.concat([header, ...chunks]).subarray(0, 40))).toThrow();
+  });
+});
+
+/** XXH32 with seed 0, for inputs under 16 bytes: what an LZ4 frame's header checksum is taken from. */
+function xxh32Short(bytes: number[]): number {
+  const P1 = 2654435761;
+  const P2 = 2246822519;
+  const P3 = 3266489917;
+  const P5 = 374761393;
+  const rotl = (x: number, r: number) => ((x << r) | (x >>> (32 - r))) >>> 0;
+  let h = (P5 + bytes.length) >>> 0;
+  for (const b of bytes) h = Math.imul(rotl((h + Math.imul(b, P5)) >>> 0, 11), P1) >>> 0;
+  h = Math.imul(h ^ (h >>> 15), P2) >>> 0;
+  h = Math.imul(h ^ (h >>> 13), P3) >>> 0;
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+/** The blocks of an LZ4 frame without checksums: [stored raw, stored length]. */
+function frameBlocks(frame: Buffer): Array<[boolean, number]> {
+  const blocks: Array<[boolean, number]> = [];
+  for (let at = 7; ; ) {
+    const size = frame.readUInt32LE(at);
+    if (size === 0) {
+      expect(at + 4).toBe(frame.length);
+      return blocks;
+    }
+    const length = size & 0x7fffffff;
+    blocks.push([size !== length, length]);
+    at += 4 + length;
+  }
+}
+
+describe('the lz4 frame (lz4-frame.ts)', () => {
+  const lz4 = require('lz4-napi') as { decompressFrameSync(b: Buffer): Buffer; compressFrameSync(b: Buffer): Buffer };
+  const compress = (b: Buffer) => (codecOf('lz4') as { compress(b: Buffer): Buffer }).compress(b);
+
+  it('carries a header Kafka’s reader checks: FLG 0x60, 64 KiB blocks, the XXH32 header checksum', () => {
+    for (const size of [0, 65_536, 65_537, 300_000]) {
+      const frame = compress(sample(size));
+      expect(frame.readUInt32LE(0)).toBe(0x184d2204);
+      expect(frame[4]).toBe(0x60);
+      expect(frame[5]).toBe(0x40);
+      expect(frame[6]).toBe((xxh32Short([0x60, 0x40]) >>> 8) & 0xff);
+      expect(frameBlocks(frame).length).toBe(Math.ceil(size / 65_536));
+      expect(Math.max(0, ...frameBlocks(frame).map(([, n]) => n))).toBeLessThanOrEqual(65_536);
+    }
+    // The descriptor lz4-napi's own frame encoder writes for a batch under 64 KiB.
+    expect(lz4.compressFrameSync(sample(1000)).subarray(4, 7)).toEqual(compress(sample(1000)).subarray(4, 7));
+  });
+
+  it('stores what does not shrink raw, in 64 KiB blocks, and lz4_flex reads every byte back', () => {
+    const noise = randomBytes(50_000);
+    expect(frameBlocks(compress(noise))).toEqual([[true, 50_000]]);
+    expect(lz4.decompressFrameSync(compress(noise)).equals(noise)).toBe(true);
+    const big = Buffer.concat([sample(3 * 65_536), randomBytes(65_536), sample(5000)]);
+    const blocks = frameBlocks(compress(big));
+    expect(blocks.map(([raw]) => raw)).toEqual([false, false, false, true, false]);
+    expect(blocks[3]?.[1]).toBe(65_536);
+    expect(lz4.decompressFrameSync(compress(big)).equals(big)).toBe(true);
+    expect(frameBlocks(compress(Buffer.alloc(0)))).toEqual([]);
   });
 });

@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
-import { MAX_KNOWN_TOPICS, PartitionCounts, murmur2, partitionOf } from '../../src/sink/kafka/partition.js';
+import { MAX_KNOWN_TOPICS, PartitionCounts, javaCompatiblePartitioner, murmur2, partitionOf } from '../../src/sink/kafka/partition.js';
 
 const require = createRequire(import.meta.url);
 const kafkajsMurmur2 = require('kafkajs/src/producer/partitioners/default/murmur2.js') as (key: string | Buffer) => number;
@@ -21,6 +21,41 @@ describe('the partitioner', () => {
     expect(murmur2('foobar')).toBe(-790332482);
     expect(murmur2('a-little-bit-long-string')).toBe(-985981536);
     expect(partitionOf('foobar', 3)).toBe((-790332482 & 0x7fffffff) % 3);
+  });
+});
+
+describe('the producer’s partitioner', () => {
+  type Args = Parameters<ReturnType<typeof javaCompatiblePartitioner>>[0];
+  const kafkajsDefault = (require('kafkajs') as { Partitioners: { DefaultPartitioner: () => (a: Args) => number } }).Partitioners
+    .DefaultPartitioner;
+  const metadata = (n: number, down: number[] = []) =>
+    Array.from({ length: n }, (_, i) => ({ partitionId: i, leader: down.includes(i) ? -1 : 1 }));
+
+  it('chooses what kafkajs’s DefaultPartitioner chooses for a key, a string or bytes, and for an explicit partition', () => {
+    const ours = javaCompatiblePartitioner();
+    const theirs = kafkajsDefault();
+    for (const n of [1, 3, 7, 64]) {
+      const partitionMetadata = metadata(n, [0]);
+      for (let i = 0; i < 500; i++) {
+        for (const key of [`key-${i}`, Buffer.from(`ключ-${i}`), `🔑${i}`]) {
+          const args = { topic: 't', partitionMetadata, message: { key } };
+          expect(ours(args)).toBe(theirs(args));
+        }
+        const explicit = { topic: 't', partitionMetadata, message: { key: `k${i}`, partition: i % n } };
+        expect(ours(explicit)).toBe(i % n);
+        expect(theirs(explicit)).toBe(i % n);
+      }
+    }
+  });
+
+  it('spreads keyless messages round robin over the partitions that have a leader', () => {
+    const ours = javaCompatiblePartitioner();
+    const partitionMetadata = metadata(4, [1]);
+    const chosen = Array.from({ length: 9 }, () => ours({ topic: 't', partitionMetadata, message: { key: null } }));
+    expect(new Set(chosen)).toEqual(new Set([0, 2, 3]));
+    for (let i = 3; i < 9; i++) expect(chosen[i]).toBe(chosen[i - 3]);
+    // No partition has a leader: still one of them.
+    expect(ours({ topic: 'u', partitionMetadata: metadata(2, [0, 1]), message: {} })).toBeLessThan(2);
   });
 });
 

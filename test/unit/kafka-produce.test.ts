@@ -63,6 +63,12 @@ describe('the Produce request encoder', () => {
       { key: 'long-header', value: 'v', headers: { h: 'y'.repeat(21), g: 'z'.repeat(22), big: 'w'.repeat(9000) } },
       { key: 'many', value: 'x'.repeat(70_000), headers: Object.fromEntries(Array.from({ length: 70 }, (_, i) => [`h${i}`, `v${i}`])) },
       { key: Buffer.from('buf-key'), value: '', headers: headers(2) },
+      // Each side of every length the encoder writes differently: 22, 64 and 2730 UTF-16 units,
+      // ASCII or not, and a string that turns non-ASCII late.
+      ...[21, 22, 63, 64, 2729, 2730].flatMap((n) => [
+        { key: 'a'.repeat(n), value: 'ü'.repeat(n), headers: { ['h'.repeat(n)]: '✓'.repeat(n), late: `${'x'.repeat(n - 1)}é` } },
+        { key: '🔑'.repeat(Math.ceil(n / 2)), value: `${'v'.repeat(n)}`, headers: { s: `${'s'.repeat(Math.max(0, n - 2))}東` } },
+      ]),
     ];
     for (const args of [
       request(messages),
@@ -117,5 +123,14 @@ describe('the Produce request encoder', () => {
       expect(crc32c(b, s, e)).toBe(kafkajsCrc(b.subarray(s, e)));
     }
     expect(crc32c(Buffer.from('123456789'), 0, 9)).toBe(0xe3069283);
+    // Every start and length around the 4-byte boundaries of the memory, in a view that starts at an odd address.
+    const big = Buffer.alloc(4096 + 3);
+    for (let i = 0; i < big.length; i++) big[i] = (i * 2654435761) >>> 11;
+    for (const view of [big, big.subarray(1), big.subarray(3)]) {
+      for (let s = 0; s < 9; s++) {
+        for (const n of [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 1000, 4000])
+          expect(crc32c(view, s, s + n)).toBe(kafkajsCrc(view.subarray(s, s + n)));
+      }
+    }
   });
 });

@@ -110,6 +110,28 @@ describe('OutboxMapper.fromRow', () => {
     expect(fromRow(m, 0, { ...row, region: 'eu' }, txn).destination).toBe('order.OrderPlaced.eu');
     expect(poison(() => fromRow(m, 0, { ...row, type: null, region: 'eu' }, txn)).message).toMatch(/needs \{type\}/);
   });
+
+  it('gives each row the destination of its own value when rows in a row share one, or not', () => {
+    const m = new OutboxMapper(parseTemplate('outbox.{aggregatetype}.v1'));
+    const seen = ['order', 'order', 'invoice', 'order', `${'ord'}er`, 'invoice'].map(
+      (aggregatetype) => fromRow(m, 0, { ...row, aggregatetype }, txn).destination,
+    );
+    expect(seen).toEqual([
+      'outbox.order.v1',
+      'outbox.order.v1',
+      'outbox.invoice.v1',
+      'outbox.order.v1',
+      'outbox.order.v1',
+      'outbox.invoice.v1',
+    ]);
+    // A null or empty value after a known one is still no route.
+    expect(poison(() => fromRow(m, 0, { ...row, aggregatetype: null }, txn)).reason).toBe('missing_route');
+    expect(poison(() => fromRow(m, 0, { ...row, aggregatetype: '' }, txn)).reason).toBe('missing_route');
+    expect(fromRow(m, 0, { ...row, aggregatetype: 'invoice' }, txn).destination).toBe('outbox.invoice.v1');
+    // A template of a raw column is rendered for every row.
+    const raw = new OutboxMapper(parseTemplate('t.{region}'));
+    expect(['eu', 'eu', 'us'].map((region) => fromRow(raw, 0, { ...row, region }, txn).destination)).toEqual(['t.eu', 't.eu', 't.us']);
+  });
 });
 
 describe('OutboxMapper.bind', () => {

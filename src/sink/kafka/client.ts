@@ -7,6 +7,7 @@ import { type DeadLetterForm, deadLetterForms, formBytes } from '../dead-letter.
 import { saslOptions } from './auth.js';
 import { CODEC_ID } from './codecs.js';
 import { installKafkajs } from './kafkajs-internals.js';
+import { javaCompatiblePartitioner } from './partition.js';
 
 /**
  * What both Kafka sinks (at-least-once and exactly-once) share: the client, how a batch is cut
@@ -219,7 +220,8 @@ export async function connectProducer(
     idempotent: true,
     maxInFlightRequests: 1,
     allowAutoTopicCreation: cfg.autoCreateTopics,
-    createPartitioner: installKafkajs().Partitioners.DefaultPartitioner,
+    // kafkajs's DefaultPartitioner's choices, without its 64-bit Long murmur2 (partition.ts).
+    createPartitioner: javaCompatiblePartitioner,
     ...extra,
   });
   try {

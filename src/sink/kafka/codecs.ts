@@ -5,7 +5,8 @@
  * - snappy: `snappy` (napi-rs, binaries inside its npm packages), in the xerial framing the Java
  *   client writes (a header, then length-prefixed raw snappy chunks; here one chunk per batch);
  *   raw snappy, as librdkafka writes it, is read too;
- * - lz4: `lz4-napi` (napi-rs over lz4_flex), the LZ4 *frame* format with independent blocks;
+ * - lz4: `lz4-napi` (napi-rs over lz4_flex), its block compressor inside an LZ4 *frame* of
+ *   independent blocks that lz4-frame.ts writes (the frame encoder allocated 8 MiB a call);
  * - zstd: node:zlib (Node 22.15+), level 3 (the Java client's and librdkafka's default).
  *
  * The native modules load on first use: a relay without snappy or lz4 never loads them.
@@ -13,6 +14,7 @@
 import { createRequire } from 'node:module';
 import zlib from 'node:zlib';
 import { SinkError } from '../../errors.js';
+import { lz4FrameCompress } from './lz4-frame.js';
 
 export const COMPRESSIONS = ['none', 'gzip', 'snappy', 'lz4', 'zstd'] as const;
 export type Compression = (typeof COMPRESSIONS)[number];
@@ -28,7 +30,8 @@ export interface Codec {
 const require = createRequire(import.meta.url);
 
 interface Lz4Napi {
-  compressFrameSync(data: Buffer): Buffer;
+  /** A raw block after its input's length (LE Int32). */
+  compressSync(data: Buffer): Buffer;
   decompressFrameSync(data: Buffer): Buffer;
 }
 interface SnappyNapi {
@@ -95,7 +98,7 @@ export function snappyDecompress(data: Buffer): Buffer {
 const CODECS: Readonly<Record<Exclude<Compression, 'none'>, Codec>> = {
   gzip: { compress: (d) => zlib.gzipSync(d), decompress: (d) => zlib.unzipSync(d) },
   snappy: { compress: snappyCompress, decompress: snappyDecompress },
-  lz4: { compress: (d) => lz4Lib().compressFrameSync(d), decompress: (d) => lz4Lib().decompressFrameSync(d) },
+  lz4: { compress: (d) => lz4FrameCompress(d, lz4Lib().compressSync), decompress: (d) => lz4Lib().decompressFrameSync(d) },
   zstd: { compress: (d) => zlib.zstdCompressSync(d), decompress: (d) => zlib.zstdDecompressSync(d) },
 };
 

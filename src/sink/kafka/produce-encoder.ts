@@ -1,5 +1,8 @@
 import { codecById } from './codecs.js';
 import { crc32c } from './crc32c.js';
+import { type KafkaMessage, type LongLike, type PartitionData, type ProduceArgs, RAW, type Value, toLong } from './produce-types.js';
+
+export { PRODUCE_API_KEY, type ProduceArgs, type ProduceFactory, type ProduceRequest, RAW, ours } from './produce-types.js';
 
 /**
  * A faster encoder for kafkajs's Produce requests (docs/adr/0010).
@@ -18,57 +21,6 @@ import { crc32c } from './crc32c.js';
  * release; kafkajs-internals.ts installs this encoder, after checking that kafkajs is 2.2.4.
  */
 
-type Value = string | Buffer | null | undefined;
-
-/** The property of a message that carries its encoded record (see KafkaMessage). */
-export const RAW = Symbol.for('outboxd.kafka.record');
-interface KafkaMessage {
-  key?: Value;
-  value: Value;
-  headers?: Record<string, Value | Value[]>;
-  timestamp?: string | number;
-  /**
-   * The record already encoded (encodeUnit, on the relay's main thread), with this offset delta
-   * in its partition's batch: copied as it is. Only this encoder can send such a message.
-   */
-  [RAW]?: Buffer;
-}
-interface PartitionData {
-  partition: number;
-  firstSequence?: number;
-  messages: KafkaMessage[];
-}
-interface TopicData {
-  topic: string;
-  partitions: PartitionData[];
-}
-interface LongLike {
-  high: number;
-  low: number;
-}
-/** kafkajs's utils/long: a 64-bit integer as a BigInt. */
-interface KafkaLong {
-  value: bigint;
-}
-export interface ProduceArgs {
-  acks: number;
-  timeout: number;
-  transactionalId?: string | null;
-  producerId?: KafkaLong | number | string;
-  producerEpoch?: number;
-  compression?: number;
-  topicData: TopicData[];
-}
-export interface ProduceRequest {
-  apiKey: number;
-  apiVersion: number;
-  apiName: string;
-  expectResponse: () => boolean;
-  encode: () => Promise<{ buf: Buffer; buffer: Buffer; size(): number }>;
-}
-export type ProduceFactory = (args: ProduceArgs) => ProduceRequest;
-
-export const PRODUCE_API_KEY = 0;
 const MAGIC = 2;
 const TRANSACTIONAL = 16;
 
@@ -120,13 +72,41 @@ function field(value: Value): void {
     return;
   }
   const v = typeof value === 'string' ? value : String(value);
-  // At most 3 bytes per UTF-16 unit: a string under 22 units has a length under 64, whose varint
-  // is one byte, so it is written straight after that byte.
-  if (v.length < 22) {
-    room(66);
-    const n = scratch.write(v, at + 1, 'utf8');
-    scratch[at] = n << 1;
-    at += 1 + n;
+  const units = v.length;
+  if (units < 64) {
+    // Most fields are short ASCII (header names, ids, positions): copied here, one store per
+    // character, without a native call (the varint is one byte: under 64).
+    room(units + 1);
+    let p = at + 1;
+    let i = 0;
+    for (; i < units; i++) {
+      const c = v.charCodeAt(i);
+      if (c >= 0x80) break;
+      scratch[p++] = c;
+    }
+    if (i === units) {
+      scratch[at] = units << 1;
+      at = p;
+      return;
+    }
+    // At most 3 bytes per UTF-16 unit: a string under 22 units has a length under 64, whose
+    // varint is one byte, so it is written straight after that byte.
+    if (units < 22) {
+      room(66);
+      const n = scratch.write(v, at + 1, 'utf8');
+      scratch[at] = n << 1;
+      at += 1 + n;
+      return;
+    }
+  } else if (units < 2730) {
+    // 64 to 2729 units are 64 to 8189 bytes: a 2-byte varint, written after the bytes, so the
+    // string is not scanned twice (once for its length, once to write it).
+    room(units * 3 + 2);
+    const n = scratch.write(v, at + 2, 'utf8');
+    const z = n << 1;
+    scratch[at] = (z & 0x7f) | 0x80;
+    scratch[at + 1] = z >>> 7;
+    at += 2 + n;
     return;
   }
   prefixed(v, 5, varint);
@@ -293,31 +273,6 @@ export function encodeProduce(args: ProduceArgs): Buffer {
   const out = Buffer.allocUnsafe(at);
   scratch.copy(out, 0, 0, at);
   return out;
-}
-
-/** kafkajs's Long (a BigInt in `value`), a number or a string, as two 32-bit halves. */
-function toLong(v: KafkaLong | number | string): LongLike {
-  const n = typeof v === 'object' ? v.value : BigInt(v);
-  return { high: Number(BigInt.asIntN(32, n >> 32n)), low: Number(BigInt.asIntN(32, n)) };
-}
-
-/**
- * What this encoder does not write itself: messages with a timestamp. A message whose record is
- * already encoded can go nowhere else: that is an error, never a message sent empty.
- */
-export function ours(args: ProduceArgs): boolean {
-  let raw = false;
-  let other = false;
-  for (const t of args.topicData) {
-    for (const p of t.partitions) {
-      for (const m of p.messages) {
-        if (m[RAW] !== undefined) raw = true;
-        else if (m.timestamp != null) other = true;
-      }
-    }
-  }
-  if (raw && other) throw new TypeError('an encoded record cannot carry a timestamp');
-  return !other;
 }
 
 /**
