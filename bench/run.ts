@@ -20,7 +20,8 @@
  *   BENCH_CONSUMERS=…           subset of pg_recvlogical,outboxd-discard,outboxd-stdout,
  *                               outboxd-kafka,outboxd-kafka-eos,outboxd-kafka-main (no worker
  *                               threads),outboxd-kafka-w1..w3 (1 to 3 workers),outboxd-kafka-baseline,
- *                               outboxd-kafka-eos-baseline, bare-kafkajs,bare-platformatic,
+ *                               outboxd-kafka-eos-baseline, outboxd-kafka-lz4 (lz4, against
+ *                               outboxd-kafka), bare-kafkajs,bare-platformatic,
  *                               outboxd-rabbitmq,bare-amqplib, bare-amqplib-batch, and the RabbitMQ
  *                               layouts outboxd-rabbitmq-ch4, -hash4, -hash4-ch4, -quorum
  *                               (docs/benchmarks.md; all by default, the baselines only with

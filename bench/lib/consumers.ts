@@ -26,6 +26,7 @@ export const CONSUMERS = [
   'outboxd-kafka-w3',
   'outboxd-kafka-baseline',
   'outboxd-kafka-eos-baseline',
+  'outboxd-kafka-lz4',
   'bare-kafkajs',
   'bare-platformatic',
   'outboxd-rabbitmq',
@@ -130,6 +131,7 @@ const SHORT: Record<ConsumerName, string> = {
   'outboxd-kafka-w3': 'o3',
   'outboxd-kafka-baseline': 'ob',
   'outboxd-kafka-eos-baseline': 'of',
+  'outboxd-kafka-lz4': 'oz',
   'bare-kafkajs': 'bk',
   'bare-platformatic': 'bp',
   'outboxd-rabbitmq': 'or',
@@ -499,7 +501,7 @@ async function prepareTarget(ctx: BenchContext, consumer: ConsumerName, name: st
     return {
       topic,
       queue,
-      yaml: `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n${compressionYaml(ctx)}${workers === undefined ? '' : `    workers: ${workers}\n`}`,
+      yaml: `sink:\n  type: kafka\n  kafka:\n    brokers: [${(ctx.services.kafka ?? []).join(', ')}]\n    topic: bench.${name}.{aggregatetype}\n${consumer === 'outboxd-kafka-lz4' ? '    compression: lz4\n' : compressionYaml(ctx)}${workers === undefined ? '' : `    workers: ${workers}\n`}`,
       count: () => ctx.brokers.topicCount(topic),
       cleanup: () => ctx.brokers.deleteTopic(topic),
     };
