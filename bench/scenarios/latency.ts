@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +6,7 @@ import kafkajs from 'kafkajs';
 import type pg from 'pg';
 import { getFreePort } from '../../test/harness/ports.js';
 import { createOutboxTable } from '../lib/backlog.js';
+import { writeSteadily } from '../lib/steady-writer.js';
 import { type Child, startChild, stopChild } from '../lib/child.js';
 import { type BenchContext, metricSum, nodeArgs, outboxdEnv, relayYaml, scrape } from '../lib/consumers.js';
 import { note, sleep } from '../lib/log.js';
@@ -181,31 +181,10 @@ export async function runLatency(ctx: BenchContext, sink: LatencySink, rate: num
 
     for (let i = 0; i < WRITERS; i++) writers.push(await connect(ctx.services.dbUrl));
     const total = Math.round(rate * seconds);
-    const pad = 'x'.repeat(220);
-    let next = 0;
-    const start = performance.now() + 50;
-    const intervalMs = 1000 / rate;
-    let lastReturn = start;
-    // Open loop: row i is due at start + i/rate; writers that fall behind catch up without pause.
-    const writer = async (client: pg.Client): Promise<void> => {
-      for (;;) {
-        const i = next++;
-        if (i >= total) return;
-        const wait = start + i * intervalMs - performance.now();
-        if (wait > 1) await sleep(wait);
-        const id = randomUUID();
-        const key = `key-${i % 10_000}`;
-        await client.query({
-          name: 'bench-insert',
-          text: `INSERT INTO ${table} (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'order', $2, 'created', $3)`,
-          values: [id, key, `{"seq": ${i}, "orderId": "${key}", "currency": "EUR", "amount": ${(i % 10_000) / 100}, "note": "${pad}"}`],
-        });
-        lastReturn = performance.now();
-        returnedAt.set(id, performance.timeOrigin + lastReturn);
-      }
-    };
     note(`  latency ${sink}: ${total} one-row transactions at ${rate}/s`);
-    await Promise.all(writers.map((w) => writer(w)));
+    const { start, lastReturn } = await writeSteadily(writers, table, rate, total, (id, at) =>
+      returnedAt.set(id, performance.timeOrigin + at),
+    );
     result.sent = returnedAt.size;
     result.achievedRate = result.sent / ((lastReturn - start) / 1000);
     const deadline = performance.now() + 60_000;

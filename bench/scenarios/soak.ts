@@ -1,10 +1,10 @@
-import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type pg from 'pg';
 import { getFreePort } from '../../test/harness/ports.js';
 import { createOutboxTable } from '../lib/backlog.js';
+import { writeSteadily } from '../lib/steady-writer.js';
 import { type Child, startChild, stopChild } from '../lib/child.js';
 import { type BenchContext, metricSum, nodeArgs, outboxdEnv, relayYaml, scrape } from '../lib/consumers.js';
 import { note, sleep } from '../lib/log.js';
@@ -94,40 +94,16 @@ export async function runSoak(ctx: BenchContext, rate: number, seconds: number, 
 
     for (let i = 0; i < WRITERS; i++) writers.push(await connect(ctx.services.dbUrl));
     const total = Math.round(rate * seconds);
-    const pad = 'x'.repeat(220);
-    let next = 0;
-    const start = performance.now() + 50;
-    const intervalMs = 1000 / rate;
-    let lastReturn = start;
-    let lastNote = start;
-    // Open loop, as in the latency scenario: row i is due at start + i/rate.
-    const writer = async (client: pg.Client): Promise<void> => {
-      for (;;) {
-        const i = next++;
-        if (i >= total) return;
-        const wait = start + i * intervalMs - performance.now();
-        if (wait > 1) await sleep(wait);
-        const key = `key-${i % 10_000}`;
-        await client.query({
-          name: 'bench-insert',
-          text: `INSERT INTO ${table} (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'order', $2, 'created', $3)`,
-          values: [
-            randomUUID(),
-            key,
-            `{"seq": ${i}, "orderId": "${key}", "currency": "EUR", "amount": ${(i % 10_000) / 100}, "note": "${pad}"}`,
-          ],
-        });
-        result.sent++;
-        lastReturn = performance.now();
-        if (lastReturn - lastNote > 300_000) {
-          lastNote = lastReturn;
-          const last = result.samples.at(-1);
-          note(`  soak: ${((lastReturn - start) / 60_000).toFixed(0)} min, ${result.sent} rows, RSS ${last?.[1].toFixed(1)} MiB`);
-        }
-      }
-    };
+    let lastNote = performance.now();
     note(`  soak: ${total} one-row transactions at ${rate}/s for ${seconds} s into Kafka; RSS every ${sampleMs(seconds) / 1000} s`);
-    await Promise.all(writers.map((w) => writer(w)));
+    const { start, lastReturn } = await writeSteadily(writers, table, rate, total, (_, at) => {
+      result.sent++;
+      if (at - lastNote > 300_000) {
+        lastNote = at;
+        const last = result.samples.at(-1);
+        note(`  soak: ${((at - t0) / 60_000).toFixed(0)} min, ${result.sent} rows, RSS ${last?.[1].toFixed(1)} MiB`);
+      }
+    });
     result.achievedRate = result.sent / ((lastReturn - start) / 1000);
     const deadline = performance.now() + 60_000;
     for (;;) {
