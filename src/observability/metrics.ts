@@ -7,8 +7,10 @@ import { VERSION } from '../version.js';
  * the topic or routing key (bounded by the aggregate types), never a key or an id.
  * `docs/metrics.md` documents each one.
  */
-export function createMetrics(registry = new Registry()) {
+export function createMetrics(registry = new Registry(), labels: { readonly shard?: number } = {}) {
   const r = [registry];
+  // postgres.shard: every series carries the shard, so one shard's lag or poison shows as its own.
+  if (labels.shard !== undefined) registry.setDefaultLabels({ shard: String(labels.shard) });
   /**
    * Values read at scrape time instead of on the hot path: components register these probes and
    * the gauges/counters below call them when Prometheus scrapes.

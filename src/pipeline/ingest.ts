@@ -6,11 +6,17 @@ import type { Lsn } from '../lsn.js';
 import { type OutboxMapper, type RowValues, type TableBinding, requireColumns } from '../outbox/mapper.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { IgnoredKind, Relation, WholeRow } from '../source/pgoutput.js';
+import type { IgnoredKind as SourceIgnored, Relation, WholeRow } from '../source/pgoutput.js';
 import type { ChangeHandler } from '../source/stream.js';
 import type { Pipeline } from './pipeline.js';
 import { maxMessageBytes } from '../sink/limits.js';
 import { poisonLetter, valuePoison } from './poison.js';
+import { messageKey } from '../outbox/members.js';
+import { keyShard } from '../postgres/shard.js';
+import type { Shard } from '../config/config.js';
+
+/** What produces no message: the source's kinds, and a logical message another shard publishes. */
+type IgnoredKind = SourceIgnored | 'other_shard_message';
 
 /**
  * The glue between the source and the pipeline: turns decoded changes into tracked
@@ -163,6 +169,10 @@ export class Ingest implements ChangeHandler<TableBinding> {
       this.ignore('non_transactional_message');
       return undefined;
     }
+    if (this.cfg.postgres.shard && !ownsMessage(this.cfg.postgres.shard, content)) {
+      this.ignore('other_shard_message');
+      return undefined;
+    }
     const index = this.nextEvent();
     if (index === null) return undefined;
     const txn = this.requireTxn();
@@ -226,4 +236,15 @@ export class Ingest implements ChangeHandler<TableBinding> {
     this.txn ??= this.watermark.begin(open.xid, open.commitLsn, open.commitTimeMs);
     return this.txn;
   }
+}
+
+/**
+ * Whether this shard publishes a logical message: every slot sees every message (a row filter
+ * cannot reach them), so each shard takes those whose key hashes to it, as its publication's
+ * filter does for rows. One without a readable key (poison, or over the size limit, whose content
+ * was not kept) belongs to shard 0, as a row with a NULL key does, so it is reported once.
+ */
+export function ownsMessage(shard: Shard, content: Buffer | null): boolean {
+  const key = content === null ? null : messageKey(content);
+  return (key === null ? 0 : keyShard(key, shard.count)) === shard.index;
 }
