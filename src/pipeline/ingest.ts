@@ -13,10 +13,11 @@ import { maxMessageBytes } from '../sink/limits.js';
 import { poisonLetter, valuePoison } from './poison.js';
 import { messageKey } from '../outbox/members.js';
 import { keyShard } from '../postgres/shard.js';
+import { FENCE_PREFIX, type FenceGate, parseFence } from './fence.js';
 import type { Shard } from '../config/config.js';
 
 /** What produces no message: the source's kinds, and a logical message another shard publishes. */
-type IgnoredKind = SourceIgnored | 'other_shard_message';
+type IgnoredKind = SourceIgnored | 'other_shard_message' | 'resharded';
 
 /**
  * The glue between the source and the pipeline: turns decoded changes into tracked
@@ -46,6 +47,8 @@ export class Ingest implements ChangeHandler<TableBinding> {
    * published gets confirmed); later transactions are left for the next run, never confirmed.
    */
   paused = false;
+  /** A reshard this relay takes part in (lifecycle/reshard.ts), set by the session; null: none. */
+  gate: FenceGate | null = null;
 
   /** True while a transaction has begun and not committed. */
   get inTransaction(): boolean {
@@ -131,6 +134,10 @@ export class Ingest implements ChangeHandler<TableBinding> {
 
   insert(_rel: Relation, binding: TableBinding, values: RowValues, row: WholeRow): Promise<void> | undefined {
     if (this.paused && !this.open) return undefined;
+    if (this.gate?.discarding) {
+      this.ignore('resharded');
+      return undefined;
+    }
     const index = this.nextEvent();
     if (index === null) return undefined;
     const txn = this.requireTxn();
@@ -157,6 +164,11 @@ export class Ingest implements ChangeHandler<TableBinding> {
     if (this.paused && (!this.open || !transactional)) return undefined;
     if (prefix === this.cfg.postgres.heartbeatPrefix) {
       this.metrics.heartbeatsReceived.inc();
+      return undefined;
+    }
+    if (prefix === FENCE_PREFIX) return this.fence(content, transactional);
+    if (this.gate?.discarding) {
+      this.ignore('resharded');
       return undefined;
     }
     if (!this.cfg.outbox.messages.enabled || prefix !== this.cfg.outbox.messages.prefix) {
@@ -189,6 +201,18 @@ export class Ingest implements ChangeHandler<TableBinding> {
       if (!(err instanceof PoisonError)) throw err;
       return this.pipeline.pushPoison(poisonLetter(err, txn, index, err.subject?.id ?? null, err.subject?.key ?? null, content), txn);
     }
+  }
+
+  /**
+   * A reshard fence. Its transaction stays in the watermark until the gate has recorded what the
+   * fence changed for this slot, so the slot is never confirmed past a fence it has not acted on.
+   */
+  private fence(content: Buffer | null, transactional: boolean): Promise<void> | undefined {
+    const fence = transactional ? parseFence(content) : null;
+    if (this.gate === null || fence === null) return undefined;
+    const txn = this.requireTxn();
+    this.watermark.track(txn);
+    return this.gate.atFence(fence, () => this.watermark.release(txn));
   }
 
   ignore(kind: IgnoredKind): void {
