@@ -101,3 +101,14 @@ duration (e.g. a ${VAR}), which skips the check against terminationGracePeriodSe
 -1
 {{- end -}}
 {{- end -}}
+
+{{/* Values that would break the pods at runtime; rendering fails with what to change. */}}
+{{- define "outboxd.checks" -}}
+{{- $grace := include "outboxd.graceSeconds" . | float64 -}}
+{{- if and (ge $grace 0.0) (lt (.Values.terminationGracePeriodSeconds | float64) (addf $grace 5.0)) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be at least config.shutdown.grace (%vs) + 5s, or Kubernetes kills outboxd while it drains" .Values.terminationGracePeriodSeconds $grace) -}}
+{{- end -}}
+{{- if and .Values.secretEnv (not .Values.existingSecret) -}}
+{{- fail "secretEnv picks keys of existingSecret: set existingSecret too" -}}
+{{- end -}}
+{{- end -}}
