@@ -1,6 +1,14 @@
-{{/* The relay's pod template. Called with (dict "ctx" $). */}}
+{{/*
+The relay's pod template, shared by the Deployment (one slot) and the StatefulSets of a sharded
+release (statefulset.yaml). Called with (dict "ctx" $ "sharded" bool "replica" int): a sharded
+pod gets its shard index from its StatefulSet ordinal (env OUTBOXD_SHARD_INDEX, which the config's
+postgres.shard.index reads) and the label outboxd/replica (which of the shard's instances it is);
+with standbys its readiness probe is /livez.
+*/}}
 {{- define "outboxd.podTemplate" -}}
 {{- $root := .ctx -}}
+{{- $sharded := .sharded | default false -}}
+{{- $replica := .replica | default 0 -}}
 {{- with $root -}}
 metadata:
   annotations:
@@ -10,6 +18,9 @@ metadata:
     {{- end }}
   labels:
     {{- include "outboxd.labels" . | nindent 4 }}
+    {{- if $sharded }}
+    outboxd/replica: {{ $replica | quote }}
+    {{- end }}
     {{- with .Values.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -37,8 +48,15 @@ spec:
         - name: http
           containerPort: {{ .Values.http.port }}
           protocol: TCP
-      {{- if or .Values.env .Values.secretEnv }}
+      {{- if or .Values.env .Values.secretEnv $sharded }}
       env:
+        {{- if $sharded }}
+        # The shard this pod relays: its StatefulSet ordinal (Kubernetes 1.28+ sets the label).
+        - name: OUTBOXD_SHARD_INDEX
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.labels['apps.kubernetes.io/pod-index']
+        {{- end }}
         {{- range $name, $key := .Values.secretEnv }}
         - name: {{ $name }}
           valueFrom:
@@ -72,7 +90,13 @@ spec:
         {{- toYaml .Values.probes.liveness | nindent 8 }}
       readinessProbe:
         httpGet:
+          {{- if and $sharded $root.Values.standby.enabled }}
+          # A standby never passes /readyz, and a StatefulSet's rolling update waits for each new
+          # pod to be ready: with standbys, ready means live (outboxd_leader tells who leads).
+          path: /livez
+          {{- else }}
           path: /readyz
+          {{- end }}
           port: http
         {{- toYaml .Values.probes.readiness | nindent 8 }}
       {{- with .Values.resources }}
