@@ -84,23 +84,25 @@ async function startReshard(client: pg.Client, news: Config[], olds: Member[], o
   for (const c of news) {
     const { slot, publication } = c.postgres;
     const state = (await readMarker(client, publication)).reshards?.get(slot);
-    if (state?.id === id) continue;
-    // Held by this connection until it ends: no relay of the new slot streams before it is marked.
-    if (!(await tryLeaderLock(client, slot))) {
-      err.write(`outboxd: a relay of new slot ${slot} is already running: stop the new shard set, then run reshard again\n`);
-      return ExitCode.failure;
+    if (state?.id !== id) {
+      // Held by this connection until it ends: no relay of the new slot streams before it is marked.
+      if (!(await tryLeaderLock(client, slot))) {
+        err.write(`outboxd: a relay of new slot ${slot} is already running: stop the new shard set, then run reshard again\n`);
+        return ExitCode.failure;
+      }
+      const existing = await client.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [slot]);
+      if (existing.rows.length > 0) {
+        err.write(
+          `outboxd: slot ${slot} exists but is not part of this reshard: a relay may have published from it already; drop it (outboxd retire --slot ${slot}) and run reshard again\n`,
+        );
+        return ExitCode.failure;
+      }
+      // Marked before the slot exists: a slot of this set is never without its part in the reshard.
+      await ensurePublication(client, { ...c, postgres: { ...c.postgres, createPublication: true } });
+      await updateMarker(client, publication, (m) => withReshard(m, slot, { id: id as string, state: 'waiting', peers: olds }));
     }
-    const existing = await client.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [slot]);
-    if (existing.rows.length > 0) {
-      err.write(
-        `outboxd: slot ${slot} exists but is not part of this reshard: a relay may have published from it already; drop it (outboxd retire --slot ${slot}) and run reshard again\n`,
-      );
-      return ExitCode.failure;
-    }
-    await ensurePublication(client, { ...c, postgres: { ...c.postgres, createPublication: true } });
-    await ensureSlot(client, { ...c.postgres, createSlot: true, onLostSlot: 'exit' });
-    await updateMarker(client, publication, (m) => withReshard(m, slot, { id: id as string, state: 'waiting', peers: olds }));
-    out.write(`-- new shard: publication ${publication}, slot ${slot}: created, waiting for the fence\n`);
+    const { created } = await ensureSlot(client, { ...c.postgres, createSlot: true, onLostSlot: 'exit' });
+    out.write(`-- new shard: publication ${publication}, slot ${slot}: ${created ? 'created' : 'exists'}, ${state?.state ?? 'waiting'}\n`);
   }
   const fence = JSON.stringify({ id, retire: olds.map((o) => o.slot), start: news.map((c) => c.postgres.slot) });
   const emitted = await client.query<{ lsn: string }>('SELECT pg_logical_emit_message(true, $1, $2)::text AS lsn', [FENCE_PREFIX, fence]);

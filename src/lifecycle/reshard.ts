@@ -2,6 +2,7 @@ import type pg from 'pg';
 import type { Config } from '../config/config.js';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
 import type { Fence, FenceGate } from '../pipeline/fence.js';
 import type { Pipeline } from '../pipeline/pipeline.js';
 import { type ReshardState, readMarker, updateMarker, withReshard } from '../postgres/marker.js';
@@ -30,6 +31,7 @@ export class ReshardGate implements FenceGate {
     private readonly cfg: Config,
     private readonly admin: () => Promise<pg.Client>,
     private readonly pipeline: Pipeline,
+    private readonly metrics: Metrics,
     private readonly log: Logger,
   ) {}
 
@@ -52,6 +54,7 @@ export class ReshardGate implements FenceGate {
     const client = await this.admin();
     this.state = (await readMarker(client, publication)).reshards?.get(slot) ?? null;
     this.mode = this.state?.state === 'retired' ? 'retired' : this.state?.state === 'waiting' ? 'before-fence' : 'open';
+    this.metrics.reshardRetired.set(this.mode === 'retired' ? 1 : 0);
     if (this.mode === 'retired') {
       this.log.warn(
         { reshard: this.state?.id },
@@ -102,6 +105,7 @@ export class ReshardGate implements FenceGate {
     if (!(await this.pipeline.whenIdle(this.signal))) return;
     const peers = fence.start.map((s) => ({ slot: s, publication: '' }));
     await this.record({ id: fence.id, state: 'retired', peers });
+    this.metrics.reshardRetired.set(1);
     this.log.warn(
       { reshard: fence.id },
       'retired by a reshard: everything before the fence is on the broker; this relay now publishes nothing. Remove it with outboxd reshard --finish',

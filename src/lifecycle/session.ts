@@ -78,7 +78,7 @@ export class Sessions {
       this.events.onStuck?.(stuck, ms, detail),
     );
     this.pruner = Pruner.wanted(cfg) ? new Pruner(cfg, watermark, metrics, log.child({ module: 'prune' })) : null;
-    this.gate = new ReshardGate(cfg, () => this.admin.get(), pipeline, log.child({ module: 'reshard' }));
+    this.gate = new ReshardGate(cfg, () => this.admin.get(), pipeline, metrics, log.child({ module: 'reshard' }));
     ingest.gate = this.gate;
   }
 

@@ -156,6 +156,11 @@ export function createMetrics(registry = new Registry(), labels: { readonly shar
       help: '1 when this instance holds the slot and streams; 0 while it waits as a standby.',
       registers: r,
     }),
+    reshardRetired: new Gauge({
+      name: 'outboxd_reshard_retired',
+      help: '1 while a reshard has retired this shard: it publishes nothing and only moves its slot (remove it with reshard --finish).',
+      registers: r,
+    }),
     state: new Gauge({
       name: 'outboxd_state',
       help: "1 for the relay's current lifecycle state.",

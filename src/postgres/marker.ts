@@ -256,5 +256,6 @@ export function withRecovery(m: Marker, slot: string, r: Recovery | null): Marke
 export function withReshard(m: Marker, slot: string, r: ReshardState): Marker {
   const reshards = new Map(m.reshards);
   reshards.set(slot, r);
-  return { ...withSlot(m, slot), reshards };
+  // Not in `slots`: a new shard's entry is written before its slot exists (ensureSlot records it).
+  return { ...m, reshards };
 }

@@ -1,7 +1,9 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { keyShard } from '../../src/postgres/shard.js';
 import { getFreePort } from '../harness/ports.js';
-import { CliProcess, type RelayProcess, sleep, until } from '../integration/support.js';
+import { CliProcess, RelayProcess, defer, sleep, until } from '../integration/support.js';
 import { type Bundle, bundle, markerOf, orderAndDuplicates, steadyWriter, waitDelivered } from './fixtures.js';
 
 /**
@@ -15,8 +17,8 @@ import { type Bundle, bundle, markerOf, orderAndDuplicates, steadyWriter, waitDe
 
 const SHARD = '  shard:\n    index: ${OUTBOXD_SHARD_INDEX}\n    count: ${OUTBOXD_SHARD_COUNT}\n';
 
-async function shardRelay(b: Bundle, index: number, count: number): Promise<RelayProcess> {
-  return b.startOn(await getFreePort(), { OUTBOXD_SHARD_INDEX: String(index), OUTBOXD_SHARD_COUNT: String(count) });
+async function shardRelay(b: Bundle, index: number, count: number, env: NodeJS.ProcessEnv = {}): Promise<RelayProcess> {
+  return b.startOn(await getFreePort(), { ...env, OUTBOXD_SHARD_INDEX: String(index), OUTBOXD_SHARD_COUNT: String(count) });
 }
 
 const cli = (b: Bundle, count: number, ...args: string[]) =>
@@ -38,7 +40,13 @@ describe('resharding 2 → 3 under a steady writer', () => {
     const old = [await shardRelay(b, 0, 2), await shardRelay(b, 1, 2)];
     await Promise.all(old.map((r) => r.ready()));
     const writer = steadyWriter(b, 2, 40);
+    await using _writer = defer(() => writer.stop());
     await until('the old shards relay', async () => (await Promise.all(old.map(published))).every((n) => n > 50), 60_000, 200);
+
+    // Raising the count without a reshard is refused: both sets would publish the same rows.
+    const wrong = await cli(b, 3, 'setup');
+    expect(wrong.code).toBe(3);
+    expect(wrong.stderr).toMatch(/slot .*_0_of_3 does not exist, but .*_0_of_2, .*_1_of_2 of another shard set .* outboxd reshard/);
 
     const start = await cli(b, 3, 'reshard', '--from', '2');
     expect(start.code, start.stderr).toBe(0);
@@ -95,5 +103,63 @@ describe('resharding 2 → 3 under a steady writer', () => {
       "SELECT pubname FROM pg_publication WHERE pubname LIKE 'outboxd%' ORDER BY 1",
     );
     expect(pubs.rows.map((r) => r.pubname)).toEqual(['outboxd_0_of_3', 'outboxd_1_of_3', 'outboxd_2_of_3']);
+  });
+});
+
+describe('resharding an unsharded outbox into 2, with relays killed on both sides of the fence', () => {
+  it('loses nothing and keeps every key in order (duplicates only from a killed relay)', async () => {
+    await using b = await bundle({ kind: 'kafka' });
+    // The same relay, sharded: the bundle's config with postgres.shard.
+    const file = join(dirname(b.configFile), 'sharded.yaml');
+    writeFileSync(file, readFileSync(b.configFile, 'utf8').replace(`  slot: ${b.db.slot}\n`, `  slot: ${b.db.slot}\n${SHARD}`));
+    const unsharded = b.start();
+    await unsharded.ready();
+    const writer = steadyWriter(b, 2, 30);
+    await using _writer = defer(() => writer.stop());
+    await until('the unsharded relay relays', async () => (await published(unsharded)) > 100, 60_000, 200);
+    const sharded = { OUTBOXD_SHARD_INDEX: '0', OUTBOXD_SHARD_COUNT: '2' };
+    const start = await CliProcess.run(['reshard', '--from', 'unsharded', '-c', file], sharded);
+    expect(start.code, start.stderr).toBe(0);
+    // The old relay dies around the fence and comes back: it must still stop exactly there.
+    unsharded.kill('SIGKILL');
+    await unsharded.exited;
+    const again = b.start();
+    const spawned: RelayProcess[] = [];
+    await using _relays = defer(async () => {
+      for (const r of spawned) await r[Symbol.asyncDispose]();
+    });
+    const startShard = async (i: number) => {
+      const port = await getFreePort();
+      const r = new RelayProcess(file, port, { ...sharded, OUTBOXD_SHARD_INDEX: String(i), OUTBOXD_HTTP_PORT: String(port) });
+      spawned.push(r);
+      return r;
+    };
+    const relays = [await startShard(0), await startShard(1)];
+    await until(
+      'both new shards started',
+      async () => {
+        for (let i = 0; i < 2; i++)
+          if ((await markerOf(b, `outboxd_${i}_of_2`)).reshards?.get(`${b.db.slot}_${i}_of_2`)?.state !== 'started') return false;
+        return true;
+      },
+      60_000,
+      200,
+    );
+    expect((await markerOf(b)).reshards?.get(b.db.slot)?.state).toBe('retired');
+    // A new shard dies after it started, and comes back: it goes on from its slot.
+    await sleep(500);
+    relays[1]?.kill('SIGKILL');
+    await relays[1]?.exited;
+    const back = await startShard(1);
+    await sleep(1_500);
+    await writer.stop();
+    await waitDelivered(b.reader, writer.ids);
+    await b.reader.caughtUp();
+    const { violations, unique } = orderAndDuplicates(b.reader.delivered());
+    expect(violations).toEqual([]);
+    expect(unique).toBe(writer.ids.length);
+    // The retired relay publishes nothing after it came back.
+    expect(await published(again)).toBe(0);
+    await back.ready();
   });
 });
