@@ -51,6 +51,7 @@ const ENV: NodeJS.ProcessEnv = {
   RABBITMQ_HOST: 'rabbit.internal',
   RABBITMQ_PASSWORD: 'rabbit-secret',
   LOG_LEVEL: 'info',
+  OUTBOXD_SHARD_INDEX: '1',
 };
 
 const read = (rel: string): string => readFileSync(join(ROOT, rel), 'utf8');
