@@ -197,33 +197,15 @@ function ciValues(file: string): Obj {
 const at = (o: unknown, ...path: string[]): unknown =>
   path.reduce<unknown>((v, k) => (v !== null && typeof v === 'object' ? (v as Obj)[k] : undefined), o);
 
-/**
- * Whether this build's config knows postgres.shard (the relay side of issue 25). Until it does, a
- * sharded config goes to `outboxd validate` without its postgres.shard section, which the sharded
- * tests check on their own.
- */
-const relayKnowsShards = ((): boolean => {
-  try {
-    parseConfig('postgres:\n  url: postgres://u@h/db\n  shard: { index: 0, count: 2 }\n', {});
-    return true;
-  } catch (e) {
-    if (/postgres\.shard: unknown key/.test(String(e))) return false;
-    throw e;
-  }
-})();
-
 /** Runs the real CLI's `validate` on a rendered config, with placeholder credentials (and `env`). */
 function outboxdValidate(configText: string, env: NodeJS.ProcessEnv = {}): Result {
   if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: run npm run build first`);
   const file = join(tmp, `rendered-${Math.random().toString(36).slice(2)}.yaml`);
-  const doc = parseDocument(configText);
-  if (!relayKnowsShards && doc.hasIn(['postgres', 'shard'])) {
-    doc.deleteIn(['postgres', 'shard']);
-    writeFileSync(file, doc.toString());
-  } else writeFileSync(file, configText);
+  writeFileSync(file, configText);
   const r = spawnSync(process.execPath, [MAIN, 'validate', '-c', file], {
     encoding: 'utf8',
     env: {
+      OUTBOXD_SHARD_INDEX: '0',
       ...env,
       PATH: process.env.PATH,
       OUTBOXD_PG_URL: 'postgres://outboxd:secret@db:5432/app',
@@ -611,7 +593,7 @@ describe('helm chart helm/outboxd: shards', () => {
     );
   });
 
-  it.runIf(relayKnowsShards)('`outboxd validate` accepts the sharded config for every pod', () => {
+  it('`outboxd validate` accepts the sharded config for every pod', () => {
     const out = sharded('-f', join(CI_VALUES, 'shards-values.yaml'));
     for (const index of [0, 1, 2]) {
       const r = outboxdValidate(out.configText, { OUTBOXD_SHARD_INDEX: String(index) });
@@ -745,12 +727,10 @@ describe('helm chart helm/outboxd: shards', () => {
       '--set',
       'config.sink.kafka.delivery=exactly-once',
     ];
-    expect(rejected([...KUBE_1_28, '--set', 'shards=3', ...kafka, '--set', 'config.sink.kafka.transactionalId=orders'])).toMatch(
-      /transactionalId \(orders\) would be one transactional id for 3 shards/,
-    );
-    const perShard = sharded(...kafka, '--set', 'config.sink.kafka.transactionalId=orders-${OUTBOXD_SHARD_INDEX}');
-    expect(at(parse(perShard.configText), 'sink', 'kafka', 'transactionalId')).toBe('orders-${OUTBOXD_SHARD_INDEX}');
-    template([...kafka, '--set', 'config.sink.kafka.transactionalId=orders']);
+    // A set transactional id is fine: each shard's relay gives it the shard (orders_1_of_3).
+    const perShard = sharded(...kafka, '--set', 'config.sink.kafka.transactionalId=orders');
+    const shardCfg = parseConfig(perShard.configText, { OUTBOXD_SHARD_INDEX: '1', OUTBOXD_PG_URL: 'postgres://u@h/db' });
+    expect(shardCfg.sink.type === 'kafka' && shardCfg.sink.kafka.transactionalId).toBe('orders_1_of_3');
     // The chart sets postgres.shard itself (once the config schema knows the key, values can carry it).
     expect(rejected([...KUBE_1_28, '--set', 'shards=3', '--skip-schema-validation', '--set', 'config.postgres.shard.index=1'])).toMatch(
       /config\.postgres\.shard is set, and shards is 3/,

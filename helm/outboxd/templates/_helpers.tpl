@@ -93,12 +93,6 @@ shards > 1, postgres.shard too (index from the pod, count = shards).
 {{- if hasKey $pg "shard" -}}
 {{- fail (printf "config.postgres.shard is set, and shards is %v: with shards > 1 the chart sets postgres.shard for each pod; remove config.postgres.shard" .Values.shards) -}}
 {{- end -}}
-{{- $kafka := dig "sink" "kafka" dict $cfg | default dict -}}
-{{- with get $kafka "transactionalId" -}}
-{{- if not (contains "OUTBOXD_SHARD_INDEX" (toString .)) -}}
-{{- fail (printf "config.sink.kafka.transactionalId (%v) would be one transactional id for %v shards, which fence each other: remove it (each shard derives its own from its slot) or put ${OUTBOXD_SHARD_INDEX} in it" . $.Values.shards) -}}
-{{- end -}}
-{{- end -}}
 {{- $_ := set $pg "shard" (dict "index" (include "outboxd.shardIndexRef" .) "count" (int .Values.shards)) -}}
 {{- $_ := set $cfg "postgres" $pg -}}
 {{- end -}}
