@@ -106,7 +106,9 @@ async function startReshard(client: pg.Client, news: Config[], olds: Member[], o
   }
   const fence = JSON.stringify({ id, retire: olds.map((o) => o.slot), start: news.map((c) => c.postgres.slot) });
   const emitted = await client.query<{ lsn: string }>('SELECT pg_logical_emit_message(true, $1, $2)::text AS lsn', [FENCE_PREFIX, fence]);
-  out.write(`-- reshard ${id}: fence written at ${emitted.rows[0]?.lsn}\n`);
+  out.write(
+    `-- reshard ${id}: fence written at ${emitted.rows[0]?.lsn}. The old shards stop there; start the new shard set now (events after the fence wait in its slots until it runs)\n`,
+  );
   await report(client, id, news, olds, out);
   return ExitCode.ok;
 }

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { type Config, shardConfig } from '../config/config.js';
 import { oneLine } from '../errors.js';
+import { readMarker } from '../postgres/marker.js';
 import { checkPublishes, checkShardable } from '../postgres/publication-checks.js';
 import type { AddCheck } from './validate-check.js';
 
@@ -44,4 +45,22 @@ export async function shardChecks(client: pg.Client, cfg: Config, add: AddCheck)
       `shard ${shard.index} of ${shard.count}; the publications ${missing.join(', ')} do not exist yet, so their keys are relayed by no one until they do — outboxd setup creates every shard's`,
     );
   else add('shards', 'ok', `shard ${shard.index} of ${shard.count}; every shard's publication has its own row filter`);
+}
+
+/** This slot's part in a reshard, when it has one (lifecycle/reshard.ts): a warning that says what it waits for. */
+export async function reshardCheck(client: pg.Client, cfg: Config, add: AddCheck): Promise<void> {
+  const { slot, publication } = cfg.postgres;
+  const exists = await client.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [publication]);
+  if (exists.rows.length === 0) return;
+  const state = (await readMarker(client, publication)).reshards?.get(slot);
+  if (!state) return;
+  if (state.state === 'started') add('reshard', 'ok', `${slot} started at the fence of reshard ${state.id}`);
+  else if (state.state === 'retired')
+    add('reshard', 'warn', `${slot} was retired by reshard ${state.id}: it publishes nothing; remove it with outboxd reshard --finish`);
+  else
+    add(
+      'reshard',
+      'warn',
+      `${slot} is a new shard of reshard ${state.id}: it waits until ${state.peers.map((p) => p.slot).join(', ')} retired at the fence, then starts there`,
+    );
 }

@@ -51,6 +51,9 @@ describe('resharding 2 → 3 under a steady writer', () => {
     const start = await cli(b, 3, 'reshard', '--from', '2');
     expect(start.code, start.stderr).toBe(0);
     expect(start.stdout).toMatch(/fence written at/);
+    expect((await cli(b, 3, 'validate', '--connect')).stdout).toMatch(
+      /warn {2}reshard: .*_0_of_3 is a new shard of reshard .* waits until/,
+    );
     // Before the new shards run, --finish refuses: nothing has started.
     expect((await cli(b, 3, 'reshard', '--from', '2', '--finish')).code).toBe(1);
     const fresh = [await shardRelay(b, 0, 3), await shardRelay(b, 1, 3), await shardRelay(b, 2, 3)];
@@ -87,6 +90,7 @@ describe('resharding 2 → 3 under a steady writer', () => {
       expect(state?.state).toBe('retired');
     }
 
+    expect((await cli(b, 2, 'validate', '--connect')).stdout).toMatch(/warn {2}reshard: .*_0_of_2 was retired by reshard/);
     // --finish waits for the old relays to stop (they hold their slots' leader locks).
     const early = await cli(b, 3, 'reshard', '--from', '2', '--finish');
     expect(early.code).toBe(1);
