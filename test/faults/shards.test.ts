@@ -2,7 +2,16 @@ import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { getFreePort } from '../harness/ports.js';
 import { CliProcess, type RelayProcess, defer, sleep, until } from '../integration/support.js';
-import { type Bundle, type BundleOptions, type Delivered, type SinkKind, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
+import {
+  type Bundle,
+  type BundleOptions,
+  type Delivered,
+  type SinkKind,
+  bundle,
+  markerOf,
+  orderAndDuplicates,
+  waitDelivered,
+} from './fixtures.js';
 
 /**
  * Shards (issue 25, docs/adr/0020-shards.md) with their relays as processes, against real
@@ -70,11 +79,10 @@ interface Written {
  * Writes `total` events over `keys` keys into public.outbox, rows and transactional logical
  * messages mixed: a transaction of 60 rows and 3 messages, then 40 one-event transactions (every
  * tenth a message), `paceMs` apart. Each payload carries its key's sequence, in commit order, for
- * the order check.
+ * the order check (`seqs`: go on from an earlier call's sequences).
  */
-async function writeMixed(b: Bundle, total: number, keys: number, paceMs = 5): Promise<Written[]> {
+async function writeMixed(b: Bundle, total: number, keys: number, paceMs = 5, seqs = new Map<string, number>()): Promise<Written[]> {
   const out: Written[] = [];
-  const seqs = new Map<string, number>();
   const next = (kind: Written['kind']): Written => {
     const key = keyOf(out.length % keys);
     const seq = (seqs.get(key) ?? 0) + 1;
@@ -377,4 +385,57 @@ describe('logical messages with 3 shards', () => {
     for (const i of SHARDS) expect(own[i]).toBeGreaterThan(0);
     await f.stop();
   }, 120_000);
+});
+
+describe('a lost slot of one shard, recovered from the outbox', () => {
+  it("publishes again only that shard's retained rows: no other shard's key, 0 lost, per-key order", async () => {
+    await using b = await bundle({
+      kind: 'kafka',
+      postgresExtra: `${SHARD_YAML}  onLostSlot: recover-from-outbox\n`,
+      outboxExtra: '  prune:\n    mode: off\n    interval: 300ms\n',
+      sinkExtra: SOURCE_YAML,
+    });
+    let f: Fleet | undefined;
+    await using _ = releaseSlots(b, () => f);
+    f = await fleet(b);
+    const seqs = new Map<string, number>();
+    const first = await writeMixed(b, 600, 90, 1, seqs);
+    await waitDelivered(
+      b.reader,
+      first.map((w) => w.id),
+    );
+    const slot1 = `${b.db.slot}_1_of_${COUNT}`;
+    await until(
+      'shard 1 records its confirmed epoch',
+      async () => (await markerOf(b, `outboxd_1_of_${COUNT}`)).epochs.has(slot1),
+      30_000,
+      100,
+    );
+    // Shard 1 stops; its slot is dropped while rows keep coming (every shard's keys).
+    const relay1 = f.relays[1] as RelayProcess;
+    relay1.kill('SIGTERM');
+    expect(await relay1.exited).toBe(0);
+    await b.db.client.query('SELECT pg_drop_replication_slot($1)', [slot1]);
+    const second = await writeMixed(b, 600, 90, 1, seqs);
+    f.relays[1] = b.startOn(await getFreePort(), { OUTBOXD_SHARD_INDEX: '1' });
+    // Logical messages are in no table: those shard 1's slot never read are gone with it
+    // (docs/runbook.md#lost-slot). Every row, and every other message, must arrive.
+    const owner = await serverShards(
+      b,
+      second.map((w) => w.key),
+    );
+    const gone = second.filter((w) => w.kind === 'message' && owner.get(w.key) === 1);
+    const written = [...first, ...second].filter((w) => !gone.includes(w));
+    const r = await shardReport(b, written);
+    process.stdout.write(
+      `[shards recovery] events=${written.length} (+${gone.length} messages of the lost slot) delivered=${r.all.length} duplicates=${r.duplicates} (by shard ${r.duplicatesBy.join('/')}) lost=${r.lost.length}\n`,
+    );
+    expect(r.lost, 'lost').toEqual([]);
+    // The recovery republished rows (its epoch is behind what it had sent), all of them shard 1's.
+    expect(r.duplicatesBy[1]).toBeGreaterThan(0);
+    expect(r.misplaced.length, describeMisplaced(r)).toBe(0);
+    expect(r.violations).toEqual([]);
+    expect(f.relays[1]?.stderr + (f.relays[1]?.stdout ?? '')).toMatch(/recover/i);
+    await f.stop();
+  }, 150_000);
 });
