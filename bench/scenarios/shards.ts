@@ -3,9 +3,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type pg from 'pg';
 import { getFreePort } from '../../test/harness/ports.js';
 import { type Backlog, type BacklogSpec, createBacklog, dropBacklog } from '../lib/backlog.js';
 import { type Child, startChild, stopChild } from '../lib/child.js';
+import { type DecodeProbe, createProbePublications, dropProbePublications, probeDecode } from '../lib/decode-probe.js';
 import {
   type BenchContext,
   type Watch,
@@ -19,7 +21,7 @@ import {
 } from '../lib/consumers.js';
 import { note } from '../lib/log.js';
 import { MAIN } from '../lib/paths.js';
-import { copySlot, dropSlot } from '../lib/pg.js';
+import { connect, copySlot, dropSlot } from '../lib/pg.js';
 import { cpuSeconds, memory } from '../lib/procfs.js';
 import { max, median, min } from '../lib/stats.js';
 import { type BacklogInfo, type Spread, backlogInfo, table } from '../lib/summary.js';
@@ -37,6 +39,9 @@ import { type BacklogInfo, type Spread, backlogInfo, table } from '../lib/summar
  * evaluates its row filter on every row, and sends about 1/N of them), the broker's, and what
  * the rest of the host used. Checked: the topic holds exactly the backlog, and the shards'
  * `outboxd_messages_published_total` add up to it.
+ *
+ * Each run first probes what decoding alone costs (bench/lib/decode-probe.ts): the part of a
+ * walsender's CPU that every further slot adds, whatever its share of the rows.
  */
 export interface ShardResult {
   index: number;
@@ -106,6 +111,9 @@ export interface ShardsOutcome {
   backlog: BacklogInfo;
   summary: ShardsSummary[];
   runs: ShardsRun[];
+  /** Each run's decode probe, and their medians in µs per WAL event (null: Postgres elsewhere). */
+  probes: Array<DecodeProbe & { run: number }>;
+  decodeUsPerEvent: { other: number | null; filtered: number | null };
 }
 
 const execFileP = promisify(execFile);
@@ -118,24 +126,46 @@ export async function runShards(ctx: BenchContext, spec: BacklogSpec, counts: re
   const publication = `pub_${spec.name}`;
   let b: Backlog | null = null;
   const results: ShardsRun[] = [];
+  const probes: ShardsOutcome['probes'] = [];
   try {
     b = await createBacklog(ctx.db, spec, {
       beforeSlots: async (table) => {
+        await createProbePublications(ctx.db, table);
         for (const n of counts) await setup(ctx, dir, table, template, publication, n);
       },
     });
     for (let r = 1; r <= runs; r++) {
       const order = counts.map((_, i) => counts[(i + r - 1) % counts.length] as number);
-      note(`shards run ${r}/${runs}: ${order.join(', ')} shard(s)`);
+      note(`shards run ${r}/${runs}: decode probe, then ${order.join(', ')} shard(s)`);
+      const p = await probeDecode(ctx.services.dbUrl, b.table, b.template, b.endLsn);
+      probes.push({ run: r, ...p });
+      note(
+        `  decoding alone: ${p.other.cpuSeconds?.toFixed(2)} s of CPU (${p.other.seconds.toFixed(2)} s); with the shard filter on every row: ` +
+          `${p.filtered.cpuSeconds?.toFixed(2)} s (${p.filtered.seconds.toFixed(2)} s); messages ${p.other.messages}, ${p.filtered.messages}`,
+      );
       for (const n of order) results.push(await drainShards(ctx, b, dir, template, publication, n, r));
     }
-    return { backlog: backlogInfo(b), summary: counts.map((n) => summarizeShards(n, results)), runs: results };
+    const perEvent = (xs: Array<number | null>): number | null => {
+      const m = med(xs);
+      return Number.isFinite(m) && b ? (m / b.rows) * 1e6 : null;
+    };
+    return {
+      backlog: backlogInfo(b),
+      summary: counts.map((n) => summarizeShards(n, results)),
+      runs: results,
+      probes,
+      decodeUsPerEvent: {
+        other: perEvent(probes.map((p) => p.other.cpuSeconds)),
+        filtered: perEvent(probes.map((p) => p.filtered.cpuSeconds)),
+      },
+    };
   } finally {
     for (const n of counts) for (let i = 0; i < n; i++) await dropSlot(ctx.db, shardName(template, i, n)).catch(() => undefined);
     if (b) {
       for (const n of counts)
         for (let i = 0; i < n; i++) await ctx.db.query(`DROP PUBLICATION IF EXISTS ${shardName(publication, i, n)}`).catch(() => undefined);
       await dropBacklog(ctx.db, b);
+      await dropProbePublications(ctx.db, b.table).catch(() => undefined);
     }
     rmSync(dir, { recursive: true, force: true });
   }
@@ -170,7 +200,10 @@ async function drainShards(
   const topic = `bench.${name}.order`;
   const relays: Child[] = [];
   const ports: number[] = [];
+  // A connection per shard to poll its slot: the pollers run side by side.
+  const pollers: pg.Client[] = [];
   try {
+    for (let i = 0; i < n; i++) pollers.push(await connect(ctx.services.dbUrl));
     for (let i = 0; i < n; i++) await copySlot(ctx.db, shardName(template, i, n), shardName(slot, i, n));
     await ctx.brokers.createTopic(topic, ctx.kafkaPartitions);
     const cfgs: string[] = [];
@@ -199,7 +232,9 @@ async function drainShards(
     for (const [i, cfg] of cfgs.entries())
       relays.push(startChild(process.execPath, [...nodeArgs(ctx, null, `${name}-${i}`), MAIN, 'run', '-c', cfg], outboxdEnv(ctx)));
     const span = { rows: b.rows, lsn: b.endLsn };
-    const watches: Watch[] = await Promise.all(relays.map((c, i) => watchDrain(ctx.db, shardName(slot, i, n), span, c, false)));
+    const watches: Watch[] = await Promise.all(
+      relays.map((c, i) => watchDrain(pollers[i] as pg.Client, shardName(slot, i, n), span, c, false)),
+    );
     // Read everything while the relays still live: CPU, peak RSS, then their own counters.
     const perShard: ShardResult[] = [];
     const started = Math.min(...relays.map((c) => c.spawnedAt));
@@ -265,6 +300,7 @@ async function drainShards(
     return failed(n, r, b.rows, error);
   } finally {
     for (const c of relays) await stopChild(c, 5_000);
+    for (const p of pollers) await p.end().catch(() => undefined);
     for (let i = 0; i < n; i++) await dropSlot(ctx.db, shardName(slot, i, n)).catch(() => undefined);
     await ctx.brokers.deleteTopic(topic).catch(() => undefined);
   }
@@ -374,5 +410,7 @@ export function shardsTable(o: ShardsOutcome): string {
         f2(s.skew),
       ]),
     ),
+    `decoding alone, in a backend (no row sent; median of runs): ${f2(o.decodeUsPerEvent.other)} µs per WAL event; ` +
+      `with the shard filter evaluated on every row: ${f2(o.decodeUsPerEvent.filtered)} µs`,
   ].join('\n');
 }
