@@ -114,6 +114,13 @@ export interface ShardsOutcome {
   /** Each run's decode probe, and their medians in µs per WAL event (null: Postgres elsewhere). */
   probes: Array<DecodeProbe & { run: number }>;
   decodeUsPerEvent: { other: number | null; filtered: number | null };
+  /**
+   * One walsender's CPU per WAL event, fitted (least squares, every shard of every run) as
+   * `perWalEventUs + perSentEventUs / N`: what a slot pays for each event of the WAL whether it
+   * sends it or not (decoding, the row filter, skipping), and what sending one of its own costs.
+   * The primary then pays `N × perWalEventUs + perSentEventUs` per event. Null with one N.
+   */
+  walsenderFit: { perWalEventUs: number; perSentEventUs: number } | null;
 }
 
 const execFileP = promisify(execFile);
@@ -158,6 +165,7 @@ export async function runShards(ctx: BenchContext, spec: BacklogSpec, counts: re
         other: perEvent(probes.map((p) => p.other.cpuSeconds)),
         filtered: perEvent(probes.map((p) => p.filtered.cpuSeconds)),
       },
+      walsenderFit: fitWalsender(results),
     };
   } finally {
     for (const n of counts) for (let i = 0; i < n; i++) await dropSlot(ctx.db, shardName(template, i, n)).catch(() => undefined);
@@ -361,6 +369,20 @@ export function summarizeShards(n: number, results: readonly ShardsRun[]): Shard
   };
 }
 
+/** Least squares of each walsender's µs per WAL event against 1/N (see ShardsOutcome.walsenderFit). */
+export function fitWalsender(results: readonly ShardsRun[]): ShardsOutcome['walsenderFit'] {
+  const points: Array<[number, number]> = [];
+  for (const r of results.filter((x) => x.ok))
+    for (const s of r.perShard) if (s.walsenderCpu !== null) points.push([1 / r.shards, (s.walsenderCpu / r.rows) * 1e6]);
+  if (new Set(points.map(([x]) => x)).size < 2) return null;
+  const mx = points.reduce((t, [x]) => t + x, 0) / points.length;
+  const my = points.reduce((t, [, y]) => t + y, 0) / points.length;
+  const sxy = points.reduce((t, [x, y]) => t + (x - mx) * (y - my), 0);
+  const sxx = points.reduce((t, [x]) => t + (x - mx) ** 2, 0);
+  const slope = sxy / sxx;
+  return { perWalEventUs: my - slope * mx, perSentEventUs: slope };
+}
+
 const int = (x: number | null): string => (x === null || !Number.isFinite(x) ? '–' : Math.round(x).toLocaleString('en-US'));
 const f2 = (x: number | null): string => (x === null || !Number.isFinite(x) ? '–' : x.toFixed(2));
 
@@ -412,5 +434,9 @@ export function shardsTable(o: ShardsOutcome): string {
     ),
     `decoding alone, in a backend (no row sent; median of runs): ${f2(o.decodeUsPerEvent.other)} µs per WAL event; ` +
       `with the shard filter evaluated on every row: ${f2(o.decodeUsPerEvent.filtered)} µs`,
+    o.walsenderFit
+      ? `one walsender per WAL event ≈ ${f2(o.walsenderFit.perWalEventUs)} + ${f2(o.walsenderFit.perSentEventUs)} / N µs (least squares over every shard of every run); ` +
+        `the primary pays N × ${f2(o.walsenderFit.perWalEventUs)} + ${f2(o.walsenderFit.perSentEventUs)} µs per event`
+      : 'one N only: no fit of the walsender cost against N',
   ].join('\n');
 }
