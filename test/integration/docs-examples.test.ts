@@ -266,8 +266,11 @@ beforeAll(async () => {
   }
 });
 
-/** Target labels Prometheus adds to every series. */
-const TARGET_LABELS = new Set(['job', 'instance']);
+/**
+ * Labels any series may carry besides its own: the target labels Prometheus adds, and the
+ * `shard` that a relay with postgres.shard puts on every series it exports (checked below).
+ */
+const SERIES_LABELS = new Set(['job', 'instance', 'shard']);
 
 /** Problems with the metric names and label matchers of one PromQL expression. */
 function promqlProblems(expr: string): string[] {
@@ -279,7 +282,7 @@ function promqlProblems(expr: string): string[] {
     if (!info) continue;
     for (const l of (m[2] as string).matchAll(/([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)/g)) {
       const label = l[1] as string;
-      if (!info.labels.has(label) && !TARGET_LABELS.has(label)) problems.push(`${m[1]} has no label ${label}`);
+      if (!info.labels.has(label) && !SERIES_LABELS.has(label)) problems.push(`${m[1]} has no label ${label}`);
     }
   }
   let depth = 0;
@@ -495,6 +498,14 @@ describe('metric names in the docs', () => {
   const tokens = (text: string) => [...new Set([...text.matchAll(/\boutboxd_[a-z0-9_]+/g)].map((m) => m[0]))];
   const known = (t: string) => series.has(t) || (t.endsWith('_') && [...registered.keys()].some((n) => n.startsWith(t)));
 
+  it('a relay with postgres.shard puts shard="<index>" on every series it exports, an unsharded one on none', async () => {
+    const samples = (text: string) => text.split('\n').filter((l) => l !== '' && !l.startsWith('#'));
+    const sharded = samples(await createMetrics(undefined, { shard: 2 }).registry.metrics());
+    expect(sharded.length).toBeGreaterThan(40);
+    expect(sharded.filter((l) => !/[{,]shard="2"[,}]/.test(l))).toEqual([]);
+    expect(samples(await createMetrics().registry.metrics()).filter((l) => /[{,]shard=/.test(l))).toEqual([]);
+  });
+
   it('docs/metrics.md documents every registered metric in a table', () => {
     const documented = new Set(
       (byFile.get('docs/metrics.md') as Markdown).prose.flatMap((p) => {
@@ -645,6 +656,17 @@ describe(`Prometheus alert rules ${ALERTS}`, () => {
     expect_('OutboxdSlotWalAtRisk', /outboxd_slot_wal_status\{status=~"unreserved\|lost"\}/);
     expect_('OutboxdNoLeader', /outboxd_leader/);
     expect_('OutboxdNoProgress', /outboxd_stuck == 1|outboxd_stuck\) == 1/);
+  });
+
+  it('names the shard in every summary that names a job, and renders nothing for an unsharded relay', () => {
+    for (const r of file.groups.flatMap((g) => g.rules).filter((x) => x.alert)) {
+      const summary = r.annotations?.summary ?? '';
+      if (r.alert === 'OutboxdAbsent' || r.alert === 'OutboxdOutboxNotPruned') continue;
+      // `with` renders its body only when the label is set: "outboxd orders shard 2: …" or
+      // "outboxd orders: …"; a bare {{ $labels.shard }} would leave "shard :" behind.
+      expect(summary, r.alert).toMatch(/\{\{ with \$labels\.shard \}\}[^{]*\{\{ \. \}\}[^{]*\{\{ end \}\}/);
+      expect(summary.replace(/\{\{ with \$labels\.shard \}\}.*?\{\{ end \}\}/g, ''), r.alert).not.toMatch(/\bshard\b/);
+    }
   });
 
   it('docs/metrics.md lists exactly these alerts', () => {
