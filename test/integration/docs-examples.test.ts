@@ -656,6 +656,7 @@ describe(`Prometheus alert rules ${ALERTS}`, () => {
     expect_('OutboxdSlotWalAtRisk', /outboxd_slot_wal_status\{status=~"unreserved\|lost"\}/);
     expect_('OutboxdNoLeader', /outboxd_leader/);
     expect_('OutboxdNoProgress', /outboxd_stuck == 1|outboxd_stuck\) == 1/);
+    expect_('OutboxdReshardUnfinished', /outboxd_reshard_retired\) == 1/);
   });
 
   it('names the shard in every summary that names a job, and renders nothing for an unsharded relay', () => {
