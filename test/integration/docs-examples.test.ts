@@ -657,6 +657,7 @@ describe(`Prometheus alert rules ${ALERTS}`, () => {
     expect_('OutboxdNoLeader', /outboxd_leader/);
     expect_('OutboxdNoProgress', /outboxd_stuck == 1|outboxd_stuck\) == 1/);
     expect_('OutboxdReshardUnfinished', /outboxd_reshard_retired\) == 1/);
+    expect_('OutboxdShardDown', /max_over_time\(outboxd_build_info\{shard!=""\}\[1d\]\)\)\s+unless on \(job, shard\)/);
   });
 
   it('names the shard in every summary that names a job, and renders nothing for an unsharded relay', () => {
