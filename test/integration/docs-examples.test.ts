@@ -545,6 +545,7 @@ describe('metric names in the docs', () => {
 describe(`Grafana dashboard ${DASHBOARD}`, () => {
   interface Target {
     expr?: string;
+    legendFormat?: string;
   }
   interface Panel {
     id: number;
@@ -560,6 +561,10 @@ describe(`Grafana dashboard ${DASHBOARD}`, () => {
     type: string;
     name: string;
     query: unknown;
+    definition?: string;
+    multi?: boolean;
+    includeAll?: boolean;
+    allValue?: string;
   }
   const dashboard = JSON.parse(read(DASHBOARD)) as {
     title: string;
@@ -569,13 +574,18 @@ describe(`Grafana dashboard ${DASHBOARD}`, () => {
     links?: Array<{ url: string }>;
   };
   const panels = dashboard.panels.flatMap((p) => [p, ...(p.panels ?? [])]);
-  const exprs = panels.flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title, expr: t.expr ?? '' })));
+  const exprs = panels.flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title, expr: t.expr ?? '', legend: t.legendFormat ?? '' })));
 
-  it('has a datasource variable and job and instance variables', () => {
+  it('has a datasource variable and job, shard and instance variables', () => {
     const vars = new Map(dashboard.templating.list.map((v) => [v.name, v]));
     expect(vars.get('datasource')).toMatchObject({ type: 'datasource', query: 'prometheus' });
     expect(vars.get('job')?.type).toBe('query');
     expect(vars.get('instance')?.type).toBe('query');
+    // Any set of shards, or All: `.*` also matches the series of an unsharded relay, which have no
+    // shard label (an empty value), so the dashboard works for it unchanged.
+    expect(vars.get('shard')).toMatchObject({ type: 'query', multi: true, includeAll: true, allValue: '.*' });
+    expect(vars.get('shard')?.definition).toMatch(/^label_values\(outboxd_build_info\{job=~"\$job"\}, shard\)$/);
+    expect(vars.get('instance')?.definition).toContain('shard=~"$shard"');
     for (const p of panels.filter((x) => x.type !== 'row')) {
       expect(p.datasource, p.title).toEqual({ type: 'prometheus', uid: '${datasource}' });
       expect(p.gridPos, p.title).toBeDefined();
@@ -584,16 +594,41 @@ describe(`Grafana dashboard ${DASHBOARD}`, () => {
     expect(new Set(ids).size, 'panel ids are unique').toBe(ids.length);
   });
 
-  it('queries only registered metrics and labels, each filtered by $job and $instance', () => {
+  it('queries only registered metrics and labels, each filtered by $job, $shard and $instance', () => {
     expect(exprs.length).toBeGreaterThan(20);
     for (const { panel, expr } of exprs) {
       expect(promqlProblems(expr), `${panel}: ${expr}`).toEqual([]);
       for (const m of expr.matchAll(/\b(outboxd_[a-z0-9_]+)(\{[^}]*\})?/g)) {
-        expect(m[2] ?? '', `${panel}: ${m[1]} is filtered by the job and instance variables`).toMatch(
-          /job=~"\$job".*instance=~"\$instance"/,
+        expect(m[2] ?? '', `${panel}: ${m[1]} is filtered by the job, shard and instance variables`).toMatch(
+          /job=~"\$job", shard=~"\$shard", instance=~"\$instance"/,
         );
       }
     }
+  });
+
+  it('shows lag, progress, poison and throughput per shard, the shard in the legend', () => {
+    const perShard = [
+      'outboxd_replication_lag_bytes',
+      'outboxd_slot_retained_wal_bytes',
+      'outboxd_confirmed_lsn',
+      'outboxd_poison_messages_total',
+      'outboxd_messages_received_total',
+      'outboxd_messages_published_total',
+      'outboxd_leader',
+      'outboxd_reshard_retired',
+    ];
+    let checked = 0;
+    for (const { panel, expr, legend } of exprs.filter((e) => perShard.some((n) => e.expr.includes(n)))) {
+      // Aggregations keep the shard; label_replace turns shard="2" into " (shard 2)" for the
+      // legend, and leaves an unsharded relay's series (no shard label) as they are.
+      for (const m of expr.matchAll(/\b(sum|max|min|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(/g)) {
+        expect(m[2]?.split(',').map((l) => l.trim()) ?? [], `${panel}: ${m[0]}`).toContain('shard');
+      }
+      expect(expr, panel).toMatch(/^label_replace\(.*, "shard", " \(shard \$1\)", "shard", "\(\.\+\)"\)( \* 60)?$/);
+      expect(legend, panel).toContain('{{shard}}');
+      checked++;
+    }
+    expect(checked).toBeGreaterThan(10);
   });
 
   it('shows throughput, lag, retained WAL, latency, errors, in-flight, leader, state, poison, broker blocked and heartbeats', () => {
@@ -613,6 +648,7 @@ describe(`Grafana dashboard ${DASHBOARD}`, () => {
       'outboxd_dead_lettered_total',
       'outboxd_broker_blocked',
       'outboxd_heartbeats_received_total',
+      'outboxd_reshard_retired',
     ]) {
       expect([...used], name).toContain(name);
     }

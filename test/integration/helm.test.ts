@@ -712,8 +712,10 @@ describe('helm chart helm/outboxd: shards', () => {
     const dashboard = JSON.parse(readFileSync(join(ROOT, 'deploy/grafana/outboxd-dashboard.json'), 'utf8')) as {
       templating: { list: Array<{ name: string; multi?: boolean; query: unknown }> };
     };
-    // One job at a time: the dashboard shows one shard.
+    // One job at a time: with the chart's ServiceMonitors the dashboard shows one shard; with one
+    // job for every shard, the shard variable picks them.
     expect(dashboard.templating.list.find((v) => v.name === 'job')).toMatchObject({ multi: false });
+    expect(dashboard.templating.list.find((v) => v.name === 'shard')).toMatchObject({ multi: true });
     expect(
       sharded('--set', 'serviceMonitor.enabled=true')
         .all('ServiceMonitor')
