@@ -685,7 +685,7 @@ describe('helm chart helm/outboxd: shards', () => {
     expect(out.all('ServiceMonitor')).toHaveLength(3);
   });
 
-  it("the alerts and the dashboard in deploy/ go by job, which is one shard's with the chart's ServiceMonitors", () => {
+  it("the alerts and the dashboard in deploy/ go by job, which is one shard's with the chart's ServiceMonitors, and by shard", () => {
     interface Rule {
       alert?: string;
       expr: string;
@@ -695,19 +695,27 @@ describe('helm chart helm/outboxd: shards', () => {
       parse(readFileSync(join(ROOT, 'deploy/prometheus/outboxd-alerts.yaml'), 'utf8')) as { groups: Array<{ rules: Rule[] }> }
     ).groups.flatMap((g) => g.rules);
     const lag = rules.find((r) => r.alert === 'OutboxdLagHigh');
-    expect(lag?.expr).toMatch(/by \(job\)/);
+    expect(lag?.expr).toMatch(/by \(job, shard\)/);
     for (const r of rules) {
       // Every aggregation keeps job, so one shard's lag, stuck slot or poison fires on its own and
-      // no healthy shard hides it; absent() over every outboxd target is the one exception.
+      // no healthy shard hides it; absent() over every outboxd target is the one exception. They
+      // keep shard too, for Prometheus setups that scrape every shard as one job (a PodMonitor),
+      // except the outbox table's age, which every shard reads alike.
       const aggregations = [...r.expr.matchAll(/\b(sum|max|min|avg|count)\s*(by\s*\(([^)]*)\))?\s*\(/g)];
-      for (const m of aggregations) expect(m[3]?.split(',').map((l) => l.trim()) ?? [], `${r.alert}: ${m[0]}`).toContain('job');
+      for (const m of aggregations) {
+        const by = m[3]?.split(',').map((l) => l.trim()) ?? [];
+        expect(by, `${r.alert}: ${m[0]}`).toContain('job');
+        if (r.alert !== 'OutboxdOutboxNotPruned') expect(by, `${r.alert}: ${m[0]}`).toContain('shard');
+      }
       if (r.alert !== 'OutboxdAbsent') expect(r.annotations?.summary, `${r.alert} names the job`).toContain('{{ $labels.job }}');
     }
     const dashboard = JSON.parse(readFileSync(join(ROOT, 'deploy/grafana/outboxd-dashboard.json'), 'utf8')) as {
       templating: { list: Array<{ name: string; multi?: boolean; query: unknown }> };
     };
-    // One job at a time: the dashboard shows one shard.
+    // One job at a time: with the chart's ServiceMonitors the dashboard shows one shard; with one
+    // job for every shard, the shard variable picks them.
     expect(dashboard.templating.list.find((v) => v.name === 'job')).toMatchObject({ multi: false });
+    expect(dashboard.templating.list.find((v) => v.name === 'shard')).toMatchObject({ multi: true });
     expect(
       sharded('--set', 'serviceMonitor.enabled=true')
         .all('ServiceMonitor')
