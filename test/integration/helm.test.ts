@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { parse, parseAllDocuments, parseDocument } from 'yaml';
+import { parse, parseAllDocuments } from 'yaml';
 import { interpolate } from '../../src/config/interpolate.js';
 import { parseConfig } from '../../src/config/load.js';
 import { defaultOf } from '../../src/config/schema.js';
