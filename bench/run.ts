@@ -16,7 +16,9 @@
  *   BENCH_SHAPE_RUNS=1
  *   BENCH_SOAK_RATE=2000, BENCH_SOAK_SECONDS=3600, BENCH_SOAK_WARMUP_SECONDS=300   soak (asked for
  *                               by name: --scenario soak; 20 s in the smoke run)
- *   BENCH_SCENARIOS=drain,small-tx,memory,shape,latency   (and soak)
+ *   BENCH_SHARDS=1,2,3          shard counts of the shards scenario (issue 25): the reference
+ *                               backlog (BENCH_ROWS) into Kafka by N relays at once, for each N
+ *   BENCH_SCENARIOS=drain,small-tx,memory,shards,shape,latency   (and soak)
  *   BENCH_CONSUMERS=…           subset of pg_recvlogical,outboxd-discard,outboxd-stdout,
  *                               outboxd-kafka,outboxd-kafka-eos,outboxd-kafka-main (no worker
  *                               threads),outboxd-kafka-w1..w3 (1 to 3 workers),outboxd-kafka-baseline,
@@ -39,7 +41,7 @@
  *
  * Flags set the same knobs: --scenario drain (BENCH_SCENARIOS), --consumers outboxd-kafka
  * (BENCH_CONSUMERS), --rows N (BENCH_ROWS), --runs N (BENCH_RUNS), --compression lz4
- * (BENCH_COMPRESSION); e.g. `npm run bench -- --scenario drain --consumers outboxd-kafka --compression lz4`.
+ * (BENCH_COMPRESSION), --shards 1,2,3 (BENCH_SHARDS); e.g. `npm run bench -- --scenario drain --consumers outboxd-kafka --compression lz4`.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -78,9 +80,10 @@ import {
 } from './lib/summary.js';
 import { shapeSvg } from './lib/svg.js';
 import { LATENCY_SINKS, type LatencyResult, type LatencySink, runLatency } from './scenarios/latency.js';
+import { type ShardsOutcome, runShards, shardsTable } from './scenarios/shards.js';
 import { type SoakResult, runSoak } from './scenarios/soak.js';
 
-const SCENARIOS = ['drain', 'small-tx', 'memory', 'shape', 'latency', 'soak'] as const;
+const SCENARIOS = ['drain', 'small-tx', 'memory', 'shards', 'shape', 'latency', 'soak'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 const smoke = process.argv.includes('--smoke');
@@ -93,6 +96,7 @@ const FLAGS: Record<string, string> = {
   rows: 'BENCH_ROWS',
   runs: 'BENCH_RUNS',
   compression: 'BENCH_COMPRESSION',
+  shards: 'BENCH_SHARDS',
 };
 for (let i = 2; i < process.argv.length; i++) {
   const m = /^--([a-z]+)(?:=(.*))?$/.exec(process.argv[i] as string);
@@ -204,7 +208,20 @@ const config = {
   profileConsumers: envList<ConsumerName>('BENCH_PROFILE_CONSUMERS', CONSUMERS, ['outboxd-discard', 'outboxd-kafka']),
   recvlogical: join(process.env.BENCH_PG_BINDIR ?? '/usr/lib/postgresql/15/bin', 'pg_recvlogical'),
   compression: (envList('BENCH_COMPRESSION', COMPRESSIONS, ['none'])[0] ?? 'none') as (typeof COMPRESSIONS)[number],
+  shardCounts: shardCounts(process.env.BENCH_SHARDS ?? '1,2,3'),
 };
+
+/** BENCH_SHARDS: `1,2,3` → [1, 2, 3] (postgres.shard.count allows 1 to 64). */
+function shardCounts(raw: string): number[] {
+  const counts = raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map(Number);
+  if (counts.length === 0 || counts.some((n) => !Number.isInteger(n) || n < 1 || n > 64))
+    throw new Error(`BENCH_SHARDS must be shard counts from 1 to 64, e.g. 1,2,3; got "${raw}"`);
+  return counts;
+}
 
 function has(s: Scenario): boolean {
   return config.scenarios.includes(s);
@@ -233,7 +250,7 @@ async function main(): Promise<number> {
     ...(has('shape') ? config.shapeConsumers : []),
     ...(has('memory') ? config.memoryConsumers : []),
   ]);
-  const needKafka = has('latency') || has('soak') || [...allConsumers].some(onKafka);
+  const needKafka = has('latency') || has('soak') || has('shards') || [...allConsumers].some(onKafka);
   const needRabbit = has('latency') || [...allConsumers].some((c) => c.includes('rabbit') || c.includes('amqp'));
   const startedAt = new Date();
   const stamp = startedAt.toISOString().replace(/[:.]/g, '-');
@@ -256,6 +273,7 @@ async function main(): Promise<number> {
     latency?: LatencyResult[];
     shape?: ShapeCell[];
     soak?: SoakResult;
+    shards?: ShardsOutcome;
   } = {};
   const tables: string[] = [];
   const t0 = performance.now();
@@ -319,6 +337,10 @@ async function main(): Promise<number> {
       tables.push(scenarioTable('small-tx', sums.smallTx));
       await dropBacklog(db, b);
     }
+    if (has('shards')) {
+      sums.shards = await runShards(ctx, spec('shards', config.rows, config.rowsPerTxn), config.shardCounts, config.runs);
+      tables.push(shardsTable(sums.shards));
+    }
     if (has('shape')) {
       sums.shape = [];
       results.shape = [];
@@ -374,9 +396,16 @@ async function main(): Promise<number> {
       shape: sums.shape,
       latency: sums.latency,
       soak: sums.soak,
+      shards: sums.shards && {
+        backlog: sums.shards.backlog,
+        counts: sums.shards.summary,
+        decodeUsPerEvent: sums.shards.decodeUsPerEvent,
+        walsenderFit: sums.shards.walsenderFit,
+        probes: sums.shards.probes,
+      },
       ...output,
     },
-    results,
+    results: { ...results, ...(sums.shards ? { shards: sums.shards.runs } : {}) },
   };
   writeFileSync(file, `${JSON.stringify(doc, null, 2)}\n`);
   // bench/** is in biome's scope (npm run lint): lay the JSON out the way biome formats it.
@@ -400,10 +429,12 @@ async function main(): Promise<number> {
     .filter((r) => !r.ok);
   const latencyFailures = (sums.latency ?? []).filter((l) => !l.ok);
   const soakFailed = sums.soak !== undefined && !sums.soak.ok;
-  if (failures.length > 0 || latencyFailures.length > 0 || soakFailed) {
+  const shardFailures = (sums.shards?.runs ?? []).filter((r) => !r.ok);
+  if (failures.length > 0 || latencyFailures.length > 0 || soakFailed || shardFailures.length > 0) {
     for (const f of failures) process.stderr.write(`FAILED ${f.backlog} ${f.consumer} run ${f.run}: ${f.error?.split('\n')[0]}\n`);
     for (const l of latencyFailures) process.stderr.write(`FAILED latency ${l.sink}: ${l.error?.split('\n')[0]}\n`);
     if (soakFailed) process.stderr.write(`FAILED soak: ${sums.soak?.error?.split('\n')[0]}\n`);
+    for (const r of shardFailures) process.stderr.write(`FAILED shards ${r.shards} run ${r.run}: ${r.error?.split('\n')[0]}\n`);
     return 1;
   }
   if (smoke) process.stdout.write('smoke: every consumer drained every backlog\n');

@@ -67,7 +67,7 @@ export class Relay {
     private readonly log: Logger,
     options: { metrics?: Metrics; sink: Sink | SinkFactory; tracing?: TracerFactory | null },
   ) {
-    this.metrics = options.metrics ?? createMetrics();
+    this.metrics = options.metrics ?? createMetrics(undefined, { shard: cfg.postgres.shard?.index });
     this.done = new Promise((resolve) => {
       this.finished = resolve;
     });

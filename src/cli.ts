@@ -4,6 +4,7 @@ import { runChecks } from './commands/validate.js';
 import { replayArgs, replayCommand } from './commands/replay.js';
 import { setupCommand } from './commands/setup.js';
 import { retireCommand } from './commands/retire.js';
+import { reshardCommand } from './commands/reshard.js';
 import { statusCommand } from './commands/status.js';
 import { loadConfigFile } from './config/load.js';
 import { ExitCode, UsageError, exitCodeFor, oneLine } from './errors.js';
@@ -27,6 +28,10 @@ usage:
                                         --checkpoint: resume an interrupted replay; --dry-run: count, publish nothing
   outboxd retire -c FILE [--slot NAME]  forget a relay for good: drop its slot and its confirmed epoch, so that
                                         pruning no longer waits for it (default: the config's own slot)
+  outboxd reshard -c NEW_FILE --from N|unsharded [--finish]
+                                        move the outbox from N shards (or the unsharded relay) to NEW_FILE's
+                                        postgres.shard.count, while writers write: creates the new slots and a fence;
+                                        --finish drops the old slots once every new shard has started
   outboxd --version | --help
 
 exit codes: 0 ok, 1 runtime failure, a failed check or a replay halted by a poison row, 2 usage, 3 invalid config,
@@ -48,6 +53,7 @@ const FLAGS: Record<string, Readonly<Record<string, 'boolean' | 'string'>>> = {
   setup: { print: 'boolean', partitioned: 'boolean' },
   run: {},
   retire: { slot: 'string' },
+  reshard: { from: 'string', finish: 'boolean' },
   replay: { from: 'string', to: 'string', where: 'string', checkpoint: 'string', 'dry-run': 'boolean' },
 };
 
@@ -132,8 +138,10 @@ export async function cli(argv: readonly string[], env: NodeJS.ProcessEnv = proc
         return await replay(configFile, env, replayArgs(args.values, args.flags));
       case 'retire':
         return await retireCommand(loadConfigFile(configFile, env), args.values.slot, process.stdout);
+      case 'reshard':
+        return await reshardCommand(loadConfigFile(configFile, env), args.values.from, args.flags.has('--finish'), process.stdout);
       default:
-        throw new UsageError(`unknown command "${args.command}"; try run, validate, status, setup, replay or retire`);
+        throw new UsageError(`unknown command "${args.command}"; try run, validate, status, setup, replay, retire or reshard`);
     }
   } catch (err) {
     process.stderr.write(`outboxd: ${oneLine(err)}\n`);

@@ -67,7 +67,15 @@ export async function createOutboxTable(db: pg.Client, table: string, publicatio
   await db.query(`CREATE PUBLICATION ${publication} FOR TABLE ${table} WITH (publish = 'insert')`);
 }
 
-export async function createBacklog(db: pg.Client, spec: BacklogSpec): Promise<Backlog> {
+/**
+ * `beforeSlots`: runs once the table and its publication exist, before the template slot is
+ * created and any row is written: slots (and publications) it makes see the whole backlog.
+ */
+export async function createBacklog(
+  db: pg.Client,
+  spec: BacklogSpec,
+  opts: { beforeSlots?: (table: string) => Promise<void> } = {},
+): Promise<Backlog> {
   const table = `outbox_${spec.name}`;
   const publication = `pub_${spec.name}`;
   const template = `tpl_${spec.name}`;
@@ -106,6 +114,7 @@ export async function createBacklog(db: pg.Client, spec: BacklogSpec): Promise<B
       END LOOP;
     END $$`);
 
+  await opts.beforeSlots?.(table);
   const created = await db.query<{ lsn: string }>(`SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')`, [template]);
   const startLsn = parseLsn(created.rows[0]?.lsn ?? '0/0');
   const t0 = performance.now();

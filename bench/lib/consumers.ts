@@ -238,14 +238,14 @@ function failed(consumer: ConsumerName, b: Backlog, span: Span, run: number, err
 }
 
 /** Snapshot of the CPU counters a run is measured against. */
-interface Counters {
+export interface Counters {
   at: number;
   host: { busy: number; total: number };
   broker: number;
   self: number;
 }
 
-function counters(brokerPids: readonly number[]): Counters {
+export function counters(brokerPids: readonly number[]): Counters {
   const c = process.cpuUsage();
   return { at: performance.now(), host: hostCpu(), broker: cpuOf(brokerPids), self: (c.user + c.system) / 1e6 };
 }
@@ -333,7 +333,7 @@ const round1 = (n: number): number => Math.round(n * 10) / 10;
 const fmt = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : 'n/a');
 const num = (n: number | null): string => (n === null ? 'n/a' : n.toFixed(2));
 
-interface Watch {
+export interface Watch {
   doneAt: number;
   activeAt: number | null;
   consumerCpuAtActive: number | null;
@@ -349,7 +349,7 @@ interface Watch {
  * LSN (outboxd), or the process exited 0 (pg_recvlogical with --endpos). Samples the walsender's
  * CPU on each poll, since it may exit together with its client.
  */
-async function watchDrain(
+export async function watchDrain(
   db: pg.Client,
   slot: string,
   span: Span,
@@ -536,6 +536,8 @@ export function relayYaml(o: {
   port: number;
   sinkYaml: string;
   pipelineYaml: string;
+  /** postgres.shard: `slot` and `publication` are then the base names (`<name>_<index>_of_<count>`). */
+  shard?: { index: number; count: number };
 }): string {
   return [
     'postgres:',
@@ -544,6 +546,7 @@ export function relayYaml(o: {
     `  publication: ${o.publication}`,
     '  createSlot: false',
     '  createPublication: false',
+    ...(o.shard ? ['  shard:', `    index: ${o.shard.index}`, `    count: ${o.shard.count}`] : []),
     'outbox:',
     '  tables:',
     `    - name: public.${o.table}`,

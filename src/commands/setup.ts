@@ -1,8 +1,8 @@
-import type { Config, TableConfig } from '../config/config.js';
+import { type Config, type TableConfig, allShards } from '../config/config.js';
 import { ExitCode, exitCodeFor, oneLine } from '../errors.js';
 import { connectAdmin } from '../source/connect.js';
 import { createLogger } from '../observability/logger.js';
-import { ensurePublication } from '../postgres/publication.js';
+import { ensurePublication, publicationTables } from '../postgres/publication.js';
 import { ensureSlot } from '../source/ensure-slot.js';
 import { quoteIdent } from '../config/config.js';
 import { partitionName } from '../postgres/prune-partitions.js';
@@ -60,12 +60,17 @@ ${parts.join('\n')}
 CREATE TABLE IF NOT EXISTS ${q(t.schema)}.${q(`${t.table}_default`)} PARTITION OF ${t.qualified} DEFAULT;`;
 }
 
-/** The SQL `setup` runs, for `--print`. */
+/** The SQL `setup` runs, for `--print`: with postgres.shard, every shard's publication and slot. */
 export function setupSql(cfg: Config): string {
+  return allShards(cfg).map(shardSetupSql).join('\n');
+}
+
+function shardSetupSql(cfg: Config): string {
   const pub = cfg.postgres.publication;
-  const tables = cfg.outbox.tables.map((t) => t.qualified).join(', ');
+  const shard = cfg.postgres.shard;
   return [
-    `CREATE PUBLICATION ${quoteIdent(pub)}${tables ? ` FOR TABLE ${tables}` : ''} WITH (publish = 'insert', publish_via_partition_root = true);`,
+    ...(shard ? [`-- shard ${shard.index} of ${shard.count}: the keys whose hash is ${shard.index} (docs/adr/0020-shards.md)`] : []),
+    `CREATE PUBLICATION ${quoteIdent(pub)}${publicationTables(cfg)} WITH (publish = 'insert', publish_via_partition_root = true);`,
     `COMMENT ON PUBLICATION ${quoteIdent(pub)} IS 'outboxd:{"slots":["${cfg.postgres.slot}"]}';  -- lets outboxd tell a lost slot from a first start`,
     // (slot, plugin, temporary, two-phase, failover): a failover slot when postgres.failover is set.
     `SELECT pg_create_logical_replication_slot('${cfg.postgres.slot}', 'pgoutput'${cfg.postgres.failover ? ', false, false, true' : ''});`,
@@ -83,15 +88,17 @@ export async function setupCommand(cfg: Config, print: boolean, out: NodeJS.Writ
   }
   const client = await connectAdmin({ ...cfg.postgres });
   try {
-    const pub = await ensurePublication(client, { ...cfg, postgres: { ...cfg.postgres, createPublication: true } });
-    out.write(`-- publication ${cfg.postgres.publication}: ${pub}\n`);
-    // A lost slot is for `run` to recover (onLostSlot), not for setup: `exit` makes it an error here.
-    const { slot, created, recovery } = await ensureSlot(client, { ...cfg.postgres, createSlot: true, onLostSlot: 'exit' });
-    // A recovery a crash interrupted is recorded: setup made its slot again; `run` publishes its rows.
-    await recovery?.snapshot.release();
-    out.write(
-      `-- replication slot ${slot.name}: ${created ? 'created' : 'exists'}${recovery ? ' (a lost-slot recovery is recorded: outboxd run finishes it before streaming)' : ''}\n`,
-    );
+    for (const shard of allShards(cfg)) {
+      const pub = await ensurePublication(client, { ...shard, postgres: { ...shard.postgres, createPublication: true } });
+      out.write(`-- publication ${shard.postgres.publication}: ${pub}\n`);
+      // A lost slot is for `run` to recover (onLostSlot), not for setup: `exit` makes it an error here.
+      const { slot, created, recovery } = await ensureSlot(client, { ...shard.postgres, createSlot: true, onLostSlot: 'exit' });
+      // A recovery a crash interrupted is recorded: setup made its slot again; `run` publishes its rows.
+      await recovery?.snapshot.release();
+      out.write(
+        `-- replication slot ${slot.name}: ${created ? 'created' : 'exists'}${recovery ? ' (a lost-slot recovery is recorded: outboxd run finishes it before streaming)' : ''}\n`,
+      );
+    }
     if (cfg.sink.type === 'kafka' && cfg.sink.kafka.delivery === 'exactly-once') {
       const { ensureCheckpointTopic } = await import('../sink/kafka/setup.js');
       const { detail } = await ensureCheckpointTopic(cfg.sink.kafka, createLogger('silent'));

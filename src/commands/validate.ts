@@ -9,6 +9,7 @@ import { scalar } from '../postgres/sql.js';
 import { connectAdmin, hostOf } from '../source/connect.js';
 import { readMarker } from '../postgres/marker.js';
 import { checkPublishes } from '../postgres/publication-checks.js';
+import { reshardCheck, shardChecks } from './validate-shards.js';
 import { checkSlotUsable, inspectSlot } from '../source/slot.js';
 import type { AddCheck, Check } from './validate-check.js';
 import { failoverChecks } from './validate-failover.js';
@@ -57,6 +58,8 @@ export async function runChecks(cfg: Config): Promise<Check[]> {
     );
 
     for (const [i, t] of cfg.outbox.tables.entries()) await tableChecks(client, t, i, add);
+    if (cfg.postgres.shard) await shardChecks(client, cfg, add);
+    await reshardCheck(client, cfg, add);
 
     const pub = cfg.postgres.publication;
     const pubRow = await client.query<{ all: boolean; owner: boolean }>(

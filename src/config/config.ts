@@ -3,7 +3,8 @@ import { type ColumnField, type ConfigInput, ConfigSchema } from './schema.js';
 import type { Compiled } from './schema-kit.js';
 import { validate } from './validate.js';
 
-export { quoteIdent } from './rules.js';
+import { shardName } from './rules.js';
+export { type Shard, quoteIdent, shardName } from './rules.js';
 
 /**
  * From the file as written to the config the code uses: validated against the declaration
@@ -38,3 +39,28 @@ export type ExchangeType = RabbitMqSinkConfig['exchangeType'];
 export type ColumnMap = Record<ColumnField, string>;
 export type TelemetryConfig = Config['telemetry'];
 export type TracesConfig = TelemetryConfig['traces'];
+
+/**
+ * The config of shard `index` of the same outbox (postgres.shard): its slot and publication, for
+ * `setup` and `validate`, which act on every shard. The sink is left as it is.
+ */
+export function shardConfig(cfg: Config, index: number): Config {
+  const shard = cfg.postgres.shard;
+  if (!shard) return cfg;
+  const next = { index, count: shard.count };
+  return {
+    ...cfg,
+    postgres: {
+      ...cfg.postgres,
+      slot: shardName(shard.slot, next),
+      publication: shardName(shard.publication, next),
+      shard: { ...shard, index },
+    },
+  };
+}
+
+/** Every shard's config (postgres.shard), or just this one when the outbox is not sharded. */
+export function allShards(cfg: Config): Config[] {
+  const shard = cfg.postgres.shard;
+  return shard ? Array.from({ length: shard.count }, (_, i) => shardConfig(cfg, i)) : [cfg];
+}

@@ -17,6 +17,46 @@ export function pgHosts(url: string) {
   }
 }
 
+/** The most shards one outbox may have (postgres.shard.count). */
+export const MAX_SHARDS = 64;
+
+/** Shard `index` of `count` (0-based): postgres.shard. */
+export interface Shard {
+  readonly index: number;
+  readonly count: number;
+}
+
+/** A shard's slot or publication name: `<base>_<index>_of_<count>`. */
+export function shardName(base: string, shard: Shard): string {
+  return `${base}_${shard.index}_of_${shard.count}`;
+}
+
+/**
+ * postgres.shard: the slot and publication this shard uses, each `<name>_<index>_of_<count>`, and
+ * the shard with the names it was derived from (a reshard and `setup` name the other shards).
+ */
+export function shardNames(p: { slot: string; publication: string }, shard: Shard | undefined, at: string) {
+  if (shard === undefined) return { slot: p.slot, publication: p.publication, shard: undefined };
+  if (shard.index >= shard.count)
+    throw new ConfigError(
+      `${at}.shard.index`,
+      `must be below shard.count (${shard.count}), got ${shard.index}: shards are numbered 0 to count - 1`,
+    );
+  const slot = shardName(p.slot, shard);
+  const publication = shardName(p.publication, shard);
+  for (const [key, name] of [
+    ['slot', slot],
+    ['publication', publication],
+  ] as const) {
+    if (name.length > 63)
+      throw new ConfigError(
+        `${at}.${key}`,
+        `with shard ${shard.index} of ${shard.count} it becomes "${name}", longer than PostgreSQL's 63 bytes: shorten ${at}.${key}`,
+      );
+  }
+  return { slot, publication, shard: { index: shard.index, count: shard.count, slot: p.slot, publication: p.publication } };
+}
+
 /**
  * An identifier as SQL text: always quoted, `"` doubled. Left bare, a key word such as `user` or
  * `current_date` is read as the SQL function of that name: a value changed silently.

@@ -40,7 +40,7 @@ export type Compiles<V, Suffix extends string = '', StripFile extends boolean = 
  */
 export type Rule<P extends TProperties, R> = (out: Walked<P>, input: Filled<TObject<P>>, at: string, root: Root) => R;
 /** The whole file, for the few defaults another section decides (the transactional id takes the slot). */
-export type Root = { readonly postgres: { readonly slot: string } };
+export type Root = { readonly postgres: { readonly slot: string; readonly shard?: { readonly index: number; readonly count: number } } };
 
 /** The value type of a validated schema: defaulted keys present, optional ones maybe undefined. */
 export type Filled<S> =

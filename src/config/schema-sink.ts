@@ -2,7 +2,7 @@ import { Type as T } from '@sinclair/typebox';
 import { ConfigError } from '../errors.js';
 import { compile } from './compile.js';
 import { defaultKafkaWorkers } from './cores.js';
-import { amqpUrl } from './rules.js';
+import { amqpUrl, shardName } from './rules.js';
 import { kafkaSasl, tlsFiles } from './schema-auth.js';
 import {
   bool,
@@ -14,6 +14,7 @@ import {
   optSecret,
   optStr,
   optTemplate,
+  type Root,
   required,
   ruled,
   seconds,
@@ -89,7 +90,7 @@ export const sink = defaulted(
               }),
             ),
             transactionalId: optStr(
-              'exactly-once: the producer transactional.id (default outboxd-<slot>); a second relay with it fences the first.',
+              "exactly-once: the producer transactional.id (default outboxd-<slot>, the shard's slot when sharded; a set id gains _<index>_of_<count>); a second relay with it fences the first.",
             ),
             transactionTimeout: duration('60s', 'exactly-once: the broker aborts a transaction left open this long.', { min: 1000 }),
             transactionMaxMessages: int(
@@ -124,7 +125,8 @@ export const sink = defaulted(
             }
             return {
               ...k,
-              transactionalId: k.transactionalId ?? `outboxd-${root.postgres.slot}`,
+              // One per shard: shards sharing one would fence each other.
+              transactionalId: shardTransactionalId(k.transactionalId, root),
               /** Publishing worker threads (sink/kafka/workers.ts); 0: on the main thread. */
               workers: k.workers ?? defaultKafkaWorkers(),
             };
@@ -219,3 +221,10 @@ export const sink = defaulted(
     },
   ),
 );
+
+/** sink.kafka.transactionalId: outboxd-<slot> by default; each shard's its own (`_<index>_of_<count>`). */
+function shardTransactionalId(set: string | undefined, root: Root): string {
+  const shard = root.postgres.shard;
+  const base = set ?? `outboxd-${root.postgres.slot}`;
+  return shard === undefined ? base : shardName(base, shard);
+}

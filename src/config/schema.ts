@@ -1,6 +1,6 @@
 import { type TSchema, Type as T } from '@sinclair/typebox';
 import { ConfigError } from '../errors.js';
-import { checkTables, exportHeaders, pgHosts, tableOf } from './rules.js';
+import { MAX_SHARDS, checkTables, exportHeaders, pgHosts, shardNames, tableOf } from './rules.js';
 import { sink } from './schema-sink.js';
 import {
   backoff,
@@ -10,6 +10,7 @@ import {
   type Filled,
   identifier,
   int,
+  maybeSection,
   oneOf,
   optSecret,
   optSection,
@@ -125,11 +126,23 @@ export const ConfigSchema = section(
           'A recorded slot that vanished: exit with code 4, or create a new slot and publish again the retained rows it cannot stream.',
         ),
         reconnect: backoff('500ms', '30s', 'after a failed replication session (and between broker connection attempts at start)'),
+        shard: maybeSection(
+          {
+            index: T.Integer({
+              minimum: 0,
+              maximum: MAX_SHARDS - 1,
+              description: "This relay's shard, 0-based: it relays the keys that hash to it.",
+            }),
+            count: T.Integer({ minimum: 1, maximum: MAX_SHARDS, description: 'How many shards the outbox is split into.' }),
+          },
+          "PostgreSQL 15+: relay one hash shard of the outbox's keys, through the publication <publication>_<index>_of_<count> (a row filter) and the slot <slot>_<index>_of_<count> (docs/adr/0020-shards.md).",
+        ),
       },
-      ({ url, heartbeat, ...p }) => ({
+      ({ url, heartbeat, shard, ...p }, _input, at) => ({
         url,
         ...pgHosts(url),
         ...p,
+        ...shardNames(p, shard, at),
         heartbeatIntervalMs: heartbeat.intervalMs,
         heartbeatPrefix: heartbeat.prefix,
       }),

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { sameOrigin } from '../positions/origin.js';
-import type { Config, TableConfig } from '../config/config.js';
+import type { Config, Shard, TableConfig } from '../config/config.js';
 import type { Origin } from '../interfaces.js';
 import { quoteIdent } from '../config/config.js';
 import { type Lsn, formatLsn } from '../lsn.js';
@@ -134,13 +134,16 @@ export class Pruner {
       if (prune.mode === 'off') continue;
       const floor = await readFloor(client, table);
       this.report(table, floor);
-      const parts = prune.mode === 'partitions' ? await this.partitions.premake(client, table) : null;
+      // Whole partitions hold every shard's rows: shard 0 alone creates and drops them.
+      const partitionKeeper = (this.cfg.postgres.shard?.index ?? 0) === 0;
+      const parts = prune.mode === 'partitions' && partitionKeeper ? await this.partitions.premake(client, table) : null;
       if (floor?.kind === 'epoch') {
         // Rows that found no daily partition (the default one) are pruned row by row, as a
         // table that is not partitioned for days is.
+        const share = prune.mode === 'delete' ? this.cfg.postgres.shard : undefined;
         const rowWise = prune.mode === 'delete' ? [table.qualified] : (parts ?? []).filter((p) => p.isDefault).map((p) => p.qualified);
         for (const relation of rowWise)
-          for (const leaf of await leavesOf(client, relation)) await this.deleteRows(client, table, leaf, floor.xid);
+          for (const leaf of await leavesOf(client, relation)) await this.deleteRows(client, table, leaf, floor.xid, share);
         for (const part of parts ?? []) {
           if (this.stopped) return;
           if (this.partitions.expired(part)) await this.partitions.drop(client, table, part, floor.xid);
@@ -181,9 +184,9 @@ export class Pruner {
   }
 
   /** Batched DELETEs of the rows below `floorXid` and older than `retain`, in one leaf. */
-  private async deleteRows(client: pg.Client, table: TableConfig, leaf: string, floorXid: bigint): Promise<number> {
+  private async deleteRows(client: pg.Client, table: TableConfig, leaf: string, floorXid: bigint, share?: Shard): Promise<number> {
     const prune = this.cfg.outbox.prune;
-    const sql = deleteBatchSql(table, leaf);
+    const sql = deleteBatchSql(table, leaf, share);
     let total = 0;
     for (;;) {
       if (this.stopped) break;

@@ -4,6 +4,7 @@ import type { SinkSession } from '../interfaces.js';
 import { ConfigError, type OutboxdError, PoisonError, SlotBusyError, SlotError } from '../errors.js';
 import { ZERO_LSN, formatLsn } from '../lsn.js';
 import { Pruner } from './pruner.js';
+import { ReshardGate } from './reshard.js';
 import { recoverFromOutbox } from '../replay/recover.js';
 import type { Liveness } from '../observability/liveness.js';
 import type { Logger } from '../observability/logger.js';
@@ -50,6 +51,8 @@ export class Sessions {
   private readonly monitor: SlotMonitor;
   /** Pruning and the confirmed epoch (lifecycle/pruner.ts), when configured: on the leader, while it streams. */
   private readonly pruner: Pruner | null;
+  /** This slot's part in a reshard, if any. */
+  private readonly gate: ReshardGate;
   private stream: ReplicationStream | null = null;
 
   constructor(
@@ -75,6 +78,8 @@ export class Sessions {
       this.events.onStuck?.(stuck, ms, detail),
     );
     this.pruner = Pruner.wanted(cfg) ? new Pruner(cfg, watermark, metrics, log.child({ module: 'prune' })) : null;
+    this.gate = new ReshardGate(cfg, () => this.admin.get(), pipeline, metrics, log.child({ module: 'reshard' }));
+    ingest.gate = this.gate;
   }
 
   /**
@@ -164,6 +169,8 @@ export class Sessions {
         this.events.onWaiting(null);
       }
     }
+    // A reshard: a new shard waits here until every old shard has retired (lifecycle/reshard.ts).
+    if (!(await this.gate.prepare(signal, (why) => this.events.onWaiting(why)))) return;
     // The new session re-reads from the slot. Whatever the last session left in flight is
     // published first, so the watermark's bookkeeping can start over cleanly.
     if (!(await this.pipeline.whenIdle(signal))) return;

@@ -7,8 +7,10 @@ import { VERSION } from '../version.js';
  * the topic or routing key (bounded by the aggregate types), never a key or an id.
  * `docs/metrics.md` documents each one.
  */
-export function createMetrics(registry = new Registry()) {
+export function createMetrics(registry = new Registry(), labels: { readonly shard?: number } = {}) {
   const r = [registry];
+  // postgres.shard: every series carries the shard, so one shard's lag or poison shows as its own.
+  if (labels.shard !== undefined) registry.setDefaultLabels({ shard: String(labels.shard) });
   /**
    * Values read at scrape time instead of on the hot path: components register these probes and
    * the gauges/counters below call them when Prometheus scrapes.
@@ -152,6 +154,11 @@ export function createMetrics(registry = new Registry()) {
     leader: new Gauge({
       name: 'outboxd_leader',
       help: '1 when this instance holds the slot and streams; 0 while it waits as a standby.',
+      registers: r,
+    }),
+    reshardRetired: new Gauge({
+      name: 'outboxd_reshard_retired',
+      help: '1 while a reshard has retired this shard: it publishes nothing and only moves its slot (remove it with reshard --finish).',
       registers: r,
     }),
     state: new Gauge({

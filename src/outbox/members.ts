@@ -22,6 +22,20 @@ export function scalarField(text: string, members: ReadonlyMap<string, JsonSpan>
   return text.slice(span.start, span.end);
 }
 
+/**
+ * The key (`aggregateid`) of a logical message's content, as the mapper would read it; null when
+ * the content has none or cannot be read (such a message is poison, reported by shard 0 alone).
+ */
+export function messageKey(content: Buffer): string | null {
+  try {
+    const text = content.toString('utf8');
+    if (!Buffer.from(text, 'utf8').equals(content)) return null;
+    return scalarField(text, scanObject(text), 'aggregateid', 'logical message field');
+  } catch {
+    return null;
+  }
+}
+
 export function stringValue(text: string, span: JsonSpan, name: string): string {
   try {
     return unescapeString(text, span.start, span.end);

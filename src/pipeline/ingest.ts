@@ -6,11 +6,18 @@ import type { Lsn } from '../lsn.js';
 import { type OutboxMapper, type RowValues, type TableBinding, requireColumns } from '../outbox/mapper.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { IgnoredKind, Relation, WholeRow } from '../source/pgoutput.js';
+import type { IgnoredKind as SourceIgnored, Relation, WholeRow } from '../source/pgoutput.js';
 import type { ChangeHandler } from '../source/stream.js';
 import type { Pipeline } from './pipeline.js';
 import { maxMessageBytes } from '../sink/limits.js';
 import { poisonLetter, valuePoison } from './poison.js';
+import { messageKey } from '../outbox/members.js';
+import { keyShard } from '../postgres/shard.js';
+import { FENCE_PREFIX, type FenceGate, parseFence } from './fence.js';
+import type { Shard } from '../config/config.js';
+
+/** What produces no message: the source's kinds, and a logical message another shard publishes. */
+type IgnoredKind = SourceIgnored | 'other_shard_message' | 'resharded';
 
 /**
  * The glue between the source and the pipeline: turns decoded changes into tracked
@@ -40,6 +47,8 @@ export class Ingest implements ChangeHandler<TableBinding> {
    * published gets confirmed); later transactions are left for the next run, never confirmed.
    */
   paused = false;
+  /** A reshard this relay takes part in (lifecycle/reshard.ts), set by the session; null: none. */
+  gate: FenceGate | null = null;
 
   /** True while a transaction has begun and not committed. */
   get inTransaction(): boolean {
@@ -125,6 +134,10 @@ export class Ingest implements ChangeHandler<TableBinding> {
 
   insert(_rel: Relation, binding: TableBinding, values: RowValues, row: WholeRow): Promise<void> | undefined {
     if (this.paused && !this.open) return undefined;
+    if (this.gate?.discarding) {
+      this.ignore('resharded');
+      return undefined;
+    }
     const index = this.nextEvent();
     if (index === null) return undefined;
     const txn = this.requireTxn();
@@ -153,6 +166,11 @@ export class Ingest implements ChangeHandler<TableBinding> {
       this.metrics.heartbeatsReceived.inc();
       return undefined;
     }
+    if (prefix === FENCE_PREFIX) return this.fence(content, transactional);
+    if (this.gate?.discarding) {
+      this.ignore('resharded');
+      return undefined;
+    }
     if (!this.cfg.outbox.messages.enabled || prefix !== this.cfg.outbox.messages.prefix) {
       this.ignore('foreign_message');
       return undefined;
@@ -161,6 +179,10 @@ export class Ingest implements ChangeHandler<TableBinding> {
       // A non-transactional message has no commit to confirm past; it cannot be relayed safely.
       this.log.warn({ prefix }, 'ignoring a non-transactional outbox message: emit it with pg_logical_emit_message(true, ...)');
       this.ignore('non_transactional_message');
+      return undefined;
+    }
+    if (this.cfg.postgres.shard && !ownsMessage(this.cfg.postgres.shard, content)) {
+      this.ignore('other_shard_message');
       return undefined;
     }
     const index = this.nextEvent();
@@ -179,6 +201,18 @@ export class Ingest implements ChangeHandler<TableBinding> {
       if (!(err instanceof PoisonError)) throw err;
       return this.pipeline.pushPoison(poisonLetter(err, txn, index, err.subject?.id ?? null, err.subject?.key ?? null, content), txn);
     }
+  }
+
+  /**
+   * A reshard fence. Its transaction stays in the watermark until the gate has recorded what the
+   * fence changed for this slot, so the slot is never confirmed past a fence it has not acted on.
+   */
+  private fence(content: Buffer | null, transactional: boolean): Promise<void> | undefined {
+    const fence = transactional ? parseFence(content) : null;
+    if (this.gate === null || fence === null) return undefined;
+    const txn = this.requireTxn();
+    this.watermark.track(txn);
+    return this.gate.atFence(fence, () => this.watermark.release(txn));
   }
 
   ignore(kind: IgnoredKind): void {
@@ -226,4 +260,15 @@ export class Ingest implements ChangeHandler<TableBinding> {
     this.txn ??= this.watermark.begin(open.xid, open.commitLsn, open.commitTimeMs);
     return this.txn;
   }
+}
+
+/**
+ * Whether this shard publishes a logical message: every slot sees every message (a row filter
+ * cannot reach them), so each shard takes those whose key hashes to it, as its publication's
+ * filter does for rows. One without a readable key (poison, or over the size limit, whose content
+ * was not kept) belongs to shard 0, as a row with a NULL key does, so it is reported once.
+ */
+export function ownsMessage(shard: Shard, content: Buffer | null): boolean {
+  const key = content === null ? null : messageKey(content);
+  return (key === null ? 0 : keyShard(key, shard.count)) === shard.index;
 }

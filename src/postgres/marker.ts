@@ -49,11 +49,24 @@ export interface Recovery {
   readonly reason: string;
 }
 
+/**
+ * A slot's part in a reshard (docs/adr/0020-shards.md, lifecycle/reshard.ts): an old shard's slot
+ * is `retired` once everything before the fence `id` is on the broker; a new shard's slot is
+ * `waiting` (for the old ones to retire, then for the fence in its stream) and `started` once past
+ * the fence. `peers`: the other set's slots, each with its publication.
+ */
+export interface ReshardState {
+  readonly id: string;
+  readonly state: 'waiting' | 'started' | 'retired';
+  readonly peers: ReadonlyArray<{ readonly slot: string; readonly publication: string }>;
+}
+
 export interface Marker {
   /** Slots outboxd created or adopted for this publication, sorted. */
   readonly slots: readonly string[];
   readonly epochs: ReadonlyMap<string, SlotEpoch>;
   readonly recoveries: ReadonlyMap<string, Recovery>;
+  readonly reshards?: ReadonlyMap<string, ReshardState>;
 }
 
 export const EMPTY_MARKER: Marker = { slots: [], epochs: new Map(), recoveries: new Map() };
@@ -87,6 +100,7 @@ export function parseMarker(comment: string | null | undefined): Read {
     confirmedSince,
     confirmedAt,
     recovering,
+    reshards: rawReshards,
     ...rest
   } = doc;
   const slots = Array.isArray(rawSlots) ? [...new Set(rawSlots.filter((s): s is string => typeof s === 'string'))].sort() : [];
@@ -111,7 +125,16 @@ export function parseMarker(comment: string | null | undefined): Read {
     const rec = recovery(r);
     if (slot !== undefined && rec && !recoveries.has(slot)) recoveries.set(slot, rec);
   }
-  return { marker: { slots, epochs, recoveries }, rest };
+  const reshards = new Map<string, ReshardState>();
+  for (const [slot, r] of entries(rawReshards)) {
+    const id = text(r.id);
+    const state = r.state === 'waiting' || r.state === 'started' || r.state === 'retired' ? r.state : undefined;
+    const peers = Array.isArray(r.peers)
+      ? r.peers.filter((p): p is { slot: string; publication: string } => typeof p?.slot === 'string' && typeof p?.publication === 'string')
+      : [];
+    if (id !== undefined && state !== undefined) reshards.set(slot, { id, state, peers });
+  }
+  return { marker: { slots, epochs, recoveries, ...(reshards.size > 0 ? { reshards } : {}) }, rest };
 }
 
 function recovery(r: Record<string, unknown>): Recovery | null {
@@ -137,6 +160,7 @@ export function formatMarker(m: Marker, rest: Record<string, unknown> = {}): str
     const [slot, r] = [...m.recoveries][0] as [string, Recovery];
     doc.recovering = { slot, ...r };
   }
+  if (m.reshards && m.reshards.size > 0) doc.reshards = Object.fromEntries(m.reshards);
   return `${PREFIX}${JSON.stringify(doc)}`;
 }
 
@@ -211,7 +235,9 @@ export function withoutSlot(m: Marker, slot: string): Marker {
   epochs.delete(slot);
   const recoveries = new Map(m.recoveries);
   recoveries.delete(slot);
-  return { slots: m.slots.filter((s) => s !== slot), epochs, recoveries };
+  const reshards = new Map(m.reshards);
+  reshards.delete(slot);
+  return { slots: m.slots.filter((s) => s !== slot), epochs, recoveries, reshards };
 }
 
 export function withEpoch(m: Marker, slot: string, epoch: SlotEpoch): Marker {
@@ -225,4 +251,11 @@ export function withRecovery(m: Marker, slot: string, r: Recovery | null): Marke
   if (r === null) recoveries.delete(slot);
   else recoveries.set(slot, r);
   return { ...m, recoveries };
+}
+
+export function withReshard(m: Marker, slot: string, r: ReshardState): Marker {
+  const reshards = new Map(m.reshards);
+  reshards.set(slot, r);
+  // Not in `slots`: a new shard's entry is written before its slot exists (ensureSlot records it).
+  return { ...m, reshards };
 }

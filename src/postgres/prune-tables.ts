@@ -1,7 +1,8 @@
 import { lockTimedOut } from './pg-errors.js';
 import type pg from 'pg';
 import type { TableConfig } from '../config/config.js';
-import { quoteIdent } from '../config/config.js';
+import { type Shard, quoteIdent } from '../config/config.js';
+import { shardFilter } from './shard.js';
 import { tableFrozen, xminBelow } from './xid-sql.js';
 
 /**
@@ -62,12 +63,15 @@ export async function inheritanceChildren(client: pg.Client, table: TableConfig)
  * One batch: deletes up to `limit` rows of the leaf `leaf` that are older than `retainMs` (by the
  * created-at column) and from a transaction below `floorXid`. Returns how many went.
  */
-export function deleteBatchSql(table: TableConfig, leaf: string): string {
+export function deleteBatchSql(table: TableConfig, leaf: string, shard?: Shard): string {
   const created = quoteIdent(table.createdAt);
+  // A shard deletes its own share (below the floor of every shard): shards prune side by side
+  // instead of racing for the same rows.
+  const share = shard ? `\n         AND (${shardFilter(table.columns.aggregateid, shard)})` : '';
   return `DELETE FROM ONLY ${leaf} WHERE ctid = ANY(ARRAY(
       SELECT ctid FROM ONLY ${leaf}
        WHERE ${created} < now() - make_interval(secs => $1::double precision / 1000)
-         AND ${xminBelow('$2::bigint', tableFrozen('$4'))}
+         AND ${xminBelow('$2::bigint', tableFrozen('$4'))}${share}
        LIMIT $3))`;
 }
 

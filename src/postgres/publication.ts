@@ -2,7 +2,8 @@ import type pg from 'pg';
 import { type Config, type TableConfig, quoteIdent } from '../config/config.js';
 import { ConfigError, OutboxdError } from '../errors.js';
 import { alreadyExists, classifyPgError } from './pg-errors.js';
-import { checkPublishes } from './publication-checks.js';
+import { checkPublishes, checkShardable } from './publication-checks.js';
+import { shardFilter } from './shard.js';
 
 /** The server's logical decoding setting and the publication of the outbox tables. */
 
@@ -37,9 +38,8 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
       );
     }
     for (const t of tables) await checkTableExists(client, t);
-    // FOR TABLE (not ALL TABLES): only outbox rows are decoded and sent. An outbox driven purely
-    // by logical messages still needs a publication to start replication, so it may be empty.
-    const list = tables.length > 0 ? ` FOR TABLE ${tables.map((t) => t.qualified).join(', ')}` : '';
+    await checkShardable(client, cfg);
+    const list = publicationTables(cfg);
     try {
       // Inserts only: publishing updates and deletes would make Postgres reject UPDATE and DELETE
       // on an outbox table without a replica identity, breaking cleanup jobs.
@@ -51,6 +51,12 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
     }
     await checkPublishes(client, cfg);
     return 'created';
+  }
+  if (rows[0]?.puballtables && cfg.postgres.shard) {
+    throw new ConfigError(
+      'postgres.publication',
+      `publication ${pub} is FOR ALL TABLES, which has no row filter: as shard ${cfg.postgres.shard.index} of ${cfg.postgres.shard.count} it would send every key; drop it, and let outboxd setup create the shard's publication`,
+    );
   }
   if (!rows[0]?.pubviaroot) {
     for (const [i, t] of tables.entries()) {
@@ -78,6 +84,19 @@ export async function ensurePublication(client: pg.Client, cfg: Config): Promise
     }
   });
   return 'exists';
+}
+
+/**
+ * The FOR TABLE clause of the publication: FOR TABLE (not ALL TABLES), so only outbox rows are
+ * decoded and sent; each table with its shard's row filter when sharded. An outbox driven purely by
+ * logical messages still needs a publication to start replication, so it may be empty.
+ */
+export function publicationTables(cfg: Config): string {
+  const shard = cfg.postgres.shard;
+  const entries = cfg.outbox.tables.map((t) =>
+    shard ? `${t.qualified} WHERE (${shardFilter(t.columns.aggregateid, shard)})` : t.qualified,
+  );
+  return entries.length > 0 ? ` FOR TABLE ${entries.join(', ')}` : '';
 }
 
 /** The table is partitioned (relkind p). */

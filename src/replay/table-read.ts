@@ -7,6 +7,7 @@ import { isDataException } from '../postgres/pg-errors.js';
 import type { ReplayOptions } from './options.js';
 import type { ReplayFilter, RowKey, TableProgress } from './resume-file.js';
 import { type WhereCondition, whereSql } from './where.js';
+import { shardFilter } from '../postgres/shard.js';
 
 /**
  * What a replay reads from each table: the filter checked against the mapping, the time bounds as
@@ -124,6 +125,9 @@ export async function prepareTable(
     conds.push(`(${condition.sql.replace(/\$(\d+)/g, (_, n: string) => `$${Number(n) + offset}`)})`);
     params.push(...condition.params);
   }
+  // A shard reads its own rows only (as its publication does): a recovery or a replay of one shard
+  // must not publish another's keys, out of their order and twice.
+  if (cfg.postgres.shard) conds.push(`(${shardFilter(t.columns.aggregateid, cfg.postgres.shard)})`);
   if (resumeAt?.last) conds.push(afterKey(created, createdAtType, resumeAt.last, param));
   const where = conds.length > 0 ? ` WHERE ${conds.join(' AND ')}` : '';
   const value = (name: string) => (rawBytes ? `convert_to(${quoteIdent(name)}::text, 'SQL_ASCII')` : `${quoteIdent(name)}::text`);

@@ -3,6 +3,7 @@ import type { PostgresConfig } from '../config/config.js';
 import { SlotError } from '../errors.js';
 import { type Marker, type Recovery, readMarker, updateMarker, withRecovery, withSlot, withoutSlot } from '../postgres/marker.js';
 import { alreadyExists, classifyPgError } from '../postgres/pg-errors.js';
+import { checkOneShardSet } from '../postgres/shard-sets.js';
 import {
   type ExportedSnapshot,
   type OnWait,
@@ -62,6 +63,7 @@ export async function ensureSlot(client: pg.Client, cfg: PostgresConfig, onWait:
       `replication slot ${name} does not exist and postgres.createSlot is false; create it: SELECT pg_create_logical_replication_slot('${name}', 'pgoutput'${cfg.failover ? ', false, false, true' : ''})`,
     );
   }
+  await checkOneShardSet(client, cfg, marker);
   const before = await recordSlot(client, cfg);
   try {
     await createSlot(client, cfg, onWait);

@@ -51,6 +51,7 @@ const ENV: NodeJS.ProcessEnv = {
   RABBITMQ_HOST: 'rabbit.internal',
   RABBITMQ_PASSWORD: 'rabbit-secret',
   LOG_LEVEL: 'info',
+  OUTBOXD_SHARD_INDEX: '1',
 };
 
 const read = (rel: string): string => readFileSync(join(ROOT, rel), 'utf8');
@@ -265,8 +266,11 @@ beforeAll(async () => {
   }
 });
 
-/** Target labels Prometheus adds to every series. */
-const TARGET_LABELS = new Set(['job', 'instance']);
+/**
+ * Labels any series may carry besides its own: the target labels Prometheus adds, and the
+ * `shard` that a relay with postgres.shard puts on every series it exports (checked below).
+ */
+const SERIES_LABELS = new Set(['job', 'instance', 'shard']);
 
 /** Problems with the metric names and label matchers of one PromQL expression. */
 function promqlProblems(expr: string): string[] {
@@ -278,7 +282,7 @@ function promqlProblems(expr: string): string[] {
     if (!info) continue;
     for (const l of (m[2] as string).matchAll(/([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)/g)) {
       const label = l[1] as string;
-      if (!info.labels.has(label) && !TARGET_LABELS.has(label)) problems.push(`${m[1]} has no label ${label}`);
+      if (!info.labels.has(label) && !SERIES_LABELS.has(label)) problems.push(`${m[1]} has no label ${label}`);
     }
   }
   let depth = 0;
@@ -494,6 +498,14 @@ describe('metric names in the docs', () => {
   const tokens = (text: string) => [...new Set([...text.matchAll(/\boutboxd_[a-z0-9_]+/g)].map((m) => m[0]))];
   const known = (t: string) => series.has(t) || (t.endsWith('_') && [...registered.keys()].some((n) => n.startsWith(t)));
 
+  it('a relay with postgres.shard puts shard="<index>" on every series it exports, an unsharded one on none', async () => {
+    const samples = (text: string) => text.split('\n').filter((l) => l !== '' && !l.startsWith('#'));
+    const sharded = samples(await createMetrics(undefined, { shard: 2 }).registry.metrics());
+    expect(sharded.length).toBeGreaterThan(40);
+    expect(sharded.filter((l) => !/[{,]shard="2"[,}]/.test(l))).toEqual([]);
+    expect(samples(await createMetrics().registry.metrics()).filter((l) => /[{,]shard=/.test(l))).toEqual([]);
+  });
+
   it('docs/metrics.md documents every registered metric in a table', () => {
     const documented = new Set(
       (byFile.get('docs/metrics.md') as Markdown).prose.flatMap((p) => {
@@ -533,6 +545,7 @@ describe('metric names in the docs', () => {
 describe(`Grafana dashboard ${DASHBOARD}`, () => {
   interface Target {
     expr?: string;
+    legendFormat?: string;
   }
   interface Panel {
     id: number;
@@ -548,6 +561,10 @@ describe(`Grafana dashboard ${DASHBOARD}`, () => {
     type: string;
     name: string;
     query: unknown;
+    definition?: string;
+    multi?: boolean;
+    includeAll?: boolean;
+    allValue?: string;
   }
   const dashboard = JSON.parse(read(DASHBOARD)) as {
     title: string;
@@ -557,13 +574,18 @@ describe(`Grafana dashboard ${DASHBOARD}`, () => {
     links?: Array<{ url: string }>;
   };
   const panels = dashboard.panels.flatMap((p) => [p, ...(p.panels ?? [])]);
-  const exprs = panels.flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title, expr: t.expr ?? '' })));
+  const exprs = panels.flatMap((p) => (p.targets ?? []).map((t) => ({ panel: p.title, expr: t.expr ?? '', legend: t.legendFormat ?? '' })));
 
-  it('has a datasource variable and job and instance variables', () => {
+  it('has a datasource variable and job, shard and instance variables', () => {
     const vars = new Map(dashboard.templating.list.map((v) => [v.name, v]));
     expect(vars.get('datasource')).toMatchObject({ type: 'datasource', query: 'prometheus' });
     expect(vars.get('job')?.type).toBe('query');
     expect(vars.get('instance')?.type).toBe('query');
+    // Any set of shards, or All: `.*` also matches the series of an unsharded relay, which have no
+    // shard label (an empty value), so the dashboard works for it unchanged.
+    expect(vars.get('shard')).toMatchObject({ type: 'query', multi: true, includeAll: true, allValue: '.*' });
+    expect(vars.get('shard')?.definition).toMatch(/^label_values\(outboxd_build_info\{job=~"\$job"\}, shard\)$/);
+    expect(vars.get('instance')?.definition).toContain('shard=~"$shard"');
     for (const p of panels.filter((x) => x.type !== 'row')) {
       expect(p.datasource, p.title).toEqual({ type: 'prometheus', uid: '${datasource}' });
       expect(p.gridPos, p.title).toBeDefined();
@@ -572,16 +594,41 @@ describe(`Grafana dashboard ${DASHBOARD}`, () => {
     expect(new Set(ids).size, 'panel ids are unique').toBe(ids.length);
   });
 
-  it('queries only registered metrics and labels, each filtered by $job and $instance', () => {
+  it('queries only registered metrics and labels, each filtered by $job, $shard and $instance', () => {
     expect(exprs.length).toBeGreaterThan(20);
     for (const { panel, expr } of exprs) {
       expect(promqlProblems(expr), `${panel}: ${expr}`).toEqual([]);
       for (const m of expr.matchAll(/\b(outboxd_[a-z0-9_]+)(\{[^}]*\})?/g)) {
-        expect(m[2] ?? '', `${panel}: ${m[1]} is filtered by the job and instance variables`).toMatch(
-          /job=~"\$job".*instance=~"\$instance"/,
+        expect(m[2] ?? '', `${panel}: ${m[1]} is filtered by the job, shard and instance variables`).toMatch(
+          /job=~"\$job", shard=~"\$shard", instance=~"\$instance"/,
         );
       }
     }
+  });
+
+  it('shows lag, progress, poison and throughput per shard, the shard in the legend', () => {
+    const perShard = [
+      'outboxd_replication_lag_bytes',
+      'outboxd_slot_retained_wal_bytes',
+      'outboxd_confirmed_lsn',
+      'outboxd_poison_messages_total',
+      'outboxd_messages_received_total',
+      'outboxd_messages_published_total',
+      'outboxd_leader',
+      'outboxd_reshard_retired',
+    ];
+    let checked = 0;
+    for (const { panel, expr, legend } of exprs.filter((e) => perShard.some((n) => e.expr.includes(n)))) {
+      // Aggregations keep the shard; label_replace turns shard="2" into " (shard 2)" for the
+      // legend, and leaves an unsharded relay's series (no shard label) as they are.
+      for (const m of expr.matchAll(/\b(sum|max|min|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(/g)) {
+        expect(m[2]?.split(',').map((l) => l.trim()) ?? [], `${panel}: ${m[0]}`).toContain('shard');
+      }
+      expect(expr, panel).toMatch(/^label_replace\(.*, "shard", " \(shard \$1\)", "shard", "\(\.\+\)"\)( \* 60)?$/);
+      expect(legend, panel).toContain('{{shard}}');
+      checked++;
+    }
+    expect(checked).toBeGreaterThan(10);
   });
 
   it('shows throughput, lag, retained WAL, latency, errors, in-flight, leader, state, poison, broker blocked and heartbeats', () => {
@@ -601,6 +648,7 @@ describe(`Grafana dashboard ${DASHBOARD}`, () => {
       'outboxd_dead_lettered_total',
       'outboxd_broker_blocked',
       'outboxd_heartbeats_received_total',
+      'outboxd_reshard_retired',
     ]) {
       expect([...used], name).toContain(name);
     }
@@ -644,6 +692,19 @@ describe(`Prometheus alert rules ${ALERTS}`, () => {
     expect_('OutboxdSlotWalAtRisk', /outboxd_slot_wal_status\{status=~"unreserved\|lost"\}/);
     expect_('OutboxdNoLeader', /outboxd_leader/);
     expect_('OutboxdNoProgress', /outboxd_stuck == 1|outboxd_stuck\) == 1/);
+    expect_('OutboxdReshardUnfinished', /outboxd_reshard_retired\) == 1/);
+    expect_('OutboxdShardDown', /max_over_time\(outboxd_build_info\{shard!=""\}\[1d\]\)\)\s+unless on \(job, shard\)/);
+  });
+
+  it('names the shard in every summary that names a job, and renders nothing for an unsharded relay', () => {
+    for (const r of file.groups.flatMap((g) => g.rules).filter((x) => x.alert)) {
+      const summary = r.annotations?.summary ?? '';
+      if (r.alert === 'OutboxdAbsent' || r.alert === 'OutboxdOutboxNotPruned') continue;
+      // `with` renders its body only when the label is set: "outboxd orders shard 2: …" or
+      // "outboxd orders: …"; a bare {{ $labels.shard }} would leave "shard :" behind.
+      expect(summary, r.alert).toMatch(/\{\{ with \$labels\.shard \}\}[^{]*\{\{ \. \}\}[^{]*\{\{ end \}\}/);
+      expect(summary.replace(/\{\{ with \$labels\.shard \}\}.*?\{\{ end \}\}/g, ''), r.alert).not.toMatch(/\bshard\b/);
+    }
   });
 
   it('docs/metrics.md lists exactly these alerts', () => {

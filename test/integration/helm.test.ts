@@ -2,7 +2,9 @@
  * The Helm chart (helm/outboxd): `helm lint` and `helm template` with each values file under
  * helm/outboxd/ci/, the rendered manifests parsed and checked, the rendered outboxd.yaml run
  * through the real `outboxd validate`, and values.schema.json / template guards that reject bad
- * values. Needs the helm binary that scripts/install-helm.sh builds (CI runs it in .ci/run).
+ * values; `shards: N` (StatefulSets whose pod ordinal is the shard index, a ServiceMonitor per
+ * shard, one PodDisruptionBudget). Needs the helm binary that scripts/install-helm.sh builds (CI
+ * runs it in .ci/run).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,11 +12,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
+import { interpolate } from '../../src/config/interpolate.js';
+import { parseConfig } from '../../src/config/load.js';
 import { defaultOf } from '../../src/config/schema.js';
 import { MAIN, ROOT, helmBinary } from './support.js';
 
 const CHART = join(ROOT, 'helm/outboxd');
 const CI_VALUES = join(CHART, 'ci');
+/** The pod-index label that gives a sharded pod its shard needs Kubernetes 1.28; helm renders for 1.20 unless told. */
+const KUBE_1_28 = ['--kube-version', '1.28.0'];
+/** The labels that select every relay pod of release `rel`. */
+const SELECTOR = { 'app.kubernetes.io/name': 'outboxd', 'app.kubernetes.io/instance': 'rel' };
 
 interface Result {
   code: number | null;
@@ -86,11 +94,25 @@ interface PodSpec {
   priorityClassName?: string;
 }
 
+interface PodTemplate {
+  metadata: { annotations: Record<string, string>; labels: Record<string, string> };
+  spec: PodSpec;
+}
+
 interface DeploymentSpec {
   replicas: number;
   strategy: { type: string; rollingUpdate?: { maxSurge: number | string; maxUnavailable: number | string } };
   selector: { matchLabels: Record<string, string> };
-  template: { metadata: { annotations: Record<string, string>; labels: Record<string, string> }; spec: PodSpec };
+  template: PodTemplate;
+}
+
+interface StatefulSetSpec {
+  replicas: number;
+  podManagementPolicy: string;
+  serviceName: string;
+  updateStrategy: { type: string };
+  selector: { matchLabels: Record<string, string> };
+  template: PodTemplate;
 }
 
 class Rendered {
@@ -108,6 +130,20 @@ class Rendered {
   }
   get deployment(): DeploymentSpec {
     return this.one('Deployment').spec as unknown as DeploymentSpec;
+  }
+  /** What runs the relays: the Deployment, or with shards > 1 the StatefulSets. */
+  get workloads(): Array<{ kind: string; name: string; spec: DeploymentSpec | StatefulSetSpec }> {
+    return this.objects
+      .filter((o) => o.kind === 'Deployment' || o.kind === 'StatefulSet')
+      .map((o) => ({ kind: o.kind, name: o.metadata.name, spec: o.spec as unknown as DeploymentSpec | StatefulSetSpec }));
+  }
+  get statefulSets(): Array<{ name: string; spec: StatefulSetSpec }> {
+    return this.all('StatefulSet').map((o) => ({ name: o.metadata.name, spec: o.spec as unknown as StatefulSetSpec }));
+  }
+  named(kind: string, name: string): K8sObject {
+    const found = this.all(kind).filter((o) => o.metadata.name === name);
+    expect(found, `${kind} ${name}`).toHaveLength(1);
+    return found[0] as K8sObject;
   }
   get container(): Container {
     const c = this.deployment.template.spec.containers;
@@ -161,14 +197,16 @@ function ciValues(file: string): Obj {
 const at = (o: unknown, ...path: string[]): unknown =>
   path.reduce<unknown>((v, k) => (v !== null && typeof v === 'object' ? (v as Obj)[k] : undefined), o);
 
-/** Runs the real CLI's `validate` on a rendered config, with placeholder credentials. */
-function outboxdValidate(configText: string): Result {
+/** Runs the real CLI's `validate` on a rendered config, with placeholder credentials (and `env`). */
+function outboxdValidate(configText: string, env: NodeJS.ProcessEnv = {}): Result {
   if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: run npm run build first`);
   const file = join(tmp, `rendered-${Math.random().toString(36).slice(2)}.yaml`);
   writeFileSync(file, configText);
   const r = spawnSync(process.execPath, [MAIN, 'validate', '-c', file], {
     encoding: 'utf8',
     env: {
+      OUTBOXD_SHARD_INDEX: '0',
+      ...env,
       PATH: process.env.PATH,
       OUTBOXD_PG_URL: 'postgres://outboxd:secret@db:5432/app',
       PGPASSWORD: 'secret',
@@ -238,85 +276,103 @@ describe('helm chart helm/outboxd', () => {
     expect(values.service.port).toBe(defaultOf('http.port'));
   });
 
-  it('has the four ci values files', () => {
-    expect(valuesFiles).toEqual(['default-values.yaml', 'monitoring-values.yaml', 'resources-values.yaml', 'standby-values.yaml']);
+  it('has the five ci values files', () => {
+    expect(valuesFiles).toEqual([
+      'default-values.yaml',
+      'monitoring-values.yaml',
+      'resources-values.yaml',
+      'shards-values.yaml',
+      'standby-values.yaml',
+    ]);
   });
 
   describe.each(valuesFiles)('with ci/%s', (file) => {
     const values = ciValues(file);
-    const args = ['-f', join(CI_VALUES, file)];
+    const shards = Number(at(values, 'shards') ?? 1);
+    // Shards need the StatefulSet pod-index label (Kubernetes 1.28+); this helm renders for 1.20 unless told.
+    const args = ['-f', join(CI_VALUES, file), ...(shards > 1 ? KUBE_1_28 : [])];
 
     it('passes helm lint --strict', () => {
       const r = helm(['lint', '--strict', CHART, ...args]);
       expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
     });
 
-    it('renders a hardened Deployment with probes on the http port and the config mounted', () => {
+    it('renders hardened relays with probes on the http port and the config mounted', () => {
       const out = template(args);
-      const d = out.deployment;
-      const pod = d.template.spec;
-      const c = out.container;
-      const name = out.one('Deployment').metadata.name;
       for (const o of out.objects) expect(o.metadata.namespace, `${o.kind} namespace`).toBe('relays');
+      const workloads = out.workloads;
+      expect(workloads.map((w) => w.kind)).toEqual(shards > 1 ? workloads.map(() => 'StatefulSet') : ['Deployment']);
+      const svc = out.named('Service', 'rel-outboxd').spec as Obj;
 
-      // Selector matches the pod template.
-      for (const [k, v] of Object.entries(d.selector.matchLabels)) expect(d.template.metadata.labels[k]).toBe(v);
+      for (const w of workloads) {
+        const d = w.spec;
+        const pod = d.template.spec;
+        expect(pod.containers).toHaveLength(1);
+        const c = pod.containers[0] as Container;
 
-      // Image and args agree with the Dockerfile's CMD; the port with outboxd's default.
-      const cmd = JSON.parse(/^CMD\s+(\[.*\])\s*$/m.exec(dockerfile)?.[1] ?? '[]') as string[];
-      expect(c.args).toEqual(cmd);
-      expect(c.ports).toEqual([{ name: 'http', containerPort: defaultOf('http.port'), protocol: 'TCP' }]);
-      expect(c.image).toMatch(/^[^:@]+(:[\w.-]+|@sha256:[0-9a-f]{64})$/);
+        // Selector matches the pod template.
+        for (const [k, v] of Object.entries(d.selector.matchLabels)) expect(d.template.metadata.labels[k], w.name).toBe(v);
 
-      // Probes.
-      expect(c.livenessProbe.httpGet).toEqual({ path: '/livez', port: 'http' });
-      expect(c.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'http' });
-      expect(c.startupProbe.httpGet).toEqual({ path: '/livez', port: 'http' });
+        // Image and args agree with the Dockerfile's CMD; the port with outboxd's default.
+        const cmd = JSON.parse(/^CMD\s+(\[.*\])\s*$/m.exec(dockerfile)?.[1] ?? '[]') as string[];
+        expect(c.args).toEqual(cmd);
+        expect(c.ports).toEqual([{ name: 'http', containerPort: defaultOf('http.port'), protocol: 'TCP' }]);
+        expect(c.image).toMatch(/^[^:@]+(:[\w.-]+|@sha256:[0-9a-f]{64})$/);
 
-      // Security: the Dockerfile's numeric USER, non-root, read-only root, nothing to escalate.
-      const uid = Number(/^USER\s+(\d+)/m.exec(dockerfile)?.[1]);
-      expect(uid).toBeGreaterThan(0);
-      expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: uid, seccompProfile: { type: 'RuntimeDefault' } });
-      expect(c.securityContext).toMatchObject({
-        runAsNonRoot: true,
-        runAsUser: uid,
-        readOnlyRootFilesystem: true,
-        allowPrivilegeEscalation: false,
-        capabilities: { drop: ['ALL'] },
-        seccompProfile: { type: 'RuntimeDefault' },
-      });
-      expect(pod.automountServiceAccountToken).toBe(false);
-      expect(pod.enableServiceLinks).toBe(false);
-      expect(pod.serviceAccountName).toBe(out.one('ServiceAccount').metadata.name);
+        // Probes. With shards and standbys, ready means live (a StatefulSet update waits for ready pods).
+        expect(c.livenessProbe.httpGet).toEqual({ path: '/livez', port: 'http' });
+        const standby = at(values, 'standby', 'enabled') === true;
+        expect(c.readinessProbe.httpGet).toEqual({ path: shards > 1 && standby ? '/livez' : '/readyz', port: 'http' });
+        expect(c.startupProbe.httpGet).toEqual({ path: '/livez', port: 'http' });
 
-      // Config: the ConfigMap mounted read-only where CMD reads it; checksum annotation of it.
-      const mount = c.volumeMounts.find((m) => m.mountPath === '/etc/outboxd');
-      expect(mount?.readOnly).toBe(true);
-      expect(pod.volumes.find((v) => v.name === mount?.name)?.configMap?.name).toBe(out.one('ConfigMap').metadata.name);
-      expect(c.volumeMounts.find((m) => m.mountPath === '/tmp')).toBeDefined();
-      expect(out.checksum).toMatch(/^[0-9a-f]{64}$/);
+        // Security: the Dockerfile's numeric USER, non-root, read-only root, nothing to escalate.
+        const uid = Number(/^USER\s+(\d+)/m.exec(dockerfile)?.[1]);
+        expect(uid).toBeGreaterThan(0);
+        expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: uid, seccompProfile: { type: 'RuntimeDefault' } });
+        expect(c.securityContext).toMatchObject({
+          runAsNonRoot: true,
+          runAsUser: uid,
+          readOnlyRootFilesystem: true,
+          allowPrivilegeEscalation: false,
+          capabilities: { drop: ['ALL'] },
+          seccompProfile: { type: 'RuntimeDefault' },
+        });
+        expect(pod.automountServiceAccountToken).toBe(false);
+        expect(pod.enableServiceLinks).toBe(false);
+        expect(pod.serviceAccountName).toBe(out.one('ServiceAccount').metadata.name);
 
-      // Shutdown: Kubernetes waits longer than outboxd drains.
-      const config = parse(out.configText) as Obj;
-      const grace = String(at(config, 'shutdown', 'grace') ?? defaultOf('shutdown.grace'));
-      const graceS = /^(\d+)s$/.exec(grace)
-        ? Number.parseInt(grace, 10)
-        : /^(\d+)m$/.exec(grace)
-          ? Number.parseInt(grace, 10) * 60
-          : Number.NaN;
-      expect(pod.terminationGracePeriodSeconds).toBeGreaterThan(graceS);
+        // Config: the ConfigMap mounted read-only where CMD reads it; checksum annotation of it.
+        const mount = c.volumeMounts.find((m) => m.mountPath === '/etc/outboxd');
+        expect(mount?.readOnly).toBe(true);
+        expect(pod.volumes.find((v) => v.name === mount?.name)?.configMap?.name).toBe(out.one('ConfigMap').metadata.name);
+        expect(c.volumeMounts.find((m) => m.mountPath === '/tmp')).toBeDefined();
+        expect(d.template.metadata.annotations['checksum/config']).toMatch(/^[0-9a-f]{64}$/);
+
+        // Shutdown: Kubernetes waits longer than outboxd drains.
+        const config = parse(out.configText) as Obj;
+        const grace = String(at(config, 'shutdown', 'grace') ?? defaultOf('shutdown.grace'));
+        const graceS = /^(\d+)s$/.exec(grace)
+          ? Number.parseInt(grace, 10)
+          : /^(\d+)m$/.exec(grace)
+            ? Number.parseInt(grace, 10) * 60
+            : Number.NaN;
+        expect(pod.terminationGracePeriodSeconds).toBeGreaterThan(graceS);
+
+        // The Service for /metrics routes to every relay pod.
+        for (const [k, v] of Object.entries(svc.selector as Record<string, string>)) expect(d.template.metadata.labels[k]).toBe(v);
+      }
 
       // Service for /metrics, not-ready pods included.
-      const svc = out.one('Service').spec as Obj;
       expect(svc.type).toBe('ClusterIP');
       expect(svc.publishNotReadyAddresses).toBe(true);
       expect(svc.ports).toEqual([{ name: 'http', port: defaultOf('http.port'), targetPort: 'http', protocol: 'TCP' }]);
-      expect(svc.selector).toEqual(d.selector.matchLabels);
+      expect(svc.selector).toEqual(SELECTOR);
+      if (shards === 1) expect(out.deployment.selector.matchLabels).toEqual(SELECTOR);
 
-      // Optional objects only when enabled.
-      expect(out.all('ServiceMonitor')).toHaveLength(at(values, 'serviceMonitor', 'enabled') === true ? 1 : 0);
+      // Optional objects only when enabled: a ServiceMonitor per shard, one PodDisruptionBudget.
+      expect(out.all('ServiceMonitor')).toHaveLength(at(values, 'serviceMonitor', 'enabled') === true ? shards : 0);
       expect(out.all('PodDisruptionBudget')).toHaveLength(at(values, 'podDisruptionBudget', 'enabled') === true ? 1 : 0);
-      expect(name).toBe('rel-outboxd');
+      expect((workloads[0] as (typeof workloads)[0]).name).toBe('rel-outboxd');
     });
 
     it('renders a config that parses, carries the values and that `outboxd validate` accepts', () => {
@@ -326,12 +382,14 @@ describe('helm chart helm/outboxd', () => {
       const given = at(values, 'config', 'postgres', 'url');
       expect(at(config, 'postgres', 'url')).toBe(given ?? '${OUTBOXD_PG_URL:?set OUTBOXD_PG_URL, e.g. as a key of existingSecret}');
       expect(at(config, 'sink', 'type')).toBe(at(values, 'config', 'sink', 'type') ?? 'stdout');
-      const r = outboxdValidate(out.configText);
-      expect(r.code, `outboxd validate: ${r.stderr}`).toBe(0);
-      expect(r.stdout).toMatch(/^ok: /);
+      expect(at(config, 'postgres', 'shard', 'count')).toBe(shards > 1 ? shards : undefined);
+      for (let index = 0; index < shards; index++) {
+        const r = outboxdValidate(out.configText, { OUTBOXD_SHARD_INDEX: String(index) });
+        expect(r.code, `outboxd validate: ${r.stderr}`).toBe(0);
+        expect(r.stdout).toMatch(/^ok: /);
+      }
     });
   });
-
   it('defaults: one replica, Recreate, no secret, image tag = appVersion', () => {
     const out = template([]);
     expect(out.deployment.replicas).toBe(1);
@@ -461,5 +519,267 @@ describe('helm chart helm/outboxd', () => {
     template(['--set', 'config.http.port=9187']);
     template(['--set', 'config.shutdown.grace=2m', '--set', 'terminationGracePeriodSeconds=130']);
     template(['--set', 'config.shutdown.grace=${GRACE:-30s}']);
+  });
+});
+
+describe('helm chart helm/outboxd: shards', () => {
+  const sharded = (...args: string[]) => template([...KUBE_1_28, '--set', 'shards=3', ...args]);
+  type Env = NonNullable<Container['env']>;
+  const shardEnv = (c: Container) => (c.env ?? []).find((e) => e.name === 'OUTBOXD_SHARD_INDEX');
+
+  it('shards: 1 (the default) renders the unsharded chart: one Deployment, no shard anywhere', () => {
+    for (const file of [undefined, ...valuesFiles.filter((f) => f !== 'shards-values.yaml')]) {
+      const args = file ? ['-f', join(CI_VALUES, file)] : [];
+      const plain = helm(['template', 'rel', CHART, '--namespace', 'relays', ...args]);
+      const one = helm(['template', 'rel', CHART, '--namespace', 'relays', ...args, '--set', 'shards=1']);
+      expect(plain.code, plain.stderr).toBe(0);
+      expect(one.stdout, `${file ?? 'defaults'} with shards=1`).toBe(plain.stdout);
+      const out = template(args);
+      expect(out.all('StatefulSet')).toEqual([]);
+      expect(out.all('Service').map((s) => s.metadata.name)).toEqual(['rel-outboxd']);
+      expect(shardEnv(out.container)).toBeUndefined();
+      expect(at(parse(out.configText), 'postgres', 'shard')).toBeUndefined();
+      expect(out.container.readinessProbe.httpGet.path).toBe('/readyz');
+    }
+  });
+
+  it('shards: 3 renders one StatefulSet of 3 pods whose ordinal is the shard index, and no Deployment', () => {
+    const out = sharded();
+    expect(out.all('Deployment')).toEqual([]);
+    const sets = out.statefulSets;
+    expect(sets.map((s) => s.name)).toEqual(['rel-outboxd']);
+    const set = (sets[0] as (typeof sets)[0]).spec;
+    expect(set.replicas).toBe(3);
+    // Shards are independent: a halted or slow shard holds up no other's start or replacement.
+    expect(set.podManagementPolicy).toBe('Parallel');
+    expect(set.updateStrategy).toEqual({ type: 'RollingUpdate' });
+    expect(set.serviceName).toBe(out.named('Service', 'rel-outboxd').metadata.name);
+    expect(set.selector.matchLabels).toEqual({ ...SELECTOR, 'outboxd/replica': '0' });
+    for (const [k, v] of Object.entries(set.selector.matchLabels)) expect(set.template.metadata.labels[k]).toBe(v);
+
+    // The ordinal reaches the container as OUTBOXD_SHARD_INDEX, from the pod-index label.
+    const pod = set.template.spec;
+    const c = pod.containers[0] as Container;
+    const env = c.env as Env;
+    expect(env[0]).toEqual({
+      name: 'OUTBOXD_SHARD_INDEX',
+      valueFrom: { fieldRef: { fieldPath: "metadata.labels['apps.kubernetes.io/pod-index']" } },
+    });
+    // Without standbys the leader is the only instance: ready means streaming, as unsharded.
+    expect(c.readinessProbe.httpGet.path).toBe('/readyz');
+    expect(pod.affinity).toBeUndefined();
+    expect(set.template.metadata.annotations['checksum/config']).toMatch(/^[0-9a-f]{64}$/);
+    expect(template([]).checksum).not.toBe(set.template.metadata.annotations['checksum/config']);
+  });
+
+  it('the config carries postgres.shard: index from the pod, count = shards; outboxd reads pod i as shard i', () => {
+    const out = sharded();
+    const config = parse(out.configText) as Obj;
+    expect(at(config, 'postgres', 'shard')).toEqual({ count: 3, index: '${OUTBOXD_SHARD_INDEX:?the pod-index label, Kubernetes 1.28+}' });
+    // Everything else is the unsharded config: slot and publication stay the base names the relay derives from.
+    const plain = parse(template([]).configText) as Obj;
+    expect({ ...config, postgres: { ...(config.postgres as Obj), shard: undefined } }).toEqual({
+      ...plain,
+      postgres: { ...(plain.postgres as Obj), shard: undefined },
+    });
+    // outboxd's own ${VAR} expansion: pod 2's env gives shard 2 ("2" is an integer to outboxd's loader).
+    for (const index of [0, 1, 2]) {
+      const expanded = interpolate(config, { OUTBOXD_SHARD_INDEX: String(index), OUTBOXD_PG_URL: 'postgres://u@h/db' }) as Obj;
+      expect(at(expanded, 'postgres', 'shard')).toEqual({ count: 3, index: String(index) });
+    }
+    // Without the label (Kubernetes before 1.28) the variable is empty and outboxd stops, saying why.
+    expect(() => interpolate(at(config, 'postgres', 'shard'), { OUTBOXD_SHARD_INDEX: '' }, 'postgres.shard')).toThrow(
+      /OUTBOXD_SHARD_INDEX is not set: the pod-index label, Kubernetes 1\.28\+/,
+    );
+  });
+
+  it('`outboxd validate` accepts the sharded config for every pod', () => {
+    const out = sharded('-f', join(CI_VALUES, 'shards-values.yaml'));
+    for (const index of [0, 1, 2]) {
+      const r = outboxdValidate(out.configText, { OUTBOXD_SHARD_INDEX: String(index) });
+      expect(r.code, `shard ${index}: ${r.stderr}`).toBe(0);
+    }
+  });
+
+  it('standby: each shard gets its standbys, StatefulSets with the same ordinals and the same config', () => {
+    const out = sharded('--set', 'standby.enabled=true', '--set', 'standby.replicas=3');
+    const sets = out.statefulSets;
+    expect(sets.map((s) => s.name)).toEqual(['rel-outboxd', 'rel-outboxd-standby', 'rel-outboxd-standby-2']);
+    const first = (sets[0] as (typeof sets)[0]).spec;
+    sets.forEach(({ name, spec }, k) => {
+      expect(spec.replicas, name).toBe(3);
+      expect(spec.podManagementPolicy).toBe('Parallel');
+      // The sets' selectors do not overlap: each owns its pods.
+      expect(spec.selector.matchLabels).toEqual({ ...SELECTOR, 'outboxd/replica': String(k) });
+      // Pod i of every set runs the same container with the same config and index i: the same
+      // slot, so the same leader lock; one leads shard i, the others wait on it.
+      const { labels, annotations } = spec.template.metadata;
+      expect(labels['outboxd/replica']).toBe(String(k));
+      expect(annotations).toEqual(first.template.metadata.annotations);
+      expect(spec.template.spec).toEqual(first.template.spec);
+      const c = spec.template.spec.containers[0] as Container;
+      expect(shardEnv(c)?.valueFrom).toEqual({ fieldRef: { fieldPath: "metadata.labels['apps.kubernetes.io/pod-index']" } });
+      // A standby never passes /readyz and a StatefulSet update waits for ready pods: ready means live.
+      expect(c.readinessProbe.httpGet.path).toBe('/livez');
+    });
+    // Soft anti-affinity spreads every relay pod over nodes, a shard's leader and standbys included.
+    expect(
+      at(
+        first.template.spec.affinity,
+        'podAntiAffinity',
+        'preferredDuringSchedulingIgnoredDuringExecution',
+        '0',
+        'podAffinityTerm',
+        'labelSelector',
+      ),
+    ).toEqual({ matchLabels: SELECTOR });
+    expect(out.all('ConfigMap')).toHaveLength(1);
+  });
+
+  it('one PodDisruptionBudget over every shard pod, a Service and a ServiceMonitor per shard', () => {
+    const out = template(['-f', join(CI_VALUES, 'shards-values.yaml'), ...KUBE_1_28]);
+    const sets = out.statefulSets;
+    expect(sets.map((s) => s.name)).toEqual(['rel-outboxd', 'rel-outboxd-standby']);
+    // What a pod of set k with ordinal i carries (the StatefulSet controller adds the pod-index label).
+    const podLabels = (k: number, i: number) => ({
+      ...(sets[k] as (typeof sets)[0]).spec.template.metadata.labels,
+      'apps.kubernetes.io/pod-index': String(i),
+    });
+    const selects = (selector: Record<string, string>, labels: Record<string, string>) =>
+      Object.entries(selector).every(([key, v]) => labels[key] === v);
+
+    const pdb = out.one('PodDisruptionBudget');
+    expect(pdb.spec).toEqual({ maxUnavailable: 1, selector: { matchLabels: SELECTOR } });
+    for (const k of [0, 1]) for (const i of [0, 1, 2]) expect(selects(SELECTOR, podLabels(k, i))).toBe(true);
+
+    // The release's Service (the StatefulSets' serviceName) has every pod; shard i's Service has
+    // shard i's pods, every instance of it, and no other shard's.
+    expect(out.all('Service').map((s) => s.metadata.name)).toEqual([
+      'rel-outboxd',
+      'rel-outboxd-shard-0',
+      'rel-outboxd-shard-1',
+      'rel-outboxd-shard-2',
+    ]);
+    for (const i of [0, 1, 2]) {
+      const svc = out.named('Service', `rel-outboxd-shard-${i}`);
+      const spec = svc.spec as { selector: Record<string, string>; publishNotReadyAddresses: boolean; ports: unknown };
+      expect(spec.publishNotReadyAddresses).toBe(true);
+      expect(spec.ports).toEqual([{ name: 'http', port: defaultOf('http.port'), targetPort: 'http', protocol: 'TCP' }]);
+      for (const k of [0, 1])
+        for (const j of [0, 1, 2])
+          expect(selects(spec.selector, podLabels(k, j)), `shard ${i}'s Service, pod ${j} of set ${k}`).toBe(i === j);
+
+      // Its ServiceMonitor selects that Service alone, so Prometheus names the job after it.
+      const sm = out.named('ServiceMonitor', `rel-outboxd-shard-${i}`);
+      expect(sm.metadata.labels?.release).toBe('kube-prometheus-stack');
+      const smSelector = at(sm.spec, 'selector', 'matchLabels') as Record<string, string>;
+      for (const other of out.all('Service'))
+        expect(selects(smSelector, other.metadata.labels ?? {}), other.metadata.name).toBe(other === svc);
+      // The job is the Service's name; the relay's own shard="<i>" label is kept, not renamed to
+      // exported_shard by a target label of the same name or dropped.
+      expect(at(sm.spec, 'jobLabel')).toBeUndefined();
+      expect(at(sm.spec, 'targetLabels')).toBeUndefined();
+      expect(at(sm.spec, 'podTargetLabels')).toBeUndefined();
+      expect(at(sm.spec, 'endpoints')).toEqual([{ port: 'http', path: '/metrics', interval: '30s', scrapeTimeout: '10s' }]);
+    }
+    expect(out.all('ServiceMonitor')).toHaveLength(3);
+  });
+
+  it("the alerts and the dashboard in deploy/ go by job, which is one shard's with the chart's ServiceMonitors, and by shard", () => {
+    interface Rule {
+      alert?: string;
+      expr: string;
+      annotations?: { summary?: string };
+    }
+    const rules = (
+      parse(readFileSync(join(ROOT, 'deploy/prometheus/outboxd-alerts.yaml'), 'utf8')) as { groups: Array<{ rules: Rule[] }> }
+    ).groups.flatMap((g) => g.rules);
+    const lag = rules.find((r) => r.alert === 'OutboxdLagHigh');
+    expect(lag?.expr).toMatch(/by \(job, shard\)/);
+    for (const r of rules) {
+      // Every aggregation keeps job, so one shard's lag, stuck slot or poison fires on its own and
+      // no healthy shard hides it; absent() over every outboxd target is the one exception. They
+      // keep shard too, for Prometheus setups that scrape every shard as one job (a PodMonitor),
+      // except the outbox table's age, which every shard reads alike.
+      const aggregations = [...r.expr.matchAll(/\b(sum|max|min|avg|count)\s*(by\s*\(([^)]*)\))?\s*\(/g)];
+      for (const m of aggregations) {
+        const by = m[3]?.split(',').map((l) => l.trim()) ?? [];
+        expect(by, `${r.alert}: ${m[0]}`).toContain('job');
+        if (r.alert !== 'OutboxdOutboxNotPruned') expect(by, `${r.alert}: ${m[0]}`).toContain('shard');
+      }
+      if (r.alert !== 'OutboxdAbsent') expect(r.annotations?.summary, `${r.alert} names the job`).toContain('{{ $labels.job }}');
+    }
+    const dashboard = JSON.parse(readFileSync(join(ROOT, 'deploy/grafana/outboxd-dashboard.json'), 'utf8')) as {
+      templating: { list: Array<{ name: string; multi?: boolean; query: unknown }> };
+    };
+    // One job at a time: with the chart's ServiceMonitors the dashboard shows one shard; with one
+    // job for every shard, the shard variable picks them.
+    expect(dashboard.templating.list.find((v) => v.name === 'job')).toMatchObject({ multi: false });
+    expect(dashboard.templating.list.find((v) => v.name === 'shard')).toMatchObject({ multi: true });
+    expect(
+      sharded('--set', 'serviceMonitor.enabled=true')
+        .all('ServiceMonitor')
+        .map((s) => s.metadata.name),
+    ).toEqual(['rel-outboxd-shard-0', 'rel-outboxd-shard-1', 'rel-outboxd-shard-2']);
+  });
+
+  it('refuses what would break a sharded release', () => {
+    // The pod-index label: Kubernetes 1.28 or later.
+    expect(rejected(['--set', 'shards=3', '--kube-version', '1.27.9'])).toMatch(/shards: 3 needs Kubernetes 1\.28 or later.*v1\.27\.9/);
+    // One transactional id for every shard: they would fence each other.
+    const kafka = [
+      '--set',
+      'config.sink.type=kafka',
+      '--set',
+      'config.sink.kafka.brokers[0]=b:9092',
+      '--set',
+      'config.sink.kafka.delivery=exactly-once',
+    ];
+    // A set transactional id is fine: each shard's relay gives it the shard (orders_1_of_3).
+    const perShard = sharded(...kafka, '--set', 'config.sink.kafka.transactionalId=orders');
+    const shardCfg = parseConfig(perShard.configText, { OUTBOXD_SHARD_INDEX: '1', OUTBOXD_PG_URL: 'postgres://u@h/db' });
+    expect(shardCfg.sink.type === 'kafka' && shardCfg.sink.kafka.transactionalId).toBe('orders_1_of_3');
+    // The chart sets postgres.shard itself (once the config schema knows the key, values can carry it).
+    expect(rejected([...KUBE_1_28, '--set', 'shards=3', '--skip-schema-validation', '--set', 'config.postgres.shard.index=1'])).toMatch(
+      /config\.postgres\.shard is set, and shards is 3/,
+    );
+    // StatefulSets have no Recreate; RollingUpdate (with a partition) and OnDelete pass through.
+    expect(rejected([...KUBE_1_28, '--set', 'shards=3', '--set', 'updateStrategy.type=Recreate'])).toMatch(/RollingUpdate or OnDelete/);
+    expect(sharded('--set', 'updateStrategy.type=OnDelete').statefulSets[0]?.spec.updateStrategy).toEqual({ type: 'OnDelete' });
+    expect(sharded('--set', 'updateStrategy.rollingUpdate.partition=1').statefulSets[0]?.spec.updateStrategy).toEqual({
+      rollingUpdate: { partition: 1 },
+    });
+    // The guards of an unsharded release hold too.
+    expect(rejected([...KUBE_1_28, '--set', 'shards=3', '--set', 'terminationGracePeriodSeconds=30'])).toMatch(
+      /terminationGracePeriodSeconds \(30\)/,
+    );
+    expect(rejected([...KUBE_1_28, '--set', 'shards=3', '--set', 'secretEnv.PGPASSWORD=password'])).toMatch(/set existingSecret/);
+    // values.schema.json: an integer from 1 to 64.
+    expect(rejected(['--set', 'shards=0'])).toMatch(/shards.*minimum/);
+    expect(rejected(['--set', 'shards=65'])).toMatch(/shards.*maximum/);
+    expect(rejected(['--set-string', 'shards=3'])).toMatch(/shards.*want integer/);
+    expect(rejected(['--set', 'shards=1.5'])).toMatch(/shards/);
+  });
+
+  it('names stay short enough for pods and their controller-revision-hash label', () => {
+    const long = 'x'.repeat(60);
+    const out = template([
+      ...KUBE_1_28,
+      '--set',
+      'shards=3',
+      '--set',
+      'standby.enabled=true',
+      '--set',
+      'standby.replicas=5',
+      '--set',
+      'serviceMonitor.enabled=true',
+      '--set',
+      `fullnameOverride=${long}`,
+    ]);
+    const names = out.statefulSets.map((s) => s.name);
+    expect(new Set(names).size).toBe(5);
+    // <set>-<ordinal> (pod names) and <set>-<10-char hash> (revision label values) stay within 63.
+    for (const n of names) expect(n.length + 11, n).toBeLessThanOrEqual(63);
+    for (const s of out.all('Service')) expect(s.metadata.name.length).toBeLessThanOrEqual(63);
   });
 });

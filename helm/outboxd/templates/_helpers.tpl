@@ -64,8 +64,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "outboxd.configFile" -}}outboxd.yaml{{- end -}}
 
 {{/*
+Shard i of a sharded release reads i from its pod's StatefulSet ordinal: the env variable the pod
+template (_pod.tpl) sets from the pod-index label, expanded by outboxd at start ("2" is taken as
+the integer 2). An empty value (no such label: Kubernetes before 1.28) stops outboxd with this.
+*/}}
+{{- define "outboxd.shardIndexRef" -}}
+${OUTBOXD_SHARD_INDEX:?the pod-index label, Kubernetes 1.28+}
+{{- end -}}
+
+{{/*
 The outboxd config file: values.config with http.port taken from values.http.port, so that the
-container port, the probes and the Service always agree with what outboxd listens on.
+container port, the probes and the Service always agree with what outboxd listens on; with
+shards > 1, postgres.shard too (index from the pod, count = shards).
 */}}
 {{- define "outboxd.config" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) -}}
@@ -78,6 +88,14 @@ container port, the probes and the Service always agree with what outboxd listen
 {{- end -}}
 {{- $_ := set $http "port" (.Values.http.port | int) -}}
 {{- $_ := set $cfg "http" $http -}}
+{{- if gt (int .Values.shards) 1 -}}
+{{- $pg := deepCopy (get $cfg "postgres" | default dict) -}}
+{{- if hasKey $pg "shard" -}}
+{{- fail (printf "config.postgres.shard is set, and shards is %v: with shards > 1 the chart sets postgres.shard for each pod; remove config.postgres.shard" .Values.shards) -}}
+{{- end -}}
+{{- $_ := set $pg "shard" (dict "index" (include "outboxd.shardIndexRef" .) "count" (int .Values.shards)) -}}
+{{- $_ := set $cfg "postgres" $pg -}}
+{{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
@@ -100,4 +118,46 @@ duration (e.g. a ${VAR}), which skips the check against terminationGracePeriodSe
 {{- else -}}
 -1
 {{- end -}}
+{{- end -}}
+
+{{/* Values that would break the pods at runtime; rendering fails with what to change. */}}
+{{- define "outboxd.checks" -}}
+{{- $grace := include "outboxd.graceSeconds" . | float64 -}}
+{{- if and (ge $grace 0.0) (lt (.Values.terminationGracePeriodSeconds | float64) (addf $grace 5.0)) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be at least config.shutdown.grace (%vs) + 5s, or Kubernetes kills outboxd while it drains" .Values.terminationGracePeriodSeconds $grace) -}}
+{{- end -}}
+{{- if and .Values.secretEnv (not .Values.existingSecret) -}}
+{{- fail "secretEnv picks keys of existingSecret: set existingSecret too" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Sharded releases (shards > 1). The relays are StatefulSets: one per instance of a shard (the
+first, then one per standby), each with `shards` pods whose ordinal is the shard index. Names are
+cut so that pod names and the StatefulSet's controller-revision-hash label fit in 63 characters.
+*/}}
+{{- define "outboxd.sharded" -}}
+{{- if gt (int .Values.shards) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{- define "outboxd.shardBase" -}}
+{{- include "outboxd.fullname" . | trunc 42 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The StatefulSet of replica k (0: the first instance of each shard; 1…: its standbys). Called with (list $ k). */}}
+{{- define "outboxd.setName" -}}
+{{- $root := index . 0 -}}
+{{- $k := index . 1 | int -}}
+{{- if eq $k 0 -}}
+{{- include "outboxd.shardBase" $root -}}
+{{- else if eq $k 1 -}}
+{{- printf "%s-standby" (include "outboxd.shardBase" $root) -}}
+{{- else -}}
+{{- printf "%s-standby-%d" (include "outboxd.shardBase" $root) $k -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Service (and so the Prometheus job) of shard i. Called with (list $ i). */}}
+{{- define "outboxd.shardServiceName" -}}
+{{- printf "%s-shard-%d" (include "outboxd.shardBase" (index . 0)) (index . 1 | int) -}}
 {{- end -}}
