@@ -128,8 +128,9 @@ const shardName = (base: string, i: number, n: number): string => `${base}_${i}_
 
 export async function runShards(ctx: BenchContext, spec: BacklogSpec, counts: readonly number[], runs: number): Promise<ShardsOutcome> {
   const dir = mkdtempSync(join(tmpdir(), 'outboxd-bench-'));
-  // Base names: setup makes `<base>_<i>_of_<n>` of each.
-  const template = `ts_${ctx.tag}`;
+  // Base names: setup makes `<base>_<i>_of_<n>` of each. One base per N: outboxd refuses to set
+  // up a second shard count beside a live one (postgres/shard-sets.ts).
+  const template = (n: number) => `ts${n}_${ctx.tag}`;
   const publication = `pub_${spec.name}`;
   let b: Backlog | null = null;
   const results: ShardsRun[] = [];
@@ -138,7 +139,7 @@ export async function runShards(ctx: BenchContext, spec: BacklogSpec, counts: re
     b = await createBacklog(ctx.db, spec, {
       beforeSlots: async (table) => {
         await createProbePublications(ctx.db, table);
-        for (const n of counts) await setup(ctx, dir, table, template, publication, n);
+        for (const n of counts) await setup(ctx, dir, table, template(n), publication, n);
       },
     });
     for (let r = 1; r <= runs; r++) {
@@ -150,7 +151,7 @@ export async function runShards(ctx: BenchContext, spec: BacklogSpec, counts: re
         `  decoding alone: ${p.other.cpuSeconds?.toFixed(2)} s of CPU (${p.other.seconds.toFixed(2)} s); with the shard filter on every row: ` +
           `${p.filtered.cpuSeconds?.toFixed(2)} s (${p.filtered.seconds.toFixed(2)} s); messages ${p.other.messages}, ${p.filtered.messages}`,
       );
-      for (const n of order) results.push(await drainShards(ctx, b, dir, template, publication, n, r));
+      for (const n of order) results.push(await drainShards(ctx, b, dir, template(n), publication, n, r));
     }
     const perEvent = (xs: Array<number | null>): number | null => {
       const m = med(xs);
@@ -168,7 +169,7 @@ export async function runShards(ctx: BenchContext, spec: BacklogSpec, counts: re
       walsenderFit: fitWalsender(results),
     };
   } finally {
-    for (const n of counts) for (let i = 0; i < n; i++) await dropSlot(ctx.db, shardName(template, i, n)).catch(() => undefined);
+    for (const n of counts) for (let i = 0; i < n; i++) await dropSlot(ctx.db, shardName(template(n), i, n)).catch(() => undefined);
     if (b) {
       for (const n of counts)
         for (let i = 0; i < n; i++) await ctx.db.query(`DROP PUBLICATION IF EXISTS ${shardName(publication, i, n)}`).catch(() => undefined);

@@ -439,3 +439,46 @@ describe('a lost slot of one shard, recovered from the outbox', () => {
     await f.stop();
   }, 150_000);
 });
+
+describe('pruning with 3 shards', () => {
+  it('deletes only what every shard has confirmed, each shard its own share', async () => {
+    await using b = await bundle({
+      kind: 'kafka',
+      postgresExtra: SHARD_YAML,
+      outboxExtra: '  prune:\n    mode: delete\n    retain: 0s\n    interval: 300ms\n    batchSize: 100\n    pause: 0\n',
+      sinkExtra: SOURCE_YAML,
+    });
+    let f: Fleet | undefined;
+    await using _ = releaseSlots(b, () => f);
+    f = await fleet(b);
+    const left = async () => Number((await b.db.client.query<{ n: string }>('SELECT count(*) AS n FROM public.outbox')).rows[0]?.n);
+    const first = (await writeMixed(b, 300, 60, 1)).filter((w) => w.kind === 'row');
+    await waitDelivered(
+      b.reader,
+      first.map((w) => w.id),
+    );
+    await until('the confirmed rows pruned', async () => (await left()) === 0, 30_000, 100);
+    // Shard 2 stops: its epoch stays where it was, and holds every shard's pruning.
+    const relay2 = f.relays[2] as RelayProcess;
+    relay2.kill('SIGTERM');
+    expect(await relay2.exited).toBe(0);
+    const second = (await writeMixed(b, 300, 60, 1)).filter((w) => w.kind === 'row');
+    const owner = await serverShards(
+      b,
+      second.map((w) => w.key),
+    );
+    await waitDelivered(
+      b.reader,
+      second.filter((w) => owner.get(w.key) !== 2).map((w) => w.id),
+    );
+    await sleep(2_000); // several prune rounds of shards 0 and 1
+    expect(await left()).toBe(second.length);
+    // Shard 2 comes back, confirms its rows, and the rows of all three shards go.
+    f.relays[2] = b.startOn(await getFreePort(), { OUTBOXD_SHARD_INDEX: '2' });
+    await until('every row pruned once shard 2 confirmed', async () => (await left()) === 0, 60_000, 100);
+    // Each shard deleted its own share: the counts add up to the rows, and every shard deleted some.
+    const pruned = await Promise.all(f.relays.map((r) => r.metric('outboxd_pruned_rows_total')));
+    for (const [i, n] of pruned.entries()) expect(n, `shard ${i}`).toBeGreaterThan(0);
+    await f.stop();
+  }, 150_000);
+});
