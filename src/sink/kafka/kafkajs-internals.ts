@@ -4,8 +4,9 @@
  * API where that lacks something (docs/adr/0010, 0016, 0018):
  * - `groupMessagesPerPartition`, which copies a partition's array once per message (1.3 s per
  *   million messages at 500 per send, docs/benchmarks.md), is replaced by a one-pass grouper;
- * - the Produce v3 request factory is replaced by our encoder (produce-encoder.ts), and the
- *   request queue's throttle timer is armed only while requests wait (it spun at 1 ms idle);
+ * - the Produce v3 request factory is replaced by our encoder (produce-encoder.ts), every
+ *   request is framed with one copy instead of two (request-framing.ts), and the request queue's
+ *   throttle timer is armed only while requests wait (it spun at 1 ms idle);
  * - kafkajs's codec table gets snappy, lz4 and zstd (codecs.ts), for what kafkajs encodes or
  *   decodes itself: messages with a timestamp, and fetched batches (docs/adr/0017);
  * - the transactional producer remembers its transaction coordinator (kafkajs-coordinator.ts);
@@ -33,6 +34,7 @@ import { CODEC_ID, codecOf } from './codecs.js';
 import { EOS_CLUSTER_MEMBERS, type EosFactory, rememberingCoordinator } from './kafkajs-coordinator.js';
 import { PartitionCounts, partitionOf } from './partition.js';
 import { PRODUCE_API_KEY, type ProduceFactory, encodeProduce, ours } from './produce-encoder.js';
+import { HEADROOM, frameRequest } from './request-framing.js';
 
 type Kafkajs = typeof kafkajs;
 
@@ -49,6 +51,8 @@ export const CREATE_CLUSTER = 'private:Kafka:createCluster';
 const REQUEST_QUEUE = 'kafkajs/src/network/requestQueue/index.js';
 const EOS_MANAGER = 'kafkajs/src/producer/eosManager/index.js';
 const PRODUCER = 'kafkajs/src/producer/index.js';
+const REQUEST = 'kafkajs/src/protocol/request.js';
+const CONNECTION = 'kafkajs/src/network/connection.js';
 
 /** What the version check reads of the installed kafkajs (a parameter, for the tests). */
 export interface KafkajsProbe {
@@ -81,7 +85,7 @@ function unsupported(version: string, what: string): SinkError {
 export function checkKafkajs(probe: KafkajsProbe = installed): void {
   const version = probe.version();
   if (version !== KAFKAJS_VERSION) throw unsupported(version, 'its internals differ between releases');
-  for (const path of [GROUPER_PATH, SEND_MESSAGES, PRODUCE_V3, BATCH, REQUEST_QUEUE, EOS_MANAGER]) {
+  for (const path of [GROUPER_PATH, SEND_MESSAGES, PRODUCE_V3, BATCH, REQUEST_QUEUE, EOS_MANAGER, REQUEST, CONNECTION]) {
     if (!probe.has(path)) throw unsupported(version, `${path} is missing`);
   }
 }
@@ -134,15 +138,20 @@ export const GROUPER: Grouper = ({ topic, partitionMetadata, messages, partition
  * importing kafkajs itself first) keeps its own grouper, and is slower but the same.
  */
 function installGrouper(): boolean {
-  const path = require.resolve(GROUPER_PATH);
-  if (require.cache[require.resolve(SEND_MESSAGES)] === undefined && require.cache[path] === undefined) {
-    const m = new Module(path);
-    m.filename = path;
+  return preload(GROUPER_PATH, SEND_MESSAGES, GROUPER);
+}
+
+/** Puts `exports` in require's cache as `path`, unless `user` (which keeps what it requires) loaded already. */
+function preload(path: string, user: string, exports: unknown): boolean {
+  const resolved = require.resolve(path);
+  if (require.cache[require.resolve(user)] === undefined && require.cache[resolved] === undefined) {
+    const m = new Module(resolved);
+    m.filename = resolved;
     m.loaded = true;
-    m.exports = GROUPER;
-    require.cache[path] = m;
+    m.exports = exports;
+    require.cache[resolved] = m;
   }
-  return require.cache[path]?.exports === GROUPER;
+  return require.cache[resolved]?.exports === exports;
 }
 
 // --- the Produce encoder -----------------------------------------------------------------------
@@ -167,9 +176,11 @@ function installProduceEncoder(): ProduceFactory {
       apiName: 'Produce',
       expectResponse: () => args.acks !== 0,
       encode: async () => {
-        const buf = encodeProduce(args);
-        // What kafkajs's request framing reads of an Encoder: `buf`, `buffer` and `size()`.
-        return { buf, buffer: buf, size: () => buf.length };
+        const buf = encodeProduce(args, HEADROOM);
+        // What kafkajs's request framing reads of an Encoder, `buf`, `buffer` and `size()`, and the
+        // room left for frameRequest to write the header in place.
+        const buffer = buf.subarray(HEADROOM);
+        return { buf, buffer, size: () => buffer.length, headroom: HEADROOM };
       },
     };
   };
@@ -268,6 +279,8 @@ export function installKafkajs(): Kafkajs {
   if (state) return state.kafkajs;
   checkKafkajs();
   const grouper = installGrouper();
+  // kafkajs's connection frames every request with request-framing.ts (one copy, not two).
+  preload(REQUEST, CONNECTION, frameRequest);
   const coordinatorCache = installCoordinatorCache();
   const loaded = require('kafkajs') as Kafkajs;
   const probe = new loaded.Kafka({ brokers: ['127.0.0.1:9092'], logLevel: loaded.logLevel.NOTHING });

@@ -251,8 +251,11 @@ function batch(p: PartitionData, transactional: boolean, producerId: LongLike, p
   scratch.writeInt32BE(at - sizeAt - 4, sizeAt);
 }
 
-/** The request payload kafkajs's Produce v3 `encode()` returns, as one Buffer. */
-export function encodeProduce(args: ProduceArgs): Buffer {
+/**
+ * The request payload kafkajs's Produce v3 `encode()` returns, as one Buffer, after `headroom`
+ * bytes left free for the request header (request-framing.ts writes it there, in place).
+ */
+export function encodeProduce(args: ProduceArgs, headroom = 0): Buffer {
   const producerId = toLong(args.producerId ?? -1);
   const transactional = args.transactionalId != null;
   const codec = (args.compression ?? 0) & 7;
@@ -270,8 +273,8 @@ export function encodeProduce(args: ProduceArgs): Buffer {
     const now = Date.now();
     for (const p of t.partitions) batch(p, transactional, producerId, args.producerEpoch ?? 0, now, codec);
   }
-  const out = Buffer.allocUnsafe(at);
-  scratch.copy(out, 0, 0, at);
+  const out = Buffer.allocUnsafe(headroom + at);
+  scratch.copy(out, headroom, 0, at);
   return out;
 }
 
