@@ -44,14 +44,15 @@ export function shardNames(p: { slot: string; publication: string }, shard: Shar
     );
   const slot = shardName(p.slot, shard);
   const publication = shardName(p.publication, shard);
-  for (const [key, name] of [
-    ['slot', slot],
-    ['publication', publication],
-  ] as const) {
-    if (name.length > 63)
+  // Every shard's name must fit, not only this one's: setup creates them all, and PostgreSQL
+  // truncates a publication name past 63 bytes (a NOTICE), which no shard would then find.
+  const last = { index: shard.count - 1, count: shard.count };
+  for (const key of ['slot', 'publication'] as const) {
+    const longest = shardName(p[key], last);
+    if (Buffer.byteLength(longest) > 63)
       throw new ConfigError(
         `${at}.${key}`,
-        `with shard ${shard.index} of ${shard.count} it becomes "${name}", longer than PostgreSQL's 63 bytes: shorten ${at}.${key}`,
+        `with ${shard.count} shards it becomes up to "${longest}", longer than PostgreSQL's 63 bytes: shorten ${at}.${key}`,
       );
   }
   return { slot, publication, shard: { index: shard.index, count: shard.count, slot: p.slot, publication: p.publication } };

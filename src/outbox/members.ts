@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { PoisonError } from '../errors.js';
 import { setOwn } from '../own.js';
 import { type JsonSpan, JsonSyntaxError, LoneSurrogateError, scanObject, unescapeString } from './json.js';
@@ -27,9 +28,10 @@ export function scalarField(text: string, members: ReadonlyMap<string, JsonSpan>
  * the content has none or cannot be read (such a message is poison, reported by shard 0 alone).
  */
 export function messageKey(content: Buffer): string | null {
+  // As the mapper reads it (fromLogicalMessage): not UTF-8 is poison there, so no key here.
+  if (!isUtf8(content)) return null;
   try {
     const text = content.toString('utf8');
-    if (!Buffer.from(text, 'utf8').equals(content)) return null;
     return scalarField(text, scanObject(text), 'aggregateid', 'logical message field');
   } catch {
     return null;

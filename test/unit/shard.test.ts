@@ -110,6 +110,9 @@ describe('postgres.shard in the config', () => {
     expect(() => parseConfig(base('  shard:\n    index: 0\n    count: 2\n').replace('slot: orders', `slot: ${long}`), {})).toThrow(
       'postgres.slot',
     );
+    // Shard 0's name fits (63 bytes), shard 11's would not: every shard's must, since setup makes them all.
+    const edge = base('  shard:\n    index: 0\n    count: 12\n').replace('publication: orders_pub', `publication: ${'p'.repeat(55)}`);
+    expect(() => parseConfig(edge, {})).toThrow(/postgres\.publication: with 12 shards it becomes up to "p+_11_of_12"/);
   });
 });
 
