@@ -32,6 +32,22 @@ async function published(r: RelayProcess): Promise<number> {
   return n;
 }
 
+/** Waits until every shard of the new set of `count` has recorded `started` at the fence. */
+async function allStarted(b: Bundle, count: number): Promise<void> {
+  await until(
+    `every new shard of ${count} started at the fence`,
+    async () => {
+      for (let i = 0; i < count; i++) {
+        const state = (await markerOf(b, `outboxd_${i}_of_${count}`)).reshards?.get(`${b.db.slot}_${i}_of_${count}`)?.state;
+        if (state !== 'started') return false;
+      }
+      return true;
+    },
+    60_000,
+    200,
+  );
+}
+
 describe('resharding 2 → 3 under a steady writer', () => {
   it('loses nothing, repeats nothing, keeps every key in order; --finish drops the old slots', async () => {
     await using b = await bundle({ kind: 'kafka', postgresExtra: SHARD });
@@ -58,16 +74,7 @@ describe('resharding 2 → 3 under a steady writer', () => {
     expect((await cli(b, 3, 'reshard', '--from', '2', '--finish')).code).toBe(1);
     const fresh = [await shardRelay(b, 0, 3), await shardRelay(b, 1, 3), await shardRelay(b, 2, 3)];
     await Promise.all(fresh.map((r) => r.ready()));
-    await until(
-      'every new shard started at the fence',
-      async () => {
-        for (let i = 0; i < 3; i++)
-          if ((await markerOf(b, `outboxd_${i}_of_3`)).reshards?.get(`${b.db.slot}_${i}_of_3`)?.state !== 'started') return false;
-        return true;
-      },
-      60_000,
-      200,
-    );
+    await allStarted(b, 3);
     await sleep(2_000); // the new shards relay for a while
     await writer.stop();
     await waitDelivered(b.reader, writer.ids);
@@ -139,16 +146,7 @@ describe('resharding an unsharded outbox into 2, with relays killed on both side
       return r;
     };
     const relays = [await startShard(0), await startShard(1)];
-    await until(
-      'both new shards started',
-      async () => {
-        for (let i = 0; i < 2; i++)
-          if ((await markerOf(b, `outboxd_${i}_of_2`)).reshards?.get(`${b.db.slot}_${i}_of_2`)?.state !== 'started') return false;
-        return true;
-      },
-      60_000,
-      200,
-    );
+    await allStarted(b, 2);
     expect((await markerOf(b)).reshards?.get(b.db.slot)?.state).toBe('retired');
     // A new shard dies after it started, and comes back: it goes on from its slot.
     await sleep(500);
