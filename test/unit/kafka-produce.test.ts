@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { crc32c } from '../../src/sink/kafka/crc32c.js';
+import { crc32c, crc32cJs, nativeCrc32c } from '../../src/sink/kafka/crc32c.js';
 import { type ProduceArgs, encodeProduce } from '../../src/sink/kafka/produce-encoder.js';
 import { CODEC_ID, COMPRESSIONS, codecById } from '../../src/sink/kafka/codecs.js';
 import { installKafkajs, kafkajsProduce } from '../../src/sink/kafka/kafkajs-internals.js';
@@ -112,7 +112,10 @@ describe('the Produce request encoder', () => {
     },
   );
 
-  it('computes CRC-32C as kafkajs does, at any alignment', () => {
+  it.each([
+    ['the chosen', crc32c],
+    ['the JavaScript', crc32cJs],
+  ] as const)('computes CRC-32C as kafkajs does, at any alignment: %s one', (_, crc32c) => {
     const b = Buffer.from(Array.from({ length: 1000 }, (_, i) => (i * 7919) & 0xff));
     for (const [s, e] of [
       [0, 1000],
@@ -132,5 +135,11 @@ describe('the Produce request encoder', () => {
           expect(crc32c(view, s, s + n)).toBe(kafkajsCrc(view.subarray(s, s + n)));
       }
     }
+  });
+
+  it('computes CRC-32C natively on linux x64, where the relay image runs', () => {
+    if (process.platform !== 'linux' || process.arch !== 'x64') return;
+    expect(nativeCrc32c).not.toBeNull();
+    expect(crc32c).not.toBe(crc32cJs);
   });
 });

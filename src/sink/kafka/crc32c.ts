@@ -1,7 +1,32 @@
+import { createRequire } from 'node:module';
 import { endianness } from 'node:os';
 
 /**
- * CRC-32C (Castagnoli), the checksum of a Kafka record batch, by slicing-by-8: eight table
+ * CRC-32C (Castagnoli), the checksum of a Kafka record batch. Where `@node-rs/crc32` has a build
+ * for the platform (linux, macOS and Windows on x64 and arm64, glibc and musl) it is computed
+ * natively, with the CPU's CRC32 instruction: on a 200 KB batch about a tenth of the CPU of the
+ * JavaScript below. Anywhere else, the JavaScript.
+ */
+type Native = (input: Uint8Array, initialState?: number) => number;
+
+/** The native CRC-32C, or null where its package has no build for this platform. */
+export const nativeCrc32c: Native | null = (() => {
+  try {
+    const mod = createRequire(import.meta.url)('@node-rs/crc32') as { crc32c?: Native };
+    const f = mod.crc32c;
+    // Trust it only if it gives the standard's check value.
+    return typeof f === 'function' && f(Buffer.from('123456789')) === 0xe3069283 ? f : null;
+  } catch {
+    return null;
+  }
+})();
+
+/** The CRC-32C of `buf` from `start` to `end`. */
+export const crc32c: (buf: Buffer, start: number, end: number) => number =
+  nativeCrc32c === null ? crc32cJs : (buf, start, end) => nativeCrc32c(buf.subarray(start, end)) >>> 0;
+
+/*
+ * The JavaScript CRC-32C, by slicing-by-8: eight table
  * lookups per 8 bytes instead of one per byte, the 8 bytes read as two little-endian 32-bit words
  * where the platform is little-endian (1.2-1.4x the speed of reading them a byte at a time). Equal
  * to kafkajs's byte-at-a-time crc32C (test/unit/kafka-produce.test.ts) and to the check value of
@@ -26,8 +51,8 @@ const TABLES = (() => {
 
 const LITTLE_ENDIAN = endianness() === 'LE';
 
-/** The CRC-32C of `buf` from `start` to `end`. */
-export function crc32c(buf: Buffer, start: number, end: number): number {
+/** The CRC-32C of `buf` from `start` to `end`, in JavaScript. */
+export function crc32cJs(buf: Buffer, start: number, end: number): number {
   const t = TABLES;
   let crc = -1;
   let i = start;
