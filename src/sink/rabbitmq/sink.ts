@@ -3,6 +3,8 @@ import type { RabbitMqSinkConfig } from '../../config/config.js';
 import { PoisonError, SinkError } from '../../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../interfaces.js';
 import type { Logger } from '../../observability/logger.js';
+import { type ChannelFrames, channelFrames, sendEncoded } from './amqplib-internals.js';
+import { encodePublish } from './encode.js';
 import { amqpLimitProblem } from './limits.js';
 import { amqpDeadLetter } from './dead-letter.js';
 import { CLOSE_TIMEOUT_MS, ConfirmWaiter, closeWithin } from './confirms.js';
@@ -42,6 +44,8 @@ export class RabbitMqSink implements Sink {
   readonly type = 'rabbitmq' as const;
   private model: amqp.ChannelModel | null = null;
   private channels: amqp.ConfirmChannel[] | null = null;
+  /** Where each channel's frames go, for publishes outboxd encodes itself (null: through amqplib). */
+  private frames: Array<ChannelFrames | null> = [];
   private connecting: Promise<amqp.ConfirmChannel[]> | null = null;
   private blocked: { reason: string; until: Promise<void>; release: () => void } | null = null;
   /** Message ids returned as unroutable during the current publish. */
@@ -120,6 +124,7 @@ export class RabbitMqSink implements Sink {
       if (this.needDeadLetter) await checkExchange(first, this.cfg, this.cfg.deadLetterExchange, 'topic');
       this.model = model;
       this.channels = channels;
+      this.frames = channels.map(channelFrames);
       return channels;
     } catch (err) {
       await closeWithin(model, CLOSE_TIMEOUT_MS);
@@ -160,11 +165,17 @@ export class RabbitMqSink implements Sink {
         poisoned.push({ index: i, error: problem });
         continue;
       }
-      const ch = channels[n === 1 ? 0 : laneOf(m.key, n)] as amqp.ConfirmChannel;
-      const body = typeof m.payload === 'string' ? Buffer.from(m.payload) : m.payload;
+      const lane = n === 1 ? 0 : laneOf(m.key, n);
+      const ch = channels[lane] as amqp.ConfirmChannel;
+      const frames = this.frames[lane] ?? null;
       let ok: boolean;
       try {
-        ok = ch.publish(exchange, m.destination, body, properties(m), confirms.callback());
+        const encoded = frames === null ? null : encodePublish(frames.channel, frames.frameMax, exchange, m.destination, m);
+        if (encoded !== null) ok = sendEncoded(frames as ChannelFrames, encoded, confirms.callback());
+        else {
+          const body = typeof m.payload === 'string' ? Buffer.from(m.payload) : m.payload;
+          ok = ch.publish(exchange, m.destination, body, properties(m), confirms.callback());
+        }
       } catch (err) {
         // amqplib queued the confirm callback before it threw, so this channel's confirms are out
         // of step: drop it. A closed channel is a connection fault; anything else is this
