@@ -143,6 +143,14 @@ export interface Sink {
    */
   readonly batchLimits?: { readonly batchMaxMessages: number; readonly batchMaxBytes: number };
   /**
+   * How many batches the pipeline may have at the broker at once (default 1). With 2, the next
+   * batch goes out while the one before waits for its confirms, so the broker is never idle
+   * between batches; the pipeline then keeps a key's messages (and a message id) to one batch in
+   * flight at a time, so per-key order holds whatever fails (docs/adr/0022). Only for a sink
+   * whose `publish` calls may overlap: each call confirms, fails and is retried on its own.
+   */
+  readonly batchesInFlight?: 1 | 2;
+  /**
    * Publishes one message to the dead-letter destination with the error in its headers.
    * Resolves once the broker confirmed it.
    */

@@ -9,6 +9,10 @@ export type Item =
 
 export type MessageItem = Extract<Item, { kind: 'message' }>;
 
+function sizeOf(item: Item): number {
+  return item.kind === 'message' ? item.message.sizeBytes : item.sizeBytes;
+}
+
 /** How much one batch may take: the pipeline's bounds, or a sink's larger ones (Sink.batchLimits). */
 export type BatchTake = Pick<PipelineConfig, 'batchMaxMessages' | 'batchMaxBytes'>;
 
@@ -57,7 +61,7 @@ export class Batches {
     while (this.head < this.queue.length && batch.length < take.batchMaxMessages) {
       const item = this.queue[this.head] as Item;
       if (item.kind === 'poison' && batch.length > 0) break;
-      const size = item.kind === 'message' ? item.message.sizeBytes : item.sizeBytes;
+      const size = sizeOf(item);
       if (batch.length > 0 && bytes + size > take.batchMaxBytes) break;
       batch.push(item);
       bytes += size;
@@ -71,6 +75,24 @@ export class Batches {
     }
     if (this.head < this.queue.length) this.firstAt = performance.now();
     return batch;
+  }
+
+  /**
+   * Puts `items` back at the front of the queue, in their order, due at once: items a batch took
+   * that may not go out yet (pipeline/overlap.ts).
+   */
+  putBack(items: readonly Item[]): void {
+    if (items.length === 0) return;
+    if (this.head >= items.length) {
+      this.head -= items.length;
+      for (let i = 0; i < items.length; i++) this.queue[this.head + i] = items[i] as Item;
+    } else {
+      this.queue = [...items, ...this.queue.slice(this.head)];
+      this.head = 0;
+    }
+    for (const item of items) this.bytes += sizeOf(item);
+    // They were due when taken: they go out as soon as they may, never after another linger.
+    this.firstAt = performance.now() - this.cfg.lingerMs;
   }
 
   stop(): void {

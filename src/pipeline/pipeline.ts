@@ -8,48 +8,20 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { MessageTracer } from '../observability/tracer.js';
 import { type BatchTake, Batches, type Item, type MessageItem } from './batches.js';
+import { Overlap } from './overlap.js';
+import type { PipelineEvents, PipelineParts } from './parts.js';
 import { disposePoison } from './poison.js';
 import { Publisher } from './publisher.js';
 
-export interface PipelineEvents {
-  /** A poison message under policy `halt`: nothing will advance until an operator acts. */
-  onHalt(error: PoisonError): void;
-  /** A publish failed for good (not retriable): the relay must stop without confirming. */
-  onFatal(error: OutboxdError): void;
-  /** The broker's health as the pipeline sees it (false while retrying a failed publish). */
-  onSinkHealth(up: boolean, error?: SinkError): void;
-  /**
-   * A call to the broker has waited longer than `sink.stallTimeout` for its confirm (true), or
-   * the confirm came (false). A broker that stops answering without closing the connection (a
-   * paused process, a black-holed network) shows here long before the client's own timeout.
-   */
-  onStall(stalled: boolean, waitedMs: number): void;
-}
-
-/** What a pipeline is built from. */
-export interface PipelineParts {
-  cfg: PipelineConfig;
-  /** outbox.onPoison. */
-  policy: PoisonPolicy;
-  sink: Sink;
-  watermark: Watermark;
-  events: PipelineEvents;
-  metrics: Metrics;
-  log: Logger;
-  /** How long one call to the sink may wait for the broker before the sink is reported stalled. */
-  stallTimeoutMs: number;
-  /** The bounded metric label for a destination (default: the destination itself). */
-  label?: (destination: string) => string;
-  /** Spans for traced messages (telemetry.traces); absent or null when tracing is off. */
-  tracer?: MessageTracer | null;
-}
+export type { PipelineEvents, PipelineParts } from './parts.js';
 
 /**
  * Batching and back-pressure between the source and the sink.
  *
- * - Items are published strictly in the order they were pushed (commit order, then statement
- *   order), one batch at a time. A failed batch is retried whole before anything after it is
- *   sent, so per-key order holds across retries.
+ * - Items are published in the order they were pushed (commit order, then statement order), one
+ *   batch at a time, or two where the sink allows (Sink.batchesInFlight): then the second holds
+ *   no key the first holds (pipeline/overlap.ts). A failed batch is retried whole, and a batch
+ *   beside it retries only after it, so per-key order holds across retries.
  * - What is in flight (pushed, not yet confirmed) is bounded in messages and bytes. `push`
  *   returns a promise when the bound is full; the source awaits it, which pauses WAL reading.
  * - A message's transaction is released to the watermark only after the broker confirmed it
@@ -62,7 +34,8 @@ export class Pipeline {
   private readonly publisher: Publisher;
   private inFlightCount = 0;
   private inFlightByteCount = 0;
-  private publishing = false;
+  /** The batches at the broker: one, or two where the sink allows (Sink.batchesInFlight). */
+  private readonly out: Overlap;
   private halted: PoisonError | null = null;
   private failed: OutboxdError | null = null;
   private stopping = false;
@@ -106,6 +79,10 @@ export class Pipeline {
           batchMaxBytes: Math.max(cfg.batchMaxBytes, limits.batchMaxBytes),
         }
       : cfg;
+    this.out = new Overlap(sink.batchesInFlight ?? 1, () => {
+      if (this.inFlightCount === 0) for (const w of this.idleWaiters.splice(0)) w();
+      this.kick();
+    });
     this.publisher = new Publisher(sink, cfg.retry, parts.stallTimeoutMs, events, metrics, log, this.stopSignal.signal);
     this.stopped = new Promise((resolve) => {
       this.markStopped = resolve;
@@ -169,7 +146,7 @@ export class Pipeline {
     this.watermark.track(item.txn);
     this.inFlightCount++;
     this.inFlightByteCount += size;
-    this.batches.add(item, size, this.publishing);
+    this.batches.add(item, size, this.out.busy);
     // Halted, nothing will be confirmed until an operator acts: stop reading WAL altogether, or
     // the queue (and the watermark) would grow with every transaction until memory runs out.
     if (this.halted) return this.stopped;
@@ -237,34 +214,46 @@ export class Pipeline {
 
   private async run(): Promise<void> {
     while (!this.stopping && !this.halted && !this.failed) {
+      // Full, or a batch is being retried (another beside it would only be torn down with it).
+      if (this.out.full || (this.out.busy && this.publisher.failing)) {
+        await this.out.oneDone();
+        continue;
+      }
       // Take what is queued at once when someone waits for the drain, or when stopping.
-      const batch = this.batches.next(this.idleWaiters.length > 0 || this.stopping, this.take);
-      if (batch === null) {
+      const taken = this.batches.next(this.idleWaiters.length > 0 || this.stopping, this.take);
+      if (taken === null) {
         await new Promise<void>((resolve) => {
           this.wake = resolve;
         });
         continue;
       }
-      this.publishing = true;
-      try {
-        const first = batch[0] as Item;
-        if (first.kind === 'poison') await this.disposePoison(first.letter, first.txn, first.sizeBytes);
-        else await this.publishBatch(batch as MessageItem[]);
-      } finally {
-        this.publishing = false;
-      }
-      if (this.inFlightCount === 0) for (const w of this.idleWaiters.splice(0)) w();
+      const batch = this.out.beside(taken, this.batches);
+      if (batch === null) await this.out.oneDone();
+      else this.out.send(batch, (before) => this.publish(batch, before));
     }
+    await this.out.allDone();
     this.releaseWaiters();
   }
 
-  private async publishBatch(items: MessageItem[]): Promise<void> {
+  /** Publishes a batch, or disposes of a poison item. Never rejects. */
+  private async publish(batch: Item[], before: Promise<void> | undefined): Promise<void> {
+    const first = batch[0] as Item;
+    try {
+      if (first.kind === 'poison') await this.disposePoison(first.letter, first.txn, first.sizeBytes);
+      else await this.publishBatch(batch as MessageItem[], before);
+    } catch (err) {
+      this.fail(new OutboxdError('INTERNAL', `pipeline crashed: ${(err as Error)?.message}`, { cause: err }));
+    }
+  }
+
+  /** Publishes a batch; `before`, the end of the batch at the broker beside it, which a retry waits for. */
+  private async publishBatch(items: MessageItem[], before?: Promise<void>): Promise<void> {
     const messages = items.map((i) => i.message);
     this.metrics.batchSize.observe(messages.length);
     const trace = this.tracer === null ? null : this.tracer.publishing(messages);
     let outcome: PublishOutcome;
     try {
-      outcome = await this.publisher.publish(messages);
+      outcome = await this.publisher.publish(messages, before);
     } catch (err) {
       trace?.failed(err as Error);
       this.failUnlessStopping(err as SinkError);

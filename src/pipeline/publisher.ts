@@ -13,6 +13,8 @@ import { StallWatch } from './stall.js';
  */
 export class Publisher {
   private readonly stall: StallWatch;
+  /** Calls that failed at least once and have not yet succeeded or given up. */
+  private failingCalls = 0;
 
   constructor(
     private readonly sink: Sink,
@@ -29,9 +31,18 @@ export class Publisher {
     this.stall = new StallWatch(stallTimeoutMs, (on, waitedMs) => events.onStall(on, waitedMs));
   }
 
-  /** Resolves once the broker confirmed every message not listed as poisoned. */
-  async publish(messages: readonly OutboxMessage[]): Promise<PublishOutcome> {
-    return this.call('publish', 'unknown', { batch: messages.length }, async () => {
+  /** Whether a call is between a failure and its recovery (the sink is being rebuilt). */
+  get failing(): boolean {
+    return this.failingCalls > 0;
+  }
+
+  /**
+   * Resolves once the broker confirmed every message not listed as poisoned. `before`: the end of
+   * an earlier batch still at the broker (Sink.batchesInFlight); a retry waits for it, so the
+   * sink is rebuilt under one batch at a time and the earlier batch is retried first.
+   */
+  async publish(messages: readonly OutboxMessage[], before?: Promise<void>): Promise<PublishOutcome> {
+    return this.call('publish', 'unknown', { batch: messages.length }, before, async () => {
       const started = performance.now();
       const outcome = await this.sink.publish(messages);
       this.metrics.publishDuration.observe((performance.now() - started) / 1000);
@@ -41,17 +52,27 @@ export class Publisher {
 
   /** Resolves once the dead-letter destination confirmed the letter. */
   async deadLetter(letter: DeadLetter): Promise<void> {
-    await this.call('dead-letter publish', 'dead_letter', {}, () => this.sink.publishDeadLetter(letter));
+    await this.call('dead-letter publish', 'dead_letter', {}, undefined, () => this.sink.publishDeadLetter(letter));
   }
 
-  private async call<T>(what: string, reason: string, context: object, fn: () => Promise<T>): Promise<T> {
+  private async call<T>(
+    what: string,
+    reason: string,
+    context: object,
+    before: Promise<void> | undefined,
+    fn: () => Promise<T>,
+  ): Promise<T> {
     const asError = (err: unknown) => asSinkError(err, reason, `${what} failed`);
     const prefix = reason === 'dead_letter' ? 'dead_letter_' : '';
+    let failed = false;
     try {
       return await retry(
         async (attempt) => {
-          // After a failure the producer or channel may be stale: rebuild it before the retry.
-          if (attempt > 1) await this.sink.reset().catch((err: unknown) => this.log.debug({ err }, 'sink reset failed'));
+          if (attempt > 1) {
+            if (before) await before;
+            // After a failure the producer or channel may be stale: rebuild it before the retry.
+            await this.sink.reset().catch((err: unknown) => this.log.debug({ err }, 'sink reset failed'));
+          }
           const result = await this.stall.watch(fn());
           if (attempt > 1) {
             this.log.info({ attempts: attempt }, `${what} recovered`);
@@ -64,6 +85,10 @@ export class Publisher {
           signal: this.signal,
           isRetriable: (err) => asError(err).retriable,
           onRetry: (err, attempt, waitMs) => {
+            if (!failed) {
+              failed = true;
+              this.failingCalls++;
+            }
             const e = asError(err);
             this.metrics.publishErrors.inc({ reason: `${prefix}${e.reason}` });
             this.events.onSinkHealth(false, e);
@@ -78,6 +103,8 @@ export class Publisher {
       // Not retriable as it stands (a FencedError keeps its class: it decides the exit code).
       if (!e.retriable) throw e;
       throw new SinkError(e.reason, e.message, { retriable: false, cause: e.cause });
+    } finally {
+      if (failed) this.failingCalls--;
     }
   }
 }

@@ -42,13 +42,23 @@ const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(reso
  */
 export class RabbitMqSink implements Sink {
   readonly type = 'rabbitmq' as const;
+  /**
+   * The next batch goes out while the one before waits for its confirms (ADR 0022): each
+   * publish() has its own ConfirmWaiter and its own returns, and fails on its own.
+   */
+  readonly batchesInFlight = 2;
   private model: amqp.ChannelModel | null = null;
   private channels: amqp.ConfirmChannel[] | null = null;
   /** Where each channel's frames go, for publishes outboxd encodes itself (null: through amqplib). */
   private frames: Array<ChannelFrames | null> = [];
   private connecting: Promise<amqp.ConfirmChannel[]> | null = null;
   private blocked: { reason: string; until: Promise<void>; release: () => void } | null = null;
-  /** Message ids returned as unroutable during the current publish. */
+  /**
+   * Message ids the broker returned as unroutable on this connection, not yet claimed by their
+   * batch. A return comes before its message's ack, so once a batch's confirms are in, its
+   * returns are here; the batch takes its own out. Two batches at once never share an id
+   * (pipeline/overlap.ts). A new connection starts empty.
+   */
   private returned = new Set<string>();
   /** Messages amqplib threw on (see publish): poison when the pipeline retries their batch. */
   private readonly refused = new WeakMap<OutboxMessage, PoisonError>();
@@ -77,6 +87,7 @@ export class RabbitMqSink implements Sink {
   private async open(): Promise<amqp.ConfirmChannel[]> {
     // A channel closed under the last connection: that connection goes before a new one comes.
     if (this.model) await this.reset();
+    this.returned = new Set();
     let model: amqp.ChannelModel;
     try {
       model = await connectAmqp(this.cfg);
@@ -115,7 +126,7 @@ export class RabbitMqSink implements Sink {
         });
         ch.on('return', (msg: amqp.Message) => {
           const id = msg.properties.messageId as string | undefined;
-          if (id !== undefined) this.returned.add(id);
+          if (id !== undefined && this.channels === channels) this.returned.add(id);
         });
         channels.push(ch);
       }
@@ -155,7 +166,6 @@ export class RabbitMqSink implements Sink {
     const channels = await this.getChannels();
     const n = channels.length;
     const poisoned: Array<{ index: number; error: PoisonError }> = [];
-    this.returned = new Set();
     const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
     const exchange = this.cfg.exchange;
     for (let i = 0; i < batch.length; i++) {
@@ -210,7 +220,7 @@ export class RabbitMqSink implements Sink {
     const already = new Set(poisoned.map((p) => p.index));
     for (let i = 0; i < batch.length; i++) {
       const m = batch[i] as OutboxMessage;
-      if (this.returned.has(m.id) && !already.has(i)) {
+      if (this.returned.delete(m.id) && !already.has(i)) {
         poisoned.push({
           index: i,
           error: new PoisonError('unroutable', `no queue is bound to exchange "${this.cfg.exchange}" for routing key "${m.destination}"`),
@@ -261,7 +271,6 @@ export class RabbitMqSink implements Sink {
     if (this.blocked) await this.blocked.until;
     const ch = (await this.getChannels())[0] as amqp.ConfirmChannel;
     const { routingKey, body, props } = amqpDeadLetter(letter, this.cfg);
-    this.returned = new Set();
     const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
     ch.publish(this.cfg.deadLetterExchange, routingKey, body, props, confirms.callback());
     try {
@@ -269,7 +278,7 @@ export class RabbitMqSink implements Sink {
     } catch (err) {
       throw classifyAmqpError(err, `publishing to dead-letter exchange ${this.cfg.deadLetterExchange}`);
     }
-    if (this.returned.has(props.messageId)) {
+    if (this.returned.delete(props.messageId)) {
       throw new SinkError(
         'dead_letter_unroutable',
         `no queue is bound to dead-letter exchange "${this.cfg.deadLetterExchange}" for routing key "${routingKey}"; bind one (or bind "#"), the poison message waits`,
