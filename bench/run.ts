@@ -28,8 +28,8 @@
  *                               layouts outboxd-rabbitmq-ch4, -hash4, -hash4-ch4, -quorum
  *                               (docs/benchmarks.md; all by default, the baselines only with
  *                               BENCH_BASELINE_REF; outboxd-kafka runs with the default worker count)
- *   BENCH_BASELINE_REF=<commit> also run that commit's outboxd as outboxd-kafka-baseline and
- *                               outboxd-kafka-eos-baseline (exactly-once)
+ *   BENCH_BASELINE_REF=<commit> also run that commit's outboxd as outboxd-kafka-baseline,
+ *                               outboxd-kafka-eos-baseline (exactly-once) and outboxd-rabbitmq-baseline
  *   BENCH_PIPELINE='batchMaxMessages: 2000, linger: 5ms'   extra outboxd pipeline settings
  *   BENCH_OUTBOXD_NODE_OPTIONS='--max-old-space-size=64'   NODE_OPTIONS of every outboxd process
  *   BENCH_OUTBOXD_NODE_FLAGS='--max-semi-space-size=16'   node flags of every outboxd process,

@@ -36,6 +36,7 @@ export const CONSUMERS = [
   'outboxd-rabbitmq-hash4',
   'outboxd-rabbitmq-hash4-ch4',
   'outboxd-rabbitmq-quorum',
+  'outboxd-rabbitmq-baseline',
 ] as const;
 export type ConsumerName = (typeof CONSUMERS)[number];
 
@@ -62,7 +63,7 @@ export interface BenchContext {
    * null: started as `node dist/main.js`, outboxd brings its own (src/runtime.ts).
    */
   outboxdNodeFlags: readonly string[] | null;
-  /** dist/main.js of BENCH_BASELINE_REF, built for the outboxd-kafka-baseline consumer; or null. */
+  /** dist/main.js of BENCH_BASELINE_REF, built for the *-baseline consumers; or null. */
   baselineMain: string | null;
   /** sink.kafka.compression of every outboxd Kafka consumer (--compression, BENCH_COMPRESSION). */
   compression: string;
@@ -141,6 +142,7 @@ const SHORT: Record<ConsumerName, string> = {
   'outboxd-rabbitmq-hash4': 'rh',
   'outboxd-rabbitmq-hash4-ch4': 'rx',
   'outboxd-rabbitmq-quorum': 'rq',
+  'outboxd-rabbitmq-baseline': 'rb',
 };
 
 /**
@@ -150,6 +152,7 @@ const SHORT: Record<ConsumerName, string> = {
 export function rabbitLayout(consumer: ConsumerName): { layout: RabbitLayout; channels: number } | null {
   switch (consumer) {
     case 'outboxd-rabbitmq':
+    case 'outboxd-rabbitmq-baseline':
     case 'bare-amqplib':
     case 'bare-amqplib-batch':
       return { layout: 'classic', channels: 1 };
@@ -611,7 +614,7 @@ async function runOutboxd(
         pipelineYaml: ctx.pipelineYaml,
       }),
     );
-    const baseline = consumer === 'outboxd-kafka-baseline' || consumer === 'outboxd-kafka-eos-baseline';
+    const baseline = consumer.endsWith('-baseline');
     const main = baseline ? ctx.baselineMain : MAIN;
     if (main === null) throw new Error(`${consumer} needs BENCH_BASELINE_REF (a commit to build and compare with)`);
     const entry = consumer === 'outboxd-discard' ? [benchFile('children/discard-relay.js'), cfg] : [main, 'run', '-c', cfg];

@@ -86,6 +86,8 @@ export const RATIOS: ReadonlyArray<[ConsumerName, ConsumerName]> = [
   ['outboxd-kafka-w2', 'outboxd-kafka-main'],
   ['outboxd-kafka-w3', 'outboxd-kafka-main'],
   ['outboxd-rabbitmq', 'bare-amqplib'],
+  ['outboxd-rabbitmq-baseline', 'bare-amqplib'],
+  ['outboxd-rabbitmq', 'outboxd-rabbitmq-baseline'],
   ['outboxd-rabbitmq', 'bare-amqplib-batch'],
   ['bare-amqplib-batch', 'bare-amqplib'],
   ['outboxd-rabbitmq-ch4', 'bare-amqplib'],
@@ -276,6 +278,7 @@ export function targets(s: {
     met: perMsg ? perMsg <= 6 : null,
   });
   ratio(s.drain, 'outboxd-kafka / outboxd-kafka-baseline', 'drain to Kafka vs the baseline commit (BENCH_BASELINE_REF)', 2);
+  ratio(s.drain, 'outboxd-rabbitmq / outboxd-rabbitmq-baseline', 'drain to RabbitMQ vs the baseline commit (BENCH_BASELINE_REF)', 1);
   const eos = s.latency?.find((l) => l.sink === 'kafka-eos')?.insertToReceiptMs;
   out.push({
     measure: 'latency, Kafka exactly-once, commit → visible to a read_committed consumer, p99 (issue 24)',
