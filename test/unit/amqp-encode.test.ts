@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import type { OutboxMessage } from '../../src/interfaces.js';
 import { channelFrames, sendEncoded } from '../../src/sink/rabbitmq/amqplib-internals.js';
 import { encodePublish } from '../../src/sink/rabbitmq/encode.js';
+import { amqpLimitProblem, surelyWithinLimits } from '../../src/sink/rabbitmq/limits.js';
 import { properties } from '../../src/sink/rabbitmq/sink.js';
 
 /**
@@ -142,5 +143,44 @@ describe('the amqplib door', () => {
       },
     });
     expect(() => sendEncoded(frames as never, Buffer.alloc(10), () => undefined)).toThrow('Channel closed');
+  });
+});
+
+describe('surelyWithinLimits', () => {
+  it('passes a typical message without a closer look', () => {
+    expect(surelyWithinLimits(message())).toBe(true);
+  });
+
+  it('never passes a message the full check refuses', () => {
+    const fields = ['destination', 'id', 'correlationId', 'replyTo', 'type', 'contentType'] as const;
+    let passed = 0;
+    for (const field of fields) {
+      for (const n of [1, 84, 85, 86, 127, 128, 255, 256]) {
+        for (const c of ['x', 'é', '€', '😀']) {
+          const m = message({ [field]: c.repeat(n) });
+          if (surelyWithinLimits(m)) {
+            passed++;
+            expect(amqpLimitProblem(m.destination, properties(m))).toBeNull();
+          }
+        }
+      }
+    }
+    for (const [k, v] of [
+      [long(85), 'v'],
+      [long(86), 'v'],
+      [long(256), 'v'],
+      ['big', long(21_000, '€')],
+      ['big', long(21_900, '€')],
+      ['big', long(65_600)],
+    ] as const) {
+      const m = message({ headers: { [k]: v } });
+      if (surelyWithinLimits(m)) {
+        passed++;
+        expect(amqpLimitProblem(m.destination, properties(m))).toBeNull();
+      } else expect(k.length > 85 || v.length * 3 > 60_000).toBe(true);
+    }
+    expect(passed).toBeGreaterThan(20);
+    expect(surelyWithinLimits(message({ destination: long(256) }))).toBe(false);
+    expect(surelyWithinLimits(message({ headers: { big: long(70_000) } }))).toBe(false);
   });
 });

@@ -1,5 +1,6 @@
 import type amqp from 'amqplib';
 import { PoisonError } from '../../errors.js';
+import type { OutboxMessage } from '../../interfaces.js';
 
 /**
  * The limits of AMQP 0-9-1 as amqplib encodes a publish, checked before publishing. Past one of
@@ -80,6 +81,36 @@ export function amqpLimitProblem(routingKey: string, props: amqp.Options.Publish
     );
   }
   return null;
+}
+
+/** A string of at most this many UTF-16 units is at most 255 bytes of UTF-8. */
+const SURELY_SHORT = Math.floor(SHORTSTR_MAX_BYTES / 3);
+
+/**
+ * True when the publish of `m` (sink.ts, properties) is within every limit above whatever its
+ * characters: every short string at most 85 UTF-16 units, the header table's upper bound within
+ * 64 KiB. The common case, answered without building the publish's properties; false means only
+ * "look closer" (amqpLimitProblem).
+ */
+export function surelyWithinLimits(m: OutboxMessage): boolean {
+  if (
+    m.destination.length > SURELY_SHORT ||
+    m.contentType.length > SURELY_SHORT ||
+    m.id.length > SURELY_SHORT ||
+    (m.correlationId?.length ?? 0) > SURELY_SHORT ||
+    (m.replyTo?.length ?? 0) > SURELY_SHORT ||
+    (m.type?.length ?? 0) > SURELY_SHORT
+  )
+    return false;
+  // aggregatetype and aggregateid, which the publish adds to the headers.
+  let bound = 4 + 6 + 3 * (13 + m.aggregateType.length) + 6 + 3 * (11 + m.key.length);
+  const h = m.headers;
+  for (const k in h) {
+    if (k.length > SURELY_SHORT) return false;
+    const v = h[k];
+    bound += 6 + 3 * (k.length + (typeof v === 'string' ? v.length : 8));
+  }
+  return bound <= HEADER_TABLE_MAX_BYTES;
 }
 
 function tooLong(what: string, bytes: number): PoisonError {

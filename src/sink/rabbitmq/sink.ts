@@ -5,7 +5,7 @@ import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../inte
 import type { Logger } from '../../observability/logger.js';
 import { type ChannelFrames, channelFrames, sendEncoded } from './amqplib-internals.js';
 import { encodePublish } from './encode.js';
-import { amqpLimitProblem } from './limits.js';
+import { amqpLimitProblem, surelyWithinLimits } from './limits.js';
 import { amqpDeadLetter } from './dead-letter.js';
 import { CLOSE_TIMEOUT_MS, ConfirmWaiter, closeWithin } from './confirms.js';
 import { classifyAmqpError } from './errors.js';
@@ -237,7 +237,7 @@ export class RabbitMqSink implements Sink {
         `message of ${m.sizeBytes} bytes exceeds sink.rabbitmq.maxMessageBytes (${this.cfg.maxMessageBytes})`,
       );
     }
-    return amqpLimitProblem(m.destination, properties(m));
+    return surelyWithinLimits(m) ? null : amqpLimitProblem(m.destination, properties(m));
   }
 
   /** Waits for `drain`, or fails if the channel closes first. */
