@@ -9,18 +9,15 @@ import type { Relation } from '../source/pgoutput.js';
 import type { CloudEventsEncoder } from './cloudevents.js';
 import { type JsonSpan, JsonSyntaxError, scanObject } from './json.js';
 import { headersFromSpan, parseHeadersColumn, scalarField, stringValue } from './members.js';
+import { LSN_HEADER, REPLAY_HEADER, XID_HEADER } from './position-headers.js';
 import { renderTemplate } from './template.js';
+
+export { LSN_HEADER, REPLAY_HEADER, XID_HEADER };
 
 /**
  * Pure mapping from an outbox row, or a logical decoding message, to an OutboxMessage.
  * No I/O here. Everything that makes a row unpublishable throws a PoisonError naming the reason.
  */
-
-/** Header names for the source position. Stable: consumers may trace or dedupe on them. */
-export const LSN_HEADER = 'outboxd.lsn';
-export const XID_HEADER = 'outboxd.xid';
-/** The header that marks a replayed message (src/replay/replay.ts), with the run's id as its value. */
-export const REPLAY_HEADER = 'outboxd-replay';
 
 /** How a payload column's text becomes body bytes, decided once per relation from its type. */
 export type PayloadKind = 'json' | 'text' | 'bytea';

@@ -6,7 +6,7 @@ import type { DeadLetter, OutboxMessage, Sink, TxnRef } from '../interfaces.js';
 import { ZERO_LSN } from '../lsn.js';
 import type { Logger } from '../observability/logger.js';
 import { type Metrics, createMetrics } from '../observability/metrics.js';
-import { REPLAY_HEADER } from '../outbox/mapper.js';
+import { REPLAY_HEADER } from '../outbox/position-headers.js';
 import { setOwn } from '../own.js';
 import { disposePoison, poisonLetter, valuePoison } from '../pipeline/poison.js';
 import { Publisher } from '../pipeline/publisher.js';

@@ -1,7 +1,7 @@
 import type { DeadLetter, OutboxMessage } from '../interfaces.js';
 import type { PoisonError } from '../errors.js';
 import { formatLsn } from '../lsn.js';
-import { LSN_HEADER, XID_HEADER } from '../outbox/mapper.js';
+import { LSN_HEADER, XID_HEADER } from '../outbox/position-headers.js';
 
 /** A dead letter as a sink sends it: its headers, body and key. */
 export interface DeadLetterForm {

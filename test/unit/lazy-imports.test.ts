@@ -21,15 +21,30 @@ function valueImports(file: string): string[] {
   return out;
 }
 
+/** Every module of src/ and every package that loading `file` loads. */
+function reachedFrom(file: string): Set<string> {
+  const reached = new Set<string>();
+  const walk = (f: string) => {
+    if (reached.has(f)) return;
+    reached.add(f);
+    for (const i of valueImports(f)) {
+      if (i.startsWith(SRC)) walk(i);
+      else reached.add(i);
+    }
+  };
+  walk(file);
+  return reached;
+}
+
 describe('imports', () => {
+  it('a Kafka worker thread loads neither the config schema nor its library (about 20 MiB per thread)', () => {
+    const reached = reachedFrom(join(SRC, 'sink/kafka/worker-thread.ts'));
+    expect(reached.has(join(SRC, 'sink/kafka/client.ts'))).toBe(true);
+    expect([...reached].filter((f) => f === join(SRC, 'config/schema.ts') || f.startsWith('@sinclair/typebox'))).toEqual([]);
+  });
+
   it('the CLI loads no broker client library until a command needs it', () => {
-    const reached = new Set<string>();
-    const walk = (file: string) => {
-      if (reached.has(file)) return;
-      reached.add(file);
-      for (const i of valueImports(file)) if (i.startsWith(SRC)) walk(i);
-    };
-    walk(join(SRC, 'main.ts'));
+    const reached = reachedFrom(join(SRC, 'main.ts'));
     const door = join(SRC, 'sink/kafka/kafkajs-internals.ts');
     const loaders = [...reached].filter((f) => f === door || valueImports(f).some((i) => i === 'kafkajs' || i === 'amqplib'));
     expect(loaders.map((f) => f.slice(SRC.length + 1))).toEqual([]);

@@ -2,7 +2,7 @@ import type amqp from 'amqplib';
 import type { RabbitMqSinkConfig } from '../../config/config.js';
 import { SinkError } from '../../errors.js';
 import type { DeadLetter } from '../../interfaces.js';
-import { LSN_HEADER } from '../../outbox/mapper.js';
+import { LSN_HEADER } from '../../outbox/position-headers.js';
 import { amqpLimitProblem, SHORTSTR_MAX_BYTES } from './limits.js';
 import { type DeadLetterForm, deadLetterForms, formBytes } from '../dead-letter.js';
 
