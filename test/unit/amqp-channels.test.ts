@@ -121,6 +121,20 @@ describe('RabbitMqSink over several channels', () => {
     expect((err as SinkError).retriable).toBe(true);
   });
 
+  it("counts a channel's return after a sibling channel closed: the unroutable message is poison, not confirmed", async () => {
+    const sink = sinkWith(2);
+    const done = sink.publish(batch);
+    await vi.waitFor(() => expect(channels.reduce((n, c) => n + c.sent.length, 0)).toBe(600));
+    const [first, second] = channels as [FakeChannel, FakeChannel];
+    first.confirmAll();
+    first.emit('close');
+    const lost = second.sent[0]?.id as string;
+    second.emit('return', { properties: { messageId: lost } });
+    second.confirmAll();
+    const { poisoned } = await done;
+    expect(poisoned.map((p) => [batch[p.index]?.id, p.error.reason])).toEqual([[lost, 'unroutable']]);
+  });
+
   it('spreads keys over every channel', () => {
     const hits = new Set(Array.from({ length: 100 }, (_, i) => laneOf(`order-${i}`, 4)));
     expect(hits).toEqual(new Set([0, 1, 2, 3]));

@@ -24,6 +24,19 @@ const YIELD_EVERY = 256;
 
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
+/** One connection's channels' state beside them. */
+interface ChannelSet {
+  /** Where each channel's frames go, for publishes outboxd encodes itself (null: through amqplib). */
+  readonly frames: ReadonlyArray<ChannelFrames | null>;
+  /**
+   * Message ids the broker returned as unroutable on this connection, not yet claimed by their
+   * batch. A return comes before its message's ack, so once a batch's confirms are in, its
+   * returns are here; the batch takes its own out. Two batches at once never share an id
+   * (pipeline/overlap.ts). Every channel of the set adds here, whichever of them has closed.
+   */
+  readonly returned: Set<string>;
+}
+
 /**
  * RabbitMQ through amqplib ConfirmChannels: one by default, sink.rabbitmq.channels on one
  * connection when asked.
@@ -49,17 +62,10 @@ export class RabbitMqSink implements Sink {
   readonly batchesInFlight = 2;
   private model: amqp.ChannelModel | null = null;
   private channels: amqp.ConfirmChannel[] | null = null;
-  /** Where each channel's frames go, for publishes outboxd encodes itself (null: through amqplib). */
-  private frames: Array<ChannelFrames | null> = [];
+  /** What belongs to each set of channels (one connection's): a publish uses its own set's. */
+  private readonly sets = new WeakMap<amqp.ConfirmChannel[], ChannelSet>();
   private connecting: Promise<amqp.ConfirmChannel[]> | null = null;
   private blocked: { reason: string; until: Promise<void>; release: () => void } | null = null;
-  /**
-   * Message ids the broker returned as unroutable on this connection, not yet claimed by their
-   * batch. A return comes before its message's ack, so once a batch's confirms are in, its
-   * returns are here; the batch takes its own out. Two batches at once never share an id
-   * (pipeline/overlap.ts). A new connection starts empty.
-   */
-  private returned = new Set<string>();
   /** Messages amqplib threw on (see publish): poison when the pipeline retries their batch. */
   private readonly refused = new WeakMap<OutboxMessage, PoisonError>();
   private lastError: Error | null = null;
@@ -87,7 +93,7 @@ export class RabbitMqSink implements Sink {
   private async open(): Promise<amqp.ConfirmChannel[]> {
     // A channel closed under the last connection: that connection goes before a new one comes.
     if (this.model) await this.reset();
-    this.returned = new Set();
+    const returned = new Set<string>();
     let model: amqp.ChannelModel;
     try {
       model = await connectAmqp(this.cfg);
@@ -126,7 +132,7 @@ export class RabbitMqSink implements Sink {
         });
         ch.on('return', (msg: amqp.Message) => {
           const id = msg.properties.messageId as string | undefined;
-          if (id !== undefined && this.channels === channels) this.returned.add(id);
+          if (id !== undefined) returned.add(id);
         });
         channels.push(ch);
       }
@@ -135,7 +141,7 @@ export class RabbitMqSink implements Sink {
       if (this.needDeadLetter) await checkExchange(first, this.cfg, this.cfg.deadLetterExchange, 'topic');
       this.model = model;
       this.channels = channels;
-      this.frames = channels.map(channelFrames);
+      this.sets.set(channels, { frames: channels.map(channelFrames), returned });
       return channels;
     } catch (err) {
       await closeWithin(model, CLOSE_TIMEOUT_MS);
@@ -164,6 +170,7 @@ export class RabbitMqSink implements Sink {
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     if (this.blocked) await this.blocked.until;
     const channels = await this.getChannels();
+    const set = this.sets.get(channels) as ChannelSet;
     const n = channels.length;
     const poisoned: Array<{ index: number; error: PoisonError }> = [];
     const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
@@ -177,7 +184,7 @@ export class RabbitMqSink implements Sink {
       }
       const lane = n === 1 ? 0 : laneOf(m.key, n);
       const ch = channels[lane] as amqp.ConfirmChannel;
-      const frames = this.frames[lane] ?? null;
+      const frames = set.frames[lane] ?? null;
       let ok: boolean;
       try {
         const encoded = frames === null ? null : encodePublish(frames.channel, frames.frameMax, exchange, m.destination, m);
@@ -210,17 +217,17 @@ export class RabbitMqSink implements Sink {
     } catch (err) {
       throw classifyAmqpError(err, 'waiting for RabbitMQ publisher confirms');
     }
-    if (this.returned.size > 0) this.unroutable(batch, poisoned);
+    if (set.returned.size > 0) this.unroutable(batch, poisoned, set.returned);
     this.status.connection(true);
     return { poisoned: poisoned.sort((a, b) => a.index - b.index) };
   }
 
   /** Adds the batch's returned messages (no queue bound for their routing key) to `poisoned`. */
-  private unroutable(batch: readonly OutboxMessage[], poisoned: Array<{ index: number; error: PoisonError }>): void {
+  private unroutable(batch: readonly OutboxMessage[], poisoned: Array<{ index: number; error: PoisonError }>, returned: Set<string>): void {
     const already = new Set(poisoned.map((p) => p.index));
     for (let i = 0; i < batch.length; i++) {
       const m = batch[i] as OutboxMessage;
-      if (this.returned.delete(m.id) && !already.has(i)) {
+      if (returned.delete(m.id) && !already.has(i)) {
         poisoned.push({
           index: i,
           error: new PoisonError('unroutable', `no queue is bound to exchange "${this.cfg.exchange}" for routing key "${m.destination}"`),
@@ -269,7 +276,9 @@ export class RabbitMqSink implements Sink {
    */
   async publishDeadLetter(letter: DeadLetter): Promise<void> {
     if (this.blocked) await this.blocked.until;
-    const ch = (await this.getChannels())[0] as amqp.ConfirmChannel;
+    const channels = await this.getChannels();
+    const ch = channels[0] as amqp.ConfirmChannel;
+    const { returned } = this.sets.get(channels) as ChannelSet;
     const { routingKey, body, props } = amqpDeadLetter(letter, this.cfg);
     const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
     ch.publish(this.cfg.deadLetterExchange, routingKey, body, props, confirms.callback());
@@ -278,7 +287,7 @@ export class RabbitMqSink implements Sink {
     } catch (err) {
       throw classifyAmqpError(err, `publishing to dead-letter exchange ${this.cfg.deadLetterExchange}`);
     }
-    if (this.returned.delete(props.messageId)) {
+    if (returned.delete(props.messageId)) {
       throw new SinkError(
         'dead_letter_unroutable',
         `no queue is bound to dead-letter exchange "${this.cfg.deadLetterExchange}" for routing key "${routingKey}"; bind one (or bind "#"), the poison message waits`,
