@@ -12,8 +12,6 @@ import { headersFromSpan, parseHeadersColumn, scalarField, stringValue } from '.
 import { LSN_HEADER, REPLAY_HEADER, XID_HEADER } from './position-headers.js';
 import { renderTemplate } from './template.js';
 
-export { LSN_HEADER, REPLAY_HEADER, XID_HEADER };
-
 /**
  * Pure mapping from an outbox row, or a logical decoding message, to an OutboxMessage.
  * No I/O here. Everything that makes a row unpublishable throws a PoisonError naming the reason.

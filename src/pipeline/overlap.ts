@@ -14,13 +14,13 @@ import type { Batches, Item, MessageItem } from './batches.js';
  */
 
 /** What a batch in flight holds: its keys and its message ids. */
-export interface Claims {
+interface Claims {
   readonly keys: ReadonlySet<string>;
   readonly ids: ReadonlySet<string>;
 }
 
 /** The keys and ids of `batch`. */
-export function claimsOf(batch: readonly MessageItem[]): Claims {
+function claimsOf(batch: readonly MessageItem[]): Claims {
   const keys = new Set<string>();
   const ids = new Set<string>();
   for (const { message } of batch) {
@@ -35,7 +35,7 @@ export function claimsOf(batch: readonly MessageItem[]): Claims {
  * with it, and `wait`, the rest, both in their order. A message of a key that already waits
  * waits too, whatever made that one wait, so a key's messages stay in order.
  */
-export function splitByClaims(batch: readonly MessageItem[], busy: Claims): { send: MessageItem[]; wait: Item[] } {
+function splitByClaims(batch: readonly MessageItem[], busy: Claims): { send: MessageItem[]; wait: Item[] } {
   const send: MessageItem[] = [];
   const wait: Item[] = [];
   let waiting: Set<string> | null = null;
@@ -50,9 +50,14 @@ export function splitByClaims(batch: readonly MessageItem[], busy: Claims): { se
   return { send, wait };
 }
 
-/** A batch at the broker: what it holds (null: nothing may go beside it), and its end. */
+/**
+ * A batch at the broker, and its end. `batch` is null when nothing may go beside it (a poison
+ * item, or one batch at a time); its claims are worked out only if another batch is taken while
+ * it is out, which through a quiet outbox is never.
+ */
 interface Out {
-  readonly claims: Claims | null;
+  readonly batch: readonly MessageItem[] | null;
+  claims: Claims | null;
   done: Promise<void>;
 }
 
@@ -93,10 +98,11 @@ export class Overlap {
   beside(batch: Item[], queue: Batches): Item[] | null {
     const other = this.out[0];
     if (other === undefined) return batch;
-    if (other.claims === null || (batch[0] as Item).kind === 'poison') {
+    if (other.batch === null || (batch[0] as Item).kind === 'poison') {
       queue.putBack(batch);
       return null;
     }
+    other.claims ??= claimsOf(other.batch);
     const { send, wait } = splitByClaims(batch as MessageItem[], other.claims);
     queue.putBack(wait);
     return send.length > 0 ? send : null;
@@ -109,7 +115,7 @@ export class Overlap {
   send(batch: Item[], publish: (before: Promise<void> | undefined) => Promise<void>): void {
     const poison = (batch[0] as Item).kind === 'poison';
     const before = this.out.at(-1)?.done;
-    const out: Out = { claims: this.lanes > 1 && !poison ? claimsOf(batch as MessageItem[]) : null, done: Promise.resolve() };
+    const out: Out = { batch: this.lanes > 1 && !poison ? (batch as MessageItem[]) : null, claims: null, done: Promise.resolve() };
     this.out.push(out);
     out.done = publish(before).finally(() => {
       this.out.splice(this.out.indexOf(out), 1);
