@@ -12,7 +12,7 @@ import type { OutboxMessage } from '../../interfaces.js';
  *
  * Returns null for anything it does not write exactly as amqplib does: a short string over 255
  * bytes, a header value that is not a string, a header table over 64 KiB, a timestamp before
- * 1970, a message too large for its scratch space. The sink then publishes through amqplib, which
+ * 1970, headers too large for its scratch space. The sink then publishes through amqplib, which
  * gives its own result (usually the error the limit check in limits.ts has already named).
  * test/unit/amqp-encode.test.ts compares the bytes with amqplib's own encoder.
  */
@@ -44,34 +44,20 @@ const F_APP_ID = 0x0008;
 const APP_ID = 'outboxd';
 const PERSISTENT = 2;
 
-/** Writes a `shortstr` at `at`; returns the offset after it, or -1 when the string is over 255 bytes. */
+/**
+ * Where a string may end in SCRATCH: every string is checked against it before it is written, at
+ * 3 bytes per UTF-16 unit, so none is ever cut short; the fixed-size fields between and after
+ * the strings fit in the 64 bytes beyond.
+ */
+const ROOM = SCRATCH.length - 64;
+
+/** Writes a `shortstr` at `at`; returns the offset after it, or -1 when the string is over 255 bytes (or out of room). */
 function shortstr(s: string, at: number): number {
+  if (at + 1 + 3 * s.length > ROOM) return -1;
   const n = SCRATCH.write(s, at + 1);
   if (n > 255) return -1;
   SCRATCH[at] = n;
   return at + 1 + n;
-}
-
-/** An upper bound of the bytes of the method and header frames: 3 bytes per UTF-16 unit. */
-function bound(exchange: string, routingKey: string, m: OutboxMessage): number {
-  let b =
-    64 +
-    3 *
-      (exchange.length +
-        routingKey.length +
-        m.contentType.length +
-        m.id.length +
-        (m.correlationId?.length ?? 0) +
-        (m.replyTo?.length ?? 0) +
-        (m.type?.length ?? 0) +
-        m.aggregateType.length +
-        m.key.length);
-  const h = m.headers;
-  for (const k in h) {
-    const v = h[k];
-    b += 6 + 3 * (k.length + (typeof v === 'string' ? v.length : 0));
-  }
-  return b;
 }
 
 /**
@@ -108,6 +94,7 @@ function table(m: OutboxMessage, at: number): number {
 function entry(k: string, v: string, at: number): number {
   const o = shortstr(k, at);
   if (o < 0) return -1;
+  if (o + 5 + 3 * v.length > ROOM) return -1;
   SCRATCH[o] = 0x53; // 'S', a longstr
   const n = SCRATCH.write(v, o + 5);
   SCRATCH.writeUInt32BE(n, o + 1);
@@ -120,7 +107,6 @@ function entry(k: string, v: string, at: number): number {
  * (see above).
  */
 export function encodePublish(channel: number, frameMax: number, exchange: string, routingKey: string, m: OutboxMessage): Buffer | null {
-  if (bound(exchange, routingKey, m) > SCRATCH.length) return null;
   const seconds = Math.floor(m.txn.commitTimeMs / 1000);
   if (!(seconds >= 0 && seconds <= Number.MAX_SAFE_INTEGER)) return null;
   const s = SCRATCH;
