@@ -5,6 +5,7 @@
 import type { PipelineConfig, PoisonPolicy } from '../../src/config/config.js';
 import { type OutboxdError, PoisonError } from '../../src/errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';
+import type { Txn } from '../../src/positions/watermark.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics, type Metrics } from '../../src/observability/metrics.js';
 import { Pipeline } from '../../src/pipeline/pipeline.js';
@@ -97,4 +98,19 @@ export function startPipeline(
   });
   pipeline.start();
   return { pipeline, watermark, events, metrics };
+}
+
+/** A row that could not be mapped (its key is null), as the ingest hands it to pushPoison. */
+export function nullKeyLetter(id: string, txn: Txn, index: number): DeadLetter {
+  return {
+    id,
+    key: null,
+    destination: null,
+    payload: '{}',
+    contentType: 'application/json',
+    headers: {},
+    error: new PoisonError('null_key', 'key is null'),
+    txn,
+    index,
+  };
 }

@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import type { PipelineConfig } from '../../src/config/config.js';
-import { PoisonError, SinkError } from '../../src/errors.js';
+import { SinkError } from '../../src/errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../src/interfaces.js';
 import type { Txn } from '../../src/positions/watermark.js';
 import { until } from '../harness/wait.js';
-import { startPipeline } from './fake-sink.js';
+import { nullKeyLetter, startPipeline } from './fake-sink.js';
 
 /**
  * Two batches at the broker at once (Sink.batchesInFlight = 2, pipeline/overlap.ts), against a
@@ -237,20 +237,7 @@ describe('two batches at the broker', () => {
     txn('a1:a', 'b1:b', 'c1:c', 'd1:d');
     await calls(1);
     const t = watermark.begin(99, 9_900n, Date.now());
-    pipeline.pushPoison(
-      {
-        id: 'p',
-        key: null,
-        destination: null,
-        payload: '{}',
-        contentType: 'application/json',
-        headers: {},
-        error: new PoisonError('null_key', 'key is null'),
-        txn: t,
-        index: 0,
-      },
-      t,
-    );
+    pipeline.pushPoison(nullKeyLetter('p', t, 0), t);
     pipeline.push(message('e1', 'e', t), t);
     watermark.commit(t, 9_950n);
     let open!: () => void;

@@ -1,9 +1,9 @@
 import { describe, expect, it, vi } from 'vitest';
 import type { Txn } from '../../src/positions/watermark.js';
 import type { PipelineConfig, PoisonPolicy } from '../../src/config/config.js';
-import { PoisonError, SinkError } from '../../src/errors.js';
+import { SinkError } from '../../src/errors.js';
 import type { OutboxMessage } from '../../src/interfaces.js';
-import { FakeSink, startPipeline } from './fake-sink.js';
+import { FakeSink, nullKeyLetter, startPipeline } from './fake-sink.js';
 import { until } from '../harness/wait.js';
 
 const cfg: PipelineConfig = {
@@ -176,20 +176,7 @@ describe('Pipeline', () => {
     const { sink, pipeline, watermark } = setup('dead-letter');
     const t = watermark.begin(1, 100n, 0);
     pipeline.push(msg('m1', t), t);
-    pipeline.pushPoison(
-      {
-        id: 'p',
-        key: null,
-        destination: null,
-        payload: '{}',
-        contentType: 'application/json',
-        headers: {},
-        error: new PoisonError('null_key', 'key is null'),
-        txn: t,
-        index: 1,
-      },
-      t,
-    );
+    pipeline.pushPoison(nullKeyLetter('p', t, 1), t);
     pipeline.push(msg('m2', t), t);
     watermark.commit(t, 150n);
     expect(await pipeline.drain(1000)).toBe(true);
