@@ -11,6 +11,11 @@
  *   BENCH_MEMORY_ROWS=100000    the small backlog compared with the reference one (memory)
  *   BENCH_LATENCY_RATE=2000     transactions per second (latency)
  *   BENCH_LATENCY_SECONDS=60
+ *   BENCH_LATENCY_WARMUP_SECONDS=15   the same load first, not measured: a warm broker's latency (0: none)
+ *   BENCH_BROKER_WARMUP_SECONDS=60   before anything is measured, Kafka transactions and batches
+ *                               for this long: a warm broker's JIT (0: none)
+ *   BENCH_WARMUP_ROWS=100000    before a drain's first run, each consumer drains this many of the
+ *                               backlog's rows (at most a tenth), not measured: a warm broker (0: none)
  *   BENCH_LATENCY_SINKS=kafka,kafka-eos,rabbitmq   (and kafka-baseline, kafka-eos-baseline with BENCH_BASELINE_REF)
  *   BENCH_SHAPE_ROWS=100:500000,1024:300000,10240:60000   rows per cell, by payload bytes
  *   BENCH_SHAPE_RUNS=1
@@ -49,6 +54,7 @@ import { cpus, homedir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { type Backlog, type BacklogSpec, createBacklog, dropBacklog, preparePool, prefixOf } from './lib/backlog.js';
 import { BrokerAdmin } from './lib/brokers.js';
+import { warmKafka } from './lib/warm-broker.js';
 import {
   type BenchContext,
   CONSUMERS,
@@ -117,6 +123,13 @@ function envInt(name: string, full: number, smokeValue: number): number {
   return n;
 }
 
+/** As envInt, where 0 is allowed (it turns the thing off). */
+function envCount(name: string, full: number, smokeValue: number): number {
+  const raw = process.env[name];
+  if (raw === '0') return 0;
+  return raw === undefined || raw === '' ? (smoke ? smokeValue : full) : envInt(name, full, smokeValue);
+}
+
 function envList<T extends string>(name: string, all: readonly T[], fallback: readonly T[] = all): T[] {
   const raw = process.env[name];
   if (!raw) return [...fallback];
@@ -177,6 +190,9 @@ const config = {
   memoryRows: envInt('BENCH_MEMORY_ROWS', 100_000, 1_000),
   latencyRate: envInt('BENCH_LATENCY_RATE', 2_000, 2_000),
   latencySeconds: envInt('BENCH_LATENCY_SECONDS', 60, 5),
+  latencyWarmupSeconds: envCount('BENCH_LATENCY_WARMUP_SECONDS', 15, 0),
+  warmupRows: envCount('BENCH_WARMUP_ROWS', 100_000, 0),
+  brokerWarmupSeconds: envCount('BENCH_BROKER_WARMUP_SECONDS', 60, 0),
   soakRate: envInt('BENCH_SOAK_RATE', 2_000, 2_000),
   soakSeconds: envInt('BENCH_SOAK_SECONDS', 3_600, 20),
   soakWarmupSeconds: envInt('BENCH_SOAK_WARMUP_SECONDS', 300, 5),
@@ -230,6 +246,16 @@ function has(s: Scenario): boolean {
 /** Drains `b` with each consumer, `runs` times; the order rotates from run to run. */
 async function drainAll(ctx: BenchContext, b: Backlog, consumers: readonly ConsumerName[], runs: number): Promise<ConsumerResult[]> {
   const results: ConsumerResult[] = [];
+  // A warm broker (issue 24): its JIT has compiled the code paths each consumer takes (the first
+  // exactly-once run of an invocation cost the broker 1.5–2× the CPU of the runs after it).
+  const warmRows = Math.min(config.warmupRows, Math.floor(b.rows / 10));
+  if (warmRows > 0) {
+    note(`${b.name} warm-up (not measured): each consumer drains the first ${warmRows} rows`);
+    for (const c of consumers) {
+      const r = await runConsumer(ctx, b, c, 0, prefixOf(b, warmRows));
+      if (!r.ok) note(`warm-up: ${c} failed (its measured runs will show why)`);
+    }
+  }
   for (let run = 1; run <= runs; run++) {
     const order = consumers.map((_, i) => consumers[(i + run - 1) % consumers.length] as ConsumerName);
     note(`${b.name} run ${run}/${runs}: ${order.join(', ')}`);
@@ -280,6 +306,7 @@ async function main(): Promise<number> {
   try {
     await brokers.open();
     await preparePool(db);
+    if (services.kafka) await warmKafka(services.kafka, brokers, config.brokerWarmupSeconds, config.kafkaPartitions);
     const { yaml, batch } = pipelineYaml(config.pipeline);
     const ctx: BenchContext = {
       services,
@@ -359,7 +386,7 @@ async function main(): Promise<number> {
     if (has('latency')) {
       sums.latency = [];
       for (const sink of config.latencySinks) {
-        sums.latency.push(await runLatency(ctx, sink, config.latencyRate, config.latencySeconds));
+        sums.latency.push(await runLatency(ctx, sink, config.latencyRate, config.latencySeconds, config.latencyWarmupSeconds));
       }
       tables.push(latencyTable(sums.latency));
     }

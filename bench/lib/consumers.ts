@@ -11,7 +11,7 @@ import { note, sleep } from './log.js';
 import { RUNTIME_ENV, RUNTIME_FLAGS } from '../../src/runtime.js';
 import { MAIN, benchFile } from './paths.js';
 import { type Lsn, copySlot, dropSlot, formatLsn, slotState } from './pg.js';
-import { cpuOf, cpuSeconds, hostCpu, memory } from './procfs.js';
+import { cpuOf, cpuSeconds, hostCpu, jitOf, memory } from './procfs.js';
 import type { Services } from './services.js';
 
 export const CONSUMERS = [
@@ -103,7 +103,14 @@ export interface ConsumerResult {
    * `other`: host CPU no measured process accounts for (Postgres' other processes, the kernel,
    * this orchestrator, and anything else running on the host: a sign of interference).
    */
-  cpu: { consumer: number | null; walsender: number | null; broker: number | null; other: number | null };
+  cpu: {
+    consumer: number | null;
+    walsender: number | null;
+    broker: number | null;
+    /** Of `broker`, its JVM's JIT compiler threads (Kafka): start-up work, not the events'. */
+    brokerJit: number | null;
+    other: number | null;
+  };
   /** The consumer's CPU seconds from the moment the slot became active (start-up excluded). */
   streamCpu: number | null;
   /** Busy share of all host CPUs over the run, 0..100. */
@@ -231,7 +238,7 @@ function failed(consumer: ConsumerName, b: Backlog, span: Span, run: number, err
     streamRowsPerSec: null,
     payloadMiBps: Number.NaN,
     walMiBps: null,
-    cpu: { consumer: null, walsender: null, broker: null, other: null },
+    cpu: { consumer: null, walsender: null, broker: null, brokerJit: null, other: null },
     streamCpu: null,
     rssCurve: null,
     hostBusyPct: Number.NaN,
@@ -245,12 +252,20 @@ export interface Counters {
   at: number;
   host: { busy: number; total: number };
   broker: number;
+  /** Of `broker`, the JIT compiler threads' (jitOf). */
+  brokerJit: number;
   self: number;
 }
 
 export function counters(brokerPids: readonly number[]): Counters {
   const c = process.cpuUsage();
-  return { at: performance.now(), host: hostCpu(), broker: cpuOf(brokerPids), self: (c.user + c.system) / 1e6 };
+  return {
+    at: performance.now(),
+    host: hostCpu(),
+    broker: cpuOf(brokerPids),
+    brokerJit: jitOf(brokerPids),
+    self: (c.user + c.system) / 1e6,
+  };
 }
 
 /** Whether a consumer publishes to Kafka. */
@@ -308,6 +323,7 @@ function complete(
       consumer: m.consumerCpu,
       walsender: m.walsenderCpu,
       broker,
+      brokerJit: pids.length > 0 ? m.after.brokerJit - m.before.brokerJit : null,
       other: Math.max(0, busy - (m.consumerCpu ?? 0) - (m.walsenderCpu ?? 0) - (broker ?? 0)),
     },
     streamCpu: m.consumerCpu !== null && m.consumerCpuAtActive != null ? m.consumerCpu - m.consumerCpuAtActive : null,
@@ -325,7 +341,7 @@ function complete(
   note(
     `  ${consumer.padEnd(16)} ${r.ok ? '' : 'FAILED '}${fmt(r.rowsPerSec)} rows/s in ${r.seconds.toFixed(2)} s` +
       `${r.streamRowsPerSec ? ` (streaming ${fmt(r.streamRowsPerSec)}/s)` : ''}, cpu ${num(r.cpu.consumer)} s` +
-      `${r.cpu.walsender !== null ? `, walsender ${num(r.cpu.walsender)} s` : ''}${r.cpu.broker !== null ? `, broker ${num(r.cpu.broker)} s` : ''}` +
+      `${r.cpu.walsender !== null ? `, walsender ${num(r.cpu.walsender)} s` : ''}${r.cpu.broker !== null ? `, broker ${num(r.cpu.broker)} s${r.cpu.brokerJit ? ` (JIT ${num(r.cpu.brokerJit)} s)` : ''}` : ''}` +
       `${r.peakRssMiB !== null ? `, peak RSS ${r.peakRssMiB.toFixed(0)} MiB` : ''}${r.heap ? ` (heap ${r.heap.usedMiB.toFixed(0)}/${r.heap.totalMiB.toFixed(0)} MiB)` : ''}` +
       `, host ${r.hostBusyPct.toFixed(0)}% busy, other ${num(r.cpu.other)} s${rows < b.rows ? ` [first ${rows} rows]` : ''}${r.error ? `: ${r.error}` : ''}`,
   );

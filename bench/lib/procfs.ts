@@ -59,6 +59,35 @@ export function cpuOf(pids: readonly number[]): number {
 }
 
 /**
+ * CPU seconds of a JVM's JIT compiler threads ("C1 CompilerThread0", "C2 CompilerThread1", …,
+ * their names cut to 15 characters in /proc), summed over `pids`: the work of a JVM compiling its
+ * hot paths, which a broker just started does for minutes and a warm one no longer does.
+ */
+export function jitOf(pids: readonly number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    let tasks: string[];
+    try {
+      tasks = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue;
+    }
+    for (const t of tasks) {
+      try {
+        const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+        const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+        if (!/^C\d CompilerThre/.test(comm)) continue;
+        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        ticks += Number(f[11]) + Number(f[12]);
+      } catch {
+        // the thread ended
+      }
+    }
+  }
+  return ticks / ticksPerSecond();
+}
+
+/**
  * The processes behind a TCP listener on this host: the socket's inode from /proc/net/tcp(6),
  * then the process holding that inode, plus its descendants (a JVM or beam are single
  * processes, but a script wrapper may lead them). Empty when the service is elsewhere.

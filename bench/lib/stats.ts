@@ -71,6 +71,18 @@ export function histogramQuantile(h: Buckets, q: number): number {
   return Number.NaN;
 }
 
+/** The observations of `later` that `earlier` (the same histogram, scraped before) had not seen. */
+export function histogramSince(later: Buckets, earlier: Buckets | null): Buckets {
+  if (earlier === null) return later;
+  if (earlier.le.length !== later.le.length) throw new Error('histogramSince: the two scrapes have different buckets');
+  return {
+    le: later.le,
+    cumulative: later.cumulative.map((c, i) => c - (earlier.cumulative[i] as number)),
+    count: later.count - earlier.count,
+    sum: later.sum - earlier.sum,
+  };
+}
+
 /** The smallest bucket bound that holds every observation: "max ≤ this". */
 export function histogramMaxBound(h: Buckets): number {
   for (let i = 0; i < h.le.length; i++) if ((h.cumulative[i] as number) >= h.count) return h.le[i] as number;
