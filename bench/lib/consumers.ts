@@ -125,6 +125,8 @@ export interface ConsumerResult {
   brokerBytes?: number | null;
   /** outboxd's V8 heap and off-heap memory when drained (its own metrics), MiB. */
   heap: { usedMiB: number; totalMiB: number; externalMiB: number } | null;
+  /** Exactly-once: the Kafka transactions outboxd committed (its own counter); null otherwise. */
+  transactions?: number | null;
 }
 
 const SHORT: Record<ConsumerName, string> = {
@@ -581,11 +583,13 @@ export function relayYaml(o: {
 }
 
 /** Sum of a counter's samples in Prometheus text. */
-export function metricSum(text: string, name: string): number {
+/** The sum of a metric's samples, or of those with every label in `labels`. */
+export function metricSum(text: string, name: string, labels: Record<string, string> = {}): number {
+  const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
   let sum = 0;
   for (const line of text.split('\n')) {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ([^ ]+)/.exec(line);
-    if (m && m[1] === name) sum += Number(m[3]);
+    if (m && m[1] === name && wanted.every((w) => (m[2] ?? '').includes(w))) sum += Number(m[3]);
   }
   return sum;
 }
@@ -678,6 +682,12 @@ async function runOutboxd(
       heap,
     });
     r.brokerBytes = stored;
+    if (consumer.includes('-eos')) {
+      r.transactions = metricSum(metrics, 'outboxd_kafka_transactions_total', { result: 'committed' });
+      note(
+        `  ${consumer.padEnd(16)} ${r.transactions} transactions committed, ${fmt(span.rows / Math.max(1, r.transactions))} events each`,
+      );
+    }
     if (stored !== null)
       note(`  ${consumer.padEnd(16)} broker holds ${(stored / 2 ** 20).toFixed(1)} MiB (compression ${ctx.compression})`);
     if (r.ok && (span.rows === b.rows ? published !== span.rows : published < span.rows)) {
