@@ -11,7 +11,7 @@ import { note, sleep } from './log.js';
 import { RUNTIME_ENV, RUNTIME_FLAGS } from '../../src/runtime.js';
 import { MAIN, benchFile } from './paths.js';
 import { type Lsn, copySlot, dropSlot, formatLsn, slotState } from './pg.js';
-import { cpuOf, cpuSeconds, hostCpu, jitOf, memory } from './procfs.js';
+import { bytesWritten, cpuOf, cpuSeconds, hostCpu, jitOf, memory } from './procfs.js';
 import type { Services } from './services.js';
 
 export const CONSUMERS = [
@@ -652,6 +652,7 @@ async function runOutboxd(
     // Read everything while the process still lives: CPU, peak RSS, then its own counters.
     const consumerCpu = cpuSeconds(child.pid) ?? w.consumerCpu;
     const peak = memory(child.pid)?.peakMiB ?? w.consumerPeakMiB;
+    const written = bytesWritten(child.pid);
     const walsenderCpu = (w.walsenderPid !== null ? cpuSeconds(w.walsenderPid) : null) ?? w.walsenderCpu;
     const after = counters(pids);
     const metrics = await scrape(port);
@@ -682,6 +683,7 @@ async function runOutboxd(
       heap,
     });
     r.brokerBytes = stored;
+    if (written !== null) note(`  ${consumer.padEnd(16)} wrote ${(written / 2 ** 20).toFixed(1)} MiB (its write calls, sockets and logs)`);
     if (consumer.includes('-eos')) {
       r.transactions = metricSum(metrics, 'outboxd_kafka_transactions_total', { result: 'committed' });
       note(

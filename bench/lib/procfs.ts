@@ -40,6 +40,16 @@ export function memory(pid: number): { rssMiB: number; peakMiB: number } | null 
   return { rssMiB: kb('VmRSS') / 1024, peakMiB: kb('VmHWM') / 1024 };
 }
 
+/** Bytes a process has written through write(2) and its kin, sockets included (/proc/PID/io wchar); null when gone. */
+export function bytesWritten(pid: number): number | null {
+  try {
+    const m = /^wchar:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/io`, 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Busy and total CPU time of the whole host since boot, in seconds (from /proc/stat). */
 export function hostCpu(): { busy: number; total: number } {
   const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
