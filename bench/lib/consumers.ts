@@ -799,7 +799,9 @@ async function runBare(
     const onBroker = await target.count();
     return complete(ctx, consumer, b, span, run, {
       seconds: done.seconds,
-      streamSeconds: null,
+      // Timed from its first publish, after its start-up, connections and reading its rows: all
+      // of its time is streaming, comparable with outboxd's time from its slot turning active.
+      streamSeconds: done.seconds,
       messages: onBroker ?? done.published,
       consumerCpu: done.cpuSeconds,
       walsenderCpu: null,

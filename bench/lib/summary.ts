@@ -251,7 +251,10 @@ export function targets(s: {
     out.push({
       measure,
       target: `≥ ${want}×`,
-      value: r ? `${r.median.toFixed(2)}× (runs ${r.min.toFixed(2)}–${r.max.toFixed(2)})` : 'not measured',
+      // Met on the whole time; streaming only beside it (for a bare client, its whole time is).
+      value: r
+        ? `${r.median.toFixed(2)}× (runs ${r.min.toFixed(2)}–${r.max.toFixed(2)}${r.streaming !== null ? `; streaming only ${r.streaming.toFixed(2)}×` : ''})`
+        : 'not measured',
       met: r ? r.median >= want : null,
     });
   };
