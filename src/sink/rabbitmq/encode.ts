@@ -160,6 +160,7 @@ export function encodePublish(channel: number, frameMax: number, exchange: strin
     if (o < 0) return null;
   }
   o = shortstr(APP_ID, o);
+  if (o < 0) return null;
   s[o] = FRAME_END;
   s.writeUInt32BE(o - h - 7, h + 3);
   s.writeUInt16BE(flags, h + 19);

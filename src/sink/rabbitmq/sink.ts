@@ -24,8 +24,9 @@ const YIELD_EVERY = 256;
 
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
-/** One connection's channels' state beside them. */
+/** One connection's channels, and what belongs to them. */
 interface ChannelSet {
+  readonly channels: readonly amqp.ConfirmChannel[];
   /** Where each channel's frames go, for publishes outboxd encodes itself (null: through amqplib). */
   readonly frames: ReadonlyArray<ChannelFrames | null>;
   /**
@@ -61,10 +62,9 @@ export class RabbitMqSink implements Sink {
    */
   readonly batchesInFlight = 2;
   private model: amqp.ChannelModel | null = null;
-  private channels: amqp.ConfirmChannel[] | null = null;
-  /** What belongs to each set of channels (one connection's): a publish uses its own set's. */
-  private readonly sets = new WeakMap<amqp.ConfirmChannel[], ChannelSet>();
-  private connecting: Promise<amqp.ConfirmChannel[]> | null = null;
+  /** The open connection's channels; a publish keeps the set it started with. */
+  private set: ChannelSet | null = null;
+  private connecting: Promise<ChannelSet> | null = null;
   private blocked: { reason: string; until: Promise<void>; release: () => void } | null = null;
   /** Messages amqplib threw on (see publish): poison when the pipeline retries their batch. */
   private readonly refused = new WeakMap<OutboxMessage, PoisonError>();
@@ -78,19 +78,19 @@ export class RabbitMqSink implements Sink {
   ) {}
 
   async connect(): Promise<void> {
-    await this.getChannels();
+    await this.channelSet();
     this.status.connection(true);
   }
 
-  private getChannels(): Promise<amqp.ConfirmChannel[]> {
-    if (this.channels) return Promise.resolve(this.channels);
+  private channelSet(): Promise<ChannelSet> {
+    if (this.set) return Promise.resolve(this.set);
     this.connecting ??= this.open().finally(() => {
       this.connecting = null;
     });
     return this.connecting;
   }
 
-  private async open(): Promise<amqp.ConfirmChannel[]> {
+  private async open(): Promise<ChannelSet> {
     // A channel closed under the last connection: that connection goes before a new one comes.
     if (this.model) await this.reset();
     const returned = new Set<string>();
@@ -128,7 +128,7 @@ export class RabbitMqSink implements Sink {
         });
         // One channel gone and the set is broken: the next publish opens a new connection.
         ch.on('close', () => {
-          if (this.channels === channels) this.channels = null;
+          if (this.set?.channels === channels) this.set = null;
         });
         ch.on('return', (msg: amqp.Message) => {
           const id = msg.properties.messageId as string | undefined;
@@ -140,9 +140,8 @@ export class RabbitMqSink implements Sink {
       await checkExchange(first, this.cfg, this.cfg.exchange, this.cfg.exchangeType);
       if (this.needDeadLetter) await checkExchange(first, this.cfg, this.cfg.deadLetterExchange, 'topic');
       this.model = model;
-      this.channels = channels;
-      this.sets.set(channels, { frames: channels.map(channelFrames), returned });
-      return channels;
+      this.set = { channels, frames: channels.map(channelFrames), returned };
+      return this.set;
     } catch (err) {
       await closeWithin(model, CLOSE_TIMEOUT_MS);
       this.status.connection(false);
@@ -153,7 +152,7 @@ export class RabbitMqSink implements Sink {
   private dropped(model: amqp.ChannelModel): void {
     if (this.model !== model) return;
     this.model = null;
-    this.channels = null;
+    this.set = null;
     this.unblock();
     this.status.connection(false);
   }
@@ -169,8 +168,8 @@ export class RabbitMqSink implements Sink {
 
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     if (this.blocked) await this.blocked.until;
-    const channels = await this.getChannels();
-    const set = this.sets.get(channels) as ChannelSet;
+    const set = await this.channelSet();
+    const channels = set.channels;
     const n = channels.length;
     const poisoned: Array<{ index: number; error: PoisonError }> = [];
     const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
@@ -276,9 +275,8 @@ export class RabbitMqSink implements Sink {
    */
   async publishDeadLetter(letter: DeadLetter): Promise<void> {
     if (this.blocked) await this.blocked.until;
-    const channels = await this.getChannels();
+    const { channels, returned } = await this.channelSet();
     const ch = channels[0] as amqp.ConfirmChannel;
-    const { returned } = this.sets.get(channels) as ChannelSet;
     const { routingKey, body, props } = amqpDeadLetter(letter, this.cfg);
     const confirms = new ConfirmWaiter(this.cfg.confirmTimeoutMs);
     ch.publish(this.cfg.deadLetterExchange, routingKey, body, props, confirms.callback());
@@ -299,7 +297,7 @@ export class RabbitMqSink implements Sink {
   async reset(): Promise<void> {
     const model = this.model;
     this.model = null;
-    this.channels = null;
+    this.set = null;
     this.unblock();
     if (model) await closeWithin(model, CLOSE_TIMEOUT_MS);
   }
