@@ -582,8 +582,7 @@ export function relayYaml(o: {
   ].join('\n');
 }
 
-/** Sum of a counter's samples in Prometheus text. */
-/** The sum of a metric's samples, or of those with every label in `labels`. */
+/** The sum of a metric's samples in Prometheus text, or of those with every label in `labels`. */
 export function metricSum(text: string, name: string, labels: Record<string, string> = {}): number {
   const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
   let sum = 0;

@@ -15,17 +15,33 @@ function ticksPerSecond(): number {
   return clockTicks;
 }
 
-/** utime + stime of a process (all its threads), in seconds; null when it is gone. */
-export function cpuSeconds(pid: number): number | null {
+/** A /proc `stat` file (a process's or a thread's): its name and utime + stime in ticks; null when it is gone. */
+function readStat(path: string): { comm: string; ticks: number } | null {
   let stat: string;
   try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    stat = readFileSync(path, 'utf8');
   } catch {
     return null;
   }
   // "pid (comm) state ppid ..."; after the last ')' field 3 is f[0], so utime (14) is f[11].
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / ticksPerSecond();
+  const close = stat.lastIndexOf(')');
+  const f = stat.slice(close + 2).split(' ');
+  return { comm: stat.slice(stat.indexOf('(') + 1, close), ticks: Number(f[11]) + Number(f[12]) };
+}
+
+/** The entries of a /proc directory, or none when it is gone. */
+function entries(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
+/** utime + stime of a process (all its threads), in seconds; null when it is gone. */
+export function cpuSeconds(pid: number): number | null {
+  const stat = readStat(`/proc/${pid}/stat`);
+  return stat === null ? null : stat.ticks / ticksPerSecond();
 }
 
 /** Resident set size now and its peak (VmHWM), in MiB; null when the process is gone. */
@@ -76,22 +92,9 @@ export function cpuOf(pids: readonly number[]): number {
 export function jitOf(pids: readonly number[]): number {
   let ticks = 0;
   for (const pid of pids) {
-    let tasks: string[];
-    try {
-      tasks = readdirSync(`/proc/${pid}/task`);
-    } catch {
-      continue;
-    }
-    for (const t of tasks) {
-      try {
-        const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
-        const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-        if (!/^C\d CompilerThre/.test(comm)) continue;
-        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-        ticks += Number(f[11]) + Number(f[12]);
-      } catch {
-        // the thread ended
-      }
+    for (const t of entries(`/proc/${pid}/task`)) {
+      const stat = readStat(`/proc/${pid}/task/${t}/stat`);
+      if (stat !== null && /^C\d CompilerThre/.test(stat.comm)) ticks += stat.ticks;
     }
   }
   return ticks / ticksPerSecond();
@@ -122,13 +125,7 @@ export function listenerPids(port: number): number[] {
   const owners = new Set<number>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${entry}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
+    for (const fd of entries(`/proc/${entry}/fd`)) {
       let target = '';
       try {
         target = readlinkSync(`/proc/${entry}/fd/${fd}`);

@@ -8,8 +8,10 @@ import { note } from './log.js';
  * commit small transactions over a topic and a checkpoint-like topic, so that the broker's JIT has
  * compiled its produce, transaction (AddPartitionsToTxn, EndTxn, markers) and log paths. A broker
  * just started interprets them: on the same 1M-row drain, the broker's CPU was 2.0–3.9 s for
- * at-least-once and 3.6–5.8 s for exactly-once on a fresh JVM, and 0.8 and 1.5–2.2 s after a
- * minute of transactions. A relay's broker has been up for days; its measurement should be too.
+ * at-least-once and 3.6–5.8 s for exactly-once on a fresh JVM, 1.5–2.4 and 2.2–3.1 s after this
+ * minute, and 0.8 and 1.5–2.2 s on a broker that had served four minutes of drains and latency
+ * runs. This goes part of the way; the JIT share the bench reports (`broker s less JIT`) covers
+ * the rest. A relay's broker has been up for days; its measurement should be too.
  */
 export async function warmKafka(brokers: string[], admin: BrokerAdmin, seconds: number, partitions: number): Promise<void> {
   if (seconds <= 0) return;

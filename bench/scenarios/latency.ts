@@ -194,17 +194,22 @@ export async function runLatency(
     await waitReady(port, relay);
 
     for (let i = 0; i < WRITERS; i++) writers.push(await connect(ctx.services.dbUrl));
+    /** How many of `ids` the consumer has received. */
+    const receivedOf = (ids: Iterable<string>): number => {
+      let n = 0;
+      for (const id of ids) if (receivedAt.has(id)) n++;
+      return n;
+    };
     let before: Buckets | null = null;
+    const warm = new Set<string>();
     if (warmupSeconds > 0) {
-      const warm = new Set<string>();
-      note(`  latency ${sink}: warm-up, ${Math.round(rate * warmupSeconds)} one-row transactions at ${rate}/s (not measured)`);
-      await writeSteadily(writers, table, rate, Math.round(rate * warmupSeconds), (id) => warm.add(id));
+      const rows = Math.round(rate * warmupSeconds);
+      note(`  latency ${sink}: warm-up, ${rows} one-row transactions at ${rate}/s (not measured)`);
+      await writeSteadily(writers, table, rate, rows, (id) => warm.add(id));
       const until = performance.now() + 60_000;
-      const pending = () => [...warm].some((id) => !receivedAt.has(id));
-      while (pending() && performance.now() < until) await sleep(100);
-      if (pending()) throw new Error(`warm-up: not every one of ${warm.size} rows reached the consumer in 60 s`);
+      while (receivedOf(warm) < warm.size && performance.now() < until) await sleep(100);
+      if (receivedOf(warm) < warm.size) throw new Error(`warm-up: not every one of ${warm.size} rows reached the consumer in 60 s`);
       before = parseHistogram(await scrape(port), 'outboxd_commit_to_ack_seconds');
-      receivedAt.clear();
     }
     const total = Math.round(rate * seconds);
     note(`  latency ${sink}: ${total} one-row transactions at ${rate}/s`);
@@ -214,14 +219,9 @@ export async function runLatency(
     result.sent = returnedAt.size;
     result.achievedRate = result.sent / ((lastReturn - start) / 1000);
     const deadline = performance.now() + 60_000;
-    // Count the measured rows only: a warm-up row delivered again after the warm-up is not one.
-    const receivedOfSent = () => {
-      let n = 0;
-      for (const id of returnedAt.keys()) if (receivedAt.has(id)) n++;
-      return n;
-    };
-    while (receivedOfSent() < result.sent && performance.now() < deadline) await sleep(100);
-    result.received = receivedOfSent();
+    // The measured rows only: the warm-up's are in receivedAt too.
+    while (receivedOf(returnedAt.keys()) < result.sent && performance.now() < deadline) await sleep(100);
+    result.received = receivedOf(returnedAt.keys());
 
     const metrics = await scrape(port);
     const scraped = parseHistogram(metrics, 'outboxd_commit_to_ack_seconds');
@@ -237,7 +237,7 @@ export async function runLatency(
     }
     result.relayCpuSeconds = cpuSeconds(relay.pid);
     result.relayPeakRssMiB = memory(relay.pid)?.peakMiB ?? null;
-    const published = metricSum(metrics, 'outboxd_messages_published_total') - Math.round(rate * warmupSeconds);
+    const published = metricSum(metrics, 'outboxd_messages_published_total') - warm.size;
 
     const lat: number[] = [];
     for (const [id, t] of returnedAt) {
