@@ -321,6 +321,55 @@ describe('Postgres → RabbitMQ', () => {
   });
 });
 
+/**
+ * Unroutable messages spread through a backlog, so that two batches are at the broker at once
+ * (ADR 0022) with returns in both: each batch must claim its own returns (sink.ts, ChannelSet),
+ * over one channel and over three (returns from any of a connection's channels).
+ */
+describe.each([1, 3])('Postgres → RabbitMQ, a backlog with unroutable rows among routed ones, %i channel(s)', (channels) => {
+  it('dead-letters every unroutable row and only those, delivers every other once in per-key order', async () => {
+    await using t = await setup({
+      extra: '  onPoison: dead-letter\n',
+      sinkExtra: `    channels: ${channels}\n    deadLetterExchange: dlx_many\n    deadLetterRoutingKey: poison\n`,
+    });
+    const { db, exchange, reader, start, tag } = t;
+    // Keys cycle through the types: one key in ten has a type no queue is bound for.
+    const types = [...Array.from({ length: 9 }, (_, i) => (i % 2 === 0 ? `order_${tag}` : `customer_${tag}`)), `nowhere_${tag}`];
+    await reader.exchange('dlx_many', 'topic');
+    await reader.bind(`dlq_${tag}`, 'dlx_many', 'poison');
+    await reader.bind(`q_order_${tag}`, exchange, `order_${tag}.*`);
+    await reader.bind(`q_customer_${tag}`, exchange, `customer_${tag}.*`);
+    for (const q of [`q_order_${tag}`, `q_customer_${tag}`, `dlq_${tag}`]) await reader.consume(q);
+    // Written while the relay is stopped (its slot made by a first start): the next start drains
+    // a backlog in full batches, two at a time.
+    const first = start();
+    await first.ready();
+    first.kill('SIGTERM');
+    expect(await first.exited).toBe(0);
+    const rows = await writeOutbox(db.client, { total: 6_000, keys: 100, types });
+    const unroutable = new Set(rows.filter((r) => r.aggregatetype === `nowhere_${tag}`).map((r) => r.id));
+    expect(unroutable.size).toBe(600);
+    const relay = start();
+    await relay.ready();
+    await reader.waitForIds(rows.map((r) => r.id));
+    await until('nothing in flight', async () => (await relay.metric('outboxd_inflight_messages')) === 0, 30_000);
+    await reader.waitDrained([`q_order_${tag}`, `q_customer_${tag}`, `dlq_${tag}`]);
+
+    const dead = reader.got.filter((g) => g.queue === `dlq_${tag}`);
+    const routed = reader.got.filter((g) => g.queue !== `dlq_${tag}`);
+    expect(new Set(dead.map((g) => g.properties.messageId as string))).toEqual(unroutable);
+    expect(dead).toHaveLength(unroutable.size);
+    for (const g of dead) expect(g.properties.headers?.['outboxd.error_reason']).toBe('unroutable');
+    expect(routed).toHaveLength(rows.length - unroutable.size);
+    for (const g of routed) expect(unroutable.has(g.properties.messageId as string)).toBe(false);
+    expect(perKeyOrder(routed)).toEqual({ violations: [], duplicates: 0 });
+    expect(await relay.metric('outboxd_dead_lettered_total')).toBe(unroutable.size);
+    expect((await relay.http('/readyz')).status).toBe(200);
+    relay.kill('SIGTERM');
+    expect(await relay.exited).toBe(0);
+  });
+});
+
 describe('RabbitMQ broker restart', () => {
   it('delivers every id at least once, in per-key order after dedupe, across a broker stop/start mid-stream', async () => {
     await using rabbit = await startRabbitMQ();
