@@ -135,6 +135,25 @@ describe('RabbitMqSink over several channels', () => {
     expect(poisoned.map((p) => [batch[p.index]?.id, p.error.reason])).toEqual([[lost, 'unroutable']]);
   });
 
+  it('two batches out at once: a return of the later one, come before the earlier one confirmed, stays with the later one', async () => {
+    const sink = sinkWith(1);
+    const a = Array.from({ length: 10 }, (_, i) => msg(i, `a${i}`));
+    const b = Array.from({ length: 10 }, (_, i) => msg(10 + i, `b${i}`));
+    const doneA = sink.publish(a);
+    const doneB = sink.publish(b);
+    const ch = await vi.waitFor(() => {
+      const c = channels[0] as FakeChannel;
+      expect(c.sent).toHaveLength(20);
+      return c;
+    });
+    ch.emit('return', { properties: { messageId: 'm12' } });
+    for (const s of ch.sent.splice(0, 10)) s.confirm(null);
+    await expect(doneA).resolves.toEqual({ poisoned: [] });
+    ch.confirmAll();
+    const { poisoned } = await doneB;
+    expect(poisoned.map((p) => [b[p.index]?.id, p.error.reason])).toEqual([['m12', 'unroutable']]);
+  });
+
   it('spreads keys over every channel', () => {
     const hits = new Set(Array.from({ length: 100 }, (_, i) => laneOf(`order-${i}`, 4)));
     expect(hits).toEqual(new Set([0, 1, 2, 3]));
