@@ -13,10 +13,11 @@ interface LabelSetValues {
  * object, and turns the bucket bound into a string twice, on every call: about 100 ns and a few
  * hundred bytes of garbage per event (docs/benchmarks.md, "Later: the latency histogram").
  *
- * Here an observation adds one to a typed array and to the count and sum. prom-client takes the
- * counts when it is scraped, through its `collect` hook: it first makes the label set's values
- * itself, with one observation of its own (on the first scrape, or after a reset), and then it
- * takes the totals. The exposition is prom-client's own, byte for byte.
+ * Here an observation adds one to a typed array and to the count and sum. When the metric is
+ * scraped, prom-client's `collect` hook writes the totals into the values prom-client keeps for
+ * the label set (made at construction; after a reset, made again by one observation of
+ * prom-client's own, which the totals then replace). The exposition is prom-client's own, byte
+ * for byte.
  * test/unit/counting-histogram.test.ts compares it with a plain Histogram, including values on
  * the bounds, above the last one, and a reset, so a prom-client that keeps its values in another
  * shape fails a test instead of exporting wrong counts.
@@ -46,7 +47,7 @@ export class CountingHistogram extends Histogram<string> {
     const bounds = this.bounds;
     for (let i = 0; i < bounds.length; i++) {
       if (value <= (bounds[i] as number)) {
-        (this.counts as Float64Array)[i] = (this.counts[i] as number) + 1;
+        this.counts[i] = (this.counts[i] as number) + 1;
         break;
       }
     }
