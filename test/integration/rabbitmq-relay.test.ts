@@ -319,6 +319,69 @@ describe('Postgres → RabbitMQ', () => {
     expect(await relay.metric('outboxd_dead_lettered_total')).toBe(1);
     expect((await relay.http('/readyz')).status).toBe(200);
   });
+
+  it('a dead letter that is itself unroutable waits, and holds the slot, until a queue is bound for it; then it and what follows go, once each', async () => {
+    const dlx = `dlx_${randomUUID().slice(0, 8)}`;
+    await using t = await setup({
+      extra: '  onPoison: dead-letter\n',
+      sinkExtra: `    deadLetterExchange: ${dlx}\n    deadLetterRoutingKey: poison\n`,
+    });
+    const { db, exchange, reader, start, tag } = t;
+    // The dead-letter exchange exists, with no queue bound: the dead letter comes back returned.
+    await reader.exchange(dlx, 'topic');
+    await reader.bind(`q_${tag}`, exchange, 'routed.*');
+    await reader.consume(`q_${tag}`);
+    const relay = start();
+    await relay.ready();
+    const first = randomUUID();
+    await db.client.query(
+      `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'routed', 'k', 'A', '{"seq": 0}')`,
+      [first],
+    );
+    await reader.waitForIds([first]);
+    const before = await db.walLsn();
+    const bad = randomUUID();
+    const after = randomUUID();
+    await db.client.query(
+      `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'nowhere', 'k', 'A', '{"seq": 1}')`,
+      [bad],
+    );
+    await db.client.query(
+      `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'routed', 'k', 'B', '{"seq": 2}')`,
+      [after],
+    );
+    await until('the dead letter refused as unroutable', async () =>
+      // The log line is JSON: the exchange's name is in escaped quotes.
+      relay.stderr.includes(`no queue is bound to dead-letter exchange \\"${dlx}\\"`),
+    );
+    // A row of the same key after the refusal: it waits for the poison message's batch.
+    const later = randomUUID();
+    await db.client.query(
+      `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload) VALUES ($1, 'routed', 'k', 'C', '{"seq": 3}')`,
+      [later],
+    );
+    await relay.heartbeatsPass(2);
+    // Returns come after the publish: a row in the poison message's own batch may already be at
+    // the broker. Nothing later went, no dead letter yet, and nothing at or after the poison
+    // message's transaction was confirmed to Postgres.
+    expect(reader.ids()).not.toContain(later);
+    expect(reader.ids()).not.toContain(bad);
+    expect((await db.slotInfo())?.confirmed).toBeLessThanOrEqual(before);
+    expect(await relay.metric('outboxd_dead_lettered_total')).toBe(0);
+
+    // A queue bound for it: the dead letter goes, then the rows after it; each once.
+    await reader.bind(`dlq_${tag}`, dlx, '#');
+    await reader.consume(`dlq_${tag}`);
+    await reader.waitForIds([bad, after, later]);
+    await reader.waitDrained([`q_${tag}`, `dlq_${tag}`]);
+    expect(reader.ids().sort()).toEqual([first, bad, after, later].sort());
+    const dead = reader.got.find((g) => g.properties.messageId === bad);
+    expect(dead?.queue).toBe(`dlq_${tag}`);
+    expect(dead?.properties.headers?.['outboxd.error_reason']).toBe('unroutable');
+    expect(reader.got.filter((g) => g.queue === `q_${tag}`).map((g) => g.properties.messageId)).toEqual([first, after, later]);
+    expect(await relay.metric('outboxd_dead_lettered_total')).toBe(1);
+    await until('the slot past the last row', async () => ((await db.slotInfo())?.confirmed ?? 0n) > before);
+  });
 });
 
 /**
