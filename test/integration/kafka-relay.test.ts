@@ -68,6 +68,11 @@ describe.each(servers)('Postgres $version → Kafka', ({ url }) => {
     );
     expect(lsn[0]?.done).toBe(true);
     expect(await relay.metric('outboxd_messages_published_total')).toBe(10_000);
+    // The commit → ack histogram (counted outside prom-client, observability/counting-histogram.ts)
+    // holds one observation per published event, each in a bucket that counts it.
+    expect(await relay.metric('outboxd_commit_to_ack_seconds_count')).toBe(10_000);
+    expect(await relay.metric('outboxd_commit_to_ack_seconds_bucket', { le: '+Inf' })).toBe(10_000);
+    expect(await relay.metric('outboxd_commit_to_ack_seconds_sum')).toBeGreaterThan(0);
 
     relay.kill('SIGTERM');
     expect(await relay.exited).toBe(0);
