@@ -24,7 +24,7 @@ interface LabelSetValues {
  */
 export class CountingHistogram extends Histogram<string> {
   private readonly bounds: readonly number[];
-  /** Observations per bucket, not cumulative (as prom-client keeps them): counts[i] ≤ bounds[i]. */
+  /** Observations per bucket, not cumulative (as prom-client keeps them): counts[i] holds those in (bounds[i-1], bounds[i]]. */
   private readonly counts: Float64Array;
   private total = 0;
   private sum = 0;
@@ -41,8 +41,8 @@ export class CountingHistogram extends Histogram<string> {
     this.observe = ((value: number) => this.record(value)) as Histogram<string>['observe'];
   }
 
-  /** One observation. */
-  record(value: number): void {
+  /** One observation (what `observe` does). */
+  private record(value: number): void {
     if (!Number.isFinite(value)) throw new TypeError(`Value is not a valid number: ${value}`);
     const bounds = this.bounds;
     for (let i = 0; i < bounds.length; i++) {
