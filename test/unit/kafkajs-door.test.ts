@@ -9,16 +9,17 @@ import { createLogger } from '../../src/observability/logger.js';
 /**
  * kafkajs's internals behind one door: the files named kafkajs-….ts in src/sink/kafka/, no
  * more than DOOR lists: src/sink/kafka/kafkajs-internals.ts, the only module that loads kafkajs,
- * and the two it hands what they reach (src/sink/kafka/kafkajs-cluster.ts,
- * src/sink/kafka/kafkajs-coordinator.ts). The door must be in place before kafkajs's producer
- * module loads, or kafkajs keeps its own grouper and eosManager and the relay is slower with no
- * test of behaviour noticing (commit d4c6c78: a Kafka drain 0.81x as fast). That holds if
+ * and the three it hands what they reach (src/sink/kafka/kafkajs-cluster.ts,
+ * src/sink/kafka/kafkajs-coordinator.ts, src/sink/kafka/kafkajs-send.ts). The door must be in
+ * place before kafkajs's producer module loads, or kafkajs keeps its own sendMessages (which
+ * duplicates and drops records when leaders move: test/unit/kafkajs-send.test.ts) and eosManager,
+ * and the relay is slower too (commit d4c6c78: a Kafka drain 0.81x as fast). That holds if
  * nothing but the loader loads kafkajs, which the first test checks of every file under src/ (no
  * list of entry files to keep), and the loader installs the door before it loads kafkajs.
  */
 const SRC = resolve(import.meta.dirname, '../../src');
 const LOADER = 'sink/kafka/kafkajs-internals.ts';
-const DOOR = [LOADER, 'sink/kafka/kafkajs-cluster.ts', 'sink/kafka/kafkajs-coordinator.ts'];
+const DOOR = [LOADER, 'sink/kafka/kafkajs-cluster.ts', 'sink/kafka/kafkajs-coordinator.ts', 'sink/kafka/kafkajs-send.ts'];
 const require = createRequire(import.meta.url);
 
 /** Every .ts file under src/, relative to it. */
@@ -57,16 +58,37 @@ describe('the kafkajs door', () => {
   });
 
   it('is installed by the Kafka sink at start, before any Kafka client is built', async () => {
-    const { kafkajsInstalled, GROUPER, kafkajsProduce } = await import('../../src/sink/kafka/kafkajs-internals.js');
+    const { kafkajsInstalled, kafkajsProduce } = await import('../../src/sink/kafka/kafkajs-internals.js');
+    const { PRODUCE_RESPONSE } = await import('../../src/sink/kafka/kafkajs-send.js');
     expect(require.cache[require.resolve('kafkajs/src/producer/sendMessages.js')]).toBeUndefined();
     expect(kafkajsInstalled()).toBeNull();
     const { loadSink } = await import('../../src/sink/index.js');
     const cfg = parseConfig('postgres:\n  url: postgres://u@h/db\nsink:\n  type: kafka\n  kafka:\n    brokers: [127.0.0.1:1]\n', {});
     await loadSink(cfg.sink, 'slot', false, createLogger('silent'));
-    expect(kafkajsInstalled()).toEqual({ grouper: true, coordinatorCache: true });
-    // What kafkajs's producer will call: outboxd's grouper and Produce encoder.
-    expect(require('kafkajs/src/producer/groupMessagesPerPartition.js')).toBe(GROUPER);
+    expect(kafkajsInstalled()).toEqual({ sendMessages: true, coordinatorCache: true });
+    // What kafkajs's producer will call: outboxd's sendMessages (sendMessages: true says it is in
+    // require's cache where kafkajs's message producer loads it) and Produce encoder.
     expect(require('kafkajs/src/protocol/requests/produce/v3/request.js')).not.toBe(kafkajsProduce());
+    // A refused Produce response, of every version kafkajs speaks, carries its per-partition answers.
+    for (const v of [3, 5, 7]) {
+      const { parse } = require(`kafkajs/src/protocol/requests/produce/v${v}/response.js`) as { parse(d: object): Promise<unknown> };
+      const data = {
+        topics: [
+          {
+            topicName: 't',
+            partitions: [
+              { partition: 0, errorCode: 0 },
+              { partition: 1, errorCode: 6 },
+            ],
+          },
+        ],
+      };
+      const err = (await parse(data).catch((e: unknown) => e)) as Record<symbol, unknown> & { type: string };
+      expect(err.type).toBe('NOT_LEADER_FOR_PARTITION');
+      expect(err[PRODUCE_RESPONSE]).toBe(data);
+      const ok = { topics: [{ topicName: 't', partitions: [{ partition: 0, errorCode: 0 }] }] };
+      expect(await parse(ok)).toBe(ok);
+    }
   });
 
   it('stops the relay with one line when kafkajs is another version', async () => {

@@ -27,17 +27,8 @@
  * re-running the whole send after a Metadata request; here the AddPartitionsToTxn alone is asked
  * again after about a millisecond, a few times (CONCURRENT_RETRIES), before kafkajs's retry.
  *
- * And one fix of kafkajs's sends (kafkajs/src/producer/sendMessages.js), found by
- * test/faults/coordinator-move.test.ts: a send's requests to the partition leaders run in a
- * Promise.all, and when one fails (its AddPartitionsToTxn to a coordinator that moved, a
- * NOT_LEADER) kafkajs retries the send while another broker's request may still be in flight. Its
- * retry sends to every broker that has not answered yet, so that request is sent again, behind
- * eosManager's per-broker lock, with the sequence numbers after the first: if the first was
- * appended, the broker appends the same records again, in the same transaction, and both commit
- * (seen: 11 records twice at consecutive sequences, producer epoch unchanged). So a request that
- * had to wait for the broker's lock, held by an earlier attempt of the send, does not go out:
- * it fails as retriable once the lock is free, and kafkajs's next attempt sees which brokers
- * have answered.
+ * A send that fails at one broker while another's request is in flight is retried only once that
+ * request has settled: kafkajs-send.ts, which replaces kafkajs's sendMessages, sees to that.
  *
  * Nothing here loads kafkajs: installKafkajs() hands it the eosManager factory to wrap.
  */
@@ -79,12 +70,7 @@ export interface EosCluster {
 export const EOS_CLUSTER_MEMBERS = ['findControllerBroker', 'findGroupCoordinator', 'refreshMetadataIfNecessary', 'retry'];
 
 type EosOptions = { cluster: EosCluster; transactional?: boolean; transactionalId?: string } & Record<string, unknown>;
-type LockedBroker = { nodeId?: number | string | null };
-type EosManager = {
-  initProducerId(...args: unknown[]): Promise<unknown>;
-  acquireBrokerLock(broker: LockedBroker): Promise<void>;
-  releaseBrokerLock(broker: LockedBroker): unknown;
-} & Record<string, unknown>;
+type EosManager = { initProducerId(...args: unknown[]): Promise<unknown> } & Record<string, unknown>;
 export type EosFactory = (o: EosOptions) => EosManager;
 
 /** Counts across every producer of the process, for tests and measurements. */
@@ -97,10 +83,8 @@ export interface CoordinatorCounts {
   invalidations: number;
   /** AddPartitionsToTxn or AddOffsetsToTxn asked again after CONCURRENT_TRANSACTIONS. */
   concurrent: number;
-  /** Requests of a retried send refused because the earlier attempt's was in flight (OverlappingSend). */
-  overlaps: number;
 }
-const counts: CoordinatorCounts = { lookups: 0, hits: 0, invalidations: 0, concurrent: 0, overlaps: 0 };
+const counts: CoordinatorCounts = { lookups: 0, hits: 0, invalidations: 0, concurrent: 0 };
 
 export function coordinatorCounts(): Readonly<CoordinatorCounts> {
   return { ...counts };
@@ -185,46 +169,6 @@ function untilNotConcurrent<T>(send: () => Promise<T>): Promise<T> {
   );
 }
 
-/** The error that sends kafkajs's send round again (sendMessages retries an error marked retriable). */
-export class OverlappingSend extends Error {
-  readonly retriable = true;
-  constructor(nodeId: unknown) {
-    super(`a request to broker ${String(nodeId)} was still in flight when kafkajs retried the send; retrying once it ended`);
-    this.name = 'OutboxdOverlappingSend';
-  }
-}
-
-/**
- * eosManager's per-broker lock, refusing the request that waited for it: the waiter is kafkajs's
- * retry of a send whose earlier request to that broker was in flight (the exactly-once sink
- * sends one batch at a time per producer, so nothing else waits for the lock).
- */
-function noOverlappingSends(manager: EosManager): void {
-  const acquire = manager.acquireBrokerLock;
-  const release = manager.releaseBrokerLock;
-  const holders = new Map<unknown, number>();
-  const leave = (node: unknown) => holders.set(node, (holders.get(node) ?? 1) - 1);
-  manager.releaseBrokerLock = (broker) => {
-    leave(broker.nodeId);
-    return release.call(manager, broker);
-  };
-  manager.acquireBrokerLock = async (broker) => {
-    const node = broker.nodeId;
-    const busy = (holders.get(node) ?? 0) > 0;
-    holders.set(node, (holders.get(node) ?? 0) + 1);
-    try {
-      await acquire.call(manager, broker);
-    } catch (err) {
-      leave(node);
-      throw err;
-    }
-    if (!busy) return;
-    counts.overlaps++;
-    await manager.releaseBrokerLock(broker);
-    throw new OverlappingSend(node);
-  };
-}
-
 /**
  * kafkajs's eosManager factory, with a remembered coordinator for transactional producers (an
  * idempotent producer's eosManager never looks a coordinator up, and is kafkajs's own).
@@ -255,7 +199,6 @@ export function rememberingCoordinator(create: EosFactory): EosFactory {
       cache.forget();
       return init.apply(manager, args);
     };
-    noOverlappingSends(manager);
     return manager;
   };
 }

@@ -2,8 +2,12 @@
  * The door to kafkajs's internals. kafkajs 2.2.4 (February 2023) is its last release; outboxd
  * changes it from inside, for speed, with the same bytes and results, and reaches past its public
  * API where that lacks something (docs/adr/0010, 0016, 0018):
- * - `groupMessagesPerPartition`, which copies a partition's array once per message (1.3 s per
- *   million messages at 500 per send, docs/benchmarks.md), is replaced by a one-pass grouper;
+ * - `sendMessages` is replaced by one that tracks each partition's acknowledgement, not each
+ *   broker's, so a leader moving between a send's attempts neither duplicates nor drops records
+ *   (kafkajs-send.ts, docs/adr/0024); it groups with a one-pass grouper, where kafkajs's
+ *   `groupMessagesPerPartition` copies a partition's array once per message (1.3 s per million
+ *   messages at 500 per send, docs/benchmarks.md), and a refused Produce response carries its
+ *   per-partition answers to it;
  * - the Produce v3 request factory is replaced by our encoder (produce-encoder.ts), every
  *   request is framed with one copy instead of two (request-framing.ts), and the request queue's
  *   throttle timer is armed only while requests wait (it spun at 1 ms idle);
@@ -13,12 +17,13 @@
  * - kafkajs's internal Cluster and brokers give metadata without a producer and exact
  *   read_committed reads (kafkajs-cluster.ts).
  *
- * The door is three files: this one, the only module that loads kafkajs (it installs the rest
- * before kafkajs loads), kafkajs-cluster.ts and kafkajs-coordinator.ts, which reach kafkajs's
- * internals only through what this one hands them (kafkajsFile(), the eosManager factory). No
+ * The door is four files: this one, the only module that loads kafkajs (it installs the rest
+ * before kafkajs loads), kafkajs-cluster.ts, kafkajs-coordinator.ts and kafkajs-send.ts, which
+ * reach kafkajs's internals only through what this one hands them (kafkajsFile(), the eosManager
+ * factory, kafkajs's error helpers). No
  * other module loads kafkajs for its values (test/unit/kafkajs-door.test.ts reads every file
  * under src/): they get it from installKafkajs(), which the Kafka sink calls at start (loadSink)
- * and createKafka calls before it builds a client. So the grouper and the coordinator cache are
+ * and createKafka calls before it builds a client. So the send and the coordinator cache are
  * always in place before kafkajs's producer module loads, whatever imports what first (commit
  * d4c6c78: one static import of kafkajs ahead of the old side-effect import made the Kafka drain
  * 0.81x as fast).
@@ -32,6 +37,7 @@ import type kafkajs from 'kafkajs';
 import { SinkError } from '../../errors.js';
 import { CODEC_ID, codecOf } from './codecs.js';
 import { EOS_CLUSTER_MEMBERS, type EosFactory, rememberingCoordinator } from './kafkajs-coordinator.js';
+import { type ProduceResponseModule, type SendKafkajs, carryResponse, sendMessages } from './kafkajs-send.js';
 import { PartitionCounts, partitionOf } from './partition.js';
 import { PRODUCE_API_KEY, type ProduceFactory, encodeProduce, ours } from './produce-encoder.js';
 import { HEADROOM, frameRequest } from './request-framing.js';
@@ -42,8 +48,12 @@ type Kafkajs = typeof kafkajs;
 export const KAFKAJS_VERSION = '2.2.4';
 
 const require = createRequire(import.meta.url);
-const GROUPER_PATH = 'kafkajs/src/producer/groupMessagesPerPartition.js';
 const SEND_MESSAGES = 'kafkajs/src/producer/sendMessages.js';
+const MESSAGE_PRODUCER = 'kafkajs/src/producer/messageProducer.js';
+const ERRORS = 'kafkajs/src/errors.js';
+const PROTOCOL_ERRORS = 'kafkajs/src/protocol/error.js';
+/** The Produce response versions kafkajs speaks (v0 to v7). */
+const PRODUCE_RESPONSES = [0, 1, 2, 3, 4, 5, 6, 7].map((v) => `kafkajs/src/protocol/requests/produce/v${v}/response.js`);
 const PRODUCE_V3 = 'kafkajs/src/protocol/requests/produce/v3/request.js';
 /** kafkajs's fetched-batch decoder and the private symbol of its Cluster factory (kafkajs-cluster.ts). */
 export const BATCH = 'kafkajs/src/consumer/batch.js';
@@ -85,7 +95,19 @@ function unsupported(version: string, what: string): SinkError {
 export function checkKafkajs(probe: KafkajsProbe = installed): void {
   const version = probe.version();
   if (version !== KAFKAJS_VERSION) throw unsupported(version, 'its internals differ between releases');
-  for (const path of [GROUPER_PATH, SEND_MESSAGES, PRODUCE_V3, BATCH, REQUEST_QUEUE, EOS_MANAGER, REQUEST, CONNECTION]) {
+  for (const path of [
+    SEND_MESSAGES,
+    MESSAGE_PRODUCER,
+    ERRORS,
+    PROTOCOL_ERRORS,
+    ...PRODUCE_RESPONSES,
+    PRODUCE_V3,
+    BATCH,
+    REQUEST_QUEUE,
+    EOS_MANAGER,
+    REQUEST,
+    CONNECTION,
+  ]) {
     if (!probe.has(path)) throw unsupported(version, `${path} is missing`);
   }
 }
@@ -133,12 +155,21 @@ export const GROUPER: Grouper = ({ topic, partitionMetadata, messages, partition
 };
 
 /**
- * Puts GROUPER where kafkajs's sendMessages will require it. kafkajs's sendMessages keeps the
- * function it required when it loaded: a kafkajs loaded before this door (only a test does that,
- * importing kafkajs itself first) keeps its own grouper, and is slower but the same.
+ * Puts outboxd's sendMessages (kafkajs-send.ts, with GROUPER) where kafkajs's message producer
+ * will require it, and makes every Produce refusal carry its response's per-partition answers
+ * to it. kafkajs's message producer keeps the function it required when it loaded: a kafkajs
+ * loaded before this door (only a test does that, importing kafkajs itself first) keeps its own.
  */
-function installGrouper(): boolean {
-  return preload(GROUPER_PATH, SEND_MESSAGES, GROUPER);
+function installSendMessages(): boolean {
+  const errors = require(ERRORS) as { KafkaJSMetadataNotLoaded: new (m: string) => Error };
+  const { staleMetadata } = require(PROTOCOL_ERRORS) as { staleMetadata(e: unknown): boolean };
+  for (const path of PRODUCE_RESPONSES) carryResponse(require(path) as ProduceResponseModule);
+  const factory = sendMessages({
+    metadataNotLoaded: (m) => new errors.KafkaJSMetadataNotLoaded(m),
+    staleMetadata,
+    group: GROUPER as SendKafkajs['group'],
+  });
+  return preload(SEND_MESSAGES, MESSAGE_PRODUCER, factory);
 }
 
 /** Puts `exports` in require's cache as `path`, unless `user` (which keeps what it requires) loaded already. */
@@ -227,7 +258,7 @@ export function eosClusterMembers(source: string): string[] {
 
 /**
  * Wraps kafkajs's eosManager factory (rememberingCoordinator) where kafkajs's producer module will
- * require it. Like the grouper: a producer module loaded before this door keeps kafkajs's own, which
+ * require it. Like the send: a producer module loaded before this door keeps kafkajs's own, which
  * looks the coordinator up for every request, slower but the same.
  */
 function installCoordinatorCache(): boolean {
@@ -265,7 +296,7 @@ function installCodecs(k: Kafkajs): void {
 interface Installed {
   readonly kafkajs: Kafkajs;
   readonly originalProduce: ProduceFactory;
-  readonly grouper: boolean;
+  readonly sendMessages: boolean;
   readonly coordinatorCache: boolean;
 }
 let state: Installed | null = null;
@@ -278,7 +309,7 @@ let state: Installed | null = null;
 export function installKafkajs(): Kafkajs {
   if (state) return state.kafkajs;
   checkKafkajs();
-  const grouper = installGrouper();
+  const sends = installSendMessages();
   // kafkajs's connection frames every request with request-framing.ts (one copy, not two).
   preload(REQUEST, CONNECTION, frameRequest);
   const coordinatorCache = installCoordinatorCache();
@@ -291,13 +322,13 @@ export function installKafkajs(): Kafkajs {
   const originalProduce = installProduceEncoder();
   installCodecs(loaded);
   installQueueTimer();
-  state = { kafkajs: loaded, originalProduce, grouper, coordinatorCache };
+  state = { kafkajs: loaded, originalProduce, sendMessages: sends, coordinatorCache };
   return loaded;
 }
 
 /** What installKafkajs() put in place; null before it ran. */
-export function kafkajsInstalled(): { grouper: boolean; coordinatorCache: boolean } | null {
-  return state && { grouper: state.grouper, coordinatorCache: state.coordinatorCache };
+export function kafkajsInstalled(): { sendMessages: boolean; coordinatorCache: boolean } | null {
+  return state && { sendMessages: state.sendMessages, coordinatorCache: state.coordinatorCache };
 }
 
 /** A file of kafkajs, loaded once installKafkajs() ran: for the door's other files (kafkajs-cluster.ts). */
