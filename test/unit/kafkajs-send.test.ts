@@ -24,22 +24,37 @@ const errors = require('kafkajs/src/errors.js') as {
 const createEosManager = require('kafkajs/src/producer/eosManager/index.js') as (o: object) => {
   initProducerId(): Promise<void>;
   getSequence(t: string, p: number): number;
+  /** Adds `by`; kafkajs sets 0 instead once the sum reaches INT32's max. */
+  updateSequence(t: string, p: number, by: number): void;
 };
 const kafkajsSendMessages = require('kafkajs/src/producer/sendMessages.js') as SendMessagesFactory;
 
 const NOT_LEADER = 6;
 const MESSAGE_TOO_LARGE = 10;
+const OUT_OF_ORDER_SEQUENCE_NUMBER = 45;
+const DUPLICATE_SEQUENCE_NUMBER = 46;
 const TOPIC = 't';
 const ours = sendMessages({
   metadataNotLoaded: (m) => new errors.KafkaJSMetadataNotLoaded(m),
   staleMetadata,
+  errorOf: createErrorFromCode,
   group: GROUPER as never,
 });
 
 type Msg = { partition: number; value: string };
 type Produced = { node: string; partition: number; firstSequence: number; values: string[] };
-/** What a broker does with one Produce request: answer each partition (an error code), or fail the request. */
-type Script = (partitions: number[]) => { codes?: Record<number, number>; fail?: Error; afterMs?: number };
+/**
+ * What a broker does with one Produce request: refuse partitions (an error code, nothing
+ * appended), fail the request before anything is appended (`fail`) or after the broker appended
+ * (`failAfter`: the answer is lost), leave partitions out of its answer, answer after `afterMs`.
+ */
+type Script = (partitions: number[]) => {
+  codes?: Record<number, number>;
+  fail?: Error;
+  failAfter?: Error;
+  omit?: number[];
+  afterMs?: number;
+};
 
 /** Brokers by node id; `leaders` maps each partition to its leader; each metadata refresh applies the next of `moves`. */
 class FakeCluster {
@@ -49,8 +64,10 @@ class FakeCluster {
   /** Appended records per partition, as the brokers hold them (a request the broker failed appends nothing). */
   readonly log = new Map<number, string[]>();
   private readonly scripts = new Map<string, Script[]>();
+  /** Per partition, as a broker keeps it for the producer: the next sequence, and the last batch's first and count. */
+  private readonly sequences = new Map<number, { next: number; last: [number, number] | null }>();
+  /** Sends in flight through the fake, and whether two of them overlapped. */
   inFlight = 0;
-  overlapped = false;
 
   constructor(leaders: Record<number, string>) {
     this.leaders = { ...leaders };
@@ -95,26 +112,23 @@ class FakeCluster {
         produce: async (r: { topicData: Array<{ partitions: Array<{ partition: number; firstSequence: number; messages: Msg[] }> }> }) => {
           const entries = r.topicData.flatMap((t) => t.partitions);
           const script: Script = this.scripts.get(node)?.shift() ?? (() => ({}));
-          const { codes = {}, fail, afterMs = 0 } = script(entries.map((e) => e.partition));
+          const { codes = {}, fail, failAfter, omit = [], afterMs = 0 } = script(entries.map((e) => e.partition));
           this.inFlight++;
-          if (this.inFlight > 1) this.overlapped = true;
           await new Promise((res) => setTimeout(res, afterMs));
           this.inFlight--;
           for (const e of entries) {
             this.produced.push({ node, partition: e.partition, firstSequence: e.firstSequence, values: e.messages.map((m) => m.value) });
           }
-          const response: ProduceResponse = {
-            topics: [
-              {
-                topicName: TOPIC,
-                partitions: entries.map((e) => ({ partition: e.partition, errorCode: codes[e.partition] ?? 0, baseOffset: '0' })),
-              },
-            ],
-          };
-          if (fail === undefined) {
-            for (const e of entries) if ((codes[e.partition] ?? 0) === 0) this.append(e.partition, e.messages);
-          }
           if (fail !== undefined) throw fail;
+          const answered = entries.map((e) => ({
+            partition: e.partition,
+            errorCode: codes[e.partition] ?? this.append(e.partition, e.firstSequence, e.messages),
+            baseOffset: '0',
+          }));
+          if (failAfter !== undefined) throw failAfter;
+          const response: ProduceResponse = {
+            topics: [{ topicName: TOPIC, partitions: answered.filter((a) => !omit.includes(a.partition)) }],
+          };
           const refused = response.topics[0]?.partitions.find((p) => p.errorCode !== 0);
           if (refused !== undefined)
             throw Object.defineProperty(createErrorFromCode(refused.errorCode), PRODUCE_RESPONSE, { value: response });
@@ -125,13 +139,25 @@ class FakeCluster {
     }
     return broker;
   }
-  private append(partition: number, messages: Msg[]): void {
+  /** The broker expects `next` as the partition's next sequence. */
+  seed(partition: number, next: number): void {
+    this.sequences.set(partition, { next, last: null });
+  }
+  /** Appends a batch as an idempotent broker does: 0, or a duplicate held already (0, nothing appended), or OUT_OF_ORDER_SEQUENCE_NUMBER. */
+  private append(partition: number, first: number, messages: Msg[]): number {
+    const state = this.sequences.get(partition) ?? { next: 0, last: null };
+    this.sequences.set(partition, state);
+    if (state.last !== null && state.last[0] === first && state.last[1] === messages.length) return 0;
+    if (first !== state.next) return OUT_OF_ORDER_SEQUENCE_NUMBER;
+    state.next = (first + messages.length) % 2 ** 31;
+    state.last = [first, messages.length];
     this.log.set(partition, [...(this.log.get(partition) ?? []), ...messages.map((m) => m.value)]);
+    return 0;
   }
 }
 
-/** A send of `n` messages to each of `partitions`, through `factory`, with an idempotent producer's eosManager. */
-async function send(factory: SendMessagesFactory, cluster: FakeCluster, partitions: number[], n = 3) {
+/** A producer: `factory`'s send over `cluster`, with an idempotent producer's eosManager (kafkajs's). */
+async function producer(factory: SendMessagesFactory, cluster: FakeCluster) {
   const logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
   const eosManager = createEosManager({
     logger: { ...logger, namespace: () => logger },
@@ -144,7 +170,6 @@ async function send(factory: SendMessagesFactory, cluster: FakeCluster, partitio
     idempotent: true,
   });
   await eosManager.initProducerId();
-  const messages: Msg[] = partitions.flatMap((p) => Array.from({ length: n }, (_, i) => ({ partition: p, value: `p${p}-${i}` })));
   const run = factory({
     logger,
     cluster: cluster as never,
@@ -152,11 +177,25 @@ async function send(factory: SendMessagesFactory, cluster: FakeCluster, partitio
     eosManager: eosManager as never,
     retrier: createRetry({ retries: 5, initialRetryTime: 1, maxRetryTime: 5, factor: 0, multiplier: 1 }),
   });
-  const result = await run({ acks: -1, topicMessages: [{ topic: TOPIC, messages }] }).then(
-    (answers) => ({ answers, error: null as Error | null }),
-    (error: Error) => ({ answers: null, error }),
-  );
-  return { ...result, sequence: (p: number) => eosManager.getSequence(TOPIC, p) };
+  /** Sends `n` messages to each of `partitions` (values p<partition>-<from + i>). */
+  const send = (partitions: number[], n = 3, from = 0) => {
+    const messages: Msg[] = partitions.flatMap((p) => Array.from({ length: n }, (_, i) => ({ partition: p, value: `p${p}-${from + i}` })));
+    return run({ acks: -1, topicMessages: [{ topic: TOPIC, messages }] }).then(
+      (answers) => ({ answers, error: null as Error | null }),
+      (error: Error) => ({ answers: null, error }),
+    );
+  };
+  return {
+    send,
+    sequence: (p: number) => eosManager.getSequence(TOPIC, p),
+    setSequence: (p: number, to: number) => eosManager.updateSequence(TOPIC, p, to - eosManager.getSequence(TOPIC, p)),
+  };
+}
+
+/** One send of `n` messages to each of `partitions`, on a new producer. */
+async function send(factory: SendMessagesFactory, cluster: FakeCluster, partitions: number[], n = 3) {
+  const p = await producer(factory, cluster);
+  return { ...(await p.send(partitions, n)), sequence: p.sequence };
 }
 
 /** Each partition's appended values, once each and in order, as a send of n per partition should leave them. */
@@ -198,7 +237,6 @@ describe("outboxd's sendMessages, as partition leaders move between a send's att
     cluster.next('2', () => ({ fail: closed('2') }));
     const { error } = await send(ours, cluster, [0, 1]);
     expect(error).toBeNull();
-    expect(cluster.overlapped).toBe(true); // 1 and 2 at once, within the attempt
     expect(cluster.log).toEqual(exactlyOnce([0, 1]));
     expect(cluster.produced.filter((p) => p.partition === 0)).toHaveLength(1);
     expect(cluster.produced.filter((p) => p.partition === 1).map((p) => p.firstSequence)).toEqual([0, 0]);
@@ -235,6 +273,83 @@ describe("outboxd's sendMessages, as partition leaders move between a send's att
     expect(error).toMatchObject({ name: 'KafkaJSProtocolError', type: 'MESSAGE_TOO_LARGE', retriable: false });
     expect([sequence(0), sequence(1)]).toEqual([3, 0]);
     expect(cluster.log).toEqual(new Map([[0, ['p0-0', 'p0-1', 'p0-2']]]));
+  });
+});
+
+describe("outboxd's sendMessages, when an answer is lost or partial", () => {
+  it('sends again, with the same sequence numbers, what the broker appended before the connection dropped: held once', async () => {
+    const cluster = new FakeCluster({ 0: '1', 1: '2' });
+    cluster.next('2', () => ({ failAfter: closed('2') }));
+    const { error, sequence } = await send(ours, cluster, [0, 1]);
+    expect(error).toBeNull();
+    expect(cluster.log).toEqual(exactlyOnce([0, 1]));
+    expect(cluster.produced.filter((p) => p.partition === 1).map((p) => p.firstSequence)).toEqual([0, 0]);
+    expect([sequence(0), sequence(1)]).toEqual([3, 3]);
+  });
+
+  it('sends again a partition the answer left out, with the same sequence numbers', async () => {
+    const cluster = new FakeCluster({ 0: '1', 1: '1' });
+    cluster.next('1', () => ({ omit: [1] }));
+    const { error, answers } = await send(ours, cluster, [0, 1]);
+    expect(error).toBeNull();
+    expect(cluster.log).toEqual(exactlyOnce([0, 1]));
+    expect(cluster.produced.map((p) => [p.partition, p.firstSequence])).toEqual([
+      [0, 0],
+      [1, 0],
+      [1, 0],
+    ]);
+    expect(answers?.map((a) => a.partition).sort()).toEqual([0, 1]);
+  });
+
+  it('counts DUPLICATE_SEQUENCE_NUMBER as held, and fails with the refusal of a partition refused beside it', async () => {
+    const cluster = new FakeCluster({ 0: '1', 1: '1' });
+    cluster.next('1', () => ({ codes: { 0: DUPLICATE_SEQUENCE_NUMBER, 1: MESSAGE_TOO_LARGE } }));
+    const { error, sequence } = await send(ours, cluster, [0, 1]);
+    expect(error).toMatchObject({ type: 'MESSAGE_TOO_LARGE', retriable: false });
+    expect([sequence(0), sequence(1)]).toEqual([3, 0]);
+    const alone = new FakeCluster({ 0: '1' });
+    alone.next('1', () => ({ codes: { 0: DUPLICATE_SEQUENCE_NUMBER } }));
+    const held = await send(ours, alone, [0]);
+    expect(held.error).toBeNull();
+    expect(held.sequence(0)).toBe(3);
+  });
+
+  it("winds a partition back to its request's first sequence where kafkajs wrapped it to 0", async () => {
+    const cluster = new FakeCluster({ 0: '1' });
+    const near = 2 ** 31 - 1 - 3;
+    cluster.seed(0, near);
+    cluster.next('1', () => ({ fail: closed('1') }));
+    const p = await producer(ours, cluster);
+    p.setSequence(0, near);
+    const { error } = await p.send([0]);
+    expect(error).toBeNull();
+    expect(cluster.produced.map((x) => x.firstSequence)).toEqual([near, near]);
+    expect(cluster.log).toEqual(exactlyOnce([0]));
+  });
+
+  it('counts sequences past INT32 max on from 0, as the broker does', async () => {
+    const cluster = new FakeCluster({ 0: '1' });
+    const near = 2 ** 31 - 2;
+    cluster.seed(0, near);
+    const p = await producer(ours, cluster);
+    p.setSequence(0, near);
+    expect((await p.send([0], 3, 0)).error).toBeNull();
+    expect(p.sequence(0)).toBe(1);
+    expect((await p.send([0], 3, 3)).error).toBeNull();
+    expect(cluster.produced.map((x) => x.firstSequence)).toEqual([near, 1]);
+    expect(cluster.log.get(0)).toHaveLength(6);
+  });
+
+  it("runs a producer's sends one at a time, so a wound-back sequence is never another send's", async () => {
+    // The first send's request appends, then its connection drops (so its sequence is wound
+    // back and sent again); a second send of other records starts meanwhile.
+    const cluster = new FakeCluster({ 0: '1' });
+    cluster.next('1', () => ({ failAfter: closed('1'), afterMs: 20 }));
+    const p = await producer(ours, cluster);
+    const [a, b] = await Promise.all([p.send([0], 3, 0), p.send([0], 3, 3)]);
+    expect([a.error, b.error]).toEqual([null, null]);
+    expect(cluster.log.get(0)).toEqual(['p0-0', 'p0-1', 'p0-2', 'p0-3', 'p0-4', 'p0-5']);
+    expect(p.sequence(0)).toBe(6);
   });
 });
 

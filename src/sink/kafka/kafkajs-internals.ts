@@ -162,11 +162,15 @@ export const GROUPER: Grouper = ({ topic, partitionMetadata, messages, partition
  */
 function installSendMessages(): boolean {
   const errors = require(ERRORS) as { KafkaJSMetadataNotLoaded: new (m: string) => Error };
-  const { staleMetadata } = require(PROTOCOL_ERRORS) as { staleMetadata(e: unknown): boolean };
+  const { staleMetadata, createErrorFromCode } = require(PROTOCOL_ERRORS) as {
+    staleMetadata(e: unknown): boolean;
+    createErrorFromCode(code: number): Error;
+  };
   for (const path of PRODUCE_RESPONSES) carryResponse(require(path) as ProduceResponseModule);
   const factory = sendMessages({
     metadataNotLoaded: (m) => new errors.KafkaJSMetadataNotLoaded(m),
     staleMetadata,
+    errorOf: createErrorFromCode,
     group: GROUPER as SendKafkajs['group'],
   });
   return preload(SEND_MESSAGES, MESSAGE_PRODUCER, factory);

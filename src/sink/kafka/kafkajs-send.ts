@@ -21,14 +21,21 @@
  *
  * Here, every partition's records are sent until the broker acknowledges that partition, and
  * once after that never:
- * - messages are grouped by partition once per send (kafkajs's partitioner, outboxd's grouper);
- *   a retry re-sends only partitions without an acknowledgement, to their leader of that moment;
+ * - messages are grouped by partition once per send (kafkajs's partitioner, outboxd's grouper),
+ *   and the grouping holds for the whole send (partitions added to a topic meanwhile wait for
+ *   the next send); a retry re-sends only partitions without an acknowledgement, to their
+ *   leader of that moment;
  * - every request of an attempt has settled before the send is retried or fails;
- * - a partition the broker acknowledged keeps its sequence; one it refused (an error code in the
- *   response: nothing appended) or one whose request failed without an answer (a connection
- *   lost, a timeout: appended or not) is wound back and sent again with the same sequence
- *   numbers, which the broker de-duplicates if it appended them (idempotence);
- * - a partition without a leader in the metadata fails the attempt as retriable, after a refresh.
+ * - a partition the broker acknowledged (or answered DUPLICATE_SEQUENCE_NUMBER: it holds the
+ *   batch) keeps its sequence. One it refused with another error code (mostly nothing appended;
+ *   REQUEST_TIMED_OUT and NOT_ENOUGH_REPLICAS_AFTER_APPEND may have appended on the leader), and
+ *   one whose request failed without an answer (a connection lost, a timeout: appended or not),
+ *   is wound back to the sequence its request used and sent again with the same sequence
+ *   numbers, which the broker de-duplicates if it holds them (idempotence);
+ * - a partition without a leader in the metadata fails the attempt as retriable, after a refresh;
+ * - sequences advance modulo 2^31, as the broker counts them (kafkajs's wrap to 0 skips values);
+ * - sends of one producer go one at a time, so that a wound-back sequence is never taken by
+ *   another send's records (the sinks send one at a time already; this makes it a rule).
  * The errors, their retriability and the metadata refreshes are kafkajs's own: the sinks'
  * classification of refusals (poison, missing topics) sees what it saw.
  *
@@ -41,6 +48,8 @@ export interface SendKafkajs {
   metadataNotLoaded(message: string): Error;
   /** kafkajs's staleMetadata: NOT_LEADER, LEADER_NOT_AVAILABLE, UNKNOWN_TOPIC_OR_PARTITION. */
   staleMetadata(err: unknown): boolean;
+  /** kafkajs's createErrorFromCode: the error its Produce response parse throws for a partition's error code. */
+  errorOf(code: number): Error;
   /** kafkajs's groupMessagesPerPartition (outboxd's grouper). */
   group(a: { topic: string; partitionMetadata: unknown[]; messages: unknown[]; partitioner: unknown }): Record<number, unknown[]>;
 }
@@ -122,15 +131,21 @@ export type SendMessagesFactory = (o: {
   topicMessages: Array<{ topic: string; messages: unknown[] }>;
 }) => Promise<PartitionAnswer[]>;
 
-/** Whether kafkajs's retrier would try again after this error (kafkajs/src/retry/index.js). */
+/** Whether kafkajs's sendMessages retries after this error (else it bails): marked retriable. */
 function retriable(e: ErrorLike): boolean {
-  return e.retriable !== false && !['RangeError', 'ReferenceError', 'SyntaxError', 'TypeError'].includes(e.name);
+  return e.retriable === true;
 }
 
 /** kafkajs's sendMessages, tracking partitions (see the header). */
 export function sendMessages(k: SendKafkajs): SendMessagesFactory {
-  return ({ logger, cluster, partitioner, eosManager, retrier }) =>
-    async ({ acks, timeout, compression, topicMessages }) => {
+  return ({ logger, cluster, partitioner, eosManager, retrier }) => {
+    /** The producer's last send, settled or not: the next one starts after it. */
+    let last: Promise<unknown> = Promise.resolve();
+    const one: ReturnType<SendMessagesFactory> = async ({ acks, timeout, compression, topicMessages: given }) => {
+      // sendBatch merges a topic's lists; merged again here, so none is left out by the grouping.
+      const byTopic = new Map<string, unknown[]>();
+      for (const { topic, messages } of given) byTopic.set(topic, [...(byTopic.get(topic) ?? []), ...messages]);
+      const topicMessages = [...byTopic].map(([topic, messages]) => ({ topic, messages }));
       const topics = topicMessages.map((t) => t.topic);
       /** Each topic's messages by partition, fixed by the first attempt that had its metadata. */
       const grouped = new Map<string, Record<number, unknown[]>>();
@@ -152,8 +167,11 @@ export function sendMessages(k: SendKafkajs): SendMessagesFactory {
           if (eosManager.isTransactional()) await eosManager.addPartitionsToTransaction(topicData);
           for (const { topic, partitions } of topicData) {
             for (const entry of partitions) {
-              entry.firstSequence = eosManager.getSequence(topic, entry.partition);
-              eosManager.updateSequence(topic, entry.partition, entry.messages.length);
+              const first = eosManager.getSequence(topic, entry.partition);
+              entry.firstSequence = first;
+              // The next batch's first sequence, modulo 2^31 as the broker counts (kafkajs sets 0
+              // once the sum reaches INT32's max, which the broker refuses as out of order).
+              eosManager.updateSequence(topic, entry.partition, ((first + entry.messages.length) % SEQUENCE_SPAN) - first);
             }
           }
           let response: ProduceResponse | undefined;
@@ -178,18 +196,27 @@ export function sendMessages(k: SendKafkajs): SendMessagesFactory {
             for (const p of t.partitions) codes.set(`${t.topicName}\0${p.partition}`, { topicName: t.topicName, ...p });
           }
           let missing = false;
+          let refusal: unknown = null;
           for (const { topic, partitions } of topicData) {
             for (const entry of partitions) {
               const got = codes.get(`${topic}\0${entry.partition}`);
               if (acks === 0 && failure === null) answer({ topicName: topic, partition: entry.partition, errorCode: 0 });
-              else if (got !== undefined && got.errorCode === 0) answer(got);
+              else if (got !== undefined && (got.errorCode === 0 || got.errorCode === DUPLICATE_SEQUENCE_NUMBER)) answer(got);
               else {
-                eosManager.updateSequence(topic, entry.partition, -entry.messages.length);
+                // Back to the sequence this request used (not minus its count: kafkajs wraps at INT32).
+                const first = entry.firstSequence as number;
+                eosManager.updateSequence(topic, entry.partition, first - eosManager.getSequence(topic, entry.partition));
                 if (got === undefined) missing = true;
+                // The refusal of the first partition refused: the error kafkajs's parse made of that code.
+                else if (refusal === null)
+                  refusal = (failure as { code?: number } | null)?.code === got.errorCode ? failure : k.errorOf(got.errorCode);
               }
             }
           }
-          if (failure !== null) throw failure;
+          // No answer (a connection lost, a timeout): its own error. A refusal: the first refused
+          // partition's. Only DUPLICATE_SEQUENCE_NUMBER in an answer: every partition is held.
+          if (failure !== null && response === undefined) throw failure;
+          if (refusal !== null) throw refusal;
           if (missing && acks !== 0) {
             throw k.metadataNotLoaded(`the Produce response of broker ${String(broker.nodeId)} left out a partition it was sent`);
           }
@@ -236,7 +263,11 @@ export function sendMessages(k: SendKafkajs): SendMessagesFactory {
           [...perLeader].map(async ([nodeId, topicData]) => produce(await cluster.findBroker({ nodeId }), topicData)),
         );
         const errors = settled.flatMap((s) => (s.status === 'rejected' ? [s.reason as ErrorLike] : []));
-        if (errors.length > 0) throw Object.assign(errors.find((e) => !retriable(e)) ?? (errors[0] as ErrorLike), { [ALL]: errors });
+        if (errors.length > 0) {
+          const chosen = errors.find((e) => !retriable(e)) ?? (errors[0] as ErrorLike);
+          Object.defineProperty(chosen, ALL, { value: errors, configurable: true });
+          throw chosen;
+        }
       };
 
       return retrier(async (bail, retryCount, retryTime) => {
@@ -269,7 +300,19 @@ export function sendMessages(k: SendKafkajs): SendMessagesFactory {
         }
       });
     };
+    return (r) => {
+      const run = last.then(() => one(r));
+      last = run.catch(() => undefined);
+      return run;
+    };
+  };
 }
+
+/** Sequence numbers run 0 to 2^31 - 1, then 0 again (the broker's DefaultRecordBatch.incrementSequence). */
+const SEQUENCE_SPAN = 2 ** 31;
+
+/** The broker holds the batch already (older brokers' answer to a de-duplicated retry). */
+const DUPLICATE_SEQUENCE_NUMBER = 46;
 
 /** Where an attempt's error carries all of the attempt's errors. */
 const ALL = Symbol('outboxd.sendErrors');
