@@ -23,6 +23,7 @@ const errors = require('kafkajs/src/errors.js') as {
 };
 const createEosManager = require('kafkajs/src/producer/eosManager/index.js') as (o: object) => {
   initProducerId(): Promise<void>;
+  beginTransaction(): void;
   getSequence(t: string, p: number): number;
   /** Adds `by`; kafkajs sets 0 instead once the sum reaches INT32's max. */
   updateSequence(t: string, p: number, by: number): void;
@@ -157,19 +158,29 @@ class FakeCluster {
 }
 
 /** A producer: `factory`'s send over `cluster`, with an idempotent producer's eosManager (kafkajs's). */
-async function producer(factory: SendMessagesFactory, cluster: FakeCluster) {
+async function producer(factory: SendMessagesFactory, cluster: FakeCluster, transactional = false) {
   const logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
+  /** The partitions each AddPartitionsToTxn asked the coordinator to add. */
+  const added: number[][] = [];
+  const coordinator = {
+    initProducerId: async () => ({ producerId: 7, producerEpoch: 0 }),
+    addPartitionsToTxn: async (r: { topics: Array<{ partitions: number[] }> }) => {
+      added.push(r.topics.flatMap((t) => t.partitions));
+    },
+  };
   const eosManager = createEosManager({
     logger: { ...logger, namespace: () => logger },
     cluster: {
       retry: { retries: 0 },
       refreshMetadataIfNecessary: async () => undefined,
-      findControllerBroker: async () => ({ initProducerId: async () => ({ producerId: 7, producerEpoch: 0 }) }),
+      findControllerBroker: async () => coordinator,
+      findGroupCoordinator: async () => coordinator,
     },
-    transactional: false,
-    idempotent: true,
+    transactional,
+    transactionalId: transactional ? 'tx' : undefined,
   });
   await eosManager.initProducerId();
+  if (transactional) eosManager.beginTransaction();
   const run = factory({
     logger,
     cluster: cluster as never,
@@ -187,6 +198,7 @@ async function producer(factory: SendMessagesFactory, cluster: FakeCluster) {
   };
   return {
     send,
+    added,
     sequence: (p: number) => eosManager.getSequence(TOPIC, p),
     setSequence: (p: number, to: number) => eosManager.updateSequence(TOPIC, p, to - eosManager.getSequence(TOPIC, p)),
   };
@@ -273,6 +285,19 @@ describe("outboxd's sendMessages, as partition leaders move between a send's att
     expect(error).toMatchObject({ name: 'KafkaJSProtocolError', type: 'MESSAGE_TOO_LARGE', retriable: false });
     expect([sequence(0), sequence(1)]).toEqual([3, 0]);
     expect(cluster.log).toEqual(new Map([[0, ['p0-0', 'p0-1', 'p0-2']]]));
+  });
+});
+
+describe("outboxd's sendMessages in a transaction", () => {
+  it('adds each partition to the transaction once, and appends it once, as leaders move', async () => {
+    const cluster = new FakeCluster({ 0: '1', 1: '2' });
+    cluster.next('2', () => ({ codes: { 1: NOT_LEADER } }));
+    cluster.moves = [{ 0: '3', 1: '3' }];
+    const p = await producer(ours, cluster, true);
+    const { error } = await p.send([0, 1]);
+    expect(error).toBeNull();
+    expect(cluster.log).toEqual(exactlyOnce([0, 1]));
+    expect(p.added.flat().sort()).toEqual([0, 1]);
   });
 });
 
