@@ -218,12 +218,26 @@ function exactlyOnce(partitions: number[], n = 3): Map<number, string[]> {
 const notLeader = () => createErrorFromCode(NOT_LEADER);
 const closed = (node: string) => new errors.KafkaJSConnectionClosedError('Connection closed', { host: `b${node}`, port: 9092 });
 
+/** Broker 1 leads p0 and answers; 2 refuses p1 NOT_LEADER; then both move to 3 (p0 away from a broker that answered). */
+function movedAway(): FakeCluster {
+  const cluster = new FakeCluster({ 0: '1', 1: '2' });
+  cluster.next('2', () => ({ codes: { 1: NOT_LEADER } }));
+  cluster.moves = [{ 0: '3', 1: '3' }];
+  return cluster;
+}
+
+/** Broker 1 leads p0 and answers; 2 fails NOT_LEADER; then p1 moves to 1 (to a broker that answered). */
+function movedToAnswered(): FakeCluster {
+  const cluster = new FakeCluster({ 0: '1', 1: '2' });
+  cluster.next('2', () => ({ fail: notLeader() }));
+  cluster.moves = [{ 1: '1' }];
+  return cluster;
+}
+
 describe("outboxd's sendMessages, as partition leaders move between a send's attempts", () => {
   it('does not send again a partition whose broker acknowledged it, when it moves to a broker that did not answer', async () => {
     // 1 leads p0 and answers; 2 leads p1 and fails NOT_LEADER, then p0 and p1 both move to 3.
-    const cluster = new FakeCluster({ 0: '1', 1: '2' });
-    cluster.next('2', () => ({ codes: { 1: NOT_LEADER } }));
-    cluster.moves = [{ 0: '3', 1: '3' }];
+    const cluster = movedAway();
     const { error, answers, sequence } = await send(ours, cluster, [0, 1]);
     expect(error).toBeNull();
     expect(cluster.log).toEqual(exactlyOnce([0, 1]));
@@ -233,9 +247,7 @@ describe("outboxd's sendMessages, as partition leaders move between a send's att
   });
 
   it('sends a partition that moves to a broker that already answered', async () => {
-    const cluster = new FakeCluster({ 0: '1', 1: '2' });
-    cluster.next('2', () => ({ fail: notLeader() }));
-    cluster.moves = [{ 1: '1' }];
+    const cluster = movedToAnswered();
     const { error, answers } = await send(ours, cluster, [0, 1]);
     expect(error).toBeNull();
     expect(cluster.log).toEqual(exactlyOnce([0, 1]));
@@ -290,9 +302,7 @@ describe("outboxd's sendMessages, as partition leaders move between a send's att
 
 describe("outboxd's sendMessages in a transaction", () => {
   it('adds each partition to the transaction once, and appends it once, as leaders move', async () => {
-    const cluster = new FakeCluster({ 0: '1', 1: '2' });
-    cluster.next('2', () => ({ codes: { 1: NOT_LEADER } }));
-    cluster.moves = [{ 0: '3', 1: '3' }];
+    const cluster = movedAway();
     const p = await producer(ours, cluster, true);
     const { error } = await p.send([0, 1]);
     expect(error).toBeNull();
@@ -380,18 +390,14 @@ describe("outboxd's sendMessages, when an answer is lost or partial", () => {
 
 describe("kafkajs 2.2.4's own sendMessages, in the same cases (what outboxd's replaces)", () => {
   it('appends a partition twice when it moves from a broker that answered to one that did not', async () => {
-    const cluster = new FakeCluster({ 0: '1', 1: '2' });
-    cluster.next('2', () => ({ codes: { 1: NOT_LEADER } }));
-    cluster.moves = [{ 0: '3', 1: '3' }];
+    const cluster = movedAway();
     const { error } = await send(kafkajsSendMessages, cluster, [0, 1]);
     expect(error).toBeNull();
     expect(cluster.log.get(0)).toEqual(['p0-0', 'p0-1', 'p0-2', 'p0-0', 'p0-1', 'p0-2']);
   });
 
   it('resolves without sending a partition that moved to a broker that had answered', async () => {
-    const cluster = new FakeCluster({ 0: '1', 1: '2' });
-    cluster.next('2', () => ({ fail: notLeader() }));
-    cluster.moves = [{ 1: '1' }];
+    const cluster = movedToAnswered();
     const { error } = await send(kafkajsSendMessages, cluster, [0, 1]);
     expect(error).toBeNull();
     expect(cluster.log.get(1)).toBeUndefined();

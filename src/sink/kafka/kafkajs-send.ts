@@ -144,7 +144,10 @@ export function sendMessages(k: SendKafkajs): SendMessagesFactory {
     const one: ReturnType<SendMessagesFactory> = async ({ acks, timeout, compression, topicMessages: given }) => {
       // sendBatch merges a topic's lists; merged again here, so none is left out by the grouping.
       const byTopic = new Map<string, unknown[]>();
-      for (const { topic, messages } of given) byTopic.set(topic, [...(byTopic.get(topic) ?? []), ...messages]);
+      for (const { topic, messages } of given) {
+        const before = byTopic.get(topic);
+        byTopic.set(topic, before === undefined ? messages : [...before, ...messages]);
+      }
       const topicMessages = [...byTopic].map(([topic, messages]) => ({ topic, messages }));
       const topics = topicMessages.map((t) => t.topic);
       /** Each topic's messages by partition, fixed by the first attempt that had its metadata. */
