@@ -27,14 +27,15 @@
  *   BENCH_CONSUMERS=…           subset of pg_recvlogical,outboxd-discard,outboxd-stdout,
  *                               outboxd-kafka,outboxd-kafka-eos,outboxd-kafka-main (no worker
  *                               threads),outboxd-kafka-w1..w3 (1 to 3 workers),outboxd-kafka-baseline,
- *                               outboxd-kafka-eos-baseline, outboxd-kafka-lz4 (lz4, against
+ *                               outboxd-kafka-eos-baseline, outboxd-kafka-w1-baseline, outboxd-kafka-lz4 (lz4, against
  *                               outboxd-kafka), bare-kafkajs,bare-platformatic,
  *                               outboxd-rabbitmq,bare-amqplib, bare-amqplib-batch, and the RabbitMQ
  *                               layouts outboxd-rabbitmq-ch4, -hash4, -hash4-ch4, -quorum
  *                               (docs/benchmarks.md; all by default, the baselines only with
  *                               BENCH_BASELINE_REF; outboxd-kafka runs with the default worker count)
  *   BENCH_BASELINE_REF=<commit> also run that commit's outboxd as outboxd-kafka-baseline,
- *                               outboxd-kafka-eos-baseline (exactly-once) and outboxd-rabbitmq-baseline
+ *                               outboxd-kafka-eos-baseline (exactly-once), outboxd-kafka-w1-baseline
+ *                               (one worker thread) and outboxd-rabbitmq-baseline
  *   BENCH_PIPELINE='batchMaxMessages: 2000, linger: 5ms'   extra outboxd pipeline settings
  *   BENCH_OUTBOXD_NODE_OPTIONS='--max-old-space-size=64'   NODE_OPTIONS of every outboxd process
  *   BENCH_OUTBOXD_NODE_FLAGS='--max-semi-space-size=16'   node flags of every outboxd process,

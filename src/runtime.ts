@@ -16,6 +16,9 @@
  *   as started: the settings save memory, they are not needed for correctness.
  */
 
+import type { ResourceLimits } from 'node:worker_threads';
+import v8 from 'node:v8';
+
 /** The V8 flags: a 4 MiB semi-space, and an old generation that grows to twice its live size before the next mark-compact. */
 export const RUNTIME_FLAGS: readonly string[] = ['--max-semi-space-size=4', '--heap-growing-percent=100'];
 
@@ -72,4 +75,21 @@ export function bringOwnRuntime(): void {
       `outboxd: warning: could not start node again with ${plan.flags.join(' ')}: ${(err as Error).message}; running as started\n`,
     );
   }
+}
+
+/** A worker thread's young generation (sink.kafka.workers): three times a 1 MiB semi-space. */
+export const WORKER_YOUNG_GENERATION_MB = 3;
+
+/**
+ * The heap limits of a worker thread, to pass as its `resourceLimits`. V8 lets the process-wide
+ * `--max-semi-space-size` win over a new isolate's own limits (Heap::ConfigureHeap), so with
+ * RUNTIME_FLAGS every worker would get the main thread's 4 MiB semi-spaces whatever it asks for;
+ * a worker that only frames and sends records needs a quarter of that. V8 reads the flag only
+ * when it configures a new isolate's heap, and the main thread's is configured before any of
+ * this runs: set back to 0 (unset), the flag leaves the main thread's heap as it is and lets each
+ * worker's own limit decide (test/unit/runtime.test.ts).
+ */
+export function workerResourceLimits(): ResourceLimits {
+  v8.setFlagsFromString('--max-semi-space-size=0');
+  return { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB };
 }

@@ -26,6 +26,7 @@ export const CONSUMERS = [
   'outboxd-kafka-w3',
   'outboxd-kafka-baseline',
   'outboxd-kafka-eos-baseline',
+  'outboxd-kafka-w1-baseline',
   'outboxd-kafka-lz4',
   'bare-kafkajs',
   'bare-platformatic',
@@ -141,6 +142,7 @@ const SHORT: Record<ConsumerName, string> = {
   'outboxd-kafka-w3': 'o3',
   'outboxd-kafka-baseline': 'ob',
   'outboxd-kafka-eos-baseline': 'of',
+  'outboxd-kafka-w1-baseline': 'ow',
   'outboxd-kafka-lz4': 'oz',
   'bare-kafkajs': 'bk',
   'bare-platformatic': 'bp',
@@ -182,6 +184,7 @@ export function rabbitLayout(consumer: ConsumerName): { layout: RabbitLayout; ch
 const WORKERS: Partial<Record<ConsumerName, number>> = {
   'outboxd-kafka-main': 0,
   'outboxd-kafka-w1': 1,
+  'outboxd-kafka-w1-baseline': 1,
   'outboxd-kafka-w2': 2,
   'outboxd-kafka-w3': 3,
 };

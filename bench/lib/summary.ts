@@ -88,6 +88,7 @@ export const RATIOS: ReadonlyArray<[ConsumerName, ConsumerName]> = [
   ['outboxd-kafka-eos', 'outboxd-kafka'],
   ['outboxd-kafka', 'outboxd-kafka-baseline'],
   ['outboxd-kafka-eos', 'outboxd-kafka-eos-baseline'],
+  ['outboxd-kafka-w1', 'outboxd-kafka-w1-baseline'],
   ['outboxd-kafka', 'outboxd-kafka-main'],
   ['outboxd-kafka-lz4', 'outboxd-kafka'],
   ['outboxd-kafka-w2', 'outboxd-kafka-main'],

@@ -74,4 +74,42 @@ console.log(JSON.stringify({ pid: process.pid, execArgv: process.execArgv, args:
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it("a worker thread's young generation is its own limit, not the main thread's flag; the main thread's stays as started", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'outboxd-runtime-'));
+    try {
+      const probe = join(dir, 'worker-probe.mjs');
+      writeFileSync(
+        probe,
+        `import { Worker, isMainThread, parentPort } from 'node:worker_threads';
+import v8 from 'node:v8';
+import { workerResourceLimits } from ${JSON.stringify(pathToFileURL(join(ROOT, 'src/runtime.ts')).href)};
+const churn = () => {
+  const keep = [];
+  for (let i = 0; i < 3e6; i++) { const o = { i, s: 'x' + i }; if (i % 1000 === 0) keep[i % 7] = o; }
+  return v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size;
+};
+if (isMainThread) {
+  const own = process.argv[2] === 'own';
+  const w = new Worker(new URL(import.meta.url), own ? { resourceLimits: workerResourceLimits() } : {});
+  w.on('message', (worker) => { console.log(JSON.stringify({ worker, main: churn() })); w.terminate(); });
+} else parentPort.postMessage(churn());
+`,
+      );
+      const run = (mode: string) => {
+        const r = spawnSync(process.execPath, ['--no-warnings', ...RUNTIME_FLAGS, probe, mode], { encoding: 'utf8' });
+        expect(r.status, r.stderr).toBe(0);
+        return JSON.parse(r.stdout) as { worker: number; main: number };
+      };
+      const MiB = 2 ** 20;
+      // Without: the flag's 2 × 4 MiB in the worker too. With: 2 × 1 MiB; the main thread keeps 2 × 4.
+      const plain = run('plain');
+      const own = run('own');
+      expect(plain.worker).toBe(8 * MiB);
+      expect(own.worker).toBeLessThanOrEqual(2 * MiB);
+      expect(own.main).toBe(8 * MiB);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

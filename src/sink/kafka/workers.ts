@@ -3,6 +3,7 @@ import type kafkajs from 'kafkajs';
 import type { KafkaSinkConfig } from '../../config/config.js';
 import { type PoisonError, SinkError } from '../../errors.js';
 import type { DeadLetter, OutboxMessage, PublishOutcome, Sink } from '../../interfaces.js';
+import { workerResourceLimits } from '../../runtime.js';
 import type { Logger } from '../../observability/logger.js';
 import { KafkaSink } from './at-least-once.js';
 import {
@@ -84,7 +85,11 @@ export class KafkaWorkerSink implements Sink {
         compression: this.cfg.compression,
       },
     };
-    const worker = new Worker(new URL('./worker-thread.js', import.meta.url), { workerData: init, name: `outboxd-kafka-${i}` });
+    const worker = new Worker(new URL('./worker-thread.js', import.meta.url), {
+      workerData: init,
+      name: `outboxd-kafka-${i}`,
+      resourceLimits: workerResourceLimits(),
+    });
     const slot: Slot = { worker, up: false };
     this.live.add(slot);
     const ready = new Promise<Slot>((resolve, reject) => {
