@@ -16,7 +16,7 @@ import {
   within,
   writeOutbox,
 } from '../integration/support.js';
-import { type Bundle, type BundleOptions, bundle, orderAndDuplicates, waitDelivered } from './fixtures.js';
+import { type Bundle, type BundleOptions, bundle, limitTopicMessageBytes, orderAndDuplicates, waitDelivered } from './fixtures.js';
 import { TcpProxy } from './proxy.js';
 
 /**
@@ -407,13 +407,7 @@ describe('exactly-once → kafka', () => {
   it('a message the broker refuses: committed before it, dead-lettered in its own transaction, the rest after it, each once', async () => {
     await using b = await eos({ onPoison: 'dead-letter' });
     const topic = `outbox.event.${b.types[0]}`;
-    const admin = new kafkajs.Kafka({ brokers: await kafkaBrokers(), logLevel: kafkajs.logLevel.NOTHING }).admin();
-    await admin.connect();
-    await admin.alterConfigs({
-      validateOnly: false,
-      resources: [{ type: kafkajs.ConfigResourceTypes.TOPIC, name: topic, configEntries: [{ name: 'max.message.bytes', value: '4096' }] }],
-    });
-    await admin.disconnect();
+    await limitTopicMessageBytes(topic, 4096);
     const relay = b.start();
     await relay.ready();
     // One Postgres transaction: small, too big for the topic (the sink's own limit is 1 MiB), small, small.

@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { type Marker, parseMarker } from '../../src/postgres/marker.js';
 import amqp from 'amqplib';
+import kafkajs from 'kafkajs';
 import {
   KAFKA_TEST_WORKERS,
   type OutboxRow,
@@ -417,6 +418,22 @@ export async function dropSlotUnderRelay(b: Bundle): Promise<void> {
     30_000,
     20,
   );
+}
+
+/** Kafka: sets a topic's `max.message.bytes`, so that the broker refuses what the relay lets through. */
+export async function limitTopicMessageBytes(topic: string, bytes: number): Promise<void> {
+  const admin = new kafkajs.Kafka({ brokers: await kafkaBrokers(), logLevel: kafkajs.logLevel.NOTHING }).admin();
+  await admin.connect();
+  try {
+    await admin.alterConfigs({
+      validateOnly: false,
+      resources: [
+        { type: kafkajs.ConfigResourceTypes.TOPIC, name: topic, configEntries: [{ name: 'max.message.bytes', value: String(bytes) }] },
+      ],
+    });
+  } finally {
+    await admin.disconnect();
+  }
 }
 
 export async function waitDelivered(reader: Reader, ids: Iterable<string>, timeoutMs = 120_000): Promise<void> {

@@ -50,20 +50,18 @@ export class KafkaSink implements Sink {
 
   async publish(batch: readonly OutboxMessage[]): Promise<PublishOutcome> {
     const poisoned: Array<{ index: number; error: PoisonError }> = [];
-    const producer = await this.getProducer();
-    for (const chunk of client.chunks(batch, this.cfg.maxMessageBytes)) await this.sendChunk(producer, chunk, poisoned);
+    for (const chunk of client.chunks(batch, this.cfg.maxMessageBytes)) await this.sendChunk(chunk, poisoned);
     this.onConnection(true);
     return { poisoned };
   }
 
   private async sendChunk(
-    producer: kafkajs.Producer,
     chunk: Array<{ index: number; m: OutboxMessage }>,
     poisoned: Array<{ index: number; error: PoisonError }>,
   ): Promise<void> {
     try {
       await this.send(
-        producer,
+        await this.getProducer(),
         chunk.map((c) => c.m),
       );
     } catch (err) {
@@ -75,6 +73,11 @@ export class KafkaSink implements Sink {
       if (!client.isMessageError(err)) throw client.classify(err, 'publishing to Kafka');
       // The broker (or the client) refused something in the chunk: find which messages, one at a
       // time, in order. An error that no single message reproduces is not the messages' fault.
+      // On a fresh producer: where a request of the failed send went unanswered, its partitions'
+      // sequence numbers were wound back (kafkajs-send.ts), and the broker may hold that batch
+      // anyway; the old producer's next send there would be refused as out of order.
+      await this.reset();
+      const producer = await this.getProducer();
       let pinned = false;
       for (const { index, m } of chunk) {
         try {
