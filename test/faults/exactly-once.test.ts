@@ -16,7 +16,16 @@ import {
   within,
   writeOutbox,
 } from '../integration/support.js';
-import { type Bundle, type BundleOptions, bundle, limitTopicMessageBytes, orderAndDuplicates, waitDelivered } from './fixtures.js';
+import {
+  type Bundle,
+  type BundleOptions,
+  bundle,
+  expectOneTooLargeDeadLettered,
+  insertOneTooLarge,
+  limitTopicMessageBytes,
+  orderAndDuplicates,
+  waitDelivered,
+} from './fixtures.js';
 import { TcpProxy } from './proxy.js';
 
 /**
@@ -410,22 +419,8 @@ describe('exactly-once → kafka', () => {
     await limitTopicMessageBytes(topic, 4096);
     const relay = b.start();
     await relay.ready();
-    // One Postgres transaction: small, too big for the topic (the sink's own limit is 1 MiB), small, small.
-    const payload = (n: number) => JSON.stringify({ seq: n, pad: 'x'.repeat(n === 2 ? 20_000 : 10) });
-    await b.db.client.query(
-      `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload)
-       SELECT gen_random_uuid(), $1, 'k', 'T', p::jsonb FROM unnest($2::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n`,
-      [b.types[0], [1, 2, 3, 4].map(payload)],
-    );
-    await until('three delivered and one dead letter', async () => b.reader.delivered().length >= 4, 30_000);
-    await b.reader.caughtUp();
-    const got = b.reader.delivered().map((d) => [d.stream.split('/')[0], d.seq, d.headers['outboxd.error_reason'] ?? '']);
-    expect(got.filter((g) => g[0] === topic)).toEqual([
-      [topic, 1, ''],
-      [topic, 3, ''],
-      [topic, 4, ''],
-    ]);
-    expect(got.filter((g) => g[0] !== topic).map((g) => g[2])).toEqual(['oversized']);
+    await insertOneTooLarge(b);
+    await expectOneTooLargeDeadLettered(b, topic);
     expect(await relay.metric('outboxd_dead_lettered_total')).toBe(1);
     expect(await relay.metric('outboxd_kafka_transactions_total', { result: 'aborted' })).toBeGreaterThanOrEqual(1);
   }, 120_000);

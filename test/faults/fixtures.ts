@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { type Marker, parseMarker } from '../../src/postgres/marker.js';
 import amqp from 'amqplib';
 import kafkajs from 'kafkajs';
+import { expect } from 'vitest';
 import {
   KAFKA_TEST_WORKERS,
   type OutboxRow,
@@ -434,6 +435,33 @@ export async function limitTopicMessageBytes(topic: string, bytes: number): Prom
   } finally {
     await admin.disconnect();
   }
+}
+
+/**
+ * One Postgres transaction of one key, seq 1–4, whose second message (20 KB) is too large for a
+ * topic limited to 4 KiB (limitTopicMessageBytes) and small enough for the relay's own limit
+ * (1 MiB): only the broker can tell.
+ */
+export async function insertOneTooLarge(b: Bundle): Promise<void> {
+  const payload = (n: number) => JSON.stringify({ seq: n, pad: 'x'.repeat(n === 2 ? 20_000 : 10) });
+  await b.db.client.query(
+    `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload)
+     SELECT gen_random_uuid(), $1, 'k', 'T', p::jsonb FROM unnest($2::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n`,
+    [b.types[0], [1, 2, 3, 4].map(payload)],
+  );
+}
+
+/** After insertOneTooLarge under onPoison dead-letter: 1, 3 and 4 on `topic`, in order, and 2 dead-lettered as oversized. */
+export async function expectOneTooLargeDeadLettered(b: Bundle, topic: string): Promise<void> {
+  await until('three delivered and one dead letter', async () => b.reader.delivered().length >= 4, 30_000);
+  await b.reader.caughtUp();
+  const got = b.reader.delivered().map((d) => [d.stream.split('/')[0], d.seq, d.headers['outboxd.error_reason'] ?? '']);
+  expect(got.filter((g) => g[0] === topic)).toEqual([
+    [topic, 1, ''],
+    [topic, 3, ''],
+    [topic, 4, ''],
+  ]);
+  expect(got.filter((g) => g[0] !== topic).map((g) => g[2])).toEqual(['oversized']);
 }
 
 export async function waitDelivered(reader: Reader, ids: Iterable<string>, timeoutMs = 120_000): Promise<void> {

@@ -1,6 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import { until } from '../integration/support.js';
-import { type Bundle, type SinkKind, bundle, limitTopicMessageBytes, uuid, waitDelivered } from './fixtures.js';
+import {
+  type Bundle,
+  type SinkKind,
+  bundle,
+  expectOneTooLargeDeadLettered,
+  insertOneTooLarge,
+  limitTopicMessageBytes,
+  uuid,
+  waitDelivered,
+} from './fixtures.js';
 
 /**
  * Poison rows: a null key, a missing route, a payload over the broker's size limit, and text
@@ -162,21 +171,8 @@ describe('poison rows: a message the Kafka broker refuses, at least once', () =>
       await limitTopicMessageBytes(topic, 4096);
       const relay = b.start({ OUTBOXD_TEST_WORKERS: String(workers) });
       await relay.ready();
-      // One Postgres transaction of one key: small, too big for the topic, small, small.
-      const payload = (n: number) => JSON.stringify({ seq: n, pad: 'x'.repeat(n === 2 ? 20_000 : 10) });
-      await b.db.client.query(
-        `INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload)
-         SELECT gen_random_uuid(), $1, 'k', 'T', p::jsonb FROM unnest($2::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n`,
-        [b.types[0], [1, 2, 3, 4].map(payload)],
-      );
-      await until('three delivered and one dead letter', async () => b.reader.delivered().length >= 4, 30_000);
-      const got = b.reader.delivered().map((d) => [d.stream.split('/')[0], d.seq, d.headers['outboxd.error_reason'] ?? '']);
-      expect(got.filter((g) => g[0] === topic)).toEqual([
-        [topic, 1, ''],
-        [topic, 3, ''],
-        [topic, 4, ''],
-      ]);
-      expect(got.filter((g) => g[0] !== topic).map((g) => g[2])).toEqual(['oversized']);
+      await insertOneTooLarge(b);
+      await expectOneTooLargeDeadLettered(b, topic);
       expect(await relay.metric('outboxd_dead_lettered_total')).toBe(1);
       expect(await relay.metric('outboxd_poison_messages_total', { reason: 'oversized' })).toBe(1);
       // The slot moves on past the poison transaction.
