@@ -46,7 +46,8 @@ describe('imports', () => {
   it('the CLI loads no broker client library until a command needs it', () => {
     const reached = reachedFrom(join(SRC, 'main.ts'));
     const door = join(SRC, 'sink/kafka/kafkajs-internals.ts');
-    const loaders = [...reached].filter((f) => f === door || valueImports(f).some((i) => i === 'kafkajs' || i === 'amqplib'));
+    const files = [...reached].filter((f) => f.startsWith(SRC));
+    const loaders = files.filter((f) => f === door || valueImports(f).some((i) => i === 'kafkajs' || i === 'amqplib'));
     expect(loaders.map((f) => f.slice(SRC.length + 1))).toEqual([]);
   });
 });

@@ -85,11 +85,8 @@ export class KafkaWorkerSink implements Sink {
         compression: this.cfg.compression,
       },
     };
-    const worker = new Worker(new URL('./worker-thread.js', import.meta.url), {
-      workerData: init,
-      name: `outboxd-kafka-${i}`,
-      resourceLimits: workerResourceLimits(),
-    });
+    const options = { workerData: init, name: `outboxd-kafka-${i}`, resourceLimits: workerResourceLimits() };
+    const worker = new Worker(new URL('./worker-thread.js', import.meta.url), options);
     const slot: Slot = { worker, up: false };
     this.live.add(slot);
     const ready = new Promise<Slot>((resolve, reject) => {
