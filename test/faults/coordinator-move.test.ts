@@ -158,67 +158,61 @@ async function moveCoordinator(k: KafkaCluster, b: Bundle, relay: RelayProcess, 
  * at-least-once every row, in per-key order. Once, too, rows did not arrive within 2 minutes after
  * the first broker came back, cause not established; it runs in every suite, so that a stall,
  * should it come back, is seen. docs/adr/0018-transaction-coordinator-cache.md.
- * OUTBOXD_TEST_COORDINATOR_MOVE=0 skips it.
  */
-const ON = process.env.OUTBOXD_TEST_COORDINATOR_MOVE !== '0';
 
 describe('kafka, three brokers', () => {
   for (const mode of ['exactly-once', 'at-least-once'] as const) {
-    it.skipIf(!ON)(
-      mode === 'exactly-once'
-        ? 'exactly-once: the transaction coordinator moves mid-stream (its broker stopped, then killed): followed while it is down; every row once'
-        : "at-least-once: the brokers stop and are killed mid-stream as the coordinator's did: every row, in per-key order",
-      async () => {
-        const eos = mode === 'exactly-once';
-        await using k = await startKafkaCluster({ nodes: 3 });
-        await using b = await bundle({ kind: 'kafka', exactlyOnce: eos, kafkaBrokers: k.brokers.join(','), replicationFactor: 3 });
-        const relay = b.start();
-        await relay.ready();
-        const seen: OutboxRow[] = [];
-        // Rows in flight when the first coordinator stops: written, not yet all read.
-        const streaming = writeOutbox(b.db.client, { total: 5_000, keys: 50, types: b.types, batch: 50, singles: 20, keyPrefix: 'first-' });
-        await until('publishing', async () => (await progressOf(mode)(relay)) > (eos ? 3 : 150), 60_000, 50);
-        const graceful = await moveCoordinator(k, b, relay, 'graceful', seen, mode);
-        seen.push(...(await streaming));
-        await writeAndSee(b, relay, 'back-', 1_000, seen);
-        const killed = await moveCoordinator(k, b, relay, 'kill', seen, mode);
-        await writeAndSee(b, relay, 'end-', 1_000, seen);
-        await b.reader.caughtUp();
-        // The reader is a consumer group member: when its group coordinator's broker stops it may
-        // read a stretch of a partition again (its offsets were not committed yet). A record read
-        // twice at one offset is that; the relay's duplicate is the same row at two offsets.
-        const read = b.reader.delivered();
-        const atOffset = new Map(read.map((d) => [`${d.stream}@${d.position}`, d]));
-        const all = [...atOffset.values()];
-        const rereads = read.length - all.length;
-        const { violations, duplicates } = orderAndDuplicates(all);
-        const ids = new Set(all.map((d) => d.id));
-        const lost = seen.filter((r) => !ids.has(r.id)).length;
-        const librdkafka = await readWithLibrdkafka(
-          k.brokers,
-          b.types.map((t) => `outbox.event.${t}`),
-          seen.length,
-        );
-        const prefixOf = new Map(seen.map((r) => [r.id, r.aggregateid.split('key-')[0]]));
-        const dups = twice(librdkafka);
+    it(mode === 'exactly-once'
+      ? 'exactly-once: the transaction coordinator moves mid-stream (its broker stopped, then killed): followed while it is down; every row once'
+      : "at-least-once: the brokers stop and are killed mid-stream as the coordinator's did: every row, in per-key order", async () => {
+      const eos = mode === 'exactly-once';
+      await using k = await startKafkaCluster({ nodes: 3 });
+      await using b = await bundle({ kind: 'kafka', exactlyOnce: eos, kafkaBrokers: k.brokers.join(','), replicationFactor: 3 });
+      const relay = b.start();
+      await relay.ready();
+      const seen: OutboxRow[] = [];
+      // Rows in flight when the first coordinator stops: written, not yet all read.
+      const streaming = writeOutbox(b.db.client, { total: 5_000, keys: 50, types: b.types, batch: 50, singles: 20, keyPrefix: 'first-' });
+      await until('publishing', async () => (await progressOf(mode)(relay)) > (eos ? 3 : 150), 60_000, 50);
+      const graceful = await moveCoordinator(k, b, relay, 'graceful', seen, mode);
+      seen.push(...(await streaming));
+      await writeAndSee(b, relay, 'back-', 1_000, seen);
+      const killed = await moveCoordinator(k, b, relay, 'kill', seen, mode);
+      await writeAndSee(b, relay, 'end-', 1_000, seen);
+      await b.reader.caughtUp();
+      // The reader is a consumer group member: when its group coordinator's broker stops it may
+      // read a stretch of a partition again (its offsets were not committed yet). A record read
+      // twice at one offset is that; the relay's duplicate is the same row at two offsets.
+      const read = b.reader.delivered();
+      const atOffset = new Map(read.map((d) => [`${d.stream}@${d.position}`, d]));
+      const all = [...atOffset.values()];
+      const rereads = read.length - all.length;
+      const { violations, duplicates } = orderAndDuplicates(all);
+      const ids = new Set(all.map((d) => d.id));
+      const lost = seen.filter((r) => !ids.has(r.id)).length;
+      const librdkafka = await readWithLibrdkafka(
+        k.brokers,
+        b.types.map((t) => `outbox.event.${t}`),
+        seen.length,
+      );
+      const prefixOf = new Map(seen.map((r) => [r.id, r.aggregateid.split('key-')[0]]));
+      const dups = twice(librdkafka);
+      process.stdout.write(
+        `[coordinator move, ${mode}] ${JSON.stringify({ graceful, killed })} rows=${seen.length} lost=${lost} duplicates=${duplicates} (reader's own re-reads: ${rereads}); librdkafka read ${librdkafka.length}, ${dups.length} twice ${JSON.stringify(dups.slice(0, 3).map(([id, at]) => [prefixOf.get(id), at]))}\n`,
+      );
+      if (dups.length > 0) {
+        const first = dups[0] as [string, string[]];
         process.stdout.write(
-          `[coordinator move, ${mode}] ${JSON.stringify({ graceful, killed })} rows=${seen.length} lost=${lost} duplicates=${duplicates} (reader's own re-reads: ${rereads}); librdkafka read ${librdkafka.length}, ${dups.length} twice ${JSON.stringify(dups.slice(0, 3).map(([id, at]) => [prefixOf.get(id), at]))}\n`,
+          `[coordinator move] batches near ${first[1].join(', ')}:\n${await batchesNear(k, first[1]).catch((e: Error) => e.message)}\n`,
         );
-        if (dups.length > 0) {
-          const first = dups[0] as [string, string[]];
-          process.stdout.write(
-            `[coordinator move] batches near ${first[1].join(', ')}:\n${await batchesNear(k, first[1]).catch((e: Error) => e.message)}\n`,
-          );
-        }
-        expect(lost).toBe(0);
-        expect(violations).toEqual([]);
-        if (eos) {
-          expect(dups).toEqual([]);
-          expect(duplicates).toBe(0);
-        }
-        expect(relay.child.exitCode).toBeNull();
-      },
-      600_000,
-    );
+      }
+      expect(lost).toBe(0);
+      expect(violations).toEqual([]);
+      if (eos) {
+        expect(dups).toEqual([]);
+        expect(duplicates).toBe(0);
+      }
+      expect(relay.child.exitCode).toBeNull();
+    }, 600_000);
   }
 });
