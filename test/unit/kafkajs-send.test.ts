@@ -266,20 +266,27 @@ describe("outboxd's sendMessages, as partition leaders move between a send's att
     expect(cluster.produced.filter((p) => p.partition === 1).map((p) => p.firstSequence)).toEqual([0, 0]);
   });
 
-  it('keeps the sequence of a partition the broker appended when another partition of the request is refused', async () => {
-    const cluster = new FakeCluster({ 0: '1', 1: '1' });
-    cluster.next('1', () => ({ codes: { 1: NOT_LEADER } }));
-    const { error, sequence } = await send(ours, cluster, [0, 1]);
-    expect(error).toBeNull();
-    expect(cluster.log).toEqual(exactlyOnce([0, 1]));
-    // p0 once; p1 twice, at the same first sequence (nothing of it was appended the first time).
-    expect(cluster.produced.map((p) => [p.partition, p.firstSequence])).toEqual([
-      [0, 0],
-      [1, 0],
-      [1, 0],
-    ]);
-    expect([sequence(0), sequence(1)]).toEqual([3, 3]);
-  });
+  it.each([
+    ['refused when another partition of the request was appended', { codes: { 1: NOT_LEADER } }],
+    ['left out of the answer', { omit: [1] }],
+  ] as Array<[string, ReturnType<Script>]>)(
+    'sends again, with the same sequence numbers, a partition %s; the appended one keeps its own',
+    async (_, answer) => {
+      const cluster = new FakeCluster({ 0: '1', 1: '1' });
+      cluster.next('1', () => answer);
+      const { error, sequence, answers } = await send(ours, cluster, [0, 1]);
+      expect(error).toBeNull();
+      expect(cluster.log).toEqual(exactlyOnce([0, 1]));
+      // p0 once; p1 twice, at the same first sequence (nothing of it was appended the first time).
+      expect(cluster.produced.map((p) => [p.partition, p.firstSequence])).toEqual([
+        [0, 0],
+        [1, 0],
+        [1, 0],
+      ]);
+      expect([sequence(0), sequence(1)]).toEqual([3, 3]);
+      expect(answers?.map((a) => a.partition).sort()).toEqual([0, 1]);
+    },
+  );
 
   it('retries a partition the refreshed metadata has no leader for, rather than dropping it', async () => {
     const cluster = new FakeCluster({ 0: '1', 1: '2' });
@@ -320,20 +327,6 @@ describe("outboxd's sendMessages, when an answer is lost or partial", () => {
     expect(cluster.log).toEqual(exactlyOnce([0, 1]));
     expect(cluster.produced.filter((p) => p.partition === 1).map((p) => p.firstSequence)).toEqual([0, 0]);
     expect([sequence(0), sequence(1)]).toEqual([3, 3]);
-  });
-
-  it('sends again a partition the answer left out, with the same sequence numbers', async () => {
-    const cluster = new FakeCluster({ 0: '1', 1: '1' });
-    cluster.next('1', () => ({ omit: [1] }));
-    const { error, answers } = await send(ours, cluster, [0, 1]);
-    expect(error).toBeNull();
-    expect(cluster.log).toEqual(exactlyOnce([0, 1]));
-    expect(cluster.produced.map((p) => [p.partition, p.firstSequence])).toEqual([
-      [0, 0],
-      [1, 0],
-      [1, 0],
-    ]);
-    expect(answers?.map((a) => a.partition).sort()).toEqual([0, 1]);
   });
 
   it('counts DUPLICATE_SEQUENCE_NUMBER as held, and fails with the refusal of a partition refused beside it', async () => {
