@@ -164,15 +164,25 @@ describe('poison rows: a message the Kafka broker refuses, at least once', () =>
   // The topic's own limit is smaller than the relay's (1 MiB): only the broker can tell. The
   // relay finds the refused message by sending the chunk's messages one at a time, on a fresh
   // producer: a partly refused send may leave the old one's sequence numbers in doubt.
-  for (const workers of [0, 1]) {
-    it(`workers ${workers}: the refused message is dead-lettered; the others arrive, in order`, async () => {
+  // The third case limits the dead-letter topic too: the broker refuses the dead letter's full
+  // form as well, and a smaller one goes instead (sink/dead-letter.ts).
+  for (const [workers, smallDeadLetters] of [
+    [0, false],
+    [1, false],
+    [0, true],
+  ] as const) {
+    it(`workers ${workers}${smallDeadLetters ? ', the dead-letter topic limited too' : ''}: the refused message is dead-lettered; the others arrive, in order`, async () => {
       await using b = await bundle({ kind: 'kafka', onPoison: 'dead-letter' });
       const topic = `outbox.event.${b.types[0]}`;
       await limitTopicMessageBytes(topic, 4096);
+      if (smallDeadLetters) await limitTopicMessageBytes(`dlq_${b.db.name.slice(2, 8)}`, 4096);
       const relay = b.start({ OUTBOXD_TEST_WORKERS: String(workers) });
       await relay.ready();
       await insertOneTooLarge(b);
       await expectOneTooLargeDeadLettered(b, topic);
+      const letter = b.reader.delivered().find((d) => !d.stream.startsWith(`${topic}/`));
+      // Full form: the 20 KB payload as its body; on a topic that refuses it, a form that fits.
+      expect((letter?.value.length ?? 0) > 4096).toBe(!smallDeadLetters);
       expect(await relay.metric('outboxd_dead_lettered_total')).toBe(1);
       expect(await relay.metric('outboxd_poison_messages_total', { reason: 'oversized' })).toBe(1);
       // The slot moves on past the poison transaction.
