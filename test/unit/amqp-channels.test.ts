@@ -1,8 +1,8 @@
 import { EventEmitter } from 'node:events';
 import { describe, expect, it, vi } from 'vitest';
 import type { RabbitMqSinkConfig } from '../../src/config/config.js';
-import type { OutboxMessage } from '../../src/interfaces.js';
 import { SinkError } from '../../src/errors.js';
+import { testMessage } from './messages.js';
 
 /**
  * RabbitMqSink over several channels, against fake amqplib channels whose confirms the test
@@ -57,23 +57,7 @@ function sinkWith(n: number) {
   return new RabbitMqSink(cfg, false, log, status);
 }
 
-function msg(i: number, key: string): OutboxMessage {
-  return {
-    id: `m${i}`,
-    destination: 'd',
-    key,
-    aggregateType: 'a',
-    type: 'T',
-    payload: 'x',
-    contentType: 'text/plain',
-    headers: { id: `m${i}` },
-    correlationId: null,
-    replyTo: null,
-    txn: { xid: 1, commitTimeMs: 0 } as never,
-    index: i,
-    sizeBytes: 10,
-  };
-}
+const msg = (i: number, key: string) => testMessage(i, key);
 
 const batch = Array.from({ length: 600 }, (_, i) => msg(i, `k${i % 37}`));
 

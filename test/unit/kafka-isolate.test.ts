@@ -1,6 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
-import type { OutboxMessage } from '../../src/interfaces.js';
+import { testMessage } from './messages.js';
 
 /**
  * At least once, a send the broker refused in part (sink/kafka/at-least-once.ts): the refused
@@ -50,23 +50,7 @@ vi.mock('../../src/sink/kafka/client.js', async (importOriginal) => {
 
 const { KafkaSink } = await import('../../src/sink/kafka/at-least-once.js');
 
-function msg(i: number, key: string): OutboxMessage {
-  return {
-    id: `m${i}`,
-    destination: 'topic',
-    key,
-    aggregateType: 'a',
-    type: 'T',
-    payload: 'x',
-    contentType: 'application/json',
-    headers: { id: `m${i}` },
-    correlationId: null,
-    replyTo: null,
-    txn: { xid: 1, commitLsn: 1n, commitTimeMs: 0, lsnText: '0/1', xidText: '1' },
-    index: i,
-    sizeBytes: 10,
-  };
-}
+const msg = (i: number, key: string) => testMessage(i, key, 'topic');
 
 describe('at-least-once: a message the broker refuses', () => {
   it('is found one message at a time on a fresh producer, not on the one whose sequence numbers are in doubt', async () => {
